@@ -1,0 +1,148 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { RunDir } from '../src/io/run-dir.js';
+import { saveCheckpoint } from '../src/io/checkpoint.js';
+import { hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
+
+function tmpdir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-run-'));
+}
+
+function params(v: number): Map<string, HostTensor> {
+  return new Map([['w', hostTensor('float32', [4], Float32Array.from([v, v, v, v]))]]);
+}
+
+async function save(file: string, step: number): Promise<void> {
+  await saveCheckpoint(file, { kind: 'autoencoder', config: { ch: 8 }, params: params(step), step });
+}
+
+function truncate(file: string, drop: number): void {
+  const bytes = fs.readFileSync(file);
+  fs.writeFileSync(file, bytes.subarray(0, bytes.length - drop));
+}
+
+test('a fresh run lays out its folder and names checkpoints by 8-digit step', async () => {
+  const root = tmpdir();
+  const run = await RunDir.create(root, 'ae-test');
+  assert.equal(run.resumed, false);
+  assert.deepEqual(fs.readdirSync(run.dir).sort(), ['checkpoints', 'samples']);
+  assert.equal(run.checkpointPath(1500), path.join(root, 'ae-test', 'checkpoints', 'step-00001500.safetensors'));
+  assert.equal(run.emaPath(1500), path.join(root, 'ae-test', 'checkpoints', 'step-00001500.ema.safetensors'));
+  assert.equal(run.samplePath(7), path.join(root, 'ae-test', 'samples', 'step-00000007.png'));
+  assert.throws(() => run.checkpointPath(-1), /non-negative integer/);
+
+  await run.writeConfig({ model: { embed_dim: 4, ch_mult: [1, 2] } });
+  assert.equal(await run.readConfig(), 'model:\n  embed_dim: 4\n  ch_mult:\n    - 1\n    - 2\n');
+  await assert.rejects(RunDir.create(root, '../escape'), /must be a plain folder name/);
+});
+
+test('an existing run needs --resume or --force', async () => {
+  const root = tmpdir();
+  const first = await RunDir.create(root, 'r');
+  // An empty folder left by create() alone is not a run yet.
+  await RunDir.create(root, 'r');
+  await first.writeConfig('a: 1\n');
+  await save(first.checkpointPath(10), 10);
+  await first.appendLog({ step: 10, losses: { rec: 0.5 } });
+  fs.writeFileSync(path.join(first.dir, 'notes.txt'), 'mine');
+
+  await assert.rejects(RunDir.create(root, 'r'), (err: Error) => {
+    assert.match(err.message, /r already exists and is not empty; pass --resume .* or --force /);
+    assert.ok(!err.message.includes('\n'));
+    return true;
+  });
+  await assert.rejects(RunDir.create(root, 'r', { resume: true, force: true }), /not both/);
+
+  const resumed = await RunDir.create(root, 'r', { resume: true });
+  assert.equal(resumed.resumed, true);
+  assert.equal((await resumed.latestCheckpoint())?.step, 10);
+  assert.equal((await resumed.readLog()).length, 1);
+
+  const restarted = await RunDir.create(root, 'r', { force: true });
+  assert.equal(restarted.resumed, false);
+  assert.equal(await restarted.latestCheckpoint(), undefined);
+  assert.deepEqual(await restarted.readLog(), []);
+  assert.equal(await restarted.readConfig(), undefined);
+  assert.deepEqual(fs.readdirSync(restarted.dir).sort(), ['checkpoints', 'notes.txt', 'samples']);
+
+  // --resume on a run that does not exist yet starts it, so a retry loop can always pass it.
+  const fresh = await RunDir.create(root, 'new', { resume: true });
+  assert.equal(fresh.resumed, false);
+});
+
+test('latestCheckpoint skips a truncated newer checkpoint and a leftover temp file', async () => {
+  const run = await RunDir.create(tmpdir(), 'r');
+  await save(run.emaPath(10), 10);
+  await save(run.checkpointPath(10), 10);
+  await save(run.emaPath(20), 20);
+  await save(run.checkpointPath(20), 20);
+  await save(run.checkpointPath(30), 30);
+  truncate(run.checkpointPath(30), 3);
+  const temp = path.join(run.checkpointsDir, '.step-00000040.safetensors.4242.deadbeef.tmp');
+  fs.writeFileSync(temp, 'partial');
+  fs.writeFileSync(path.join(run.checkpointsDir, 'README'), 'not a checkpoint');
+
+  const warnings: string[] = [];
+  const reader = await RunDir.open(run.dir, { warn: (m) => warnings.push(m) });
+  const latest = await reader.latestCheckpoint();
+  assert.deepEqual(latest, { step: 20, path: run.checkpointPath(20), emaPath: run.emaPath(20) });
+  assert.equal(warnings.length, 2, warnings.join('\n'));
+  assert.ok(warnings.some((w) => w.includes(temp) && w.includes('interrupted write')), warnings.join('\n'));
+  assert.ok(warnings.some((w) => w.includes(run.checkpointPath(30)) && w.includes('truncated')), warnings.join('\n'));
+
+  // A step whose EMA file is broken is not complete either.
+  truncate(run.emaPath(20), 1);
+  assert.deepEqual(await reader.latestCheckpoint(), { step: 10, path: run.checkpointPath(10), emaPath: run.emaPath(10) });
+
+  // A checkpoint without EMA is complete on its own.
+  await save(run.checkpointPath(50), 50);
+  assert.deepEqual(await reader.latestCheckpoint(), { step: 50, path: run.checkpointPath(50) });
+});
+
+test('pruneCheckpoints keeps the newest complete ones and leaves newer broken files', async () => {
+  const run = await RunDir.create(tmpdir(), 'r', { warn: () => undefined });
+  for (const step of [100, 200, 300, 400]) {
+    await save(run.emaPath(step), step);
+    await save(run.checkpointPath(step), step);
+  }
+  await save(run.checkpointPath(500), 500);
+  truncate(run.checkpointPath(500), 1);
+
+  assert.deepEqual(await run.pruneCheckpoints(2), [
+    run.emaPath(100), run.checkpointPath(100), run.emaPath(200), run.checkpointPath(200),
+  ].sort());
+  assert.deepEqual(fs.readdirSync(run.checkpointsDir).sort(), [
+    'step-00000300.ema.safetensors', 'step-00000300.safetensors',
+    'step-00000400.ema.safetensors', 'step-00000400.safetensors', 'step-00000500.safetensors',
+  ]);
+  assert.deepEqual(await run.pruneCheckpoints(5), []);
+  await assert.rejects(run.pruneCheckpoints(0), /positive integer/);
+});
+
+test('readLog ignores a torn last line and the next append starts a clean line', async () => {
+  const warnings: string[] = [];
+  const run = await RunDir.create(tmpdir(), 'r', { warn: (m) => warnings.push(m) });
+  for (let step = 1; step <= 3; step++) await run.appendLog({ step, losses: { mse: 1 / step }, lr: 1e-4, time: step * 0.5 });
+  fs.appendFileSync(run.logPath, '{"step":4,"losses":{"mse":0.2');
+
+  const records = await run.readLog();
+  assert.deepEqual(records.map((r) => r.step), [1, 2, 3]);
+  assert.deepEqual(records[1], { step: 2, losses: { mse: 0.5 }, lr: 1e-4, time: 1 });
+
+  // After a kill, the resumed process appends: the fragment must not glue onto the new record.
+  const resumed = await RunDir.create(path.dirname(run.dir), 'r', { resume: true, warn: (m) => warnings.push(m) });
+  await resumed.appendLog({ step: 4, losses: { mse: 0.25 } });
+  assert.deepEqual((await resumed.readLog()).map((r) => r.step), [1, 2, 3, 4]);
+  assert.ok(fs.readFileSync(run.logPath, 'utf8').endsWith('{"step":4,"losses":{"mse":0.25}}\n'));
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0]!, /dropping a torn last line \(29 bytes\)/);
+
+  await resumed.rewindLog(2);
+  assert.deepEqual((await resumed.readLog()).map((r) => r.step), [1, 2]);
+
+  fs.appendFileSync(run.logPath, 'garbage\n{"step":9}\n');
+  await assert.rejects(resumed.readLog(), /log\.jsonl: line 3 is not valid JSON/);
+});
