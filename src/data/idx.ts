@@ -139,12 +139,12 @@ export class IdxDataset implements Dataset {
       throw new Error(`IDX images are grayscale: channels must be 1 or 3 (replicated), got ${channels}`);
     }
     this.channels = channels;
-    const pad = opts.padTo ?? Math.max(rows, cols);
-    if (!Number.isInteger(pad) || pad < rows || pad < cols) {
+    const pad = opts.padTo;
+    if (pad !== undefined && (!Number.isInteger(pad) || pad < rows || pad < cols)) {
       throw new Error(`IDX images are ${rows}x${cols}: size must be an integer >= ${Math.max(rows, cols)} (they are padded, not resized), got ${pad}`);
     }
-    this.height = pad;
-    this.width = pad;
+    this.height = pad ?? rows;
+    this.width = pad ?? cols;
     this.name = opts.name ?? (typeof opts.images === 'string' ? `idx:${opts.images}` : 'idx');
     if (opts.classNames !== undefined) this.classNames = opts.classNames;
   }
@@ -154,8 +154,8 @@ export class IdxDataset implements Dataset {
     return this.labels?.data[this.checkIndex(index)];
   }
 
-  get(index: number): Promise<Sample> {
-    return Promise.resolve(this.getSync(index));
+  async get(index: number): Promise<Sample> {
+    return this.getSync(index);
   }
 
   getSync(index: number): Sample {

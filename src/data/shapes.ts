@@ -301,8 +301,8 @@ export class ShapesDataset implements Dataset {
     return drawAttributes(new Rng(sampleSeed(this.seed, index, SPLIT_SALT[this.split])), this.split);
   }
 
-  get(index: number): Promise<Sample> {
-    return Promise.resolve(this.getSync(index));
+  async get(index: number): Promise<Sample> {
+    return this.getSync(index);
   }
 
   getSync(index: number): Sample {
