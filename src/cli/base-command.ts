@@ -1,0 +1,108 @@
+/**
+ * The base of every ldm command: the global flags, one-line errors, JSON or human results, progress.
+ * A command extends `LdmCommand<typeof MyCommand>`, reads `this.flags` / `this.args` (parsed in init),
+ * reports through `this.result(...)` and returns nothing.
+ */
+import * as os from 'node:os';
+import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
+import { createProgress, type Progress, type ProgressOptions } from './progress.js';
+import { errorMessage, exitCodeOf, formatError } from './errors.js';
+
+export const backends = ['auto', 'onnx', 'tfjs-gpu', 'tfjs-node', 'tfjs-wasm', 'tfjs-cpu'] as const;
+export type Backend = (typeof backends)[number];
+
+export type LdmFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof LdmCommand)['baseFlags'] & T['flags']>;
+export type LdmArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
+
+export abstract class LdmCommand<T extends typeof Command = typeof Command> extends Command {
+  // Lets oclif's jsonEnabled() see --json even when parsing failed, and keeps this.log() off stdout then.
+  static override enableJsonFlag = true;
+
+  static override baseFlags = {
+    backend: Flags.option({
+      options: backends,
+      default: 'auto' as const,
+      env: 'LDM_BACKEND',
+      helpGroup: 'GLOBAL',
+      summary: 'Executor for the model (env LDM_BACKEND).',
+    })(),
+    threads: Flags.integer({
+      min: 1,
+      default: os.availableParallelism(),
+      env: 'LDM_THREADS',
+      helpGroup: 'GLOBAL',
+      summary: 'CPU threads for the executor (default: all cores).',
+    }),
+    seed: Flags.integer({ min: 0, helpGroup: 'GLOBAL', summary: 'Seed for every random choice, for repeatable runs.' }),
+    json: Flags.boolean({ helpGroup: 'GLOBAL', summary: 'Print the result as JSON on stdout, and nothing else there.' }),
+    quiet: Flags.boolean({ char: 'q', helpGroup: 'GLOBAL', summary: 'No progress or notes on stderr.' }),
+  };
+
+  protected flags!: LdmFlags<T>;
+  protected args!: LdmArgs<T>;
+
+  override async init(): Promise<void> {
+    await super.init();
+    const { args, flags } = await this.parse({
+      flags: this.ctor.flags,
+      baseFlags: (super.ctor as typeof LdmCommand).baseFlags,
+      enableJsonFlag: this.ctor.enableJsonFlag,
+      args: this.ctor.args,
+      strict: this.ctor.strict,
+    });
+    this.flags = flags as LdmFlags<T>;
+    this.args = args as LdmArgs<T>;
+  }
+
+  /**
+   * Report the command's result: JSON on stdout with --json, else `human` (text or a function of the
+   * result) or a plain `key: value` rendering.
+   */
+  protected result<R>(value: R, human?: string | ((value: R) => string)): void {
+    if (this.jsonEnabled()) {
+      process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+      return;
+    }
+    const text = typeof human === 'function' ? human(value) : (human ?? formatHuman(value));
+    if (text !== '') process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+  }
+
+  /** A status line on stderr, left out with --quiet or --json. */
+  protected note(message: string): void {
+    if (!this.flags?.quiet && !this.jsonEnabled()) process.stderr.write(`${message}\n`);
+  }
+
+  /** A progress display that honours --quiet and --json. */
+  protected progress(opts: Omit<ProgressOptions, 'json' | 'quiet'>): Progress {
+    return createProgress({ ...opts, json: this.jsonEnabled(), quiet: this.flags?.quiet ?? false });
+  }
+
+  /** Errors end the command with `Error: ...` on stderr (and {"error": ...} on stdout with --json), no stack unless DEBUG=ldm. */
+  protected override async catch(err: Interfaces.CommandError): Promise<never> {
+    if (err instanceof Errors.ExitError) throw err;
+    const exitCode = exitCodeOf(err);
+    if (this.jsonEnabled()) process.stdout.write(`${JSON.stringify({ error: { message: errorMessage(err), exitCode } }, null, 2)}\n`);
+    process.stderr.write(formatError(err));
+    this.exit(exitCode);
+  }
+}
+
+/** `key: value` lines; nested objects indented, lists of scalars comma-joined. */
+export function formatHuman(value: unknown, indent = ''): string {
+  if (value === null || value === undefined) return '';
+  if (Array.isArray(value)) {
+    if (value.every((v) => v === null || typeof v !== 'object')) return `${indent}${value.join(', ')}`;
+    return value.map((v) => formatHuman(v, indent)).join(`\n${indent}\n`);
+  }
+  if (typeof value !== 'object') return `${indent}${String(value)}`;
+  const lines: string[] = [];
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+    if (v === undefined) continue;
+    if (v !== null && typeof v === 'object' && !(Array.isArray(v) && v.every((x) => x === null || typeof x !== 'object'))) {
+      lines.push(`${indent}${k}:`, formatHuman(v, `${indent}  `));
+    } else {
+      lines.push(`${indent}${k}: ${Array.isArray(v) ? v.join(', ') : String(v)}`);
+    }
+  }
+  return lines.join('\n');
+}
