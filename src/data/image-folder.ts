@@ -24,7 +24,7 @@ import { probeImage, readImage } from '../io/image.js';
 import { Rng } from '../util/random.js';
 import { CacheFile, LruCache, cacheKey, tensorBytes, writeCacheFile, type CacheDtype, type CacheEntry, type CacheStats } from './cache.js';
 import type { Dataset, Sample } from './dataset.js';
-import { centerCrop, convertChannels, flipHorizontal, resizeShorterSide, type ResizeFilter } from './transforms.js';
+import { centerCrop, flipHorizontal, resizeShorterSide, type ResizeFilter } from './transforms.js';
 
 /** Extensions read (lower case). BMP is absent: sharp's prebuilt binaries cannot decode it. */
 export const IMAGE_EXTENSIONS: readonly string[] = ['.png', '.jpg', '.jpeg', '.webp', '.gif', '.tif', '.tiff', '.avif'];
@@ -36,7 +36,10 @@ export interface ImageFolderOptions {
   filter?: ResizeFilter;
   /** Output channels; by default 1 when every image is grayscale, else 3. */
   channels?: 1 | 3;
-  /** Random horizontal flip with probability 0.5. */
+  /**
+   * Random horizontal flip with probability 0.5, drawn after this data set's own caches. Do not also give the
+   * DataLoader a cache for this data set: it would keep the first flip of each image.
+   */
   flip?: boolean;
   /** Seed of the flip Rng, default 0. */
   seed?: number;
@@ -227,29 +230,20 @@ export class ImageFolderDataset implements Dataset {
       files = all.filter((f) => cached.has(f.rel));
       channels = Number(cached.meta.channels);
     } else {
-      let done = 0;
-      let allGrey = true;
-      files = [];
-      const probeFailures: CacheEntry[] = [];
-      for await (const r of mapOrdered(all, concurrency, (f) => probeImage(f.abs).then((info) => ({ f, info }), (err: unknown) => ({ f, err })))) {
-        opts.onProgress?.('probe', ++done, all.length);
-        if ('err' in r) {
-          skip(r.f.rel, message(r.err));
-          probeFailures.push({ key: r.f.rel, error: message(r.err) });
-        } else {
-          files.push(r.f);
-          if (r.info.channels !== 1) allGrey = false;
-        }
-      }
-      channels = opts.channels ?? (allGrey ? 1 : 3);
+      const probed = await probeAll(all, concurrency, opts, skip);
+      files = probed.files;
+      channels = opts.channels ?? (probed.allGrey ? 1 : 3);
       if (cachePath) {
-        cacheFile = await buildCache(cachePath, files, probeFailures, channels, concurrency, opts, skip);
-        const built = cacheFile;
+        const built = await buildCache(cachePath, files, probed.failures, channels, concurrency, opts, skip);
+        cacheFile = built;
         files = files.filter((f) => built.has(f.rel));
       }
     }
     if (skipped > 0) warn(`skipped ${skipped} unreadable image${skipped === 1 ? '' : 's'} under ${root}`);
-    if (files.length === 0) throw new Error(`no readable images under ${root}; every file failed to decode`);
+    if (files.length === 0) {
+      await cacheFile?.close();
+      throw new Error(`no readable images under ${root}; every file failed to decode`);
+    }
     const classNames = classes.length > 0 ? classes : undefined;
     return new ImageFolderDataset({ root: absRoot, files, channels, opts, skipped, ...(classNames ? { classNames } : {}), ...(cacheFile ? { cacheFile } : {}) });
   }
@@ -318,9 +312,32 @@ export class ImageFolderDataset implements Dataset {
   }
 }
 
+/** Header-probe every file: the readable ones, whether all are grayscale, and the failures (already warned). */
+async function probeAll(
+  all: readonly FileEntry[], concurrency: number, opts: ImageFolderOptions, skip: (rel: string, why: string) => void,
+): Promise<{ files: FileEntry[]; allGrey: boolean; failures: CacheEntry[] }> {
+  const files: FileEntry[] = [];
+  const failures: CacheEntry[] = [];
+  let allGrey = true;
+  let done = 0;
+  const probeOne = (f: FileEntry): Promise<{ f: FileEntry; grey: boolean } | { f: FileEntry; error: string }> =>
+    probeImage(f.abs).then((info) => ({ f, grey: info.channels === 1 }), (err: unknown) => ({ f, error: message(err) }));
+  for await (const r of mapOrdered(all, concurrency, probeOne)) {
+    opts.onProgress?.('probe', ++done, all.length);
+    if ('error' in r) {
+      skip(r.f.rel, r.error);
+      failures.push({ key: r.f.rel, error: r.error });
+    } else {
+      files.push(r.f);
+      allGrey &&= r.grey;
+    }
+  }
+  return { files, allGrey, failures };
+}
+
 /** The deterministic part of loading: decode, channels, resize + centre crop. */
 async function decode(file: string, channels: number, opts: ImageFolderOptions): Promise<HostTensor> {
-  let image = convertChannels(await readImage(file), channels as 1 | 3);
+  let image = await readImage(file, { channels: channels as 1 | 3 });
   if (opts.size !== undefined) {
     image = centerCrop(resizeShorterSide(image, opts.size, opts.filter ?? 'bilinear'), opts.size, opts.size);
   }
