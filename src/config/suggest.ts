@@ -16,7 +16,7 @@ export function editDistance(a: string, b: string): number {
   return d[a.length][b.length];
 }
 
-/** Candidates close to `word`, closest first: within a third of its length (at least 2 edits), or sharing a prefix. */
+/** Candidates close to `word`, closest first: within a third of its length (at least 2 edits), or extending it. */
 export function closest(word: string, candidates: readonly string[], max = 3): string[] {
   const w = word.toLowerCase();
   const limit = Math.max(2, Math.floor(w.length / 3));
@@ -24,8 +24,8 @@ export function closest(word: string, candidates: readonly string[], max = 3): s
   for (const name of new Set(candidates)) {
     const n = name.toLowerCase();
     const dist = editDistance(w, n);
-    // A shared stem ("kl-f8" for "kl-f8-smal", "ch" for "ch_mul") is a likely intent even when far in edits.
-    const related = w.length >= 3 && (n.startsWith(w) || w.startsWith(n));
+    // A candidate that extends what was typed ("kl-f3" for "kl-f32-small") is a likely intent even when far in edits.
+    const related = w.length >= 3 && n.startsWith(w);
     if (dist <= limit || related) scored.push({ name, score: related ? Math.min(dist, limit) : dist });
   }
   scored.sort((x, y) => x.score - y.score || x.name.localeCompare(y.name));
