@@ -5,11 +5,9 @@
  */
 import * as os from 'node:os';
 import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
+import { BACKEND_NAMES } from '../engine/executor.js';
 import { createProgress, type Progress, type ProgressOptions } from './progress.js';
 import { errorMessage, exitCodeOf, formatError } from './errors.js';
-
-export const backends = ['auto', 'onnx', 'tfjs-gpu', 'tfjs-node', 'tfjs-wasm', 'tfjs-cpu'] as const;
-export type Backend = (typeof backends)[number];
 
 export type LdmFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof LdmCommand)['baseFlags'] & T['flags']>;
 export type LdmArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
@@ -20,7 +18,7 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
 
   static override baseFlags = {
     backend: Flags.option({
-      options: backends,
+      options: BACKEND_NAMES,
       default: 'auto' as const,
       env: 'LDM_BACKEND',
       helpGroup: 'GLOBAL',
