@@ -22,7 +22,7 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
       default: 'auto' as const,
       env: 'LDM_BACKEND',
       helpGroup: 'GLOBAL',
-      summary: 'Executor for the model (env LDM_BACKEND).',
+      summary: 'Executor that runs the model.',
     })(),
     threads: Flags.integer({
       min: 1,
