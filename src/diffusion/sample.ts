@@ -1,0 +1,94 @@
+/**
+ * The sampling loop, written once: noise (or a noised init image), the model call at each of the sampler's timesteps,
+ * classifier-free guidance, inpainting's known-region replacement, progress. Samplers only map predictions to samples.
+ */
+import type { Rng } from '../util/random.js';
+import type { NoiseSchedule } from './schedule.js';
+import type { Sampler } from './samplers.js';
+import { toPrediction, type Parameterization } from './prediction.js';
+
+/** Model outputs for the conditional branch, and the unconditional one when guidance asks for it. */
+export interface ModelOutputs {
+  cond: Float32Array;
+  uncond?: Float32Array;
+}
+
+/** Runs the denoiser on x ([N, ...] flattened) at per-sample timesteps t; `guided` asks for both branches. */
+export type ModelFn = (x: Float32Array, t: readonly number[], guided: boolean) => Promise<ModelOutputs>;
+
+export interface SampleOptions {
+  /** [N, C, H, W] of the latent. */
+  shape: readonly number[];
+  model: ModelFn;
+  schedule: NoiseSchedule;
+  sampler: Sampler;
+  parameterization?: Parameterization;
+  /** Classifier-free guidance scale s: out = uncond + s (cond - uncond). 1 (default) is the plain conditional model. */
+  guidance?: number;
+  rng: Rng;
+  /** Image-to-image (SDEdit): start from this clean latent, noised to the level `strength` of the way up. */
+  init?: { x0: Float32Array; strength: number };
+  /** Inpainting: where mask = 1 the sample is the (noised) known latent at every step; mask broadcast per sample. */
+  inpaint?: { x0: Float32Array; mask: Float32Array };
+  /** Called after each model call (i counts from 0 to calls - 1). */
+  onStep?: (i: number, calls: number, t: number) => void;
+}
+
+export function guide(out: ModelOutputs, scale: number): Float32Array {
+  if (scale === 1 || !out.uncond) return out.cond;
+  const r = new Float32Array(out.cond.length);
+  const u = out.uncond;
+  for (let j = 0; j < r.length; j++) r[j] = u[j]! + scale * (out.cond[j]! - u[j]!);
+  return r;
+}
+
+function noised(x0: Float32Array, level: number, sched: NoiseSchedule, rng: Rng): Float32Array {
+  if (level < 0) return x0;
+  const a = sched.abar(level);
+  const sa = Math.sqrt(a);
+  const sb = Math.sqrt(1 - a);
+  const out = new Float32Array(x0.length);
+  for (let j = 0; j < out.length; j++) out[j] = sa * x0[j]! + sb * rng.normal();
+  return out;
+}
+
+function replaceKnown(x: Float32Array, known: Float32Array, mask: Float32Array): void {
+  const per = mask.length;
+  for (let j = 0; j < x.length; j++) {
+    const m = mask[j % per]!;
+    if (m === 1) x[j] = known[j]!;
+    else if (m !== 0) x[j] = m * known[j]! + (1 - m) * x[j]!;
+  }
+}
+
+/** Draw samples; returns the final clean latent [N, ...] flattened. */
+export async function sampleLatents(o: SampleOptions): Promise<Float32Array> {
+  const size = o.shape.reduce((a, b) => a * b, 1);
+  const n = o.shape[0]!;
+  const { sampler, schedule: sched, rng } = o;
+  const guidance = o.guidance ?? 1;
+  const param = o.parameterization ?? 'eps';
+  const calls = sampler.timesteps.length;
+  let start = 0;
+  let x: Float32Array;
+  if (o.init) {
+    if (o.init.x0.length !== size) throw new Error(`init latent has ${o.init.x0.length} values, the sample needs ${size}`);
+    start = sampler.startIndex(o.init.strength);
+    x = noised(o.init.x0, sampler.timesteps[start]!, sched, rng);
+  } else {
+    x = rng.normalArray(size);
+  }
+  if (o.inpaint && o.inpaint.x0.length !== size) throw new Error(`inpainting latent has ${o.inpaint.x0.length} values, the sample needs ${size}`);
+  sampler.reset();
+  for (let i = start; i < calls; i++) {
+    const t = sampler.timesteps[i]!;
+    if (o.inpaint) replaceKnown(x, noised(o.inpaint.x0, t, sched, rng), o.inpaint.mask);
+    const ts = new Array<number>(n).fill(t);
+    const out = guide(await o.model(x, ts, guidance !== 1), guidance);
+    const pred = toPrediction(out, x, ts.map((v) => sched.abar(v)), param);
+    x = sampler.step(pred, i, x, rng);
+    o.onStep?.(i - start, calls - start, t);
+  }
+  if (o.inpaint) replaceKnown(x, o.inpaint.x0, o.inpaint.mask);
+  return x;
+}
