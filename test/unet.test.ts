@@ -1,0 +1,202 @@
+/**
+ * The UNet against the reference PyTorch UNetModel (fixtures from scripts/fixtures/make_unet_fixture.py): parameter
+ * names, shapes and order; outputs on the ONNX executor; sizes other than the training size; config validation;
+ * and a few training steps.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Graph, trace, type Tensor } from '../src/engine/graph.js';
+import * as o from '../src/engine/ops.js';
+import { mseLoss } from '../src/engine/nn.js';
+import { bindParams, Module } from '../src/engine/module.js';
+import { OnnxExecutor } from '../src/engine/onnx/executor.js';
+import { Trainer } from '../src/engine/trainer.js';
+import { float32, hostTensor, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import type { Feeds } from '../src/engine/executor.js';
+import { readSafetensors } from '../src/io/safetensors.js';
+import { Rng } from '../src/util/random.js';
+import { UNetModel } from '../src/models/unet/unet.js';
+import { parseUNetConfig, type UNetConfigInput } from '../src/models/unet/config.js';
+import { BENCH_UNET_CONFIG } from '../src/models/unet/bench-config.js';
+import { ClassEmbedder } from '../src/models/class-embedder.js';
+
+const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
+const executor = new OnnxExecutor({ threads: 1 });
+
+type Recipe = [name: string, shape: number[], lo: number, hi: number, offset: number][];
+
+/** A fixture with its weights drawn as its `params` recipe says (the fixture script ports our Rng). */
+async function loadCase(file: string) {
+  const st = await readSafetensors(path.join(FIXTURES, file));
+  const recipe = JSON.parse(st.metadata.params!) as Recipe;
+  const sums = JSON.parse(st.metadata.param_sums!) as Record<string, number>;
+  const rng = new Rng(Number(st.metadata.param_seed));
+  const params = new Map<string, HostTensor>();
+  for (const [name, shape, lo, hi, offset] of recipe) {
+    const v = rng.uniformArray(shape.reduce((a, b) => a * b, 1), lo, hi);
+    if (offset) for (let i = 0; i < v.length; i++) v[i]! += offset;
+    const sum = v.reduce((a, b) => a + b, 0);
+    assert.ok(Math.abs(sum - sums[name]!) <= 1e-6 * Math.max(1, Math.abs(sums[name]!)), `weights of ${name} differ from the fixture's draw`);
+    params.set(name, float32(shape, v));
+  }
+  const tensor = (n: string) => {
+    const t = st.tensors.get(n);
+    assert.ok(t, `fixture ${file} has no ${n}`);
+    return t;
+  };
+  return { config: parseUNetConfig(JSON.parse(st.metadata.config!)), recipe, params, tensor, has: (n: string) => st.tensors.has(n) };
+}
+
+/** Trace model.forward on these feeds with the weights as constants, run it once on ONNX Runtime. */
+async function runUNet(model: UNetModel, params: ReadonlyMap<string, HostTensor>, feeds: { x: HostTensor; t: HostTensor; context?: HostTensor; y?: HostTensor }) {
+  const g = new Graph();
+  bindParams(g, model, params, 'const');
+  const eps = trace(g, () => {
+    const inp = (n: string, h?: HostTensor) => (h ? o.input(n, h.shape, h.dtype === 'int64' ? 'int64' : h.dtype === 'int32' ? 'int32' : 'float32') : undefined);
+    return model.forward(inp('x', feeds.x)!, inp('t', feeds.t)!, inp('context', feeds.context), inp('y', feeds.y));
+  });
+  const program = await executor.compile(g, { eps });
+  try {
+    const f: Record<string, HostTensor> = {};
+    for (const [k, v] of Object.entries(feeds)) if (v) f[k] = v;
+    return (await program.run(f)).eps!;
+  } finally {
+    await program.dispose();
+  }
+}
+
+function assertRelClose(got: HostTensor, want: HostTensor, rel: number, what: string): void {
+  assert.deepEqual(got.shape, want.shape, `${what}: shape`);
+  const a = toFloat32(got);
+  const b = toFloat32(want);
+  let scale = 0;
+  let worst = 0;
+  for (let i = 0; i < b.length; i++) {
+    scale = Math.max(scale, Math.abs(b[i]!));
+    worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+  }
+  assert.ok(scale > 0.1, `${what}: the reference output is degenerate (max |eps| ${scale})`);
+  assert.ok(worst <= rel * scale, `${what}: max |diff| ${worst.toExponential(2)} exceeds ${rel} x max |ref| ${scale.toFixed(3)}`);
+}
+
+function namesAndShapes(m: Module): [string, number[]][] {
+  return m.namedParameters().map(([n, p]) => [n, [...p.shape]]);
+}
+
+test('spatial-transformer UNet: reference names, shapes and order; output matches PyTorch, also at twice the size', async () => {
+  const c = await loadCase('unet-small-st.safetensors');
+  const model = new UNetModel(c.config);
+  assert.deepEqual(namesAndShapes(model), c.recipe.map(([n, s]) => [n, s]));
+  const names = new Set(c.recipe.map(([n]) => n));
+  for (const k of ['input_blocks.1.0.in_layers.0.weight', 'input_blocks.3.1.transformer_blocks.0.attn2.to_k.weight', 'middle_block.1.proj_in.weight', 'output_blocks.1.2.conv.weight', 'out.2.weight']) {
+    assert.ok(names.has(k), `fixture lacks ${k}`);
+  }
+  const feeds = { x: c.tensor('input.x'), t: c.tensor('input.t'), context: c.tensor('input.context') };
+  assertRelClose(await runUNet(model, c.params, feeds), c.tensor('output.eps'), 1e-4, 'eps');
+  const big = await runUNet(model, c.params, { ...feeds, x: c.tensor('input.x2') });
+  assert.deepEqual(c.tensor('input.x2').shape.slice(2), feeds.x.shape.slice(2).map((d) => 2 * d));
+  assertRelClose(big, c.tensor('output.eps2'), 1e-4, 'eps at twice the size');
+});
+
+test('legacy-attention, class-conditional, scale-shift, resblock_updown UNet matches PyTorch', async () => {
+  const c = await loadCase('unet-small-legacy.safetensors');
+  const model = new UNetModel(c.config);
+  assert.deepEqual(namesAndShapes(model), c.recipe.map(([n, s]) => [n, s]));
+  const names = new Set(c.recipe.map(([n]) => n));
+  for (const k of ['label_emb.weight', 'input_blocks.2.0.in_layers.2.weight', 'input_blocks.3.1.qkv.weight', 'output_blocks.1.2.in_layers.0.weight']) {
+    assert.ok(names.has(k), `fixture lacks ${k}`);
+  }
+  const y = c.tensor('input.y');
+  const eps = await runUNet(model, c.params, { x: c.tensor('input.x'), t: c.tensor('input.t'), y });
+  assertRelClose(eps, c.tensor('output.eps'), 1e-4, 'eps');
+  // The same labels as int32 (what loaders feed) give the same result.
+  const y32 = hostTensor('int32', y.shape, Int32Array.from(toFloat32(y)));
+  assertRelClose(await runUNet(model, c.params, { x: c.tensor('input.x'), t: c.tensor('input.t'), y: y32 }), eps, 1e-6, 'eps with int32 labels');
+});
+
+test('the benchmark UNet has every reference key and shape, in state-dict order, and the peer parameter count', () => {
+  const ref = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'unet-bench-keys.json'), 'utf8')) as { keys: [string, number[]][]; params: number; config: UNetConfigInput };
+  assert.deepEqual(parseUNetConfig(ref.config), BENCH_UNET_CONFIG);
+  const model = new UNetModel(BENCH_UNET_CONFIG);
+  assert.deepEqual(namesAndShapes(model), ref.keys);
+  assert.equal(model.namedParameters().reduce((s, [, p]) => s + p.shape.reduce((a, b) => a * b, 1), 0), ref.params);
+});
+
+test('config validation: one line per problem, naming the key and the fix', () => {
+  const base: UNetConfigInput = { in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16 };
+  assert.doesNotThrow(() => parseUNetConfig(base));
+  const problem = (over: Record<string, unknown>) => {
+    try {
+      parseUNetConfig({ ...base, ...over });
+    } catch (e) {
+      return (e as Error).message;
+    }
+    assert.fail(`accepted ${JSON.stringify(over)}`);
+  };
+  assert.match(problem({ model_channels: 48 }), /^unet config: model_channels: 48 channels are not a multiple of 32/);
+  assert.match(problem({ attention_resolutions: [4] }), /attention_resolutions\[0\]: 4 is not a level's downsampling rate; with 2 levels use some of 1, 2/);
+  assert.match(problem({ context_dim: 16 }), /context_dim: cross-attention context needs use_spatial_transformer: true/);
+  assert.match(problem({ num_head_channels: -1 }), /set num_heads or num_head_channels/);
+  assert.match(problem({ num_head_channels: 24 }), /num_head_channels: attention layers have 64 channels, which num_head_channels 24 does not divide/);
+  assert.match(problem({ use_fp16: true }), /use_fp16: unknown key \(float16 UNets are not supported/);
+  assert.match(problem({ dropout: 0.1 }), /dropout: only dropout 0 is supported/);
+  const two = problem({ model_channels: 48, context_dim: 8 }).split('\n');
+  assert.equal(two.length, 2);
+});
+
+test('inputs are checked with messages that say what to pass', () => {
+  const model = new UNetModel(parseUNetConfig({ in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2, 2], num_head_channels: 32, use_spatial_transformer: true, context_dim: 8 }));
+  const g = new Graph();
+  bindParams(g, model, undefined, 'input');
+  trace(g, () => {
+    const t = o.input('t', [2]);
+    const ctx = o.input('c', [2, 3, 8]);
+    assert.throws(() => model.forward(o.input('x', [2, 4, 12, 10]), t, ctx), /input 12x10 does not divide by 4 .*crop or pad to a multiple of 4/);
+    assert.throws(() => model.forward(o.input('x3', [2, 3, 8, 8]), t, ctx), /x must be \[N, 4, H, W\]/);
+    assert.throws(() => model.forward(o.input('x4', [2, 4, 8, 8]), t), /this UNet cross-attends: pass a context \[2, L, 8\]/);
+    const out = model.forward(o.input('x5', [2, 4, 8, 24]), t, ctx);
+    assert.deepEqual(out.shape, [2, 4, 8, 24]);
+  });
+});
+
+/** A class-conditional cross-attention LDM core: the ClassEmbedder trained jointly with the UNet, as the reference does. */
+class TinyLdm extends Module {
+  readonly unet: UNetModel;
+  readonly cond: ClassEmbedder;
+  constructor() {
+    super();
+    this.unet = this.add('model', new UNetModel(parseUNetConfig({
+      in_channels: 2, out_channels: 2, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [2],
+      num_head_channels: 32, use_spatial_transformer: true, context_dim: 16,
+    })));
+    this.cond = this.add('cond_stage_model', new ClassEmbedder(3, 16));
+  }
+
+  loss(i: Readonly<Record<string, Tensor>>): Tensor {
+    return mseLoss(this.unet.forward(i.x!, i.t!, this.cond.forward(i.y!)), i.eps!);
+  }
+}
+
+test('a few training steps of UNet + class embedder lower the denoising loss', async () => {
+  const rng = new Rng(3);
+  const net = new TinyLdm();
+  const params = net.initialize(rng);
+  const names = [...params.keys()];
+  assert.ok(names.includes('model.input_blocks.0.0.weight') && names.includes('cond_stage_model.embedding.weight'));
+  const trainer = new Trainer({ executor, module: net, params, optimizer: { lr: 2e-3 }, loss: (i) => ({ loss: net.loss(i) }) });
+  const n = 4;
+  const batch: Feeds = {
+    x: float32([n, 2, 8, 8], rng.normalArray(n * 128)),
+    t: float32([n], [10, 200, 500, 900]),
+    y: hostTensor('int32', [n], Int32Array.from([0, 1, 2, 3])),
+    eps: float32([n, 2, 8, 8], rng.normalArray(n * 128)),
+  };
+  const losses: number[] = [];
+  for (let s = 0; s < 6; s++) losses.push((await trainer.stepOn(batch)).loss);
+  await trainer.dispose();
+  assert.ok(losses.every(Number.isFinite));
+  assert.ok(losses.at(-1)! < 0.9 * losses[0]!, `loss went ${losses.map((l) => l.toFixed(4)).join(' -> ')}`);
+});
