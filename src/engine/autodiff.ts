@@ -95,9 +95,18 @@ function matmulGrad(y: Tensor, dy: Tensor, need: readonly boolean[]): (Tensor | 
   const a = first(y);
   const b = second(y);
   const tr = (t: Tensor) => o.transpose(t, [...t.shape.slice(0, -2).map((_, i) => i), t.rank - 1, t.rank - 2]);
+  // A batch of rows times one matrix (every Linear layer): the weight's gradient is ONE matmul over all rows,
+  // not a batched product summed over the batch afterwards (ORT's ReduceSum over a leading axis is slow).
+  const flatB = b.rank === 2 && a.rank > 2;
+  const k = a.shape[a.rank - 1]!;
+  const n = b.shape[1]!;
   return [
     need[0] ? unbroadcast(o.matmul(dy, tr(b)), a.shape) : undefined,
-    need[1] ? unbroadcast(o.matmul(tr(a), dy), b.shape) : undefined,
+    need[1]
+      ? flatB
+        ? o.matmul(o.transpose(o.reshape(a, [-1, k]), [1, 0]), o.reshape(dy, [-1, n]))
+        : unbroadcast(o.matmul(tr(a), dy), b.shape)
+      : undefined,
   ];
 }
 
