@@ -16,11 +16,12 @@ export function project(x: Tensor, weight: Tensor, scale = 1): Tensor {
   return o.matmul(x, o.transpose(scale === 1 ? weight : o.mul(weight, scale), [1, 0]));
 }
 
-/** [B, L, h*d] -> [B, h, L, d]; a reshape alone when there is one head. */
-function splitHeads(x: Tensor, heads: number): Tensor {
+/** [B, L, h*d] -> [B, h, L, d] (`keys`: [B, h, d, L], ready to multiply); one reshape and at most one transpose. */
+function splitHeads(x: Tensor, heads: number, keys = false): Tensor {
   const [b, l, inner] = x.shape as [number, number, number];
-  if (heads === 1) return o.reshape(x, [b, 1, l, inner]);
-  return o.transpose(o.reshape(x, [b, l, heads, inner / heads]), [0, 2, 1, 3]);
+  const heads4 = o.reshape(x, [b, l, heads, inner / heads]);
+  if (keys) return o.transpose(heads4, [0, 2, 3, 1]);
+  return heads === 1 ? o.reshape(x, [b, 1, l, inner]) : o.transpose(heads4, [0, 2, 1, 3]);
 }
 
 /**
@@ -29,11 +30,8 @@ function splitHeads(x: Tensor, heads: number): Tensor {
  */
 export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number): Tensor {
   const [b, lq, inner] = q.shape as [number, number, number];
-  const qh = splitHeads(q, heads);
-  const kh = splitHeads(k, heads);
-  const vh = splitHeads(v, heads);
-  const weights = o.softmax(o.matmul(qh, o.transpose(kh, [0, 1, 3, 2])), -1);
-  const out = o.matmul(weights, vh);
+  const weights = o.softmax(o.matmul(splitHeads(q, heads), splitHeads(k, heads, true)), -1); // [B, h, Lq, Lk]
+  const out = o.matmul(weights, splitHeads(v, heads)); // [B, h, Lq, d]
   return heads === 1 ? o.reshape(out, [b, lq, inner]) : o.reshape(o.transpose(out, [0, 2, 1, 3]), [b, lq, inner]);
 }
 

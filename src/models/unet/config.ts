@@ -4,7 +4,7 @@
  */
 import * as z from 'zod';
 import { bool, expecting, listOf, posInt, strict } from '../../config/fields.js';
-import { formatKeyPath } from '../../config/issues.js';
+import { formatIssues } from '../../config/issues.js';
 
 /** -1 means "not set", as in the reference (one of num_heads / num_head_channels must be set). */
 const headCount = (what: string) => z.int(expecting(what)).refine((v) => v === -1 || v > 0, expecting(what));
@@ -60,16 +60,7 @@ export type UNetConfigInput = z.input<typeof UNetConfigSchema>;
 export function parseUNetConfig(data: unknown, where = 'unet config'): UNetConfig {
   const r = UNetConfigSchema.safeParse(data);
   if (r.success) return r.data;
-  const lines: string[] = [];
-  for (const iss of r.error.issues) {
-    if (iss.code === 'unrecognized_keys') {
-      const messages = iss.message.split('\n');
-      iss.keys.forEach((k, i) => lines.push(`${where}: ${formatKeyPath([...iss.path, k])}: ${messages[i] ?? 'unknown key'}`));
-    } else {
-      lines.push(`${where}: ${formatKeyPath(iss.path)}: ${iss.message}`);
-    }
-  }
-  throw new Error(lines.join('\n'));
+  throw new Error(formatIssues(r.error.issues, where).join('\n'));
 }
 
 /** Downsampling rate of each level: 1, 2, 4, ... */
