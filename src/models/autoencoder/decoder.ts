@@ -6,8 +6,8 @@
 import type { Tensor } from '../../engine/graph.js';
 import { Conv2d, type GroupNorm } from '../../engine/nn.js';
 import { Module } from '../../engine/module.js';
-import { ModuleList, ResnetBlock, Upsample, makeAttn, normalize, swish } from './blocks.js';
-import { Level, Mid, checkDDConfig, type DDConfig } from './encoder.js';
+import { ModuleList, Upsample, normalize, swish } from './blocks.js';
+import { Level, Mid, blockOptions, type DDConfig } from './encoder.js';
 
 export class Decoder extends Module {
   readonly convIn: Conv2d;
@@ -18,9 +18,7 @@ export class Decoder extends Module {
 
   constructor(readonly dd: DDConfig) {
     super();
-    checkDDConfig(dd);
-    const attnType = dd.attn_type ?? 'vanilla';
-    const dropout = dd.dropout ?? 0;
+    const { attnType, dropout } = blockOptions(dd);
     const levels = dd.ch_mult.length;
     let blockIn = dd.ch * dd.ch_mult[levels - 1]!;
     let currRes = Math.floor(dd.resolution / 2 ** (levels - 1));
@@ -28,16 +26,9 @@ export class Decoder extends Module {
     this.mid = this.add('mid', new Mid(blockIn, attnType, dropout));
     const built: Level<Upsample>[] = [];
     for (let i = levels - 1; i >= 0; i--) {
-      const level = new Level<Upsample>();
-      const blockOut = dd.ch * dd.ch_mult[i]!;
-      for (let j = 0; j < dd.num_res_blocks + 1; j++) {
-        level.block.push(new ResnetBlock(blockIn, blockOut, dropout));
-        blockIn = blockOut;
-        if (dd.attn_resolutions.includes(currRes)) {
-          const a = makeAttn(blockIn, attnType);
-          if (a) level.attn.push(a);
-        }
-      }
+      const withAttn = dd.attn_resolutions.includes(currRes);
+      const level = new Level<Upsample>(dd.num_res_blocks + 1, blockIn, dd.ch * dd.ch_mult[i]!, withAttn, attnType, dropout);
+      blockIn = level.outChannels;
       if (i !== 0) {
         level.setResample('upsample', new Upsample(blockIn));
         currRes *= 2;

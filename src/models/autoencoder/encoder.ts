@@ -30,6 +30,16 @@ export class Level<R extends Module> extends Module {
   readonly attn = this.add('attn', new ModuleList<AttnBlock>());
   resample?: R;
 
+  /** `count` ResnetBlocks from `inChannels` to `outChannels`, each followed by attention where `withAttn`. */
+  constructor(count: number, inChannels: number, readonly outChannels: number, withAttn: boolean, attnType: AttnType, dropout: number) {
+    super();
+    for (let j = 0; j < count; j++) {
+      this.block.push(new ResnetBlock(j === 0 ? inChannels : outChannels, outChannels, dropout));
+      const a = withAttn ? makeAttn(outChannels, attnType) : undefined;
+      if (a) this.attn.push(a);
+    }
+  }
+
   setResample(name: 'downsample' | 'upsample', m: R): void {
     this.resample = this.add(name, m);
   }
@@ -66,11 +76,13 @@ export class Mid extends Module {
   }
 }
 
-export function checkDDConfig(dd: DDConfig): void {
+/** Check the widths and fill the optional fields with the reference defaults. */
+export function blockOptions(dd: DDConfig): { attnType: AttnType; dropout: number } {
   if (dd.ch_mult.length === 0) throw new Error('ddconfig.ch_mult is empty; give one multiplier per level, e.g. [1, 2, 4, 4]');
   for (const m of dd.ch_mult) {
     if ((dd.ch * m) % 32 !== 0) throw new Error(`ddconfig: ch*${m} = ${dd.ch * m} channels is not a multiple of 32 (GroupNorm uses 32 groups)`);
   }
+  return { attnType: dd.attn_type ?? 'vanilla', dropout: dd.dropout ?? 0 };
 }
 
 export class Encoder extends Module {
@@ -82,26 +94,16 @@ export class Encoder extends Module {
 
   constructor(readonly dd: DDConfig) {
     super();
-    checkDDConfig(dd);
-    const attnType = dd.attn_type ?? 'vanilla';
-    const dropout = dd.dropout ?? 0;
+    const { attnType, dropout } = blockOptions(dd);
     this.convIn = this.add('conv_in', new Conv2d(dd.in_channels, dd.ch, 3, { padding: 1 }));
     this.add('down', this.down);
     const inChMult = [1, ...dd.ch_mult];
     let currRes = dd.resolution;
     let blockIn = dd.ch;
     dd.ch_mult.forEach((mult, i) => {
-      const level = this.down.push(new Level<Downsample>());
-      blockIn = dd.ch * inChMult[i]!;
-      const blockOut = dd.ch * mult;
-      for (let j = 0; j < dd.num_res_blocks; j++) {
-        level.block.push(new ResnetBlock(blockIn, blockOut, dropout));
-        blockIn = blockOut;
-        if (dd.attn_resolutions.includes(currRes)) {
-          const a = makeAttn(blockIn, attnType);
-          if (a) level.attn.push(a);
-        }
-      }
+      const withAttn = dd.attn_resolutions.includes(currRes);
+      const level = this.down.push(new Level<Downsample>(dd.num_res_blocks, dd.ch * inChMult[i]!, dd.ch * mult, withAttn, attnType, dropout));
+      blockIn = level.outChannels;
       if (i !== dd.ch_mult.length - 1) {
         level.setResample('downsample', new Downsample(blockIn));
         currRes = Math.floor(currRes / 2);
