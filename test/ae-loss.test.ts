@@ -112,14 +112,18 @@ test('discriminator hinge loss: value, logits, gradients and chained BatchNorm b
     // main.11.bias: all logits inside (-1, 1), so its hinge gradient is exactly 0 in PyTorch.
     assertClose(r[`grad.${k}`], fixtureTensor(s.st, `disc.grad.${k}`), `grad ${k}`, k.endsWith('11.bias') ? { atol: 1e-6 } : {});
   }
+  assertBuffersAfter(s.st, r, 9);
+});
+
+/** BatchNorm buffers after the discriminator step (running_mean, running_var, num_batches_tracked of each). */
+function assertBuffersAfter(st: Safetensors, r: Record<string, HostTensor>, count: number): void {
   const after = Object.keys(r).filter((k) => k.startsWith('after.'));
-  assert.equal(after.length, 9, 'three BatchNorms x (running_mean, running_var, num_batches_tracked)');
+  assert.equal(after.length, count, 'three buffers per BatchNorm');
   for (const k of after) {
-    const name = k.slice('after.'.length);
-    const want = fixtureTensor(s.st, `disc.after.${name}`);
+    const want = fixtureTensor(st, `disc.after.${k.slice('after.'.length)}`);
     assertClose(r[k], want.dtype === 'int64' ? float32(want.shape, toFloat32(want)) : want, k);
   }
-});
+}
 
 test('hinge loss is 0.5 * (mean relu(1 - real) + mean relu(1 + fake))', async () => {
   const g = new Graph();
@@ -143,6 +147,7 @@ test('VQ generator loss: codebook loss, d_weight and gradients (straight-through
   for (const k of VQ_GEN_GRADS) assertClose(r[`grad.${k}`], fixtureTensor(s.st, `gen.grad.${k}`), `grad ${k}`);
   const d = await runStep(s, discriminatorStep(s.model, s.loss), feeds, []);
   for (const k of ['disc_loss', 'logits_real', 'logits_fake']) assertClose(d[`metric.${k}`], scalarOf(s.st, `disc.${k}`), k);
+  assertBuffersAfter(s.st, d, 6);
 });
 
 test('VQ usage metrics in the graph: perplexity and used codes of the batch', async () => {
