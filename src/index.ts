@@ -1,0 +1,44 @@
+/**
+ * ldm as a library: everything the CLI commands use, for tests and other tools.
+ * The CLI (bin/run.js, src/commands) is a thin layer over these.
+ */
+// Engine: traced graphs, ops, autodiff, executors, training.
+export * from './engine/host-tensor.js';
+export { Graph, Tensor, trace, type Dtype } from './engine/graph.js';
+export * as ops from './engine/ops.js';
+export * as nn from './engine/nn.js';
+export { grad } from './engine/autodiff.js';
+export { Module, Param, bindParams, checkWeights } from './engine/module.js';
+export * from './engine/executor.js';
+export { OnnxExecutor } from './engine/onnx/executor.js';
+export { selectBackend, createExecutor, probeBackends, parseBackend, type BackendStatus, type BackendSelection } from './engine/backend.js';
+export * from './engine/optim.js';
+export { Trainer, NonFiniteError, type TrainerOptions, type StepResult, type LossOutput, type TrainerState } from './engine/trainer.js';
+export { Rng } from './util/random.js';
+
+// Files: checkpoints, images, runs.
+export * from './io/safetensors.js';
+export * from './io/checkpoint.js';
+export * from './io/atomic.js';
+export * from './io/image.js';
+export { RunDir } from './io/run-dir.js';
+
+// Data.
+export type { Dataset, Sample, Batch } from './data/dataset.js';
+export { openDataset, parseDatasetSpec, DATASET_SPEC_FORMS } from './data/sources.js';
+export { DataLoader, splitDataset, subset } from './data/loader.js';
+export { ImageFolderDataset } from './data/image-folder.js';
+export { IdxDataset } from './data/idx.js';
+export { fashionMnist } from './data/fashion-mnist.js';
+export { ShapesDataset, HELDOUT_COMBOS, makeCaption, parseCaption } from './data/shapes.js';
+export { checkSample, checkLabelMap } from './data/shapes-checker.js';
+
+// Configs.
+export { loadConfig, listZoo, dumpConfig, validateConfig, ConfigError } from './config/load.js';
+export * from './config/schema.js';
+
+// Diffusion.
+export * from './diffusion/schedule.js';
+export * from './diffusion/prediction.js';
+export * from './diffusion/samplers.js';
+export * from './diffusion/sample.js';
