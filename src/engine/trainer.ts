@@ -13,6 +13,8 @@ export interface LossOutput {
   loss: Tensor;
   /** Extra scalars to report (reconstruction loss, KL, perplexity...). */
   metrics?: Record<string, Tensor>;
+  /** Tensors of any shape to hand back (VQ code indices for usage counts...). */
+  outputs?: Record<string, Tensor>;
 }
 
 export interface TrainerOptions {
@@ -36,6 +38,7 @@ export interface StepResult {
   gradNorm: number;
   lr: number;
   metrics: Record<string, number>;
+  outputs: Record<string, HostTensor>;
 }
 
 /** Optimizer state as saved in checkpoints: `m.<name>`, `v.<name>`, plus the step count. */
@@ -50,7 +53,7 @@ export class NonFiniteError extends Error {}
 const DTYPE_OF_FEED = (t: HostTensor): Dtype => (t.dtype === 'float32' || t.dtype === 'int64' || t.dtype === 'int32' || t.dtype === 'bool' ? t.dtype : 'float32');
 
 export class Trainer {
-  private readonly programs = new Map<string, Promise<{ program: Program; trainable: string[]; buffers: string[]; metrics: string[] }>>();
+  private readonly programs = new Map<string, Promise<{ program: Program; trainable: string[]; buffers: string[]; metrics: string[]; extra: string[] }>>();
   readonly params: Map<string, HostTensor>;
   private m = new Map<string, HostTensor>();
   private v = new Map<string, HostTensor>();
@@ -101,6 +104,8 @@ export class Trainer {
     }
     const metrics = Object.keys(out.metrics ?? {});
     for (const k of metrics) outputs[`metric.${k}`] = out.metrics![k]!;
+    const extra = Object.keys(out.outputs ?? {});
+    for (const k of extra) outputs[`out.${k}`] = out.outputs![k]!;
     const wrt = this.trainableNames.map((n) => bound.get(n)!);
     const ema = this.ema;
     const program = await this.opts.executor.compileStep(graph, {
@@ -125,12 +130,12 @@ export class Trainer {
         return res;
       },
     });
-    return { program, trainable: this.trainableNames, buffers, metrics };
+    return { program, trainable: this.trainableNames, buffers, metrics, extra };
   }
 
   /** One optimizer step on a batch (data inputs by name). Throws NonFiniteError and keeps the old weights on NaN/Inf. */
   async stepOn(batch: Feeds): Promise<StepResult> {
-    const { program, trainable, buffers, metrics } = await this.compileFor(batch);
+    const { program, trainable, buffers, metrics, extra } = await this.compileFor(batch);
     const cfg = this.opts.optimizer;
     const t = this.step + 1;
     const lr = learningRateAt(this.step, cfg);
@@ -169,7 +174,9 @@ export class Trainer {
     if (this.ema) this.emaUpdates++;
     const m: Record<string, number> = {};
     for (const k of metrics) m[k] = res[`metric.${k}`]!.data[0] as number;
-    return { step: t, loss, gradNorm, lr, metrics: m };
+    const outs: Record<string, HostTensor> = {};
+    for (const k of extra) outs[k] = res[`out.${k}`]!;
+    return { step: t, loss, gradNorm, lr, metrics: m, outputs: outs };
   }
 
   /** Weights with EMA values in place of trained ones (buffers from the live model). */
