@@ -148,6 +148,7 @@ const CASES: Record<string, FdCase> = {
   reduceMax: { inputs: (r) => ({ x: distinct(r, [2, 3, 4], 0.05) }), f: (x) => o.max(x.x!, [2]) },
   softmax: { inputs: (r) => ({ x: randn(r, [3, 6], 2) }), f: (x) => o.softmax(x.x!) },
   'softmax, axis 1 of 3': { inputs: (r) => ({ x: randn(r, [2, 5, 3], 2) }), f: (x) => o.softmax(x.x!, 1) },
+  normalize: { inputs: (r) => ({ x: randn(r, [3, 2, 16], 2) }), f: (x) => o.normalize(x.x!, 1e-5) },
   logSoftmax: { inputs: (r) => ({ x: randn(r, [3, 6], 2) }), f: (x) => o.logSoftmax(x.x!) },
   // indexing, pooling, resizing
   'gather, repeated rows': {

@@ -143,6 +143,7 @@ function cases(rng: Rng): Record<string, Case> {
     softmax: un((t) => o.softmax(t, -1), r([2, 3, 5])),
     softmax_axis1: un((t) => o.softmax(t, 1), r([2, 3, 5])),
     logSoftmax: un((t) => o.logSoftmax(t, -1), r([2, 3, 5])),
+    normalize: un((t) => o.normalize(t, 1e-5), r([2, 3, 5])),
     gather: { inputs: { w: r([5, 4]), i: int64([2, 3], [0, 4, 2, 2, 1, 0]) }, build: (t) => o.gather(t.w!, t.i!) },
     avgPool_k2: un((t) => o.avgPool2d(t, { kernel: 2 }), x4),
     avgPool_pad_incl: un((t) => o.avgPool2d(t, { kernel: 3, stride: 2, padding: 1 }), x4),
@@ -154,7 +155,7 @@ function cases(rng: Rng): Record<string, Case> {
   };
 }
 
-test('tfjs-cpu computes every primitive of ops.ts as the ONNX executor does', async () => {
+test('tfjs-cpu and tfjs-wasm compute every primitive of ops.ts as the ONNX executor does', async () => {
   const g = new Graph();
   const feeds: Record<string, HostTensor> = {};
   const outputs = trace(g, () => {
@@ -173,10 +174,13 @@ test('tfjs-cpu computes every primitive of ops.ts as the ONNX executor does', as
   const missing = [...primitivesOfOpsTs()].filter((p) => !covered.has(p));
   assert.deepEqual(missing, [], 'every primitive has a case');
 
-  const [want, got] = [await run(onnx, g, outputs, feeds), await run(cpu, g, outputs, feeds)];
-  for (const name of Object.keys(outputs)) assertSame(got[name], want[name]!, name);
-  assert.ok(got.argmax!.data instanceof BigInt64Array, 'int64 outputs come back as BigInt64Array');
-  assert.deepEqual([...got.int_div!.data], [-3n, 3n, 3n, -3n, 2n, -2n], 'integer division truncates like ONNX');
+  const want = await run(onnx, g, outputs, feeds);
+  for (const ex of [cpu, wasm]) {
+    const got = await run(ex, g, outputs, feeds);
+    for (const name of Object.keys(outputs)) assertSame(got[name], want[name]!, `${ex.name} ${name}`);
+    assert.ok(got.argmax!.data instanceof BigInt64Array, 'int64 outputs come back as BigInt64Array');
+    assert.deepEqual([...got.int_div!.data], [-3n, 3n, 3n, -3n, 2n, -2n], 'integer division truncates like ONNX');
+  }
 });
 
 test('a program leaks no tfjs tensors across runs and rejects wrong feeds', async () => {
@@ -285,15 +289,17 @@ test('tape gradients match PyTorch on the per-op fixture (conv, transposed conv,
     const y = trace(g, () => f(xs));
     const diffable = m.grads.map((d) => d.slice(1));
     const spec = vjpSpec(g, y, fixtureTensor(st, `${name}.R`), diffable.map((k) => xs[k]!), diffable);
-    const got = await runStep(cpu, g, spec, feeds);
-    assertClose(got.y, fixtureTensor(st, `${name}.y`), `${name}.y`, { rtol: 1e-5, atol: 1e-6 });
-    for (const d of m.grads) {
-      assertClose(got[d], fixtureTensor(st, `${name}.${d}`), `${name}.${d}`, { rtol: 1e-4, atol: 4 * (m.float64_max_abs_diff[d] ?? 0) });
+    for (const ex of [cpu, wasm]) {
+      const got = await runStep(ex, g, spec, feeds);
+      assertClose(got.y, fixtureTensor(st, `${name}.y`), `${ex.name} ${name}.y`, { rtol: 1e-5, atol: 1e-6 });
+      for (const d of m.grads) {
+        assertClose(got[d], fixtureTensor(st, `${name}.${d}`), `${ex.name} ${name}.${d}`, { rtol: 1e-4, atol: 4 * (m.float64_max_abs_diff[d] ?? 0) });
+      }
     }
   }
 });
 
-test('tape gradients of FixtureNet (attention, BatchNorm, GELU, L1, log-softmax) match PyTorch', async () => {
+test('tape gradients of FixtureNet (attention, BatchNorm, GELU, L1, log-softmax) match PyTorch on cpu and wasm', async () => {
   const st = await loadFixture('engine-net.safetensors');
   const net = new FixtureNet();
   const g = new Graph();
@@ -312,14 +318,16 @@ test('tape gradients of FixtureNet (attention, BatchNorm, GELU, L1, log-softmax)
       update: (grads) => Object.fromEntries(params.map(([n], i) => [`grad.${n}`, grads[i]!])),
     };
   });
-  const got = await runStep(cpu, g, spec, feeds);
-  assertClose(got.loss, hostTensor('float32', [], fixtureTensor(st, 'output.loss').data), 'loss', { rtol: 1e-5 });
-  assertClose(got.p, fixtureTensor(st, 'output.p'), 'p', { rtol: 1e-4 });
-  assertClose(got.running_mean, fixtureTensor(st, 'buffer.head.bn.running_mean'), 'running_mean', { rtol: 1e-5 });
   const noise = new Set(['attn.k.bias', 'head.conv.bias']);
-  for (const [n] of params) {
-    const want = fixtureTensor(st, `grad.${n}`);
-    assertClose(got[`grad.${n}`], want, `grad.${n}`, noise.has(n) ? { rtol: 0, atol: 1e-6 } : { rtol: 2e-4, atol: 1e-7 });
+  for (const ex of [cpu, wasm]) {
+    const got = await runStep(ex, g, spec, feeds);
+    assertClose(got.loss, hostTensor('float32', [], fixtureTensor(st, 'output.loss').data), `${ex.name} loss`, { rtol: 1e-5 });
+    assertClose(got.p, fixtureTensor(st, 'output.p'), `${ex.name} p`, { rtol: 1e-4 });
+    assertClose(got.running_mean, fixtureTensor(st, 'buffer.head.bn.running_mean'), `${ex.name} running_mean`, { rtol: 1e-5 });
+    for (const [n] of params) {
+      const want = fixtureTensor(st, `grad.${n}`);
+      assertClose(got[`grad.${n}`], want, `${ex.name} grad.${n}`, noise.has(n) ? { rtol: 0, atol: 1e-6 } : { rtol: 2e-4, atol: 1e-7 });
+    }
   }
 });
 

@@ -227,6 +227,14 @@ const RULES: Record<string, Rule> = {
     const hit = o.equal(x, o.reshape(y, keptShape(y)));
     return [o.where(hit, o.expand(o.reshape(dy, keptShape(y)), x.shape), 0)];
   },
+  normalize: (y, dy) => {
+    // dx = inv * (dy - mean(dy) - y * mean(dy * y)), inv = 1 / sqrt(var + eps) recomputed from x.
+    const x = first(y);
+    const xc = o.sub(x, o.mean(x, [-1], true));
+    const inv = o.reciprocal(o.sqrt(o.add(o.mean(o.mul(xc, xc), [-1], true), y.attrs.eps as number)));
+    const centred = o.sub(o.sub(dy, o.mean(dy, [-1], true)), o.mul(y, o.mean(o.mul(dy, y), [-1], true)));
+    return [o.mul(inv, centred)];
+  },
   softmax: (y, dy) => [o.mul(y, o.sub(dy, o.sum(o.mul(dy, y), [-1], true)))],
   logSoftmax: (y, dy) => [o.sub(dy, o.mul(o.exp(y), o.sum(dy, [-1], true)))],
   gather: (y, dy, need) => {

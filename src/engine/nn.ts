@@ -36,11 +36,7 @@ export function crossEntropy(logits: Tensor, labels: Tensor): Tensor {
 export function groupNorm(x: Tensor, groups: number, weight: Tensor | undefined, bias: Tensor | undefined, eps: number): Tensor {
   const [n, c] = x.shape as [number, number];
   if (c % groups !== 0) throw x.graph.error('groupNorm', `${c} channels do not split into ${groups} groups`);
-  const xr = o.reshape(x, [n, groups, -1]);
-  const mu = o.mean(xr, [2], true);
-  const xc = o.sub(xr, mu);
-  const v = o.mean(square(xc), [2], true);
-  const xhat = o.reshape(o.mul(xc, rsqrt(o.add(v, eps))), x.shape);
+  const xhat = o.reshape(o.normalize(o.reshape(x, [n, groups, -1]), eps), x.shape);
   return affine(xhat, weight, bias, 1);
 }
 
@@ -54,10 +50,7 @@ function affine(xhat: Tensor, weight: Tensor | undefined, bias: Tensor | undefin
 
 /** LayerNorm over the last axis. */
 export function layerNorm(x: Tensor, weight: Tensor | undefined, bias: Tensor | undefined, eps: number): Tensor {
-  const mu = o.mean(x, [-1], true);
-  const xc = o.sub(x, mu);
-  const v = o.mean(square(xc), [-1], true);
-  let y = o.mul(xc, rsqrt(o.add(v, eps)));
+  let y = o.normalize(x, eps);
   if (weight) y = o.mul(y, weight);
   if (bias) y = o.add(y, bias);
   return y;

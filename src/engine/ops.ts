@@ -335,6 +335,15 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   return x.graph.add('softmax', [x], { axis: a }, x.shape, 'float32');
 }
 
+/**
+ * (x - mean) / sqrt(var + eps) over the last axis, no affine: the core of LayerNorm and GroupNorm as one primitive,
+ * so ONNX Runtime runs its fused LayerNormalization kernel instead of eight elementwise passes.
+ */
+export function normalize(x: Tensor, eps: number): Tensor {
+  if (x.rank < 1) throw x.graph.error('normalize', 'needs at least one axis');
+  return x.graph.add('normalize', [x], { eps }, x.shape, 'float32');
+}
+
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   const a = normAxis(axis, x.rank, 'logSoftmax', x);
   if (a !== x.rank - 1) throw x.graph.error('logSoftmax', 'only the last axis is supported');

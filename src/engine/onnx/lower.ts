@@ -190,6 +190,13 @@ export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tenso
       case 'softmax':
         node('Softmax', ins, out, { axis: -1 });
         break;
+      case 'normalize': {
+        const d = t.shape[t.rank - 1]!;
+        const ones = tmp('c');
+        inits.push(onnx.TensorProto.create({ name: ones, dataType: DT.FLOAT, dims: [d], rawData: new Uint8Array(new Float32Array(d).fill(1).buffer) }));
+        node('LayerNormalization', [ins[0]!, ones], out, { axis: -1, epsilon: { float: a.eps as number } });
+        break;
+      }
       case 'logSoftmax':
         node('LogSoftmax', ins, out, { axis: -1 });
         break;

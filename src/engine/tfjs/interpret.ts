@@ -194,22 +194,31 @@ function slice(node: Tensor, x: tf.Tensor): tf.Tensor {
 function intDiv(a: tf.Tensor, b: tf.Tensor): tf.Tensor {
   const q = tf.floorDiv(a, b);
   const r = tf.sub(a, tf.mul(q, b));
-  const fix = tf.logicalAnd(tf.notEqual(r, 0), tf.notEqual(tf.less(a, 0), tf.less(b, 0)));
-  return tf.where(fix, tf.add(q, 1), q);
+  const zero = tf.scalar(0, 'int32');
+  const fix = tf.logicalAnd(tf.notEqual(r, zero), tf.notEqual(tf.less(a, zero), tf.less(b, zero)));
+  return tf.where(fix, tf.add(q, tf.scalar(1, 'int32')), q);
+}
+
+/** k*k / (in-bounds taps) per output pixel: turns a zero-padded average into one over real pixels only. */
+function excludePadScale(h: number, w: number, k: number, s: number, p: number, ho: number, wo: number): tf.Tensor {
+  const inside = (o: number, size: number) => Math.min(o * s - p + k, size) - Math.max(o * s - p, 0);
+  const scale = new Float32Array(ho * wo);
+  for (let i = 0; i < ho; i++) for (let j = 0; j < wo; j++) scale[i * wo + j] = (k * k) / (inside(i, h) * inside(j, w));
+  return tf.tensor4d(scale, [1, ho, wo, 1]);
 }
 
 function pool(node: Tensor, x: tf.Tensor): tf.Tensor {
   const k = node.attrs.kernel as number;
   const s = node.attrs.stride as number;
   const p = node.attrs.padding as number;
-  let xs = toNHWC(x) as tf.Tensor4D;
+  const xs = toNHWC(x) as tf.Tensor4D;
   if (node.op === 'maxPool2d') return toNCHW(tf.maxPool(xs, k, s, p));
-  // tfjs averages over the window's in-bounds pixels (count_include_pad = 0); zero-pad first for the other.
-  if (p > 0 && node.attrs.countIncludePad) {
-    xs = tf.pad(xs, [[0, 0], [p, p], [p, p], [0, 0]]);
-    return toNCHW(tf.avgPool(xs, k, s, 'valid'));
-  }
-  return toNCHW(tf.avgPool(xs, k, s, p));
+  if (p === 0) return toNCHW(tf.avgPool(xs, k, s, 'valid'));
+  // tfjs's padded avgPool excludes the padding but its gradient divides by k*k (cpu and wasm alike): pad explicitly,
+  // pool VALID, and rescale where count_include_pad = 0.
+  let y = tf.avgPool(tf.pad(xs, [[0, 0], [p, p], [p, p], [0, 0]]), k, s, 'valid');
+  if (!node.attrs.countIncludePad) y = tf.mul(y, excludePadScale(xs.shape[1], xs.shape[2], k, s, p, y.shape[1], y.shape[2]));
+  return toNCHW(y);
 }
 
 function reduceOp(node: Tensor, x: tf.Tensor): tf.Tensor {
@@ -263,7 +272,8 @@ export function evalNode(node: Tensor, ins: readonly tf.Tensor[], taped: boolean
     case 'leakyRelu': return tf.leakyRelu(a, node.attrs.alpha as number);
     case 'stopGradient': return taped ? stopGradient(a) : tf.clone(a);
     case 'clip': return tf.clipByValue(a, node.attrs.min as number, node.attrs.max as number);
-    case 'cast': return tf.cast(a, tfDtype(node.attrs.to as Dtype));
+    // wasm's Cast to bool wraps the value to a byte (-1 -> 255, 0.5 -> 0): compare with zero instead.
+    case 'cast': return node.attrs.to === 'bool' ? tf.notEqual(a, tf.scalar(0, a.dtype)) : tf.cast(a, tfDtype(node.attrs.to as Dtype));
     case 'where': return tf.where(a, b, ins[2]!);
     case 'matmul': return matmul(node, a, b);
     case 'conv2d': return conv2d(node, a, b, ins[2]);
@@ -287,6 +297,10 @@ export function evalNode(node: Tensor, ins: readonly tf.Tensor[], taped: boolean
       return argOp(node, a);
     case 'softmax': return tf.softmax(a);
     case 'logSoftmax': return tf.logSoftmax(a);
+    case 'normalize': {
+      const { mean, variance } = tf.moments(a, -1, true);
+      return tf.mul(tf.sub(a, mean), tf.rsqrt(tf.add(variance, node.attrs.eps as number)));
+    }
     case 'gather': return tf.gather(a, b, 0);
     case 'avgPool2d':
     case 'maxPool2d':
@@ -312,8 +326,8 @@ export function evaluate(nodes: readonly Tensor[], env: Map<number, tf.Tensor>, 
     if (node.op === 'input' || node.op === 'const') throw new Error(`tfjs executor: ${node} has no value; feed it`);
     const ins = node.inputs.map((x) => env.get(x.id)!);
     const y = evalNode(node, ins, taped);
-    if (y.rank !== node.rank || y.shape.some((d, i) => d !== node.shape[i])) {
-      throw new Error(`tfjs executor: ${node} computed shape [${y.shape.join(', ')}]; this is a bug in src/engine/tfjs/interpret.ts`);
+    if (y.rank !== node.rank || y.shape.some((d, i) => d !== node.shape[i]) || y.dtype !== tfDtype(node.dtype)) {
+      throw new Error(`tfjs executor: ${node} computed [${y.shape.join(', ')}] ${y.dtype}; this is a bug in src/engine/tfjs/interpret.ts`);
     }
     env.set(node.id, y);
   }

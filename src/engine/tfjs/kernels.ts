@@ -2,6 +2,7 @@
  * Gradient kernels tfjs lacks or runs too slowly, written with tfjs ops (so they run on whichever backend calls them):
  * - wasm has no Conv2DBackpropFilter, DepthwiseConv2dNativeBackpropFilter/Input or UnsortedSegmentSum (gather's gradient);
  * - wasm's Conv2DBackpropInput is a plain loop, ~10x slower than its XNNPACK Conv2D, so it becomes a Conv2D;
+ * - wasm's MaxPoolGrad sends gradients to the wrong pixels (even for 2x2 stride 2), so it is replaced;
  * - cpu's Conv2DBackpropFilter is a naive loop (~90 s for a [8,64,32,32] 3x3 layer), so it becomes a Conv2D too.
  * Also zero gradients for Equal/Less/Greater, which tfjs's tape otherwise refuses to pass through (where(x > 0, ...)).
  * A kernel may return a Tensor: the engine adopts it as the output (tfjs keeps that path for its node backend).
@@ -40,14 +41,17 @@ function padOrCrop(t: tf.Tensor4D, top: number, bottom: number, left: number, ri
   return p.some((v) => v > 0) ? tf.pad(y, [[0, 0], [p[0]!, p[1]!], [p[2]!, p[3]!], [0, 0]]) : y;
 }
 
+/** Spread a [n, ho, wo, c] grid onto every s-th pixel of a zero [n, (ho-1)*s+1, (wo-1)*s+1, c] grid. */
+function spread(t: tf.Tensor4D, s: [number, number]): tf.Tensor4D {
+  if (s[0] === 1 && s[1] === 1) return t;
+  const [n, ho, wo, c] = t.shape;
+  const r = tf.pad(tf.reshape(t, [n, ho, 1, wo, 1, c]), [[0, 0], [0, 0], [0, s[0] - 1], [0, 0], [0, s[1] - 1], [0, 0]]);
+  return tf.slice(tf.reshape(r, [n, ho * s[0], wo * s[1], c]), [0, 0, 0, 0], [n, (ho - 1) * s[0] + 1, (wo - 1) * s[1] + 1, c]) as tf.Tensor4D;
+}
+
 /** dy of a strided conv spread back onto the input grid (zeros between), padded so a VALID conv with the flipped kernel gives dx. */
 function spreadForInputGrad(dy: tf.Tensor4D, inputShape: Quad, kh: number, kw: number, s: [number, number], padTop: number, padLeft: number): tf.Tensor4D {
-  const [n, ho, wo, c] = dy.shape;
-  let d = dy;
-  if (s[0] > 1 || s[1] > 1) {
-    const r = tf.reshape(dy, [n, ho, 1, wo, 1, c]);
-    d = tf.reshape(tf.pad(r, [[0, 0], [0, 0], [0, s[0] - 1], [0, 0], [0, s[1] - 1], [0, 0]]), [n, ho * s[0], wo * s[1], c]);
-  }
+  const d = spread(dy, s);
   const top = kh - 1 - padTop;
   const left = kw - 1 - padLeft;
   return padOrCrop(d, top, inputShape[1] + kh - 1 - top - d.shape[1], left, inputShape[2] + kw - 1 - left - d.shape[2]);
@@ -106,6 +110,43 @@ function depthwiseInputGrad(dy: tf.Tensor4D, filter: tf.Tensor4D, inputShape: Qu
   });
 }
 
+/**
+ * dX of max pooling: each window's dy goes to its first maximum in row-major order (tfjs-cpu's and PyTorch's rule),
+ * one window tap at a time.
+ */
+function maxPoolGrad(dy: tf.Tensor4D, x: tf.Tensor4D, y: tf.Tensor4D | undefined, attrs: tf.NamedAttrMap): tf.Tensor4D {
+  return tf.tidy(() => {
+    const info = tf.backend_util.computePool2DInfo(x.shape, attrs.filterSize as [number, number], attrs.strides as [number, number], 1, attrs.pad as Pad, attrs.dimRoundingMode as Rounding);
+    const { top, left } = info.padInfo;
+    const [n, h, w, c] = x.shape;
+    const [ho, wo] = [info.outHeight, info.outWidth];
+    const s: [number, number] = [info.strideHeight, info.strideWidth];
+    const [kh, kw] = [info.filterHeight, info.filterWidth];
+    const hp = Math.max((ho - 1) * s[0] + kh, top + h);
+    const wp = Math.max((wo - 1) * s[1] + kw, left + w);
+    const xp = tf.pad(x, [[0, 0], [top, hp - top - h], [left, wp - left - w], [0, 0]], -Infinity);
+    const taps: tf.Tensor4D[] = [];
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        taps.push(tf.stridedSlice(xp, [0, i, j, 0], [n, i + (ho - 1) * s[0] + 1, j + (wo - 1) * s[1] + 1, c], [1, s[0], s[1], 1]) as tf.Tensor4D);
+      }
+    }
+    const ymax = y ?? taps.reduce((m, t) => tf.maximum(m, t));
+    let taken = tf.zeros(dy.shape, 'bool');
+    let dxp = tf.zeros([n, hp, wp, c]) as tf.Tensor4D;
+    const zero = tf.zerosLike(dy);
+    taps.forEach((t, k) => {
+      const hit = tf.logicalAnd(tf.equal(t, ymax), tf.logicalNot(taken));
+      taken = tf.logicalOr(taken, hit);
+      const i = Math.floor(k / kw);
+      const j = k % kw;
+      const g = spread(tf.where(hit, dy, zero) as tf.Tensor4D, s);
+      dxp = tf.add(dxp, tf.pad(g, [[0, 0], [i, hp - i - g.shape[1]], [j, wp - j - g.shape[2]], [0, 0]]));
+    });
+    return tf.slice(dxp, [0, top, left, 0], [n, h, w, c]);
+  });
+}
+
 /** Sum of rows of x into numSegments buckets: one-hot^T x rows, a matmul every backend has. */
 function unsortedSegmentSum(x: tf.Tensor, ids: tf.Tensor, numSegments: number): tf.Tensor {
   return tf.tidy(() => {
@@ -155,6 +196,12 @@ const DEPTHWISE_INPUT: Replacement = {
   },
 };
 
+const MAX_POOL_GRAD: Replacement = {
+  kernelName: 'MaxPoolGrad',
+  run: (ins, attrs) =>
+    maxPoolGrad(asTensor(ins.dy, 'MaxPoolGrad') as tf.Tensor4D, asTensor(ins.input, 'MaxPoolGrad') as tf.Tensor4D, ins.output ? (asTensor(ins.output, 'MaxPoolGrad') as tf.Tensor4D) : undefined, attrs),
+};
+
 const SEGMENT_SUM: Replacement = {
   kernelName: 'UnsortedSegmentSum',
   run: (ins, attrs) => unsortedSegmentSum(asTensor(ins.x, 'UnsortedSegmentSum'), asTensor(ins.segmentIds, 'UnsortedSegmentSum'), attrs.numSegments as number),
@@ -162,7 +209,7 @@ const SEGMENT_SUM: Replacement = {
 
 /** Which kernels each backend gets from us. */
 const PLAN: Record<string, readonly Replacement[]> = {
-  wasm: [CONV_FILTER, CONV_INPUT, DEPTHWISE_FILTER, DEPTHWISE_INPUT, SEGMENT_SUM],
+  wasm: [CONV_FILTER, CONV_INPUT, DEPTHWISE_FILTER, DEPTHWISE_INPUT, SEGMENT_SUM, MAX_POOL_GRAD],
   cpu: [CONV_FILTER],
 };
 
