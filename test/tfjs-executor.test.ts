@@ -344,6 +344,63 @@ test('stopGradient blocks the tape, |x| has gradient 0 at 0, and comparisons do 
   }
 });
 
+/**
+ * Plain-JS vector-Jacobian product of NCHW pooling: average over the window (dividing by k*k or by the in-bounds
+ * count), or max with dy going to the window's first maximum in row-major order (PyTorch's rule).
+ */
+function poolVjp(x: HostTensor, dy: HostTensor, op: 'avg' | 'max', k: number, s: number, p: number, includePad: boolean): HostTensor {
+  const [n, c, h, w] = x.shape as [number, number, number, number];
+  const [, , ho, wo] = dy.shape as [number, number, number, number];
+  const xd = x.data as Float32Array;
+  const dyd = dy.data as Float32Array;
+  const dx = new Float32Array(xd.length);
+  for (let b = 0; b < n * c; b++) {
+    for (let i = 0; i < ho; i++) {
+      for (let j = 0; j < wo; j++) {
+        const g = dyd[(b * ho + i) * wo + j]!;
+        const cells: number[] = [];
+        for (let a = 0; a < k; a++) {
+          for (let e = 0; e < k; e++) {
+            const r = i * s - p + a;
+            const q = j * s - p + e;
+            if (r >= 0 && r < h && q >= 0 && q < w) cells.push((b * h + r) * w + q);
+          }
+        }
+        if (op === 'avg') {
+          for (const idx of cells) dx[idx]! += g / (includePad ? k * k : cells.length);
+        } else {
+          let best = cells[0]!;
+          for (const idx of cells) if (xd[idx]! > xd[best]!) best = idx;
+          dx[best]! += g;
+        }
+      }
+    }
+  }
+  return float32(x.shape, dx);
+}
+
+test('pooling gradients with padding, overlap and ties follow PyTorch (tfjs\'s own padded avgPool and wasm\'s MaxPoolGrad do not)', async () => {
+  const rng = new Rng(9);
+  // Ties: values on a coarse grid, so windows often hold equal maxima.
+  const x = float32([2, 3, 7, 9], Array.from({ length: 2 * 3 * 7 * 9 }, () => Math.round(rng.uniform() * 6)));
+  const pools: [string, 'avg' | 'max', number, number, number, boolean][] = [
+    ['avg_k3s2p1_incl', 'avg', 3, 2, 1, true], ['avg_k3s2p1_excl', 'avg', 3, 2, 1, false], ['avg_k3s1p1_excl', 'avg', 3, 1, 1, false],
+    ['max_k2s2', 'max', 2, 2, 0, true], ['max_k3s2p1', 'max', 3, 2, 1, true], ['max_k3s1p1', 'max', 3, 1, 1, true],
+  ];
+  for (const [name, op, k, s, p, includePad] of pools) {
+    const g = new Graph();
+    const xin = trace(g, () => o.input('x', x.shape));
+    const pool = op === 'avg' ? o.avgPool2d : o.maxPool2d;
+    const y = trace(g, () => pool(xin, { kernel: k, stride: s, padding: p, countIncludePad: includePad }));
+    const R = randn(rng, y.shape);
+    const want = poolVjp(x, R, op, k, s, p, includePad);
+    for (const ex of [cpu, wasm]) {
+      const got = await runStep(ex, g, vjpSpec(g, y, R, [xin], ['x']), { x });
+      assertClose(got.dx, want, `${ex.name} ${name}`, { rtol: 1e-6, atol: 1e-6 });
+    }
+  }
+});
+
 // ---------------------------------------------------------------- wasm
 
 test('tfjs-wasm: conv forward and filter/input gradients (our kernels) match the ONNX executor and tfjs-cpu', async () => {
