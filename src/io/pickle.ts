@@ -122,7 +122,6 @@ const KNOWN = new Set([
   ...Object.keys(STORAGE_DTYPES).map((s) => `torch.${s}`),
 ]);
 
-
 /**
  * Unpickle `data` without executing anything. `source` names the data in error messages.
  * Persistent ids must be torch storage tuples; anything else is an error.
@@ -137,6 +136,7 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
   const marks: number[] = [];
   const memo = new Map<number, PyValue>();
   const skipped = new Set<string>();
+  const tupleKeys = new Map<string, PyTuple>();
   let pos = 0;
   let ops = 0;
 
@@ -211,7 +211,7 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
     return new Placeholder(full);
   };
   const setItem = (target: PyValue, k: PyValue, v: PyValue): void => {
-    if (target instanceof PyDict) target.map.set(dictKey(k), v);
+    if (target instanceof PyDict) target.map.set(dictKey(k, tupleKeys), v);
     else if (!(target instanceof Placeholder)) fail('SETITEM on something that is not a dict');
   };
   const append = (target: PyValue, v: PyValue): void => {
@@ -417,11 +417,16 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
   }
 }
 
-function dictKey(k: PyValue): PyKey {
-  // Tuples of primitives compare by value in Python; map them to a string so equal keys collide as there.
-  if (k instanceof PyTuple && k.items.every((v) => v === null || ['string', 'number', 'bigint', 'boolean'].includes(typeof v))) {
-    return `(${k.items.map((v) => JSON.stringify(typeof v === 'bigint' ? v.toString() : v)).join(', ')})`;
-  }
+/**
+ * Python compares tuple keys of primitives by value; JS Maps by identity. Equal tuples are mapped to one canonical
+ * instance (kept in `canon`) so they collide as in Python, without ever looking like a string key.
+ */
+function dictKey(k: PyValue, canon: Map<string, PyTuple>): PyKey {
+  if (!(k instanceof PyTuple) || !k.items.every((v) => v === null || ['string', 'number', 'bigint', 'boolean'].includes(typeof v))) return k;
+  const sig = JSON.stringify(k.items.map((v) => [typeof v, String(v)]));
+  const seen = canon.get(sig);
+  if (seen) return seen;
+  canon.set(sig, k);
   return k;
 }
 
