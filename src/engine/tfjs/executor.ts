@@ -127,6 +127,8 @@ class StepProgram extends TfjsProgramBase {
   private readonly after: readonly Tensor[];
   /** Forward values the update subgraph or the outputs read. */
   private readonly keepIds: readonly number[];
+  /** What the wrt tensors are computed from (slices of a flat parameter vector), evaluated before the tape starts. */
+  private readonly pre: readonly Tensor[];
 
   constructor(
     exec: TfjsExecutor,
@@ -148,9 +150,11 @@ class StepProgram extends TfjsProgramBase {
     this.forward = forward.filter((n) => n.op !== 'input' && n.op !== 'const');
     this.after = after;
     this.keepIds = [...keep];
+    this.pre = reachable(wrt).filter((n) => n.op !== 'input' && n.op !== 'const');
   }
 
   protected compute(env: Map<number, tf.Tensor>): void {
+    evaluate(this.pre, env, false);
     const live = this.wrt.map((w) => env.get(w.id));
     const xs = live.filter((t): t is tf.Tensor => t !== undefined);
     const kept: tf.Tensor[] = [];
@@ -244,9 +248,6 @@ export class TfjsExecutor implements Executor {
   }
 
   async compileStep(graph: Graph, spec: StepSpec): Promise<Program> {
-    for (const w of spec.wrt) {
-      if (w.op !== 'input' && w.op !== 'const') throw new Error(`compileStep: wrt ${w} must be a graph input (a parameter)`);
-    }
     await this.activate();
     const gradInputs = spec.wrt.map((w, i) => graph.input(`${GRAD_PREFIX}${i}`, w.shape, 'float32'));
     const updates = trace(graph, () => spec.update(gradInputs));

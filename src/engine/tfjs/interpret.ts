@@ -73,6 +73,27 @@ const absSign = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
   return { value: tf.abs(x), gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.mul(dy, tf.sign(saved[0]!)) };
 });
 
+/** Sum `dy` over the axes broadcasting added, back to `shape`. */
+function unbroadcast(dy: tf.Tensor, shape: readonly number[]): tf.Tensor {
+  const lead = dy.rank - shape.length;
+  const axes = dy.shape.map((d, i) => (i < lead || (shape[i - lead] === 1 && d !== 1) ? i : -1)).filter((i) => i >= 0);
+  return tf.reshape(axes.length ? tf.sum(dy, axes) : dy, [...shape]);
+}
+
+/**
+ * tf.broadcastTo, with a summing gradient under the tape: tfjs differentiates it as Tile, whose gradient is
+ * one slice-and-add per repetition and is missing above rank 4.
+ */
+function broadcast(x: tf.Tensor, shape: readonly number[], taped: boolean): tf.Tensor {
+  if (x.rank === shape.length && x.shape.every((d, i) => d === shape[i])) return x;
+  if (!taped) return tf.broadcastTo(x, [...shape]);
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const t = args[0] as tf.Tensor;
+    return { value: tf.broadcastTo(t, [...shape]), gradFunc: (dy: tf.Tensor) => unbroadcast(dy, t.shape) };
+  });
+  return f(x);
+}
+
 // ---------------------------------------------------------------- op helpers
 
 const nums = (node: Tensor, k: string): number[] => [...(node.attrs[k] as readonly number[])];
@@ -88,15 +109,15 @@ function dilateFilter(f: tf.Tensor4D, d: readonly [number, number]): tf.Tensor4D
   return tf.slice(full, [0, 0, 0, 0], [(kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1, i, o]) as tf.Tensor4D;
 }
 
-function conv2d(node: Tensor, x: tf.Tensor, w: tf.Tensor, b: tf.Tensor | undefined): tf.Tensor {
+function conv2d(node: Tensor, x: tf.Tensor, w: tf.Tensor, b: tf.Tensor | undefined, taped: boolean): tf.Tensor {
   const strides = nums(node, 'strides') as [number, number];
   const [pt, pl, pb, pr] = nums(node, 'pads') as [number, number, number, number];
   const dilations = nums(node, 'dilations') as [number, number];
   const groups = node.attrs.groups as number;
   const [o, ci] = w.shape as [number, number];
   const xs = toNHWC(x) as tf.Tensor4D;
-  // tfjs refuses strides and dilations together: then dilate the kernel itself.
-  const bake = (dilations[0] > 1 || dilations[1] > 1) && (strides[0] > 1 || strides[1] > 1);
+  // tfjs refuses strides and dilations together, and has no gradient for dilated convs: then dilate the kernel itself.
+  const bake = (dilations[0] > 1 || dilations[1] > 1) && (strides[0] > 1 || strides[1] > 1 || taped);
   const kernel = (f: tf.Tensor4D) => (bake ? dilateFilter(f, dilations) : f);
   const dil: [number, number] = bake ? [1, 1] : dilations;
   const pad: [[number, number], [number, number], [number, number], [number, number]] = [[0, 0], [pt, pb], [pl, pr], [0, 0]];
@@ -142,7 +163,7 @@ function convTranspose2d(node: Tensor, x: tf.Tensor, w: tf.Tensor, b: tf.Tensor 
 }
 
 /** numpy matmul with broadcast batch axes (tfjs's BatchMatMul gradient does not reduce broadcast axes). */
-function matmul(node: Tensor, a: tf.Tensor, b: tf.Tensor): tf.Tensor {
+function matmul(node: Tensor, a: tf.Tensor, b: tf.Tensor, taped: boolean): tf.Tensor {
   const [m, k] = a.shape.slice(-2) as [number, number];
   const n = b.shape[b.rank - 1]!;
   const batch = node.shape.slice(0, -2);
@@ -150,10 +171,7 @@ function matmul(node: Tensor, a: tf.Tensor, b: tf.Tensor): tf.Tensor {
     const y = tf.matMul(tf.reshape(a, [-1, k]), tf.reshape(b, [k, n]));
     return tf.reshape(y, node.shape as number[]);
   }
-  const full = (t: tf.Tensor, r: number, c: number) => {
-    const want = [...batch, r, c];
-    return t.rank === want.length && t.shape.every((d, i) => d === want[i]) ? t : tf.broadcastTo(t, want);
-  };
+  const full = (t: tf.Tensor, r: number, c: number) => broadcast(t, [...batch, r, c], taped);
   return tf.matMul(full(a, m, k), full(b, k, n));
 }
 
@@ -221,6 +239,13 @@ function pool(node: Tensor, x: tf.Tensor): tf.Tensor {
   return toNCHW(y);
 }
 
+function cast(x: tf.Tensor, to: Dtype, taped: boolean): tf.Tensor {
+  // tfjs's Cast gradient passes dy through even into integers; our autodiff (and PyTorch) stop at a non-float.
+  const src = taped && to !== 'float32' && x.dtype === 'float32' ? stopGradient(x) : x;
+  // wasm's Cast to bool wraps the value to a byte (-1 -> 255, 0.5 -> 0): compare with zero instead.
+  return to === 'bool' ? tf.notEqual(src, tf.scalar(0, src.dtype)) : tf.cast(src, tfDtype(to));
+}
+
 function reduceOp(node: Tensor, x: tf.Tensor): tf.Tensor {
   const axes = nums(node, 'axes');
   const keep = node.attrs.keepdims as boolean;
@@ -251,8 +276,9 @@ export function evalNode(node: Tensor, ins: readonly tf.Tensor[], taped: boolean
     case 'mul': return tf.mul(a, b);
     case 'div': return isInt ? intDiv(a, b) : tf.div(a, b);
     case 'pow': return tf.pow(a, b);
-    case 'max': return tf.maximum(a, b);
-    case 'min': return tf.minimum(a, b);
+    // tfjs's Maximum/Minimum gradients do not sum over broadcast axes: broadcast first.
+    case 'max': return tf.maximum(broadcast(a, node.shape, taped), broadcast(b, node.shape, taped));
+    case 'min': return tf.minimum(broadcast(a, node.shape, taped), broadcast(b, node.shape, taped));
     case 'equal': return tf.equal(a, b);
     case 'less': return tf.less(a, b);
     case 'greater': return tf.greater(a, b);
@@ -272,15 +298,14 @@ export function evalNode(node: Tensor, ins: readonly tf.Tensor[], taped: boolean
     case 'leakyRelu': return tf.leakyRelu(a, node.attrs.alpha as number);
     case 'stopGradient': return taped ? stopGradient(a) : tf.clone(a);
     case 'clip': return tf.clipByValue(a, node.attrs.min as number, node.attrs.max as number);
-    // wasm's Cast to bool wraps the value to a byte (-1 -> 255, 0.5 -> 0): compare with zero instead.
-    case 'cast': return node.attrs.to === 'bool' ? tf.notEqual(a, tf.scalar(0, a.dtype)) : tf.cast(a, tfDtype(node.attrs.to as Dtype));
-    case 'where': return tf.where(a, b, ins[2]!);
-    case 'matmul': return matmul(node, a, b);
-    case 'conv2d': return conv2d(node, a, b, ins[2]);
+    case 'cast': return cast(a, node.attrs.to as Dtype, taped);
+    case 'where': return tf.where(broadcast(a, node.shape, taped), broadcast(b, node.shape, taped), broadcast(ins[2]!, node.shape, taped));
+    case 'matmul': return matmul(node, a, b, taped);
+    case 'conv2d': return conv2d(node, a, b, ins[2], taped);
     case 'convTranspose2d': return convTranspose2d(node, a, b, ins[2]);
     case 'reshape': return tf.reshape(a, node.shape as number[]);
     case 'transpose': return tf.transpose(a, nums(node, 'perm'));
-    case 'expand': return tf.broadcastTo(a, node.shape as number[]);
+    case 'expand': return broadcast(a, node.shape, taped);
     case 'concat': return tf.concat(ins as tf.Tensor[], node.attrs.axis as number);
     case 'slice': return slice(node, a);
     case 'pad': {
@@ -309,7 +334,7 @@ export function evalNode(node: Tensor, ins: readonly tf.Tensor[], taped: boolean
       // Nearest x f as a broadcast: exact, and its gradient (a sum) comes for free.
       const f = node.attrs.factor as number;
       const [n, c, h, w] = a.shape as [number, number, number, number];
-      return tf.reshape(tf.broadcastTo(tf.reshape(a, [n, c, h, 1, w, 1]), [n, c, h, f, w, f]), node.shape as number[]);
+      return tf.reshape(broadcast(tf.reshape(a, [n, c, h, 1, w, 1]), [n, c, h, f, w, f], taped), node.shape as number[]);
     }
     default:
       throw new Error(`tfjs executor: no rule for op '${node.op}'; add it to src/engine/tfjs/interpret.ts`);
