@@ -141,6 +141,18 @@ export function bindParams(
   return byName;
 }
 
+/** Bind parameters to tensors the caller built (slices of a flat parameter vector, say); unnamed ones are left alone. */
+export function bindTensors(graph: Graph, module: Module, byName: ReadonlyMap<string, Tensor>): void {
+  const map = new Map(bindings.get(graph) ?? []);
+  for (const [name, p] of module.namedParameters()) {
+    const t = byName.get(name);
+    if (!t) continue;
+    checkShape(name, p.shape, t.shape);
+    map.set(p, t);
+  }
+  bindings.set(graph, map);
+}
+
 export function checkShape(name: string, want: readonly number[], got: readonly number[]): void {
   if (want.length !== got.length || want.some((d, i) => d !== got[i])) {
     throw new Error(`${name}: the model expects shape [${want.join(', ')}], the weights have [${got.join(', ')}]`);

@@ -48,6 +48,7 @@ class OnnxProgram implements Program {
   }
 
   async dispose(): Promise<void> {
+    if (process.env.LDM_ORT_PROFILE) this.session.endProfiling();
     await this.session.release();
   }
 }
@@ -74,6 +75,8 @@ export class OnnxExecutor implements Executor {
       interOpNumThreads: 1,
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
+      // LDM_ORT_PROFILE=<prefix> writes ONNX Runtime's per-node profile (chrome trace JSON) for performance work.
+      ...(process.env.LDM_ORT_PROFILE ? { enableProfiling: true, profileFilePrefix: process.env.LDM_ORT_PROFILE } : {}),
     });
     return new OnnxProgram(graph, session, model.inputNames, model.outputNames);
   }
