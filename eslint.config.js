@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'runs/', 'bench/results/', 'fixtures/'] },
+  { ignores: ['dist/', 'node_modules/', 'runs/', 'bench/results/', 'fixtures/', 'scratch/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
