@@ -132,6 +132,7 @@ function cases(rng: Rng): Record<string, Case> {
     expand: un((t) => o.expand(t, [2, 3, 4]), r([3, 1])),
     concat: { inputs: { a: r([2, 1, 3]), b: r([2, 2, 3]), c: r([2, 3, 3]) }, build: (t) => o.concat([t.a!, t.b!, t.c!], 1) },
     slice_step1: un((t) => o.slice(t, [1, -3], [3, 100], [0, 1]), r([4, 6])),
+    slice_rank5: un((t) => o.slice(t, [1, 1, 1], [3, 3, 3], [1, 2, 4]), r([2, 3, 4, 2, 3])),
     slice_reverse: un((t) => o.slice(t, [-1], [-Infinity], [1], [-1]), r([4, 6])),
     slice_step2: un((t) => o.slice(t, [0, 5], [4, 0], [0, 1], [2, -2]), r([4, 6])),
     pad: un((t) => o.pad(t, [0, 1, 2, 1, 0, 3], 0.5), r([2, 3, 4])),

@@ -3,6 +3,7 @@
  * - wasm has no Conv2DBackpropFilter, DepthwiseConv2dNativeBackpropFilter/Input or UnsortedSegmentSum (gather's gradient);
  * - wasm's Conv2DBackpropInput is a plain loop, ~10x slower than its XNNPACK Conv2D, so it becomes a Conv2D;
  * - wasm's MaxPoolGrad sends gradients to the wrong pixels (even for 2x2 stride 2), so it is replaced;
+ * - wasm's Slice copies its whole input out of the heap first, so it is replaced by a copy from the heap;
  * - cpu's Conv2DBackpropFilter is a naive loop (~90 s for a [8,64,32,32] 3x3 layer), so it becomes a Conv2D too.
  * Also zero gradients for Equal/Less/Greater, which tfjs's tape otherwise refuses to pass through (where(x > 0, ...)).
  * A kernel may return a Tensor: the engine adopts it as the output (tfjs keeps that path for its node backend).
@@ -161,7 +162,51 @@ function unsortedSegmentSum(x: tf.Tensor, ids: tf.Tensor, numSegments: number): 
 interface Replacement {
   kernelName: string;
   /** Return undefined to hand the call to the kernel this one replaced. */
-  run: (inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap) => tf.Tensor | undefined;
+  run: (inputs: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap, backend: unknown) => tf.TensorInfo | undefined;
+}
+
+/** The part of tfjs-backend-wasm's BackendWasm that a JS kernel needs. */
+interface WasmBackendLike {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
+}
+
+/**
+ * Slice straight from the wasm heap. tfjs-backend-wasm's Slice first copies the WHOLE input out of the heap
+ * (readSync), so taking each parameter out of a flat vector costs the vector's size every time (10 ms per slice
+ * of a 1M vector).
+ */
+function wasmSlice(ins: tf.NamedTensorInfoMap, attrs: tf.NamedAttrMap, backend: unknown): tf.TensorInfo | undefined {
+  const x = ins.x!;
+  if (x.dtype === 'string') return undefined;
+  const [begin, size] = tf.slice_util.parseSliceParams(x, attrs.begin as number[], attrs.size as number[]);
+  const be = backend as WasmBackendLike;
+  const out = be.makeOutput(size, x.dtype);
+  const n = tf.util.sizeFromShape(size);
+  if (n === 0) return out;
+  // Views after makeOutput: growing the heap detaches older ones.
+  const dst = be.typedArrayFromHeap(out);
+  const src = be.typedArrayFromHeap(x);
+  const strides = tf.util.computeStrides(x.shape);
+  if (tf.slice_util.isSliceContinous(x.shape, begin, size)) {
+    const off = tf.slice_util.computeFlatOffset(begin, strides);
+    dst.set(src.subarray(off, off + n));
+    return out;
+  }
+  // Copy innermost runs, walking the outer indices like an odometer.
+  const r = size.length;
+  const run = size[r - 1]!;
+  const idx = new Array<number>(r - 1).fill(0);
+  for (let o = 0; o < n; o += run) {
+    let off = begin[r - 1]!;
+    for (let d = 0; d < r - 1; d++) off += (begin[d]! + idx[d]!) * strides[d]!;
+    dst.set(src.subarray(off, off + run), o);
+    for (let d = r - 2; d >= 0; d--) {
+      if (++idx[d]! < size[d]!) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
 }
 
 const nhwc = (attrs: tf.NamedAttrMap) => attrs.dataFormat === undefined || attrs.dataFormat === 'NHWC';
@@ -202,6 +247,8 @@ const MAX_POOL_GRAD: Replacement = {
     maxPoolGrad(asTensor(ins.dy, 'MaxPoolGrad') as tf.Tensor4D, asTensor(ins.input, 'MaxPoolGrad') as tf.Tensor4D, ins.output ? (asTensor(ins.output, 'MaxPoolGrad') as tf.Tensor4D) : undefined, attrs),
 };
 
+const SLICE: Replacement = { kernelName: 'Slice', run: wasmSlice };
+
 const SEGMENT_SUM: Replacement = {
   kernelName: 'UnsortedSegmentSum',
   run: (ins, attrs) => unsortedSegmentSum(asTensor(ins.x, 'UnsortedSegmentSum'), asTensor(ins.segmentIds, 'UnsortedSegmentSum'), attrs.numSegments as number),
@@ -209,7 +256,7 @@ const SEGMENT_SUM: Replacement = {
 
 /** Which kernels each backend gets from us. */
 const PLAN: Record<string, readonly Replacement[]> = {
-  wasm: [CONV_FILTER, CONV_INPUT, DEPTHWISE_FILTER, DEPTHWISE_INPUT, SEGMENT_SUM, MAX_POOL_GRAD],
+  wasm: [CONV_FILTER, CONV_INPUT, DEPTHWISE_FILTER, DEPTHWISE_INPUT, SEGMENT_SUM, MAX_POOL_GRAD, SLICE],
   cpu: [CONV_FILTER],
 };
 
@@ -225,7 +272,7 @@ export function installKernels(backendName: string): string[] {
     const prev = tf.getKernel(r.kernelName, backendName);
     if (prev) tf.unregisterKernel(r.kernelName, backendName);
     const kernelFunc: tf.KernelFunc = (args) => {
-      const out = r.run(args.inputs, args.attrs ?? {});
+      const out = r.run(args.inputs, args.attrs ?? {}, args.backend);
       if (out) return out;
       if (!prev) throw new Error(`${r.kernelName}: this layout is not supported on the ${backendName} backend`);
       return prev.kernelFunc(args);
