@@ -15,6 +15,7 @@ import { bindParams, getStateUpdates, Module } from '../src/engine/module.js';
 import { float32, hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
 import type { Executor, Feeds, Fetches, StepSpec } from '../src/engine/executor.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
+import { Trainer } from '../src/engine/trainer.js';
 import { TfjsExecutor, probeTfjsBackends } from '../src/engine/tfjs/executor.js';
 import { Rng } from '../src/util/random.js';
 import {
@@ -289,6 +290,30 @@ test('compileStep on tfjs-cpu (tape gradients) gives the ONNX executor\'s loss a
     // The step must move every parameter: the update really used a gradient.
     assert.ok(Math.max(...Array.from(got[`new.${n}`]!.data as Float32Array, (v, i) => Math.abs(v - (mine.feeds[n]!.data as Float32Array)[i]!))) > 0, `${n} moved`);
   }
+});
+
+test('Trainer steps (parameters sliced from one flat vector, AdamW, clipping) agree on onnx, tfjs-cpu and tfjs-wasm', async () => {
+  const losses: number[][] = [];
+  const finals: HostTensor[] = [];
+  for (const ex of [onnx, cpu, wasm] as Executor[]) {
+    const rng = new Rng(21);
+    const net = new SmallNet();
+    const trainer = new Trainer({
+      executor: ex, module: net, params: net.initialize(rng), optimizer: { lr: 1e-2, clipNorm: 0.5, weightDecay: 0.01 },
+      loss: (i) => ({ loss: nn.mseLoss(net.forward(i.x!), i.target!) }),
+    });
+    const batch = { x: randn(rng, [2, 3, 8, 10]), target: randn(rng, [2, 5]) };
+    const ls: number[] = [];
+    for (let s = 0; s < 3; s++) ls.push((await trainer.stepOn(batch)).loss);
+    losses.push(ls);
+    finals.push(trainer.params.get('lin.weight')!);
+    await trainer.dispose();
+  }
+  for (const i of [1, 2]) {
+    losses[i]!.forEach((l, s) => assert.ok(Math.abs(l - losses[0]![s]!) <= 1e-5 * Math.abs(losses[0]![s]!), `step ${s}: ${l} vs onnx ${losses[0]![s]}`));
+    assertClose(finals[i], finals[0]!, `lin.weight after 3 steps (${i === 1 ? 'cpu' : 'wasm'})`, { rtol: 1e-4 });
+  }
+  assert.ok(losses[0]![2]! < losses[0]![0]!, 'the loss falls');
 });
 
 /** loss = sum(y * R) for the op's outputs; update = the gradients themselves. */
