@@ -1,0 +1,197 @@
+/**
+ * Feature extraction on the engine's inference path: a feature network traced once per batch shape with its
+ * weights bound as constants, compiled by an executor, run batch after batch (the last batch zero-padded so
+ * one program serves every batch).
+ */
+import { Graph, trace, type Tensor } from '../engine/graph.js';
+import * as o from '../engine/ops.js';
+import { bindParams, type Module } from '../engine/module.js';
+import { hostTensor, numel, type HostTensor } from '../engine/host-tensor.js';
+import type { Executor, Program } from '../engine/executor.js';
+import type { Dataset } from '../data/dataset.js';
+import { DataLoader } from '../data/loader.js';
+
+export interface FeatureOutputs {
+  /** [N, D]. */
+  features: Tensor;
+  /** [N, K] class logits, where the network has a classifier head (for the Inception Score). */
+  logits?: Tensor;
+}
+
+export interface FeatureNetwork {
+  /** Printed beside every number it produced, e.g. `inception-v3-fid (pt_inception-2015-12-05-6726825d.pth)`. */
+  readonly name: string;
+  readonly featureDim: number;
+  /** Number of classes of `logits`, where there are logits. */
+  readonly classes?: number;
+  readonly module: Module;
+  readonly weights: ReadonlyMap<string, HostTensor>;
+  /** Images [N, C, H, W] in [-1, 1], any channels and size the network accepts (it adapts them itself). */
+  forward(images: Tensor): FeatureOutputs;
+}
+
+export interface ExtractOptions {
+  executor: Executor;
+  /** Images per run (default 50, pytorch-fid's). */
+  batchSize?: number;
+  /** Use at most this many images of a data set. */
+  limit?: number;
+  onProgress?: (done: number, total: number | undefined) => void;
+}
+
+export interface Features {
+  /** [N, D] float32. */
+  readonly features: HostTensor;
+  /** [N, K] float32, where the network has logits. */
+  readonly logits?: HostTensor;
+  readonly count: number;
+  readonly network: string;
+}
+
+export type ImageSource = Dataset | HostTensor | AsyncIterable<HostTensor>;
+
+function isDataset(s: ImageSource): s is Dataset {
+  return typeof (s as Dataset).get === 'function' && typeof (s as Dataset).size === 'number';
+}
+
+function isTensor(s: ImageSource): s is HostTensor {
+  return (s as HostTensor).shape !== undefined && (s as HostTensor).data !== undefined;
+}
+
+/** Batches of [B, C, H, W] from any image source. */
+async function* batchesOf(source: ImageSource, batchSize: number, limit: number | undefined): AsyncGenerator<HostTensor> {
+  if (isTensor(source)) {
+    if (source.shape.length !== 4) throw new Error(`images must be [N, C, H, W], got [${source.shape.join(', ')}]`);
+    const [n, ...rest] = source.shape as [number, number, number, number];
+    const per = numel(rest);
+    const total = Math.min(n, limit ?? n);
+    for (let i = 0; i < total; i += batchSize) {
+      const b = Math.min(batchSize, total - i);
+      yield hostTensor('float32', [b, ...rest], (source.data as Float32Array).subarray(i * per, (i + b) * per));
+    }
+    return;
+  }
+  if (isDataset(source)) {
+    const loader = new DataLoader(source, { batchSize, shuffle: false, prefetch: 2 });
+    let seen = 0;
+    for await (const batch of loader.epoch()) {
+      const n = batch.images.shape[0]!;
+      const take = limit === undefined ? n : Math.min(n, limit - seen);
+      if (take <= 0) break;
+      yield take === n ? batch.images : hostTensor('float32', [take, ...batch.images.shape.slice(1)], (batch.images.data as Float32Array).subarray(0, take * numel(batch.images.shape.slice(1))));
+      seen += take;
+      if (limit !== undefined && seen >= limit) break;
+    }
+    return;
+  }
+  let seen = 0;
+  for await (const t of source) {
+    if (t.shape.length !== 4) throw new Error(`images must be [N, C, H, W], got [${t.shape.join(', ')}]`);
+    const per = numel(t.shape.slice(1));
+    for (let i = 0; i < t.shape[0]!; i += batchSize) {
+      let b = Math.min(batchSize, t.shape[0]! - i);
+      if (limit !== undefined) b = Math.min(b, limit - seen);
+      if (b <= 0) return;
+      yield hostTensor('float32', [b, ...t.shape.slice(1)], (t.data as Float32Array).subarray(i * per, (i + b) * per));
+      seen += b;
+    }
+  }
+}
+
+/** One compiled program per input shape [batchSize, C, H, W]. */
+export class FeatureRunner {
+  private readonly programs = new Map<string, Promise<{ program: Program; hasLogits: boolean }>>();
+
+  constructor(readonly network: FeatureNetwork, readonly executor: Executor) {
+    network.module.eval();
+  }
+
+  private compile(shape: readonly number[]) {
+    const key = shape.join('x');
+    let p = this.programs.get(key);
+    if (!p) {
+      p = (async () => {
+        const g = new Graph();
+        bindParams(g, this.network.module, this.network.weights, 'const');
+        const out = trace(g, () => this.network.forward(o.input('images', shape)));
+        const outputs: Record<string, Tensor> = { features: out.features };
+        if (out.logits) outputs.logits = out.logits;
+        return { program: await this.executor.compile(g, outputs), hasLogits: out.logits !== undefined };
+      })();
+      this.programs.set(key, p);
+    }
+    return p;
+  }
+
+  /** Features (and logits) of one batch; a batch shorter than `batchSize` is padded and trimmed. */
+  async run(images: HostTensor, batchSize = images.shape[0]!): Promise<{ features: Float32Array; logits?: Float32Array }> {
+    const n = images.shape[0]!;
+    const rest = images.shape.slice(1);
+    if (images.dtype !== 'float32') throw new Error(`images must be float32, got ${images.dtype}`);
+    let x = images;
+    if (n < batchSize) {
+      const padded = new Float32Array(batchSize * numel(rest));
+      padded.set(images.data as Float32Array);
+      x = hostTensor('float32', [batchSize, ...rest], padded);
+    }
+    const { program, hasLogits } = await this.compile(x.shape);
+    const res = await program.run({ images: x });
+    const f = res.features!.data as Float32Array;
+    const d = f.length / x.shape[0]!;
+    const out: { features: Float32Array; logits?: Float32Array } = { features: f.slice(0, n * d) };
+    if (hasLogits) {
+      const l = res.logits!.data as Float32Array;
+      out.logits = l.slice(0, n * (l.length / x.shape[0]!));
+    }
+    return out;
+  }
+
+  async dispose(): Promise<void> {
+    for (const p of this.programs.values()) await (await p).program.dispose();
+    this.programs.clear();
+  }
+}
+
+/** Features of every image of `source`, in order. */
+export async function extractFeatures(network: FeatureNetwork, source: ImageSource, opts: ExtractOptions): Promise<Features> {
+  const batchSize = opts.batchSize ?? 50;
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error(`batch size must be a positive integer, got ${batchSize}`);
+  const total = isDataset(source) ? Math.min(source.size, opts.limit ?? source.size) : isTensor(source) ? Math.min(source.shape[0]!, opts.limit ?? Infinity) : opts.limit;
+  const runner = new FeatureRunner(network, opts.executor);
+  const feats: Float32Array[] = [];
+  const logits: Float32Array[] = [];
+  let count = 0;
+  try {
+    for await (const batch of batchesOf(source, batchSize, opts.limit)) {
+      const r = await runner.run(batch, batchSize);
+      feats.push(r.features);
+      if (r.logits) logits.push(r.logits);
+      count += batch.shape[0]!;
+      opts.onProgress?.(count, total);
+    }
+  } finally {
+    await runner.dispose();
+  }
+  if (count === 0) throw new Error('no images to compute features of; check the folder or data set');
+  const d = network.featureDim;
+  const all = new Float32Array(count * d);
+  let off = 0;
+  for (const f of feats) {
+    all.set(f, off);
+    off += f.length;
+  }
+  const out: { -readonly [K in keyof Features]: Features[K] } = {
+    features: hostTensor('float32', [count, d], all), count, network: network.name,
+  };
+  if (logits.length) {
+    const k = logits[0]!.length / (feats[0]!.length / d);
+    const l = new Float32Array(count * k);
+    let lo = 0;
+    for (const x of logits) {
+      l.set(x, lo);
+      lo += x.length;
+    }
+    out.logits = hostTensor('float32', [count, k], l);
+  }
+  return out;
+}
