@@ -24,6 +24,8 @@ import { decodeNpz, decodeNpy, encodeNpy } from '../src/metrics/npz.js';
 import { executorGram } from '../src/metrics/gram.js';
 import { meanAndCovariance, pivotedCholesky, symmetricEigenvalues } from '../src/metrics/linalg.js';
 import { extractFeatures, type FeatureNetwork } from '../src/metrics/features.js';
+import { evaluate, loadSide, reportLines } from '../src/metrics/evaluate.js';
+import { writePng } from '../src/io/image.js';
 
 const st = await loadFixture('metrics-reference.safetensors');
 interface Reference {
@@ -305,4 +307,51 @@ test('extractFeatures runs batches through one compiled program, padding the las
   assert.equal(lim.count, 5);
   assert.deepEqual(seen, [3, 5]);
   assert.deepEqual([...(lim.features.data as Float32Array)], [...(r.features.data as Float32Array).subarray(0, 20)]);
+});
+
+test('evaluate: folders and a statistics file as sides, every metric, network named on each line', async () => {
+  const rng = new Rng(9);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-eval-'));
+  for (const [side, shift] of [['a', 0], ['b', 0.4]] as const) {
+    fs.mkdirSync(path.join(dir, side));
+    for (let i = 0; i < 24; i++) {
+      const px = rng.uniformArray(3 * 4 * 4, -1, 1).map((v) => Math.max(-1, Math.min(1, v * 0.6 + shift)));
+      await writePng(path.join(dir, side, `${i}.png`), float32([3, 4, 4], px));
+    }
+  }
+  const m = new Flatten(48, 6);
+  const weights = m.initialize(rng);
+  const net: FeatureNetwork = {
+    name: 'flatten-net', featureDim: 6, classes: 6, module: m, weights,
+    forward: (x: Tensor) => {
+      const f = o.matmul(o.reshape(x, [x.shape[0]!, -1]), m.weight.t);
+      return { features: f, logits: f };
+    },
+  };
+  const a = await loadSide(path.join(dir, 'a'), { network: net, executor, batchSize: 10 });
+  const b = await loadSide(path.join(dir, 'b'), { network: net, executor, batchSize: 10 });
+  assert.equal(a.stats.count, 24);
+  const report = await evaluate(a, b, net, { kid: { subsets: 4, subsetSize: 12 }, precisionRecall: true, inceptionScore: { splits: 2 } });
+  assert.equal(report.network, 'flatten-net');
+  assert.ok(rel(report.fid, frechetDistance(a.stats, b.stats).fid) < 1e-12);
+  assert.ok(report.fid > 0.5 && report.kid!.mean > 0, `FID ${report.fid}, KID ${report.kid!.mean}`);
+  assert.ok(report.precision! >= 0 && report.recall! <= 1);
+  assert.ok(report.inceptionScore!.a!.mean >= 1 && report.inceptionScore!.b!.mean >= 1);
+  const lines = reportLines(report);
+  for (const l of lines.filter((x) => /^(FID|KID|precision|IS)/.test(x))) assert.match(l, /\[flatten-net\]$/);
+
+  const statsFile = path.join(dir, 'b.npz');
+  await saveStats(statsFile, b.stats);
+  const bFile = await loadSide(statsFile, { network: net, executor });
+  const fromFile = await evaluate(a, bFile, net);
+  assert.equal(fromFile.fid, report.fid);
+  assert.equal(fromFile.b.count, 24);
+  await assert.rejects(evaluate(a, bFile, net, { kid: true }), /KID needs images on both sides, but .*b\.npz is a statistics file/);
+  // A statistics file of another network is refused; one without a record is accepted with a warning.
+  await saveStats(path.join(dir, 'other.npz'), { ...b.stats, network: 'inception-v3-fid (x)' });
+  await assert.rejects(evaluate(a, await loadSide(path.join(dir, 'other.npz'), { network: net, executor }), net), /has inception-v3-fid \(x\) features/);
+  const { network: _n, ...anonymous } = b.stats;
+  await saveStats(path.join(dir, 'anon.npz'), anonymous);
+  const anon = await evaluate(a, await loadSide(path.join(dir, 'anon.npz'), { network: net, executor }), net);
+  assert.match(anon.warnings.join('\n'), /does not record its feature network/);
 });
