@@ -4,6 +4,7 @@
  */
 import type * as z from 'zod';
 import { AutoencoderConfigSchema, summarizeAutoencoder } from './autoencoder.js';
+import { LatentDiffusionConfigSchema, summarizeLdm } from './ldm.js';
 
 export {
   AutoencoderConfigSchema,
@@ -14,9 +15,12 @@ export {
   summarizeAutoencoder,
 } from './autoencoder.js';
 export type { AutoencoderConfig, AutoencoderConfigInput, KLAutoencoderConfig, VQAutoencoderConfig } from './autoencoder.js';
+export { LatentDiffusionConfigSchema, CONDITIONING_TYPES, concatChannels, ldmLearningRate, summarizeLdm } from './ldm.js';
+export type { LatentDiffusionConfig, LatentDiffusionConfigInput, ConditioningConfig, ConditioningType } from './ldm.js';
 
 export const configSchemas = {
   autoencoder: AutoencoderConfigSchema,
+  ldm: LatentDiffusionConfigSchema,
 } as const satisfies Record<string, z.ZodType<{ model: string; name: string }>>;
 
 export type ModelKind = keyof typeof configSchemas;
@@ -34,5 +38,7 @@ export function summarizeConfig(cfg: LdmConfig): string {
   switch (cfg.model) {
     case 'autoencoder':
       return summarizeAutoencoder(cfg);
+    case 'ldm':
+      return summarizeLdm(cfg);
   }
 }

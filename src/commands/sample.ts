@@ -1,0 +1,99 @@
+import { Flags } from '@oclif/core';
+import { LdmCommand } from '../cli/base-command.js';
+import type { Progress } from '../cli/progress.js';
+import { parseBackend, selectBackend } from '../engine/backend.js';
+import { SAMPLER_NAMES } from '../diffusion/samplers.js';
+import { sampleToFiles } from '../pipelines/sample.js';
+
+const number = Flags.custom<number>({
+  parse: async (s) => {
+    const v = Number(s);
+    if (s.trim() === '' || !Number.isFinite(v)) throw new Error(`expected a number, got "${s}"`);
+    return v;
+  },
+});
+
+export default class Sample extends LdmCommand<typeof Sample> {
+  static override summary = 'Draw images from a latent diffusion checkpoint: unconditional, by class, by prompt, from a label map; img2img and inpainting.';
+  static override description =
+    'Writes <prefix>-00000.png ... and a labelled <prefix>-grid.png into --out, refusing to overwrite without --force. '
+    + 'With a run\'s step-N.safetensors the EMA weights beside it are used (--no-ema for the trained ones). '
+    + 'Inpainting masks: white = regenerate, black = keep. Label maps: grey value = class index.';
+  static override examples = [
+    '<%= config.bin %> sample --ckpt runs/tiny/checkpoints/step-00002000.safetensors --prompt "a red circle" --n 16 -o out/',
+    '<%= config.bin %> sample --ckpt cin.safetensors --class 3 --class sneaker --guidance 3 --seed 1 -o out/',
+    '<%= config.bin %> sample --ckpt txt.safetensors --prompts prompts.txt --negative "green" --sampler dpmpp-2m --steps 20 -o out/',
+    '<%= config.bin %> sample --ckpt txt.safetensors --prompt "a blue square" --init-image in.png --strength 0.6 -o out/',
+    '<%= config.bin %> sample --ckpt txt.safetensors --prompt "a blue square" --init-image in.png --mask mask.png -o out/',
+    '<%= config.bin %> sample --ckpt sem.safetensors --map labels.png --height 64 --width 64 -o out/',
+  ];
+  static override flags = {
+    ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm).' }),
+    out: Flags.string({ char: 'o', default: 'samples', summary: 'Output folder.' }),
+    prompt: Flags.string({ char: 'p', multiple: true, summary: 'Prompt (text models); repeat for several.' }),
+    prompts: Flags.string({ summary: 'File of prompts, one a line.' }),
+    negative: Flags.string({ summary: 'Negative prompt: the unconditional branch of guidance (text models).' }),
+    class: Flags.string({ multiple: true, summary: 'Class index or name (class models); repeat for several.' }),
+    map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index.' }),
+    'cond-image': Flags.string({ summary: 'Condition image (concat models), e.g. the low-resolution input.' }),
+    n: Flags.integer({ min: 1, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
+    steps: Flags.integer({ min: 1, summary: 'Denoising steps (default: the config\'s sample.steps).' }),
+    sampler: Flags.option({ options: SAMPLER_NAMES, summary: 'Sampler (default: the config\'s sample.sampler).' })(),
+    eta: number({ summary: 'DDIM eta: 0 deterministic, 1 DDPM-like.' }),
+    guidance: number({ summary: 'Classifier-free guidance scale; 1 = none.' }),
+    height: Flags.integer({ min: 1, summary: 'Image height (default: the training size, or the input image\'s).' }),
+    width: Flags.integer({ min: 1, summary: 'Image width.' }),
+    'batch-size': Flags.integer({ min: 1, summary: 'Images per model call (default up to 8).' }),
+    'init-image': Flags.string({ summary: 'img2img / inpainting: the image to start from.' }),
+    strength: number({ summary: 'img2img: how far to noise the init image, in (0, 1] (default 0.75; 1 with --mask).' }),
+    mask: Flags.string({ summary: 'Inpainting mask PNG, with --init-image: white = regenerate, black = keep.' }),
+    prefix: Flags.string({ default: 'sample', summary: 'File name prefix.' }),
+    ema: Flags.boolean({ default: true, allowNo: true, summary: 'Use the EMA weights beside a run checkpoint when present.' }),
+    force: Flags.boolean({ summary: 'Overwrite existing images.' }),
+  };
+
+  async run(): Promise<void> {
+    const f = this.flags;
+    const seed = f.seed ?? Math.floor(Math.random() * 2 ** 31);
+    const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
+    let bar: Progress | undefined;
+    let inner: Progress | undefined;
+    try {
+      const res = await sampleToFiles({
+        ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
+        ...(f.prompt ? { prompts: f.prompt } : {}),
+        ...(f.prompts !== undefined ? { promptsFile: f.prompts } : {}),
+        ...(f.negative !== undefined ? { negativePrompt: f.negative } : {}),
+        ...(f.class ? { classes: f.class } : {}),
+        ...(f.map !== undefined ? { map: f.map } : {}),
+        ...(f['cond-image'] !== undefined ? { condImage: f['cond-image'] } : {}),
+        ...(f.steps !== undefined ? { steps: f.steps } : {}),
+        ...(f.sampler !== undefined ? { sampler: f.sampler } : {}),
+        ...(f.eta !== undefined ? { eta: f.eta } : {}),
+        ...(f.guidance !== undefined ? { guidance: f.guidance } : {}),
+        ...(f.height !== undefined ? { height: f.height } : {}),
+        ...(f.width !== undefined ? { width: f.width } : {}),
+        ...(f['batch-size'] !== undefined ? { batchSize: f['batch-size'] } : {}),
+        ...(f['init-image'] !== undefined ? { initImage: f['init-image'] } : {}),
+        ...(f.strength !== undefined ? { strength: f.strength } : {}),
+        ...(f.mask !== undefined ? { mask: f.mask } : {}),
+        onLoaded: (ldm) => this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights; backend ${sel.executor.description}; seed ${seed}`),
+        onStep: (p) => {
+          bar ??= this.progress({ total: p.total, label: 'image' });
+          if (p.call === 0) inner = bar.inner({ total: p.calls, label: 'step' });
+          inner?.update(p.call + 1);
+          if (p.call + 1 === p.calls) {
+            inner?.stop();
+            bar.update(p.done + p.batch);
+          }
+        },
+      });
+      bar?.stop();
+      this.result(res, (r) => `wrote ${r.images.length} images (${r.width}x${r.height}) and ${r.grid} in ${r.seconds.toFixed(1)} s (seed ${r.seed})`);
+    } finally {
+      inner?.stop();
+      bar?.stop();
+      await sel.executor.dispose();
+    }
+  }
+}

@@ -1,0 +1,85 @@
+import path from 'node:path';
+import { Flags } from '@oclif/core';
+import { LdmCommand } from '../cli/base-command.js';
+import type { Progress } from '../cli/progress.js';
+import { parseBackend, selectBackend } from '../engine/backend.js';
+import { RunDir } from '../io/run-dir.js';
+import { openFirstStage } from '../models/first-stage.js';
+import { resolveLdmConfig, trainLdm } from '../training/ldm.js';
+
+export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
+  static override summary = 'Train a latent diffusion model on a data set encoded once by a first-stage autoencoder.';
+  static override description =
+    'The data set is encoded into a latent cache (reused by later runs and resumes with the same autoencoder and data). '
+    + 'Checkpoints, EMA weights, sample grids and log.jsonl go to <runs-dir>/<run>/. Each checkpoint samples on its own: '
+    + 'it embeds the first stage.';
+  static override examples = [
+    '<%= config.bin %> train-ldm --config tiny',
+    '<%= config.bin %> train-ldm --config fmnist-cin --ae runs/ae/checkpoints/step-00003000.safetensors --run cin',
+    '<%= config.bin %> train-ldm --config fmnist-cin --run cin --resume --steps 20000',
+    '<%= config.bin %> train-ldm --config shapes-txt2img --ae ae.safetensors --init old.safetensors --run finetune',
+  ];
+  static override flags = {
+    config: Flags.string({ char: 'c', required: true, summary: 'Config: a zoo name (ldm zoo --kind ldm) or a YAML file.' }),
+    ae: Flags.string({ summary: 'First stage: an autoencoder checkpoint, or "pixel" (f=1). Overrides first_stage.' }),
+    data: Flags.string({ summary: 'Training data source (shapes, fashion-mnist, a folder, ...). Overrides data.source.' }),
+    run: Flags.string({ summary: 'Run name: the folder under --runs-dir (default: the config name).' }),
+    'runs-dir': Flags.string({ env: 'LDM_RUNS_DIR', default: 'runs', summary: 'Folder of run folders.' }),
+    'cache-dir': Flags.string({ env: 'LDM_CACHE_DIR', summary: 'Folder of latent caches (default: <runs-dir>/.cache).' }),
+    steps: Flags.integer({ min: 1, summary: 'Total optimizer steps. Overrides train.steps.' }),
+    resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
+    force: Flags.boolean({ summary: 'Start the run over, deleting its checkpoints, log and samples.' }),
+    init: Flags.string({ summary: 'Fine-tune: start from this LDM checkpoint\'s weights.' }),
+  };
+
+  async run(): Promise<void> {
+    const f = this.flags;
+    const cfg = resolveLdmConfig(f.config, { ae: f.ae, data: f.data, steps: f.steps });
+    if (cfg.first_stage === undefined) {
+      throw new Error(`config ${cfg.name} names no first stage: pass --ae <autoencoder checkpoint> (ldm train-ae writes one) or --ae pixel`);
+    }
+    const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
+    this.note(`backend: ${sel.executor.description}`);
+    const firstStage = await openFirstStage(cfg.first_stage, { executor: sel.executor, ...(cfg.data.channels !== undefined ? { channels: cfg.data.channels } : {}) });
+    const run = await RunDir.create(f['runs-dir'], f.run ?? cfg.name, { resume: f.resume, force: f.force });
+    let encode: Progress | undefined;
+    let steps: Progress | undefined;
+    try {
+      const res = await trainLdm({
+        config: cfg, run, executor: sel.executor, firstStage,
+        cacheDir: f['cache-dir'] ?? path.join(f['runs-dir'], '.cache'),
+        seed: f.seed ?? 0,
+        ...(f.init !== undefined ? { init: f.init } : {}),
+        note: (m) => {
+          const bar = steps ?? encode;
+          if (bar) bar.log(m);
+          else this.note(m);
+        },
+        onEncode: (done, total) => {
+          encode ??= this.progress({ total, label: 'image' });
+          encode.update(done);
+          if (done === total) encode.stop();
+        },
+        onStep: (r, total) => {
+          steps ??= this.progress({ total, label: 'step' });
+          steps.update(r.step, { loss: r.loss, lr: r.lr });
+        },
+      });
+      steps?.stop();
+      this.result(res, (r) => [
+        `trained ${r.run} to step ${r.step} (from ${r.startStep}): loss ${r.loss.toFixed(4)}`
+          + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : ''),
+        `checkpoint: ${r.checkpoint}`,
+        ...(r.ema ? [`ema: ${r.ema}`] : []),
+        `scale factor: ${r.scaleFactor.toPrecision(5)}, lr ${r.lr}`,
+        `latent cache: ${r.cache.file} (${r.cache.reused ? 'reused' : 'new'}, ${r.cache.count} latents)`,
+        ...(r.samples.length ? [`samples: ${r.samples[r.samples.length - 1]}`] : []),
+      ].join('\n'));
+    } finally {
+      encode?.stop();
+      steps?.stop();
+      await firstStage.dispose();
+      await sel.executor.dispose();
+    }
+  }
+}

@@ -1,0 +1,189 @@
+/**
+ * Latent diffusion configs, keyed `model: ldm`: the denoising UNet (the reference's unet_config.params), the
+ * first stage it diffuses in, how it is conditioned, the noise schedule, training and data. Field names follow
+ * the reference LatentDiffusion YAML where one exists (linear_start, parameterization, scale_factor, scale_lr).
+ */
+import * as z from 'zod';
+import { UNetConfigSchema, sizeMultiple } from '../models/unet/config.js';
+import { SAMPLER_NAMES } from '../diffusion/samplers.js';
+import { bool, expecting, fraction, nonNegInt, nonNegNum, oneOf, posInt, posNum, strict, text } from './fields.js';
+
+export const CONDITIONING_TYPES = ['none', 'class', 'text', 'concat', 'semantic'] as const;
+export type ConditioningType = (typeof CONDITIONING_TYPES)[number];
+
+const TextSchema = strict({
+  /** Token width, = unet.context_dim. */
+  dim: posInt(),
+  depth: posInt(),
+  heads: posInt().default(8),
+  /** x-transformers' default, whatever the width. */
+  dim_head: posInt().default(64),
+  /** Tokens per caption with <bos> and <eos> (the reference uses 77). */
+  max_len: z.int(expecting('an integer >= 2')).min(2, expecting('an integer >= 2')).default(77),
+  /** Whole-word vocabulary cap; rarer words are spelt in characters. */
+  max_words: posInt().optional(),
+});
+
+const ConditioningSchema = strict({
+  type: oneOf(CONDITIONING_TYPES).default('none'),
+  /** class: number of labels; semantic: number of label-map classes (one-hot channels). */
+  num_classes: posInt().optional(),
+  /** concat: channels of the condition image appended to z_t. */
+  channels: posInt().optional(),
+  text: TextSchema.optional(),
+  /** Probability of training a sample without its condition (null class, empty prompt, zero map): classifier-free guidance. */
+  dropout: fraction().default(0.1),
+});
+
+const ScheduleSchema = strict({
+  schedule: oneOf(['linear', 'scaled_linear', 'sqrt_linear', 'cosine']).default('linear'),
+  timesteps: posInt().default(1000),
+  linear_start: posNum().default(0.0015),
+  linear_end: posNum().default(0.0195),
+});
+
+const TrainSchema = strict({
+  batch_size: posInt(),
+  /** base_learning_rate; times batch_size * grad_accum when scale_lr (the reference's rule). */
+  lr: posNum(),
+  scale_lr: bool().default(true),
+  steps: posInt(),
+  /** Linear learning-rate warm-up steps. */
+  warmup: nonNegInt().default(0),
+  ema_decay: fraction('a number in [0, 1)').default(0.9999),
+  /** Micro-batches per optimizer step (traced as one batch grad_accum times larger: the same averaged gradient). */
+  grad_accum: posInt().default(1),
+  /** Global gradient-norm clip; 0 = none (the reference does not clip). */
+  clip_norm: nonNegNum().default(0),
+  weight_decay: nonNegNum().default(0.01),
+  /** Write a sample grid into the run's samples/ every this many steps. */
+  sample_every: posInt().optional(),
+  ckpt_every: posInt().optional(),
+  log_every: posInt().default(10),
+  /** Newest checkpoints kept in the run folder. */
+  keep_checkpoints: posInt().default(3),
+});
+
+const DataSchema = strict({
+  /** A data source spec (shapes, fashion-mnist, a folder, idx:...); `ldm train-ldm --data` overrides it. */
+  source: text().optional(),
+  /** Image side the data is brought to (resize+crop, pad or render size): the training image size. */
+  size: posInt(),
+  /** Image channels; by default the first stage's input channels (pixel space: the data's own). */
+  channels: posInt().optional(),
+  /** Use only the first `limit` samples. */
+  limit: posInt().optional(),
+});
+
+const SampleSchema = strict({
+  n: posInt().default(8),
+  steps: posInt().default(25),
+  sampler: oneOf(SAMPLER_NAMES).default('ddim'),
+  eta: nonNegNum().default(0),
+  guidance: nonNegNum().default(1),
+});
+
+const scaleFactor = z.union([z.literal('auto'), z.literal('first_stage'), posNum('"auto", "first_stage" or a number > 0')], {
+  error: (iss) => `expected "auto", "first_stage" or a number > 0, got ${JSON.stringify(iss.input)}`,
+});
+
+export const LatentDiffusionConfigSchema = strict(
+  {
+    model: z.literal('ldm', expecting('"ldm"')),
+    name: text(),
+    /** `pixel` (f=1, the paper's LDM-1) or an autoencoder checkpoint; `ldm train-ldm --ae` overrides it. */
+    first_stage: text().optional(),
+    /** auto: 1/std of the cached latents (pixel: 1); first_stage: the value the autoencoder checkpoint records. */
+    scale_factor: scaleFactor.default('auto'),
+    parameterization: oneOf(['eps', 'x0', 'v']).default('eps'),
+    unet: UNetConfigSchema,
+    conditioning: ConditioningSchema.prefault({}),
+    schedule: ScheduleSchema.prefault({}),
+    train: TrainSchema,
+    data: DataSchema,
+    /** Defaults for the grids written during training and for `ldm sample`. */
+    sample: SampleSchema.prefault({}),
+  },
+  { ddconfig: 'ddconfig belongs to autoencoder configs; an ldm config names its first stage with first_stage' },
+).superRefine((cfg, ctx) => {
+  for (const p of ldmProblems(cfg)) ctx.addIssue({ code: 'custom', path: p.path, message: p.message });
+});
+
+export type LatentDiffusionConfig = z.output<typeof LatentDiffusionConfigSchema>;
+export type LatentDiffusionConfigInput = z.input<typeof LatentDiffusionConfigSchema>;
+export type ConditioningConfig = LatentDiffusionConfig['conditioning'];
+
+/** Channels the condition appends to z_t (concat and semantic), 0 for cross-attention or none. */
+export function concatChannels(c: ConditioningConfig): number {
+  if (c.type === 'concat') return c.channels ?? 0;
+  if (c.type === 'semantic') return c.num_classes ?? 0;
+  return 0;
+}
+
+/** The reference's learning-rate rule: base lr x batch size x accumulation when scale_lr. */
+export function ldmLearningRate(cfg: Pick<LatentDiffusionConfig, 'train'>): number {
+  const t = cfg.train;
+  return t.scale_lr ? t.lr * t.batch_size * t.grad_accum : t.lr;
+}
+
+const CONDITIONING_WORDS: Readonly<Record<ConditioningType, string>> = {
+  none: 'unconditional', class: 'class-conditional', text: 'text-to-image', concat: 'image-conditioned (concat)', semantic: 'semantic-map-to-image',
+};
+
+/** One line, e.g. `LDM text-to-image, first stage pixel, UNet mc 32 x1,2, eps, linear 1000 steps, at 16`. */
+export function summarizeLdm(cfg: LatentDiffusionConfig): string {
+  const u = cfg.unet;
+  const stage = cfg.first_stage === undefined ? 'first stage from --ae' : cfg.first_stage === 'pixel' ? 'pixel space' : `first stage ${cfg.first_stage}`;
+  const attn = u.attention_resolutions.length ? `, attn ${u.attention_resolutions.join(',')}` : '';
+  return `LDM ${CONDITIONING_WORDS[cfg.conditioning.type]}, ${stage}, UNet mc ${u.model_channels} x${u.channel_mult.join(',')}${attn}, `
+    + `${cfg.parameterization}, ${cfg.schedule.schedule} ${cfg.schedule.timesteps} steps, at ${cfg.data.size}`;
+}
+
+interface Problem {
+  path: (string | number)[];
+  message: string;
+}
+
+/** Constraints between fields; the ones that need the first stage (latent channels, f) are checked when the model is built. */
+function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
+  const out: Problem[] = [];
+  const c = cfg.conditioning;
+  const u = cfg.unet;
+  const cross = c.type === 'class' || c.type === 'text';
+  if (u.num_classes !== undefined) {
+    out.push({ path: ['unet', 'num_classes'], message: 'class labels enter through conditioning (type: class, cross-attention); remove unet.num_classes' });
+  }
+  if (cross && u.context_dim === undefined) {
+    out.push({ path: ['unet', 'context_dim'], message: `${c.type} conditioning cross-attends: set context_dim (and use_spatial_transformer: true)` });
+  }
+  if (!cross && u.context_dim !== undefined) {
+    out.push({ path: ['unet', 'context_dim'], message: `conditioning type ${c.type} gives no context tokens; remove context_dim or use type class or text` });
+  }
+  if ((c.type === 'class' || c.type === 'semantic') && c.num_classes === undefined) {
+    out.push({ path: ['conditioning', 'num_classes'], message: `${c.type} conditioning needs num_classes (${c.type === 'class' ? 'labels' : 'label-map classes'})` });
+  }
+  if (c.type === 'concat' && c.channels === undefined) {
+    out.push({ path: ['conditioning', 'channels'], message: 'concat conditioning needs channels (of the condition image, e.g. 3)' });
+  }
+  if (c.type === 'text') {
+    if (!c.text) out.push({ path: ['conditioning', 'text'], message: 'text conditioning needs a text encoder: text: {dim, depth}' });
+    else if (u.context_dim !== undefined && c.text.dim !== u.context_dim) {
+      out.push({ path: ['conditioning', 'text', 'dim'], message: `${c.text.dim} differs from unet.context_dim ${u.context_dim}; the text tokens are the UNet's context` });
+    }
+  } else if (c.text) {
+    out.push({ path: ['conditioning', 'text'], message: `only text conditioning has a text encoder; remove text or set type: text` });
+  }
+  const extra = concatChannels(c);
+  if (u.in_channels !== u.out_channels + extra) {
+    const why = extra ? `out_channels ${u.out_channels} latent channels + ${extra} condition channels` : `out_channels ${u.out_channels} (the latent channels)`;
+    out.push({ path: ['unet', 'in_channels'], message: `${u.in_channels} should be ${u.out_channels + extra}: ${why}` });
+  }
+  const s = cfg.schedule;
+  if (s.linear_end <= s.linear_start && s.schedule !== 'cosine') {
+    out.push({ path: ['schedule', 'linear_end'], message: `${s.linear_end} must be larger than linear_start ${s.linear_start}` });
+  }
+  if (cfg.first_stage === 'pixel' && cfg.data.size % sizeMultiple(u) !== 0) {
+    out.push({ path: ['data', 'size'], message: `${cfg.data.size} is not divisible by ${sizeMultiple(u)} (2^(levels-1) of the UNet)` });
+  }
+  return out;
+}

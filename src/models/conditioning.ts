@@ -1,0 +1,259 @@
+/**
+ * Every way an LDM is conditioned, behind one interface: host-side feeds from a batch's conditions (with the
+ * classifier-free-guidance null condition per sample), and in the traced graph the context tokens for
+ * cross-attention and/or the channels appended to z_t.
+ *
+ * - none: nothing.
+ * - class: ClassEmbedder -> one context token (the reference cin models, crossattn); null = the extra "no label" row.
+ * - text: Tokenizer (built from the training captions, saved in the checkpoint) + TextEncoder trained jointly;
+ *   null = the empty prompt (a negative prompt may take its place when sampling).
+ * - concat: an image-shaped condition resized to the latent size and appended to z_t; null = zeros.
+ * - semantic: a label map, nearest-resized to the latent size, one-hot, appended to z_t; null = zeros (no class).
+ */
+import * as o from '../engine/ops.js';
+import { Module } from '../engine/module.js';
+import type { Tensor } from '../engine/graph.js';
+import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { resize } from '../data/transforms.js';
+import type { ConditioningConfig, ConditioningType } from '../config/ldm.js';
+import { ClassEmbedder } from './class-embedder.js';
+import { TextEncoder } from './text-encoder.js';
+import type { Tokenizer } from './tokenizer.js';
+
+/** A batch's conditions on the host: one entry per sample in whichever field the conditioning reads. */
+export interface Conditions {
+  /** class: label per sample. */
+  readonly labels?: Int32Array;
+  /** text: caption per sample. */
+  readonly captions?: readonly string[];
+  /** semantic: label maps [N, H, W] (int32 or uint8 class indices) at any size. */
+  readonly labelMaps?: HostTensor;
+  /** concat: condition images [N, C, H, W] in [-1, 1] at any size. */
+  readonly images?: HostTensor;
+}
+
+/** Feed names of the condition inputs. */
+export const COND_LABELS = 'cond.y';
+export const COND_TOKENS = 'cond.tokens';
+export const COND_CONCAT = 'cond.concat';
+
+export type CondFeeds = Record<string, HostTensor>;
+
+export interface Conditioner {
+  readonly type: ConditioningType;
+  /** The trained condition encoder (`cond_stage_model`), if any. */
+  readonly module?: Module;
+  /** Channels appended to z_t. */
+  readonly concatChannels: number;
+  /**
+   * Feeds for `n` samples at latent size h x w. Samples with `drop[i]` get the null condition (training's
+   * condition dropout); without conditions every sample is null.
+   */
+  feeds(c: Conditions | undefined, n: number, h: number, w: number, drop?: ArrayLike<boolean>): CondFeeds;
+  /** The unconditional branch of guidance; `negative` replaces the empty prompt (text only). */
+  nullFeeds(n: number, h: number, w: number, negative?: string): CondFeeds;
+  /** In the traced graph, from the condition inputs: context tokens and/or channels to append. */
+  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor; concat?: Tensor };
+  /** Graph input declarations for n samples at h x w. */
+  inputs(n: number, h: number, w: number): Record<string, Tensor>;
+}
+
+function need<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new Error(`this model is conditioned on ${what}, but none were given`);
+  return value;
+}
+
+function checkCount(what: string, got: number, n: number): void {
+  if (got !== n) throw new Error(`${what}: got ${got} for a batch of ${n}; give one per sample`);
+}
+
+class NoConditioning implements Conditioner {
+  readonly type = 'none' as const;
+  readonly concatChannels = 0;
+  feeds(): CondFeeds {
+    return {};
+  }
+  nullFeeds(): CondFeeds {
+    return {};
+  }
+  apply(): { context?: Tensor; concat?: Tensor } {
+    return {};
+  }
+  inputs(): Record<string, Tensor> {
+    return {};
+  }
+}
+
+class ClassConditioning implements Conditioner {
+  readonly type = 'class' as const;
+  readonly concatChannels = 0;
+  readonly module: ClassEmbedder;
+
+  constructor(readonly numClasses: number, contextDim: number) {
+    this.module = new ClassEmbedder(numClasses, contextDim);
+  }
+
+  feeds(c: Conditions | undefined, n: number, _h: number, _w: number, drop?: ArrayLike<boolean>): CondFeeds {
+    if (!c) return this.nullFeeds(n);
+    const labels = need(c.labels, 'class labels');
+    checkCount('class labels', labels.length, n);
+    const y = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      const l = labels[i]!;
+      if (!Number.isInteger(l) || l < 0 || l >= this.numClasses) {
+        throw new Error(`class ${l} is outside 0..${this.numClasses - 1}, the classes this model was trained on`);
+      }
+      y[i] = drop?.[i] ? this.module.nullClass : l;
+    }
+    return { [COND_LABELS]: hostTensor('int32', [n], y) };
+  }
+
+  nullFeeds(n: number): CondFeeds {
+    return { [COND_LABELS]: hostTensor('int32', [n], new Int32Array(n).fill(this.module.nullClass)) };
+  }
+
+  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor } {
+    return { context: this.module.forward(inputs[COND_LABELS]!) };
+  }
+
+  inputs(n: number): Record<string, Tensor> {
+    return { [COND_LABELS]: o.input(COND_LABELS, [n], 'int32') };
+  }
+}
+
+class TextConditioning implements Conditioner {
+  readonly type = 'text' as const;
+  readonly concatChannels = 0;
+  readonly module: TextEncoder;
+
+  constructor(readonly tokenizer: Tokenizer, text: NonNullable<ConditioningConfig['text']>) {
+    if (tokenizer.maxLen !== text.max_len) {
+      throw new Error(`the tokenizer makes ${tokenizer.maxLen} tokens per caption but conditioning.text.max_len is ${text.max_len}; they must agree`);
+    }
+    this.module = new TextEncoder({
+      vocabSize: tokenizer.vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head,
+    });
+  }
+
+  private tokens(texts: readonly string[]): CondFeeds {
+    return { [COND_TOKENS]: this.tokenizer.encodeBatch(texts) };
+  }
+
+  feeds(c: Conditions | undefined, n: number, _h: number, _w: number, drop?: ArrayLike<boolean>): CondFeeds {
+    if (!c) return this.nullFeeds(n);
+    const captions = need(c.captions, 'prompts');
+    checkCount('prompts', captions.length, n);
+    return this.tokens(captions.map((t, i) => (drop?.[i] ? '' : t)));
+  }
+
+  nullFeeds(n: number, _h = 0, _w = 0, negative = ''): CondFeeds {
+    return this.tokens(new Array<string>(n).fill(negative));
+  }
+
+  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor } {
+    return { context: this.module.forward(inputs[COND_TOKENS]!) };
+  }
+
+  inputs(n: number): Record<string, Tensor> {
+    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.tokenizer.maxLen], 'int32') };
+  }
+}
+
+/** Shared by concat and semantic: a float map [N, K, h, w] appended to z_t. */
+abstract class MapConditioning implements Conditioner {
+  abstract readonly type: ConditioningType;
+  constructor(readonly concatChannels: number) {}
+
+  /** The map of sample i at h x w, K channels. */
+  protected abstract mapOf(c: Conditions, i: number, n: number, h: number, w: number): Float32Array;
+
+  feeds(c: Conditions | undefined, n: number, h: number, w: number, drop?: ArrayLike<boolean>): CondFeeds {
+    const k = this.concatChannels;
+    const per = k * h * w;
+    const out = new Float32Array(n * per);
+    if (c) for (let i = 0; i < n; i++) if (!drop?.[i]) out.set(this.mapOf(c, i, n, h, w), i * per);
+    return { [COND_CONCAT]: float32([n, k, h, w], out) };
+  }
+
+  nullFeeds(n: number, h: number, w: number): CondFeeds {
+    return this.feeds(undefined, n, h, w);
+  }
+
+  apply(inputs: Readonly<Record<string, Tensor>>): { concat?: Tensor } {
+    return { concat: inputs[COND_CONCAT]! };
+  }
+
+  inputs(n: number, h: number, w: number): Record<string, Tensor> {
+    return { [COND_CONCAT]: o.input(COND_CONCAT, [n, this.concatChannels, h, w]) };
+  }
+}
+
+class ConcatConditioning extends MapConditioning {
+  readonly type = 'concat' as const;
+
+  protected mapOf(c: Conditions, i: number, n: number, h: number, w: number): Float32Array {
+    const images = need(c.images, 'condition images');
+    const [count, ch, ih, iw] = images.shape as [number, number, number, number];
+    checkCount('condition images', count, n);
+    if (images.shape.length !== 4 || ch !== this.concatChannels) {
+      throw new Error(`condition images must be [N, ${this.concatChannels}, H, W], got [${images.shape.join(', ')}]`);
+    }
+    const per = ch * ih * iw;
+    const one = float32([ch, ih, iw], toFloat32(images).subarray(i * per, (i + 1) * per));
+    return resize(one, h, w, ih >= h && iw >= w ? 'area' : 'bilinear').data as Float32Array;
+  }
+}
+
+class SemanticConditioning extends MapConditioning {
+  readonly type = 'semantic' as const;
+
+  protected mapOf(c: Conditions, i: number, n: number, h: number, w: number): Float32Array {
+    const maps = need(c.labelMaps, 'label maps');
+    const [count, mh, mw] = maps.shape as [number, number, number];
+    if (maps.shape.length !== 3) throw new Error(`label maps must be [N, H, W], got [${maps.shape.join(', ')}]`);
+    checkCount('label maps', count, n);
+    const k = this.concatChannels;
+    const src = maps.data;
+    const one = new Int32Array(mh * mw);
+    for (let j = 0; j < one.length; j++) {
+      const v = Number(src[i * one.length + j]!);
+      if (!Number.isInteger(v) || v < 0 || v >= k) throw new Error(`label map value ${v} is outside 0..${k - 1}, the label classes this model knows`);
+      one[j] = v;
+    }
+    const small = resize(hostTensor('int32', [mh, mw], one), h, w, 'nearest').data as Int32Array;
+    const out = new Float32Array(k * h * w);
+    for (let j = 0; j < h * w; j++) out[small[j]! * h * w + j] = 1;
+    return out;
+  }
+}
+
+/** The conditioner a config describes; text needs the tokenizer (built from captions or read from a checkpoint). */
+export function createConditioner(cfg: ConditioningConfig, contextDim: number | undefined, tokenizer?: Tokenizer): Conditioner {
+  switch (cfg.type) {
+    case 'none':
+      return new NoConditioning();
+    case 'class':
+      return new ClassConditioning(cfg.num_classes!, contextDim!);
+    case 'text':
+      if (!tokenizer) throw new Error('a text-conditioned model needs its tokenizer: build it from the captions or load it from the checkpoint');
+      return new TextConditioning(tokenizer, cfg.text!);
+    case 'concat':
+      return new ConcatConditioning(cfg.channels!);
+    case 'semantic':
+      return new SemanticConditioning(cfg.num_classes!);
+  }
+}
+
+/** Join two feed sets along the batch axis (cond then uncond: guidance in one model call). */
+export function concatFeeds(a: CondFeeds, b: CondFeeds): CondFeeds {
+  const out: CondFeeds = {};
+  for (const [name, x] of Object.entries(a)) {
+    const y = b[name];
+    if (!y) throw new Error(`concatFeeds: ${name} is missing from the second set`);
+    const data = x.dtype === 'int32' ? new Int32Array(x.data.length + y.data.length) : new Float32Array(x.data.length + y.data.length);
+    data.set(x.data as Int32Array & Float32Array);
+    data.set(y.data as Int32Array & Float32Array, x.data.length);
+    out[name] = hostTensor(x.dtype, [x.shape[0]! + y.shape[0]!, ...x.shape.slice(1)], data);
+  }
+  return out;
+}

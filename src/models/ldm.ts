@@ -1,0 +1,197 @@
+/**
+ * The trained part of a latent diffusion model, with the reference's parameter names: the UNet under
+ * `model.diffusion_model.` and the condition encoder under `cond_stage_model.`. The first stage is frozen and
+ * lives outside (src/models/first-stage.ts); the noise schedule and the loss target are host-side maths.
+ */
+import * as o from '../engine/ops.js';
+import { mseLoss } from '../engine/nn.js';
+import { Module, checkWeights } from '../engine/module.js';
+import type { Tensor } from '../engine/graph.js';
+import type { HostTensor } from '../engine/host-tensor.js';
+import type { Executor } from '../engine/executor.js';
+import type { TrainerState } from '../engine/trainer.js';
+import { addPrefix, loadCheckpoint, mergeParams, saveCheckpoint, splitPrefix } from '../io/checkpoint.js';
+import { validateConfig } from '../config/load.js';
+import { NoiseSchedule } from '../diffusion/schedule.js';
+import type { Parameterization } from '../diffusion/prediction.js';
+import type { LatentDiffusionConfig } from '../config/ldm.js';
+import { UNetModel, sizeMultiple } from './unet/index.js';
+import { Slots } from './unet/layers.js';
+import { createConditioner, type Conditioner } from './conditioning.js';
+import { Tokenizer } from './tokenizer.js';
+import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, firstStageFromLdm, type FirstStage } from './first-stage.js';
+
+/** Feed names of a denoising call / training step. */
+export const INPUT_X = 'x';
+export const INPUT_T = 't';
+export const INPUT_TARGET = 'target';
+
+export class LatentDiffusion extends Module {
+  readonly unet: UNetModel;
+  readonly conditioner: Conditioner;
+  readonly schedule: NoiseSchedule;
+  readonly parameterization: Parameterization;
+
+  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Tokenizer } = {}) {
+    super();
+    this.unet = this.add('model', new Slots()).put('diffusion_model', new UNetModel(config.unet));
+    this.conditioner = createConditioner(config.conditioning, config.unet.context_dim, opts.tokenizer);
+    if (this.conditioner.module) this.add('cond_stage_model', this.conditioner.module);
+    const s = config.schedule;
+    this.schedule = new NoiseSchedule({ schedule: s.schedule, timesteps: s.timesteps, linearStart: s.linear_start, linearEnd: s.linear_end });
+    this.parameterization = config.parameterization;
+  }
+
+  /** Channels of the latent it denoises (= the first stage's). */
+  get latentChannels(): number {
+    return this.config.unet.out_channels;
+  }
+
+  /** Latent sides must be multiples of this. */
+  get sizeMultiple(): number {
+    return sizeMultiple(this.config.unet);
+  }
+
+  /** The model output (eps, x0 or v) for z_t [N, C, h, w] at timesteps t [N], given the condition inputs. */
+  forward(x: Tensor, t: Tensor, cond: Readonly<Record<string, Tensor>>): Tensor {
+    const { context, concat } = this.conditioner.apply(cond);
+    const input = concat ? o.concat([x, concat], 1) : x;
+    return this.unet.forward(input, t, context);
+  }
+
+  /** The simple loss: MSE between the output and the parameterisation's target (fed as `target`). */
+  loss(inputs: Readonly<Record<string, Tensor>>): Tensor {
+    return mseLoss(this.forward(inputs[INPUT_X]!, inputs[INPUT_T]!, inputs), inputs[INPUT_TARGET]!);
+  }
+
+  /** Throw a one-line error when a first stage or image size does not fit this model. */
+  checkFirstStage(stage: FirstStage, imageHeight?: number, imageWidth = imageHeight): void {
+    if (stage.latentChannels !== this.latentChannels) {
+      throw new Error(`the first stage gives ${stage.latentChannels}-channel latents but unet.out_channels is ${this.latentChannels}; `
+        + `set unet.out_channels to ${stage.latentChannels} and in_channels to ${stage.latentChannels + this.conditioner.concatChannels}`);
+    }
+    if (imageHeight === undefined || imageWidth === undefined) return;
+    const m = stage.factor * this.sizeMultiple;
+    if (imageHeight % m || imageWidth % m) {
+      throw new Error(`image size ${imageHeight}x${imageWidth} must be a multiple of ${m} (first stage f=${stage.factor} x UNet 2^(levels-1)=${this.sizeMultiple})`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+/** Metadata keys of LDM checkpoints besides the ldm.* ones every checkpoint has. */
+export const LDM_KEYS = {
+  tokenizer: 'ldm.tokenizer',
+  classNames: 'ldm.class_names',
+  labelMapClasses: 'ldm.label_map_classes',
+  /** "live" (trained weights, with optimizer state) or "ema". */
+  weights: 'ldm.weights',
+  emaUpdates: 'ldm.ema_updates',
+} as const;
+
+const OPTIMIZER_PREFIX = 'optimizer.';
+
+export interface LdmCheckpointContent {
+  config: LatentDiffusionConfig;
+  /** The LatentDiffusion module's weights (model.diffusion_model.*, cond_stage_model.*). */
+  params: ReadonlyMap<string, HostTensor>;
+  firstStage: FirstStage;
+  scaleFactor: number;
+  tokenizer?: Tokenizer;
+  classNames?: readonly string[];
+  labelMapClasses?: readonly string[];
+  step: number;
+  weights: 'live' | 'ema';
+  /** Optimizer moments and counts, to resume (live checkpoints). */
+  optimizer?: TrainerState;
+}
+
+/**
+ * One file that samples on its own: the model, the first stage under `first_stage_model.` (the reference layout)
+ * with its description in ldm.first_stage, the scale factor, the tokenizer; optimizer state under `optimizer.`.
+ */
+export async function writeLdmCheckpoint(file: string, c: LdmCheckpointContent, opts: { force?: boolean } = {}): Promise<void> {
+  const tensors = mergeParams(c.params, addPrefix(c.firstStage.params(), FIRST_STAGE_PREFIX));
+  const extra: Record<string, string> = {
+    [FIRST_STAGE_KEY]: JSON.stringify(c.firstStage.spec),
+    [SCALE_FACTOR_KEY]: String(c.scaleFactor),
+    [LDM_KEYS.weights]: c.weights,
+  };
+  if (c.tokenizer) extra[LDM_KEYS.tokenizer] = c.tokenizer.toJSON();
+  if (c.classNames) extra[LDM_KEYS.classNames] = JSON.stringify(c.classNames);
+  if (c.labelMapClasses) extra[LDM_KEYS.labelMapClasses] = JSON.stringify(c.labelMapClasses);
+  if (c.optimizer) {
+    for (const [n, t] of c.optimizer.tensors) tensors.set(OPTIMIZER_PREFIX + n, t);
+    extra[LDM_KEYS.emaUpdates] = String(c.optimizer.emaUpdates);
+  }
+  await saveCheckpoint(file, { kind: 'ldm', config: c.config, params: tensors, step: c.step, extra }, opts);
+}
+
+export interface LoadedLdm {
+  file: string;
+  config: LatentDiffusionConfig;
+  model: LatentDiffusion;
+  /** The module's weights, checked against it. */
+  params: Map<string, HostTensor>;
+  weights: 'live' | 'ema';
+  firstStage: FirstStage;
+  scaleFactor: number;
+  tokenizer?: Tokenizer;
+  classNames?: readonly string[];
+  labelMapClasses?: readonly string[];
+  step: number;
+  /** Present in live checkpoints written during training. */
+  optimizer?: TrainerState;
+}
+
+function jsonList(file: string, metadata: Record<string, string>, key: string): string[] | undefined {
+  const v = metadata[key];
+  if (v === undefined) return undefined;
+  try {
+    const list: unknown = JSON.parse(v);
+    if (Array.isArray(list) && list.every((x) => typeof x === 'string')) return list;
+  } catch {
+    // reported below
+  }
+  throw new Error(`${file}: ${key} metadata is not a JSON list of strings; the checkpoint is corrupt`);
+}
+
+/** Read an LDM checkpoint (kind "ldm"): model, weights, first stage, tokenizer; one-line errors for anything else. */
+export async function readLdmCheckpoint(file: string, executor: Executor): Promise<LoadedLdm> {
+  const ckpt = await loadCheckpoint(file).catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes them under runs/<name>/checkpoints/)`);
+    throw err;
+  });
+  if (ckpt.kind !== 'ldm') {
+    throw new Error(`${file} is a "${ckpt.kind}" checkpoint, not a latent diffusion model; give a checkpoint written by ldm train-ldm`);
+  }
+  const cfg = validateConfig(ckpt.config, `${file} (ldm.config)`);
+  if (cfg.model !== 'ldm') throw new Error(`${file}: its config is a "${cfg.model}" config, not an ldm one; the checkpoint is corrupt`);
+  const tokJson = ckpt.metadata[LDM_KEYS.tokenizer];
+  const tokenizer = tokJson === undefined ? undefined : Tokenizer.fromJSON(tokJson);
+  const model = new LatentDiffusion(cfg, { tokenizer });
+  const names = new Set(model.namedParameters().map(([n]) => n));
+  const params = new Map([...ckpt.params].filter(([n]) => names.has(n)));
+  try {
+    checkWeights(model, params);
+  } catch (err) {
+    throw new Error(`${file}: ${(err as Error).message}; the checkpoint does not match its own config`);
+  }
+  const scale = Number(ckpt.metadata[SCALE_FACTOR_KEY]);
+  if (!(scale > 0) || !Number.isFinite(scale)) throw new Error(`${file}: ${SCALE_FACTOR_KEY} metadata is missing or not a positive number; the checkpoint is corrupt`);
+  const opt = splitPrefix(ckpt.params, OPTIMIZER_PREFIX);
+  const classNames = jsonList(file, ckpt.metadata, LDM_KEYS.classNames);
+  const labelMapClasses = jsonList(file, ckpt.metadata, LDM_KEYS.labelMapClasses);
+  return {
+    file, config: cfg, model, params,
+    weights: ckpt.metadata[LDM_KEYS.weights] === 'ema' ? 'ema' : 'live',
+    firstStage: firstStageFromLdm(ckpt, file, executor),
+    scaleFactor: scale,
+    step: ckpt.step,
+    ...(tokenizer ? { tokenizer } : {}),
+    ...(classNames ? { classNames } : {}),
+    ...(labelMapClasses ? { labelMapClasses } : {}),
+    ...(opt.size > 0 ? { optimizer: { step: ckpt.step, emaUpdates: Number(ckpt.metadata[LDM_KEYS.emaUpdates] ?? 0), tensors: opt } } : {}),
+  };
+}

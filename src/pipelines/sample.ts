@@ -1,0 +1,469 @@
+/**
+ * Sampling from a latent diffusion model: the denoiser compiled once per batch shape (weights baked in as
+ * constants for `ldm sample`, fed as inputs for the grids written during training), classifier-free guidance
+ * as one batched call of conditional and unconditional halves, and the one sampling loop (sampleLatents) for
+ * plain sampling, img2img and inpainting; then the first stage decodes.
+ *
+ * Inpainting masks: white (>= 0.5) marks what to regenerate, black what to keep. A latent position is kept only
+ * when every pixel of its f x f block is kept, so the regenerated area never shrinks.
+ */
+import path from 'node:path';
+import { promises as fsp } from 'node:fs';
+import { Graph, trace } from '../engine/graph.js';
+import * as o from '../engine/ops.js';
+import { bindParams } from '../engine/module.js';
+import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import type { Executor, Program } from '../engine/executor.js';
+import { Rng } from '../util/random.js';
+import { createSampler, type SamplerName } from '../diffusion/samplers.js';
+import { sampleLatents, type ModelFn } from '../diffusion/sample.js';
+import { concatFeeds, type CondFeeds, type Conditions } from '../models/conditioning.js';
+import { INPUT_T, INPUT_X, readLdmCheckpoint, type LatentDiffusion, type LoadedLdm } from '../models/ldm.js';
+import type { FirstStage } from '../models/first-stage.js';
+import { assertWritable } from '../io/atomic.js';
+import { readImage, saveGrid, writePng } from '../io/image.js';
+import { resize } from '../data/transforms.js';
+
+/**
+ * The LDM's denoiser on an executor. `const` bakes `params` into each compiled program (fastest, for sampling
+ * runs); `input` feeds them every call, so one program serves changing weights (grids during training).
+ */
+export class Denoiser {
+  private readonly programs = new Map<string, Promise<Program>>();
+
+  constructor(
+    readonly model: LatentDiffusion,
+    private readonly executor: Executor,
+    private readonly params: () => ReadonlyMap<string, HostTensor>,
+    readonly mode: 'const' | 'input' = 'const',
+  ) {
+    model.eval();
+  }
+
+  private program(shape: readonly number[]): Promise<Program> {
+    const key = shape.join(',');
+    let p = this.programs.get(key);
+    if (!p) {
+      const [n, , h, w] = shape as [number, number, number, number];
+      const g = new Graph();
+      bindParams(g, this.model, this.mode === 'const' ? this.params() : undefined, this.mode);
+      const out = trace(g, () => {
+        const x = o.input(INPUT_X, shape);
+        const t = o.input(INPUT_T, [n]);
+        return this.model.forward(x, t, this.model.conditioner.inputs(n, h, w));
+      });
+      p = this.executor.compile(g, { out });
+      this.programs.set(key, p);
+    }
+    return p;
+  }
+
+  /** Model output for x ([N, C, h, w] flattened) at per-sample timesteps, given condition feeds for N samples. */
+  async predict(x: Float32Array, shape: readonly number[], t: readonly number[], cond: CondFeeds): Promise<Float32Array> {
+    const program = await this.program(shape);
+    const feeds: Record<string, HostTensor> = { ...cond, [INPUT_X]: float32(shape, x), [INPUT_T]: float32([t.length], t) };
+    if (this.mode === 'input') for (const [n, v] of this.params()) feeds[n] = v;
+    return (await program.run(feeds)).out!.data as Float32Array;
+  }
+
+  /** The sampling loop's model function: guided calls run conditional and unconditional halves as one batch. */
+  modelFn(shape: readonly number[], cond: CondFeeds, uncond: CondFeeds): ModelFn {
+    const n = shape[0]!;
+    const doubled = [2 * n, ...shape.slice(1)];
+    const both = concatFeeds(cond, uncond);
+    return async (x, t, guided) => {
+      if (!guided) return { cond: await this.predict(x, shape, t, cond) };
+      const xx = new Float32Array(2 * x.length);
+      xx.set(x);
+      xx.set(x, x.length);
+      const out = await this.predict(xx, doubled, [...t, ...t], both);
+      return { cond: out.subarray(0, x.length), uncond: out.subarray(x.length) };
+    };
+  }
+
+  async dispose(): Promise<void> {
+    for (const p of this.programs.values()) await (await p).dispose();
+    this.programs.clear();
+  }
+}
+
+/** One condition: each gets `n` images. */
+export interface SampleCondition {
+  /** Text models. */
+  prompt?: string;
+  /** Class models. */
+  label?: number;
+  /** Semantic models: class indices [H, W] (int32) at image size. */
+  map?: HostTensor;
+  /** Concat models: the condition image [C, H, W] in [-1, 1]. */
+  image?: HostTensor;
+  /** Caption under its images in the grid. */
+  name: string;
+}
+
+/** What `generate` needs: the model, its weights, first stage and scale (a LoadedLdm has them all). */
+export interface LdmParts {
+  model: LatentDiffusion;
+  firstStage: FirstStage;
+  scaleFactor: number;
+  /** Training image side: the default output size. */
+  imageSize: number;
+}
+
+export interface GenerateOptions {
+  /** Images per condition (or in all, for an unconditional model). */
+  n: number;
+  /** One entry per condition; none: unconditional samples. */
+  conditions?: readonly SampleCondition[];
+  steps: number;
+  sampler: SamplerName;
+  eta?: number;
+  /** Classifier-free guidance scale; 1 = the conditional model alone. */
+  guidance?: number;
+  /** Text models: the unconditional branch of guidance uses this prompt instead of the empty one. */
+  negativePrompt?: string;
+  seed: number;
+  height?: number;
+  width?: number;
+  /** Images per model call (default min(total, 8)); guidance doubles the batch the model sees. */
+  batchSize?: number;
+  /** img2img: start from this image [C, H, W] noised `strength` (0, 1] of the way. */
+  init?: { image: HostTensor; strength: number };
+  /** Inpainting, with init.image: [1, H, W] or [H, W] in [0, 1], white (>= 0.5) = regenerate, black = keep. */
+  mask?: HostTensor;
+  /** After each denoising call of a batch. */
+  onStep?: (p: SampleProgress) => void;
+}
+
+export interface SampleProgress {
+  /** Images finished before this batch, images in it, images in all. */
+  done: number;
+  batch: number;
+  total: number;
+  /** Denoising call just made (0-based) and calls per batch. */
+  call: number;
+  calls: number;
+}
+
+export interface Generated {
+  /** [N, C, H, W] in [-1, 1]. */
+  images: HostTensor;
+  /** The final (scaled) latents [N, c, h, w], before decoding. */
+  latents: HostTensor;
+  /** Per image: the name of its condition. */
+  labels: string[];
+  /** Latent positions kept from the init image (1) when inpainting, per sample [c * h * w]. */
+  keepMask?: Float32Array;
+}
+
+function sizeOf(t: HostTensor): [number, number] {
+  const s = t.shape;
+  return [s[s.length - 2]!, s[s.length - 1]!];
+}
+
+/** Keep mask in latent space from a pixel mask (white = regenerate): kept only where the whole f x f block is kept. */
+export function latentKeepMask(mask: HostTensor, factor: number, channels: number): Float32Array {
+  const [H, W] = sizeOf(mask);
+  const m = toFloat32(mask);
+  const h = H / factor;
+  const w = W / factor;
+  const out = new Float32Array(channels * h * w);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      let keep = 1;
+      for (let dy = 0; dy < factor && keep; dy++) for (let dx = 0; dx < factor; dx++) if (m[(y * factor + dy) * W + x * factor + dx]! >= 0.5) keep = 0;
+      for (let c = 0; c < channels; c++) out[(c * h + y) * w + x] = keep;
+    }
+  }
+  return out;
+}
+
+function conditionsOf(list: readonly SampleCondition[], imageH: number, imageW: number): Conditions {
+  const first = list[0]!;
+  if (first.prompt !== undefined) return { captions: list.map((c) => c.prompt ?? '') };
+  if (first.label !== undefined) return { labels: Int32Array.from(list, (c) => c.label ?? -1) };
+  if (first.map !== undefined) {
+    const per = imageH * imageW;
+    const data = new Int32Array(list.length * per);
+    list.forEach((c, i) => data.set(resize(c.map!, imageH, imageW, 'nearest').data as Int32Array, i * per));
+    return { labelMaps: hostTensor('int32', [list.length, imageH, imageW], data) };
+  }
+  if (first.image !== undefined) {
+    const [ch, ih, iw] = first.image.shape as [number, number, number];
+    const data = new Float32Array(list.length * ch * ih * iw);
+    list.forEach((c, i) => data.set(toFloat32(c.image!), i * ch * ih * iw));
+    return { images: float32([list.length, ch, ih, iw], data) };
+  }
+  return {};
+}
+
+/** Check a request against the model with one-line errors before any work. */
+function checkRequest(parts: LdmParts, opts: GenerateOptions, conds: readonly SampleCondition[]): void {
+  const type = parts.model.conditioner.type;
+  const need: Record<string, keyof SampleCondition | undefined> = { none: undefined, class: 'label', text: 'prompt', semantic: 'map', concat: 'image' };
+  const field = need[type];
+  const given = conds.flatMap((c) => (['prompt', 'label', 'map', 'image'] as const).filter((k) => c[k] !== undefined));
+  if (field === undefined && given.length) {
+    throw new Error(`this model is unconditional: it takes no ${given[0] === 'label' ? 'class' : given[0]}; sample it without one`);
+  }
+  if (field !== undefined) {
+    const what = { label: 'a class (--class)', prompt: 'a prompt (--prompt or --prompts)', map: 'a label map (--map)', image: 'a condition image (--cond-image)' }[field as 'label'];
+    if (conds.length === 0) throw new Error(`this ${type}-conditioned model needs ${what}`);
+    const wrong = given.find((k) => k !== field);
+    if (wrong) throw new Error(`this ${type}-conditioned model takes ${what}, not ${wrong === 'label' ? 'a class' : `a ${wrong}`}`);
+  }
+  if ((opts.guidance ?? 1) !== 1 && type === 'none') throw new Error('guidance needs a conditional model; this one is unconditional, use --guidance 1');
+  if (opts.negativePrompt !== undefined && type !== 'text') throw new Error('a negative prompt needs a text-conditioned model');
+  if (!Number.isInteger(opts.n) || opts.n < 1) throw new Error(`n must be a positive integer, got ${opts.n}`);
+  if (opts.mask && !opts.init) throw new Error('inpainting needs the image to inpaint: give --init-image with --mask');
+}
+
+/** Draw images. Reproducible from the seed on one executor: noise comes from one Rng, batch after batch. */
+export async function generate(parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions): Promise<Generated> {
+  const conds = opts.conditions ?? [];
+  checkRequest(parts, opts, conds);
+  const { model, firstStage: fs, scaleFactor } = parts;
+  const firstMap = conds[0]?.map;
+  const firstImg = conds[0]?.image;
+  const [defH, defW] = opts.init ? sizeOf(opts.init.image)
+    : firstMap ? sizeOf(firstMap)
+      : firstImg && model.conditioner.type === 'concat' ? sizeOf(firstImg).map((s) => s * fs.factor) as [number, number]
+        : [parts.imageSize, parts.imageSize];
+  const H = opts.height ?? defH;
+  const W = opts.width ?? defW;
+  model.checkFirstStage(fs, H, W);
+  const f = fs.factor;
+  const c = model.latentChannels;
+  const h = H / f;
+  const w = W / f;
+  const per = c * h * w;
+
+  const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
+  const total = list.length;
+  const bs = Math.max(1, Math.min(opts.batchSize ?? 8, total));
+
+  let initLatent: Float32Array | undefined;
+  let keep: Float32Array | undefined;
+  if (opts.init) {
+    const img = opts.init.image;
+    if (img.shape.length !== 3 || img.shape[0] !== fs.imageChannels) {
+      throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${img.shape.join(', ')}]`);
+    }
+    const sized = resize(img, H, W, 'bicubic');
+    const z = await fs.encode(float32([1, ...sized.shape], toFloat32(sized)));
+    initLatent = (z.data as Float32Array).map((v) => v * scaleFactor);
+    if (opts.mask) {
+      const [mh, mw] = sizeOf(opts.mask);
+      const m = mh === H && mw === W ? opts.mask : resize(float32([1, mh, mw], toFloat32(opts.mask)), H, W, 'nearest');
+      keep = latentKeepMask(m, f, c);
+    }
+  }
+
+  const rng = new Rng(opts.seed);
+  const guidance = opts.guidance ?? 1;
+  const latents = new Float32Array(total * per);
+  for (let start = 0; start < total; start += bs) {
+    const chunk = list.slice(start, start + bs);
+    const n = chunk.length;
+    const shape = [n, c, h, w];
+    const cf = model.conditioner.feeds(conds.length ? conditionsOf(chunk, H, W) : undefined, n, h, w);
+    const uf = guidance !== 1 ? model.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : cf;
+    const sampler = createSampler(opts.sampler, model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
+    const repeat = (x: Float32Array) => {
+      const out = new Float32Array(n * per);
+      for (let i = 0; i < n; i++) out.set(x, i * per);
+      return out;
+    };
+    const x0 = initLatent ? repeat(initLatent) : undefined;
+    const useInit = x0 && (!keep || opts.init!.strength < 1);
+    const z = await sampleLatents({
+      shape, model: denoiser.modelFn(shape, cf, uf), schedule: model.schedule, sampler, parameterization: model.parameterization,
+      guidance, rng,
+      ...(useInit ? { init: { x0: x0!, strength: opts.init!.strength } } : {}),
+      ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
+      onStep: (call, calls) => opts.onStep?.({ done: start, batch: n, total, call, calls }),
+    });
+    latents.set(z, start * per);
+  }
+
+  const images = new Float32Array(total * fs.imageChannels * H * W);
+  for (let start = 0; start < total; start += bs) {
+    const n = Math.min(bs, total - start);
+    const z = latents.subarray(start * per, (start + n) * per).map((v) => v / scaleFactor);
+    const img = await fs.decode(float32([n, c, h, w], z));
+    const d = img.data as Float32Array;
+    for (let j = 0; j < d.length; j++) images[start * fs.imageChannels * H * W + j] = Math.max(-1, Math.min(1, d[j]!));
+  }
+  return {
+    images: float32([total, fs.imageChannels, H, W], images),
+    latents: float32([total, c, h, w], latents),
+    labels: list.map((x) => x.name),
+    ...(keep ? { keepMask: keep } : {}),
+  };
+}
+
+// ---------------------------------------------------------------- files in, files out (ldm sample)
+
+export interface SampleFilesOptions {
+  ckpt: string;
+  outDir: string;
+  executor: Executor;
+  /** Prompts (text models), one condition each. */
+  prompts?: readonly string[];
+  /** A file of prompts, one a line (blank lines skipped). */
+  promptsFile?: string;
+  /** Class indices or names (class models). */
+  classes?: readonly string[];
+  /** PNG of label indices (semantic models): the grey value of each pixel is its class. */
+  map?: string;
+  /** Condition image (concat models). */
+  condImage?: string;
+  initImage?: string;
+  strength?: number;
+  mask?: string;
+  negativePrompt?: string;
+  n: number;
+  steps?: number;
+  sampler?: SamplerName;
+  eta?: number;
+  guidance?: number;
+  seed: number;
+  height?: number;
+  width?: number;
+  batchSize?: number;
+  /** Sample with the live weights even when an EMA file sits beside the checkpoint. */
+  noEma?: boolean;
+  force?: boolean;
+  /** File name prefix of the individual images (default "sample"). */
+  prefix?: string;
+  onStep?: GenerateOptions['onStep'];
+  /** Called once the model is loaded, before sampling. */
+  onLoaded?: (ldm: LoadedLdm) => void;
+}
+
+export interface SampleFilesResult {
+  ckpt: string;
+  weights: 'live' | 'ema';
+  images: string[];
+  grid: string;
+  n: number;
+  height: number;
+  width: number;
+  seed: number;
+  steps: number;
+  sampler: SamplerName;
+  guidance: number;
+  seconds: number;
+}
+
+/** The EMA file beside a run's main checkpoint (step-N.ema.safetensors), used unless noEma. */
+async function weightsFile(ckpt: string, noEma: boolean): Promise<string> {
+  if (noEma || ckpt.endsWith('.ema.safetensors') || !ckpt.endsWith('.safetensors')) return ckpt;
+  const ema = ckpt.replace(/\.safetensors$/, '.ema.safetensors');
+  return (await fsp.stat(ema).then((s) => s.isFile()).catch(() => false)) ? ema : ckpt;
+}
+
+/** A class given as an index or a name. */
+export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'config'>): number {
+  const k = ldm.config.conditioning.num_classes ?? 0;
+  const names = ldm.classNames ?? [];
+  const byName = names.findIndex((n) => n.toLowerCase() === value.trim().toLowerCase());
+  if (byName >= 0) return byName;
+  if (!/^\d+$/.test(value.trim())) {
+    throw new Error(`class "${value}" is neither an index in 0..${k - 1} nor a class name${names.length ? ` (${names.join(', ')})` : ''}`);
+  }
+  const i = Number(value);
+  if (i >= k) throw new Error(`class ${i} is outside 0..${k - 1}, the classes this model was trained on`);
+  return i;
+}
+
+async function readLines(file: string): Promise<string[]> {
+  const text = await fsp.readFile(file, 'utf8').catch(() => {
+    throw new Error(`prompts file ${file} not found; give a text file with one prompt a line`);
+  });
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '');
+  if (lines.length === 0) throw new Error(`prompts file ${file} has no prompts; write one a line`);
+  return lines;
+}
+
+async function readLabelMap(file: string, classes: number): Promise<HostTensor> {
+  const img = await readImage(file, { channels: 1 });
+  const [, h, w] = img.shape as [number, number, number];
+  const src = img.data as Float32Array;
+  const out = new Int32Array(h * w);
+  for (let i = 0; i < out.length; i++) {
+    const v = Math.round((src[i]! + 1) * 127.5);
+    if (v >= classes) throw new Error(`${file}: pixel value ${v} is not a class; a label map holds class indices 0..${classes - 1} as grey values`);
+    out[i] = v;
+  }
+  return hostTensor('int32', [h, w], out);
+}
+
+/** `ldm sample`: load, check every output path, generate, write PNGs and a labelled grid. */
+export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
+  const started = Date.now();
+  const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
+  const ldm = await readLdmCheckpoint(file, opts.executor);
+  opts.onLoaded?.(ldm);
+  const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
+  try {
+    const conditions: SampleCondition[] = [];
+    const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];
+    for (const p of prompts) conditions.push({ prompt: p, name: p });
+    for (const c of opts.classes ?? []) {
+      if (ldm.model.conditioner.type !== 'class') throw new Error(`this model is ${ldm.model.conditioner.type === 'none' ? 'unconditional' : `${ldm.model.conditioner.type}-conditioned`}; --class needs a class-conditional model`);
+      const label = parseClass(c, ldm);
+      conditions.push({ label, name: ldm.classNames?.[label] ?? String(label) });
+    }
+    if (opts.map) {
+      const k = ldm.config.conditioning.num_classes ?? 256;
+      conditions.push({ map: await readLabelMap(opts.map, k), name: path.basename(opts.map) });
+    }
+    if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
+    const init = opts.initImage
+      ? { image: await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }), strength: opts.strength ?? (opts.mask ? 1 : 0.75) }
+      : undefined;
+    const mask = opts.mask ? await readImage(opts.mask, { channels: 1 }).then((m) => float32(m.shape, (m.data as Float32Array).map((v) => (v + 1) / 2))) : undefined;
+
+    const total = (conditions.length || 1) * opts.n;
+    const prefix = opts.prefix ?? 'sample';
+    const files = Array.from({ length: total }, (_, i) => path.join(opts.outDir, `${prefix}-${String(i).padStart(5, '0')}.png`));
+    const grid = path.join(opts.outDir, `${prefix}-grid.png`);
+    for (const f of [...files, grid]) await assertWritable(f, { force: opts.force });
+
+    const s = ldm.config.sample;
+    const gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, denoiser, {
+      n: opts.n,
+      conditions,
+      steps: opts.steps ?? s.steps,
+      sampler: opts.sampler ?? s.sampler,
+      eta: opts.eta ?? s.eta,
+      guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
+      seed: opts.seed,
+      ...(opts.negativePrompt !== undefined ? { negativePrompt: opts.negativePrompt } : {}),
+      ...(opts.height !== undefined ? { height: opts.height } : {}),
+      ...(opts.width !== undefined ? { width: opts.width } : {}),
+      ...(opts.batchSize !== undefined ? { batchSize: opts.batchSize } : {}),
+      ...(init ? { init } : {}),
+      ...(mask ? { mask } : {}),
+      ...(opts.onStep ? { onStep: opts.onStep } : {}),
+    });
+    const [, ch, H, W] = gen.images.shape as [number, number, number, number];
+    await fsp.mkdir(opts.outDir, { recursive: true });
+    const per = ch * H * W;
+    for (let i = 0; i < total; i++) {
+      const one = float32([ch, H, W], (gen.images.data as Float32Array).subarray(i * per, (i + 1) * per));
+      await writePng(files[i]!, one, { force: opts.force });
+    }
+    const labelled = gen.labels.some((l) => l !== '');
+    await saveGrid(grid, gen.images, { nrow: Math.min(8, Math.max(opts.n, Math.ceil(Math.sqrt(total)))), force: opts.force, ...(labelled ? { labels: gen.labels } : {}) });
+    return {
+      ckpt: file, weights: ldm.weights, images: files, grid, n: total, height: H, width: W, seed: opts.seed,
+      steps: opts.steps ?? s.steps, sampler: opts.sampler ?? s.sampler, guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
+      seconds: (Date.now() - started) / 1000,
+    };
+  } finally {
+    await denoiser.dispose();
+    await ldm.firstStage.dispose();
+  }
+}

@@ -1,0 +1,244 @@
+/**
+ * The data set encoded once by the first stage: every latent in one safetensors file, with the labels, captions
+ * and label maps the conditioning needs, so training never runs the encoder or decodes an image again.
+ *
+ * The file is content-addressed: its name is a hash of the first stage's weights (its fingerprint) and the data
+ * spec (source, size, channels, limit). Another run or a resume with the same two finds it and reuses it; a
+ * changed autoencoder or data spec selects a new file, so a stale cache is never read. Latents are stored raw
+ * (unscaled), so the scale factor can be chosen afterwards.
+ *
+ *   latents     F32 [N, c, h, w]
+ *   labels      I32 [N]         where the data has class labels
+ *   label_maps  U8  [N, H, W]   where the data has label maps (shapes)
+ *   lowres      F32 [N, C, h, w] images area-resized to the latent size, when asked (concat conditioning)
+ *   metadata    ldm.latent_cache (format), key, data (JSON), first_stage, count, captions (JSON), class names (JSON)
+ */
+import path from 'node:path';
+import { promises as fsp } from 'node:fs';
+import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
+import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { cacheKey } from '../data/cache.js';
+import { DataLoader, subset } from '../data/loader.js';
+import { openDataset } from '../data/sources.js';
+import { resize } from '../data/transforms.js';
+import type { Batch, Dataset } from '../data/dataset.js';
+import type { FirstStage } from '../models/first-stage.js';
+
+const FORMAT = '1';
+
+/** What the cached data is: everything the latents depend on besides the first stage. */
+export interface LatentDataSpec {
+  readonly source: string;
+  readonly size: number;
+  readonly channels: number;
+  readonly limit?: number;
+  /** Also keep each image area-resized to the latent size (the condition of concat / super-resolution models). */
+  readonly lowres?: boolean;
+}
+
+export interface LatentCache {
+  readonly file: string;
+  readonly key: string;
+  /** True when an existing file was used, false when the data was encoded now. */
+  readonly reused: boolean;
+  readonly count: number;
+  /** Raw latents [N, c, h, w]. */
+  readonly latents: HostTensor;
+  readonly labels?: Int32Array;
+  readonly captions?: readonly string[];
+  /** [N, H, W] uint8 class indices. */
+  readonly labelMaps?: HostTensor;
+  readonly classNames?: readonly string[];
+  readonly labelMapClasses?: readonly string[];
+  /** [N, C, h, w] images at the latent size, when data.lowres. */
+  readonly lowres?: HostTensor;
+}
+
+export interface OpenLatentCacheOptions {
+  /** Folder of cache files (made when missing). */
+  dir: string;
+  firstStage: FirstStage;
+  data: LatentDataSpec;
+  /** The data set to encode; by default opened from data.source. It must be what `data` describes. */
+  dataset?: Dataset;
+  /** Images per encoder call (default 32). */
+  batchSize?: number;
+  /** Encoding progress, in images. */
+  onProgress?: (done: number, total: number) => void;
+  warn?: (message: string) => void;
+}
+
+/** The key: first-stage fingerprint + data spec + format. */
+export function latentCacheKey(firstStageFingerprint: string, data: LatentDataSpec): string {
+  const { source, size, channels, limit, lowres } = data;
+  return cacheKey({ format: FORMAT, firstStage: firstStageFingerprint, data: { source, size, channels, limit: limit ?? null, lowres: lowres ?? false } });
+}
+
+export function latentCachePath(dir: string, key: string): string {
+  return path.join(dir, `latents-${key.slice(0, 20)}.safetensors`);
+}
+
+async function tryRead(file: string, key: string, warn: (m: string) => void): Promise<LatentCache | undefined> {
+  let st;
+  try {
+    st = await readSafetensors(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    warn(`latent cache ${file} is unreadable (${(err as Error).message.split('\n')[0]}); encoding the data again`);
+    return undefined;
+  }
+  const m = st.metadata;
+  const latents = st.tensors.get('latents');
+  if (m['ldm.latent_cache'] !== FORMAT || m.key !== key || !latents || latents.dtype !== 'float32') {
+    warn(`latent cache ${file} does not match this first stage and data; encoding the data again`);
+    return undefined;
+  }
+  const json = <T>(k: string): T | undefined => (m[k] === undefined ? undefined : (JSON.parse(m[k]) as T));
+  const labels = st.tensors.get('labels');
+  const labelMaps = st.tensors.get('label_maps');
+  const lowres = st.tensors.get('lowres');
+  const captions = json<string[]>('captions');
+  const classNames = json<string[]>('class_names');
+  const labelMapClasses = json<string[]>('label_map_classes');
+  return {
+    file, key, reused: true, count: latents.shape[0]!, latents,
+    ...(labels ? { labels: labels.data as Int32Array } : {}),
+    ...(captions ? { captions } : {}),
+    ...(labelMaps ? { labelMaps } : {}),
+    ...(lowres ? { lowres } : {}),
+    ...(classNames ? { classNames } : {}),
+    ...(labelMapClasses ? { labelMapClasses } : {}),
+  };
+}
+
+/** The same batch padded to `size` samples by repeating its last image, so one compiled encoder serves every batch. */
+function padImages(images: HostTensor, size: number): HostTensor {
+  const n = images.shape[0]!;
+  if (n === size) return images;
+  const per = images.data.length / n;
+  const data = new Float32Array(size * per);
+  data.set(images.data as Float32Array);
+  for (let i = n; i < size; i++) data.set((images.data as Float32Array).subarray((n - 1) * per, n * per), i * per);
+  return float32([size, ...images.shape.slice(1)], data);
+}
+
+async function encodeAll(ds: Dataset, opts: OpenLatentCacheOptions, key: string): Promise<Omit<LatentCache, 'file' | 'reused'>> {
+  const { firstStage, data } = opts;
+  const n = ds.size;
+  const bs = Math.max(1, Math.min(opts.batchSize ?? 32, n));
+  if (ds.channels !== data.channels) {
+    throw new Error(`${ds.name} gives ${ds.channels}-channel images but ${data.channels} are needed; set data.channels or use another source`);
+  }
+  const loader = new DataLoader(ds, { batchSize: bs, shuffle: false, prefetch: 1 });
+  let latents: Float32Array | undefined;
+  let latentShape: number[] = [];
+  let labels: Int32Array | undefined;
+  let maps: Uint8Array | undefined;
+  let mapShape: number[] = [];
+  let lowres: Float32Array | undefined;
+  let lowresShape: number[] = [];
+  const captions: string[] = [];
+  let done = 0;
+  opts.onProgress?.(0, n);
+  for await (const batch of loader.epoch() as AsyncIterable<Batch>) {
+    const k = batch.images.shape[0]!;
+    const [, , h, w] = batch.images.shape as [number, number, number, number];
+    if (h !== data.size || w !== data.size) {
+      throw new Error(`${ds.name} gives ${h}x${w} images, not ${data.size}x${data.size}; set data.size to the size the source produces`);
+    }
+    const z = await firstStage.encode(padImages(batch.images, bs));
+    const per = z.data.length / bs;
+    if (!latents) {
+      latentShape = [n, ...z.shape.slice(1)];
+      latents = new Float32Array(n * per);
+    }
+    latents.set((z.data as Float32Array).subarray(0, k * per), done * per);
+    if (batch.labels) {
+      labels ??= new Int32Array(n).fill(-1);
+      labels.set(batch.labels, done);
+    }
+    if (data.lowres) {
+      const [, ch] = batch.images.shape as [number, number];
+      const [zh, zw] = [z.shape[2]!, z.shape[3]!];
+      const lper = ch * zh * zw;
+      if (!lowres) {
+        lowresShape = [n, ch, zh, zw];
+        lowres = new Float32Array(n * lper);
+      }
+      const ip = ch * h * w;
+      for (let i = 0; i < k; i++) {
+        const img = float32([ch, h, w], (batch.images.data as Float32Array).subarray(i * ip, (i + 1) * ip));
+        lowres.set(resize(img, zh, zw, 'area').data as Float32Array, (done + i) * lper);
+      }
+    }
+    if (batch.captions) captions.push(...batch.captions);
+    if (batch.labelMaps) {
+      const [, mh, mw] = batch.labelMaps.shape as [number, number, number];
+      if (!maps) {
+        mapShape = [n, mh, mw];
+        maps = new Uint8Array(n * mh * mw);
+      }
+      const src = batch.labelMaps.data as Int32Array;
+      for (let j = 0; j < src.length; j++) {
+        if (src[j]! > 255) throw new Error(`label map value ${src[j]} does not fit the latent cache (at most 256 classes)`);
+        maps[done * mh * mw + j] = src[j]!;
+      }
+    }
+    done += k;
+    opts.onProgress?.(done, n);
+  }
+  if (!latents) throw new Error(`${ds.name} has no samples to encode`);
+  return {
+    key, count: n, latents: float32(latentShape, latents),
+    ...(labels ? { labels } : {}),
+    ...(captions.length === n ? { captions } : {}),
+    ...(maps ? { labelMaps: hostTensor('uint8', mapShape, maps) } : {}),
+    ...(lowres ? { lowres: float32(lowresShape, lowres) } : {}),
+    ...(ds.classNames ? { classNames: ds.classNames } : {}),
+    ...(ds.labelMapClasses ? { labelMapClasses: ds.labelMapClasses } : {}),
+  };
+}
+
+/** Reuse the cache for this first stage and data, or encode the data set once and write it. */
+export async function openLatentCache(opts: OpenLatentCacheOptions): Promise<LatentCache> {
+  const warn = opts.warn ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
+  const key = latentCacheKey(opts.firstStage.fingerprint, opts.data);
+  const file = latentCachePath(opts.dir, key);
+  const found = await tryRead(file, key, warn);
+  if (found) return found;
+
+  const { data } = opts;
+  let ds = opts.dataset ?? (await openDataset(data.source, { size: data.size, channels: data.channels }));
+  if (data.limit !== undefined && data.limit < ds.size) ds = subset(ds, Int32Array.from({ length: data.limit }, (_, i) => i), `${ds.name}[:${data.limit}]`);
+  const enc = await encodeAll(ds, opts, key);
+  const tensors = new Map<string, HostTensor>([['latents', enc.latents]]);
+  if (enc.labels) tensors.set('labels', hostTensor('int32', [enc.count], enc.labels));
+  if (enc.labelMaps) tensors.set('label_maps', enc.labelMaps);
+  if (enc.lowres) tensors.set('lowres', enc.lowres);
+  const metadata: Record<string, string> = {
+    'ldm.latent_cache': FORMAT,
+    key,
+    data: JSON.stringify(data),
+    first_stage: opts.firstStage.fingerprint,
+    count: String(enc.count),
+  };
+  if (enc.captions) metadata.captions = JSON.stringify(enc.captions);
+  if (enc.classNames) metadata.class_names = JSON.stringify(enc.classNames);
+  if (enc.labelMapClasses) metadata.label_map_classes = JSON.stringify(enc.labelMapClasses);
+  await fsp.mkdir(opts.dir, { recursive: true });
+  await writeSafetensors(file, tensors, metadata, { force: true });
+  return { ...enc, file, reused: false };
+}
+
+/** 1 / std over every cached latent value (the reference's scale_by_std, over the whole set rather than one batch). */
+export function latentScale(latents: HostTensor): number {
+  const d = latents.data as Float32Array;
+  let mean = 0;
+  for (let i = 0; i < d.length; i++) mean += d[i]!;
+  mean /= d.length;
+  let v = 0;
+  for (let i = 0; i < d.length; i++) v += (d[i]! - mean) ** 2;
+  const std = Math.sqrt(v / Math.max(1, d.length - 1));
+  if (!(std > 0)) throw new Error('the cached latents are constant (std 0); the first stage or data set is broken');
+  return 1 / std;
+}

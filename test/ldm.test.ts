@@ -1,0 +1,255 @@
+/**
+ * Latent diffusion training: the loss falls, the latent cache is reused and invalidated, a resumed run takes the
+ * same steps as an uninterrupted one, and an autoencoder first stage is loaded, cached and embedded in the checkpoint.
+ * Models are tiny (8x8 pixels, one UNet level) so each test runs in seconds.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { float32, type HostTensor } from '../src/engine/host-tensor.js';
+import { OnnxExecutor } from '../src/engine/onnx/executor.js';
+import { Rng } from '../src/util/random.js';
+import { RunDir } from '../src/io/run-dir.js';
+import { saveCheckpoint, loadCheckpoint } from '../src/io/checkpoint.js';
+import { LatentDiffusionConfigSchema, type LatentDiffusionConfig, type LatentDiffusionConfigInput } from '../src/config/ldm.js';
+import { validateConfig } from '../src/config/load.js';
+import { buildAutoencoder } from '../src/models/autoencoder/index.js';
+import { PixelFirstStage, openFirstStage, type FirstStage } from '../src/models/first-stage.js';
+import { readLdmCheckpoint } from '../src/models/ldm.js';
+import { openLatentCache, latentScale } from '../src/training/latent-cache.js';
+import { batchIndices, trainLdm } from '../src/training/ldm.js';
+import type { Dataset, Sample } from '../src/data/dataset.js';
+
+const executor = new OnnxExecutor({ threads: 1 });
+
+function tmpdir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-test-'));
+}
+
+/** 8x8 grey images: label 1 is bright on the left, label 0 bright on the right; captions say which; counts get() calls. */
+function toyData(count: number, size = 8): Dataset & { gets: number } {
+  const ds = {
+    name: `toy${count}`, size: count, channels: 1, classNames: ['right', 'left'], gets: 0,
+    async get(i: number): Promise<Sample> {
+      ds.gets++;
+      const img = new Float32Array(size * size);
+      const jitter = ((i * 7) % 5) / 10;
+      for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) img[y * size + x] = (x < size / 2) === (i % 2 === 1) ? 0.8 - jitter : -0.8 + jitter;
+      return { id: String(i), image: float32([1, size, size], img), label: i % 2, caption: i % 2 ? 'bright left' : 'bright right' };
+    },
+  };
+  return ds;
+}
+
+function config(over: Partial<LatentDiffusionConfigInput> = {}, train: Record<string, unknown> = {}): LatentDiffusionConfig {
+  return LatentDiffusionConfigSchema.parse({
+    model: 'ldm', name: 'toy', first_stage: 'pixel',
+    unet: { in_channels: 1, out_channels: 1, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32 },
+    train: { batch_size: 8, lr: 2e-3, scale_lr: false, steps: 12, ema_decay: 0, log_every: 4, ...train },
+    data: { source: 'toy', size: 8 },
+    sample: { n: 2, steps: 3 },
+    ...over,
+  });
+}
+
+const CLASS_UNET = { in_channels: 1, out_channels: 1, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true, context_dim: 16 };
+
+test('a tiny pixel-space model: the loss falls over a few steps, logged, checkpointed with its first stage', async () => {
+  const root = tmpdir();
+  const run = await RunDir.create(root, 'falls');
+  const losses: number[] = [];
+  const res = await trainLdm({
+    config: config(), run, executor, firstStage: new PixelFirstStage(1), cacheDir: path.join(root, 'cache'), dataset: toyData(32), seed: 3,
+    onStep: (r) => losses.push(r.loss),
+  });
+  assert.equal(res.step, 12);
+  assert.equal(losses.length, 12);
+  assert.ok(losses.every(Number.isFinite));
+  const log = await run.readLog();
+  assert.deepEqual(log.map((r) => r.step), [4, 8, 12]);
+  const first = (log[0]!.losses as { loss: number }).loss;
+  const last = (log[2]!.losses as { loss: number }).loss;
+  assert.ok(last < 0.8 * first, `loss should fall: windows ${log.map((r) => (r.losses as { loss: number }).loss.toFixed(3)).join(' -> ')}`);
+  assert.equal(res.scaleFactor, 1, 'pixel space is not rescaled');
+  assert.equal(res.ema, undefined, 'ema_decay 0 keeps no EMA');
+  const ckpt = await loadCheckpoint(res.checkpoint);
+  assert.equal(ckpt.kind, 'ldm');
+  assert.equal(ckpt.step, 12);
+  assert.deepEqual(JSON.parse(ckpt.metadata['ldm.first_stage']!), { kind: 'pixel', channels: 1 });
+  assert.ok([...ckpt.params.keys()].some((k) => k.startsWith('model.diffusion_model.input_blocks.0.0.')));
+  assert.ok([...ckpt.params.keys()].some((k) => k.startsWith('optimizer.m.')), 'the live checkpoint carries the optimizer state');
+  assert.match(fs.readFileSync(run.configPath, 'utf8'), /^# toy: resolved config/);
+});
+
+test('the latent cache is encoded once, reused across runs, and replaced when the first stage or data spec changes', async () => {
+  const dir = path.join(tmpdir(), 'cache');
+  const data = toyData(10);
+  const spec = { source: 'toy', size: 8, channels: 1 };
+  const warnings: string[] = [];
+  const warn = (m: string) => warnings.push(m);
+  const a = await openLatentCache({ dir, firstStage: new PixelFirstStage(1), data: spec, dataset: data, batchSize: 4, warn });
+  assert.equal(a.reused, false);
+  assert.equal(data.gets, 10);
+  assert.deepEqual(a.latents.shape, [10, 1, 8, 8]);
+  assert.deepEqual([...a.labels!], [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+  assert.equal(a.captions![1], 'bright left');
+  const img9 = await data.get(9);
+  assert.deepEqual([...(a.latents.data as Float32Array).subarray(9 * 64)], [...(img9.image.data as Float32Array)], 'the padded last batch keeps its own images');
+  data.gets = 0;
+
+  const b = await openLatentCache({ dir, firstStage: new PixelFirstStage(1), data: spec, dataset: data, warn });
+  assert.equal(b.reused, true);
+  assert.equal(b.file, a.file);
+  assert.equal(data.gets, 0, 'a reused cache reads no image');
+  assert.deepEqual(b.latents.data, a.latents.data);
+
+  const limited = await openLatentCache({ dir, firstStage: new PixelFirstStage(1), data: { ...spec, limit: 4 }, dataset: data, warn });
+  assert.equal(limited.reused, false);
+  assert.notEqual(limited.file, a.file);
+  assert.equal(limited.count, 4);
+
+  // Another first stage (other weights): another key, encoded again.
+  const ae1 = await tinyAutoencoder(1);
+  const ae2 = await tinyAutoencoder(2);
+  assert.notEqual(ae1.fingerprint, ae2.fingerprint);
+  data.gets = 0;
+  const c1 = await openLatentCache({ dir, firstStage: ae1, data: spec, dataset: data, warn });
+  const c2 = await openLatentCache({ dir, firstStage: ae2, data: spec, dataset: data, warn });
+  assert.equal(data.gets, 20);
+  assert.deepEqual(c1.latents.shape, [10, 2, 4, 4]);
+  assert.notEqual(c1.file, c2.file);
+  assert.notDeepEqual(c1.latents.data, c2.latents.data);
+  assert.ok(latentScale(c1.latents) > 0);
+
+  // A damaged file is re-encoded with a warning, not trusted.
+  fs.writeFileSync(a.file, fs.readFileSync(a.file).subarray(0, 100));
+  const d = await openLatentCache({ dir, firstStage: new PixelFirstStage(1), data: spec, dataset: data, warn });
+  assert.equal(d.reused, false);
+  assert.deepEqual(d.latents.data, a.latents.data);
+  assert.ok(warnings.some((w) => /unreadable/.test(w)), warnings.join('\n'));
+  await ae1.dispose();
+  await ae2.dispose();
+});
+
+test('batches walk seeded per-epoch permutations: every sample once an epoch, same for any resume point', () => {
+  const seen = new Set<number>();
+  for (let s = 0; s < 5; s++) for (const i of batchIndices(s, 2, 10, 7)) seen.add(i);
+  assert.equal(seen.size, 10);
+  assert.deepEqual(batchIndices(3, 4, 10, 7), batchIndices(3, 4, 10, 7));
+  assert.notDeepEqual(batchIndices(0, 10, 10, 7), batchIndices(1, 10, 10, 7), 'epochs are reshuffled');
+});
+
+test('resume continues the step count and takes the same next steps as an uninterrupted run', async () => {
+  const cfg = config({ unet: CLASS_UNET, conditioning: { type: 'class', num_classes: 2, dropout: 0.3 } }, { steps: 4, ckpt_every: 2, ema_decay: 0.9 });
+  const root = tmpdir();
+  const cacheDir = path.join(root, 'cache');
+  const data = toyData(16);
+  const common = { executor, firstStage: new PixelFirstStage(1), cacheDir, dataset: data, seed: 5 };
+
+  const straight: number[] = [];
+  await trainLdm({ ...common, config: cfg, run: await RunDir.create(root, 'straight'), onStep: (r) => straight.push(r.loss) });
+
+  const cut: number[] = [];
+  const half = await trainLdm({ ...common, config: { ...cfg, train: { ...cfg.train, steps: 2 } }, run: await RunDir.create(root, 'cut'), onStep: (r) => cut.push(r.loss) });
+  assert.equal(half.step, 2);
+  assert.equal(half.cache.reused, true, 'the second run reuses the first run\'s latent cache');
+  const resumedRun = await RunDir.create(root, 'cut', { resume: true });
+  assert.equal(resumedRun.resumed, true);
+  const resumed = await trainLdm({ ...common, config: cfg, run: resumedRun, onStep: (r) => cut.push(r.loss) });
+  assert.equal(resumed.startStep, 2);
+  assert.equal(resumed.step, 4);
+  assert.equal(cut.length, 4);
+  for (let i = 0; i < 4; i++) assert.ok(Math.abs(cut[i]! - straight[i]!) <= 1e-6 * Math.max(1, Math.abs(straight[i]!)), `step ${i + 1}: ${cut[i]} vs ${straight[i]}`);
+
+  const a = await readLdmCheckpoint(path.join(root, 'straight', 'checkpoints', 'step-00000004.ema.safetensors'), executor);
+  const b = await readLdmCheckpoint(resumed.ema!, executor);
+  assert.equal(a.weights, 'ema');
+  for (const [n, t] of a.params) assert.deepEqual(b.params.get(n)!.data, t.data, `EMA ${n} differs after resume`);
+  assert.deepEqual(a.classNames, ['right', 'left']);
+});
+
+test('resuming with a different model config is refused with a one-line reason', async () => {
+  const root = tmpdir();
+  const common = { executor, firstStage: new PixelFirstStage(1), cacheDir: path.join(root, 'cache'), dataset: toyData(8), seed: 1 };
+  await trainLdm({ ...common, config: config({}, { steps: 1 }), run: await RunDir.create(root, 'r') });
+  const other = config({ unet: { ...config().unet, num_res_blocks: 2 } }, { steps: 2 });
+  await assert.rejects(trainLdm({ ...common, config: other, run: await RunDir.create(root, 'r', { resume: true }) }), /model of another config.*resume with the config the run started with/);
+});
+
+/** A KL autoencoder with f=2 on 1-channel 8x8 images, saved as an ldm autoencoder checkpoint and opened as a first stage. */
+async function tinyAutoencoder(seed: number, dir = tmpdir()): Promise<FirstStage> {
+  const cfg = validateConfig({
+    model: 'autoencoder', name: 'tiny-ae', regularizer: 'kl', embed_dim: 2,
+    ddconfig: { double_z: true, z_channels: 2, resolution: 8, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [] },
+    loss: { disc_start: 1, disc_weight: 0.5, disc_num_layers: 1 },
+    train: { batch_size: 4, lr: 1e-4, steps: 10, image_size: 8 },
+  }, 'tiny-ae');
+  assert.equal(cfg.model, 'autoencoder');
+  const model = buildAutoencoder(cfg as Extract<typeof cfg, { model: 'autoencoder' }>);
+  const params = model.initialize(new Rng(seed));
+  // A stray loss weight, as training checkpoints carry, must be ignored.
+  params.set('loss.logvar', float32([], [0]));
+  const file = path.join(dir, `ae-${seed}.safetensors`);
+  await saveCheckpoint(file, { kind: 'autoencoder', config: cfg, params, step: 10, extra: { 'ldm.scale_factor': '0.5' } });
+  return openFirstStage(file, { executor });
+}
+
+test('an autoencoder first stage: encodes to the posterior mode, embeds in the LDM checkpoint, and decodes the same from there', async () => {
+  const root = tmpdir();
+  const ae = await tinyAutoencoder(4, root);
+  assert.equal(ae.kind, 'autoencoder');
+  assert.equal(ae.factor, 2);
+  assert.equal(ae.latentChannels, 2);
+  assert.equal(ae.scaleFactor, 0.5);
+  const data = toyData(6);
+  const img = (await data.get(1)).image;
+  const batch = float32([1, 1, 8, 8], img.data as Float32Array);
+  const z1 = await ae.encode(batch);
+  const z2 = await ae.encode(batch);
+  assert.deepEqual(z1.shape, [1, 2, 4, 4]);
+  assert.deepEqual(z1.data, z2.data, 'encoding is deterministic (the mode, no noise)');
+
+  const cfg = config({ first_stage: 'x', unet: { ...config().unet, in_channels: 2, out_channels: 2 } }, { steps: 2, ema_decay: 0.99 });
+  const res = await trainLdm({ config: cfg, run: await RunDir.create(root, 'ae'), executor, firstStage: ae, cacheDir: path.join(root, 'cache'), dataset: data, seed: 2 });
+  assert.ok(Math.abs(res.scaleFactor - 1 / stdOf(await openCached(root, ae, data))) < 1e-6, 'auto scale = 1/std of the cached latents');
+  const loaded = await readLdmCheckpoint(res.ema!, executor);
+  assert.equal(loaded.firstStage.fingerprint, ae.fingerprint, 'the embedded first stage has the same weights');
+  assert.equal(loaded.scaleFactor, res.scaleFactor);
+  const d1 = await ae.decode(z1);
+  const d2 = await loaded.firstStage.decode(z1);
+  assert.deepEqual(d1.shape, [1, 1, 8, 8]);
+  assert.deepEqual(d2.data, d1.data);
+
+  // --ae pointing at an LDM checkpoint reuses the first stage it embeds.
+  const again = await openFirstStage(res.checkpoint, { executor });
+  assert.equal(again.fingerprint, ae.fingerprint);
+  await assert.rejects(openFirstStage(path.join(root, 'missing.safetensors'), { executor }), /first stage checkpoint .* not found/);
+  await saveCheckpoint(path.join(root, 'other.safetensors'), { kind: 'classifier', config: {}, params: new Map() });
+  await assert.rejects(openFirstStage(path.join(root, 'other.safetensors'), { executor }), /is a "classifier" checkpoint; the first stage must be an autoencoder/);
+  for (const s of [ae, loaded.firstStage, again]) await s.dispose();
+});
+
+async function openCached(root: string, ae: FirstStage, data: Dataset): Promise<HostTensor> {
+  return (await openLatentCache({ dir: path.join(root, 'cache'), firstStage: ae, data: { source: 'x', size: 8, channels: 1 }, dataset: data })).latents;
+}
+
+function stdOf(t: HostTensor): number {
+  return 1 / latentScale(t);
+}
+
+test('config errors are one line each and name the key', () => {
+  const bad = (over: Partial<LatentDiffusionConfigInput>) => {
+    const r = LatentDiffusionConfigSchema.safeParse({
+      model: 'ldm', name: 'x', unet: config().unet, train: { batch_size: 1, lr: 1, steps: 1 }, data: { size: 8 }, ...over,
+    });
+    assert.equal(r.success, false);
+    return r.error!.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('\n');
+  };
+  assert.match(bad({ conditioning: { type: 'class' } }), /unet\.context_dim: class conditioning cross-attends[^\n]*\n.*conditioning\.num_classes: class conditioning needs num_classes/);
+  assert.match(bad({ conditioning: { type: 'semantic', num_classes: 5 } }), /unet\.in_channels: 1 should be 6: out_channels 1 latent channels \+ 5 condition channels/);
+  assert.match(bad({ conditioning: { type: 'text', text: { dim: 8, depth: 1 } }, unet: { ...CLASS_UNET } }), /conditioning\.text\.dim: 8 differs from unet\.context_dim 16/);
+  assert.match(bad({ scale_factor: -1 }), /scale_factor: expected "auto", "first_stage" or a number > 0, got -1/);
+  assert.match(bad({ scale_factor: 'autoo' as 'auto' }), /scale_factor: expected "auto", "first_stage" or a number > 0, got "autoo"/);
+});

@@ -1,0 +1,153 @@
+/**
+ * `ldm sample` end to end: a tiny checkpoint written here, PNGs and a labelled grid out, no overwriting
+ * without --force, --json results, and one-line errors for requests the model cannot take.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
+import { float32 } from '../src/engine/host-tensor.js';
+import { Rng } from '../src/util/random.js';
+import { LatentDiffusionConfigSchema, type LatentDiffusionConfigInput } from '../src/config/ldm.js';
+import { LatentDiffusion, writeLdmCheckpoint } from '../src/models/ldm.js';
+import { PixelFirstStage } from '../src/models/first-stage.js';
+import { Tokenizer } from '../src/models/tokenizer.js';
+import { probeImage, readImage } from '../src/io/image.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-sample-cmd-'));
+const UNET = { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32 };
+
+async function checkpoint(name: string, over: Partial<LatentDiffusionConfigInput>, tokenizer?: Tokenizer): Promise<string> {
+  const cfg = LatentDiffusionConfigSchema.parse({
+    model: 'ldm', name, first_stage: 'pixel', unet: UNET, train: { batch_size: 1, lr: 1, steps: 1 }, data: { size: 8 },
+    sample: { steps: 3 }, ...over,
+  });
+  const model = new LatentDiffusion(cfg, { tokenizer });
+  const rng = new Rng(5);
+  const params = model.initialize(rng);
+  for (const [n, w] of params) if ((w.data as Float32Array).every((v) => v === 0)) params.set(n, float32(w.shape, rng.normalArray(w.data.length, 0.05)));
+  const file = path.join(dir, `${name}.safetensors`);
+  await writeLdmCheckpoint(file, {
+    config: cfg, params, firstStage: new PixelFirstStage(3), scaleFactor: 1, step: 7, weights: 'ema',
+    ...(tokenizer ? { tokenizer } : {}), ...(cfg.conditioning.type === 'class' ? { classNames: ['round', 'square'] } : {}),
+  });
+  return file;
+}
+
+const XATTN = { ...UNET, use_spatial_transformer: true, context_dim: 16 };
+const text = checkpoint('text', { unet: XATTN, conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 } } },
+  Tokenizer.fromCorpus(['a red circle', 'a blue square'], { maxLen: 8 }));
+const uncond = checkpoint('uncond', {});
+const cls = checkpoint('cls', { unet: XATTN, conditioning: { type: 'class', num_classes: 2 } });
+
+interface CallResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** SHA-1 of each file in the watched folder after the call. */
+  files: Record<string, string>;
+}
+
+/**
+ * Run the command for each argument list in one child process (stdout and stderr of each call captured there, not
+ * here, where the test runner reports on stdout), with the files of `watch` hashed after each call.
+ */
+function ldm(calls: readonly { args: string[]; watch?: string }[]): CallResult[] {
+  const runner = path.join(dir, 'runner.mjs');
+  fs.writeFileSync(runner, `
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+const { default: Sample } = await import(${JSON.stringify(path.join(root, 'src', 'commands', 'sample.ts'))});
+const calls = JSON.parse(process.argv[2]);
+const results = [];
+const ow = process.stdout.write.bind(process.stdout);
+const ew = process.stderr.write.bind(process.stderr);
+for (const call of calls) {
+  const out = [];
+  const err = [];
+  process.stdout.write = (chunk) => (out.push(String(chunk)), true);
+  process.stderr.write = (chunk) => (err.push(String(chunk)), true);
+  let code = 0;
+  try {
+    await Sample.run(call.args, ${JSON.stringify(root)});
+  } catch (e) {
+    code = e?.oclif?.exit ?? 99;
+    if (code === 99) err.push(String(e?.stack ?? e));
+  }
+  process.stdout.write = ow;
+  process.stderr.write = ew;
+  const files = {};
+  if (call.watch && fs.existsSync(call.watch)) {
+    for (const f of fs.readdirSync(call.watch).sort()) files[f] = createHash('sha1').update(fs.readFileSync(path.join(call.watch, f))).digest('hex');
+  }
+  results.push({ code, stdout: out.join(''), stderr: err.join(''), files });
+}
+ow(JSON.stringify(results));
+`);
+  const env = { ...process.env };
+  delete env.LDM_BACKEND;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', runner, JSON.stringify(calls.map((c) => ({ ...c, args: [...c.args, '--backend', 'onnx', '--threads', '1'] })))], {
+    cwd: root, encoding: 'utf8', env, timeout: 120_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as CallResult[];
+}
+
+test('ldm sample writes one PNG per image and a labelled grid, refuses to overwrite without --force, reports JSON', async () => {
+  const out = path.join(dir, 'out');
+  const args = ['--ckpt', await text, '--prompt', 'a red circle', '--prompt', 'a blue square', '--n', '2', '-o', out, '--quiet'];
+  const [first, refused, forced] = ldm([
+    { args: [...args, '--seed', '3'], watch: out },
+    { args: [...args, '--seed', '4'], watch: out },
+    { args: [...args, '--seed', '3', '--force', '--json'], watch: out },
+  ]) as [CallResult, CallResult, CallResult];
+  assert.equal(first.code, 0, first.stderr);
+  const names = ['sample-00000.png', 'sample-00001.png', 'sample-00002.png', 'sample-00003.png', 'sample-grid.png'];
+  assert.deepEqual(Object.keys(first.files), names);
+  assert.match(first.stdout, /^wrote 4 images \(8x8\) and .*sample-grid\.png in [\d.]+ s \(seed 3\)\n$/);
+  assert.equal(first.stderr, '', '--quiet keeps stderr clean');
+  const img = await readImage(path.join(out, 'sample-00000.png'));
+  assert.deepEqual(img.shape, [3, 8, 8]);
+  const grid = await probeImage(path.join(out, 'sample-grid.png'));
+  assert.ok(grid.height > 8 + 2 * 2, 'the grid has label strips under its tiles');
+  assert.notEqual(first.files['sample-00000.png'], first.files['sample-00001.png'], 'two draws of one prompt differ');
+
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /^Error: .*sample-00000\.png already exists; pass --force to overwrite it\n$/);
+  assert.deepEqual(refused.files, first.files, 'nothing was overwritten');
+
+  assert.equal(forced.code, 0, forced.stderr);
+  const res = JSON.parse(forced.stdout) as { images: string[]; grid: string; seed: number; weights: string; n: number; height: number };
+  assert.equal(res.n, 4);
+  assert.equal(res.seed, 3);
+  assert.equal(res.weights, 'ema');
+  assert.equal(res.images[0], path.join(out, 'sample-00000.png'));
+  assert.deepEqual(forced.files, first.files, 'the same seed reproduces the same images');
+});
+
+test('ldm sample gives one-line errors: a prompt for an unconditional model, a bad class, a missing checkpoint', async () => {
+  const out = path.join(dir, 'bad');
+  const q = ['-o', out, '--quiet'];
+  const [p, c, t, m, ok] = ldm([
+    { args: ['--ckpt', await uncond, '--prompt', 'a red circle', ...q] },
+    { args: ['--ckpt', await cls, '--class', '7', ...q] },
+    { args: ['--ckpt', await text, '--class', 'round', ...q] },
+    { args: ['--ckpt', path.join(dir, 'nope.safetensors'), '-o', out, '--json'] },
+    { args: ['--ckpt', await cls, '--class', 'square', '--n', '1', '--guidance', '2', '-o', path.join(dir, 'cls'), '--quiet'], watch: path.join(dir, 'cls') },
+  ]) as [CallResult, CallResult, CallResult, CallResult, CallResult];
+  assert.equal(p.code, 1);
+  assert.equal(p.stderr, 'Error: this model is unconditional: it takes no prompt; sample it without one\n');
+  assert.equal(c.code, 1);
+  assert.equal(c.stderr, 'Error: class 7 is outside 0..1, the classes this model was trained on\n');
+  assert.equal(t.stderr, 'Error: this model is text-conditioned; --class needs a class-conditional model\n');
+  assert.equal(m.code, 1);
+  assert.match((JSON.parse(m.stdout) as { error: { message: string } }).error.message, /checkpoint .*nope\.safetensors not found; give an LDM checkpoint/);
+  assert.equal(fs.existsSync(out), false, 'no output folder for a failed request');
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.deepEqual(Object.keys(ok.files), ['sample-00000.png', 'sample-grid.png']);
+});
