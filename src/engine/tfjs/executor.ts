@@ -23,16 +23,6 @@ export interface TfjsExecutorOptions {
   threads?: number;
 }
 
-/** Executor options for one of the tfjs backend names of executor.ts. */
-export function tfjsOptionsFor(name: 'tfjs-gpu' | 'tfjs-node' | 'tfjs-wasm' | 'tfjs-cpu'): TfjsExecutorOptions {
-  switch (name) {
-    case 'tfjs-gpu': return { backend: 'tensorflow', gpu: true };
-    case 'tfjs-node': return { backend: 'tensorflow' };
-    case 'tfjs-wasm': return { backend: 'wasm' };
-    case 'tfjs-cpu': return { backend: 'cpu' };
-  }
-}
-
 const GRAD_PREFIX = '__grad__.';
 
 /** Shared by forward and step programs: constants held as tfjs tensors across runs, feeds made per run. */

@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Dtype, Tensor } from '../graph.js';
 import { hostTensor, numel, type HostTensor } from '../host-tensor.js';
+import { spread } from './kernels.js';
 
 type TfDtype = 'float32' | 'int32' | 'bool';
 
@@ -18,8 +19,7 @@ const INT32_MAX = 2 ** 31 - 1;
 
 /** A host tensor as a tfjs tensor of the graph dtype `want`; `what` names it in errors. */
 export function toTf(h: HostTensor, want: Dtype, what: string): tf.Tensor {
-  const ok = h.dtype === want;
-  if (!ok) throw new Error(`${what}: expected ${want} data, got ${h.dtype}; convert it before feeding`);
+  if (h.dtype !== want) throw new Error(`${what}: expected ${want} data, got ${h.dtype}; convert it before feeding`);
   const shape = [...h.shape];
   switch (h.dtype) {
     case 'float32':
@@ -103,10 +103,8 @@ const toNCHW = (x: tf.Tensor) => tf.transpose(x, [0, 3, 1, 2]);
 /** Insert `d - 1` zeros between the taps of a filter [kh, kw, i, o]: dilation as a plain kernel. */
 function dilateFilter(f: tf.Tensor4D, d: readonly [number, number]): tf.Tensor4D {
   const [kh, kw, i, o] = f.shape;
-  const r = tf.reshape(f, [kh, 1, kw, 1, i, o]);
-  const p = tf.pad(r, [[0, 0], [0, d[0] - 1], [0, 0], [0, d[1] - 1], [0, 0], [0, 0]]);
-  const full = tf.reshape(p, [kh * d[0], kw * d[1], i, o]);
-  return tf.slice(full, [0, 0, 0, 0], [(kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1, i, o]) as tf.Tensor4D;
+  const spaced = spread(tf.reshape(f, [1, kh, kw, i * o]), [d[0], d[1]]);
+  return tf.reshape(spaced, [(kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1, i, o]);
 }
 
 function conv2d(node: Tensor, x: tf.Tensor, w: tf.Tensor, b: tf.Tensor | undefined, taped: boolean): tf.Tensor {

@@ -43,7 +43,7 @@ function padOrCrop(t: tf.Tensor4D, top: number, bottom: number, left: number, ri
 }
 
 /** Spread a [n, ho, wo, c] grid onto every s-th pixel of a zero [n, (ho-1)*s+1, (wo-1)*s+1, c] grid. */
-function spread(t: tf.Tensor4D, s: [number, number]): tf.Tensor4D {
+export function spread(t: tf.Tensor4D, s: [number, number]): tf.Tensor4D {
   if (s[0] === 1 && s[1] === 1) return t;
   const [n, ho, wo, c] = t.shape;
   const r = tf.pad(tf.reshape(t, [n, ho, 1, wo, 1, c]), [[0, 0], [0, 0], [0, s[0] - 1], [0, 0], [0, s[1] - 1], [0, 0]]);
