@@ -20,35 +20,46 @@ export interface UnetBench {
   params: number;
 }
 
-export async function benchUnet(executors: readonly Executor[], opts: { quick: boolean }): Promise<UnetBench[]> {
-  const { batch: n, latentChannels: c, latentSize: s, contextTokens: l, contextDim: d } = BENCH_BATCH;
-  const out: UnetBench[] = [];
-  for (const ex of executors) {
-    const rng = new Rng(0);
-    const net = new UNetModel(BENCH_UNET_CONFIG);
-    const params = net.initialize(rng);
-    const count = [...params.values()].reduce((a, p) => a + p.data.length, 0);
-    const batch = {
-      x: float32([n, c, s, s], rng.normalArray(n * c * s * s)),
-      t: float32([n], Array.from({ length: n }, () => rng.int(1000))),
-      context: float32([n, l, d], rng.normalArray(n * l * d)),
-      eps: float32([n, c, s, s], rng.normalArray(n * c * s * s)),
-    };
-    const trainer = new Trainer({
-      executor: ex, module: net, params, optimizer: { lr: 1e-4 },
-      loss: (i) => ({ loss: mseLoss(net.forward(i.x!, i.t!, i.context!), i.eps!) }),
-    });
-    const trainMs = await timeIt(() => trainer.stepOn(batch), opts.quick ? 2 : 5, 1, opts.quick ? 20000 : 60000);
-    await trainer.dispose();
+/** A compiled UNet training step and forward pass on one executor, timed on demand (so rounds can interleave with the peer). */
+export interface UnetRunner {
+  backend: string;
+  params: number;
+  /** Median ms of a few training steps / forward passes. */
+  train(reps: number): Promise<number>;
+  forward(reps: number): Promise<number>;
+  dispose(): Promise<void>;
+}
 
-    const g = new Graph();
-    bindParams(g, net, params, 'const');
-    const y = trace(g, () => net.eval().forward(o.input('x', [n, c, s, s]), o.input('t', [n]), o.input('context', [n, l, d])));
-    const program = await ex.compile(g, { eps: y });
-    const fwdMs = await timeIt(() => program.run(batch), opts.quick ? 3 : 10, 2, opts.quick ? 10000 : 30000);
-    await program.dispose();
-    out.push({ backend: ex.name, train_ms: trainMs, train_images_per_s: (1000 * n) / trainMs, forward_ms: fwdMs, forward_images_per_s: (1000 * n) / fwdMs, params: count });
-    console.error(`done: UNet on ${ex.name}: train ${trainMs.toFixed(0)} ms, forward ${fwdMs.toFixed(0)} ms`);
-  }
-  return out;
+export async function prepareUnet(ex: Executor): Promise<UnetRunner> {
+  const { batch: n, latentChannels: c, latentSize: s, contextTokens: l, contextDim: d } = BENCH_BATCH;
+  const rng = new Rng(0);
+  const net = new UNetModel(BENCH_UNET_CONFIG);
+  const params = net.initialize(rng);
+  const count = [...params.values()].reduce((a, p) => a + p.data.length, 0);
+  const batch = {
+    x: float32([n, c, s, s], rng.normalArray(n * c * s * s)),
+    t: float32([n], Array.from({ length: n }, () => rng.int(1000))),
+    context: float32([n, l, d], rng.normalArray(n * l * d)),
+    eps: float32([n, c, s, s], rng.normalArray(n * c * s * s)),
+  };
+  const trainer = new Trainer({
+    executor: ex, module: net, params, optimizer: { lr: 1e-4 },
+    loss: (i) => ({ loss: mseLoss(net.forward(i.x!, i.t!, i.context!), i.eps!) }),
+  });
+  await trainer.stepOn(batch);
+  const g = new Graph();
+  bindParams(g, net, params, 'const');
+  const y = trace(g, () => net.eval().forward(o.input('x', [n, c, s, s]), o.input('t', [n]), o.input('context', [n, l, d])));
+  const program = await ex.compile(g, { eps: y });
+  await program.run(batch);
+  return {
+    backend: ex.name,
+    params: count,
+    train: (reps) => timeIt(() => trainer.stepOn(batch), reps, 0, 120000),
+    forward: (reps) => timeIt(() => program.run(batch), reps, 1, 60000),
+    dispose: async () => {
+      await trainer.dispose();
+      await program.dispose();
+    },
+  };
 }

@@ -41,7 +41,7 @@ export interface PeerResult {
   threads: number;
   ms_per_step?: number;
   images_per_s: number;
-  [k: string]: unknown;
+  peer?: string;
 }
 
 /** Run the PyTorch peer if Debian's python3-torch is installed; undefined (with a reason) otherwise. */
