@@ -13,7 +13,7 @@ import { LatentDiffusion } from '../src/models/ldm.js';
 import { PixelFirstStage } from '../src/models/first-stage.js';
 import { Tokenizer } from '../src/models/tokenizer.js';
 import { COND_CONCAT, COND_LABELS, COND_TOKENS } from '../src/models/conditioning.js';
-import { Denoiser, generate, latentKeepMask, parseClass, type GenerateOptions, type LdmParts } from '../src/pipelines/sample.js';
+import { Denoiser, enlargeForGrid, generate, latentKeepMask, parseClass, type GenerateOptions, type LdmParts } from '../src/pipelines/sample.js';
 import { sampleLatents } from '../src/diffusion/sample.js';
 import { createSampler } from '../src/diffusion/samplers.js';
 
@@ -171,4 +171,13 @@ test('requests that do not fit the model fail with one clear line', async () => 
   assert.equal(parseClass('0', ldm), 0);
   assert.throws(() => parseClass('2', ldm), /class 2 is outside 0\.\.1/);
   assert.throws(() => parseClass('up', ldm), /class "up" is neither an index in 0\.\.1 nor a class name \(right, left\)/);
+});
+
+test('grids blow small images up by a whole factor (nearest), leaving large ones alone', () => {
+  const img = float32([1, 1, 2, 3], [1, 2, 3, 4, 5, 6]);
+  const big = enlargeForGrid(img, 4);
+  assert.deepEqual(big.shape, [1, 1, 4, 6]);
+  assert.deepEqual([...big.data].slice(0, 12), [1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3]);
+  assert.deepEqual([...big.data].slice(18), [4, 4, 5, 5, 6, 6]);
+  assert.equal(enlargeForGrid(img, 2), img);
 });

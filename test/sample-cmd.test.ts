@@ -1,6 +1,7 @@
 /**
  * `ldm sample` end to end: a tiny checkpoint written here, PNGs and a labelled grid out, no overwriting
- * without --force, --json results, and one-line errors for requests the model cannot take.
+ * without --force, --json results, and one-line errors for requests the model cannot take; then `ldm train-ldm`
+ * trains, resumes and hands its checkpoint to `ldm sample`.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -56,13 +57,16 @@ interface CallResult {
  * Run the command for each argument list in one child process (stdout and stderr of each call captured there, not
  * here, where the test runner reports on stdout), with the files of `watch` hashed after each call.
  */
-function ldm(calls: readonly { args: string[]; watch?: string }[]): CallResult[] {
+function ldm(calls: readonly { args: string[]; watch?: string; command?: 'sample' | 'train-ldm' }[]): CallResult[] {
   const runner = path.join(dir, 'runner.mjs');
   fs.writeFileSync(runner, `
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-const { default: Sample } = await import(${JSON.stringify(path.join(root, 'src', 'commands', 'sample.ts'))});
+const commands = {
+  sample: (await import(${JSON.stringify(path.join(root, 'src', 'commands', 'sample.ts'))})).default,
+  'train-ldm': (await import(${JSON.stringify(path.join(root, 'src', 'commands', 'train-ldm.ts'))})).default,
+};
 const calls = JSON.parse(process.argv[2]);
 const results = [];
 const ow = process.stdout.write.bind(process.stdout);
@@ -74,7 +78,7 @@ for (const call of calls) {
   process.stderr.write = (chunk) => (err.push(String(chunk)), true);
   let code = 0;
   try {
-    await Sample.run(call.args, ${JSON.stringify(root)});
+    await commands[call.command ?? 'sample'].run(call.args, ${JSON.stringify(root)});
   } catch (e) {
     code = e?.oclif?.exit ?? 99;
     if (code === 99) err.push(String(e?.stack ?? e));
@@ -150,4 +154,45 @@ test('ldm sample gives one-line errors: a prompt for an unconditional model, a b
   assert.equal(fs.existsSync(out), false, 'no output folder for a failed request');
   assert.equal(ok.code, 0, ok.stderr);
   assert.deepEqual(Object.keys(ok.files), ['sample-00000.png', 'sample-grid.png']);
+});
+
+test('ldm train-ldm trains a tiny config, resumes it, and its checkpoint samples', async () => {
+  const runs = path.join(dir, 'runs');
+  const cfg = path.join(dir, 'toy.yaml');
+  fs.writeFileSync(cfg, [
+    '# toy: a tiny unconditional pixel-space model for this test',
+    'model: ldm',
+    'name: toy',
+    'unet: {in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32}',
+    'train: {batch_size: 2, lr: 1.0e-3, scale_lr: false, steps: 2, ema_decay: 0.9, log_every: 1}',
+    'data: {source: "shapes?count=4", size: 16}',
+    'sample: {steps: 2}',
+  ].join('\n'));
+  const train = ['--config', cfg, '--runs-dir', runs, '--cache-dir', path.join(dir, 'cache'), '--seed', '1', '--json'];
+  const [noAe, first, again, resumed, sampled] = ldm([
+    { command: 'train-ldm', args: [...train] },
+    { command: 'train-ldm', args: [...train, '--ae', 'pixel'] },
+    { command: 'train-ldm', args: [...train, '--ae', 'pixel'] },
+    { command: 'train-ldm', args: [...train, '--ae', 'pixel', '--resume', '--steps', '3'] },
+    { args: ['--ckpt', path.join(runs, 'toy', 'checkpoints', 'step-00000003.safetensors'), '--n', '2', '--seed', '1', '-o', path.join(dir, 'toy-out'), '--json'] },
+  ]) as [CallResult, CallResult, CallResult, CallResult, CallResult];
+  assert.equal(noAe.code, 1);
+  assert.match(noAe.stderr, /^Error: config toy names no first stage: pass --ae <autoencoder checkpoint> .* or --ae pixel\n$/);
+  assert.equal(first.code, 0, first.stderr);
+  const a = JSON.parse(first.stdout) as { step: number; startStep: number; cache: { reused: boolean }; checkpoint: string; ema: string };
+  assert.deepEqual([a.startStep, a.step, a.cache.reused], [0, 2, false]);
+  assert.ok(fs.existsSync(a.checkpoint) && fs.existsSync(a.ema));
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /already exists and is not empty; pass --resume to continue that run or --force to start over/);
+  assert.equal(resumed.code, 0, resumed.stderr);
+  const b = JSON.parse(resumed.stdout) as { step: number; startStep: number; cache: { reused: boolean } };
+  assert.deepEqual([b.startStep, b.step, b.cache.reused], [2, 3, true]);
+  const log = fs.readFileSync(path.join(runs, 'toy', 'log.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+  assert.deepEqual(log, [1, 2, 3]);
+  assert.equal(sampled.code, 0, sampled.stderr);
+  const s = JSON.parse(sampled.stdout) as { weights: string; ckpt: string; images: string[]; width: number };
+  assert.equal(s.weights, 'ema', 'a run checkpoint samples with the EMA weights beside it');
+  assert.match(s.ckpt, /step-00000003\.ema\.safetensors$/);
+  assert.equal(s.images.length, 2);
+  assert.equal(s.width, 16);
 });

@@ -67,7 +67,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
       });
       steps?.stop();
       this.result(res, (r) => [
-        `trained ${r.run} to step ${r.step} (from ${r.startStep}): loss ${r.loss.toFixed(4)}`
+        `trained ${r.run} to step ${r.step} (from ${r.startStep})${r.loss !== undefined ? `: loss ${r.loss.toFixed(4)}` : ''}`
           + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : ''),
         `checkpoint: ${r.checkpoint}`,
         ...(r.ema ? [`ema: ${r.ema}`] : []),

@@ -130,13 +130,13 @@ const CONDITIONING_WORDS: Readonly<Record<ConditioningType, string>> = {
   none: 'unconditional', class: 'class-conditional', text: 'text-to-image', concat: 'image-conditioned (concat)', semantic: 'semantic-map-to-image',
 };
 
-/** One line, e.g. `LDM text-to-image, first stage pixel, UNet mc 32 x1,2, eps, linear 1000 steps, at 16`. */
+/** One line, e.g. `LDM text-to-image, pixel space, UNet mc 32 x1,2, attn 2, eps, linear T=1000, at 16`. */
 export function summarizeLdm(cfg: LatentDiffusionConfig): string {
   const u = cfg.unet;
   const stage = cfg.first_stage === undefined ? 'first stage from --ae' : cfg.first_stage === 'pixel' ? 'pixel space' : `first stage ${cfg.first_stage}`;
   const attn = u.attention_resolutions.length ? `, attn ${u.attention_resolutions.join(',')}` : '';
   return `LDM ${CONDITIONING_WORDS[cfg.conditioning.type]}, ${stage}, UNet mc ${u.model_channels} x${u.channel_mult.join(',')}${attn}, `
-    + `${cfg.parameterization}, ${cfg.schedule.schedule} ${cfg.schedule.timesteps} steps, at ${cfg.data.size}`;
+    + `${cfg.parameterization}, ${cfg.schedule.schedule} T=${cfg.schedule.timesteps}, at ${cfg.data.size}`;
 }
 
 interface Problem {

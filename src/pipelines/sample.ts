@@ -302,6 +302,23 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
   };
 }
 
+/** Small images blown up (nearest, by a whole factor) to at least `minSide` pixels, so a grid and its labels stay readable. */
+export function enlargeForGrid(images: HostTensor, minSide = 64): HostTensor {
+  const [n, c, h, w] = images.shape as [number, number, number, number];
+  const k = Math.ceil(minSide / Math.min(h, w));
+  if (k <= 1) return images;
+  const src = images.data as Float32Array;
+  const out = new Float32Array(n * c * h * k * w * k);
+  for (let p = 0; p < n * c; p++) {
+    for (let y = 0; y < h * k; y++) {
+      const row = (p * h + Math.floor(y / k)) * w;
+      const o = (p * h * k + y) * w * k;
+      for (let x = 0; x < w * k; x++) out[o + x] = src[row + Math.floor(x / k)]!;
+    }
+  }
+  return float32([n, c, h * k, w * k], out);
+}
+
 // ---------------------------------------------------------------- files in, files out (ldm sample)
 
 export interface SampleFilesOptions {
@@ -456,7 +473,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       await writePng(files[i]!, one, { force: opts.force });
     }
     const labelled = gen.labels.some((l) => l !== '');
-    await saveGrid(grid, gen.images, { nrow: Math.min(8, Math.max(opts.n, Math.ceil(Math.sqrt(total)))), force: opts.force, ...(labelled ? { labels: gen.labels } : {}) });
+    await saveGrid(grid, enlargeForGrid(gen.images), { nrow: Math.min(8, Math.max(opts.n, Math.ceil(Math.sqrt(total)))), force: opts.force, ...(labelled ? { labels: gen.labels } : {}) });
     return {
       ckpt: file, weights: ldm.weights, images: files, grid, n: total, height: H, width: W, seed: opts.seed,
       steps: opts.steps ?? s.steps, sampler: opts.sampler ?? s.sampler, guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),

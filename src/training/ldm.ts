@@ -22,7 +22,7 @@ import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, readLdmCheckpoint, wri
 import { Tokenizer } from '../models/tokenizer.js';
 import type { Conditions } from '../models/conditioning.js';
 import type { FirstStage } from '../models/first-stage.js';
-import { Denoiser, generate, type SampleCondition } from '../pipelines/sample.js';
+import { Denoiser, enlargeForGrid, generate, type SampleCondition } from '../pipelines/sample.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
 
 export interface TrainLdmOptions {
@@ -47,7 +47,8 @@ export interface TrainLdmResult {
   run: string;
   startStep: number;
   step: number;
-  loss: number;
+  /** The last step's loss; absent when no step was taken. */
+  loss?: number;
   checkpoint: string;
   ema?: string;
   scaleFactor: number;
@@ -141,7 +142,8 @@ function resolveScale(cfg: LatentDiffusionConfig, stage: FirstStage, cache: Late
 }
 
 function sameModel(a: LatentDiffusionConfig, b: LatentDiffusionConfig): boolean {
-  const pick = (c: LatentDiffusionConfig) => JSON.stringify([c.unet, c.conditioning, c.parameterization, c.schedule]);
+  // Condition dropout is a training setting: changing it keeps the model.
+  const pick = (c: LatentDiffusionConfig) => JSON.stringify([c.unet, { ...c.conditioning, dropout: 0 }, c.parameterization, c.schedule]);
   return pick(a) === pick(b);
 }
 
@@ -240,7 +242,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
       guidance: conds.length ? s.guidance : 1, seed,
     });
     const file = run.samplePath(step);
-    await saveGrid(file, gen.images, { force: true, nrow: Math.min(8, gen.labels.length), ...(conds.length ? { labels: gen.labels } : {}), onWarning: note });
+    await saveGrid(file, enlargeForGrid(gen.images), { force: true, nrow: Math.min(8, gen.labels.length), ...(conds.length ? { labels: gen.labels } : {}), onWarning: note });
     samples.push(file);
   };
 
@@ -286,7 +288,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
       if (tc.ckpt_every !== undefined && last.step % tc.ckpt_every === 0) await save(last.step);
       if (tc.sample_every !== undefined && last.step % tc.sample_every === 0) await writeSamples(last.step);
     }
-    if (lastSaved !== trainer.step) await save(trainer.step);
+    if (trainer.step > startStep && lastSaved !== trainer.step) await save(trainer.step);
   } finally {
     await trainer.dispose();
     await denoiser?.dispose();
@@ -296,7 +298,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     run: run.dir,
     startStep,
     step: trainer.step,
-    loss: last?.loss ?? NaN,
+    ...(last ? { loss: last.loss } : {}),
     checkpoint: run.checkpointPath(trainer.step),
     ...(trainer.ema ? { ema: run.emaPath(trainer.step) } : {}),
     scaleFactor,
