@@ -249,6 +249,5 @@ test('FixtureNet: loss, outputs, every parameter gradient and the BatchNorm runn
     else assertClose(res[`grad.${n}`], want, `grad.${n}`, { rtol: NET_RTOL });
   }
 
-  // AdamW step check goes here once src/engine/optim.ts exists: run one step from these gradients and compare
-  // every after.<name> to 1e-4 relative, skipping the noise_grads parameters (their Adam step has random sign).
+  // The AdamW step from these gradients is checked against after.<name> in test/trainer.test.ts.
 });
