@@ -11,6 +11,7 @@ import { show } from './fields.js';
 import { ConfigError, formatIssues, locate, type SourceMap } from './issues.js';
 import { configSchemas, isModelKind, modelKinds, summarizeConfig, type LdmConfig, type ModelKind } from './schema.js';
 import { didYouMean } from './suggest.js';
+import { fromReferenceConfig, isReferenceConfig } from '../interop/reference-config.js';
 
 export { ConfigError } from './issues.js';
 
@@ -83,6 +84,8 @@ export function parseConfig(text: string, file: string): LdmConfig {
 
 /** Validate an already-parsed object (e.g. a config stored in a checkpoint). */
 export function validateConfig(data: unknown, file: string, source?: SourceMap): LdmConfig {
+  // The reference's own YAML (model.target + model.params) maps onto ours.
+  if (isReferenceConfig(data)) return fromReferenceConfig(data, file);
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new ConfigError([`${file}: expected a mapping of config keys, got ${show(data)}`]);
   }

@@ -1,0 +1,678 @@
+/**
+ * The reference implementation's configs, in ours: its YAML model configs (`model.target` + `model.params`) map to
+ * an AutoencoderConfig or a LatentDiffusionConfig, and what its checkpoints' tensor shapes say fills a config when no
+ * YAML is given. Parts ldm does not implement are refused by name; settings that only matter for training and are
+ * filled in or dropped are listed in `notes`.
+ */
+import * as path from 'node:path';
+import { toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { ConfigError, formatIssues } from '../config/issues.js';
+import { AutoencoderConfigSchema, type AutoencoderConfig } from '../config/autoencoder.js';
+import { LatentDiffusionConfigSchema, type LatentDiffusionConfig } from '../config/ldm.js';
+import type { LdmConfig } from '../config/schema.js';
+import { parseUNetConfig, type UNetConfig, type UNetConfigInput } from '../models/unet/config.js';
+import { makeBetas, type BetaSchedule } from '../diffusion/schedule.js';
+import { show } from '../config/fields.js';
+import type { DDConfig } from '../models/autoencoder/encoder.js';
+
+export const TARGETS = {
+  autoencoderKL: 'ldm.models.autoencoder.AutoencoderKL',
+  vqModel: 'ldm.models.autoencoder.VQModel',
+  vqInterface: 'ldm.models.autoencoder.VQModelInterface',
+  tamingVQ: 'taming.models.vqgan.VQModel',
+  latentDiffusion: 'ldm.models.diffusion.ddpm.LatentDiffusion',
+  ddpm: 'ldm.models.diffusion.ddpm.DDPM',
+  unet: 'ldm.modules.diffusionmodules.openaimodel.UNetModel',
+  classEmbedder: 'ldm.modules.encoders.modules.ClassEmbedder',
+  transformerEmbedder: 'ldm.modules.encoders.modules.TransformerEmbedder',
+  bertEmbedder: 'ldm.modules.encoders.modules.BERTEmbedder',
+  spatialRescaler: 'ldm.modules.encoders.modules.SpatialRescaler',
+  identity: 'torch.nn.Identity',
+} as const;
+
+const AE_TARGETS: readonly string[] = [TARGETS.autoencoderKL, TARGETS.vqModel, TARGETS.vqInterface, TARGETS.tamingVQ];
+const VQ_TARGETS: readonly string[] = [TARGETS.vqModel, TARGETS.vqInterface, TARGETS.tamingVQ];
+
+/** What a reference YAML describes, in our terms. */
+export interface ReferenceModel {
+  /** `model.target` as written. */
+  readonly target: string;
+  readonly config: LdmConfig;
+  /** LatentDiffusion: its first stage (`first_stage_config`); absent for pixel space (DDPM). */
+  readonly firstStage?: AutoencoderConfig;
+  /** LatentDiffusion: the latent scale factor (`scale_factor`, the reference's default 1.0); absent with scale_by_std. */
+  readonly scaleFactor?: number;
+  /** Settings filled in, dropped or reinterpreted, one line each. */
+  readonly notes: string[];
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** True for a reference-style config: `model` is a mapping with a `target`. */
+export function isReferenceConfig(data: unknown): boolean {
+  return isObj(data) && isObj(data.model) && typeof data.model.target === 'string';
+}
+
+/** Collects one-line problems keyed by their path in the reference YAML. */
+class Problems {
+  readonly lines: string[] = [];
+  constructor(readonly file: string) {}
+  add(keyPath: string, message: string): void {
+    this.lines.push(`${this.file}: ${keyPath}: ${message}`);
+  }
+  throwIfAny(): void {
+    if (this.lines.length > 0) throw new ConfigError(this.lines);
+  }
+}
+
+function num(o: Obj, key: string, fallback: number): number;
+function num(o: Obj, key: string): number | undefined;
+function num(o: Obj, key: string, fallback?: number): number | undefined {
+  const v = o[key];
+  return typeof v === 'number' ? v : fallback;
+}
+
+function targetOf(v: unknown): string | undefined {
+  return isObj(v) && typeof v.target === 'string' ? v.target : undefined;
+}
+
+function paramsOf(v: unknown): Obj {
+  return isObj(v) && isObj(v.params) ? v.params : {};
+}
+
+/** Parse a reference YAML object (`model.target`...) into our config; throws a ConfigError naming what is not implemented. */
+export function readReferenceConfig(data: unknown, file: string): ReferenceModel {
+  if (!isReferenceConfig(data)) {
+    throw new ConfigError([`${file}: model.target: missing; a reference config names its model class in model.target`]);
+  }
+  const root = data as Obj & { model: Obj };
+  const target = root.model.target as string;
+  const params = paramsOf(root.model);
+  const problems = new Problems(file);
+  const notes: string[] = [];
+  const name = path.basename(file).replace(/\.[^.]*$/, '') || 'reference';
+  const ctx: Context = { root, problems, notes, name };
+
+  if (AE_TARGETS.includes(target)) {
+    const ae = autoencoderFrom(params, target, 'model.params', ctx, true);
+    problems.throwIfAny();
+    return { target, config: validated(AutoencoderConfigSchema, ae, file) as AutoencoderConfig, notes };
+  }
+  if (target === TARGETS.latentDiffusion || target === TARGETS.ddpm) {
+    const out = ldmFrom(params, target, ctx);
+    problems.throwIfAny();
+    const config = validated(LatentDiffusionConfigSchema, out.config, file) as LatentDiffusionConfig;
+    return { target, config, ...(out.firstStage ? { firstStage: out.firstStage } : {}), ...(out.scaleFactor !== undefined ? { scaleFactor: out.scaleFactor } : {}), notes };
+  }
+  throw new ConfigError([
+    `${file}: model.target: model ${target} is not implemented; ldm implements ${TARGETS.autoencoderKL}, ${TARGETS.vqModel}, `
+    + `${TARGETS.vqInterface} and ${TARGETS.latentDiffusion}`,
+  ]);
+}
+
+/** The config a reference YAML describes (notes dropped): what `loadConfig` returns for such a file. */
+export function fromReferenceConfig(data: unknown, file: string): LdmConfig {
+  return readReferenceConfig(data, file).config;
+}
+
+interface Context {
+  readonly root: Obj;
+  readonly problems: Problems;
+  readonly notes: string[];
+  readonly name: string;
+}
+
+function validated(schema: typeof AutoencoderConfigSchema | typeof LatentDiffusionConfigSchema, value: unknown, file: string): unknown {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  throw new ConfigError(formatIssues(r.error.issues, `${file} (as an ldm config)`));
+}
+
+// ---------------------------------------------------------------- autoencoders
+
+const DD_KEYS = ['double_z', 'z_channels', 'resolution', 'in_channels', 'out_ch', 'ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout', 'attn_type'];
+/** ddconfig keys of the reference Encoder/Decoder with the values ldm implements. */
+const DD_DEFAULTS: Readonly<Record<string, unknown>> = { resamp_with_conv: true, give_pre_end: false, tanh_out: false, use_linear_attn: false };
+
+/** The reference's default loss settings, for configs without a training loss (lossconfig torch.nn.Identity). */
+const DEFAULT_LOSS = {
+  kl: { disc_start: 50001, disc_weight: 0.5, kl_weight: 1e-6 },
+  vq: { disc_start: 0, disc_weight: 0.75, codebook_weight: 1 },
+} as const;
+
+const LOSS_TARGETS = {
+  kl: ['ldm.modules.losses.LPIPSWithDiscriminator', 'ldm.modules.losses.contperceptual.LPIPSWithDiscriminator'],
+  vq: ['taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator', 'ldm.modules.losses.vqperceptual.VQLPIPSWithDiscriminator'],
+  none: [TARGETS.identity, 'ldm.modules.losses.contperceptual.DummyLoss', 'ldm.modules.losses.DummyLoss'],
+};
+
+/** Loss params ldm implements only at these values. */
+const LOSS_FIXED: Readonly<Record<string, unknown>> = {
+  pixelloss_weight: 1, use_actnorm: false, disc_conditional: false, disc_loss: 'hinge', disc_ndf: 64, logvar_init: 0,
+};
+
+function trainDefaults(ctx: Context, fallback: { batch_size: number; steps: number; lr: number }) {
+  const data = paramsOf(ctx.root.data);
+  const trainer = isObj(ctx.root.lightning) && isObj(ctx.root.lightning.trainer) ? ctx.root.lightning.trainer : {};
+  const batch = num(data, 'batch_size');
+  const steps = num(trainer, 'max_steps');
+  const lr = num(ctx.root.model as Obj, 'base_learning_rate');
+  if (batch === undefined) ctx.notes.push(`data.params.batch_size is not set; train.batch_size ${fallback.batch_size} is used`);
+  if (steps === undefined) ctx.notes.push(`lightning.trainer.max_steps is not set (the reference trains until stopped); train.steps ${fallback.steps} is used`);
+  if (lr === undefined) ctx.notes.push(`model.base_learning_rate is not set; train.lr ${fallback.lr} is used`);
+  return { batch_size: batch ?? fallback.batch_size, lr: lr ?? fallback.lr, scale_lr: true, steps: steps ?? fallback.steps };
+}
+
+/** The training image size the reference data config names (`size` of the train set's params), if any. */
+function dataSize(root: Obj): number | undefined {
+  const train = paramsOf(paramsOf(root.data).train);
+  return num(train, 'size') ?? num(isObj(train.config) ? train.config : {}, 'size');
+}
+
+/** An AutoencoderConfig input from `first_stage_config.params` or an autoencoder's `model.params`. */
+function autoencoderFrom(params: Obj, target: string, at: string, ctx: Context, top: boolean): Obj {
+  const { problems } = ctx;
+  const vq = VQ_TARGETS.includes(target);
+  const dd = isObj(params.ddconfig) ? params.ddconfig : undefined;
+  if (!dd) {
+    problems.add(`${at}.ddconfig`, 'missing; an autoencoder config needs ddconfig');
+    return {};
+  }
+  const ddconfig: Obj = {};
+  for (const [k, v] of Object.entries(dd)) {
+    if (DD_KEYS.includes(k)) ddconfig[k] = v;
+    else if (k in DD_DEFAULTS) {
+      if (v !== DD_DEFAULTS[k]) problems.add(`${at}.ddconfig.${k}`, `${k}: ${show(v)} is not implemented; ldm implements ${k}: ${String(DD_DEFAULTS[k])}`);
+    } else problems.add(`${at}.ddconfig.${k}`, `unknown ddconfig key ${k}`);
+  }
+  if (ddconfig.attn_type !== undefined && ddconfig.attn_type !== 'vanilla' && ddconfig.attn_type !== 'none') {
+    problems.add(`${at}.ddconfig.attn_type`, `attention ${show(ddconfig.attn_type)} is not implemented; ldm implements vanilla and none`);
+  }
+  const regularizer = vq ? 'vq' : 'kl';
+  const loss = lossFrom(params, regularizer, at, ctx);
+  if (vq) {
+    for (const k of ['remap', 'sane_index_shape'] as const) {
+      if (params[k] !== undefined && params[k] !== null && params[k] !== false) {
+        problems.add(`${at}.${k}`, `${k} is not implemented; ldm's quantizer uses the full codebook as trained`);
+      }
+    }
+  }
+  if (params.colorize_nlabels !== undefined && params.colorize_nlabels !== null) {
+    problems.add(`${at}.colorize_nlabels`, 'segmentation autoencoders (colorize_nlabels) are not implemented');
+  }
+  const resolution = num(ddconfig, 'resolution') ?? 1;
+  const out: Obj = {
+    model: 'autoencoder',
+    name: top ? ctx.name : `${ctx.name}-first-stage`,
+    regularizer,
+    embed_dim: params.embed_dim,
+    ...(vq ? { n_embed: params.n_embed } : {}),
+    ddconfig,
+    loss,
+  };
+  if (top) {
+    const size = dataSize(ctx.root) ?? resolution;
+    out.train = { ...trainDefaults(ctx, { batch_size: 12, steps: 150000, lr: 4.5e-6 }), image_size: size };
+  } else {
+    // A first stage is frozen: its training settings only have to be valid.
+    const f = 2 ** ((Array.isArray(ddconfig.ch_mult) ? ddconfig.ch_mult.length : 1) - 1);
+    const layers = typeof loss.disc_num_layers === 'number' ? loss.disc_num_layers : 3;
+    out.train = { batch_size: 12, lr: 4.5e-6, steps: 150000, image_size: trainableSize(resolution, f, layers) };
+  }
+  return out;
+}
+
+/** The smallest size >= `size`, divisible by f, that leaves the PatchGAN discriminator a patch. */
+function trainableSize(size: number, f: number, discLayers: number): number {
+  const least = Math.max(size, 3 * 2 ** discLayers);
+  return Math.ceil(least / f) * f;
+}
+
+function lossFrom(params: Obj, regularizer: 'kl' | 'vq', at: string, ctx: Context): Obj {
+  const { problems, notes } = ctx;
+  const lossTarget = targetOf(params.lossconfig);
+  const lp = paramsOf(params.lossconfig);
+  if (lossTarget === undefined || LOSS_TARGETS.none.includes(lossTarget)) {
+    return { ...DEFAULT_LOSS[regularizer] };
+  }
+  if (!LOSS_TARGETS[regularizer].includes(lossTarget)) {
+    problems.add(`${at}.lossconfig.target`, `loss ${lossTarget} is not implemented for a ${regularizer} autoencoder; ldm implements ${LOSS_TARGETS[regularizer][0]}`);
+    return {};
+  }
+  for (const [k, v] of Object.entries(LOSS_FIXED)) {
+    if (lp[k] !== undefined && lp[k] !== v) problems.add(`${at}.lossconfig.params.${k}`, `${k}: ${show(lp[k])} is not implemented; ldm uses ${String(v)}`);
+  }
+  const pw = num(lp, 'perceptual_weight', 1);
+  if (pw > 0) notes.push(`the reference trains with LPIPS (perceptual_weight ${pw}); ldm has no LPIPS network, so loss.perceptual_weight is 0`);
+  const loss: Obj = {
+    disc_start: lp.disc_start,
+    disc_weight: num(lp, 'disc_weight', 1),
+    disc_num_layers: num(lp, 'disc_num_layers', 3),
+    ...(lp.disc_in_channels !== undefined ? { disc_in_channels: lp.disc_in_channels } : {}),
+    perceptual_weight: 0,
+    disc_factor: num(lp, 'disc_factor', 1),
+  };
+  if (regularizer === 'kl') loss.kl_weight = num(lp, 'kl_weight', 1);
+  else loss.codebook_weight = num(lp, 'codebook_weight', 1);
+  return loss;
+}
+
+// ---------------------------------------------------------------- latent diffusion
+
+/** unet_config params the reference accepts at these (default) values; anything else is left to the UNet schema. */
+const UNET_DEFAULTS: Readonly<Record<string, unknown>> = {
+  num_heads_upsample: -1, conv_resample: true, dims: 2, use_fp16: false, use_new_attention_order: false, n_embed: null,
+  use_linear_in_transformer: false,
+};
+
+function unetFrom(unetConfig: unknown, ctx: Context): Obj {
+  const t = targetOf(unetConfig);
+  if (t !== TARGETS.unet) {
+    ctx.problems.add('model.params.unet_config.target', `${t === undefined ? 'missing' : `UNet ${t} is not implemented`}; ldm implements ${TARGETS.unet}`);
+    return {};
+  }
+  const out: Obj = {};
+  for (const [k, v] of Object.entries(paramsOf(unetConfig))) {
+    if (k in UNET_DEFAULTS && (v === UNET_DEFAULTS[k] || v === null)) continue;
+    if (k === 'use_linear_in_transformer') {
+      ctx.problems.add(`model.params.unet_config.params.${k}`, 'linear projections in the transformer (Stable Diffusion 2) are not implemented; ldm uses 1x1 convolutions');
+      continue;
+    }
+    out[k] = v;
+  }
+  return out;
+}
+
+interface Conditioning {
+  conditioning: Obj;
+  /** context_dim the cond stage gives, for checking against the UNet's. */
+  contextDim?: number;
+}
+
+/** `conditioning` of our ldm config from the reference's conditioning_key and cond_stage_config. */
+function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
+  const { problems, notes } = ctx;
+  const cond = params.cond_stage_config;
+  let key = params.conditioning_key;
+  if (key === undefined || key === null) key = params.concat_mode === false ? 'crossattn' : 'concat';
+  if (cond === '__is_unconditional__') return { conditioning: { type: 'none' } };
+  const at = 'model.params.cond_stage_config';
+  if (cond === '__is_first_stage__') {
+    problems.add(at, 'a condition encoded by the first stage (__is_first_stage__, the reference inpainting model) is not implemented; '
+      + "ldm's concat conditioning appends the condition image resized to the latent size");
+    return { conditioning: {} };
+  }
+  if (key === 'hybrid' || key === 'adm') {
+    problems.add('model.params.conditioning_key', key === 'adm'
+      ? 'adm (class labels added to the time embedding) is not implemented for latent diffusion; ldm cross-attends a ClassEmbedder token'
+      : 'hybrid (concat and cross-attention together) is not implemented; use crossattn or concat');
+    return { conditioning: {} };
+  }
+  if (key !== 'crossattn' && key !== 'concat') {
+    problems.add('model.params.conditioning_key', `${show(key)} is not a reference conditioning_key; expected crossattn, concat, hybrid or adm`);
+    return { conditioning: {} };
+  }
+  const target = targetOf(cond);
+  const cp = paramsOf(cond);
+  if (target === undefined) {
+    problems.add(at, `missing a target (or __is_unconditional__), got ${show(cond)}`);
+    return { conditioning: {} };
+  }
+  const text = () => {
+    const vocab = num(cp, 'vocab_size', 30522);
+    notes.push(`the text encoder's tokens come from the reference's data pipeline (vocab_size ${vocab}); ldm records no tokenizer for it, `
+      + 'so prompts cannot be encoded until one is attached');
+    return {
+      conditioning: { type: 'text', text: { dim: cp.n_embed, depth: cp.n_layer, heads: 8, dim_head: 64, max_len: num(cp, 'max_seq_len', 77) } },
+      ...(typeof cp.n_embed === 'number' ? { contextDim: cp.n_embed } : {}),
+    };
+  };
+  if (key === 'crossattn') {
+    if (target === TARGETS.classEmbedder) {
+      const n = num(cp, 'n_classes', 1000);
+      notes.push(`ClassEmbedder row ${n - 1} (the last of n_classes ${n}) is the unconditional class, as in cin256-v2; the model has ${n - 1} classes`);
+      return { conditioning: { type: 'class', num_classes: n - 1 }, ...(typeof cp.embed_dim === 'number' ? { contextDim: cp.embed_dim } : {}) };
+    }
+    if (target === TARGETS.transformerEmbedder) return text();
+    if (target === TARGETS.bertEmbedder) {
+      if (cp.use_tokenizer === false) return text();
+      problems.add(`${at}.target`, `text encoder ${target} is not implemented; ldm's own TransformerEmbedder is`);
+      return { conditioning: {} };
+    }
+    const what = /clip|t5|bert|text/i.test(target) ? 'text encoder' : 'cond stage';
+    problems.add(`${at}.target`, `${what} ${target} is not implemented; ldm's own TransformerEmbedder is (and ClassEmbedder for class labels)`);
+    return { conditioning: {} };
+  }
+  // concat: the condition is appended to z_t.
+  const channels = (num(unet, 'in_channels') ?? 0) - (num(unet, 'out_channels') ?? 0);
+  if (target === TARGETS.identity) return { conditioning: { type: 'concat', channels } };
+  if (target === TARGETS.spatialRescaler) {
+    if (cp.out_channels !== undefined && cp.out_channels !== null) {
+      problems.add(`${at}.params.out_channels`, 'a SpatialRescaler with a learned channel_mapper is not implemented; '
+        + "ldm's semantic conditioning appends the one-hot label map, its concat conditioning the resized image");
+      return { conditioning: {} };
+    }
+    notes.push('the SpatialRescaler condition is resized to the latent size by ldm\'s own resize (concat conditioning)');
+    return { conditioning: { type: 'concat', channels } };
+  }
+  problems.add(`${at}.target`, `cond stage ${target} is not implemented for concat conditioning; ldm implements ${TARGETS.identity}`);
+  return { conditioning: {} };
+}
+
+const SCHEDULES: readonly string[] = ['linear', 'cosine', 'sqrt_linear'];
+
+function ldmFrom(params: Obj, target: string, ctx: Context): { config: Obj; firstStage?: AutoencoderConfig; scaleFactor?: number } {
+  const { problems, notes } = ctx;
+  const unet = unetFrom(params.unet_config, ctx);
+  let firstStage: AutoencoderConfig | undefined;
+  let factor = 1;
+  if (target === TARGETS.latentDiffusion) {
+    const fsTarget = targetOf(params.first_stage_config);
+    if (fsTarget === undefined || !AE_TARGETS.includes(fsTarget)) {
+      problems.add('model.params.first_stage_config.target', `${fsTarget === undefined ? 'missing' : `first stage ${fsTarget} is not implemented`}; ldm implements ${AE_TARGETS.join(', ')}`);
+    } else {
+      const ae = autoencoderFrom(paramsOf(params.first_stage_config), fsTarget, 'model.params.first_stage_config.params', ctx, false);
+      const r = AutoencoderConfigSchema.safeParse(ae);
+      if (r.success) {
+        firstStage = r.data;
+        factor = 2 ** (r.data.ddconfig.ch_mult.length - 1);
+      } else {
+        for (const line of formatIssues(r.error.issues, 'model.params.first_stage_config.params (as an ldm autoencoder config)')) problems.lines.push(`${ctx.problems.file}: ${line}`);
+      }
+    }
+  }
+  const cond = target === TARGETS.ddpm ? { conditioning: { type: 'none' } } : conditioningFrom(params, unet, ctx);
+  if (cond.contextDim !== undefined && unet.context_dim !== undefined && unet.context_dim !== cond.contextDim) {
+    problems.add('model.params.unet_config.params.context_dim', `${show(unet.context_dim)} differs from the cond stage's width ${cond.contextDim}`);
+  }
+
+  const schedule = typeof params.beta_schedule === 'string' ? params.beta_schedule : 'linear';
+  if (!SCHEDULES.includes(schedule)) problems.add('model.params.beta_schedule', `${schedule} is not implemented; ldm implements ${SCHEDULES.join(', ')}`);
+  if (params.given_betas !== undefined && params.given_betas !== null) problems.add('model.params.given_betas', 'explicit betas are not implemented; use beta_schedule with linear_start/linear_end');
+  if (params.cosine_s !== undefined && params.cosine_s !== 8e-3) problems.add('model.params.cosine_s', `${show(params.cosine_s)} is not implemented; ldm's cosine schedule uses s = 0.008`);
+  const param = params.parameterization ?? 'eps';
+  if (param !== 'eps' && param !== 'x0' && param !== 'v') problems.add('model.params.parameterization', `${show(param)} is not implemented; ldm implements eps, x0 and v`);
+  if (params.loss_type === 'l1') notes.push('loss_type l1: ldm trains with the l2 loss (sampling is unaffected)');
+
+  let scaleFactor: number | undefined = num(params, 'scale_factor', 1);
+  if (params.scale_by_std === true) {
+    notes.push('scale_by_std: the scale factor is the checkpoint\'s scale_factor buffer (or 1/std of the first latents when training)');
+    scaleFactor = undefined;
+  }
+  if (target === TARGETS.ddpm) scaleFactor = undefined;
+
+  const latent = num(params, 'image_size') ?? num(unet, 'image_size');
+  if (latent === undefined) problems.add('model.params.image_size', 'missing; the latent size is needed for the training image size');
+  const channels = firstStage ? firstStage.ddconfig.in_channels : num(params, 'channels');
+  const train = trainDefaults(ctx, { batch_size: 8, steps: 500000, lr: 1e-6 });
+  const lrSched = paramsOf(params.scheduler_config);
+  const warm = lrSched.warm_up_steps;
+  const warmup = typeof warm === 'number' ? warm : Array.isArray(warm) && typeof warm[0] === 'number' ? warm[0] : undefined;
+  if (params.scheduler_config !== undefined) notes.push(`learning-rate schedule ${targetOf(params.scheduler_config) ?? '?'}: only its warm-up${warmup !== undefined ? ` (${warmup} steps)` : ''} is kept`);
+
+  const config: Obj = {
+    model: 'ldm',
+    name: ctx.name,
+    ...(target === TARGETS.ddpm ? { first_stage: 'pixel' } : {}),
+    scale_factor: scaleFactor ?? 'auto',
+    parameterization: param,
+    unet,
+    conditioning: cond.conditioning,
+    schedule: { schedule, timesteps: num(params, 'timesteps', 1000), linear_start: num(params, 'linear_start', 1e-4), linear_end: num(params, 'linear_end', 2e-2) },
+    train: { ...train, ...(warmup !== undefined ? { warmup } : {}) },
+    data: { size: (latent ?? 1) * factor, ...(channels !== undefined ? { channels } : {}) },
+  };
+  return { config, ...(firstStage ? { firstStage } : {}), ...(scaleFactor !== undefined ? { scaleFactor } : {}) };
+}
+
+// ---------------------------------------------------------------- configs from tensor shapes
+
+type Params = ReadonlyMap<string, HostTensor>;
+
+function shapeOf(params: Params, name: string): readonly number[] {
+  const t = params.get(name);
+  if (!t) throw new Error(`the weights lack ${name}, so their architecture cannot be read from them; pass the reference YAML with --config`);
+  return t.shape;
+}
+
+function indices(params: Params, prefix: string): number[] {
+  const out = new Set<number>();
+  for (const name of params.keys()) {
+    if (!name.startsWith(prefix)) continue;
+    const m = /^(\d+)\./.exec(name.slice(prefix.length));
+    if (m) out.add(Number(m[1]));
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+function hasPrefix(params: Params, prefix: string): boolean {
+  for (const name of params.keys()) if (name.startsWith(prefix)) return true;
+  return false;
+}
+
+/** The reference zoo's nominal resolution; it only decides which levels' attention blocks are named attention. */
+export const ASSUMED_RESOLUTION = 256;
+
+/**
+ * An autoencoder config from reference-named weights (`encoder.*`, `decoder.*`, `quant_conv`, `quantize.*`): every
+ * architectural field is in the shapes except the nominal resolution (256 assumed) and dropout (0); training settings
+ * are the reference zoo's defaults. Notes say what was assumed.
+ */
+export function inferAutoencoderConfig(params: Params, name: string, notes: string[]): AutoencoderConfig {
+  const convIn = shapeOf(params, 'encoder.conv_in.weight');
+  const ch = convIn[0]!;
+  const levels = indices(params, 'encoder.down.');
+  if (levels.length === 0) throw new Error('the weights have no encoder.down.* levels; they are not a reference autoencoder');
+  const nrb = indices(params, 'encoder.down.0.block.').length;
+  const chMult = levels.map((i) => shapeOf(params, `encoder.down.${i}.block.0.conv1.weight`)[0]! / ch);
+  const f = 2 ** (levels.length - 1);
+  const resolution = Math.max(ASSUMED_RESOLUTION, f);
+  const attn = levels.filter((i) => params.has(`encoder.down.${i}.attn.0.q.weight`)).map((i) => resolution / 2 ** i);
+  const z = shapeOf(params, 'decoder.conv_in.weight')[1]!;
+  const doubleZ = shapeOf(params, 'encoder.conv_out.weight')[0] === 2 * z;
+  const embed = shapeOf(params, 'post_quant_conv.weight')[1]!;
+  const vq = params.has('quantize.embedding.weight');
+  const ddconfig = {
+    double_z: doubleZ, z_channels: z, resolution, in_channels: convIn[1]!, out_ch: shapeOf(params, 'decoder.conv_out.weight')[0]!,
+    ch, ch_mult: chMult, num_res_blocks: nrb, attn_resolutions: attn, dropout: 0,
+    attn_type: params.has('encoder.mid.attn_1.q.weight') ? 'vanilla' : 'none',
+  };
+  notes.push(`autoencoder config read from the weights; nominal resolution ${resolution} assumed (it only names attention levels), training settings are defaults`);
+  const cfg = {
+    model: 'autoencoder', name, regularizer: vq ? 'vq' : 'kl', embed_dim: embed,
+    ...(vq ? { n_embed: shapeOf(params, 'quantize.embedding.weight')[0] } : {}),
+    ddconfig,
+    loss: { ...DEFAULT_LOSS[vq ? 'vq' : 'kl'] },
+    train: { batch_size: 12, lr: 4.5e-6, steps: 150000, image_size: resolution },
+  };
+  const r = AutoencoderConfigSchema.safeParse(cfg);
+  if (!r.success) throw new Error(`the autoencoder weights give an invalid config: ${formatIssues(r.error.issues, 'inferred').join('; ')}`);
+  return r.data;
+}
+
+/** Heads of the UNet's attention layers: the one thing its weights do not record. */
+export interface HeadsConfig {
+  num_heads?: number;
+  num_head_channels?: number;
+}
+
+/**
+ * A UNet config from reference-named weights (`input_blocks.*`, `middle_block.*`, `output_blocks.*`). The attention
+ * heads are not in the shapes: pass them (from a YAML) or get an error saying so. `contextDim` settles a
+ * cross-attention width equal to the channels, which the shapes cannot tell from self-attention.
+ */
+export function inferUNetConfig(params: Params, heads: HeadsConfig | undefined, contextDim?: number): UNetConfig {
+  const convIn = shapeOf(params, 'input_blocks.0.0.weight');
+  const mc = convIn[0]!;
+  const outputs = indices(params, 'output_blocks.');
+  const spatial = params.has('middle_block.1.proj_in.weight');
+  const isUp = (n: number): 'conv' | 'res' | undefined => {
+    for (const slot of [1, 2]) {
+      if (params.has(`output_blocks.${n}.${slot}.conv.weight`)) return 'conv';
+      if (params.has(`output_blocks.${n}.${slot}.in_layers.0.weight`)) return 'res';
+    }
+    return undefined;
+  };
+  const ups = outputs.filter((n) => isUp(n) !== undefined);
+  const nrb = (ups.length > 0 ? ups[0]! + 1 : outputs.length) - 1;
+  const levels = outputs.length / (nrb + 1);
+  if (!Number.isInteger(levels) || nrb < 1) throw new Error('the UNet weights have an output block layout the reference UNetModel does not build');
+  const channelMult: number[] = [];
+  const attention: number[] = [];
+  for (let l = 0; l < levels; l++) {
+    const n = 1 + l * (nrb + 1);
+    channelMult.push(shapeOf(params, `input_blocks.${n}.0.out_layers.3.weight`)[0]! / mc);
+    if (hasPrefix(params, `input_blocks.${n}.1.`)) attention.push(2 ** l);
+  }
+  const emb = shapeOf(params, 'input_blocks.1.0.emb_layers.1.weight')[0]!;
+  const cfg: UNetConfigInput = {
+    in_channels: convIn[1]!,
+    model_channels: mc,
+    out_channels: shapeOf(params, 'out.2.weight')[0]!,
+    num_res_blocks: nrb,
+    attention_resolutions: attention,
+    channel_mult: channelMult,
+    use_spatial_transformer: spatial,
+    use_scale_shift_norm: emb === 2 * mc * channelMult[0]!,
+    resblock_updown: ups.length > 0 && isUp(ups[0]!) === 'res',
+  };
+  if (params.has('label_emb.weight')) cfg.num_classes = shapeOf(params, 'label_emb.weight')[0]!;
+  if (spatial) {
+    cfg.transformer_depth = indices(params, 'middle_block.1.transformer_blocks.').length;
+    const mid = mc * channelMult[levels - 1]!;
+    const kIn = shapeOf(params, 'middle_block.1.transformer_blocks.0.attn2.to_k.weight')[1]!;
+    if (contextDim !== undefined) cfg.context_dim = contextDim;
+    else if (kIn !== mid) cfg.context_dim = kIn;
+  }
+  if (!heads || (heads.num_heads === undefined && heads.num_head_channels === undefined)) {
+    throw new Error('the UNet weights do not record its attention heads (num_heads or num_head_channels); pass the reference YAML with --config');
+  }
+  if (heads.num_heads !== undefined && heads.num_heads !== -1) cfg.num_heads = heads.num_heads;
+  if (heads.num_head_channels !== undefined && heads.num_head_channels !== -1) cfg.num_head_channels = heads.num_head_channels;
+  return parseUNetConfig(cfg, 'UNet config read from the weights');
+}
+
+export interface InferredSchedule {
+  schedule: BetaSchedule;
+  timesteps: number;
+  linear_start: number;
+  linear_end: number;
+}
+
+/** The noise schedule a reference LatentDiffusion checkpoint's `betas` buffer holds, or undefined when it has none or no known one. */
+export function inferSchedule(params: Params): InferredSchedule | undefined {
+  const t = params.get('betas');
+  if (!t || t.shape.length !== 1 || t.shape[0]! < 2) return undefined;
+  const betas = Array.from(toFloat32(t));
+  const T = betas.length;
+  const start = betas[0]!;
+  const end = betas[T - 1]!;
+  for (const schedule of ['linear', 'sqrt_linear', 'cosine'] as const) {
+    const want = makeBetas({ schedule, timesteps: T, linearStart: start, linearEnd: end });
+    if (want.every((b, i) => Math.abs(b - betas[i]!) <= 1e-6 * Math.max(b, 1e-4))) {
+      // float32 buffers round start and end; recover the decimal the config most likely said.
+      return { schedule, timesteps: T, linear_start: tidy(start), linear_end: tidy(end) };
+    }
+  }
+  return undefined;
+}
+
+/** A float32-rounded value back to the shortest decimal that rounds to it (0.0015 rather than 0.001500000013). */
+function tidy(v: number): number {
+  const f = Math.fround(v);
+  for (let digits = 1; digits <= 17; digits++) {
+    const d = Number(v.toPrecision(digits));
+    if (Math.fround(d) === f) return d;
+  }
+  return v;
+}
+
+/** An autoencoder's architecture: what an ldm checkpoint's first-stage spec and a diffusers config both record. */
+export interface AutoencoderArch {
+  readonly regularizer: 'kl' | 'vq';
+  readonly embed_dim: number;
+  readonly n_embed?: number;
+  readonly ddconfig: DDConfig;
+}
+
+/** A full autoencoder config around an architecture, with the reference zoo's loss and training defaults. */
+export function autoencoderConfigFrom(arch: AutoencoderArch, name: string, notes: string[]): AutoencoderConfig {
+  const dd = arch.ddconfig as unknown as Obj;
+  const f = 2 ** ((Array.isArray(dd.ch_mult) ? dd.ch_mult.length : 1) - 1);
+  const cfg = {
+    model: 'autoencoder', name, regularizer: arch.regularizer, embed_dim: arch.embed_dim,
+    ...(arch.regularizer === 'vq' ? { n_embed: arch.n_embed } : {}),
+    ddconfig: { dropout: 0, attn_resolutions: [], ...dd, double_z: arch.regularizer === 'kl' },
+    loss: { ...DEFAULT_LOSS[arch.regularizer] },
+    train: { batch_size: 12, lr: 4.5e-6, steps: 150000, image_size: trainableSize(num(dd, 'resolution', ASSUMED_RESOLUTION), f, 3) },
+  };
+  notes.push('autoencoder training settings (loss, train) are not recorded with the weights; the reference zoo\'s defaults are used');
+  const r = AutoencoderConfigSchema.safeParse(cfg);
+  if (!r.success) throw new Error(`the autoencoder architecture gives an invalid config: ${formatIssues(r.error.issues, 'autoencoder').join('; ')}`);
+  return r.data;
+}
+
+export interface LdmParts {
+  readonly name: string;
+  readonly unet: UNetConfig | UNetConfigInput;
+  readonly conditioning: Obj;
+  readonly schedule: InferredSchedule;
+  readonly parameterization: 'eps' | 'x0' | 'v';
+  /** A number, or undefined for "auto". */
+  readonly scaleFactor?: number;
+  /** The first stage's factor f and image channels, or pixel space. */
+  readonly firstStage: { factor: number; channels: number } | { pixel: number };
+}
+
+/** A full LatentDiffusionConfig around the parts that determine the model, with default training settings. */
+export function ldmConfigFrom(p: LdmParts, notes: string[]): LatentDiffusionConfig {
+  const pixel = 'pixel' in p.firstStage;
+  const factor = 'pixel' in p.firstStage ? 1 : p.firstStage.factor;
+  const channels = 'pixel' in p.firstStage ? p.firstStage.pixel : p.firstStage.channels;
+  const latent = typeof p.unet.image_size === 'number' ? p.unet.image_size : undefined;
+  if (latent === undefined) notes.push(`the UNet's training size is not recorded; data.size ${32 * factor} (latents of 32) is used`);
+  notes.push('training settings (train, data, sample) are not recorded with the weights; defaults are used');
+  const cfg = {
+    model: 'ldm', name: p.name,
+    ...(pixel ? { first_stage: 'pixel' } : {}),
+    scale_factor: p.scaleFactor ?? 'auto',
+    parameterization: p.parameterization,
+    unet: p.unet,
+    conditioning: p.conditioning,
+    schedule: p.schedule,
+    train: { batch_size: 8, lr: 1e-6, steps: 500000 },
+    data: { size: (latent ?? 32) * factor, channels },
+  };
+  const r = LatentDiffusionConfigSchema.safeParse(cfg);
+  if (!r.success) throw new Error(`the model's parts give an invalid ldm config: ${formatIssues(r.error.issues, 'ldm').join('; ')}`);
+  return r.data;
+}
+
+/**
+ * The conditioning a reference LatentDiffusion's `cond_stage_model.*` weights imply (prefix removed): a ClassEmbedder
+ * (`embedding.weight`) or a TransformerEmbedder (`transformer.*`, x-transformers' default 8 heads of 64); none or
+ * concat when there are none, from the UNet's extra input channels.
+ */
+export function inferConditioning(cond: Params, unet: Pick<UNetConfig, 'in_channels' | 'out_channels'>, notes: string[]): { conditioning: Obj; contextDim?: number } {
+  const emb = cond.get('embedding.weight');
+  if (emb) {
+    notes.push(`ClassEmbedder row ${emb.shape[0]! - 1} (the last) is taken as the unconditional class, as in cin256-v2`);
+    return { conditioning: { type: 'class', num_classes: emb.shape[0]! - 1 }, contextDim: emb.shape[1]! };
+  }
+  const tok = cond.get('transformer.token_emb.weight');
+  if (tok) {
+    const dim = tok.shape[1]!;
+    const depth = indices(cond, 'transformer.attn_layers.layers.').length / 2;
+    const q = shapeOf(cond, 'transformer.attn_layers.layers.0.1.to_q.weight');
+    if (q[0] !== 512) throw new Error(`the text encoder's attention is ${q[0]} wide, not x-transformers' default 8 x 64; pass the reference YAML with --config`);
+    notes.push('the text encoder was read from the weights; ldm records no tokenizer for it, so prompts cannot be encoded until one is attached');
+    return { conditioning: { type: 'text', text: { dim, depth, heads: 8, dim_head: 64, max_len: shapeOf(cond, 'transformer.pos_emb.emb.weight')[0] } }, contextDim: dim };
+  }
+  if (cond.size > 0) throw new Error(`cond stage weights ${[...cond.keys()].slice(0, 3).join(', ')} are of no encoder ldm implements (ClassEmbedder, TransformerEmbedder)`);
+  const extra = unet.in_channels - unet.out_channels;
+  return { conditioning: extra > 0 ? { type: 'concat', channels: extra } : { type: 'none' } };
+}
