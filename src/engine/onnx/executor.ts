@@ -60,7 +60,8 @@ export class OnnxExecutor implements Executor {
 
   constructor(opts: OnnxExecutorOptions = {}) {
     this.threads = opts.threads ?? os.availableParallelism();
-    this.providers = opts.providers ?? ['cpu'];
+    // LDM_ORT_PROVIDERS=cuda,cpu where a user installed onnxruntime-node's CUDA binaries; the CPU provider otherwise.
+    this.providers = opts.providers ?? (process.env.LDM_ORT_PROVIDERS ? process.env.LDM_ORT_PROVIDERS.split(',').map((p) => p.trim()).filter(Boolean) : ['cpu']);
   }
 
   get description(): string {
