@@ -13,7 +13,7 @@ import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { Rng } from '../src/util/random.js';
 import { RunDir } from '../src/io/run-dir.js';
 import { saveCheckpoint, loadCheckpoint } from '../src/io/checkpoint.js';
-import { LatentDiffusionConfigSchema, type LatentDiffusionConfig, type LatentDiffusionConfigInput } from '../src/config/ldm.js';
+import { LatentDiffusionConfigSchema, ldmLearningRate, type LatentDiffusionConfig, type LatentDiffusionConfigInput } from '../src/config/ldm.js';
 import { validateConfig } from '../src/config/load.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { PixelFirstStage, openFirstStage, type FirstStage } from '../src/models/first-stage.js';
@@ -81,6 +81,15 @@ test('a tiny pixel-space model: the loss falls over a few steps, logged, checkpo
   assert.ok([...ckpt.params.keys()].some((k) => k.startsWith('model.diffusion_model.input_blocks.0.0.')));
   assert.ok([...ckpt.params.keys()].some((k) => k.startsWith('optimizer.m.')), 'the live checkpoint carries the optimizer state');
   assert.match(fs.readFileSync(run.configPath, 'utf8'), /^# toy: resolved config/);
+
+  // --init fine-tunes from those weights: a fresh step count, and the same first batch scores lower than at the start.
+  const tuned: number[] = [];
+  const ft = await trainLdm({
+    config: config({}, { steps: 1 }), run: await RunDir.create(root, 'tuned'), executor, firstStage: new PixelFirstStage(1),
+    cacheDir: path.join(root, 'cache'), dataset: toyData(32), seed: 3, init: res.checkpoint, onStep: (r) => tuned.push(r.loss),
+  });
+  assert.deepEqual([ft.startStep, ft.step], [0, 1]);
+  assert.ok(tuned[0]! < 0.8 * losses[0]!, `fine-tuning starts from the trained weights: ${tuned[0]} vs ${losses[0]}`);
 });
 
 test('the latent cache is encoded once, reused across runs, and replaced when the first stage or data spec changes', async () => {
@@ -250,6 +259,8 @@ test('config errors are one line each and name the key', () => {
   assert.match(bad({ conditioning: { type: 'class' } }), /unet\.context_dim: class conditioning cross-attends[^\n]*\n.*conditioning\.num_classes: class conditioning needs num_classes/);
   assert.match(bad({ conditioning: { type: 'semantic', num_classes: 5 } }), /unet\.in_channels: 1 should be 6: out_channels 1 latent channels \+ 5 condition channels/);
   assert.match(bad({ conditioning: { type: 'text', text: { dim: 8, depth: 1 } }, unet: { ...CLASS_UNET } }), /conditioning\.text\.dim: 8 differs from unet\.context_dim 16/);
+  assert.equal(ldmLearningRate(config({}, { lr: 1e-4, scale_lr: true, batch_size: 8, grad_accum: 2 })), 1e-4 * 16, 'the reference rule: lr x batch x accumulation');
+  assert.equal(ldmLearningRate(config({}, { lr: 1e-4, scale_lr: false })), 1e-4);
   assert.match(bad({ scale_factor: -1 }), /scale_factor: expected "auto", "first_stage" or a number > 0, got -1/);
   assert.match(bad({ scale_factor: 'autoo' as 'auto' }), /scale_factor: expected "auto", "first_stage" or a number > 0, got "autoo"/);
 });

@@ -16,7 +16,7 @@ import { LatentDiffusionConfigSchema, type LatentDiffusionConfigInput } from '..
 import { LatentDiffusion, writeLdmCheckpoint } from '../src/models/ldm.js';
 import { PixelFirstStage } from '../src/models/first-stage.js';
 import { Tokenizer } from '../src/models/tokenizer.js';
-import { probeImage, readImage } from '../src/io/image.js';
+import { probeImage, readImage, writePng } from '../src/io/image.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-sample-cmd-'));
@@ -44,6 +44,7 @@ const text = checkpoint('text', { unet: XATTN, conditioning: { type: 'text', tex
   Tokenizer.fromCorpus(['a red circle', 'a blue square'], { maxLen: 8 }));
 const uncond = checkpoint('uncond', {});
 const cls = checkpoint('cls', { unet: XATTN, conditioning: { type: 'class', num_classes: 2 } });
+const sem = checkpoint('sem', { unet: { ...UNET, in_channels: 6 }, conditioning: { type: 'semantic', num_classes: 3 } });
 
 interface CallResult {
   code: number;
@@ -154,6 +155,45 @@ test('ldm sample gives one-line errors: a prompt for an unconditional model, a b
   assert.equal(fs.existsSync(out), false, 'no output folder for a failed request');
   assert.equal(ok.code, 0, ok.stderr);
   assert.deepEqual(Object.keys(ok.files), ['sample-00000.png', 'sample-grid.png']);
+});
+
+test('ldm sample reads prompts from a file, label maps from a PNG, and inpaints an init image under a mask', async () => {
+  const prompts = path.join(dir, 'prompts.txt');
+  fs.writeFileSync(prompts, 'a red circle\n\n  a blue square  \n');
+  const map = path.join(dir, 'map.png');
+  const labels = Array.from({ length: 64 }, (_, i) => (i % 8 < 4 ? 1 : 2));
+  await writePng(map, float32([1, 8, 8], labels.map((v) => v / 127.5 - 1)));
+  await writePng(path.join(dir, 'bad-map.png'), float32([1, 8, 8], labels.map((v) => (v + 5) / 127.5 - 1)));
+  const init = path.join(dir, 'init.png');
+  const initImg = float32([3, 8, 8], Array.from({ length: 192 }, (_, i) => ((i * 37) % 256) / 127.5 - 1)); // exact in 8 bits
+  await writePng(init, initImg);
+  const mask = path.join(dir, 'mask.png');
+  await writePng(mask, float32([1, 8, 8], Array.from({ length: 64 }, (_, i) => (i % 8 < 4 ? 1 : -1)))); // left half white: regenerate
+  const q = ['--quiet', '--json'];
+  const [fromFile, fromMap, badMap, inpaint] = ldm([
+    { args: ['--ckpt', await text, '--prompts', prompts, '--n', '1', '-o', path.join(dir, 'file'), ...q] },
+    { args: ['--ckpt', await sem, '--map', map, '--n', '2', '--height', '16', '--width', '16', '-o', path.join(dir, 'map'), ...q] },
+    { args: ['--ckpt', await sem, '--map', path.join(dir, 'bad-map.png'), '-o', path.join(dir, 'bad-map'), '--quiet'] },
+    { args: ['--ckpt', await uncond, '--init-image', init, '--mask', mask, '--n', '1', '-o', path.join(dir, 'inpaint'), ...q] },
+  ]) as [CallResult, CallResult, CallResult, CallResult];
+  assert.equal(fromFile.code, 0, fromFile.stderr);
+  assert.equal((JSON.parse(fromFile.stdout) as { n: number }).n, 2, 'one image per non-blank line');
+  assert.equal(fromMap.code, 0, fromMap.stderr);
+  const m = JSON.parse(fromMap.stdout) as { n: number; width: number };
+  assert.deepEqual([m.n, m.width], [2, 16], 'a label map is resized to the asked size');
+  assert.equal(badMap.stderr, `Error: ${path.join(dir, 'bad-map.png')}: pixel value 6 is not a class; a label map holds class indices 0..2 as grey values\n`);
+  assert.equal(inpaint.code, 0, inpaint.stderr);
+  const out = await readImage((JSON.parse(inpaint.stdout) as { images: string[] }).images[0]!);
+  const o = out.data as Float32Array;
+  const src = initImg.data as Float32Array;
+  for (let c = 0; c < 3; c++) {
+    for (let y = 0; y < 8; y++) {
+      for (let x = 4; x < 8; x++) assert.ok(Math.abs(o[(c * 8 + y) * 8 + x]! - src[(c * 8 + y) * 8 + x]!) < 1e-6, `kept pixel ${c},${y},${x}`);
+    }
+  }
+  let changed = 0;
+  for (let c = 0; c < 3; c++) for (let y = 0; y < 8; y++) for (let x = 0; x < 4; x++) changed += Math.abs(o[(c * 8 + y) * 8 + x]! - src[(c * 8 + y) * 8 + x]!);
+  assert.ok(changed > 0.1, 'the white half is regenerated');
 });
 
 test('ldm train-ldm trains a tiny config, resumes it, and its checkpoint samples', async () => {
