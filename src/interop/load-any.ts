@@ -15,7 +15,7 @@ import { readSafetensors, readSafetensorsHeader } from '../io/safetensors.js';
 import { readTorchCheckpoint, sniffTorchFormat } from '../io/torch-checkpoint.js';
 import { fileSource, ZipReader } from '../io/zip.js';
 import { PyDict, unpickle } from '../io/pickle.js';
-import { loadConfig, resolveConfigRef, validateConfig } from '../config/load.js';
+import { ConfigError, loadConfig, resolveConfigRef, validateConfig } from '../config/load.js';
 import type { AutoencoderConfig } from '../config/autoencoder.js';
 import type { ConditioningConfig, LatentDiffusionConfig } from '../config/ldm.js';
 import { parseUNetConfig, type UNetConfig } from '../models/unet/config.js';
@@ -280,6 +280,17 @@ function emaParams(t: ReadonlyMap<string, HostTensor>, live: ReadonlyMap<string,
 function fromTensors(
   tensors: Map<string, HostTensor>, file: string, step: number, opts: LoadAnyOptions, notes: string[],
 ): { model: ModelContent; unused: string[] } {
+  try {
+    return fromReferenceTensors(tensors, file, step, opts, notes);
+  } catch (err) {
+    const msg = (err as Error).message;
+    throw msg.startsWith(file) || err instanceof ConfigError ? err : new Error(`${file}: ${msg}`);
+  }
+}
+
+function fromReferenceTensors(
+  tensors: Map<string, HostTensor>, file: string, step: number, opts: LoadAnyOptions, notes: string[],
+): { model: ModelContent; unused: string[] } {
   const given = opts.config !== undefined ? readGiven(opts.config) : undefined;
   if (given && 'reference' in given) notes.push(...given.reference.notes);
   const layout = detectLayout(tensors, file);
@@ -411,7 +422,7 @@ export function selectPart(m: ModelContent, part: ModelPart | undefined, file: s
   if (m.kind !== 'ldm') {
     const matches = (part === 'first_stage' && m.kind === 'autoencoder') || part === m.kind;
     if (matches) return m;
-    throw new Error(`--part ${part}: ${file} holds a ${m.kind}, not a latent diffusion model; --part picks a part of one`);
+    throw new Error(`--part ${part}: ${file} holds one model (${m.kind}), not a latent diffusion model; --part picks a part of one`);
   }
   const name = `${m.config.name}-${part.replace('_', '-')}`;
   if (part === 'first_stage') {
