@@ -220,6 +220,14 @@ test('an autoencoder first stage: encodes to the posterior mode, embeds in the L
   assert.deepEqual(z1.shape, [1, 2, 4, 4]);
   assert.deepEqual(z1.data, z2.data, 'encoding is deterministic (the mode, no noise)');
 
+  // A UNet for other latents is refused before anything is encoded.
+  const fresh = toyData(6);
+  await assert.rejects(
+    trainLdm({ config: config(), run: await RunDir.create(root, 'misfit'), executor, firstStage: ae, cacheDir: path.join(root, 'cache'), dataset: fresh }),
+    /the first stage gives 2-channel latents but unet\.out_channels is 1; set unet\.out_channels to 2 and in_channels to 2/,
+  );
+  assert.equal(fresh.gets, 0);
+
   const cfg = config({ first_stage: 'x', unet: { ...config().unet, in_channels: 2, out_channels: 2 } }, { steps: 2, ema_decay: 0.99 });
   const res = await trainLdm({ config: cfg, run: await RunDir.create(root, 'ae'), executor, firstStage: ae, cacheDir: path.join(root, 'cache'), dataset: data, seed: 2 });
   assert.ok(Math.abs(res.scaleFactor - 1 / stdOf(await openCached(root, ae, data))) < 1e-6, 'auto scale = 1/std of the cached latents');

@@ -66,15 +66,22 @@ export class LatentDiffusion extends Module {
 
   /** Throw a one-line error when a first stage or image size does not fit this model. */
   checkFirstStage(stage: FirstStage, imageHeight?: number, imageWidth = imageHeight): void {
-    if (stage.latentChannels !== this.latentChannels) {
-      throw new Error(`the first stage gives ${stage.latentChannels}-channel latents but unet.out_channels is ${this.latentChannels}; `
-        + `set unet.out_channels to ${stage.latentChannels} and in_channels to ${stage.latentChannels + this.conditioner.concatChannels}`);
-    }
-    if (imageHeight === undefined || imageWidth === undefined) return;
-    const m = stage.factor * this.sizeMultiple;
-    if (imageHeight % m || imageWidth % m) {
-      throw new Error(`image size ${imageHeight}x${imageWidth} must be a multiple of ${m} (first stage f=${stage.factor} x UNet 2^(levels-1)=${this.sizeMultiple})`);
-    }
+    checkFirstStageFits(this.config, stage, imageHeight, imageWidth);
+  }
+}
+
+/** The first stage's latents fit the UNet (channels), and the image size divides by f x 2^(levels-1). */
+export function checkFirstStageFits(config: LatentDiffusionConfig, stage: FirstStage, imageHeight?: number, imageWidth = imageHeight): void {
+  const latent = config.unet.out_channels;
+  if (stage.latentChannels !== latent) {
+    throw new Error(`the first stage gives ${stage.latentChannels}-channel latents but unet.out_channels is ${latent}; `
+      + `set unet.out_channels to ${stage.latentChannels} and in_channels to ${stage.latentChannels + config.unet.in_channels - latent}`);
+  }
+  if (imageHeight === undefined || imageWidth === undefined) return;
+  const mult = sizeMultiple(config.unet);
+  const m = stage.factor * mult;
+  if (imageHeight % m || imageWidth % m) {
+    throw new Error(`image size ${imageHeight}x${imageWidth} must be a multiple of ${m} (first stage f=${stage.factor} x UNet 2^(levels-1)=${mult})`);
   }
 }
 

@@ -18,7 +18,7 @@ import { dumpConfig, loadConfig, validateConfig } from '../config/load.js';
 import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm.js';
 import type { RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
-import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, readLdmCheckpoint, writeLdmCheckpoint } from '../models/ldm.js';
+import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, checkFirstStageFits, readLdmCheckpoint, writeLdmCheckpoint } from '../models/ldm.js';
 import { Tokenizer } from '../models/tokenizer.js';
 import type { Conditions } from '../models/conditioning.js';
 import type { FirstStage } from '../models/first-stage.js';
@@ -161,6 +161,23 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   }
   const source = cfg.data.source;
   if (source === undefined && !opts.dataset) throw new Error('no training data: set data.source in the config or pass --data');
+  checkFirstStageFits(cfg, firstStage, cfg.data.size);
+
+  // Where the weights start: a resumed run's last checkpoint, a fine-tuning init, or fresh. Checked before any encoding.
+  const latest = run.resumed ? await run.latestCheckpoint() : undefined;
+  if (latest && opts.init) note(`--init ${opts.init} is ignored: the run resumes from ${latest.path}`);
+  const from = latest ? await readLdmCheckpoint(latest.path, executor) : opts.init ? await readLdmCheckpoint(opts.init, executor) : undefined;
+  if (from && !sameModel(from.config, cfg)) {
+    throw new Error(`${from.file} holds a model of another config (unet, conditioning, schedule or parameterization differ); `
+      + (latest ? 'resume with the config the run started with' : 'fine-tune with a config of the same model'));
+  }
+  const emaFrom = latest?.emaPath ? await readLdmCheckpoint(latest.emaPath, executor) : undefined;
+  await from?.firstStage.dispose();
+  await emaFrom?.firstStage.dispose();
+  if (latest && from && from.firstStage.fingerprint !== firstStage.fingerprint) {
+    throw new Error(`${latest.path} was trained on another first stage; resume with the autoencoder the run started with`);
+  }
+
   const cache = await openLatentCache({
     dir: opts.cacheDir,
     firstStage,
@@ -175,25 +192,10 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   note(cache.reused ? `latent cache: reusing ${cache.file} (${cache.count} latents)` : `latent cache: encoded ${cache.count} images into ${cache.file}`);
   checkData(cfg, cache);
 
-  // Where the weights start: a resumed run's last checkpoint, a fine-tuning init, or fresh.
-  const latest = run.resumed ? await run.latestCheckpoint() : undefined;
-  const from = latest ? await readLdmCheckpoint(latest.path, executor) : opts.init ? await readLdmCheckpoint(opts.init, executor) : undefined;
-  if (from && !sameModel(from.config, cfg)) {
-    throw new Error(`${from.file} holds a model of another config (unet, conditioning, schedule or parameterization differ); `
-      + (latest ? 'resume with the config the run started with' : 'fine-tune with a config of the same model'));
-  }
-  const emaFrom = latest?.emaPath ? await readLdmCheckpoint(latest.emaPath, executor) : undefined;
-  await from?.firstStage.dispose();
-  await emaFrom?.firstStage.dispose();
-  if (latest && from && from.firstStage.fingerprint !== firstStage.fingerprint) {
-    throw new Error(`${latest.path} was trained on another first stage; resume with the autoencoder the run started with`);
-  }
-
   const tokenizer = cfg.conditioning.type !== 'text' ? undefined
     : (from?.tokenizer ?? Tokenizer.fromCorpus(cache.captions ?? [], { maxLen: cfg.conditioning.text!.max_len, maxWords: cfg.conditioning.text!.max_words }));
   const model = new LatentDiffusion(cfg, { tokenizer });
   const [, , lh, lw] = cache.latents.shape as [number, number, number, number];
-  model.checkFirstStage(firstStage, cfg.data.size);
   const scaleFactor = latest && from ? from.scaleFactor : resolveScale(cfg, firstStage, cache);
   const lr = ldmLearningRate(cfg);
 
