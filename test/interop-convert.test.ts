@@ -261,3 +261,23 @@ test('ldm convert prints the skipped globals, unused tensors and notes, and its 
   assert.ok(res.files.some((f) => f.endsWith(path.join('unet', 'diffusion_pytorch_model.safetensors'))));
   assert.equal(j.stderr, '', '--json keeps notes off stderr');
 });
+
+test('single .safetensors files: reference names convert like the .ckpt; diffusers names need --config unless config.json sits beside them', async () => {
+  const d = tmp();
+  const src = await readTorchCheckpoint(path.join(REF, 'kl.ckpt'));
+  const refFile = path.join(d, 'kl-ref.safetensors');
+  await writeSafetensors(refFile, src.tensors);
+  const fromRef = await loadAnyCheckpoint(refFile, { dtype: 'keep' });
+  const fromCkpt = await loadAnyCheckpoint(path.join(REF, 'kl.ckpt'), { dtype: 'keep' });
+  assert.equal(fromRef.source.format, 'safetensors');
+  assertSameTensors(fromRef.params, fromCkpt.params, 'reference-named safetensors');
+
+  const lone = path.join(d, 'vae.safetensors');
+  fs.copyFileSync(path.join(DIF, 'kl', 'diffusion_pytorch_model.safetensors'), lone);
+  await assert.rejects(loadAnyCheckpoint(lone), /vae\.safetensors: diffusers-named autoencoder weights without their config\.json; pass its config with --config/);
+  const withCfg = await loadAnyCheckpoint(lone, { config: path.join(REF, 'kl.yaml'), dtype: 'keep' });
+  assertSameTensors(withCfg.params, fromCkpt.params, 'diffusers-named safetensors + reference YAML');
+  const beside = await loadAnyCheckpoint(path.join(DIF, 'kl', 'diffusion_pytorch_model.safetensors'), { dtype: 'keep' });
+  assert.equal(beside.source.format, 'diffusers', 'the weights file of a diffusers folder reads as its folder');
+  assertSameTensors(beside.params, fromCkpt.params, 'diffusers folder by its weights file');
+});

@@ -254,10 +254,11 @@ type Layout = 'ldm' | 'autoencoder' | 'first_stage' | 'unet' | 'diffusers-autoen
 function detectLayout(t: ReadonlyMap<string, HostTensor>, file: string): Layout {
   const names = [...t.keys()];
   if (names.some((n) => n.startsWith(UNET_PREFIX) || n.startsWith(EMA_PREFIX))) return 'ldm';
+  // diffusers autoencoders share encoder.conv_in with the reference; their levels are down_blocks.
+  if (names.some((n) => n.startsWith('encoder.down_blocks.'))) return 'diffusers-autoencoder';
   if (t.has('encoder.conv_in.weight')) return 'autoencoder';
   if (t.has(`${FIRST_STAGE_PREFIX}encoder.conv_in.weight`)) return 'first_stage';
   if (t.has('input_blocks.0.0.weight')) return 'unet';
-  if (names.some((n) => n.startsWith('encoder.down_blocks.'))) return 'diffusers-autoencoder';
   if (t.has('conv_in.weight') && t.has('time_embedding.linear_1.weight')) return 'diffusers-unet';
   throw new Error(`${file}: its tensors (${names.slice(0, 3).join(', ')}${names.length > 3 ? ', ...' : ''}) are of no model ldm knows: `
     + 'expected a reference LatentDiffusion (model.diffusion_model.*), autoencoder (encoder.*, decoder.*) or UNet (input_blocks.*), or their diffusers names');
