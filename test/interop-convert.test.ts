@@ -17,6 +17,7 @@ import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
 import { parseUNetConfig } from '../src/models/unet/config.js';
+import { TextEncoder } from '../src/models/text-encoder.js';
 import { convertCheckpoint } from '../src/interop/convert.js';
 import { loadAnyCheckpoint } from '../src/interop/load-any.js';
 
@@ -280,4 +281,19 @@ test('single .safetensors files: reference names convert like the .ckpt; diffuse
   const beside = await loadAnyCheckpoint(path.join(DIF, 'kl', 'diffusion_pytorch_model.safetensors'), { dtype: 'keep' });
   assert.equal(beside.source.format, 'diffusers', 'the weights file of a diffusers folder reads as its folder');
   assertSameTensors(beside.params, fromCkpt.params, 'diffusers folder by its weights file');
+});
+
+test('a text encoder (TransformerEmbedder) cond stage with its tokenizer metadata round-trips through diffusers', async () => {
+  const d = tmp();
+  const config = { conditioning: { type: 'text', text: { dim: 32, depth: 1, heads: 2, dim_head: 16, max_len: 8 }, dropout: 0.1 }, context_dim: 32 };
+  const params = new TextEncoder({ vocabSize: 11, maxLen: 8, dim: 32, depth: 1, heads: 2, dimHead: 16 }).initialize(new Rng(5));
+  const src = path.join(d, 'text.safetensors');
+  await saveCheckpoint(src, { kind: 'cond_stage', config, params, step: 3, extra: { 'ldm.tokenizer': '{"vocab":["<pad>"]}' } });
+  const r = await convertCheckpoint(src, path.join(d, 'dif'));
+  assert.equal(r.kind, 'cond_stage');
+  const cfg = json(path.join(d, 'dif', 'config.json'));
+  assert.equal(cfg._class_name, 'TransformerEmbedder');
+  assert.deepEqual([cfg.n_embed, cfg.n_layer, cfg.vocab_size, cfg.max_seq_len], [32, 1, 11, 8], 'the reference cond_stage_config params');
+  await convertCheckpoint(path.join(d, 'dif'), path.join(d, 'back.safetensors'));
+  assert.ok(fs.readFileSync(src).equals(fs.readFileSync(path.join(d, 'back.safetensors'))));
 });

@@ -30,6 +30,8 @@ export const SCHEDULER_FILE = 'scheduler_config.json';
 export const DIFFUSERS_VERSION = '0.30.0';
 /** In a component's config.json: our full config of that part, for an exact round trip. */
 export const LDM_CONFIG_KEY = '_ldm_config';
+/** In a component's config.json: our checkpoint metadata of that model (tokenizer, scale factor...). */
+export const LDM_METADATA_KEY = '_ldm_metadata';
 /** In model_index.json: our whole-model config, step and metadata. */
 export const LDM_PIPELINE_KEY = '_ldm';
 /** model_index.json library name of ldm's own components. */
@@ -482,7 +484,8 @@ export async function writeDiffusers(dir: string, m: ModelContent, opts: { force
 }
 
 async function writeContent(dir: string, m: ModelContent, written: string[]): Promise<void> {
-  const stepped = { _ldm_step: m.step };
+  // Our step and metadata (scale factor, tokenizer...) ride along in config.json.
+  const stepped = { _ldm_step: m.step, [LDM_METADATA_KEY]: m.metadata };
   switch (m.kind) {
     case 'autoencoder': {
       const scale = m.metadata[SCALE_FACTOR_KEY] !== undefined ? Number(m.metadata[SCALE_FACTOR_KEY]) : undefined;
@@ -561,6 +564,10 @@ function storedConfig(cfg: Json): unknown {
   return cfg[LDM_CONFIG_KEY];
 }
 
+function metadataOf(v: unknown): Record<string, string> {
+  return isObj(v) ? Object.fromEntries(Object.entries(v).filter((e): e is [string, string] => typeof e[1] === 'string')) : {};
+}
+
 function stepOf(v: unknown): number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : 0;
 }
@@ -582,16 +589,17 @@ async function readModelFolder(dir: string, notes: string[]): Promise<DiffusersR
       config = autoencoderConfigFrom(arch, path.basename(path.resolve(dir)), notes);
     }
     const { params, unused } = fromDiffusers(m.params, autoencoderKeyMap(config));
-    return { model: { kind: 'autoencoder', config, params, step, metadata: scaleFactor !== undefined ? { [SCALE_FACTOR_KEY]: String(scaleFactor) } : {} }, unused };
+    const metadata = { ...(scaleFactor !== undefined ? { [SCALE_FACTOR_KEY]: String(scaleFactor) } : {}), ...metadataOf(m.config[LDM_METADATA_KEY]) };
+    return { model: { kind: 'autoencoder', config, params, step, metadata }, unused };
   }
   if (UNET_CLASSES.includes(m.className)) {
     const config = stored !== undefined ? parseUNetConfig(stored, `${where} (${LDM_CONFIG_KEY})`) : unetFromDiffusers(m.className, m.config, where);
     const { params, unused } = fromDiffusers(m.params, unetKeyMap(config));
-    return { model: { kind: 'unet', config, params, step, metadata: {} }, unused };
+    return { model: { kind: 'unet', config, params, step, metadata: metadataOf(m.config[LDM_METADATA_KEY]) }, unused };
   }
   const { conditioning, contextDim } = condStageFromDiffusers(m.className, m.config, where);
   const config = (stored ?? { conditioning, context_dim: contextDim }) as CondStageConfig;
-  return { model: { kind: 'cond_stage', config, params: m.params, step, metadata: {} }, unused: [] };
+  return { model: { kind: 'cond_stage', config, params: m.params, step, metadata: metadataOf(m.config[LDM_METADATA_KEY]) }, unused: [] };
 }
 
 /** The component folder of model_index.json whose class is one of `classes`. */
@@ -670,7 +678,7 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
     if (v.model !== 'ldm') fail(indexFile, `${LDM_PIPELINE_KEY}.config is a "${v.model}" config, not an ldm one`);
     config = v;
     step = stepOf(ldm.step);
-    if (isObj(ldm.metadata)) metadata = Object.fromEntries(Object.entries(ldm.metadata).filter((e): e is [string, string] => typeof e[1] === 'string'));
+    metadata = metadataOf(ldm.metadata);
   } else {
     const unetCfg = unetFromDiffusers(un.className, unetRead.config, path.join(dir, un.name, 'config.json'));
     const schedFile = path.join(dir, 'scheduler', SCHEDULER_FILE);

@@ -134,6 +134,7 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
       unused = r.unused;
     }
   }
+  if (opts.config !== undefined && (format === 'ldm' || format === 'diffusers')) notes.push(`--config is not used: ${format} checkpoints record their own config`);
   model = selectPart(model, opts.part, file, notes);
   if ((opts.dtype ?? 'float32') === 'float32') model = { ...model, params: toFloat32Params(model.params) } as ModelContent;
   const checked = checkModel(model, file);
