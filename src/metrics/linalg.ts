@@ -264,9 +264,10 @@ export function symmetricEigenvalues(a: Float64Array, n: number): Float64Array {
 }
 
 /**
- * Reduce symmetric `a` (full storage) to tridiagonal: diagonal d, subdiagonal e[i] = T[i][i-1]. Step k
- * applies the reflector of row k to the leading k x k block; the matrix-vector product of the next step
- * is fused into this step's rank-2 update, so each step streams the block from memory once.
+ * Reduce symmetric `a` to tridiagonal form, reading and writing only its lower triangle: diagonal d,
+ * subdiagonal e[i] = T[i][i-1]. Step k applies the reflector of row k to the leading k x k block; the
+ * matrix-vector product the next step needs is accumulated while this step's rank-2 update passes over each
+ * row (row i's lower part serves both p[i] and, by symmetry, p[j < i]), so each step reads the block once.
  */
 function tridiagonalize(a: Float64Array, n: number, d: Float64Array, e: Float64Array): void {
   let v = new Float64Array(n);
@@ -278,7 +279,7 @@ function tridiagonalize(a: Float64Array, n: number, d: Float64Array, e: Float64A
   for (let k = n - 1; k >= 1; k--) {
     if (!haveP) {
       h = reflector(a, n, k, v, d, e);
-      if (h > 0) for (let i = 0; i < k; i++) p[i] = dot(a, i * n, v, 0, k) / h;
+      if (h > 0) lowerMatVec(a, n, k, v, p, h);
     }
     haveP = false;
     if (h === 0) continue;
@@ -287,21 +288,67 @@ function tridiagonalize(a: Float64Array, n: number, d: Float64Array, e: Float64A
     for (let i = 0; i < k; i++) vp += v[i]! * p[i]!;
     const kk = vp / (2 * h);
     for (let i = 0; i < k; i++) p[i]! -= kk * v[i]!;
-    updateRow(a, n, k - 1, k, v, p);
+    updateLowerRow(a, n, k - 1, v, p);
     const hNext = k - 1 >= 1 ? reflector(a, n, k - 1, vNext, d, e) : 0;
-    for (let i = 0; i < k - 1; i++) {
-      updateRow(a, n, i, k, v, p);
-      if (hNext > 0) pNext[i] = dot(a, i * n, vNext, 0, k - 1) / hNext;
-    }
     if (hNext > 0) {
+      pNext.fill(0, 0, k - 1);
+      for (let i = 0; i < k - 1; i++) updateLowerRowAndMultiply(a, n, i, v, p, vNext, pNext);
+      for (let i = 0; i < k - 1; i++) pNext[i]! /= hNext;
       [v, vNext] = [vNext, v];
       [p, pNext] = [pNext, p];
       h = hNext;
       haveP = true;
+    } else {
+      for (let i = 0; i < k - 1; i++) updateLowerRow(a, n, i, v, p);
     }
   }
   d[0] = a[0]!;
   e[0] = 0;
+}
+
+/** p = A v / h over the leading k x k block, from its lower triangle. */
+function lowerMatVec(a: Float64Array, n: number, k: number, v: Float64Array, p: Float64Array, h: number): void {
+  p.fill(0, 0, k);
+  for (let i = 0; i < k; i++) {
+    const ri = i * n;
+    const vi = v[i]!;
+    let s = 0;
+    for (let j = 0; j < i; j++) {
+      const x = a[ri + j]!;
+      s += x * v[j]!;
+      p[j]! += x * vi;
+    }
+    p[i]! += s + a[ri + i]! * vi;
+  }
+  for (let i = 0; i < k; i++) p[i]! /= h;
+}
+
+/** Row i, columns 0..i: a -= v q^T + q v^T. */
+function updateLowerRow(a: Float64Array, n: number, i: number, v: Float64Array, q: Float64Array): void {
+  const ri = i * n;
+  const vi = v[i]!;
+  const qi = q[i]!;
+  for (let j = 0; j <= i; j++) a[ri + j]! -= vi * q[j]! + qi * v[j]!;
+}
+
+/** updateLowerRow, then row i's share of p = A w (p[i] from the row, p[j < i] by symmetry). */
+function updateLowerRowAndMultiply(
+  a: Float64Array, n: number, i: number, v: Float64Array, q: Float64Array, w: Float64Array, p: Float64Array,
+): void {
+  const ri = i * n;
+  const vi = v[i]!;
+  const qi = q[i]!;
+  const wi = w[i]!;
+  let s = 0;
+  for (let j = 0; j < i; j++) {
+    const x = a[ri + j]! - (vi * q[j]! + qi * v[j]!);
+    a[ri + j] = x;
+    s += x * w[j]!;
+    p[j]! += x * wi;
+  }
+  const diag = a[ri + i]! - 2 * vi * qi;
+  a[ri + i] = diag;
+  p[i]! += s + diag * wi;
 }
 
 /** Householder vector of row k (zeroing a[k][0..k-2]) into v; sets d[k], e[k]; returns h = |v|^2 / 2, 0 if none is needed. */
@@ -325,13 +372,6 @@ function reflector(a: Float64Array, n: number, k: number, v: Float64Array, d: Fl
   e[k] = scale * g;
   v[k - 1] = f - g;
   return h - f * g;
-}
-
-function updateRow(a: Float64Array, n: number, i: number, k: number, v: Float64Array, q: Float64Array): void {
-  const ri = i * n;
-  const vi = v[i]!;
-  const qi = q[i]!;
-  for (let j = 0; j < k; j++) a[ri + j]! -= vi * q[j]! + qi * v[j]!;
 }
 
 /** Eigenvalues of the symmetric tridiagonal (d, e) by implicit QL with Wilkinson shifts (EISPACK tql1). */
