@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { halfToFloat, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import { floatToHalf, halfToFloat, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { readTorchCheckpoint } from '../src/io/torch-checkpoint.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
@@ -18,7 +18,7 @@ import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
 import { parseUNetConfig } from '../src/models/unet/config.js';
 import { TextEncoder } from '../src/models/text-encoder.js';
-import { convertCheckpoint } from '../src/interop/convert.js';
+import { convertCheckpoint, toHalf } from '../src/interop/convert.js';
 import { loadAnyCheckpoint } from '../src/interop/load-any.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -296,4 +296,26 @@ test('a text encoder (TransformerEmbedder) cond stage with its tokenizer metadat
   assert.deepEqual([cfg.n_embed, cfg.n_layer, cfg.vocab_size, cfg.max_seq_len], [32, 1, 11, 8], 'the reference cond_stage_config params');
   await convertCheckpoint(path.join(d, 'dif'), path.join(d, 'back.safetensors'));
   assert.ok(fs.readFileSync(src).equals(fs.readFileSync(path.join(d, 'back.safetensors'))));
+});
+
+test('the batch float16 cast rounds exactly as floatToHalf: every half, the midpoints between them, random floats, inf and NaN', () => {
+  const values: number[] = [0, -0, Infinity, -Infinity, NaN, 65504, 65520, 1e6, -1e-9, 2 ** -25, 3 * 2 ** -26];
+  for (let h = 0; h < 0x7c00; h++) {
+    const v = halfToFloat(h);
+    const next = halfToFloat(h + 1);
+    values.push(v, -v, Math.fround((v + next) / 2), -Math.fround((v + next) / 2));
+  }
+  const rng = new Rng(9);
+  const bitsOf = new Uint32Array(1);
+  const asFloat = new Float32Array(bitsOf.buffer);
+  for (let i = 0; i < 100_000; i++) {
+    const [hi, lo] = rng.uniformArray(2, 0, 65536);
+    bitsOf[0] = ((Math.floor(hi!) << 16) | Math.floor(lo!)) >>> 0;
+    values.push(asFloat[0]!);
+  }
+  const src = Float32Array.from(values);
+  const got = toHalf(src);
+  for (let i = 0; i < src.length; i++) {
+    if (got[i] !== floatToHalf(src[i]!)) assert.fail(`${src[i]}: toHalf ${got[i]!.toString(16)} vs floatToHalf ${floatToHalf(src[i]!).toString(16)}`);
+  }
 });

@@ -447,7 +447,7 @@ export function selectPart(m: ModelContent, part: ModelPart | undefined, file: s
 export function toFloat32Params(params: ReadonlyMap<string, HostTensor>): Map<string, HostTensor> {
   const out = new Map<string, HostTensor>();
   for (const [k, t] of params) {
-    if (t.dtype === 'float16' || t.dtype === 'bfloat16' || t.dtype === 'float64') out.set(k, { dtype: 'float32', shape: t.shape, data: Float32Array.from(toFloat32(t)) });
+    if (t.dtype === 'float16' || t.dtype === 'bfloat16' || t.dtype === 'float64') out.set(k, { dtype: 'float32', shape: t.shape, data: toFloat32(t) });
     else out.set(k, t);
   }
   return out;
