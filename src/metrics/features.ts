@@ -58,41 +58,24 @@ function isTensor(s: ImageSource): s is HostTensor {
   return (s as HostTensor).shape !== undefined && (s as HostTensor).data !== undefined;
 }
 
-/** Batches of [B, C, H, W] from any image source. */
+/** Stacks of images from any source: a tensor is one stack, a data set yields its loader's batches in order. */
+async function* stacksOf(source: ImageSource, batchSize: number): AsyncGenerator<HostTensor> {
+  if (isTensor(source)) yield source;
+  else if (isDataset(source)) for await (const b of new DataLoader(source, { batchSize, shuffle: false, prefetch: 2 }).epoch()) yield b.images;
+  else yield* source;
+}
+
+/** Batches of at most `batchSize` images [B, C, H, W], `limit` images in all. */
 async function* batchesOf(source: ImageSource, batchSize: number, limit: number | undefined): AsyncGenerator<HostTensor> {
-  if (isTensor(source)) {
-    if (source.shape.length !== 4) throw new Error(`images must be [N, C, H, W], got [${source.shape.join(', ')}]`);
-    const [n, ...rest] = source.shape as [number, number, number, number];
-    const per = numel(rest);
-    const total = Math.min(n, limit ?? n);
-    for (let i = 0; i < total; i += batchSize) {
-      const b = Math.min(batchSize, total - i);
-      yield hostTensor('float32', [b, ...rest], (source.data as Float32Array).subarray(i * per, (i + b) * per));
-    }
-    return;
-  }
-  if (isDataset(source)) {
-    const loader = new DataLoader(source, { batchSize, shuffle: false, prefetch: 2 });
-    let seen = 0;
-    for await (const batch of loader.epoch()) {
-      const n = batch.images.shape[0]!;
-      const take = limit === undefined ? n : Math.min(n, limit - seen);
-      if (take <= 0) break;
-      yield take === n ? batch.images : hostTensor('float32', [take, ...batch.images.shape.slice(1)], (batch.images.data as Float32Array).subarray(0, take * numel(batch.images.shape.slice(1))));
-      seen += take;
-      if (limit !== undefined && seen >= limit) break;
-    }
-    return;
-  }
   let seen = 0;
-  for await (const t of source) {
-    if (t.shape.length !== 4) throw new Error(`images must be [N, C, H, W], got [${t.shape.join(', ')}]`);
-    const per = numel(t.shape.slice(1));
+  for await (const t of stacksOf(source, batchSize)) {
+    if (t.shape.length !== 4 || t.dtype !== 'float32') throw new Error(`images must be float32 [N, C, H, W], got ${t.dtype} [${t.shape.join(', ')}]`);
+    const rest = t.shape.slice(1);
+    const per = numel(rest);
     for (let i = 0; i < t.shape[0]!; i += batchSize) {
-      let b = Math.min(batchSize, t.shape[0]! - i);
-      if (limit !== undefined) b = Math.min(b, limit - seen);
+      const b = Math.min(batchSize, t.shape[0]! - i, (limit ?? Infinity) - seen);
       if (b <= 0) return;
-      yield hostTensor('float32', [b, ...t.shape.slice(1)], (t.data as Float32Array).subarray(i * per, (i + b) * per));
+      yield hostTensor('float32', [b, ...rest], (t.data as Float32Array).subarray(i * per, (i + b) * per));
       seen += b;
     }
   }
