@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { MODEL_PARTS } from '../interop/load-any.js';
-import { TARGET_DTYPES, TARGET_FORMATS, convertCheckpoint, summarizeNames, type ConvertResult } from '../interop/convert.js';
+import { CONVERT_STAGES, TARGET_DTYPES, TARGET_FORMATS, convertCheckpoint, summarizeNames, type ConvertResult } from '../interop/convert.js';
 
 export default class Convert extends LdmCommand<typeof Convert> {
   static override summary = 'Convert a checkpoint to an ldm checkpoint or a diffusers folder.';
@@ -30,14 +30,19 @@ export default class Convert extends LdmCommand<typeof Convert> {
   async run(): Promise<void> {
     const { input, output } = this.args;
     const f = this.flags;
+    const bar = this.progress({ total: CONVERT_STAGES, label: 'stage' });
     const r = await convertCheckpoint(input, output, {
+      onStage: (i, stage) => bar.update(i, { stage }),
       ...(f.to ? { to: f.to } : {}),
       ...(f.dtype ? { dtype: f.dtype } : {}),
       ...(f.part ? { part: f.part } : {}),
       ...(f.config ? { config: f.config } : {}),
       ema: f.ema,
       force: f.force,
-    });
+    }).then((res) => {
+      bar.update(CONVERT_STAGES, { stage: 'done' });
+      return res;
+    }).finally(() => bar.stop());
     if (r.skipped.length > 0) this.note(`skipped by the unpickler (never imported or run): ${r.skipped.join(', ')}`);
     if (r.unused.length > 0) this.note(`unused tensors (${r.unused.length}): ${summarizeNames(r.unused)}`);
     for (const n of r.notes) this.note(`note: ${n}`);

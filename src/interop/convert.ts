@@ -22,7 +22,12 @@ export interface ConvertOptions extends Omit<LoadAnyOptions, 'dtype'> {
   dtype?: TargetDtype;
   /** Replace an existing output. */
   force?: boolean;
+  /** Told as each stage starts (0 read, 1 cast and check, 2 write), for a progress display. */
+  onStage?: (index: number, stage: 'read' | 'cast' | 'write') => void;
 }
+
+/** Stages convertCheckpoint reports through onStage. */
+export const CONVERT_STAGES = 3;
 
 export interface ConvertResult {
   input: string;
@@ -116,7 +121,9 @@ export async function convertCheckpoint(input: string, output: string, opts: Con
   const to = opts.to ?? defaultTarget(output);
   if (fs.existsSync(output) && !opts.force) throw new Error(`${output} already exists; pass --force to overwrite it`);
   if (to === 'ldm' && fs.existsSync(output) && fs.statSync(output).isDirectory()) throw new Error(`${output} is a folder; an ldm checkpoint is one .safetensors file`);
+  opts.onStage?.(0, 'read');
   const loaded = await loadAnyCheckpoint(input, { ...opts, dtype: 'keep' });
+  opts.onStage?.(1, 'cast');
   const { source, ...content } = loaded;
   let model: ModelContent = content as ModelContent;
   if (opts.dtype) model = { ...model, params: castParams(model.params, opts.dtype) } as ModelContent;
@@ -128,6 +135,7 @@ export async function convertCheckpoint(input: string, output: string, opts: Con
     }
   }
   let files: string[];
+  opts.onStage?.(2, 'write');
   if (to === 'ldm') {
     await saveCheckpoint(output, { kind: model.kind, config: model.config, params: model.params, step: model.step, extra: model.metadata }, { force: opts.force ?? false });
     files = [output];

@@ -282,8 +282,9 @@ function emaParams(t: ReadonlyMap<string, HostTensor>, live: ReadonlyMap<string,
 function fromTensors(
   tensors: Map<string, HostTensor>, file: string, step: number, opts: LoadAnyOptions, notes: string[],
 ): { model: ModelContent; unused: string[] } {
+  const given = opts.config !== undefined ? readGiven(opts.config) : undefined;
   try {
-    return fromReferenceTensors(tensors, file, step, opts, notes);
+    return fromReferenceTensors(tensors, file, step, opts, given, notes);
   } catch (err) {
     const msg = (err as Error).message;
     throw msg.startsWith(file) || err instanceof ConfigError ? err : new Error(`${file}: ${msg}`);
@@ -291,9 +292,8 @@ function fromTensors(
 }
 
 function fromReferenceTensors(
-  tensors: Map<string, HostTensor>, file: string, step: number, opts: LoadAnyOptions, notes: string[],
+  tensors: Map<string, HostTensor>, file: string, step: number, opts: LoadAnyOptions, given: Given | undefined, notes: string[],
 ): { model: ModelContent; unused: string[] } {
-  const given = opts.config !== undefined ? readGiven(opts.config) : undefined;
   if (given && 'reference' in given) notes.push(...given.reference.notes);
   const layout = detectLayout(tensors, file);
   const name = baseName(file);
@@ -332,6 +332,10 @@ function fromReferenceTensors(
 
   // A reference LatentDiffusion.
   const ldm = givenLdm(given);
+  if (given && !ldm && opts.part !== 'first_stage') {
+    throw new Error(`--config ${opts.config ?? ''} is an autoencoder config, but the checkpoint is a latent diffusion model; `
+      + 'give its LatentDiffusion YAML, or add --part first_stage');
+  }
   const live = splitPrefix(tensors, UNET_PREFIX);
   let unet: Map<string, HostTensor>;
   if (opts.ema) {
