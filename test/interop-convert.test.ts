@@ -319,3 +319,17 @@ test('the batch float16 cast rounds exactly as floatToHalf: every half, the midp
     if (got[i] !== floatToHalf(src[i]!)) assert.fail(`${src[i]}: toHalf ${got[i]!.toString(16)} vs floatToHalf ${floatToHalf(src[i]!).toString(16)}`);
   }
 });
+
+test('a diffusers pipeline with a text encoder ldm lacks is refused by name, while its UNet and VAE still convert alone', async () => {
+  const d = tmp();
+  const dir = path.join(d, 'pipe');
+  fs.cpSync(path.join(DIF, 'ldm'), dir, { recursive: true });
+  const index = json(path.join(dir, 'model_index.json'));
+  delete index.cond_stage;
+  index.text_encoder = ['transformers', 'CLIPTextModel'];
+  index.tokenizer = ['transformers', 'CLIPTokenizer'];
+  fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify(index));
+  await assert.rejects(loadAnyCheckpoint(dir), /model_index\.json: text encoder CLIPTextModel \(text_encoder\/\) is not implemented; ldm's own TransformerEmbedder is$/);
+  assert.equal((await loadAnyCheckpoint(dir, { part: 'unet' })).kind, 'unet');
+  assert.equal((await loadAnyCheckpoint(dir, { part: 'first_stage' })).kind, 'autoencoder');
+});

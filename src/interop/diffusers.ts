@@ -436,8 +436,8 @@ export function isDiffusersFolder(dir: string): 'pipeline' | 'model' | undefined
   return undefined;
 }
 
-function firstStageArchOf(spec: FirstStageSpec | undefined): AutoencoderArch | undefined {
-  if (!spec || spec.kind !== 'autoencoder') return undefined;
+/** The architecture an LDM's first-stage spec records. */
+export function archOfSpec(spec: Extract<FirstStageSpec, { kind: 'autoencoder' }>): AutoencoderArch {
   return { regularizer: spec.regularizer, embed_dim: spec.embed_dim, ...(spec.n_embed !== undefined ? { n_embed: spec.n_embed } : {}), ddconfig: spec.ddconfig };
 }
 
@@ -518,7 +518,7 @@ async function writePipeline(
 ): Promise<void> {
   const components: Record<string, [string, string]> = {};
   const spec = firstStageSpecOf(metadata);
-  const arch = firstStageArchOf(spec);
+  const arch = spec?.kind === 'autoencoder' ? archOfSpec(spec) : undefined;
   const scale = metadata[SCALE_FACTOR_KEY] !== undefined ? Number(metadata[SCALE_FACTOR_KEY]) : undefined;
   if (arch) {
     const name = arch.regularizer === 'vq' ? 'vqvae' : 'vae';
@@ -559,11 +559,6 @@ export interface DiffusersRead {
   readonly unused: string[];
 }
 
-/** A stored `_ldm_config` when it parses, else undefined (the diffusers fields then rule). */
-function storedConfig(cfg: Json): unknown {
-  return cfg[LDM_CONFIG_KEY];
-}
-
 function metadataOf(v: unknown): Record<string, string> {
   return isObj(v) ? Object.fromEntries(Object.entries(v).filter((e): e is [string, string] => typeof e[1] === 'string')) : {};
 }
@@ -577,7 +572,8 @@ async function readModelFolder(dir: string, notes: string[]): Promise<DiffusersR
   const m = await readDiffusersModel(dir);
   const where = path.join(dir, 'config.json');
   const step = stepOf(m.config._ldm_step);
-  const stored = storedConfig(m.config);
+  // Our own config of the model, when we wrote the folder; else the diffusers fields rule.
+  const stored = m.config[LDM_CONFIG_KEY];
   if (AE_CLASSES.includes(m.className)) {
     const { arch, scaleFactor } = autoencoderFromDiffusers(m.className, m.config, where);
     let config: AutoencoderConfig;
@@ -611,7 +607,15 @@ function component(index: Json, classes: readonly string[]): { name: string; cla
   return undefined;
 }
 
-const TEXT_ENCODERS_HINT = "ldm's own TransformerEmbedder is";
+/** A pipeline's text encoder ldm does not implement (CLIPTextModel, LDMBertModel...), as an error message. */
+function foreignTextEncoder(index: Json): string | undefined {
+  for (const [name, v] of Object.entries(index)) {
+    if (name.startsWith('_') || !Array.isArray(v)) continue;
+    const cls = String(v[1]);
+    if (/Text|Bert|CLIP|T5/i.test(cls) && !/Tokenizer/i.test(cls)) return `text encoder ${cls} (${name}/) is not implemented; ldm's own TransformerEmbedder is`;
+  }
+  return undefined;
+}
 
 /**
  * A diffusers folder -> our model. A pipeline gives an LDM (or with `part`, just its first stage, UNet or cond stage);
@@ -627,7 +631,7 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
   const ae = component(index, AE_CLASSES);
   const un = component(index, UNET_CLASSES);
   const condEntry = Object.entries(index).find(([k, v]) => !k.startsWith('_') && Array.isArray(v) && v[0] === LDM_LIBRARY);
-  const foreignText = Object.entries(index).find(([k, v]) => !k.startsWith('_') && Array.isArray(v) && /Text|Bert|CLIP|T5/i.test(String(v[1])) && !/Tokenizer/i.test(String(v[1])));
+  const foreignText = foreignTextEncoder(index);
 
   if (opts.part === 'first_stage') {
     if (!ae) fail(indexFile, 'the pipeline has no autoencoder (AutoencoderKL or VQModel) component');
@@ -641,7 +645,7 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
     return readModelFolder(path.join(dir, un.name), opts.notes);
   }
   if (opts.part === 'cond_stage') {
-    if (!condEntry) fail(indexFile, foreignText ? `text encoder ${String((foreignText[1] as unknown[])[1])} (${foreignText[0]}/) is not implemented; ${TEXT_ENCODERS_HINT}` : 'the pipeline has no cond stage');
+    if (!condEntry) fail(indexFile, foreignText ?? 'the pipeline has no cond stage');
     return readModelFolder(path.join(dir, condEntry[0]), opts.notes);
   }
 
@@ -667,7 +671,7 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
     condInfo = condStageFromDiffusers(c.className, c.config, path.join(dir, condEntry[0], 'config.json'));
     condParams = c.params;
   } else if (foreignText) {
-    fail(indexFile, `text encoder ${String((foreignText[1] as unknown[])[1])} (${foreignText[0]}/) is not implemented; ${TEXT_ENCODERS_HINT}`);
+    fail(indexFile, foreignText);
   }
 
   let config: LatentDiffusionConfig;
@@ -694,7 +698,7 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
       schedule,
       parameterization,
       scaleFactor: scale,
-      firstStage: arch ? { factor: 2 ** (arch.ddconfig.ch_mult.length - 1), channels: (arch.ddconfig).in_channels } : { pixel: unetCfg.out_channels },
+      firstStage: arch ? { factor: 2 ** (arch.ddconfig.ch_mult.length - 1), channels: arch.ddconfig.in_channels } : { pixel: unetCfg.out_channels },
     }, opts.notes);
     metadata[SCALE_FACTOR_KEY] = String(scale);
   }

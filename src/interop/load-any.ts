@@ -27,9 +27,9 @@ import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, fingerprintParam
 import { autoencoderKeyMap, fromDiffusers, unetKeyMap } from './keymaps.js';
 import {
   autoencoderConfigFrom, inferAutoencoderConfig, inferConditioning, inferSchedule, inferUNetConfig, isReferenceConfig, ldmConfigFrom,
-  readReferenceConfig, type AutoencoderArch, type ReferenceModel,
+  readReferenceConfig, type ReferenceModel,
 } from './reference-config.js';
-import { firstStageSpecOf, readDiffusers } from './diffusers.js';
+import { archOfSpec, firstStageSpecOf, readDiffusers } from './diffusers.js';
 
 export type CheckpointKind = 'autoencoder' | 'ldm' | 'unet' | 'cond_stage';
 export const MODEL_PARTS = ['first_stage', 'unet', 'cond_stage'] as const;
@@ -417,11 +417,6 @@ function fromReferenceTensors(
 
 // ---------------------------------------------------------------- parts
 
-function archOf(spec: FirstStageSpec): AutoencoderArch {
-  if (spec.kind !== 'autoencoder') throw new Error('a pixel-space model has no first stage');
-  return { regularizer: spec.regularizer, embed_dim: spec.embed_dim, ...(spec.n_embed !== undefined ? { n_embed: spec.n_embed } : {}), ddconfig: spec.ddconfig };
-}
-
 /** One part of an LDM as a model of its own; other kinds pass when they are that part. */
 export function selectPart(m: ModelContent, part: ModelPart | undefined, file: string, notes: string[]): ModelContent {
   if (part === undefined) return m;
@@ -434,7 +429,7 @@ export function selectPart(m: ModelContent, part: ModelPart | undefined, file: s
   if (part === 'first_stage') {
     const spec = firstStageSpecOf(m.metadata);
     if (!spec || spec.kind !== 'autoencoder') throw new Error(`--part first_stage: ${file} is a pixel-space model; it has no first stage`);
-    const config = autoencoderConfigFrom(archOf(spec), name, notes);
+    const config = autoencoderConfigFrom(archOfSpec(spec), name, notes);
     const scale = m.metadata[SCALE_FACTOR_KEY];
     return { kind: 'autoencoder', config, params: splitPrefix(m.params, FIRST_STAGE_PREFIX), step: m.step, metadata: scale !== undefined ? { [SCALE_FACTOR_KEY]: scale } : {} };
   }
@@ -493,7 +488,7 @@ function checkModel(m: ModelContent, file: string): { model: ModelContent; unuse
       if (mod) parts.push([COND_PREFIX, mod]);
       const spec = firstStageSpecOf(m.metadata);
       if (spec?.kind === 'autoencoder') {
-        const a = archOf(spec);
+        const a = archOfSpec(spec);
         const ae = buildAutoencoder({ model: 'autoencoder', regularizer: a.regularizer, embed_dim: a.embed_dim, n_embed: a.n_embed ?? 1, ddconfig: spec.ddconfig } as AutoencoderConfig);
         parts.push([FIRST_STAGE_PREFIX, ae]);
       }
