@@ -58,7 +58,7 @@ test('ldm zoo prints one line per config', () => {
   const r = ldm(['zoo', '--kind', 'autoencoder']);
   assert.equal(r.status, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
-  assert.equal(lines.length, zooFileCount(path.join(root, 'configs')));
+  assert.equal(lines.length, zooFileCount(path.join(root, 'configs', 'autoencoders')));
   assert.ok(lines.some((l) => /^vq-f8-n256\s+autoencoder\s+VQ autoencoder, f=8, z 4x32x32 at 256, 256 codes/.test(l)), r.stdout);
   assert.equal(ldm(['zoo', '--kind', 'nothing']).stdout.trim(), 'no configs found');
 });
