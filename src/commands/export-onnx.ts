@@ -1,0 +1,42 @@
+import { Args, Flags } from '@oclif/core';
+import { LdmCommand } from '../cli/base-command.js';
+import { EXPORT_PARTS, exportOnnx, type ExportResult } from '../pipelines/export-onnx.js';
+
+export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
+  static override summary = "Write a trained model's inference graph, weights included, as a standalone ONNX file.";
+  static override description =
+    'The file runs in any ONNX Runtime (Python, C++, the browser). Shapes are fixed at export: choose the batch and size. '
+    + 'Autoencoders export their encoder (image -> latent, the posterior mean for KL) or decoder (latent -> image, VQ quantising inside); '
+    + 'diffusion models export their UNet (x, t, and context and/or y where the model is conditioned).';
+  static override examples = [
+    '<%= config.bin %> export-onnx runs/ae/model.safetensors -o decoder.onnx --part decoder --height 256',
+    '<%= config.bin %> export-onnx runs/ldm/model.safetensors -o unet.onnx --batch 2',
+  ];
+  static override args = {
+    ckpt: Args.string({ required: true, description: 'Checkpoint (ldm .safetensors, reference .ckpt, diffusers folder).' }),
+  };
+  static override flags = {
+    output: Flags.string({ char: 'o', required: true, summary: 'The .onnx file to write.' }),
+    part: Flags.option({ options: EXPORT_PARTS, summary: 'encoder or decoder (autoencoders; default decoder), unet (diffusion models).' })(),
+    batch: Flags.integer({ min: 1, default: 1, summary: 'Batch size baked into the graph.' }),
+    height: Flags.integer({ min: 1, summary: 'Image height (autoencoders) or latent height (UNet); default: the training size.' }),
+    width: Flags.integer({ min: 1, summary: 'Width; default: the height.' }),
+    'context-tokens': Flags.integer({ min: 1, default: 77, summary: 'Context length for a cross-attention UNet.' }),
+    config: Flags.string({ summary: 'Config for checkpoints whose weights do not say everything (reference .ckpt).' }),
+    force: Flags.boolean({ summary: 'Overwrite the output if it exists.' }),
+  };
+
+  async run(): Promise<void> {
+    const f = this.flags;
+    const r = await exportOnnx(this.args.ckpt, f.output, {
+      batch: f.batch, contextTokens: f['context-tokens'], force: f.force,
+      ...(f.part ? { part: f.part } : {}), ...(f.height ? { height: f.height } : {}), ...(f.width ? { width: f.width } : {}),
+      ...(f.config ? { config: f.config } : {}),
+    });
+    this.result(r, (v: ExportResult) => [
+      `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB`,
+      ...v.inputs.map((i) => `  input  ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
+      ...v.outputs.map((i) => `  output ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
+    ].join('\n'));
+  }
+}
