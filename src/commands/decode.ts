@@ -1,0 +1,54 @@
+import { Flags } from '@oclif/core';
+import { LdmCommand } from '../cli/base-command.js';
+import type { Progress } from '../cli/progress.js';
+import { parseBackend, selectBackend } from '../engine/backend.js';
+import { openFirstStage } from '../models/first-stage.js';
+import { decodeFiles, defaultOverlap } from '../pipelines/autoencode.js';
+
+export default class Decode extends LdmCommand<typeof Decode> {
+  static override summary = 'Decode latent files (from ldm encode) back to PNG images, mirroring the folder tree.';
+  static override description =
+    'Each .safetensors latent file becomes a PNG under --out with the same relative path, cropped to the size the image had '
+    + 'before padding. Latents encoded by another autoencoder (their recorded fingerprint differs) are refused unless '
+    + '--allow-mismatch. --tile decodes in overlapping tiles blended in pixel space. Existing outputs are never overwritten without --force.';
+  static override examples = [
+    '<%= config.bin %> decode latents/ --ckpt runs/kl4/model.safetensors --out recon/',
+    '<%= config.bin %> decode big.safetensors --ckpt ae.safetensors --out big.png --tile 256',
+  ];
+  static override strict = false;
+  static override flags = {
+    ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'The autoencoder checkpoint that encoded the latents.' }),
+    out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .png file for a single input).' }),
+    tile: Flags.integer({ min: 1, summary: 'Decode images larger than this many pixels a side in overlapping tiles of this size.' }),
+    'tile-overlap': Flags.integer({ min: 0, summary: 'Pixels shared by neighbouring tiles (default a quarter of --tile).' }),
+    'no-crop': Flags.boolean({ summary: 'Keep the padded size instead of cropping to the original size.' }),
+    'allow-mismatch': Flags.boolean({ summary: 'Decode latents recorded as made by another autoencoder.' }),
+    force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),
+  };
+
+  async run(): Promise<void> {
+    const f = this.flags;
+    const { argv } = await this.parse(Decode);
+    const inputs = argv.map(String);
+    if (inputs.length === 0) throw new Error('no inputs given; pass latent files or folders, e.g. ldm decode latents/ --ckpt ae.safetensors --out recon/');
+    const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
+    const stage = await openFirstStage(f.ckpt, { executor: sel.executor });
+    let bar: Progress | undefined;
+    try {
+      const tile = f.tile === undefined ? undefined : { size: f.tile, overlap: f['tile-overlap'] ?? defaultOverlap(f.tile, stage.factor) };
+      const done = await decodeFiles(stage, inputs, f.out, {
+        ...(tile ? { tile } : {}), force: f.force, allowMismatch: f['allow-mismatch'], noCrop: f['no-crop'],
+        onFile: (n, total) => {
+          bar ??= this.progress({ total, label: 'image' });
+          bar.update(n);
+        },
+      });
+      bar?.stop();
+      this.result({ files: done }, (r) => `decoded ${r.files.length} latent${r.files.length === 1 ? '' : 's'} to ${f.out}`);
+    } finally {
+      bar?.stop();
+      await stage.dispose();
+      await sel.executor.dispose();
+    }
+  }
+}

@@ -1,0 +1,567 @@
+/**
+ * Images <-> first-stage latents on files: any image size (padded to a multiple of f, cropped back after decoding),
+ * optional overlapping tiles blended at the seams so a large image never runs through the model whole, whole folders
+ * with their relative paths kept, and the reconstruction metrics of a data set (ldm eval-ae).
+ *
+ * Latent files are safetensors holding `latent` [c, h, w] float32: the raw first-stage latent (KL: the posterior's
+ * mode; VQ: the pre-quantisation latent), not multiplied by the scale factor, which the metadata records for whoever
+ * diffuses in it. VQ files may also hold `indices` [h, w] int64 (the nearest codes). Metadata (LATENT_KEYS): format,
+ * source file, the autoencoder's weight fingerprint, its kind, the scale factor, the original and padded sizes.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { assertWritable, writeFileAtomic } from '../io/atomic.js';
+import { readImage, writePng } from '../io/image.js';
+import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { encodeNpy } from '../metrics/npz.js';
+import { MetricMeans, psnr, ssim, toPixels } from '../metrics/reconstruction.js';
+import { codebookUsage, type CodebookUsage } from '../models/autoencoder/index.js';
+import type { FirstStage } from '../models/first-stage.js';
+import type { Dataset, Sample } from '../data/dataset.js';
+import { centredPadding, convertChannels, crop, pad } from '../data/transforms.js';
+import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
+
+export const LATENT_FORMAT = 'ldm-latent/1';
+export const LATENT_KEYS = {
+  format: 'ldm.format',
+  source: 'ldm.source',
+  autoencoder: 'ldm.autoencoder',
+  regularizer: 'ldm.regularizer',
+  scaleFactor: 'ldm.scale_factor',
+  originalSize: 'ldm.original_size',
+  paddedSize: 'ldm.padded_size',
+  padMode: 'ldm.pad_mode',
+} as const;
+
+export type PadMode = 'replicate' | 'reflect';
+
+export interface TileOptions {
+  /** Tile side in pixels (a multiple of f). */
+  size: number;
+  /** Pixels shared by neighbouring tiles (a multiple of f, below size), blended linearly. */
+  overlap: number;
+}
+
+// ---------------------------------------------------------------- padding
+
+function chw(t: HostTensor, what = 'image'): [number, number, number] {
+  if (t.dtype !== 'float32' || t.shape.length !== 3) throw new Error(`${what}: expected float32 [C, H, W], got ${t.dtype} [${t.shape.join(', ')}]`);
+  return t.shape as [number, number, number];
+}
+
+/** Pad the bottom and right edges by repeating (replicate) or mirroring (reflect, edge not repeated) the border. */
+export function padEdges(t: HostTensor, bottom: number, right: number, mode: PadMode): HostTensor {
+  const [c, h, w] = chw(t);
+  if (bottom === 0 && right === 0) return t;
+  if (mode === 'reflect' && (bottom >= h || right >= w)) {
+    throw new Error(`reflect padding of ${bottom}x${right} needs an image larger than that, got ${h}x${w}; use --pad replicate`);
+  }
+  const H = h + bottom;
+  const W = w + right;
+  const src = t.data as Float32Array;
+  const out = new Float32Array(c * H * W);
+  const at = (i: number, n: number): number => (i < n ? i : mode === 'replicate' ? n - 1 : 2 * (n - 1) - i);
+  for (let ch = 0; ch < c; ch++) {
+    for (let y = 0; y < H; y++) {
+      const sy = at(y, h);
+      for (let x = 0; x < W; x++) out[(ch * H + y) * W + x] = src[(ch * h + sy) * w + at(x, w)]!;
+    }
+  }
+  return float32([c, H, W], out);
+}
+
+/** The image padded at the bottom and right to a multiple of f. */
+export function padToMultiple(t: HostTensor, f: number, mode: PadMode): HostTensor {
+  const [, h, w] = chw(t);
+  return padEdges(t, (f - (h % f)) % f, (f - (w % f)) % f, mode);
+}
+
+// ---------------------------------------------------------------- tiles
+
+/** Tile starts along one axis: every size - overlap, the last one flush with the end. */
+export function tileStarts(length: number, size: number, overlap: number): number[] {
+  if (length <= size) return [0];
+  const stride = size - overlap;
+  const starts: number[] = [];
+  for (let s = 0; s + size < length; s += stride) starts.push(s);
+  starts.push(length - size);
+  return starts;
+}
+
+/** Blend weight along a tile side: a linear ramp over `ramp` cells at each edge that meets another tile, 1 elsewhere. */
+function edgeWeights(len: number, ramp: number, rampStart: boolean, rampEnd: boolean): Float32Array {
+  const w = new Float32Array(len).fill(1);
+  for (let i = 0; i < Math.min(ramp, len); i++) {
+    const v = (i + 0.5) / ramp;
+    if (rampStart) w[i] = Math.min(w[i]!, v);
+    if (rampEnd) w[len - 1 - i] = Math.min(w[len - 1 - i]!, v);
+  }
+  return w;
+}
+
+/**
+ * Blend the outputs of `fn` on overlapping windows of an h x w grid: `fn(y0, x0, th, tw)` returns [C', th*scale,
+ * tw*scale] for the window at (y0, x0), and the result is [C', h*scale, w*scale]. One window is computed at a time.
+ */
+async function tiled(
+  h: number, w: number, size: number, overlap: number, scale: number,
+  fn: (y0: number, x0: number, th: number, tw: number) => Promise<HostTensor>,
+): Promise<HostTensor> {
+  const ys = tileStarts(h, size, overlap);
+  const xs = tileStarts(w, size, overlap);
+  const th = Math.min(size, h);
+  const tw = Math.min(size, w);
+  const H = h * scale;
+  const W = w * scale;
+  const weight = new Float32Array(H * W);
+  const ramp = Math.max(1, overlap * scale);
+  let acc: Float32Array | undefined;
+  let channels = 0;
+  for (const [iy, y0] of ys.entries()) {
+    for (const [ix, x0] of xs.entries()) {
+      const out = await fn(y0, x0, th, tw);
+      const [oc, oh, ow] = chw(out, 'tile output');
+      if (oh !== th * scale || ow !== tw * scale) throw new Error(`a ${th}x${tw} tile gave ${oh}x${ow}, expected ${th * scale}x${tw * scale}`);
+      if (!acc) {
+        channels = oc;
+        acc = new Float32Array(oc * H * W);
+      }
+      const wy = edgeWeights(oh, ramp, iy > 0, iy < ys.length - 1);
+      const wx = edgeWeights(ow, ramp, ix > 0, ix < xs.length - 1);
+      const od = out.data as Float32Array;
+      for (let y = 0; y < oh; y++) {
+        const Y = y0 * scale + y;
+        for (let x = 0; x < ow; x++) {
+          const X = x0 * scale + x;
+          const wt = wy[y]! * wx[x]!;
+          weight[Y * W + X] = weight[Y * W + X]! + wt;
+          for (let c = 0; c < oc; c++) acc[(c * H + Y) * W + X] = acc[(c * H + Y) * W + X]! + wt * od[(c * oh + y) * ow + x]!;
+        }
+      }
+    }
+  }
+  const plane = H * W;
+  for (let c = 0; c < channels; c++) for (let i = 0; i < plane; i++) acc![c * plane + i] = acc![c * plane + i]! / weight[i]!;
+  return float32([channels, H, W], acc!);
+}
+
+export function checkTile(tile: TileOptions, f: number): void {
+  if (!Number.isInteger(tile.size) || tile.size < 2 * f || tile.size % f !== 0) {
+    throw new Error(`--tile ${tile.size} must be a multiple of the autoencoder's f=${f} and at least ${2 * f}`);
+  }
+  if (!Number.isInteger(tile.overlap) || tile.overlap < 0 || tile.overlap % f !== 0 || tile.overlap >= tile.size) {
+    throw new Error(`--tile-overlap ${tile.overlap} must be a multiple of f=${f} from 0 to below the tile size ${tile.size}`);
+  }
+}
+
+/** Default overlap: a quarter of the tile, rounded down to a multiple of f. */
+export function defaultOverlap(size: number, f: number): number {
+  return Math.floor(size / 4 / f) * f;
+}
+
+const batch1 = (t: HostTensor): HostTensor => hostTensor(t.dtype, [1, ...t.shape], t.data);
+const unbatch = (t: HostTensor): HostTensor => hostTensor(t.dtype, t.shape.slice(1), t.data);
+
+export interface EncodeOptions {
+  pad?: PadMode;
+  tile?: TileOptions;
+}
+
+/** One image [C, H, W] in [-1, 1] -> raw latent [c, ceil(H/f), ceil(W/f)]. */
+export async function encodeImage(stage: FirstStage, image: HostTensor, opts: EncodeOptions = {}): Promise<HostTensor> {
+  const padded = padToMultiple(image, stage.factor, opts.pad ?? 'replicate');
+  const [, h, w] = chw(padded);
+  const run = async (x: HostTensor) => unbatch(await stage.encode(batch1(x)));
+  if (!opts.tile || (h <= opts.tile.size && w <= opts.tile.size)) return run(padded);
+  checkTile(opts.tile, stage.factor);
+  // Windows are placed on the latent grid, so every pixel window starts on a multiple of f; latents blend over overlap/f cells.
+  const f = stage.factor;
+  return tiled(h / f, w / f, opts.tile.size / f, opts.tile.overlap / f, 1, (y0, x0, th, tw) => run(crop(padded, y0 * f, x0 * f, th * f, tw * f)));
+}
+
+export interface DecodeOptions {
+  tile?: TileOptions;
+}
+
+/** Raw latent [c, h, w] -> image [C, h*f, w*f] (not clamped). */
+export async function decodeLatentImage(stage: FirstStage, latent: HostTensor, opts: DecodeOptions = {}): Promise<HostTensor> {
+  const [, h, w] = chw(latent, 'latent');
+  const f = stage.factor;
+  const run = async (z: HostTensor) => unbatch(await stage.decode(batch1(z)));
+  if (!opts.tile || (h * f <= opts.tile.size && w * f <= opts.tile.size)) return run(latent);
+  checkTile(opts.tile, f);
+  return tiled(h, w, opts.tile.size / f, opts.tile.overlap / f, f, (y0, x0, th, tw) => run(crop(latent, y0, x0, th, tw)));
+}
+
+// ---------------------------------------------------------------- VQ codes
+
+/** Index of the nearest code (squared distance, first on ties, as argmin) for each position of h [c, H, W]: int64 [H, W]. */
+export function nearestCodes(h: HostTensor, codebook: HostTensor): HostTensor {
+  const [c, H, W] = chw(h, 'latent');
+  if (codebook.shape.length !== 2 || codebook.shape[1] !== c) {
+    throw new Error(`codebook [${codebook.shape.join(', ')}] does not fit ${c}-channel latents`);
+  }
+  const n = codebook.shape[0]!;
+  const e = toFloat32(codebook);
+  const z = h.data as Float32Array;
+  const plane = H * W;
+  const out = new BigInt64Array(plane);
+  for (let p = 0; p < plane; p++) {
+    let best = 0;
+    let bestD = Infinity;
+    for (let k = 0; k < n; k++) {
+      let d = 0;
+      for (let j = 0; j < c; j++) {
+        const diff = z[j * plane + p]! - e[k * c + j]!;
+        d += diff * diff;
+      }
+      if (d < bestD) {
+        bestD = d;
+        best = k;
+      }
+    }
+    out[p] = BigInt(best);
+  }
+  return hostTensor('int64', [H, W], out);
+}
+
+/** The VQ codebook of a first stage, or undefined for KL and pixel stages. */
+export function codebookOf(stage: FirstStage): HostTensor | undefined {
+  if (stage.spec.kind !== 'autoencoder' || stage.spec.regularizer !== 'vq') return undefined;
+  return stage.params().get('quantize.embedding.weight');
+}
+
+// ---------------------------------------------------------------- files and folders
+
+export interface FileJob {
+  /** Absolute input path. */
+  input: string;
+  /** Path relative to the folder it was found in (its base name for a single file), '/'-separated. */
+  rel: string;
+  /** Main output path. */
+  output: string;
+}
+
+async function isDirectory(p: string): Promise<boolean> {
+  return (await fsp.stat(p).catch(() => undefined))?.isDirectory() ?? false;
+}
+
+async function walk(root: string, exts: readonly string[]): Promise<string[]> {
+  const out: string[] = [];
+  const visit = async (dir: string, rel: string): Promise<void> => {
+    const entries = (await fsp.readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const e of entries) {
+      if (e.name.startsWith('.')) continue;
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) await visit(path.join(dir, e.name), r);
+      else if (e.isFile() && exts.includes(path.extname(e.name).toLowerCase())) out.push(r);
+    }
+  };
+  await visit(root, '');
+  return out;
+}
+
+/**
+ * Input files (and folders, searched recursively for `exts`) -> jobs writing `<out>/<rel with newExt>`. A single
+ * input file with an `out` ending in `newExt` writes exactly there. Two inputs that would write one output are an error.
+ */
+export async function planJobs(inputs: readonly string[], out: string, exts: readonly string[], newExt: string): Promise<FileJob[]> {
+  if (inputs.length === 0) throw new Error('no inputs given; pass image files or folders');
+  const jobs: FileJob[] = [];
+  const single = inputs.length === 1 && !(await isDirectory(inputs[0]!)) && out.toLowerCase().endsWith(newExt);
+  for (const input of inputs) {
+    const st = await fsp.stat(input).catch(() => undefined);
+    if (!st) throw new Error(`${input} does not exist; pass existing files or folders`);
+    if (st.isDirectory()) {
+      const rels = await walk(input, exts);
+      if (rels.length === 0) throw new Error(`no ${exts.join('/')} files found under ${input}`);
+      for (const rel of rels) jobs.push({ input: path.resolve(input, ...rel.split('/')), rel, output: path.join(out, ...withExt(rel, newExt).split('/')) });
+    } else {
+      if (!exts.includes(path.extname(input).toLowerCase())) throw new Error(`${input} is not a ${exts.join('/')} file`);
+      const rel = path.basename(input);
+      jobs.push({ input: path.resolve(input), rel, output: single ? out : path.join(out, withExt(rel, newExt)) });
+    }
+  }
+  const seen = new Map<string, string>();
+  for (const j of jobs) {
+    const prev = seen.get(j.output);
+    if (prev) throw new Error(`${prev} and ${j.input} would both write ${j.output}; rename one or encode them separately`);
+    seen.set(j.output, j.input);
+  }
+  return jobs;
+}
+
+function withExt(rel: string, ext: string): string {
+  const e = path.posix.extname(rel);
+  return (e ? rel.slice(0, -e.length) : rel) + ext;
+}
+
+/** Refuse to start when any output exists (without force), naming the first and how many. */
+export async function checkOutputs(files: readonly string[], force: boolean): Promise<void> {
+  if (force) return;
+  const existing: string[] = [];
+  for (const f of files) {
+    try {
+      await assertWritable(f);
+    } catch {
+      existing.push(f);
+    }
+  }
+  if (existing.length > 0) {
+    const more = existing.length > 1 ? ` (and ${existing.length - 1} more outputs)` : '';
+    throw new Error(`${existing[0]} already exists${more}; pass --force to overwrite, or choose another --out`);
+  }
+}
+
+export interface EncodeFilesOptions extends EncodeOptions {
+  force?: boolean;
+  /** Also write `<name>.npy` (and `<name>.indices.npy` with indices). */
+  npy?: boolean;
+  /** VQ: store the nearest code of each position as `indices`. */
+  indices?: boolean;
+  onFile?: (done: number, total: number, job: FileJob) => void;
+}
+
+export interface EncodedFile {
+  source: string;
+  output: string;
+  originalSize: [number, number];
+  latentShape: number[];
+  extra: string[];
+}
+
+function latentMeta(stage: FirstStage, job: FileJob, original: [number, number], padded: [number, number], padMode: PadMode): Record<string, string> {
+  return {
+    [LATENT_KEYS.format]: LATENT_FORMAT,
+    [LATENT_KEYS.source]: job.rel,
+    [LATENT_KEYS.autoencoder]: stage.fingerprint,
+    [LATENT_KEYS.regularizer]: stage.spec.kind === 'autoencoder' ? stage.spec.regularizer : 'pixel',
+    [LATENT_KEYS.scaleFactor]: String(stage.scaleFactor ?? 1),
+    [LATENT_KEYS.originalSize]: JSON.stringify(original),
+    [LATENT_KEYS.paddedSize]: JSON.stringify(padded),
+    [LATENT_KEYS.padMode]: padMode,
+  };
+}
+
+/** `ldm encode`: every image of the inputs to a latent file under `out`. */
+export async function encodeFiles(stage: FirstStage, inputs: readonly string[], out: string, opts: EncodeFilesOptions = {}): Promise<EncodedFile[]> {
+  const jobs = await planJobs(inputs, out, IMAGE_EXTENSIONS, '.safetensors');
+  const codebook = opts.indices ? codebookOf(stage) : undefined;
+  if (opts.indices && !codebook) throw new Error('--indices needs a VQ autoencoder; this one has no codebook');
+  const npyOf = (f: string, suffix: string) => f.replace(/\.safetensors$/i, suffix);
+  const outputs = jobs.flatMap((j) => [j.output, ...(opts.npy ? [npyOf(j.output, '.npy'), ...(codebook ? [npyOf(j.output, '.indices.npy')] : [])] : [])]);
+  await checkOutputs(outputs, opts.force ?? false);
+  const padMode = opts.pad ?? 'replicate';
+  const done: EncodedFile[] = [];
+  for (const [i, job] of jobs.entries()) {
+    const image = await readImage(job.input, { channels: stage.imageChannels as 1 | 3 });
+    const [, h, w] = chw(image);
+    const latent = await encodeImage(stage, image, opts);
+    const f = stage.factor;
+    const tensors = new Map<string, HostTensor>([['latent', latent]]);
+    const indices = codebook ? nearestCodes(latent, codebook) : undefined;
+    if (indices) tensors.set('indices', indices);
+    const meta = latentMeta(stage, job, [h, w], [latent.shape[1]! * f, latent.shape[2]! * f], padMode);
+    await writeSafetensors(job.output, tensors, meta, { force: opts.force ?? false });
+    const extra: string[] = [];
+    if (opts.npy) {
+      extra.push(npyOf(job.output, '.npy'));
+      await writeFileAtomic(extra[0]!, encodeNpy(latent), { force: opts.force ?? false });
+      if (indices) {
+        extra.push(npyOf(job.output, '.indices.npy'));
+        await writeFileAtomic(extra[1]!, encodeNpy(indices), { force: opts.force ?? false });
+      }
+    }
+    done.push({ source: job.input, output: job.output, originalSize: [h, w], latentShape: [...latent.shape], extra });
+    opts.onFile?.(i + 1, jobs.length, job);
+  }
+  return done;
+}
+
+export interface LatentFile {
+  latent: HostTensor;
+  indices?: HostTensor;
+  metadata: Record<string, string>;
+  /** Size to crop the decoded image to, when recorded. */
+  originalSize?: [number, number];
+}
+
+/** Read a latent file: `latent` [c, h, w] (or [1, c, h, w]). */
+export async function readLatentFile(file: string): Promise<LatentFile> {
+  const st = await readSafetensors(file);
+  let latent = st.tensors.get('latent');
+  if (!latent) throw new Error(`${file} holds no 'latent' tensor; pass files written by ldm encode`);
+  if (latent.shape.length === 4 && latent.shape[0] === 1) latent = unbatch(latent);
+  if (latent.shape.length !== 3) throw new Error(`${file}: latent has shape [${latent.shape.join(', ')}], expected [c, h, w]`);
+  latent = float32(latent.shape, toFloat32(latent));
+  const out: LatentFile = { latent, metadata: st.metadata };
+  const indices = st.tensors.get('indices');
+  if (indices) out.indices = indices;
+  const size = st.metadata[LATENT_KEYS.originalSize];
+  if (size !== undefined) {
+    const v: unknown = JSON.parse(size);
+    if (!Array.isArray(v) || v.length !== 2 || !v.every((n) => Number.isInteger(n) && n > 0)) {
+      throw new Error(`${file}: ${LATENT_KEYS.originalSize} "${size}" is not [height, width]`);
+    }
+    out.originalSize = [v[0] as number, v[1] as number];
+  }
+  return out;
+}
+
+export interface DecodeFilesOptions extends DecodeOptions {
+  force?: boolean;
+  /** Decode latents made by another autoencoder (normally an error). */
+  allowMismatch?: boolean;
+  /** Keep the padded size instead of cropping to the recorded original size. */
+  noCrop?: boolean;
+  onFile?: (done: number, total: number, job: FileJob) => void;
+}
+
+export interface DecodedFile {
+  source: string;
+  output: string;
+  size: [number, number];
+}
+
+/** `ldm decode`: every latent file of the inputs to a PNG under `out`, mirroring the folder tree. */
+export async function decodeFiles(stage: FirstStage, inputs: readonly string[], out: string, opts: DecodeFilesOptions = {}): Promise<DecodedFile[]> {
+  const jobs = await planJobs(inputs, out, ['.safetensors'], '.png');
+  await checkOutputs(jobs.map((j) => j.output), opts.force ?? false);
+  const done: DecodedFile[] = [];
+  for (const [i, job] of jobs.entries()) {
+    const lf = await readLatentFile(job.input);
+    const made = lf.metadata[LATENT_KEYS.autoencoder];
+    if (made !== undefined && made !== stage.fingerprint && !opts.allowMismatch) {
+      throw new Error(`${job.input} was encoded by autoencoder ${made.slice(0, 12)}, not by this one (${stage.fingerprint.slice(0, 12)}); `
+        + 'pass the checkpoint that encoded it, or --allow-mismatch to decode anyway');
+    }
+    if (lf.latent.shape[0] !== stage.latentChannels) {
+      throw new Error(`${job.input}: latent has ${lf.latent.shape[0]} channels, the autoencoder decodes ${stage.latentChannels}`);
+    }
+    let image = await decodeLatentImage(stage, lf.latent, opts);
+    if (lf.originalSize && !opts.noCrop) {
+      const [h, w] = lf.originalSize;
+      if (h > image.shape[1]! || w > image.shape[2]!) throw new Error(`${job.input}: original size ${h}x${w} is larger than the decoded ${image.shape[1]}x${image.shape[2]}`);
+      image = crop(image, 0, 0, h, w);
+    }
+    await writePng(job.output, image, { force: opts.force ?? false });
+    done.push({ source: job.input, output: job.output, size: [image.shape[1]!, image.shape[2]!] });
+    opts.onFile?.(i + 1, jobs.length, job);
+  }
+  return done;
+}
+
+// ---------------------------------------------------------------- evaluation
+
+export interface EvalOptions {
+  /** Images to evaluate (default all). */
+  limit?: number;
+  batchSize?: number;
+  /**
+   * Centre images smaller than this in a black square of this side, as training padded them (e.g. Fashion-MNIST
+   * 28 -> 32); other images are padded at the bottom/right to a multiple of f by `pad`.
+   */
+  padTo?: number;
+  pad?: PadMode;
+  /** Keep each image's metrics in the result. */
+  perImage?: boolean;
+  onBatch?: (done: number, total: number) => void;
+}
+
+export interface ImageMetrics {
+  id: string;
+  psnr: number;
+  ssim: number;
+}
+
+export interface EvalResult {
+  images: number;
+  psnr: number;
+  ssim: number;
+  /** Channels the metrics were computed on (the data's own: 1 for grayscale, 3 for RGB). */
+  channels: number;
+  size: [number, number];
+  perImage?: ImageMetrics[];
+  /** VQ: codebook usage over every latent position of the evaluated images. */
+  codebook?: { perplexity: number; used: number; usedFraction: number; size: number };
+}
+
+/**
+ * Reconstruction metrics of a data set read at its own size and channels: each image is padded (padTo or a multiple of
+ * f), converted to the autoencoder's channels, encoded, decoded, cropped back, converted back to the data's channels,
+ * rounded to 8-bit, and compared in [0, 255] (PSNR over all values of the image, SSIM averaged over channels); the
+ * means are over images. For Fashion-MNIST this is the convention of decoding 32x32, cropping to 28x28 and comparing
+ * the single grayscale channel.
+ */
+export async function evaluateReconstruction(stage: FirstStage, data: Dataset, opts: EvalOptions = {}): Promise<EvalResult> {
+  const total = Math.min(data.size, opts.limit ?? data.size);
+  if (total < 1) throw new Error(`${data.name} has no images to evaluate`);
+  const bs = opts.batchSize ?? 32;
+  const codebook = codebookOf(stage);
+  const counts = codebook ? new Float64Array(codebook.shape[0]!) : undefined;
+  const means = new MetricMeans();
+  const per: ImageMetrics[] = [];
+  let size: [number, number] = [0, 0];
+  for (let start = 0; start < total; start += bs) {
+    const samples: Sample[] = [];
+    for (let i = start; i < Math.min(total, start + bs); i++) samples.push(await data.get(i));
+    // Images of one prepared shape run as one batch; others (a folder of mixed sizes) alone.
+    const groups = new Map<string, { sample: Sample; input: HostTensor; box: [number, number, number, number] }[]>();
+    for (const s of samples) {
+      const prepared = prepare(s.image, stage, opts);
+      const key = prepared.input.shape.join('x');
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key)!.push({ sample: s, ...prepared });
+    }
+    for (const group of groups.values()) {
+      const shape = group[0]!.input.shape;
+      const per1 = group[0]!.input.data.length;
+      const x = new Float32Array(group.length * per1);
+      group.forEach((g, i) => x.set(g.input.data as Float32Array, i * per1));
+      const latents = await stage.encode(float32([group.length, ...shape], x));
+      const recon = await stage.decode(latents);
+      const rPer = recon.data.length / group.length;
+      const lPer = latents.data.length / group.length;
+      for (const [i, g] of group.entries()) {
+        const rc = recon.shape[1]!;
+        const full = float32([rc, recon.shape[2]!, recon.shape[3]!], (recon.data as Float32Array).subarray(i * rPer, (i + 1) * rPer));
+        const [top, left, h, w] = g.box;
+        let back = crop(full, top, left, h, w);
+        const nativeC = g.sample.image.shape[0]!;
+        if (rc !== nativeC) back = convertChannels(back, nativeC as 1 | 3);
+        const a = toPixels(g.sample.image);
+        const b = toPixels(back);
+        const m = { psnr: psnr(a, b), ssim: Math.min(h, w) >= 11 ? ssim(a, b) : NaN };
+        means.add(m);
+        if (opts.perImage) per.push({ id: g.sample.id, ...m });
+        size = [h, w];
+        if (codebook && counts) {
+          const lat = float32(latents.shape.slice(1), (latents.data as Float32Array).subarray(i * lPer, (i + 1) * lPer));
+          codebookUsage(nearestCodes(lat, codebook), codebook.shape[0]!, counts);
+        }
+      }
+    }
+    opts.onBatch?.(Math.min(total, start + bs), total);
+  }
+  const m = means.means();
+  const result: EvalResult = { images: total, psnr: m.psnr!, ssim: m.ssim!, channels: data.channels, size };
+  if (opts.perImage) result.perImage = per;
+  if (codebook && counts) {
+    const u: CodebookUsage = codebookUsage(float32([0]), codebook.shape[0]!, counts);
+    result.codebook = { perplexity: u.perplexity, used: u.used, usedFraction: u.usedFraction, size: codebook.shape[0]! };
+  }
+  return result;
+}
+
+/** The model input for one native image and where the image sits in it (top, left, height, width). */
+function prepare(image: HostTensor, stage: FirstStage, opts: EvalOptions): { input: HostTensor; box: [number, number, number, number] } {
+  const [c, h, w] = chw(image);
+  let x = c === stage.imageChannels ? image : convertChannels(image, stage.imageChannels as 1 | 3);
+  if (opts.padTo !== undefined && h <= opts.padTo && w <= opts.padTo && opts.padTo % stage.factor === 0) {
+    const p = centredPadding(h, w, opts.padTo, opts.padTo);
+    return { input: pad(x, p, -1), box: [p.top, p.left, h, w] };
+  }
+  x = padToMultiple(x, stage.factor, opts.pad ?? 'replicate');
+  return { input: x, box: [0, 0, h, w] };
+}
