@@ -29,13 +29,24 @@ const executor = new OnnxExecutor({ threads: 2 });
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-autoencode-'));
 
 /** f=2 stand-in whose encode (2x2 mean) and decode (nearest x2) are local, so tiles must reproduce the whole exactly. */
-class PoolStage extends PixelFirstStage {
-  override readonly factor = 2;
-  override get fingerprint(): string {
-    return 'pool-2';
-  }
+class PoolStage implements FirstStage {
+  readonly kind = 'pixel' as const;
+  readonly factor = 2;
+  readonly scaleFactor = 1;
+  readonly fingerprint = 'pool-2';
+  readonly spec: FirstStage['spec'];
   calls = 0;
-  override async encode(x: HostTensor): Promise<HostTensor> {
+  constructor(readonly imageChannels: number) {
+    this.spec = { kind: 'pixel', channels: imageChannels };
+  }
+  get latentChannels(): number {
+    return this.imageChannels;
+  }
+  params(): ReadonlyMap<string, HostTensor> {
+    return new Map();
+  }
+  async dispose(): Promise<void> {}
+  async encode(x: HostTensor): Promise<HostTensor> {
     this.calls++;
     const [n, c, h, w] = x.shape as [number, number, number, number];
     const src = x.data as Float32Array;
@@ -50,7 +61,7 @@ class PoolStage extends PixelFirstStage {
     }
     return float32([n, c, h / 2, w / 2], out);
   }
-  override async decode(z: HostTensor): Promise<HostTensor> {
+  async decode(z: HostTensor): Promise<HostTensor> {
     this.calls++;
     const [n, c, h, w] = z.shape as [number, number, number, number];
     const src = z.data as Float32Array;
@@ -209,7 +220,7 @@ test('evaluation: an exact first stage scores PSNR Infinity and SSIM 1; a lossy 
   assert.deepEqual(exact.size, [28, 28]);
   assert.equal(exact.perImage!.length, 3);
   // A 3-channel f=2 stage on grayscale data: gray is repeated in and converted back; the 2x2 blur costs PSNR.
-  const lossy = await evaluateReconstruction(new PoolStage(3) as FirstStage, memoryDataset(images), { padTo: 32, perImage: true });
+  const lossy = await evaluateReconstruction(new PoolStage(3), memoryDataset(images), { padTo: 32, perImage: true });
   assert.ok(lossy.psnr > 5 && lossy.psnr < 30, `PSNR ${lossy.psnr}`);
   const first = lossy.perImage![0]!;
   const blurred = await decodeLatentImage(new PoolStage(1), await new PoolStage(1).encode(hostTensor('float32', [1, 1, 28, 28], images[0]!.data)).then((z) => hostTensor('float32', z.shape.slice(1), z.data)));
