@@ -21,7 +21,7 @@ export const STORAGE_DTYPES = {
 
 export type StorageDType = (typeof STORAGE_DTYPES)[keyof typeof STORAGE_DTYPES];
 
-/** A storage named by a persistent id ('storage', torch.<T>Storage, key, location, numel). */
+/** A storage named by a persistent id ('storage', torch.<T>Storage, key, location, numel[, view_metadata]). */
 export class StorageRef {
   constructor(readonly key: string, readonly dtype: StorageDType, readonly numel: number, readonly location: string) {}
 }
@@ -105,6 +105,8 @@ export interface Unpickled {
   value: PyValue;
   /** Globals stood in for by placeholders, each once, in order of first appearance (e.g. "argparse.Namespace"). */
   skipped: string[];
+  /** Bytes read, up to and including STOP: where the next pickle of a stream (the legacy torch format) starts. */
+  end: number;
 }
 
 /** Malformed or over-limit pickle data. */
@@ -249,7 +251,7 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
       case 0x95: need(8); break; // FRAME: a length hint only
       case 0x2e: { // STOP
         if (stack.length !== 1 || marks.length !== 0) fail(`STOP with ${stack.length} items on the stack`);
-        return { value: stack[0]!, skipped: [...skipped] };
+        return { value: stack[0]!, skipped: [...skipped], end: pos };
       }
       case 0x28: // MARK
         if (marks.length >= lim.maxMarks) fail(`more than ${lim.maxMarks} nested MARKs`);
@@ -440,9 +442,11 @@ function countTuple(v: PyValue): number[] | undefined {
 }
 
 function persistent(pid: PyValue, fail: (what: string) => never): StorageRef | Placeholder {
-  if (!(pid instanceof PyTuple) || pid.items.length !== 5 || pid.items[0] !== 'storage') {
+  // The legacy (pre-1.6) format adds view_metadata, None unless a storage slice was saved (PyTorch < 1.0).
+  if (!(pid instanceof PyTuple) || (pid.items.length !== 5 && pid.items.length !== 6) || pid.items[0] !== 'storage') {
     return fail('a persistent id that is not a torch storage');
   }
+  if (pid.items.length === 6 && pid.items[5] !== null) fail('a storage view (view_metadata, from PyTorch before 1.0), which ldm does not read');
   const [, type, key, location, numel] = pid.items;
   if (typeof key !== 'string' || key.length === 0 || key.length > 64 || !/^[\w.-]+$/.test(key)) fail('a storage with an invalid key');
   if (!isCount(numel!)) fail('a storage with an invalid element count');

@@ -2,13 +2,15 @@
  * Reading PyTorch checkpoints (torch.save's zip format, PyTorch >= 1.6) without running them: the pickle goes
  * through the restricted unpickler in pickle.ts, which only rebuilds tensors and plain containers, and the raw
  * storages come straight out of the zip. Lightning checkpoints, whose pickles also name training classes, load
- * too: those classes become inert placeholders, listed in `skipped`.
+ * too: those classes become inert placeholders, listed in `skipped`. The legacy format (before 1.6) is read by
+ * torch-legacy.ts into the same pickle values, then materialized here like the zip's.
  */
 import { DTYPE_BYTES, numel as countOf, type DType, type HostData, type HostTensor } from '../engine/host-tensor.js';
 import { bytesSource, fileSource, quote, ZipReader, type ByteSource, type ZipEntry } from './zip.js';
 import {
   PyDict, PyList, PyTuple, StorageRef, TensorRef, unpickle, type PyValue, type UnpickleLimits,
 } from './pickle.js';
+import { readLegacyArchive } from './torch-legacy.js';
 
 export interface TorchCheckpoint {
   /** Every tensor of the state dict, contiguous, by dotted name (nested dicts flattened: "encoder.conv_in.weight"). */
@@ -34,7 +36,6 @@ const MAX_PICKLE_BYTES = 1 << 30;
 const MAX_VISITS = 10_000_000;
 
 const LEGACY_MAGIC = [0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
-const LEGACY_ADVICE = 'legacy PyTorch format (before 1.6): re-save it with torch.save(..., _use_new_zipfile_serialization=True)';
 const HOST_IS_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** Read a torch.save checkpoint file (.pt, .pth, .ckpt). */
@@ -78,7 +79,10 @@ function readFromSource(source: ByteSource, opts: TorchReadOptions): TorchCheckp
     throw new Error(`${name}: ${what}`);
   };
   const kind = sniffTorchFormat(source.read(0, Math.min(source.size, 512)));
-  if (kind === 'legacy') fail(LEGACY_ADVICE);
+  if (kind === 'legacy') {
+    const legacy = readLegacyArchive(source, opts.limits);
+    return tensorsOf(legacy.value, legacy.skipped, false, (s) => legacy.storageBytes(s), false, source.size, fail);
+  }
   if (kind === 'pickle') fail('a bare pickle, not a torch.save zip archive; re-save it with torch.save(state_dict, path) on PyTorch >= 1.6');
   if (kind === 'safetensors') fail('this is a safetensors file, not a PyTorch checkpoint; read it as safetensors');
   if (kind === 'unknown') fail('not a PyTorch checkpoint (no zip signature); pass a file written by torch.save');
@@ -99,6 +103,24 @@ function readFromSource(source: ByteSource, opts: TorchReadOptions): TorchCheckp
   }
 
   const { value, skipped } = unpickle(zip.read(pkls[0]!, MAX_PICKLE_BYTES), `${name} (${pkls[0]!.name})`, opts.limits);
+  const storageBytes = (storage: StorageRef, user: string): Uint8Array => {
+    const entryName = `${root}data/${storage.key}`;
+    const entry: ZipEntry | undefined = zip.get(entryName);
+    if (!entry) fail(`storage ${quote(storage.key)} (tensor ${quote(user)}) is missing from the zip (${quote(entryName)}); the file is incomplete`);
+    const want = storage.numel * DTYPE_BYTES[storage.dtype];
+    if (entry!.size !== want) {
+      fail(`storage ${quote(storage.key)} holds ${entry!.size} bytes but ${storage.numel} ${storage.dtype} elements need ${want}; the file is corrupt`);
+    }
+    return zip.read(entry!, want);
+  };
+  return tensorsOf(value, skipped, isTorchScript, storageBytes, bigEndian, source.size, fail);
+}
+
+/** The state dict's tensors, each storage's `numel` elements (exactly their bytes) coming from `storageBytes`. */
+function tensorsOf(
+  value: PyValue, skipped: string[], isTorchScript: boolean, storageBytes: (storage: StorageRef, user: string) => Uint8Array,
+  bigEndian: boolean, fileSize: number, fail: (what: string) => never,
+): TorchCheckpoint {
   const { refs, nestedUnder } = findStateDict(value, fail);
   if (refs.size === 0) {
     const named = skipped.length ? ` (it names ${skipped.slice(0, 4).join(', ')}${skipped.length > 4 ? ', ...' : ''}, which ldm never imports or runs)` : '';
@@ -106,7 +128,7 @@ function readFromSource(source: ByteSource, opts: TorchReadOptions): TorchCheckp
     fail(`no tensors found${named}; save a state dict with torch.save(model.state_dict(), path)`);
   }
 
-  const tensors = materialize(zip, root, refs, bigEndian, source.size, fail);
+  const tensors = materialize(storageBytes, refs, bigEndian, fileSize, fail);
   return nestedUnder === undefined ? { tensors, skipped } : { tensors, skipped, nestedUnder };
 }
 
@@ -214,7 +236,8 @@ function isContiguous(size: readonly number[], stride: readonly number[]): boole
 }
 
 function materialize(
-  zip: ZipReader, root: string, refs: Map<string, TensorRef>, bigEndian: boolean, fileSize: number, fail: (what: string) => never,
+  storageBytes: (storage: StorageRef, user: string) => Uint8Array, refs: Map<string, TensorRef>, bigEndian: boolean, fileSize: number,
+  fail: (what: string) => never,
 ): Map<string, HostTensor> {
   if (bigEndian && !HOST_IS_LE) fail('big-endian hosts are not supported');
   // Expanded (stride 0) views can be far larger than their storage; cap what one file may inflate to.
@@ -239,14 +262,7 @@ function materialize(
     const storage = storages.get(key)!;
     const dtype = storage.dtype;
     const es = DTYPE_BYTES[dtype];
-    const entryName = `${root}data/${key}`;
-    const entry: ZipEntry | undefined = zip.get(entryName);
-    if (!entry) fail(`storage ${quote(key)} (tensor ${quote(users[0]![0])}) is missing from the zip (${quote(entryName)}); the file is incomplete`);
-    const want = storage.numel * es;
-    if (entry!.size !== want) {
-      fail(`storage ${quote(key)} holds ${entry!.size} bytes but ${storage.numel} ${dtype} elements need ${want}; the file is corrupt`);
-    }
-    let bytes = zip.read(entry!, want);
+    let bytes = storageBytes(storage, users[0]![0]);
     if (bigEndian && es > 1) bytes = byteSwapped(bytes, es);
     let src: HostData | undefined;
     for (const [name, ref] of users) {
