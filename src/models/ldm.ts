@@ -135,21 +135,11 @@ export async function writeLdmCheckpoint(file: string, c: LdmCheckpointContent, 
   await saveCheckpoint(file, { kind: 'ldm', config: c.config, params: tensors, step: c.step, extra }, opts);
 }
 
-export interface LoadedLdm {
+export interface LoadedLdm extends LdmCheckpointContent {
   file: string;
-  config: LatentDiffusionConfig;
   model: LatentDiffusion;
   /** The module's weights, checked against it. */
   params: Map<string, HostTensor>;
-  weights: 'live' | 'ema';
-  firstStage: FirstStage;
-  scaleFactor: number;
-  tokenizer?: Tokenizer;
-  classNames?: readonly string[];
-  labelMapClasses?: readonly string[];
-  step: number;
-  /** Present in live checkpoints written during training. */
-  optimizer?: TrainerState;
 }
 
 function jsonList(file: string, metadata: Record<string, string>, key: string): string[] | undefined {

@@ -307,14 +307,11 @@ export function enlargeForGrid(images: HostTensor, minSide = 64): HostTensor {
   const [n, c, h, w] = images.shape as [number, number, number, number];
   const k = Math.ceil(minSide / Math.min(h, w));
   if (k <= 1) return images;
-  const src = images.data as Float32Array;
-  const out = new Float32Array(n * c * h * k * w * k);
-  for (let p = 0; p < n * c; p++) {
-    for (let y = 0; y < h * k; y++) {
-      const row = (p * h + Math.floor(y / k)) * w;
-      const o = (p * h * k + y) * w * k;
-      for (let x = 0; x < w * k; x++) out[o + x] = src[row + Math.floor(x / k)]!;
-    }
+  const per = c * h * w;
+  const out = new Float32Array(n * per * k * k);
+  for (let i = 0; i < n; i++) {
+    const one = float32([c, h, w], (images.data as Float32Array).subarray(i * per, (i + 1) * per));
+    out.set(resize(one, h * k, w * k, 'nearest').data as Float32Array, i * per * k * k);
   }
   return float32([n, c, h * k, w * k], out);
 }

@@ -77,26 +77,22 @@ export function batchIndices(step: number, batch: number, count: number, seed: n
   return out;
 }
 
+/** Rows `idx` of a [N, ...] tensor, stacked in that order. */
+function takeRows(t: HostTensor, idx: ArrayLike<number>): HostTensor {
+  const per = t.data.length / t.shape[0]!;
+  const src = t.data as Float32Array | Uint8Array;
+  const out = src instanceof Float32Array ? new Float32Array(idx.length * per) : new Uint8Array(idx.length * per);
+  for (let k = 0; k < idx.length; k++) out.set(src.subarray(idx[k]! * per, (idx[k]! + 1) * per), k * per);
+  return hostTensor(t.dtype, [idx.length, ...t.shape.slice(1)], out);
+}
+
 function gatherConditions(cache: LatentCache, idx: Int32Array): Conditions {
-  const out: { -readonly [K in keyof Conditions]: Conditions[K] } = {};
-  if (cache.labels) out.labels = Int32Array.from(idx, (i) => cache.labels![i]!);
-  if (cache.captions) out.captions = Array.from(idx, (i) => cache.captions![i]!);
-  if (cache.labelMaps) {
-    const [, h, w] = cache.labelMaps.shape as [number, number, number];
-    const src = cache.labelMaps.data as Uint8Array;
-    const data = new Uint8Array(idx.length * h * w);
-    idx.forEach((i, k) => data.set(src.subarray(i * h * w, (i + 1) * h * w), k * h * w));
-    out.labelMaps = hostTensor('uint8', [idx.length, h, w], data);
-  }
-  if (cache.lowres) {
-    const [, c, h, w] = cache.lowres.shape as [number, number, number, number];
-    const per = c * h * w;
-    const src = cache.lowres.data as Float32Array;
-    const data = new Float32Array(idx.length * per);
-    idx.forEach((i, k) => data.set(src.subarray(i * per, (i + 1) * per), k * per));
-    out.images = float32([idx.length, c, h, w], data);
-  }
-  return out;
+  return {
+    ...(cache.labels ? { labels: Int32Array.from(idx, (i) => cache.labels![i]!) } : {}),
+    ...(cache.captions ? { captions: Array.from(idx, (i) => cache.captions![i]!) } : {}),
+    ...(cache.labelMaps ? { labelMaps: takeRows(cache.labelMaps, idx) } : {}),
+    ...(cache.lowres ? { images: takeRows(cache.lowres, idx) } : {}),
+  };
 }
 
 /** Conditions for the grids written during training: distinct captions, classes in turn, the first maps. */
@@ -114,17 +110,15 @@ function gridConditions(model: LatentDiffusion, cache: LatentCache, n: number): 
     }
     case 'semantic': {
       const maps = cache.labelMaps!;
-      const [, h, w] = maps.shape as [number, number, number];
       return Array.from({ length: Math.min(n, cache.count) }, (_, i) => ({
-        map: hostTensor('int32', [h, w], Int32Array.from((maps.data as Uint8Array).subarray(i * h * w, (i + 1) * h * w))),
+        map: hostTensor('int32', maps.shape.slice(1), Int32Array.from(takeRows(maps, [i]).data as Uint8Array)),
         name: `map ${i}`,
       }));
     }
     case 'concat': {
       const lr = cache.lowres!;
-      const [, c, h, w] = lr.shape as [number, number, number, number];
       return Array.from({ length: Math.min(n, cache.count) }, (_, i) => ({
-        image: float32([c, h, w], (lr.data as Float32Array).slice(i * c * h * w, (i + 1) * c * h * w)),
+        image: float32(lr.shape.slice(1), takeRows(lr, [i]).data as Float32Array),
         name: `image ${i}`,
       }));
     }
@@ -251,7 +245,6 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const B = tc.batch_size * tc.grad_accum;
   const N = cache.count;
   const per = cache.latents.data.length / N;
-  const src = cache.latents.data as Float32Array;
   const T = model.schedule.T;
   let last: StepResult | undefined;
   let window: number[] = [];
@@ -262,10 +255,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
       const step = trainer.step;
       const rng = new Rng(mixSeed(seed, 0x57e9, step));
       const idx = batchIndices(step, B, N, seed);
-      const z0 = new Float32Array(B * per);
-      idx.forEach((i, k) => {
-        for (let j = 0; j < per; j++) z0[k * per + j] = src[i * per + j]! * scaleFactor;
-      });
+      const z0 = (takeRows(cache.latents, idx).data as Float32Array).map((v) => v * scaleFactor);
       const t = Array.from({ length: B }, () => rng.int(T));
       const eps = rng.normalArray(B * per);
       const abar = t.map((x) => model.schedule.abar(x));
