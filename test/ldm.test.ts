@@ -166,7 +166,10 @@ test('resume continues the step count and takes the same next steps as an uninte
   assert.equal(half.cache.reused, true, 'the second run reuses the first run\'s latent cache');
   const resumedRun = await RunDir.create(root, 'cut', { resume: true });
   assert.equal(resumedRun.resumed, true);
-  const resumed = await trainLdm({ ...common, config: cfg, run: resumedRun, onStep: (r) => cut.push(r.loss) });
+  const notes: string[] = [];
+  // Another --seed on resume is ignored: the run keeps the seed its checkpoint records.
+  const resumed = await trainLdm({ ...common, seed: 99, config: cfg, run: resumedRun, onStep: (r) => cut.push(r.loss), note: (m) => notes.push(m) });
+  assert.ok(notes.includes('--seed 99 is ignored: the run continues with its seed 5'), notes.join('\n'));
   assert.equal(resumed.startStep, 2);
   assert.equal(resumed.step, 4);
   assert.equal(cut.length, 4);

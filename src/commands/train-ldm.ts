@@ -48,7 +48,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
       const res = await trainLdm({
         config: cfg, run, executor: sel.executor, firstStage,
         cacheDir: f['cache-dir'] ?? path.join(f['runs-dir'], '.cache'),
-        seed: f.seed ?? 0,
+        ...(f.seed !== undefined ? { seed: f.seed } : {}),
         ...(f.init !== undefined ? { init: f.init } : {}),
         note: (m) => {
           const bar = steps ?? encode;

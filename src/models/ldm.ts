@@ -95,6 +95,8 @@ export const LDM_KEYS = {
   /** "live" (trained weights, with optimizer state) or "ema". */
   weights: 'ldm.weights',
   emaUpdates: 'ldm.ema_updates',
+  /** The training run's seed: a resume continues with it. */
+  seed: 'ldm.seed',
 } as const;
 
 const OPTIMIZER_PREFIX = 'optimizer.';
@@ -110,6 +112,7 @@ export interface LdmCheckpointContent {
   labelMapClasses?: readonly string[];
   step: number;
   weights: 'live' | 'ema';
+  seed?: number;
   /** Optimizer moments and counts, to resume (live checkpoints). */
   optimizer?: TrainerState;
 }
@@ -128,6 +131,7 @@ export async function writeLdmCheckpoint(file: string, c: LdmCheckpointContent, 
   if (c.tokenizer) extra[LDM_KEYS.tokenizer] = c.tokenizer.toJSON();
   if (c.classNames) extra[LDM_KEYS.classNames] = JSON.stringify(c.classNames);
   if (c.labelMapClasses) extra[LDM_KEYS.labelMapClasses] = JSON.stringify(c.labelMapClasses);
+  if (c.seed !== undefined) extra[LDM_KEYS.seed] = String(c.seed);
   if (c.optimizer) {
     for (const [n, t] of c.optimizer.tensors) tensors.set(OPTIMIZER_PREFIX + n, t);
     extra[LDM_KEYS.emaUpdates] = String(c.optimizer.emaUpdates);
@@ -180,6 +184,8 @@ export async function readLdmCheckpoint(file: string, executor: Executor): Promi
   const opt = splitPrefix(ckpt.params, OPTIMIZER_PREFIX);
   const classNames = jsonList(file, ckpt.metadata, LDM_KEYS.classNames);
   const labelMapClasses = jsonList(file, ckpt.metadata, LDM_KEYS.labelMapClasses);
+  const seedText = ckpt.metadata[LDM_KEYS.seed];
+  const seed = seedText !== undefined && /^\d+$/.test(seedText) ? Number(seedText) : undefined;
   return {
     file, config: cfg, model, params,
     weights: ckpt.metadata[LDM_KEYS.weights] === 'ema' ? 'ema' : 'live',
@@ -189,6 +195,7 @@ export async function readLdmCheckpoint(file: string, executor: Executor): Promi
     ...(tokenizer ? { tokenizer } : {}),
     ...(classNames ? { classNames } : {}),
     ...(labelMapClasses ? { labelMapClasses } : {}),
+    ...(seed !== undefined ? { seed } : {}),
     ...(opt.size > 0 ? { optimizer: { step: ckpt.step, emaUpdates: Number(ckpt.metadata[LDM_KEYS.emaUpdates] ?? 0), tensors: opt } } : {}),
   };
 }

@@ -35,6 +35,7 @@ export interface TrainLdmOptions {
   cacheDir: string;
   /** The data set to encode instead of opening config.data.source (tests). */
   dataset?: Dataset;
+  /** Seed of a fresh run (default 0); a resumed run keeps the seed its checkpoint records. */
   seed?: number;
   /** Fine-tune: start from this LDM checkpoint's weights (fresh optimizer). */
   init?: string;
@@ -145,7 +146,6 @@ function sameModel(a: LatentDiffusionConfig, b: LatentDiffusionConfig): boolean 
 export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const started = Date.now();
   const { config: cfg, run, executor, firstStage } = opts;
-  const seed = opts.seed ?? 0;
   const note = opts.note ?? (() => undefined);
   const tc = cfg.train;
 
@@ -171,6 +171,9 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   if (latest && from && from.firstStage.fingerprint !== firstStage.fingerprint) {
     throw new Error(`${latest.path} was trained on another first stage; resume with the autoencoder the run started with`);
   }
+  // Data order, noise and dropout follow the seed: a resumed run must keep its own.
+  const seed = latest && from?.seed !== undefined ? from.seed : opts.seed ?? 0;
+  if (latest && opts.seed !== undefined && opts.seed !== seed) note(`--seed ${opts.seed} is ignored: the run continues with its seed ${seed}`);
 
   const cache = await openLatentCache({
     dir: opts.cacheDir,
@@ -218,7 +221,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   let lastSaved = -1;
   const save = async (step: number): Promise<void> => {
     const common = {
-      config: cfg, firstStage, scaleFactor, step, ...(tokenizer ? { tokenizer } : {}),
+      config: cfg, firstStage, scaleFactor, step, seed, ...(tokenizer ? { tokenizer } : {}),
       ...(classNames ? { classNames } : {}), ...(labelMapClasses ? { labelMapClasses } : {}),
     };
     if (trainer.ema) await writeLdmCheckpoint(run.emaPath(step), { ...common, params: trainer.emaParams(), weights: 'ema' }, { force: true });
