@@ -74,19 +74,25 @@ test('a tiny pixel-space model: the loss falls over a few steps, logged, checkpo
   assert.ok(last < 0.8 * first, `loss should fall: windows ${log.map((r) => (r.losses as { loss: number }).loss.toFixed(3)).join(' -> ')}`);
   assert.equal(res.scaleFactor, 1, 'pixel space is not rescaled');
   assert.equal(res.ema, undefined, 'ema_decay 0 keeps no EMA');
-  const ckpt = await loadCheckpoint(res.checkpoint);
+  assert.equal(res.checkpoint, run.checkpointPath(12));
+  const ckpt = await loadCheckpoint(res.checkpoint!);
   assert.equal(ckpt.kind, 'ldm');
   assert.equal(ckpt.step, 12);
   assert.deepEqual(JSON.parse(ckpt.metadata['ldm.first_stage']!), { kind: 'pixel', channels: 1 });
   assert.ok([...ckpt.params.keys()].some((k) => k.startsWith('model.diffusion_model.input_blocks.0.0.')));
-  assert.ok([...ckpt.params.keys()].some((k) => k.startsWith('optimizer.m.')), 'the live checkpoint carries the optimizer state');
+  assert.ok([...ckpt.params.keys()].some((k) => k.startsWith('optim.ldm.m.')), 'the step checkpoint carries the optimizer state');
+  const final = await loadCheckpoint(res.model);
+  assert.equal(res.model, path.join(run.dir, 'model.safetensors'));
+  assert.equal(final.metadata['ldm.weights'], 'raw', 'no EMA kept: the trained weights');
+  assert.ok(![...final.params.keys()].some((k) => k.startsWith('optim.')), 'the model file holds no optimizer state');
+  assert.deepEqual(final.params.get('model.diffusion_model.out.2.weight')!.data, ckpt.params.get('model.diffusion_model.out.2.weight')!.data);
   assert.match(fs.readFileSync(run.configPath, 'utf8'), /^# toy: resolved config/);
 
   // --init fine-tunes from those weights: a fresh step count, and the same first batch scores lower than at the start.
   const tuned: number[] = [];
   const ft = await trainLdm({
     config: config({}, { steps: 1 }), run: await RunDir.create(root, 'tuned'), executor, firstStage: new PixelFirstStage(1),
-    cacheDir: path.join(root, 'cache'), dataset: toyData(32), seed: 3, init: res.checkpoint, onStep: (r) => tuned.push(r.loss),
+    cacheDir: path.join(root, 'cache'), dataset: toyData(32), seed: 3, init: res.model, onStep: (r) => tuned.push(r.loss),
   });
   assert.deepEqual([ft.startStep, ft.step], [0, 1]);
   assert.ok(tuned[0]! < 0.8 * losses[0]!, `fine-tuning starts from the trained weights: ${tuned[0]} vs ${losses[0]}`);
@@ -243,7 +249,7 @@ test('an autoencoder first stage: encodes to the posterior mode, embeds in the L
   assert.deepEqual(d2.data, d1.data);
 
   // --ae pointing at an LDM checkpoint reuses the first stage it embeds.
-  const again = await openFirstStage(res.checkpoint, { executor });
+  const again = await openFirstStage(res.model, { executor });
   assert.equal(again.fingerprint, ae.fingerprint);
   await assert.rejects(openFirstStage(path.join(root, 'missing.safetensors'), { executor }), /first stage checkpoint .* not found/);
   await saveCheckpoint(path.join(root, 'other.safetensors'), { kind: 'classifier', config: {}, params: new Map() });

@@ -219,9 +219,10 @@ test('ldm train-ldm trains a tiny config, resumes it, and its checkpoint samples
   assert.equal(noAe.code, 1);
   assert.match(noAe.stderr, /^Error: config toy names no first stage: pass --ae <autoencoder checkpoint> .* or --ae pixel\n$/);
   assert.equal(first.code, 0, first.stderr);
-  const a = JSON.parse(first.stdout) as { step: number; startStep: number; cache: { reused: boolean }; checkpoint: string; ema: string };
+  const a = JSON.parse(first.stdout) as { step: number; startStep: number; cache: { reused: boolean }; checkpoint: string; ema: string; model: string };
   assert.deepEqual([a.startStep, a.step, a.cache.reused], [0, 2, false]);
   assert.ok(fs.existsSync(a.checkpoint) && fs.existsSync(a.ema));
+  assert.equal(a.model, path.join(runs, 'toy', 'model.safetensors'));
   assert.equal(again.code, 1);
   assert.match(again.stderr, /already exists and is not empty; pass --resume to continue that run or --force to start over/);
   assert.equal(resumed.code, 0, resumed.stderr);

@@ -69,8 +69,8 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
       this.result(res, (r) => [
         `trained ${r.run} to step ${r.step} (from ${r.startStep})${r.loss !== undefined ? `: loss ${r.loss.toFixed(4)}` : ''}`
           + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : ''),
-        `checkpoint: ${r.checkpoint}`,
-        ...(r.ema ? [`ema: ${r.ema}`] : []),
+        `model: ${r.model} (samples on its own: ldm sample --ckpt ${r.model})`,
+        ...(r.checkpoint ? [`checkpoint: ${r.checkpoint}${r.ema ? ` (+ ${path.basename(r.ema)})` : ''}`] : []),
         `scale factor: ${r.scaleFactor.toPrecision(5)}, lr ${r.lr}`,
         `latent cache: ${r.cache.file} (${r.cache.reused ? 'reused' : 'new'}, ${r.cache.count} latents)`,
         ...(r.samples.length ? [`samples: ${r.samples[r.samples.length - 1]}`] : []),

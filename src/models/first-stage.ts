@@ -201,7 +201,7 @@ function parseScale(file: string, metadata: Record<string, string>): number | un
 }
 
 /** The first stage an LDM checkpoint embeds (its ldm.first_stage spec and first_stage_model.* weights). */
-export function firstStageFromLdm(ckpt: LoadedCheckpoint, file: string, executor: Executor): FirstStage {
+export function firstStageFromLdm(ckpt: Pick<LoadedCheckpoint, 'params' | 'metadata'>, file: string, executor: Executor): FirstStage {
   const raw = ckpt.metadata[FIRST_STAGE_KEY];
   if (raw === undefined) throw new Error(`${file}: the LDM checkpoint does not record its first stage (${FIRST_STAGE_KEY}); it is damaged or not an ldm checkpoint`);
   let spec: FirstStageSpec;

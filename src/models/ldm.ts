@@ -9,8 +9,8 @@ import { Module, checkWeights } from '../engine/module.js';
 import type { Tensor } from '../engine/graph.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
-import type { TrainerState } from '../engine/trainer.js';
-import { addPrefix, loadCheckpoint, mergeParams, saveCheckpoint, splitPrefix } from '../io/checkpoint.js';
+import { addPrefix, loadCheckpoint, mergeParams, saveCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
+import { WEIGHTS_META } from '../training/common.js';
 import { validateConfig } from '../config/load.js';
 import { NoiseSchedule } from '../diffusion/schedule.js';
 import type { Parameterization } from '../diffusion/prediction.js';
@@ -87,20 +87,16 @@ export function checkFirstStageFits(config: LatentDiffusionConfig, stage: FirstS
 
 // ---------------------------------------------------------------- checkpoints
 
-/** Metadata keys of LDM checkpoints besides the ldm.* ones every checkpoint has. */
+/** Metadata keys of LDM checkpoints besides the ldm.* ones every checkpoint has (and ldm.weights, as training/common.ts). */
 export const LDM_KEYS = {
   tokenizer: 'ldm.tokenizer',
   classNames: 'ldm.class_names',
   labelMapClasses: 'ldm.label_map_classes',
-  /** "live" (trained weights, with optimizer state) or "ema". */
-  weights: 'ldm.weights',
-  emaUpdates: 'ldm.ema_updates',
   /** The training run's seed: a resume continues with it. */
   seed: 'ldm.seed',
 } as const;
 
-const OPTIMIZER_PREFIX = 'optimizer.';
-
+/** Everything that makes an LDM file sample on its own. */
 export interface LdmCheckpointContent {
   config: LatentDiffusionConfig;
   /** The LatentDiffusion module's weights (model.diffusion_model.*, cond_stage_model.*). */
@@ -111,32 +107,32 @@ export interface LdmCheckpointContent {
   classNames?: readonly string[];
   labelMapClasses?: readonly string[];
   step: number;
-  weights: 'live' | 'ema';
+  /** The trained weights ("raw") or their EMA. */
+  weights: 'raw' | 'ema';
   seed?: number;
-  /** Optimizer moments and counts, to resume (live checkpoints). */
-  optimizer?: TrainerState;
 }
 
 /**
- * One file that samples on its own: the model, the first stage under `first_stage_model.` (the reference layout)
- * with its description in ldm.first_stage, the scale factor, the tokenizer; optimizer state under `optimizer.`.
+ * Tensors and metadata of an LDM file: the model, the first stage under `first_stage_model.` (the reference layout)
+ * described by ldm.first_stage, the scale factor, the tokenizer, class names and the seed.
  */
-export async function writeLdmCheckpoint(file: string, c: LdmCheckpointContent, opts: { force?: boolean } = {}): Promise<void> {
-  const tensors = mergeParams(c.params, addPrefix(c.firstStage.params(), FIRST_STAGE_PREFIX));
+export function ldmCheckpointParts(c: Omit<LdmCheckpointContent, 'step' | 'weights' | 'config'>): { params: Map<string, HostTensor>; extra: Record<string, string> } {
+  const params = mergeParams(c.params, addPrefix(c.firstStage.params(), FIRST_STAGE_PREFIX));
   const extra: Record<string, string> = {
     [FIRST_STAGE_KEY]: JSON.stringify(c.firstStage.spec),
     [SCALE_FACTOR_KEY]: String(c.scaleFactor),
-    [LDM_KEYS.weights]: c.weights,
   };
   if (c.tokenizer) extra[LDM_KEYS.tokenizer] = c.tokenizer.toJSON();
   if (c.classNames) extra[LDM_KEYS.classNames] = JSON.stringify(c.classNames);
   if (c.labelMapClasses) extra[LDM_KEYS.labelMapClasses] = JSON.stringify(c.labelMapClasses);
   if (c.seed !== undefined) extra[LDM_KEYS.seed] = String(c.seed);
-  if (c.optimizer) {
-    for (const [n, t] of c.optimizer.tensors) tensors.set(OPTIMIZER_PREFIX + n, t);
-    extra[LDM_KEYS.emaUpdates] = String(c.optimizer.emaUpdates);
-  }
-  await saveCheckpoint(file, { kind: 'ldm', config: c.config, params: tensors, step: c.step, extra }, opts);
+  return { params, extra };
+}
+
+/** One LDM file that samples on its own (training writes its step checkpoints through training/common.ts). */
+export async function writeLdmCheckpoint(file: string, c: LdmCheckpointContent, opts: { force?: boolean } = {}): Promise<void> {
+  const { params, extra } = ldmCheckpointParts(c);
+  await saveCheckpoint(file, { kind: 'ldm', config: c.config, params, step: c.step, extra: { ...extra, [WEIGHTS_META]: c.weights } }, opts);
 }
 
 export interface LoadedLdm extends LdmCheckpointContent {
@@ -158,12 +154,8 @@ function jsonList(file: string, metadata: Record<string, string>, key: string): 
   throw new Error(`${file}: ${key} metadata is not a JSON list of strings; the checkpoint is corrupt`);
 }
 
-/** Read an LDM checkpoint (kind "ldm"): model, weights, first stage, tokenizer; one-line errors for anything else. */
-export async function readLdmCheckpoint(file: string, executor: Executor): Promise<LoadedLdm> {
-  const ckpt = await loadCheckpoint(file).catch((err: unknown) => {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes them under runs/<name>/checkpoints/)`);
-    throw err;
-  });
+/** The LDM in a checkpoint already read (kind "ldm"); entries that are not the model's (optimizer state) are left out. */
+export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor: Executor): LoadedLdm {
   if (ckpt.kind !== 'ldm') {
     throw new Error(`${file} is a "${ckpt.kind}" checkpoint, not a latent diffusion model; give a checkpoint written by ldm train-ldm`);
   }
@@ -181,14 +173,13 @@ export async function readLdmCheckpoint(file: string, executor: Executor): Promi
   }
   const scale = Number(ckpt.metadata[SCALE_FACTOR_KEY]);
   if (!(scale > 0) || !Number.isFinite(scale)) throw new Error(`${file}: ${SCALE_FACTOR_KEY} metadata is missing or not a positive number; the checkpoint is corrupt`);
-  const opt = splitPrefix(ckpt.params, OPTIMIZER_PREFIX);
   const classNames = jsonList(file, ckpt.metadata, LDM_KEYS.classNames);
   const labelMapClasses = jsonList(file, ckpt.metadata, LDM_KEYS.labelMapClasses);
   const seedText = ckpt.metadata[LDM_KEYS.seed];
   const seed = seedText !== undefined && /^\d+$/.test(seedText) ? Number(seedText) : undefined;
   return {
     file, config: cfg, model, params,
-    weights: ckpt.metadata[LDM_KEYS.weights] === 'ema' ? 'ema' : 'live',
+    weights: ckpt.metadata[WEIGHTS_META] === 'ema' ? 'ema' : 'raw',
     firstStage: firstStageFromLdm(ckpt, file, executor),
     scaleFactor: scale,
     step: ckpt.step,
@@ -196,6 +187,14 @@ export async function readLdmCheckpoint(file: string, executor: Executor): Promi
     ...(classNames ? { classNames } : {}),
     ...(labelMapClasses ? { labelMapClasses } : {}),
     ...(seed !== undefined ? { seed } : {}),
-    ...(opt.size > 0 ? { optimizer: { step: ckpt.step, emaUpdates: Number(ckpt.metadata[LDM_KEYS.emaUpdates] ?? 0), tensors: opt } } : {}),
   };
+}
+
+/** Read an LDM checkpoint: model, weights, first stage, tokenizer; one-line errors for anything else. */
+export async function readLdmCheckpoint(file: string, executor: Executor): Promise<LoadedLdm> {
+  const ckpt = await loadCheckpoint(file).catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes them under runs/<name>/)`);
+    throw err;
+  });
+  return ldmFromCheckpoint(ckpt, file, executor);
 }

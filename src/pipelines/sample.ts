@@ -345,7 +345,7 @@ export interface SampleFilesOptions {
   height?: number;
   width?: number;
   batchSize?: number;
-  /** Sample with the live weights even when an EMA file sits beside the checkpoint. */
+  /** Sample with the trained (raw) weights even when an EMA file sits beside the checkpoint. */
   noEma?: boolean;
   force?: boolean;
   /** File name prefix of the individual images (default "sample"). */
@@ -357,7 +357,7 @@ export interface SampleFilesOptions {
 
 export interface SampleFilesResult {
   ckpt: string;
-  weights: 'live' | 'ema';
+  weights: 'raw' | 'ema';
   images: string[];
   grid: string;
   n: number;

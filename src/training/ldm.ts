@@ -6,10 +6,12 @@
  * Gradient accumulation: `grad_accum` k traces one batch of k * batch_size. The loss is a mean, so its gradient is
  * the average of the k micro-batch gradients: the same update as accumulating, without the memory saving.
  */
+import path from 'node:path';
+import { promises as fsp } from 'node:fs';
 import type { Executor } from '../engine/executor.js';
-import { Trainer, type StepResult } from '../engine/trainer.js';
+import { Trainer, type StepResult, type TrainerState } from '../engine/trainer.js';
 import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
-import { checkWeights } from '../engine/module.js';
+import { loadCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
 import { Rng } from '../util/random.js';
 import { mixSeed } from '../data/loader.js';
 import type { Dataset } from '../data/dataset.js';
@@ -18,12 +20,18 @@ import { dumpConfig, loadConfig, validateConfig } from '../config/load.js';
 import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm.js';
 import type { RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
-import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, checkFirstStageFits, readLdmCheckpoint, writeLdmCheckpoint } from '../models/ldm.js';
+import {
+  LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, LDM_KEYS, checkFirstStageFits, ldmCheckpointParts, ldmFromCheckpoint, type LoadedLdm,
+} from '../models/ldm.js';
 import { Tokenizer } from '../models/tokenizer.js';
 import type { Conditions } from '../models/conditioning.js';
 import type { FirstStage } from '../models/first-stage.js';
 import { Denoiser, enlargeForGrid, generate, type SampleCondition } from '../pipelines/sample.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
+import { StepRate, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint } from './common.js';
+
+/** The trainer's name in checkpoints (optim.ldm.*). */
+const TRAINER = 'ldm';
 
 export interface TrainLdmOptions {
   /** The resolved config: first_stage, data.source and train.steps already set from the command line. */
@@ -37,7 +45,7 @@ export interface TrainLdmOptions {
   dataset?: Dataset;
   /** Seed of a fresh run (default 0); a resumed run keeps the seed its checkpoint records. */
   seed?: number;
-  /** Fine-tune: start from this LDM checkpoint's weights (fresh optimizer). */
+  /** Fine-tune: start from this LDM checkpoint's weights where they fit (fresh optimizer); the rest start fresh. */
   init?: string;
   onEncode?: (done: number, total: number) => void;
   onStep?: (r: StepResult, total: number) => void;
@@ -50,7 +58,10 @@ export interface TrainLdmResult {
   step: number;
   /** The last step's loss; absent when no step was taken. */
   loss?: number;
-  checkpoint: string;
+  /** runs/<name>/model.safetensors: the final weights (EMA when kept) with the first stage, to sample from. */
+  model: string;
+  /** The newest step checkpoint (and its EMA file), to resume from. */
+  checkpoint?: string;
   ema?: string;
   scaleFactor: number;
   lr: number;
@@ -159,21 +170,24 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
 
   // Where the weights start: a resumed run's last checkpoint, a fine-tuning init, or fresh. Checked before any encoding.
   const latest = run.resumed ? await run.latestCheckpoint() : undefined;
-  if (latest && opts.init) note(`--init ${opts.init} is ignored: the run resumes from ${latest.path}`);
-  const from = latest ? await readLdmCheckpoint(latest.path, executor) : opts.init ? await readLdmCheckpoint(opts.init, executor) : undefined;
-  if (from && !sameModel(from.config, cfg)) {
-    throw new Error(`${from.file} holds a model of another config (unet, conditioning, schedule or parameterization differ); `
-      + (latest ? 'resume with the config the run started with' : 'fine-tune with a config of the same model'));
+  let resume: { ldm: LoadedLdm; state: TrainerState; ema?: ReadonlyMap<string, HostTensor> } | undefined;
+  if (latest) {
+    if (opts.init) note(`--init ${opts.init} is ignored: the run resumes from ${latest.path}`);
+    const tr = await loadTrainingCheckpoint(latest);
+    const ldm = ldmFromCheckpoint(tr, latest.path, executor);
+    await ldm.firstStage.dispose();
+    if (!sameModel(ldm.config, cfg)) {
+      throw new Error(`${latest.path} holds a model of another config (unet, conditioning, schedule or parameterization differ); resume with the config the run started with`);
+    }
+    if (ldm.firstStage.fingerprint !== firstStage.fingerprint) {
+      throw new Error(`${latest.path} was trained on another first stage; resume with the autoencoder the run started with`);
+    }
+    resume = { ldm, state: optimizerState(tr, TRAINER, latest.path), ...(tr.ema ? { ema: tr.ema } : {}) };
   }
-  const emaFrom = latest?.emaPath ? await readLdmCheckpoint(latest.emaPath, executor) : undefined;
-  await from?.firstStage.dispose();
-  await emaFrom?.firstStage.dispose();
-  if (latest && from && from.firstStage.fingerprint !== firstStage.fingerprint) {
-    throw new Error(`${latest.path} was trained on another first stage; resume with the autoencoder the run started with`);
-  }
+  const init = !latest && opts.init ? await readInit(opts.init) : undefined;
   // Data order, noise and dropout follow the seed: a resumed run must keep its own.
-  const seed = latest && from?.seed !== undefined ? from.seed : opts.seed ?? 0;
-  if (latest && opts.seed !== undefined && opts.seed !== seed) note(`--seed ${opts.seed} is ignored: the run continues with its seed ${seed}`);
+  const seed = resume?.ldm.seed ?? opts.seed ?? 0;
+  if (resume && opts.seed !== undefined && opts.seed !== seed) note(`--seed ${opts.seed} is ignored: the run continues with its seed ${seed}`);
 
   const cache = await openLatentCache({
     dir: opts.cacheDir,
@@ -189,15 +203,23 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   note(cache.reused ? `latent cache: reusing ${cache.file} (${cache.count} latents)` : `latent cache: encoded ${cache.count} images into ${cache.file}`);
   checkData(cfg, cache);
 
+  const text = cfg.conditioning.text;
+  const initTokenizer = init?.metadata[LDM_KEYS.tokenizer];
   const tokenizer = cfg.conditioning.type !== 'text' ? undefined
-    : (from?.tokenizer ?? Tokenizer.fromCorpus(cache.captions ?? [], { maxLen: cfg.conditioning.text!.max_len, maxWords: cfg.conditioning.text!.max_words }));
+    : resume?.ldm.tokenizer ?? (initTokenizer !== undefined ? Tokenizer.fromJSON(initTokenizer)
+      : Tokenizer.fromCorpus(cache.captions ?? [], { maxLen: text!.max_len, maxWords: text!.max_words }));
   const model = new LatentDiffusion(cfg, { tokenizer });
   const [, , lh, lw] = cache.latents.shape as [number, number, number, number];
-  const scaleFactor = latest && from ? from.scaleFactor : resolveScale(cfg, firstStage, cache);
+  const scaleFactor = resume?.ldm.scaleFactor ?? resolveScale(cfg, firstStage, cache);
   const lr = ldmLearningRate(cfg);
 
-  const params = from ? from.params : model.initialize(new Rng(mixSeed(seed, 0x1417)));
-  checkWeights(model, params);
+  let params = resume?.ldm.params ?? model.initialize(new Rng(mixSeed(seed, 0x1417)));
+  if (init) {
+    const g = initFrom(model, init.params, params, opts.init!);
+    if (g.loaded === 0) throw new Error(`${opts.init} holds none of this model's weights; --init needs an LDM checkpoint of a similar model`);
+    note(`--init: ${g.loaded} weights from ${opts.init}${g.missing.length ? `, ${g.missing.length} new (${g.missing.slice(0, 3).join(', ')}${g.missing.length > 3 ? ', ...' : ''})` : ''}`);
+    params = g.params;
+  }
   const emaDecay = tc.ema_decay > 0 ? tc.ema_decay : undefined;
   const trainer = new Trainer({
     executor, module: model, params,
@@ -205,30 +227,25 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     ...(emaDecay !== undefined ? { emaDecay } : {}),
     loss: (inputs) => ({ loss: model.loss(inputs) }),
   });
-  if (latest && from) {
-    if (!from.optimizer) throw new Error(`${latest.path} has no optimizer state; it is not a training checkpoint`);
-    trainer.restore(from.params, from.optimizer, emaFrom?.params);
-    await run.rewindLog(from.step);
-    note(`resuming ${run.dir} from step ${from.step}`);
+  if (resume) {
+    trainer.restore(resume.ldm.params, resume.state, resume.ema);
+    await run.rewindLog(resume.ldm.step);
+    note(`resuming ${run.dir} from step ${resume.ldm.step}`);
   }
   const startStep = trainer.step;
   const total = tc.steps;
   if (startStep >= total) note(`the run is already at step ${startStep} of ${total}; raise --steps to train further`);
   await run.writeConfig(dumpConfig(cfg, `${cfg.name}: resolved config of this run (seed ${seed})`));
 
-  const classNames = cache.classNames;
-  const labelMapClasses = cache.labelMapClasses;
-  let lastSaved = -1;
-  const save = async (step: number): Promise<void> => {
-    const common = {
-      config: cfg, firstStage, scaleFactor, step, seed, ...(tokenizer ? { tokenizer } : {}),
-      ...(classNames ? { classNames } : {}), ...(labelMapClasses ? { labelMapClasses } : {}),
-    };
-    if (trainer.ema) await writeLdmCheckpoint(run.emaPath(step), { ...common, params: trainer.emaParams(), weights: 'ema' }, { force: true });
-    await writeLdmCheckpoint(run.checkpointPath(step), { ...common, params: trainer.params, weights: 'live', optimizer: trainer.state() }, { force: true });
-    await run.pruneCheckpoints(tc.keep_checkpoints);
-    lastSaved = step;
+  const content = {
+    firstStage, scaleFactor, seed, ...(tokenizer ? { tokenizer } : {}),
+    ...(cache.classNames ? { classNames: cache.classNames } : {}), ...(cache.labelMapClasses ? { labelMapClasses: cache.labelMapClasses } : {}),
   };
+  const parts = (weights: ReadonlyMap<string, HostTensor>) => ldmCheckpointParts({ ...content, params: weights });
+  const save = (step: number) => saveTrainingCheckpoint(run, {
+    step, kind: 'ldm', config: cfg, params: parts(trainer.params).params, trainers: { [TRAINER]: trainer },
+    ...(trainer.ema ? { ema: parts(trainer.emaParams()).params } : {}), extra: parts(new Map()).extra, keep: tc.keep_checkpoints,
+  });
 
   const samples: string[] = [];
   let denoiser: Denoiser | undefined;
@@ -249,10 +266,10 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const N = cache.count;
   const per = cache.latents.data.length / N;
   const T = model.schedule.T;
+  const rate = new StepRate();
   let last: StepResult | undefined;
   let window: number[] = [];
-  let tFirst: number | undefined;
-  let stepsTimed = 0;
+  let saved: { path: string; emaPath?: string } | undefined;
   try {
     while (trainer.step < total) {
       const step = trainer.step;
@@ -271,38 +288,58 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
         [INPUT_TARGET]: float32(shape, trainingTarget(model.parameterization, z0, eps, abar)),
       };
       last = await trainer.stepOn(feeds);
-      if (tFirst === undefined) tFirst = Date.now();
-      else stepsTimed++;
+      rate.tick();
       window.push(last.loss);
       opts.onStep?.(last, total);
-      if (last.step % tc.log_every === 0 || last.step === total) {
+      if (isDue(last.step, tc.log_every, total)) {
         const mean = window.reduce((a, b) => a + b, 0) / window.length;
         await run.appendLog({ step: last.step, losses: { loss: mean }, lr: last.lr, grad_norm: last.gradNorm, time: (Date.now() - started) / 1000 });
         window = [];
       }
-      if (tc.ckpt_every !== undefined && last.step % tc.ckpt_every === 0) await save(last.step);
-      if (tc.sample_every !== undefined && last.step % tc.sample_every === 0) await writeSamples(last.step);
+      if (isDue(last.step, tc.ckpt_every, total)) saved = await save(last.step);
+      if (tc.sample_every !== undefined && isDue(last.step, tc.sample_every, total)) await writeSamples(last.step);
     }
-    if (trainer.step > startStep && lastSaved !== trainer.step) await save(trainer.step);
   } finally {
     await trainer.dispose();
     await denoiser?.dispose();
   }
-  const end = Date.now();
+  // The file to hand on: EMA weights when the run keeps them, one file that samples on its own.
+  const modelFile = path.join(run.dir, 'model.safetensors');
+  if (trainer.step > startStep || !(await fileExists(modelFile))) {
+    const final = parts(trainer.ema ? trainer.emaParams() : trainer.params);
+    await exportModel(modelFile, { kind: 'ldm', config: cfg, params: final.params, step: trainer.step, weights: trainer.ema ? 'ema' : 'raw', extra: final.extra });
+  }
+  const latestNow = saved ?? (latest ? { path: latest.path, ...(latest.emaPath ? { emaPath: latest.emaPath } : {}) } : undefined);
+  const stepsPerSecond = rate.perSecond();
   return {
     run: run.dir,
     startStep,
     step: trainer.step,
     ...(last ? { loss: last.loss } : {}),
-    checkpoint: run.checkpointPath(trainer.step),
-    ...(trainer.ema ? { ema: run.emaPath(trainer.step) } : {}),
+    model: modelFile,
+    ...(latestNow ? { checkpoint: latestNow.path } : {}),
+    ...(latestNow?.emaPath ? { ema: latestNow.emaPath } : {}),
     scaleFactor,
     lr,
     cache: { file: cache.file, reused: cache.reused, count: cache.count },
     samples,
-    ...(stepsTimed > 0 && tFirst !== undefined ? { stepsPerSecond: stepsTimed / ((end - tFirst) / 1000) } : {}),
-    seconds: (end - started) / 1000,
+    ...(stepsPerSecond !== undefined ? { stepsPerSecond } : {}),
+    seconds: (Date.now() - started) / 1000,
   };
+}
+
+async function fileExists(file: string): Promise<boolean> {
+  return fsp.stat(file).then((s) => s.isFile(), () => false);
+}
+
+/** The --init checkpoint: an LDM one (its weights go through initFrom, so a similar model fine-tunes too). */
+async function readInit(file: string): Promise<LoadedCheckpoint> {
+  const ck = await loadCheckpoint(file).catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`--init checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes runs/<name>/model.safetensors)`);
+    throw err;
+  });
+  if (ck.kind !== 'ldm') throw new Error(`${file} is a "${ck.kind}" checkpoint; --init needs an LDM checkpoint`);
+  return ck;
 }
 
 /** The cached data has what the conditioning reads. */
