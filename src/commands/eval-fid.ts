@@ -160,11 +160,12 @@ export default class EvalFid extends LdmCommand<typeof EvalFid> {
       throw new Error(`${f.kid ? 'KID' : 'precision/recall'} needs images on both sides, but ${statsSide.spec} is a statistics file; pass an image folder or data set instead`);
     }
     if (f.is && sides.every((s) => s.kind === 'stats')) throw new Error('the Inception Score needs images on at least one side; both are statistics files');
+    const warnings: string[] = [];
     for (const [s, label] of [[sides[0], 'A'], [sides[1], 'B']] as const) {
       if (s.kind === 'run') this.note(`side ${label}: run folder ${s.spec}, using its samples in ${s.source}`);
       if (s.kind === 'folder' || s.kind === 'run') {
         const grids = await gridFiles(s.source);
-        if (grids.length) this.note(`warning: side ${label}: ${s.source} holds ${grids.length} grid image(s) (${grids.slice(0, 3).join(', ')}) that count as samples; move them out`);
+        if (grids.length) warnings.push(`side ${label}: ${s.source} holds ${grids.length} grid image(s) (${grids.slice(0, 3).join(', ')}) that count as samples; move them out`);
       }
     }
     const lenient = f['ignore-stats-network'];
@@ -172,7 +173,6 @@ export default class EvalFid extends LdmCommand<typeof EvalFid> {
     if (network) this.note(`feature network: ${network.name}`);
     if (f.is && network && network.classes === undefined) throw new Error(`${network.name} has no class logits, so it gives no Inception Score; drop --is`);
 
-    const warnings: string[] = [];
     const loaded: Side[] = [];
     const ui: { executor?: Executor; bar?: Progress } = {};
     try {
