@@ -42,3 +42,28 @@ export * from './diffusion/schedule.js';
 export * from './diffusion/prediction.js';
 export * from './diffusion/samplers.js';
 export * from './diffusion/sample.js';
+
+// Models.
+export * as autoencoder from './models/autoencoder/index.js';
+export { UNetModel } from './models/unet/unet.js';
+export { parseUNetConfig, type UNetConfig } from './models/unet/config.js';
+export { Tokenizer } from './models/tokenizer.js';
+export { TextEncoder } from './models/text-encoder.js';
+export { ClassEmbedder } from './models/class-embedder.js';
+export { LatentDiffusion, readLdmCheckpoint, writeLdmCheckpoint } from './models/ldm.js';
+export { openFirstStage, PixelFirstStage, type FirstStage } from './models/first-stage.js';
+export { FidInceptionV3, inceptionNetwork } from './models/inception.js';
+export { DomainClassifier, loadClassifier, saveClassifier } from './models/classifier.js';
+
+// Training, pipelines, metrics, interop.
+export { trainAutoencoder, type TrainAutoencoderOptions } from './training/autoencoder.js';
+export { trainLdm, resolveLdmConfig, type TrainLdmOptions } from './training/ldm.js';
+export * as autoencode from './pipelines/autoencode.js';
+export { generate, sampleToFiles, Denoiser } from './pipelines/sample.js';
+export { exportOnnx, traceForExport } from './pipelines/export-onnx.js';
+export * as metrics from './metrics/evaluate.js';
+export { frechetDistance } from './metrics/fid.js';
+export { trainClassifier } from './metrics/train-classifier.js';
+export { loadAnyCheckpoint } from './interop/load-any.js';
+export { convertCheckpoint } from './interop/convert.js';
+export { readTorchCheckpoint } from './io/torch-checkpoint.js';
