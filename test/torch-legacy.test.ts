@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { parseTorchCheckpoint, readTorchCheckpoint, sniffTorchFormat } from '../src/io/torch-checkpoint.js';
 import type { HostTensor } from '../src/engine/host-tensor.js';
+import { Rng } from '../src/util/random.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const fixture = (name: string) => path.join(FIXTURES, name);
@@ -155,21 +156,10 @@ test('corrupt and truncated legacy files give one-line errors that name the file
   }
 });
 
-/** mulberry32, so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 test('fuzz: hundreds of mutated legacy files each load or throw a clean one-line Error, quickly', () => {
   const t0 = performance.now();
-  const rand = rng(1950);
+  const seeded = new Rng(1950);
+  const rand = () => seeded.uniform();
   let loaded = 0;
   let failed = 0;
   for (const f of ['torch-legacy-plain.pth', 'torch-legacy-lightning.pth']) {
