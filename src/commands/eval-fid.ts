@@ -22,7 +22,7 @@ type NetworkKind = (typeof NETWORKS)[number];
 /** Grids that `ldm sample` and training write beside samples: one image of many, never a sample. */
 const GRID_RE = /(^|-)grid\.png$|^step-\d+\.png$/i;
 
-export interface ResolvedSide {
+interface ResolvedSide {
   /** What the user typed. */
   readonly spec: string;
   /** What is opened: the spec, or a run folder's samples folder. */
@@ -35,7 +35,7 @@ async function isDir(p: string): Promise<boolean> {
 }
 
 /** A run folder (runs/<name>: samples/ beside config.yaml or checkpoints/) means its samples; other specs stay as they are. */
-export async function resolveSide(spec: string, label: string): Promise<ResolvedSide> {
+async function resolveSide(spec: string, label: string): Promise<ResolvedSide> {
   if (isStatsFile(spec)) {
     const st = await fsp.stat(spec).catch(() => undefined);
     if (!st?.isFile()) throw new Error(`side ${label}: ${spec} does not exist; pass a statistics file written by --save-stats (or pytorch-fid's --save-stats)`);
@@ -63,7 +63,7 @@ async function networkKindOf(file: string): Promise<NetworkKind> {
   return header.metadata['ldm.kind'] === CLASSIFIER_KIND ? 'classifier' : 'inception';
 }
 
-export async function loadFeatureNetwork(kind: NetworkKind | undefined, weights: string | undefined): Promise<FeatureNetwork> {
+async function loadFeatureNetwork(kind: NetworkKind | undefined, weights: string | undefined): Promise<FeatureNetwork> {
   if (weights === undefined) {
     throw new Error(`FID needs a feature network: pass --weights ${FID_WEIGHTS_FILE} (pytorch-fid's Inception, from ${FID_WEIGHTS_URL}, or a .safetensors of it) `
       + 'or --network classifier --weights <checkpoint from ldm train-classifier>');
