@@ -80,11 +80,17 @@ export function frechetDistance(a: FeatureStats, b: FeatureStats, names: readonl
   const warnings: string[] = [];
   const counts = [a.count, b.count];
   const few = counts.map((c, i) => (c !== undefined && c <= d ? `${names[i]} has ${c} samples` : '')).filter((s) => s);
-  if (rankProduct < d || few.length) {
+  if (few.length) {
     warnings.push(
-      `the covariance product is singular (rank ${rankProduct} of ${d}${few.length ? `; ${few.join(', ')}` : ''}): ` +
+      `the covariance product is singular (rank ${rankProduct} of ${d}; ${few.join(', ')}): ` +
         `FID from fewer samples than feature dimensions is biased and unstable; use more than ${d} samples per side ` +
         '(pytorch-fid\'s sqrtm is inexact here and may differ in the third digit)',
+    );
+  } else if (rankProduct < d) {
+    // Enough samples, yet singular: some features are constant or linear in others (dead ReLU units, say).
+    warnings.push(
+      `the covariance product is singular (rank ${rankProduct} of ${d}) although each side has more samples than dimensions: ` +
+        'some features are constant or linearly dependent; the distance is exact here, but pytorch-fid\'s sqrtm may differ in the third digit',
     );
   }
   if (checkError > CHECK_TOLERANCE) {
