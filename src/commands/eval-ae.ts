@@ -4,7 +4,7 @@ import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { inspectCheckpoint } from '../io/checkpoint.js';
 import { validateConfig } from '../config/load.js';
-import { openDataset } from '../data/sources.js';
+import { openDataset, parseDatasetSpec } from '../data/sources.js';
 import { openFirstStage } from '../models/first-stage.js';
 import { evaluateReconstruction } from '../pipelines/autoencode.js';
 
@@ -32,7 +32,7 @@ export default class EvalAe extends LdmCommand<typeof EvalAe> {
   static override flags = {
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'Autoencoder checkpoint (or an LDM checkpoint: its first stage).' }),
     data: Flags.string({ char: 'd', required: true, summary: 'Data source: fashion-mnist[:test], shapes:heldout, idx:..., or a folder.' }),
-    split: Flags.string({ default: 'test', summary: 'Split where the source has several and the spec names none (fashion-mnist: test).' }),
+    split: Flags.string({ summary: 'Split where the source has several and the spec names none (default: test for fashion-mnist).' }),
     limit: Flags.integer({ min: 1, summary: 'Evaluate only the first N images.' }),
     batch: Flags.integer({ min: 1, default: 32, summary: 'Images per forward pass.' }),
     'pad-to': Flags.integer({ min: 1, summary: 'Centre smaller images in a black square of this side (default: the checkpoint\'s train.image_size).' }),
@@ -42,7 +42,8 @@ export default class EvalAe extends LdmCommand<typeof EvalAe> {
   async run(): Promise<void> {
     const f = this.flags;
     const padTo = f['pad-to'] ?? (await trainedSize(f.ckpt).catch(() => undefined));
-    const data = await openDataset(f.data, { split: f.split });
+    const split = f.split ?? (parseDatasetSpec(f.data).kind === 'fashion-mnist' ? 'test' : undefined);
+    const data = await openDataset(f.data, split !== undefined ? { split } : {});
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     const stage = await openFirstStage(f.ckpt, { executor: sel.executor });
     let bar: Progress | undefined;

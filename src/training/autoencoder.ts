@@ -9,6 +9,7 @@
  * epoch order, so a resumed run takes the steps an uninterrupted one would. After the last step the latent scale
  * factor (1 / std of latents over a sample of the training data) goes into the checkpoints' `ldm.scale_factor`.
  */
+import path from 'node:path';
 import * as o from '../engine/ops.js';
 import { Graph, trace, type Tensor } from '../engine/graph.js';
 import { bindParams } from '../engine/module.js';
@@ -468,7 +469,7 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
     const scaleFactor = scaleFromLatents(all);
     const extra = { [SCALE_FACTOR_KEY]: String(scaleFactor) };
     saved = await checkpoint(extra);
-    const modelPath = `${run.dir}/model.safetensors`;
+    const modelPath = path.join(run.dir, 'model.safetensors');
     await exportModel(modelPath, { kind: 'autoencoder', config: cfgJson, params: finalParams, step, weights: useEma ? 'ema' : 'raw', extra });
     await run.appendLog({ step, scale_factor: scaleFactor, model: modelPath });
     const sps = rate.perSecond();
