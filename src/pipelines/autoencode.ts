@@ -532,8 +532,9 @@ export async function evaluateReconstruction(stage: FirstStage, data: Dataset, o
         if (rc !== nativeC) back = convertChannels(back, nativeC as 1 | 3);
         const a = toPixels(g.sample.image);
         const b = toPixels(back);
+        // SSIM needs its 11x11 window to fit; smaller images get PSNR only (and a NaN SSIM).
         const m = { psnr: psnr(a, b), ssim: Math.min(h, w) >= 11 ? ssim(a, b) : NaN };
-        means.add(m);
+        means.add(Number.isNaN(m.ssim) ? { psnr: m.psnr } : m);
         if (opts.perImage) per.push({ id: g.sample.id, ...m });
         size = [h, w];
         if (codebook && counts) {
@@ -545,7 +546,7 @@ export async function evaluateReconstruction(stage: FirstStage, data: Dataset, o
     opts.onBatch?.(Math.min(total, start + bs), total);
   }
   const m = means.means();
-  const result: EvalResult = { images: total, psnr: m.psnr!, ssim: m.ssim!, channels: data.channels, size };
+  const result: EvalResult = { images: total, psnr: m.psnr!, ssim: m.ssim ?? NaN, channels: data.channels, size };
   if (opts.perImage) result.perImage = per;
   if (codebook && counts) {
     const u: CodebookUsage = codebookUsage(float32([0]), codebook.shape[0]!, counts);

@@ -324,6 +324,9 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
     startStep = ck.step;
     await run.rewindLog(startStep);
     note(`resuming ${run.dir} from step ${startStep}`);
+  } else if (run.resumed) {
+    await run.rewindLog(0);
+    note(`${run.dir} has no complete checkpoint; starting from step 0`);
   }
 
   const loader = new DataLoader(train, { batchSize, seed, dropLast: true, startEpoch: Math.floor(startStep / Math.floor(train.size / batchSize)) });
