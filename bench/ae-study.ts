@@ -8,6 +8,7 @@
  *   node --import tsx bench/ae-study.ts                       # the issue's runs: 19 min of training each
  *   node --import tsx bench/ae-study.ts --quick               # checks the script: 40 steps each, 500 test images
  *   node --import tsx bench/ae-study.ts --minutes 10 --configs kl-f4-fashion,vq-f4-fashion --runs-dir /tmp/study
+ *   node --import tsx bench/ae-study.ts --configs kl-f4-fashion --threads 1 --out ae-study-kl4   # one config a core, results named
  *   node --import tsx bench/ae-study.ts --configs kl-f4-fashion --steps 200 --disc-start 120 --eval-limit 1000   # speed check
  *
  * Targets (the issue): kl-f4 PSNR >= 28 dB; vq-f4 >= 26 dB with >= 50% of the codebook used on the test split.
@@ -119,7 +120,7 @@ async function studyOne(name: string): Promise<Row> {
 const rows: Row[] = [];
 for (const name of configs) rows.push(await studyOne(name));
 const partial = quick || stepsArg !== undefined || evalLimit !== undefined;
-const file = await writeResults(partial ? 'ae-study-partial' : 'ae-study', {
+const file = await writeResults(arg('--out') ?? (partial ? 'ae-study-partial' : 'ae-study'), {
   date: new Date().toISOString(), machine: { cpu: os.cpus()[0]?.model, cores: os.availableParallelism(), threads }, minutes, quick,
   protocol: 'ldm train-ae (cosine lr, time limit) on fashion-mnist padded to 32; ldm eval-ae on fashion-mnist:test, 28x28 crop, 8-bit, gray PSNR averaged over images',
   rows,
