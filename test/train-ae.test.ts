@@ -115,16 +115,26 @@ test('resume continues from the last checkpoint and reaches the weights of an un
   assert.equal(log.filter((r) => r.step === 8 && r.losses !== undefined).length, 1, 'no duplicated log lines after resume');
 });
 
-test('VQ: codebook usage is reported and unused codes are re-seeded', async () => {
+test('VQ: codebook usage is reported and unused codes are re-seeded into the weights', async () => {
   const root = tmp();
-  const res = await trainAutoencoder({
-    config: tinyConfig('vq', { disc_start: 100 }), run: await RunDir.create(root, 'vq'), executor, dataset: blobs(24, 3, 16, 3),
-    steps: 6, reseedEvery: 2, valImages: 4, scaleImages: 8,
-  });
-  assert.ok(res.codebook);
+  const data = blobs(24, 3, 16, 3);
+  const config = tinyConfig('vq', { disc_start: 100 });
+  const common = { config, executor, dataset: data, steps: 6, valImages: 4, scaleImages: 8 };
+  const res = await trainAutoencoder({ ...common, run: await RunDir.create(root, 'vq'), reseedEvery: 2 });
+  const plain = await trainAutoencoder({ ...common, run: await RunDir.create(root, 'plain'), reseedEvery: 0 });
+  assert.ok(res.codebook && plain.codebook);
   assert.ok(res.codebook.reseeded > 0, 'a fresh 64-code book has dead codes to re-seed');
-  assert.ok(res.codebook.usedFraction > 0 && res.codebook.usedFraction <= 1);
+  assert.equal(plain.codebook.reseeded, 0);
   assert.ok(res.validation?.codebook && res.validation.codebook.perplexity >= 1);
+  // Codes start in [-1/64, 1/64] and a code no batch chose gets no gradient, so only used or re-seeded codes leave it.
+  const moved = async (file: string) => {
+    const book = toFloat32((await loadCheckpoint(file)).params.get('quantize.embedding.weight')!);
+    let n = 0;
+    for (let k = 0; k < 64; k++) if (Math.max(...Array.from(book.subarray(k * 4, (k + 1) * 4), Math.abs)) > 1.5 / 64) n++;
+    return n;
+  };
+  const [withReseed, without] = [await moved(res.model), await moved(plain.model)];
+  assert.ok(withReseed > without + 10, `codes away from their initial range: ${withReseed} re-seeded vs ${without} plain`);
 });
 
 test('errors: no data, wrong image size, an existing run without --resume or --force', async () => {

@@ -37,6 +37,7 @@ import {
 } from './common.js';
 
 export const LOSS_PREFIX = 'loss.';
+const CODEBOOK = 'quantize.embedding.weight';
 
 export interface TrainAutoencoderOptions {
   config: AutoencoderConfig;
@@ -416,17 +417,21 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
       if (isVq && reseedEvery > 0 && step % reseedEvery === 0) {
         lastUsage = codebookUsage(float32([0]), nEmbed, usageCounts);
         if (step < 0.9 * total) {
-          const h = await probe.latents(gen.params, lastBatch.images);
-          const { codebook, reseeded } = reseedDeadCodes(gen.params.get('quantize.embedding.weight')!, usageCounts, h, rng, { noise: 0.01 });
+          const params = gen.params;
+          const h = await probe.latents(params, lastBatch.images);
+          const { codebook, reseeded } = reseedDeadCodes(params.get(CODEBOOK)!, usageCounts, h, rng, { noise: 0.01 });
           if (reseeded.length > 0) {
-            gen.params.set('quantize.embedding.weight', codebook);
-            if (gen.ema) {
-              const e = Float32Array.from(toFloat32(gen.ema.get('quantize.embedding.weight')!));
+            // The trainer hands out views of its buffers: new values go back in through restore (moments kept).
+            params.set(CODEBOOK, codebook);
+            const ema = gen.ema;
+            if (ema) {
+              const e = Float32Array.from(toFloat32(ema.get(CODEBOOK)!));
               const c = codebook.data as Float32Array;
               const d = model.embedDim;
               for (const k of reseeded) e.set(c.subarray(k * d, (k + 1) * d), k * d);
-              gen.ema.set('quantize.embedding.weight', float32(codebook.shape, e));
+              ema.set(CODEBOOK, float32(codebook.shape, e));
             }
+            gen.restore(params, gen.state(), ema);
             reseededTotal += reseeded.length;
           }
         }
