@@ -137,6 +137,25 @@ test('VQ: codebook usage is reported and unused codes are re-seeded into the wei
   assert.ok(withReseed > without + 10, `codes away from their initial range: ${withReseed} re-seeded vs ${without} plain`);
 });
 
+test('time limit: the run stops and checkpoints where it is, and a time-boxed run ends with the GAN on', async () => {
+  const root = tmp();
+  const data = blobs(16, 3, 16, 5);
+  const config = tinyConfig('kl', { disc_start: 100 });
+  const notes: string[] = [];
+  const seen: AEStepReport[] = [];
+  const gan = await trainAutoencoder({
+    config, run: await RunDir.create(root, 'gan'), executor, dataset: data, steps: 3, valImages: 4, scaleImages: 8, timeLimit: 600, ganAtTime: 0,
+    onStep: (r) => seen.push(r), note: (m) => notes.push(m),
+  });
+  assert.equal(gan.stopped, 'steps');
+  assert.ok(seen.every((r) => Number.isFinite(r.fields.disc_loss)), 'discriminator on from the first step');
+  assert.match(notes.join('\n'), /time limit used before disc_start 100; the discriminator switches on now/);
+  const short = await trainAutoencoder({ config, run: await RunDir.create(root, 'short'), executor, dataset: data, steps: 50, valImages: 4, scaleImages: 8, timeLimit: 0.001 });
+  assert.equal(short.stopped, 'time');
+  assert.equal(short.step, 1);
+  assert.ok(fs.existsSync(short.checkpoint) && fs.existsSync(short.model));
+});
+
 test('errors: no data, wrong image size, an existing run without --resume or --force', async () => {
   const root = tmp();
   await assert.rejects(

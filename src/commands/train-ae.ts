@@ -37,7 +37,7 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Start the run over, deleting its checkpoints, log and samples.' }),
     init: Flags.string({ summary: 'Fine-tune: start from this autoencoder checkpoint\'s weights (fresh optimizer).' }),
-    'time-limit': Flags.string({ summary: 'Stop after this many minutes (checkpointing there), e.g. 19 or 0.5.' }),
+    'time-limit': Flags.string({ summary: 'Stop after this many minutes (checkpointing there), e.g. 19 or 0.5. The discriminator switches on at 90% of it if disc_start has not come.' }),
     'lr-schedule': Flags.option({ options: ['constant', 'cosine'] as const, default: 'constant' as const, summary: 'Learning rate: constant (the reference) or cosine decay to 2% by the last step or the time limit.' })(),
     'val-every': Flags.integer({ min: 1, summary: 'Validate every N steps. Overrides train.val_every.' }),
     'val-images': Flags.integer({ min: 1, default: 256, summary: 'Held-out images scored at each validation.' }),

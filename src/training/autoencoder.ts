@@ -60,8 +60,13 @@ export interface TrainAutoencoderOptions {
   ckptEvery?: number;
   /** Checkpoints kept (default 3). */
   keep?: number;
-  /** Stop after this many seconds of this invocation, checkpointing where it stops. */
+  /**
+   * Stop after this many seconds of this invocation, checkpointing where it stops. A time-boxed run also switches the
+   * discriminator on once `ganAtTime` of the time is used, if disc_start has not come yet, so it always ends with the GAN.
+   */
   timeLimit?: number;
+  /** Share of the time limit after which the GAN is on whatever the step (default 0.9). */
+  ganAtTime?: number;
   /** Learning-rate schedule; cosine decays to 2% by the last step (or by the time limit, whichever comes first). */
   lrSchedule?: LrSchedule;
   /** VQ: re-seed unused codes every this many steps (0: never; default 100); stops at 90% of training. */
@@ -353,6 +358,8 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
   let validation: ValidationReport | undefined;
   let step = startStep;
   let stopped: 'steps' | 'time' = 'steps';
+  const ganAtTime = opts.ganAtTime ?? 0.9;
+  let ganByTime = false;
   let lastBatch: Batch | undefined;
   const useEma = gen.ema !== undefined;
   const weightsNow = () => (useEma ? gen.emaParams() : gen.params);
@@ -403,8 +410,13 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
       genOpt.lr = discOpt.lr = scheduledLr(baseLr, schedule, progress);
       const rng = new Rng(mixSeed(seed, step, 0x5eed));
       const feeds = aeStepFeeds(model, loss, lastBatch.images, step, rng);
-      const gan = step >= loss.discStart;
+      if (!ganByTime && budget.limited && step < loss.discStart && budget.fraction() >= ganAtTime) {
+        ganByTime = true;
+        note(`step ${step}: ${Math.round(100 * ganAtTime)}% of the time limit used before disc_start ${loss.discStart}; the discriminator switches on now`);
+      }
+      const gan = step >= loss.discStart || ganByTime;
       if (!gan) delete feeds[AE_INPUTS.discFactor];
+      else feeds[AE_INPUTS.discFactor] = float32([], [loss.discFactor]);
       const g: StepResult = await gen.stepOn(feeds);
       const fields: Record<string, number> = { ...g.metrics, loss: g.loss, lr: g.lr };
       if (gan) {
