@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { floatToHalf, halfToFloat, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import { floatToHalf, halfToFloat, toFloat32, toHalf, type HostTensor } from '../src/engine/host-tensor.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { readTorchCheckpoint } from '../src/io/torch-checkpoint.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
@@ -18,7 +18,7 @@ import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
 import { parseUNetConfig } from '../src/models/unet/config.js';
 import { TextEncoder } from '../src/models/text-encoder.js';
-import { convertCheckpoint, toHalf } from '../src/interop/convert.js';
+import { convertCheckpoint } from '../src/interop/convert.js';
 import { loadAnyCheckpoint } from '../src/interop/load-any.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

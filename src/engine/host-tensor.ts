@@ -75,15 +75,13 @@ export function halfToFloat(h: number): number {
   return s * (1 + m / 1024) * 2 ** (e - 15);
 }
 
-/** Round-to-nearest-even float32 -> float16 bits. */
-export function floatToHalf(v: number): number {
-  const f = new Float32Array([v]);
-  const x = new Uint32Array(f.buffer)[0]!;
+/** float32 bit pattern -> float16 bits, rounding to nearest even. */
+function halfFromBits(x: number): number {
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
   if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
+  const e = exp - 127 + 15;
   if (e >= 31) return sign | 0x7c00;
   if (e <= 0) {
     if (e < -10) return sign;
@@ -98,6 +96,38 @@ export function floatToHalf(v: number): number {
   let half = (e << 10) | (mant >>> 13);
   const rem = mant & 0x1fff;
   if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-  e = half >> 10;
   return sign | half;
+}
+
+const scratch = new Float32Array(1);
+const scratchBits = new Uint32Array(scratch.buffer);
+
+/** Round-to-nearest-even float32 -> float16 bits. */
+export function floatToHalf(v: number): number {
+  scratch[0] = v;
+  return halfFromBits(scratchBits[0]!);
+}
+
+/** A whole float32 array to float16 bits, reading the input's own bits (no allocation per element). */
+export function toHalf(src: Float32Array): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < bits.length; i++) out[i] = halfFromBits(bits[i]!);
+  return out;
+}
+
+/** A zeroed typed array of `n` elements of `dtype` (float16/bfloat16 as raw Uint16 bits, bool as Uint8). */
+export function allocate(dtype: DType, n: number): HostData {
+  switch (dtype) {
+    case 'float64': return new Float64Array(n);
+    case 'float32': return new Float32Array(n);
+    case 'float16':
+    case 'bfloat16': return new Uint16Array(n);
+    case 'int64': return new BigInt64Array(n);
+    case 'int32': return new Int32Array(n);
+    case 'int16': return new Int16Array(n);
+    case 'int8': return new Int8Array(n);
+    case 'uint8':
+    case 'bool': return new Uint8Array(n);
+  }
 }

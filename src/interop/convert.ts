@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { toFloat32, toHalf, type HostTensor } from '../engine/host-tensor.js';
 import { saveCheckpoint, splitPrefix } from '../io/checkpoint.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, fingerprintParams } from '../models/first-stage.js';
 import { loadAnyCheckpoint, type CheckpointKind, type LoadAnyOptions, type ModelContent, type SourceFormat } from './load-any.js';
@@ -50,47 +50,6 @@ export interface ConvertResult {
 /** The format an output path implies when --to is not given. */
 export function defaultTarget(output: string): TargetFormat {
   return /\.safetensors$/i.test(output) ? 'ldm' : 'diffusers';
-}
-
-/**
- * float32 -> float16 bits, round to nearest even: floatToHalf's rule over the input's own bits, since calling
- * floatToHalf per element allocates (19 s per 10M values, where this takes well under one).
- */
-export function toHalf(src: Float32Array): Uint16Array {
-  const bitsIn = new Uint32Array(src.buffer, src.byteOffset, src.length);
-  const out = new Uint16Array(src.length);
-  for (let i = 0; i < bitsIn.length; i++) {
-    const x = bitsIn[i]!;
-    const sign = (x >>> 16) & 0x8000;
-    const exp = (x >>> 23) & 0xff;
-    let mant = x & 0x7fffff;
-    if (exp === 0xff) {
-      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
-      continue;
-    }
-    const e = exp - 127 + 15;
-    if (e >= 31) {
-      out[i] = sign | 0x7c00;
-    } else if (e <= 0) {
-      if (e < -10) {
-        out[i] = sign;
-        continue;
-      }
-      mant |= 0x800000;
-      const shift = 14 - e;
-      let half = mant >>> shift;
-      const rem = mant & ((1 << shift) - 1);
-      const mid = 1 << (shift - 1);
-      if (rem > mid || (rem === mid && half & 1)) half++;
-      out[i] = sign | half;
-    } else {
-      let half = (e << 10) | (mant >>> 13);
-      const rem = mant & 0x1fff;
-      if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-      out[i] = sign | half;
-    }
-  }
-  return out;
 }
 
 /** Floating-point tensors cast to `dtype`; integer and bool tensors unchanged. */

@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { writeFileAtomic, type WriteOptions } from './atomic.js';
-import { DTYPE_BYTES, numel, type DType, type HostData, type HostTensor } from '../engine/host-tensor.js';
+import { allocate, DTYPE_BYTES, numel, type DType, type HostData, type HostTensor } from '../engine/host-tensor.js';
 
 /** The reference reader refuses headers above 100 MB; a larger one is corruption, not a model. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -160,20 +160,6 @@ function parseHeaderJson(json: Uint8Array, available: number, source: string): S
   return { entries, metadata: Object.fromEntries(metadata), headerBytes: json.length, dataBytes: cursor };
 }
 
-function allocate(dtype: DType, n: number): HostData {
-  switch (dtype) {
-    case 'float64': return new Float64Array(n);
-    case 'float32': return new Float32Array(n);
-    case 'float16':
-    case 'bfloat16': return new Uint16Array(n);
-    case 'int64': return new BigInt64Array(n);
-    case 'int32': return new Int32Array(n);
-    case 'int16': return new Int16Array(n);
-    case 'int8': return new Int8Array(n);
-    case 'uint8':
-    case 'bool': return new Uint8Array(n);
-  }
-}
 
 function bytesOf(data: HostData): Uint8Array {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);

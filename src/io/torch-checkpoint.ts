@@ -5,7 +5,7 @@
  * too: those classes become inert placeholders, listed in `skipped`. The legacy format (before 1.6) is read by
  * torch-legacy.ts into the same pickle values, then materialized here like the zip's.
  */
-import { DTYPE_BYTES, numel as countOf, type DType, type HostData, type HostTensor } from '../engine/host-tensor.js';
+import { allocate, DTYPE_BYTES, numel as countOf, type DType, type HostData, type HostTensor } from '../engine/host-tensor.js';
 import { bytesSource, fileSource, quote, ZipReader, type ByteSource, type ZipEntry } from './zip.js';
 import {
   PyDict, PyList, PyTuple, StorageRef, TensorRef, unpickle, type PyValue, type UnpickleLimits,
@@ -183,20 +183,6 @@ function flatten(value: PyValue, fail: (what: string) => never): Map<string, Ten
   return out;
 }
 
-function allocate(dtype: DType, n: number): HostData {
-  switch (dtype) {
-    case 'float64': return new Float64Array(n);
-    case 'float32': return new Float32Array(n);
-    case 'float16':
-    case 'bfloat16': return new Uint16Array(n);
-    case 'int64': return new BigInt64Array(n);
-    case 'int32': return new Int32Array(n);
-    case 'int16': return new Int16Array(n);
-    case 'int8': return new Int8Array(n);
-    case 'uint8':
-    case 'bool': return new Uint8Array(n);
-  }
-}
 
 /** A typed view of `bytes` (copied first if misaligned). */
 function typedView(dtype: DType, bytes: Uint8Array): HostData {
