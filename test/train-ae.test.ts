@@ -137,7 +137,7 @@ test('VQ: codebook usage is reported and unused codes are re-seeded into the wei
   assert.ok(withReseed > without + 10, `codes away from their initial range: ${withReseed} re-seeded vs ${without} plain`);
 });
 
-test('time limit: the run stops and checkpoints where it is, and a time-boxed run ends with the GAN on', async () => {
+test('time limit: the run stops and checkpoints where it is, a time-boxed run ends with the GAN on, cosine lr reaches the optimizer', async () => {
   const root = tmp();
   const data = blobs(16, 3, 16, 5);
   const config = tinyConfig('kl', { disc_start: 100 });
@@ -145,8 +145,10 @@ test('time limit: the run stops and checkpoints where it is, and a time-boxed ru
   const seen: AEStepReport[] = [];
   const gan = await trainAutoencoder({
     config, run: await RunDir.create(root, 'gan'), executor, dataset: data, steps: 3, valImages: 4, scaleImages: 8, timeLimit: 600, ganAtTime: 0,
-    onStep: (r) => seen.push(r), note: (m) => notes.push(m),
+    lrSchedule: 'cosine', onStep: (r) => seen.push(r), note: (m) => notes.push(m),
   });
+  const lrs = seen.map((r) => r.fields.lr!);
+  assert.ok(lrs[0] === 2e-3 && lrs[1]! < lrs[0]! && lrs[2]! < lrs[1]!, `cosine learning rates ${lrs.join(', ')} reach the optimizer`);
   assert.equal(gan.stopped, 'steps');
   assert.ok(seen.every((r) => Number.isFinite(r.fields.disc_loss)), 'discriminator on from the first step');
   assert.match(notes.join('\n'), /time limit used before disc_start 100; the discriminator switches on now/);
