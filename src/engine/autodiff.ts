@@ -84,7 +84,9 @@ function convGrad(y: Tensor, dy: Tensor, need: readonly boolean[]): (Tensor | un
       const im = o.conv2d(o.stopGradient(x), onehot, undefined, { stride: [strides[0]!, strides[1]!], padding: [pads[0]!, pads[1]!, pads[2]!, pads[3]!], groups: c });
       cols = o.reshape(im, [n, c * taps, ho * wo]);
     }
-    const dw = o.sum(o.matmul(dyr, o.transpose(cols, [0, 2, 1])), [0]);
+    // Per-sample products summed over the batch as ones[1, N] x [N, K*CT]: a GEMV that beats ReduceSum over axis 0.
+    const perSample = o.reshape(o.matmul(dyr, o.transpose(cols, [0, 2, 1])), [n, -1]);
+    const dw = o.matmul(o.constant(float32([1, n], new Float32Array(n).fill(1)), y.graph), perSample);
     out[1] = o.reshape(dw, w.shape);
   }
   if (b && need[2]) out[2] = o.sum(dy, [0, 2, 3]);
