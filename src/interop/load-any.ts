@@ -146,7 +146,8 @@ function statOf(file: string): fs.Stats {
   try {
     return fs.statSync(file);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${file}: no such file or folder; give a checkpoint file or a diffusers folder`);
+    // Keeps the ENOENT code so callers can say which checkpoint their command wanted.
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw Object.assign(new Error(`${file}: no such file or folder; give a checkpoint file or a diffusers folder`), { code: 'ENOENT' });
     throw err;
   }
 }

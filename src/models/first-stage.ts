@@ -12,9 +12,10 @@ import * as o from '../engine/ops.js';
 import { bindParams, checkWeights } from '../engine/module.js';
 import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
-import { loadCheckpoint, splitPrefix, type LoadedCheckpoint } from '../io/checkpoint.js';
+import { splitPrefix, type LoadedCheckpoint } from '../io/checkpoint.js';
 import { validateConfig } from '../config/load.js';
 import { AutoencoderKL, VQModel, buildAutoencoder, type Autoencoder, type DDConfig } from './autoencoder/index.js';
+import { loadAnyCheckpoint } from '../interop/load-any.js';
 
 /** Metadata key of an autoencoder (or LDM) checkpoint holding the latent scale factor. */
 export const SCALE_FACTOR_KEY = 'ldm.scale_factor';
@@ -222,9 +223,12 @@ export function firstStageFromLdm(ckpt: Pick<LoadedCheckpoint, 'params' | 'metad
  */
 export async function openFirstStage(ref: string, opts: { executor: Executor; channels?: number }): Promise<FirstStage> {
   if (ref === 'pixel') return new PixelFirstStage(opts.channels ?? 3);
-  const ckpt = await loadCheckpoint(ref).catch((err: unknown) => {
+  // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
+  const ckpt = await loadAnyCheckpoint(ref).catch((err: unknown) => {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new Error(`first stage checkpoint ${ref} not found; give an autoencoder checkpoint (ldm train-ae writes one) or "pixel"`);
+    const kind = /: a "(\w+)" checkpoint;/.exec((err as Error).message)?.[1];
+    if (kind) throw new Error(`${ref} is a "${kind}" checkpoint; the first stage must be an autoencoder checkpoint (or "pixel")`);
     throw err;
   });
   if (ckpt.kind === 'ldm') return firstStageFromLdm(ckpt, ref, opts.executor);

@@ -9,7 +9,7 @@ import { Module, checkWeights } from '../engine/module.js';
 import type { Tensor } from '../engine/graph.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
-import { addPrefix, loadCheckpoint, mergeParams, saveCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
+import { addPrefix, mergeParams, saveCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
 import { WEIGHTS_META } from '../training/common.js';
 import { validateConfig } from '../config/load.js';
 import { NoiseSchedule } from '../diffusion/schedule.js';
@@ -20,6 +20,7 @@ import { Slots } from './unet/layers.js';
 import { createConditioner, type Conditioner } from './conditioning.js';
 import { Tokenizer } from './tokenizer.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, firstStageFromLdm, type FirstStage } from './first-stage.js';
+import { loadAnyCheckpoint } from '../interop/load-any.js';
 
 /** Feed names of a denoising call / training step. */
 export const INPUT_X = 'x';
@@ -192,7 +193,8 @@ export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor
 
 /** Read an LDM checkpoint: model, weights, first stage, tokenizer; one-line errors for anything else. */
 export async function readLdmCheckpoint(file: string, executor: Executor): Promise<LoadedLdm> {
-  const ckpt = await loadCheckpoint(file).catch((err: unknown) => {
+  // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
+  const ckpt = await loadAnyCheckpoint(file).catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes them under runs/<name>/)`);
     throw err;
   });
