@@ -190,7 +190,7 @@ test('a reference checkpoint without its YAML: the UNet heads are named as missi
   await writeSafetensors(file, tensors);
   const live = await loadAnyCheckpoint(file, { config: LDM_YAML });
   assert.ok(live.source.notes.some((n) => n.includes('pass --ema')));
-  assert.equal(live.metadata['ldm.weights'], 'live');
+  assert.equal(live.metadata['ldm.weights'], 'raw');
   const ema = await loadAnyCheckpoint(file, { config: LDM_YAML, ema: true });
   assert.equal(ema.metadata['ldm.weights'], 'ema');
   const name = 'model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight';

@@ -412,7 +412,7 @@ function fromReferenceTensors(
     }
     : { kind: 'pixel', channels: config.data.channels ?? uCfg.out_channels };
   const params = mergeParams(addPrefix(unet, UNET_PREFIX), addPrefix(cond, COND_PREFIX), addPrefix(first, FIRST_STAGE_PREFIX));
-  const metadata = { [FIRST_STAGE_KEY]: JSON.stringify(spec), [SCALE_FACTOR_KEY]: String(scale), [WEIGHTS_KEY]: opts.ema ? 'ema' : 'live' };
+  const metadata = { [FIRST_STAGE_KEY]: JSON.stringify(spec), [SCALE_FACTOR_KEY]: String(scale), [WEIGHTS_KEY]: opts.ema ? 'ema' : 'raw' };
   return { model: { kind: 'ldm', config, params, step, metadata }, unused: rest() };
 }
 
