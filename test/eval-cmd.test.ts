@@ -9,8 +9,6 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { spawnSync } from 'node:child_process';
 import { float32 } from '../src/engine/host-tensor.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { Rng } from '../src/util/random.js';
@@ -19,8 +17,8 @@ import { loadSide } from '../src/metrics/evaluate.js';
 import { frechetDistance } from '../src/metrics/fid.js';
 import { loadStats } from '../src/metrics/stats.js';
 import { classifierNetworkFromFile, DomainClassifier, saveClassifier, type ClassifierConfig } from '../src/models/classifier.js';
+import { runCommands, type CallResult } from './helpers/commands.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-eval-cmd-'));
 process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -37,48 +35,9 @@ async function folder(sub: string, n: number, mean: number, slope: number, seed:
   return out;
 }
 
-interface CallResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 /** Each call in one child process, its stdout and stderr captured there. */
 function ldm(calls: readonly { command: 'eval-fid' | 'train-classifier'; args: string[] }[]): CallResult[] {
-  const runner = path.join(dir, 'runner.mjs');
-  fs.writeFileSync(runner, `
-const commands = {
-  'eval-fid': (await import(${JSON.stringify(path.join(root, 'src', 'commands', 'eval-fid.ts'))})).default,
-  'train-classifier': (await import(${JSON.stringify(path.join(root, 'src', 'commands', 'train-classifier.ts'))})).default,
-};
-const results = [];
-const ow = process.stdout.write.bind(process.stdout);
-const ew = process.stderr.write.bind(process.stderr);
-for (const call of JSON.parse(process.argv[2])) {
-  const out = [];
-  const err = [];
-  process.stdout.write = (chunk) => (out.push(String(chunk)), true);
-  process.stderr.write = (chunk) => (err.push(String(chunk)), true);
-  let code = 0;
-  try {
-    await commands[call.command].run(call.args, ${JSON.stringify(root)});
-  } catch (e) {
-    code = e?.oclif?.exit ?? 99;
-    if (code === 99) err.push(String(e?.stack ?? e));
-  }
-  process.stdout.write = ow;
-  process.stderr.write = ew;
-  results.push({ code, stdout: out.join(''), stderr: err.join('') });
-}
-ow(JSON.stringify(results));
-`);
-  const env = { ...process.env };
-  delete env.LDM_BACKEND;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', runner, JSON.stringify(calls.map((c) => ({ ...c, args: [...c.args, '--backend', 'onnx', '--threads', '1'] })))], {
-    cwd: root, encoding: 'utf8', env, timeout: 120_000,
-  });
-  assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout) as CallResult[];
+  return runCommands(dir, calls);
 }
 
 const oneLineError = (r: CallResult, re: RegExp) => {

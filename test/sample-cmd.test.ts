@@ -8,8 +8,6 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { spawnSync } from 'node:child_process';
 import { float32 } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
 import { LatentDiffusionConfigSchema, type LatentDiffusionConfigInput } from '../src/config/ldm.js';
@@ -17,8 +15,8 @@ import { LatentDiffusion, writeLdmCheckpoint } from '../src/models/ldm.js';
 import { PixelFirstStage } from '../src/models/first-stage.js';
 import { Tokenizer } from '../src/models/tokenizer.js';
 import { probeImage, readImage, writePng } from '../src/io/image.js';
+import { runCommands, type CallResult } from './helpers/commands.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-sample-cmd-'));
 const UNET = { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32 };
 
@@ -46,61 +44,9 @@ const uncond = checkpoint('uncond', {});
 const cls = checkpoint('cls', { unet: XATTN, conditioning: { type: 'class', num_classes: 2 } });
 const sem = checkpoint('sem', { unet: { ...UNET, in_channels: 6 }, conditioning: { type: 'semantic', num_classes: 3 } });
 
-interface CallResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-  /** SHA-1 of each file in the watched folder after the call. */
-  files: Record<string, string>;
-}
-
-/**
- * Run the command for each argument list in one child process (stdout and stderr of each call captured there, not
- * here, where the test runner reports on stdout), with the files of `watch` hashed after each call.
- */
+/** Run `ldm sample` (or another command) once per argument list, in one child process; see helpers/commands.ts. */
 function ldm(calls: readonly { args: string[]; watch?: string; command?: 'sample' | 'train-ldm' }[]): CallResult[] {
-  const runner = path.join(dir, 'runner.mjs');
-  fs.writeFileSync(runner, `
-import fs from 'node:fs';
-import path from 'node:path';
-import { createHash } from 'node:crypto';
-const commands = {
-  sample: (await import(${JSON.stringify(path.join(root, 'src', 'commands', 'sample.ts'))})).default,
-  'train-ldm': (await import(${JSON.stringify(path.join(root, 'src', 'commands', 'train-ldm.ts'))})).default,
-};
-const calls = JSON.parse(process.argv[2]);
-const results = [];
-const ow = process.stdout.write.bind(process.stdout);
-const ew = process.stderr.write.bind(process.stderr);
-for (const call of calls) {
-  const out = [];
-  const err = [];
-  process.stdout.write = (chunk) => (out.push(String(chunk)), true);
-  process.stderr.write = (chunk) => (err.push(String(chunk)), true);
-  let code = 0;
-  try {
-    await commands[call.command ?? 'sample'].run(call.args, ${JSON.stringify(root)});
-  } catch (e) {
-    code = e?.oclif?.exit ?? 99;
-    if (code === 99) err.push(String(e?.stack ?? e));
-  }
-  process.stdout.write = ow;
-  process.stderr.write = ew;
-  const files = {};
-  if (call.watch && fs.existsSync(call.watch)) {
-    for (const f of fs.readdirSync(call.watch).sort()) files[f] = createHash('sha1').update(fs.readFileSync(path.join(call.watch, f))).digest('hex');
-  }
-  results.push({ code, stdout: out.join(''), stderr: err.join(''), files });
-}
-ow(JSON.stringify(results));
-`);
-  const env = { ...process.env };
-  delete env.LDM_BACKEND;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', runner, JSON.stringify(calls.map((c) => ({ ...c, args: [...c.args, '--backend', 'onnx', '--threads', '1'] })))], {
-    cwd: root, encoding: 'utf8', env, timeout: 120_000,
-  });
-  assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout) as CallResult[];
+  return runCommands(dir, calls.map((c) => ({ ...c, command: c.command ?? 'sample' })));
 }
 
 test('ldm sample writes one PNG per image and a labelled grid, refuses to overwrite without --force, reports JSON', async () => {
