@@ -1,17 +1,12 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { numberFlag } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { sampleToFiles } from '../pipelines/sample.js';
 
-const number = Flags.custom<number>({
-  parse: async (s) => {
-    const v = Number(s);
-    if (s.trim() === '' || !Number.isFinite(v)) throw new Error(`expected a number, got "${s}"`);
-    return v;
-  },
-});
+const number = numberFlag();
 
 export default class Sample extends LdmCommand<typeof Sample> {
   static override summary = 'Draw images from a latent diffusion checkpoint: unconditional, by class, by prompt, from a label map; img2img and inpainting.';

@@ -1,18 +1,13 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { numberFlag } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { assertWritable } from '../io/atomic.js';
 import { trainClassifier } from '../metrics/train-classifier.js';
 import { DEFAULT_CLASSIFIER, saveClassifier } from '../models/classifier.js';
 
-const number = Flags.custom<number>({
-  parse: async (s) => {
-    const v = Number(s);
-    if (s.trim() === '' || !Number.isFinite(v) || v <= 0) throw new Error(`expected a positive number, got "${s}"`);
-    return v;
-  },
-});
+const number = numberFlag({ positive: true });
 
 export default class TrainClassifier extends LdmCommand<typeof TrainClassifier> {
   static override summary = 'Train the small domain classifier whose features give a domain FID (ldm eval-fid --network classifier).';
