@@ -22,7 +22,6 @@ import { DataLoader, mixSeed, splitDataset } from '../data/loader.js';
 import type { Batch, Dataset } from '../data/dataset.js';
 import { openDataset } from '../data/sources.js';
 import { effectiveLearningRate, type AutoencoderConfig } from '../config/schema.js';
-import { loadCheckpoint } from '../io/checkpoint.js';
 import type { RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
 import { buildAutoencoder, codebookUsage, reseedDeadCodes, type Autoencoder, type CodebookUsage } from '../models/autoencoder/index.js';
@@ -31,6 +30,7 @@ import {
 } from '../models/ae-loss.js';
 import { SCALE_FACTOR_KEY } from '../models/first-stage.js';
 import { MetricMeans, psnr, ssim, toPixels } from '../metrics/reconstruction.js';
+import { loadAnyCheckpoint } from '../interop/load-any.js';
 import {
   StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, withPrefix,
   withoutPrefix, type LrSchedule,
@@ -288,7 +288,8 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
 
   const latest = run.resumed ? await run.latestCheckpoint() : undefined;
   if (opts.init && !latest) {
-    const ck = await loadCheckpoint(opts.init).catch((err: unknown) => {
+    // Ours or imported: reference .ckpt and diffusers folders load through the same reader as every --ckpt.
+    const ck = await loadAnyCheckpoint(opts.init).catch((err: unknown) => {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`--init checkpoint ${opts.init} not found`);
       throw err;
     });

@@ -11,7 +11,7 @@ import { promises as fsp } from 'node:fs';
 import type { Executor } from '../engine/executor.js';
 import { Trainer, type StepResult, type TrainerState } from '../engine/trainer.js';
 import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
-import { loadCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
+import { type LoadedCheckpoint } from '../io/checkpoint.js';
 import { Rng } from '../util/random.js';
 import { mixSeed } from '../data/loader.js';
 import type { Dataset } from '../data/dataset.js';
@@ -29,6 +29,7 @@ import type { FirstStage } from '../models/first-stage.js';
 import { Denoiser, enlargeForGrid, generate, type SampleCondition } from '../pipelines/sample.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
 import { StepRate, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint } from './common.js';
+import { loadAnyCheckpoint } from '../interop/load-any.js';
 
 /** The trainer's name in checkpoints (optim.ldm.*). */
 const TRAINER = 'ldm';
@@ -334,7 +335,8 @@ async function fileExists(file: string): Promise<boolean> {
 
 /** The --init checkpoint: an LDM one (its weights go through initFrom, so a similar model fine-tunes too). */
 async function readInit(file: string): Promise<LoadedCheckpoint> {
-  const ck = await loadCheckpoint(file).catch((err: unknown) => {
+  // Ours or imported: reference .ckpt and diffusers folders load through the same reader as every --ckpt.
+  const ck = await loadAnyCheckpoint(file).catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`--init checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes runs/<name>/model.safetensors)`);
     throw err;
   });
