@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { floatToHalf, halfToFloat, toFloat32, toHalf, type HostTensor } from '../src/engine/host-tensor.js';
+import { floatToHalf, halfToFloat, toFloat32, toHalf } from '../src/engine/host-tensor.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { readTorchCheckpoint } from '../src/io/torch-checkpoint.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
@@ -20,6 +20,7 @@ import { parseUNetConfig } from '../src/models/unet/config.js';
 import { TextEncoder } from '../src/models/text-encoder.js';
 import { convertCheckpoint } from '../src/interop/convert.js';
 import { loadAnyCheckpoint } from '../src/interop/load-any.js';
+import { assertSameTensors } from './helpers/tensors.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const REF = path.join(ROOT, 'test', 'fixtures', 'interop-ref');
@@ -31,20 +32,8 @@ function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-convert-'));
 }
 
-function bits(t: HostTensor): Uint8Array {
-  return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-}
 
 /** Same names, dtypes, shapes and bytes. */
-function assertSameTensors(got: ReadonlyMap<string, HostTensor>, want: ReadonlyMap<string, HostTensor>, what: string): void {
-  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort(), `${what}: tensor names`);
-  for (const [k, w] of want) {
-    const g = got.get(k)!;
-    assert.equal(g.dtype, w.dtype, `${what}: ${k} dtype`);
-    assert.deepEqual(g.shape, w.shape, `${what}: ${k} shape`);
-    assert.ok(Buffer.from(bits(g)).equals(Buffer.from(bits(w))), `${what}: ${k} values`);
-  }
-}
 
 function json(file: string): Record<string, unknown> {
   return JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;

@@ -11,6 +11,7 @@ import {
   addPrefix, inspectCheckpoint, loadCheckpoint, mergeParams, saveCheckpoint, splitPrefix,
 } from '../src/io/checkpoint.js';
 import { hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
+import { assertSameTensors } from './helpers/tensors.js';
 
 function tmpdir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-st-'));
@@ -26,9 +27,6 @@ function concat(chunks: Uint8Array[]): Uint8Array {
   return out;
 }
 
-function rawBytes(t: HostTensor): Uint8Array {
-  return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-}
 
 /** One tensor of every dtype, with awkward values: NaN payloads, -0, infinities, extremes. */
 function everyDtype(): Map<string, HostTensor> {
@@ -52,16 +50,6 @@ function everyDtype(): Map<string, HostTensor> {
   ]);
 }
 
-function assertSameTensors(actual: Map<string, HostTensor>, expected: Map<string, HostTensor>): void {
-  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
-  for (const [name, e] of expected) {
-    const a = actual.get(name)!;
-    assert.equal(a.dtype, e.dtype, name);
-    assert.deepEqual(a.shape, e.shape, name);
-    assert.equal(a.data.constructor, e.data.constructor, name);
-    assert.deepEqual(rawBytes(a), rawBytes(e), `${name} bytes`);
-  }
-}
 
 test('round trip of every dtype is bit-exact, with metadata, zero-size and scalar tensors', async () => {
   const dir = tmpdir();

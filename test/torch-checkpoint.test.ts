@@ -9,6 +9,7 @@ import { parseTorchCheckpoint, readTorchCheckpoint, type TorchCheckpoint } from 
 import { Placeholder, PyDict, TensorRef, unpickle, type PyValue } from '../src/io/pickle.js';
 import { bytesSource, ZipReader } from '../src/io/zip.js';
 import type { HostTensor } from '../src/engine/host-tensor.js';
+import { assertSameTensors } from './helpers/tensors.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const fixture = (name: string) => path.join(FIXTURES, name);
@@ -22,20 +23,7 @@ function group(prefix: string): Map<string, HostTensor> {
   return out;
 }
 
-function bytesOf(t: HostTensor): Uint8Array {
-  return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-}
 
-/** Same names, dtypes, shapes and bytes (bit-exact, NaN payloads and -0 included). */
-function assertSameTensors(got: ReadonlyMap<string, HostTensor>, want: ReadonlyMap<string, HostTensor>): void {
-  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
-  for (const [k, w] of want) {
-    const g = got.get(k)!;
-    assert.equal(g.dtype, w.dtype, k);
-    assert.deepEqual(g.shape, w.shape, k);
-    assert.deepEqual(bytesOf(g), bytesOf(w), k);
-  }
-}
 
 test('a plain state dict loads bit-exact: every dtype, transposed, shared-storage, expanded, 0-dim and empty tensors', async () => {
   const ck = await readTorchCheckpoint(fixture('torch-plain.pth'));

@@ -8,6 +8,7 @@ import { readSafetensors } from '../src/io/safetensors.js';
 import { parseTorchCheckpoint, readTorchCheckpoint, sniffTorchFormat } from '../src/io/torch-checkpoint.js';
 import type { HostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
+import { assertSameTensors, rawBytes as bytesOf } from './helpers/tensors.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const fixture = (name: string) => path.join(FIXTURES, name);
@@ -19,17 +20,7 @@ function group(prefix: string): Map<string, HostTensor> {
   return out;
 }
 
-const bytesOf = (t: HostTensor) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 
-function assertSameTensors(got: ReadonlyMap<string, HostTensor>, want: ReadonlyMap<string, HostTensor>): void {
-  assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
-  for (const [k, w] of want) {
-    const g = got.get(k)!;
-    assert.equal(g.dtype, w.dtype, k);
-    assert.deepEqual(g.shape, w.shape, k);
-    assert.deepEqual(bytesOf(g), bytesOf(w), k);
-  }
-}
 
 // ---- a legacy file written opcode by opcode, so the tests control every length ----------------------------------
 
