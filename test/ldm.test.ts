@@ -188,6 +188,27 @@ test('resume continues the step count and takes the same next steps as an uninte
   assert.deepEqual(a.classNames, ['right', 'left']);
 });
 
+test('a time limit stops with a checkpoint at the step reached; --resume goes on; cosine lowers the rate', async () => {
+  const cfg = config({}, { steps: 6, ckpt_every: 100 });
+  const root = tmpdir();
+  const common = { executor, firstStage: new PixelFirstStage(1), cacheDir: path.join(root, 'cache'), dataset: toyData(8), seed: 1 };
+  const lrs: number[] = [];
+  // Each step takes at least 0.3 s here, so a 0.5 s budget ends the run after one or two of its six steps.
+  const pause = (): void => void Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 300);
+  const cut = await trainLdm({
+    ...common, config: cfg, run: await RunDir.create(root, 'timed'), timeLimit: 0.5, lrSchedule: 'cosine',
+    onStep: (r) => { lrs.push(r.lr); pause(); },
+  });
+  assert.equal(cut.stopped, 'time');
+  assert.ok(cut.step >= 1 && cut.step < 6, `stopped at step ${cut.step}`);
+  assert.equal(cut.checkpoint, path.join(root, 'timed', 'checkpoints', `step-${String(cut.step).padStart(8, '0')}.safetensors`));
+  const rest = await trainLdm({ ...common, config: cfg, run: await RunDir.create(root, 'timed', { resume: true }), lrSchedule: 'cosine', onStep: (r) => lrs.push(r.lr) });
+  assert.equal(rest.stopped, 'steps');
+  assert.equal(rest.startStep, cut.step);
+  assert.equal(rest.step, 6);
+  assert.ok(lrs[lrs.length - 1]! < 0.2 * lrs[0]!, `cosine: ${lrs.join(', ')}`);
+});
+
 test('resuming with a different model config is refused with a one-line reason', async () => {
   const root = tmpdir();
   const common = { executor, firstStage: new PixelFirstStage(1), cacheDir: path.join(root, 'cache'), dataset: toyData(8), seed: 1 };

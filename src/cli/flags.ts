@@ -12,3 +12,14 @@ export function numberFlag(opts: { positive?: boolean } = {}) {
     },
   });
 }
+
+/** --time-limit in minutes (a real number), for the training commands. */
+export function timeLimitFlag(extra = '') {
+  return numberFlag({ positive: true })({ summary: `Stop after this many minutes (checkpointing there), e.g. 19 or 0.5.${extra ? ` ${extra}` : ''}` });
+}
+
+/** --lr-schedule, for the training commands. */
+export const lrScheduleFlag = () => Flags.option({
+  options: ['constant', 'cosine'] as const, default: 'constant' as const,
+  summary: 'Learning rate: constant (the reference) or cosine decay to 2% by the last step or the time limit.',
+})();

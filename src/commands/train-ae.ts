@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
+import { lrScheduleFlag, timeLimitFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -37,8 +38,8 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Start the run over, deleting its checkpoints, log and samples.' }),
     init: Flags.string({ summary: 'Fine-tune: start from this autoencoder checkpoint\'s weights (fresh optimizer).' }),
-    'time-limit': Flags.string({ summary: 'Stop after this many minutes (checkpointing there), e.g. 19 or 0.5. The discriminator switches on at 90% of it if disc_start has not come.' }),
-    'lr-schedule': Flags.option({ options: ['constant', 'cosine'] as const, default: 'constant' as const, summary: 'Learning rate: constant (the reference) or cosine decay to 2% by the last step or the time limit.' })(),
+    'time-limit': timeLimitFlag('The discriminator switches on at 90% of it if disc_start has not come.'),
+    'lr-schedule': lrScheduleFlag(),
     'val-every': Flags.integer({ min: 1, summary: 'Validate every N steps. Overrides train.val_every.' }),
     'val-images': Flags.integer({ min: 1, default: 256, summary: 'Held-out images scored at each validation.' }),
     'ckpt-every': Flags.integer({ min: 1, summary: 'Checkpoint every N steps. Overrides train.ckpt_every.' }),
@@ -52,8 +53,7 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     const config: AutoencoderConfig = f.steps !== undefined ? { ...loaded.config, train: { ...loaded.config.train, steps: f.steps } } : loaded.config;
     const data = f.data ?? config.data?.source;
     if (data === undefined) throw new Error(`config ${config.name} names no data source; pass --data (fashion-mnist, shapes, or a folder of images)`);
-    const timeLimit = f['time-limit'] === undefined ? undefined : Number(f['time-limit']);
-    if (timeLimit !== undefined && !(timeLimit > 0)) throw new Error(`--time-limit must be a positive number of minutes, got "${f['time-limit']}"`);
+    const timeLimit = f['time-limit'];
     const run = await RunDir.create(f['runs-dir'], f.run ?? config.name, { resume: f.resume, force: f.force });
     if (run.resumed) {
       const before = await run.readConfig();

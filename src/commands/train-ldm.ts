@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
+import { lrScheduleFlag, timeLimitFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -30,6 +31,8 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
     resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Start the run over, deleting its checkpoints, log and samples.' }),
     init: Flags.string({ summary: 'Fine-tune: start from this LDM checkpoint\'s weights.' }),
+    'time-limit': timeLimitFlag('A later --resume goes on from there.'),
+    'lr-schedule': lrScheduleFlag(),
   };
 
   async run(): Promise<void> {
@@ -50,6 +53,8 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
         cacheDir: f['cache-dir'] ?? path.join(f['runs-dir'], '.cache'),
         ...(f.seed !== undefined ? { seed: f.seed } : {}),
         ...(f.init !== undefined ? { init: f.init } : {}),
+        ...(f['time-limit'] !== undefined ? { timeLimit: f['time-limit'] * 60 } : {}),
+        lrSchedule: f['lr-schedule'],
         note: (m) => {
           const bar = steps ?? encode;
           if (bar) bar.log(m);
@@ -68,7 +73,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
       steps?.stop();
       this.result(res, (r) => [
         `trained ${r.run} to step ${r.step} (from ${r.startStep})${r.loss !== undefined ? `: loss ${r.loss.toFixed(4)}` : ''}`
-          + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : ''),
+          + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : '') + (r.stopped === 'time' ? ' (time limit)' : ''),
         `model: ${r.model} (samples on its own: ldm sample --ckpt ${r.model})`,
         ...(r.checkpoint ? [`checkpoint: ${r.checkpoint}${r.ema ? ` (+ ${path.basename(r.ema)})` : ''}`] : []),
         `scale factor: ${r.scaleFactor.toPrecision(5)}, lr ${r.lr}`,

@@ -28,7 +28,9 @@ import type { Conditions } from '../models/conditioning.js';
 import type { FirstStage } from '../models/first-stage.js';
 import { Denoiser, enlargeForGrid, generate, type SampleCondition } from '../pipelines/sample.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
-import { StepRate, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint } from './common.js';
+import {
+  StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, type LrSchedule,
+} from './common.js';
 import { loadAnyCheckpoint } from '../interop/load-any.js';
 
 /** The trainer's name in checkpoints (optim.ldm.*). */
@@ -48,6 +50,10 @@ export interface TrainLdmOptions {
   seed?: number;
   /** Fine-tune: start from this LDM checkpoint's weights where they fit (fresh optimizer); the rest start fresh. */
   init?: string;
+  /** Stop after this many seconds of training (checkpointing there); a later --resume goes on. */
+  timeLimit?: number;
+  /** constant (the reference) or cosine decay to 2% by the last step or the time limit, whichever comes first. */
+  lrSchedule?: LrSchedule;
   onEncode?: (done: number, total: number) => void;
   onStep?: (r: StepResult, total: number) => void;
   note?: (message: string) => void;
@@ -71,6 +77,8 @@ export interface TrainLdmResult {
   /** Steps per second after the first (compiling) step; undefined with fewer than two steps. */
   stepsPerSecond?: number;
   seconds: number;
+  /** Why training stopped: the step count was reached, or the time limit. */
+  stopped: 'steps' | 'time';
 }
 
 /** Dataset positions of the samples of step `step` (0-based): the run's epochs laid end to end, each a seeded permutation. */
@@ -222,9 +230,10 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     params = g.params;
   }
   const emaDecay = tc.ema_decay > 0 ? tc.ema_decay : undefined;
+  // The trainer reads optimizer.lr at every step: the schedule below sets it.
+  const optimizer = { lr, weightDecay: tc.weight_decay, clipNorm: tc.clip_norm, warmupSteps: tc.warmup };
   const trainer = new Trainer({
-    executor, module: model, params,
-    optimizer: { lr, weightDecay: tc.weight_decay, clipNorm: tc.clip_norm, warmupSteps: tc.warmup },
+    executor, module: model, params, optimizer,
     ...(emaDecay !== undefined ? { emaDecay } : {}),
     loss: (inputs) => ({ loss: model.loss(inputs) }),
   });
@@ -271,9 +280,20 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   let last: StepResult | undefined;
   let window: number[] = [];
   let saved: { path: string; emaPath?: string } | undefined;
+  const budget = new TimeBudget(opts.timeLimit);
+  const schedule = opts.lrSchedule ?? 'constant';
+  let stopped: TrainLdmResult['stopped'] = 'steps';
   try {
     while (trainer.step < total) {
       const step = trainer.step;
+      if (budget.exceeded()) {
+        stopped = 'time';
+        note(`time limit reached at step ${step}; resume with --resume to go on`);
+        if (last && !isDue(step, tc.ckpt_every, total)) saved = await save(step);
+        if (last && tc.sample_every !== undefined && !isDue(step, tc.sample_every, total)) await writeSamples(step);
+        break;
+      }
+      optimizer.lr = scheduledLr(lr, schedule, Math.max(step / total, budget.fraction()));
       const rng = new Rng(mixSeed(seed, 0x57e9, step));
       const idx = batchIndices(step, B, N, seed);
       const z0 = (takeRows(cache.latents, idx).data as Float32Array).map((v) => v * scaleFactor);
@@ -326,6 +346,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     samples,
     ...(stepsPerSecond !== undefined ? { stepsPerSecond } : {}),
     seconds: (Date.now() - started) / 1000,
+    stopped,
   };
 }
 
