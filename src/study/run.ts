@@ -1,0 +1,531 @@
+/**
+ * `ldm compare-factors` as a library: the paper's downsampling-factor study on any data. For every factor f a
+ * first stage (pixel space for f = 1 unless told otherwise, else the zoo's small autoencoder trained here or one
+ * given), then the same LDM (one UNet, batch and step count; only the latent channels follow the first stage),
+ * trained in segments that end at fixed checkpoints where samples are drawn and scored (FID with the domain
+ * classifier's features or Inception's), with throughput and reconstruction quality recorded.
+ *
+ * The factors advance together, checkpoint by checkpoint, so a study stopped early has every factor at the same
+ * step. Everything lands in files (figures.ts) as soon as it is measured: a rerun skips what is done and a killed
+ * run resumes inside a segment from the LDM's own checkpoints.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Executor } from '../engine/executor.js';
+import { float32, type HostTensor } from '../engine/host-tensor.js';
+import type { Progress } from '../cli/progress.js';
+import { openDataset, parseDatasetSpec } from '../data/sources.js';
+import type { Dataset } from '../data/dataset.js';
+import { RunDir } from '../io/run-dir.js';
+import { saveGrid } from '../io/image.js';
+import { latentShape, type AutoencoderConfig } from '../config/schema.js';
+import type { LatentDiffusionConfig } from '../config/ldm.js';
+import { validateConfig } from '../config/load.js';
+import { PixelFirstStage, openFirstStage, type FirstStage } from '../models/first-stage.js';
+import { readLdmCheckpoint } from '../models/ldm.js';
+import { classifierNetworkFromFile, saveClassifier } from '../models/classifier.js';
+import { inceptionNetwork } from '../models/inception.js';
+import { extractFeatures, type FeatureNetwork } from '../metrics/features.js';
+import { loadStats, saveStats, statistics, type FeatureStats } from '../metrics/stats.js';
+import { frechetDistance } from '../metrics/fid.js';
+import { trainClassifier } from '../metrics/train-classifier.js';
+import { evaluateReconstruction } from '../pipelines/autoencode.js';
+import { Denoiser, enlargeForGrid, generate } from '../pipelines/sample.js';
+import { trainAutoencoder } from '../training/autoencoder.js';
+import { trainLdm } from '../training/ldm.js';
+import {
+  STUDY_FORMAT, checkpointSteps, factorDir, readFigures, readPlan, writeFigures, writePlan,
+  type Budget, type CheckpointFigures, type FactorFigures, type FirstStageFigures, type StudyPlan,
+} from './figures.js';
+import {
+  ALL_FACTORS, DEFAULT_LDM_CONFIG, aeConfigFor, factorFits, ldmConfigFor, loadStudyLdmConfig, unfitMessage,
+} from './plan.js';
+import { calibrateFactor, stepsForBudget } from './calibrate.js';
+import { renderReport, type RenderedReport } from './report.js';
+
+export interface CompareFactorsOptions {
+  /** Data source spec (fashion-mnist, a folder, ...). */
+  data: string;
+  /** The study folder. */
+  out: string;
+  executor: Executor;
+  /** Default: every factor of 1..32 whose latent the UNet fits at `size`. */
+  factors?: readonly number[];
+  /** Default: the LDM config's train.steps. */
+  budget?: Budget;
+  /** Default: 4 evenly spaced. */
+  checkpoints?: StudyPlan['checkpoints'];
+  /** Per factor: an autoencoder checkpoint to reuse, a config to train, or 'pixel' (f = 1). */
+  ae?: ReadonlyMap<number, string>;
+  /** Autoencoder training steps (default: each config's). */
+  aeSteps?: number;
+  /** The LDM config (zoo name or YAML; default study-unet). */
+  ldmConfig?: string;
+  /** Image side (default: the LDM config's data.size). */
+  size?: number;
+  /** Feature network: a classifier checkpoint, or Inception weights; neither: a classifier is trained on the data. */
+  classifier?: string;
+  inception?: string;
+  classifierEpochs?: number;
+  /** Samples scored per checkpoint (default 500) and the DDIM steps drawing them (default: the config's sample.steps). */
+  fidSamples?: number;
+  sampleSteps?: number;
+  /** Reference images of the FID (default: fashion-mnist's test split, or the data) and how many (default 10000). */
+  fidReference?: string;
+  referenceImages?: number;
+  /** Reference images the autoencoders' PSNR/SSIM are measured on (default 1000). */
+  aeEvalImages?: number;
+  seed?: number;
+  note?: (message: string) => void;
+  progress?: (o: { total: number; label: string }) => Progress;
+}
+
+export interface FactorOutcome {
+  factor: number;
+  /** skipped: complete before this invocation; trained: work was done now; partial: stopped before the end. */
+  status: 'skipped' | 'trained';
+  steps: number;
+  fid?: number;
+  psnr?: number;
+}
+
+export interface CompareFactorsResult {
+  out: string;
+  ldmSteps: number;
+  checkpoints: number[];
+  factors: FactorOutcome[];
+  report: RenderedReport;
+  seconds: number;
+}
+
+const SAMPLE_BATCH = 50;
+const GRID_IMAGES = 64;
+
+const silentProgress: Progress = { update: () => undefined, increment: () => undefined, inner: () => silentProgress, log: () => undefined, stop: () => undefined };
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+async function isFileOrDir(p: string): Promise<boolean> {
+  return (await fsp.stat(p).catch(() => undefined)) !== undefined;
+}
+
+/** The first `k` images of a batch. */
+function head(images: HostTensor, k: number): HostTensor {
+  const n = Math.min(k, images.shape[0]!);
+  const per = images.data.length / images.shape[0]!;
+  return float32([n, ...images.shape.slice(1)], (images.data as Float32Array).subarray(0, n * per));
+}
+
+export async function compareFactors(o: CompareFactorsOptions): Promise<CompareFactorsResult> {
+  const started = performance.now();
+  const note = o.note ?? (() => undefined);
+  const progress = o.progress ?? (() => silentProgress);
+  const out = o.out;
+  await fsp.mkdir(out, { recursive: true });
+  const before = await readPlan(out);
+  if (!before && (await fsp.readdir(out)).length > 0) {
+    throw new Error(`${out} is not empty and holds no study.json; give compare-factors an empty or new folder (or the folder of a study to resume)`);
+  }
+
+  // The LDM config: the one the study started with, whatever the zoo holds now.
+  let base: LatentDiffusionConfig;
+  let baseFile: string;
+  if (before) {
+    base = validateConfig(before.ldmConfig.config, `${out}/study.json (ldmConfig)`) as LatentDiffusionConfig;
+    baseFile = before.ldmConfig.file;
+    if (o.ldmConfig !== undefined && o.ldmConfig !== before.ldmConfig.ref) {
+      throw new Error(`${out} was started with --ldm-config ${before.ldmConfig.ref}; resume with it, or start another study in a new folder`);
+    }
+  } else {
+    const loaded = loadStudyLdmConfig(o.ldmConfig ?? DEFAULT_LDM_CONFIG);
+    base = loaded.config;
+    baseFile = loaded.file;
+  }
+  const size = before?.size ?? o.size ?? base.data.size;
+  const seed = before?.seed ?? o.seed ?? 0;
+  const data = o.data;
+  const spec = parseDatasetSpec(data);
+  const fashion = spec.kind === 'fashion-mnist';
+  const trainData = await openDataset(data, { size, split: 'train' });
+  const channels = trainData.channels;
+
+  // Factors: explicit ones must fit; the default is every one that does.
+  let factors: number[];
+  if (o.factors) {
+    for (const f of o.factors) if (!factorFits(f, size, base.unet)) throw new Error(unfitMessage(f, size, base.unet));
+    factors = [...o.factors];
+  } else if (before) {
+    factors = before.factors;
+  } else {
+    factors = ALL_FACTORS.filter((f) => factorFits(f, size, base.unet));
+    const left = ALL_FACTORS.filter((f) => !factors.includes(f));
+    if (left.length) note(`leaving out f = ${left.join(', ')}: ${unfitMessage(left[0]!, size, base.unet)}`);
+  }
+
+  const budget: Budget = o.budget ?? before?.budget ?? { kind: 'steps', steps: base.train.steps };
+  const checkpoints = o.checkpoints ?? before?.checkpoints ?? { count: 4 };
+  if (budget.kind === 'minutes' && 'steps' in checkpoints) {
+    throw new Error('--checkpoints with explicit steps needs --budget in steps; with a budget in minutes give a count (e.g. --checkpoints 4)');
+  }
+  if (before) {
+    const clash = (what: string, a: unknown, b: unknown) => {
+      if (!sameJson(a, b)) throw new Error(`${out} was started with ${what} ${JSON.stringify(a)}, not ${JSON.stringify(b)}; rerun with the same flags to resume, or start another study in a new folder`);
+    };
+    clash('--data', before.data, data);
+    clash('--size', before.size, size);
+    clash('--budget', before.budget, budget);
+    clash('--checkpoints', before.checkpoints, checkpoints);
+    if (o.aeSteps !== undefined) clash('--ae-steps', before.aeSteps, o.aeSteps);
+  }
+
+  // The feature network and the reference statistics, made once.
+  const fidReference = before?.fid.reference ?? o.fidReference ?? (fashion ? `fashion-mnist:test${data.includes('?') ? data.slice(data.indexOf('?')) : ''}` : data);
+  let fidKind: 'classifier' | 'inception';
+  let weights: string;
+  let classifierSeconds = before?.fid.classifierSeconds ?? 0;
+  if (before) {
+    fidKind = before.fid.kind;
+    weights = before.fid.weights;
+  } else if (o.inception !== undefined) {
+    fidKind = 'inception';
+    weights = o.inception;
+  } else {
+    fidKind = 'classifier';
+    weights = o.classifier ?? path.join(out, 'classifier.safetensors');
+    if (o.classifier === undefined && !(await isFileOrDir(weights))) {
+      const epochs = o.classifierEpochs ?? 2;
+      note(`training the domain classifier for the FID on ${data} (${epochs} epochs; pass --classifier to reuse one)`);
+      const t0 = performance.now();
+      let bar: Progress | undefined;
+      const r = await trainClassifier({
+        data, executor: o.executor, epochs, seed,
+        onStep: (p) => {
+          bar ??= progress({ total: epochs * p.stepsPerEpoch, label: 'classifier step' });
+          bar.update(p.epoch * p.stepsPerEpoch + p.step, { loss: p.loss, acc: p.accuracy });
+        },
+      }).catch((err: unknown) => {
+        throw new Error(`training the FID classifier failed: ${(err as Error).message}; pass --classifier <checkpoint> or --inception <weights>`);
+      }).finally(() => bar?.stop());
+      await saveClassifier(weights, r.config, r.weights, r.info, { force: true });
+      classifierSeconds = (performance.now() - t0) / 1000;
+      note(`classifier: test accuracy ${(100 * r.testAccuracy).toFixed(1)}% on ${r.testCount} images; ${weights}`);
+    }
+  }
+  if (!(await isFileOrDir(weights))) throw new Error(`feature network weights ${weights} not found; check --classifier / --inception`);
+  const network: FeatureNetwork = fidKind === 'classifier' ? await classifierNetworkFromFile(weights) : await inceptionNetwork(weights);
+  const refFile = path.join(out, 'fid-reference.npz');
+  let refStats: FeatureStats;
+  let referenceSeconds = before?.fid.referenceSeconds ?? 0;
+  const referenceImages = before?.fid.referenceImages ?? o.referenceImages ?? 10000;
+  if (await isFileOrDir(refFile)) {
+    refStats = await loadStats(refFile);
+    if (refStats.network !== undefined && refStats.network !== network.name) {
+      throw new Error(`${refFile} was computed with ${refStats.network}, not ${network.name}; delete it to recompute`);
+    }
+  } else {
+    const t0 = performance.now();
+    const ref = await openDataset(fidReference, { size, channels });
+    let bar: Progress | undefined;
+    const feats = await extractFeatures(network, ref, {
+      executor: o.executor, batchSize: 100, limit: referenceImages,
+      onProgress: (done, total) => {
+        bar ??= progress({ total: total ?? done, label: 'reference image' });
+        bar.update(done);
+      },
+    }).finally(() => bar?.stop());
+    refStats = statistics(feats.features, network.name);
+    await saveStats(refFile, refStats, { force: true });
+    referenceSeconds = (performance.now() - t0) / 1000;
+  }
+
+  const sampleSteps = before?.fid.sampleSteps ?? o.sampleSteps ?? base.sample.steps;
+  const fidSamples = before?.fid.samples ?? o.fidSamples ?? 500;
+  const plan: StudyPlan = {
+    format: STUDY_FORMAT,
+    created: before?.created ?? new Date().toISOString(),
+    data, size, channels,
+    factors: [...new Set([...(before?.factors ?? []), ...factors])].sort((a, b) => a - b),
+    budget, checkpoints,
+    ...(before?.ldmSteps !== undefined ? { ldmSteps: before.ldmSteps } : budget.kind === 'steps' ? { ldmSteps: budget.steps } : {}),
+    ldmConfig: before?.ldmConfig ?? { ref: o.ldmConfig ?? DEFAULT_LDM_CONFIG, name: base.name, file: baseFile, config: base },
+    fid: {
+      network: network.name, weights, kind: fidKind, reference: fidReference, referenceImages: refStats.count ?? referenceImages,
+      samples: fidSamples, sampler: 'ddim', sampleSteps, classifierSeconds, referenceSeconds,
+    },
+    ...(before?.aeSteps !== undefined ? { aeSteps: before.aeSteps } : o.aeSteps !== undefined ? { aeSteps: o.aeSteps } : {}),
+    seed,
+    ...(before?.calibration ? { calibration: before.calibration } : {}),
+    ...(before?.spentBeforeLdm !== undefined ? { spentBeforeLdm: before.spentBeforeLdm } : {}),
+  };
+  await writePlan(out, plan);
+  note(`study ${out}: f = ${factors.join(', ')} at ${size}x${size}x${channels}; ${plan.ldmSteps !== undefined ? `${plan.ldmSteps} LDM steps each` : `budget ${budget.kind === 'minutes' ? `${budget.minutes} min` : ''}`}; FID by ${network.name}`);
+
+  const stages = new Map<number, { stage: FirstStage; ref: string }>();
+  const figures = new Map<number, FactorFigures>();
+  const wasComplete = new Set<number>();
+  try {
+    // 1. First stages.
+    for (const f of factors) {
+      const fig: FactorFigures = (await readFigures(out, f)) ?? { factor: f, checkpoints: [], complete: false };
+      if (fig.complete && fig.firstStage) wasComplete.add(f);
+      figures.set(f, fig);
+      const r = await firstStageOf(f, fig, { ...o, size, channels, fashion, seed, note, progress, fidReference, aeSteps: plan.aeSteps });
+      stages.set(f, r);
+      if (!fig.firstStage) {
+        fig.firstStage = r.figures!;
+        await writeFigures(out, fig);
+      }
+    }
+
+    // 2. The step count, when the budget is in minutes: from measured costs and what is left.
+    if (plan.ldmSteps === undefined) {
+      const b = budget as Extract<Budget, { kind: 'minutes' }>;
+      const segments = (checkpoints as { count: number }).count;
+      const spent = classifierSeconds + referenceSeconds
+        + [...figures.values()].reduce((s, fg) => s + (fg.firstStage?.trainSeconds ?? 0) + (fg.firstStage?.evalSeconds ?? 0), 0);
+      note(`measuring each factor's step and sampling time to fit ${b.minutes} minutes (${(spent / 60).toFixed(1)} spent so far)`);
+      const cal = [];
+      for (const f of factors) {
+        const { stage, ref } = stages.get(f)!;
+        const cfg = ldmConfigFor(base, { factor: f, latentChannels: stage.latentChannels, firstStage: ref, data, size, steps: 1 });
+        cal.push(await calibrateFactor({
+          config: cfg, firstStage: stage, executor: o.executor, size, dataCount: trainData.size, samples: fidSamples, sampleBatch: SAMPLE_BATCH, sampleSteps,
+        }));
+      }
+      const steps = stepsForBudget(b.minutes * 60 - spent, cal, segments);
+      const costs = cal.map((c) => `f=${c.factor} ${c.stepSeconds.toFixed(2)} s/step, ${c.evalSeconds.toFixed(0)} s/evaluation`).join('; ');
+      if (steps < segments) {
+        throw new Error(`--budget ${b.minutes}m leaves no time for LDM training (${(spent / 60).toFixed(1)} min spent; ${costs}); give more minutes, fewer factors or fewer --ae-steps`);
+      }
+      plan.ldmSteps = steps;
+      plan.calibration = cal;
+      plan.spentBeforeLdm = spent;
+      await writePlan(out, plan);
+      note(`${steps} LDM steps per factor fit the budget (${costs})`);
+    }
+    const total = plan.ldmSteps;
+    const steps = checkpointSteps(checkpoints, total);
+    if (steps.length === 0) throw new Error(`no checkpoint falls within ${total} steps; give --checkpoints steps up to ${total}`);
+
+    // 3. The LDMs, all factors to each checkpoint in turn.
+    for (const c of steps) {
+      let worked = false;
+      for (const f of factors) {
+        const fig = figures.get(f)!;
+        if (fig.checkpoints.some((k) => k.step === c)) continue;
+        worked = true;
+        const { stage, ref } = stages.get(f)!;
+        const cfg = ldmConfigFor(base, { factor: f, latentChannels: stage.latentChannels, firstStage: ref, data, size, steps: c });
+        const fdir = factorDir(out, f);
+        const run = await RunDir.create(fdir, 'ldm', { resume: true, warn: note });
+        note(`f = ${f}: training the LDM to step ${c} of ${total}`);
+        let bar: Progress | undefined;
+        let enc: Progress | undefined;
+        const res = await trainLdm({
+          config: cfg, run, executor: o.executor, firstStage: stage, cacheDir: path.join(out, '.cache'), seed, note: (m) => (bar ?? enc)?.log(m) ?? note(m),
+          onEncode: (done, n) => {
+            enc ??= progress({ total: n, label: `f=${f} encode image` });
+            enc.update(done);
+            if (done === n) enc.stop();
+          },
+          onStep: (r, n) => {
+            bar ??= progress({ total: n, label: `f=${f} step` });
+            bar.update(r.step, { loss: r.loss });
+          },
+        }).finally(() => {
+          bar?.stop();
+          enc?.stop();
+        });
+        const prev = fig.checkpoints[fig.checkpoints.length - 1];
+        const { params, ...point } = await scoreCheckpoint({
+          run, step: c, stage, executor: o.executor, size, network, refStats, samples: fidSamples, sampleSteps, seed, out, factor: f, progress,
+        });
+        const checkpoint: CheckpointFigures = {
+          ...point,
+          trainSeconds: (prev?.trainSeconds ?? 0) + res.seconds,
+          ...(res.stepsPerSecond !== undefined ? { trainImagesPerSecond: res.stepsPerSecond * cfg.train.batch_size * cfg.train.grad_accum } : {}),
+          ...(res.loss !== undefined ? { loss: res.loss } : {}),
+        };
+        fig.ldm = { run: path.relative(out, run.dir), params, batchSize: cfg.train.batch_size * cfg.train.grad_accum, scaleFactor: res.scaleFactor };
+        fig.checkpoints = [...fig.checkpoints.filter((k) => k.step !== c), checkpoint].sort((a, b) => a.step - b.step);
+        fig.complete = steps.every((s) => fig.checkpoints.some((k) => k.step === s));
+        await writeFigures(out, fig);
+        note(`f = ${f}, step ${c}: FID ${checkpoint.fid.toFixed(2)}, ${checkpoint.sampleImagesPerSecond.toFixed(1)} samples/s`
+          + (checkpoint.trainImagesPerSecond !== undefined ? `, ${checkpoint.trainImagesPerSecond.toFixed(1)} training images/s` : ''));
+      }
+      if (worked) await renderReport(out);
+    }
+    const report = await renderReport(out);
+    return {
+      out, ldmSteps: total, checkpoints: steps,
+      factors: factors.map((f) => {
+        const fig = figures.get(f)!;
+        const last = fig.checkpoints[fig.checkpoints.length - 1];
+        return {
+          factor: f, status: wasComplete.has(f) ? 'skipped' as const : 'trained' as const, steps: last?.step ?? 0,
+          ...(last ? { fid: last.fid } : {}), ...(fig.firstStage?.psnr !== undefined ? { psnr: fig.firstStage.psnr } : {}),
+        };
+      }),
+      report,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    for (const { stage } of stages.values()) await stage.dispose();
+  }
+}
+
+interface FirstStageContext {
+  data: string;
+  out: string;
+  executor: Executor;
+  ae?: ReadonlyMap<number, string>;
+  aeSteps?: number;
+  aeEvalImages?: number;
+  size: number;
+  channels: number;
+  fashion: boolean;
+  seed: number;
+  fidReference: string;
+  note: (m: string) => void;
+  progress: (o: { total: number; label: string }) => Progress;
+}
+
+/** The first stage of factor f: pixels, a given checkpoint, or an autoencoder trained (or resumed) here; with its figures when new. */
+async function firstStageOf(f: number, fig: FactorFigures, c: FirstStageContext): Promise<{ stage: FirstStage; ref: string; figures?: FirstStageFigures }> {
+  const given = c.ae?.get(f);
+  const recorded = fig.firstStage;
+  if (recorded?.kind === 'pixel' || (!recorded && f === 1 && (given === undefined || given === 'pixel'))) {
+    const stage = new PixelFirstStage(c.channels);
+    return { stage, ref: 'pixel', figures: { kind: 'pixel', origin: 'pixel', latentShape: [c.channels, c.size, c.size] } };
+  }
+  if (recorded?.model !== undefined) {
+    const model = path.resolve(c.out, recorded.model);
+    return { stage: await openFirstStage(model, { executor: c.executor, channels: c.channels }), ref: model };
+  }
+  let model: string;
+  let trained: Partial<FirstStageFigures> & { origin: 'trained' | 'given' };
+  const isCheckpoint = given !== undefined && given !== 'pixel'
+    && (/\.(safetensors|ckpt|pth|pt)$/i.test(given) || Boolean((await fsp.stat(given).catch(() => undefined))?.isDirectory()));
+  if (isCheckpoint) {
+    if (!(await isFileOrDir(given))) throw new Error(`--ae ${f}=${given}: no such checkpoint; check the path (or give a config name to train one)`);
+    model = path.resolve(given);
+    trained = { origin: 'given' };
+  } else {
+    const { config } = aeConfigFor(f, { ...(given !== undefined ? { ref: given } : {}), fashion: c.fashion, channels: c.channels, size: c.size, data: c.data, ...(c.aeSteps !== undefined ? { steps: c.aeSteps } : {}) });
+    model = await trainFirstStage(f, config, c);
+    const log = await (await RunDir.open(path.join(factorDir(c.out, f), 'ae'))).readLog();
+    const rate = log.filter((r) => typeof r.time === 'number');
+    trained = { origin: 'trained', config: config.name, steps: config.train.steps, ...aeTiming(rate, config) };
+  }
+  const stage = await openFirstStage(model, { executor: c.executor, channels: c.channels });
+  if (stage.factor !== f) {
+    await stage.dispose();
+    throw new Error(`--ae ${f}=${given}: that autoencoder downsamples by f = ${stage.factor}, not ${f}`);
+  }
+  c.note(`f = ${f}: measuring reconstruction on ${c.fidReference}`);
+  const t0 = performance.now();
+  // Fashion-MNIST at its own 28x28 (padded to the study size inside, cropped back), as ldm eval-ae measures it.
+  const evalSet: Dataset = await openDataset(c.fidReference, c.fashion ? {} : { size: c.size, channels: c.channels });
+  const rec = await evaluateReconstruction(stage, evalSet, { limit: c.aeEvalImages ?? 1000, padTo: c.size });
+  const evalSeconds = (performance.now() - t0) / 1000;
+  c.note(`f = ${f}: PSNR ${rec.psnr.toFixed(2)} dB, SSIM ${rec.ssim.toFixed(4)} on ${rec.images} images`);
+  return {
+    stage, ref: model,
+    figures: {
+      kind: 'autoencoder', ...trained, model: path.relative(c.out, model) || model,
+      latentShape: [stage.latentChannels, c.size / f, c.size / f],
+      psnr: rec.psnr, ...(Number.isFinite(rec.ssim) ? { ssim: rec.ssim } : {}), evalImages: rec.images, evalSeconds,
+    },
+  };
+}
+
+/** Training time and speed of an autoencoder run, from its log (a resumed run's log spans every invocation). */
+function aeTiming(log: readonly { step: number; time?: unknown }[], config: AutoencoderConfig): { trainSeconds?: number; stepsPerSecond?: number } {
+  // The log's time restarts at each invocation: add up the last time of each stretch.
+  let total = 0;
+  let lastTime = 0;
+  for (const r of log) {
+    const t = r.time as number;
+    if (t < lastTime) total += lastTime;
+    lastTime = t;
+  }
+  total += lastTime;
+  if (!(total > 0)) return {};
+  return { trainSeconds: total, stepsPerSecond: config.train.steps / total };
+}
+
+async function trainFirstStage(f: number, config: AutoencoderConfig, c: FirstStageContext): Promise<string> {
+  const run = await RunDir.create(factorDir(c.out, f), 'ae', { resume: true, warn: c.note });
+  const done = path.join(run.dir, 'model.safetensors');
+  const latest = await run.latestCheckpoint();
+  if (latest && latest.step >= config.train.steps && (await isFileOrDir(done))) return done;
+  const [lc, lh, lw] = latentShape(config, c.size);
+  c.note(`f = ${f}: training autoencoder ${config.name} (latent ${lc}x${lh}x${lw}) for ${config.train.steps} steps`);
+  let bar: Progress | undefined;
+  try {
+    const res = await trainAutoencoder({
+      config, run, executor: c.executor, data: c.data, seed: c.seed, keep: 2,
+      note: (m) => (bar ? bar.log(m) : c.note(m)),
+      onStep: (r) => {
+        bar ??= c.progress({ total: r.total, label: `f=${f} ae step` });
+        bar.update(r.step, { rec: r.fields.rec_loss ?? NaN });
+      },
+    });
+    return res.model;
+  } finally {
+    bar?.stop();
+  }
+}
+
+interface ScoreOptions {
+  run: RunDir;
+  step: number;
+  stage: FirstStage;
+  executor: Executor;
+  size: number;
+  network: FeatureNetwork;
+  refStats: FeatureStats;
+  samples: number;
+  sampleSteps: number;
+  seed: number;
+  out: string;
+  factor: number;
+  progress: (o: { total: number; label: string }) => Progress;
+}
+
+/** Samples of the checkpoint at `step` (EMA weights where kept), their FID and a grid; the sampling throughput. */
+async function scoreCheckpoint(o: ScoreOptions): Promise<Omit<CheckpointFigures, 'trainSeconds' | 'trainImagesPerSecond' | 'loss'> & { params: number }> {
+  const ref = (await o.run.listCheckpoints()).find((k) => k.step === o.step);
+  if (!ref) throw new Error(`${o.run.dir} has no checkpoint at step ${o.step} after training to it; delete ${o.run.dir} to retrain this factor`);
+  const ldm = await readLdmCheckpoint(ref.emaPath ?? ref.path, o.executor);
+  await ldm.firstStage.dispose();
+  const denoiser = new Denoiser(ldm.model, o.executor, () => ldm.params, 'const');
+  let bar: Progress | undefined;
+  try {
+    const t0 = performance.now();
+    const gen = await generate({ model: ldm.model, firstStage: o.stage, scaleFactor: ldm.scaleFactor, imageSize: o.size }, denoiser, {
+      n: o.samples, steps: o.sampleSteps, sampler: 'ddim', seed: o.seed, batchSize: SAMPLE_BATCH,
+      onStep: (p) => {
+        bar ??= o.progress({ total: p.total, label: `f=${o.factor} sample` });
+        if (p.call === p.calls - 1) bar.update(p.done + p.batch);
+      },
+    });
+    const sampleSeconds = (performance.now() - t0) / 1000;
+    bar?.stop();
+    const feats = await extractFeatures(o.network, gen.images, { executor: o.executor, batchSize: 100 });
+    const fr = frechetDistance(statistics(feats.features, o.network.name), o.refStats, ['samples', 'reference']);
+    const grid = path.join(factorDir(o.out, o.factor), 'samples', `step-${String(o.step).padStart(8, '0')}.png`);
+    await fsp.mkdir(path.dirname(grid), { recursive: true });
+    await saveGrid(grid, enlargeForGrid(head(gen.images, GRID_IMAGES)), { nrow: 8, force: true });
+    const params = [...ldm.params.values()].reduce((s, t) => s + t.data.length, 0);
+    return {
+      step: o.step, fid: fr.fid, fidSamples: o.samples, sampleSeconds, sampleImagesPerSecond: o.samples / sampleSeconds,
+      grid: path.relative(o.out, grid), params, ...(fr.warnings.length ? { warnings: [...fr.warnings] } : {}),
+    };
+  } finally {
+    bar?.stop();
+    await denoiser.dispose();
+  }
+}
