@@ -25,7 +25,7 @@ export default class CompareFactors extends LdmCommand<typeof CompareFactors> {
     out: Flags.string({ char: 'o', required: true, summary: 'Study folder (created; an existing study there is resumed).' }),
     factors: Flags.string({ summary: 'Downsampling factors, comma-separated (default: every one of 1,2,4,8,16,32 the UNet fits at --size).' }),
     budget: Flags.string({ summary: 'LDM steps per factor (e.g. 3000), or minutes for the whole study (e.g. 80m), turned into one step count from measured step times.' }),
-    checkpoints: Flags.string({ default: '4', summary: 'Scored checkpoints: a count, evenly spaced (e.g. 4), or steps (e.g. 500,1000,2000).' }),
+    checkpoints: Flags.string({ summary: 'Scored checkpoints: a count, evenly spaced (default 4), or steps (e.g. 500,1000,2000).' }),
     ae: Flags.string({ multiple: true, summary: 'A factor\'s first stage: <f>=<checkpoint> to reuse, <f>=<config> to train, 1=pixel (the default for f = 1). Repeatable.' }),
     'ae-steps': Flags.integer({ min: 1, summary: 'Autoencoder training steps (default: each config\'s train.steps).' }),
     'ldm-config': Flags.string({ summary: 'The LDM config every factor trains: zoo name or YAML (default study-unet).' }),
@@ -45,14 +45,15 @@ export default class CompareFactors extends LdmCommand<typeof CompareFactors> {
     if (f.classifier !== undefined && f.inception !== undefined) throw new Error('give either --classifier or --inception, not both');
     const factors = f.factors !== undefined ? parseFactors(f.factors) : undefined;
     const budget = f.budget !== undefined ? parseBudget(f.budget) : undefined;
-    const checkpoints = parseCheckpoints(f.checkpoints);
+    const checkpoints = f.checkpoints !== undefined ? parseCheckpoints(f.checkpoints) : undefined;
     const ae = parseAeFlags(f.ae ?? []);
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     this.note(`backend: ${sel.executor.description}`);
     const bars: Progress[] = [];
     try {
       const res = await compareFactors({
-        data: f.data, out: f.out, executor: sel.executor, checkpoints, ae,
+        data: f.data, out: f.out, executor: sel.executor, ae,
+        ...(checkpoints ? { checkpoints } : {}),
         ...(factors ? { factors } : {}),
         ...(budget ? { budget } : {}),
         ...(f['ae-steps'] !== undefined ? { aeSteps: f['ae-steps'] } : {}),

@@ -283,9 +283,10 @@ export async function compareFactors(o: CompareFactorsOptions): Promise<CompareF
     if (plan.ldmSteps === undefined) {
       const b = budget as Extract<Budget, { kind: 'minutes' }>;
       const segments = (checkpoints as { count: number }).count;
-      const spent = classifierSeconds + referenceSeconds
+      let spent = classifierSeconds + referenceSeconds
         + [...figures.values()].reduce((s, fg) => s + (fg.firstStage?.trainSeconds ?? 0) + (fg.firstStage?.evalSeconds ?? 0), 0);
       note(`measuring each factor's step and sampling time to fit ${b.minutes} minutes (${(spent / 60).toFixed(1)} spent so far)`);
+      const t0 = performance.now();
       const cal = [];
       for (const f of factors) {
         const { stage, ref } = stages.get(f)!;
@@ -294,6 +295,7 @@ export async function compareFactors(o: CompareFactorsOptions): Promise<CompareF
           config: cfg, firstStage: stage, executor: o.executor, size, dataCount: trainData.size, samples: fidSamples, sampleBatch: SAMPLE_BATCH, sampleSteps,
         }));
       }
+      spent += (performance.now() - t0) / 1000;
       const steps = stepsForBudget(b.minutes * 60 - spent, cal, segments);
       const costs = cal.map((c) => `f=${c.factor} ${c.stepSeconds.toFixed(2)} s/step, ${c.evalSeconds.toFixed(0)} s/evaluation`).join('; ');
       if (steps < segments) {
@@ -467,6 +469,8 @@ async function trainFirstStage(f: number, config: AutoencoderConfig, c: FirstSta
   try {
     const res = await trainAutoencoder({
       config, run, executor: c.executor, data: c.data, seed: c.seed, keep: 2,
+      // Checkpoints often enough that a killed study loses little of a first stage.
+      ckptEvery: Math.max(50, Math.round(config.train.steps / 4)),
       note: (m) => (bar ? bar.log(m) : c.note(m)),
       onStep: (r) => {
         bar ??= c.progress({ total: r.total, label: `f=${f} ae step` });
