@@ -6,6 +6,7 @@
 import * as z from 'zod';
 import { UNetConfigSchema, sizeMultiple } from '../models/unet/config.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
+import { SrDataSchema, srProblems } from '../data/degrade.js';
 import { bool, expecting, fraction, nonNegInt, nonNegNum, oneOf, posInt, posNum, strict, text } from './fields.js';
 
 export const CONDITIONING_TYPES = ['none', 'class', 'text', 'concat', 'semantic'] as const;
@@ -71,8 +72,13 @@ const DataSchema = strict({
   size: posInt(),
   /** Image channels; by default the first stage's input channels (pixel space: the data's own). */
   channels: posInt().optional(),
-  /** Use only the first `limit` samples. */
+  /** Use only the first `limit` samples (with sr: the first `limit` crops). */
   limit: posInt().optional(),
+  /**
+   * Super-resolution: train on random size x size crops of the source's images at their own resolution, each with
+   * its low-resolution version (degraded anew every step) as the concat condition. See src/data/degrade.ts.
+   */
+  sr: SrDataSchema.optional(),
 });
 
 const SampleSchema = strict({
@@ -177,6 +183,10 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
   if (u.in_channels !== u.out_channels + extra) {
     const why = extra ? `out_channels ${u.out_channels} latent channels + ${extra} condition channels` : `out_channels ${u.out_channels} (the latent channels)`;
     out.push({ path: ['unet', 'in_channels'], message: `${u.in_channels} should be ${u.out_channels + extra}: ${why}` });
+  }
+  if (cfg.data.sr) {
+    if (c.type !== 'concat') out.push({ path: ['conditioning', 'type'], message: `data.sr trains a super-resolution model, conditioned on the low-resolution image: set type: concat (got ${c.type})` });
+    for (const p of srProblems(cfg.data.sr, cfg.data.size)) out.push({ path: ['data', 'sr', ...p.path], message: p.message });
   }
   const s = cfg.schedule;
   if (s.linear_end <= s.linear_start && s.schedule !== 'cosine') {

@@ -181,6 +181,82 @@ export async function writePng(file: string, t: HostTensor, opts: PngOptions & W
   await writeFileAtomic(file, await encodePng(t, opts), opts);
 }
 
+// ---- Resampling, JPEG round trips, alpha ------------------------------------------------------
+
+/** libvips' resampling kernels, as sharp names them (cubic is Catmull-Rom, a = -0.5). */
+export type ResampleKernel = 'nearest' | 'linear' | 'cubic' | 'mitchell' | 'lanczos2' | 'lanczos3';
+
+function fromUint16(data: Uint16Array): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < data.length; i++) out[i] = data[i]! / 32767.5 - 1;
+  return out;
+}
+
+/** Planar float [C, H, W] <- interleaved 16-bit samples. */
+function deinterleave16(px: Uint16Array, c: number, hw: number): Float32Array {
+  const planar = new Uint16Array(c * hw);
+  for (let ch = 0; ch < c; ch++) for (let i = 0; i < hw; i++) planar[ch * hw + i] = px[i * c + ch]!;
+  return fromUint16(planar);
+}
+
+/**
+ * Resize a [C, H, W] image (C = 1 or 3) to height x width with a libvips kernel, antialiased when shrinking. Runs on
+ * 16-bit samples (a step of 3e-5 in [-1, 1]), so values clamp to [-1, 1]: a kernel's overshoot never leaves the range.
+ */
+export async function resampleImage(t: HostTensor, height: number, width: number, kernel: ResampleKernel = 'lanczos3'): Promise<HostTensor> {
+  const [c, h, w] = chw(t);
+  if (!Number.isInteger(height) || !Number.isInteger(width) || height < 1 || width < 1) throw new Error(`cannot resize to ${height}x${width}; sizes must be positive integers`);
+  if (height === h && width === w) return t;
+  const { data } = await rawSharp(t, 16)
+    .resize(width, height, { kernel, fit: 'fill' })
+    .toColourspace(c === 1 ? 'grey16' : 'rgb16')
+    .raw({ depth: 'ushort' })
+    .toBuffer({ resolveWithObject: true });
+  const px = new Uint16Array(data.buffer, data.byteOffset, data.length / 2);
+  return hostTensor('float32', [c, height, width], deinterleave16(px, c, height * width));
+}
+
+/** The image after a JPEG encode and decode at `quality` (1-100, 4:2:0 chroma for colour): the compression artefacts. */
+export async function jpegRoundTrip(t: HostTensor, quality: number): Promise<HostTensor> {
+  const [c, h, w] = chw(t);
+  if (!Number.isInteger(quality) || quality < 1 || quality > 100) throw new Error(`JPEG quality must be an integer in 1..100, got ${quality}`);
+  const jpeg = await rawSharp(t, 8).jpeg({ quality }).toBuffer();
+  const { data } = await sharp(jpeg).toColourspace(c === 1 ? 'b-w' : 'srgb').raw().toBuffer({ resolveWithObject: true });
+  const planar = new Uint8Array(c * h * w);
+  for (let ch = 0; ch < c; ch++) for (let i = 0; i < h * w; i++) planar[ch * h * w + i] = data[i * c + ch]!;
+  return hostTensor('float32', [c, h, w], fromUint8(planar));
+}
+
+/** PNG bytes of an image with an optional alpha plane ([1, H, W] in [0, 1]): grey+alpha or RGBA when given. */
+export async function encodePngWithAlpha(image: ImageWithAlpha, opts: PngOptions = {}): Promise<Uint8Array> {
+  if (!image.alpha) return encodePng(image.rgb, opts);
+  const [c, h, w] = chw(image.rgb);
+  const a = image.alpha;
+  if (a.dtype !== 'float32' || a.shape.length !== 3 || a.shape[0] !== 1 || a.shape[1] !== h || a.shape[2] !== w) {
+    throw new Error(`alpha must be float32 [1, ${h}, ${w}], got ${a.dtype} [${a.shape.join(', ')}]`);
+  }
+  const sixteen = (opts.bitDepth ?? 8) === 16;
+  const max = sixteen ? 65535 : 255;
+  const hw = h * w;
+  const colour = sixteen ? toUint16(image.rgb.data as Float32Array) : toUint8(image.rgb.data as Float32Array);
+  const px = sixteen ? new Uint16Array((c + 1) * hw) : new Uint8Array((c + 1) * hw);
+  const alpha = a.data as Float32Array;
+  for (let i = 0; i < hw; i++) {
+    for (let ch = 0; ch < c; ch++) px[i * (c + 1) + ch] = colour[ch * hw + i]!;
+    const v = Math.round(alpha[i]! * max);
+    px[i * (c + 1) + c] = v > max ? max : v >= 0 ? v : 0;
+  }
+  const raw = { width: w, height: h, channels: (c + 1) as 2 | 4 };
+  const space = c === 1 ? (sixteen ? 'grey16' : 'b-w') : sixteen ? 'rgb16' : 'srgb';
+  return new Uint8Array(await sharp(px, { raw }).toColourspace(space).png().toBuffer());
+}
+
+/** Write a PNG with its alpha plane (see encodePngWithAlpha); without alpha the same as writePng. */
+export async function writePngWithAlpha(file: string, image: ImageWithAlpha, opts: PngOptions & WriteOptions = {}): Promise<void> {
+  await assertWritable(file, opts);
+  await writeFileAtomic(file, await encodePngWithAlpha(image, opts), opts);
+}
+
 // ---- Grids -------------------------------------------------------------------------------------
 
 export interface GridOptions {

@@ -28,6 +28,7 @@ import type { Conditions } from '../models/conditioning.js';
 import type { FirstStage } from '../models/first-stage.js';
 import { Denoiser, enlargeForGrid, generate, type SampleCondition } from '../pipelines/sample.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
+import { degradeBatch, type SrDataConfig } from '../data/degrade.js';
 import {
   StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, type LrSchedule,
 } from './common.js';
@@ -116,8 +117,14 @@ function gatherConditions(cache: LatentCache, idx: Int32Array): Conditions {
   };
 }
 
-/** Conditions for the grids written during training: distinct captions, classes in turn, the first maps. */
-function gridConditions(model: LatentDiffusion, cache: LatentCache, n: number): SampleCondition[] {
+/** Super-resolution conditions: the cached HR crops `idx`, degraded with draws from `rng`, at the latent size. */
+async function srConditions(cache: LatentCache, sr: SrDataConfig, idx: ArrayLike<number>, rng: Rng): Promise<Conditions> {
+  const [, , lh, lw] = cache.latents.shape as [number, number, number, number];
+  return { images: await degradeBatch(takeRows(cache.images!, idx), sr, rng, lh, lw) };
+}
+
+/** Conditions for the grids written during training: distinct captions, classes in turn, the first maps (SR: their degraded crops). */
+function gridConditions(model: LatentDiffusion, cache: LatentCache, n: number, srImages?: HostTensor): SampleCondition[] {
   switch (model.conditioner.type) {
     case 'none':
       return [];
@@ -137,7 +144,7 @@ function gridConditions(model: LatentDiffusion, cache: LatentCache, n: number): 
       }));
     }
     case 'concat': {
-      const lr = cache.lowres!;
+      const lr = srImages ?? cache.lowres!;
       return Array.from({ length: Math.min(n, cache.count) }, (_, i) => ({
         image: float32(lr.shape.slice(1), takeRows(lr, [i]).data as Float32Array),
         name: `image ${i}`,
@@ -174,6 +181,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     throw new Error(`data.channels is ${channels} but the first stage takes ${firstStage.imageChannels}-channel images; set data.channels to ${firstStage.imageChannels}`);
   }
   const source = cfg.data.source;
+  const sr = cfg.data.sr;
   if (source === undefined && !opts.dataset) throw new Error('no training data: set data.source in the config or pass --data');
   checkFirstStageFits(cfg, firstStage, cfg.data.size);
 
@@ -204,7 +212,8 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     data: {
       source: source ?? opts.dataset!.name, size: cfg.data.size, channels,
       ...(cfg.data.limit !== undefined ? { limit: cfg.data.limit } : {}),
-      ...(cfg.conditioning.type === 'concat' ? { lowres: true } : {}),
+      ...(cfg.conditioning.type === 'concat' && !sr ? { lowres: true } : {}),
+      ...(sr ? { crops: { perImage: sr.crops_per_image, seed: sr.crop_seed, flip: sr.flip }, keepImages: true } : {}),
     },
     ...(opts.dataset ? { dataset: opts.dataset } : {}),
     ...(opts.onEncode ? { onProgress: opts.onEncode } : {}),
@@ -262,7 +271,9 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const writeSamples = async (step: number): Promise<void> => {
     denoiser ??= new Denoiser(model, executor, () => trainer.emaParams(), 'input');
     const s = cfg.sample;
-    const conds = gridConditions(model, cache, s.n);
+    const first = Int32Array.from({ length: Math.min(s.n, cache.count) }, (_, i) => i);
+    const srImages = sr ? (await srConditions(cache, sr, first, new Rng(mixSeed(seed, 0x9d1)))).images : undefined;
+    const conds = gridConditions(model, cache, s.n, srImages);
     const gen = await generate({ model, firstStage, scaleFactor, imageSize: cfg.data.size }, denoiser, {
       n: conds.length ? 1 : s.n, conditions: conds, steps: s.steps, sampler: s.sampler, eta: s.eta,
       guidance: conds.length ? s.guidance : 1, seed,
@@ -303,7 +314,8 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
       const drop = Array.from({ length: B }, () => rng.uniform() < cfg.conditioning.dropout);
       const shape = [B, ...cache.latents.shape.slice(1)];
       const feeds: Record<string, HostTensor> = {
-        ...model.conditioner.feeds(gatherConditions(cache, idx), B, lh, lw, drop),
+        // SR: the degradation draws from its own stream, so the other draws of a step stay as without it.
+        ...model.conditioner.feeds(sr ? await srConditions(cache, sr, idx, new Rng(mixSeed(seed, 0x5e6, step))) : gatherConditions(cache, idx), B, lh, lw, drop),
         [INPUT_X]: float32(shape, model.schedule.qSample(z0, eps, t)),
         [INPUT_T]: float32([B], t),
         [INPUT_TARGET]: float32(shape, trainingTarget(model.parameterization, z0, eps, abar)),
@@ -373,6 +385,7 @@ function checkData(cfg: LatentDiffusionConfig, cache: LatentCache): void {
     const max = cache.labels.reduce((a, b) => Math.max(a, b), 0);
     if (max >= c.num_classes!) throw new Error(`the data has labels up to ${max}, more than conditioning.num_classes ${c.num_classes}; set num_classes to ${max + 1}`);
   }
+  if (cfg.data.sr && !cache.images) throw new Error(`the latent cache holds no HR crops for super-resolution; delete it and train again`);
   if (c.type === 'text' && !cache.captions) throw new Error('text conditioning needs captions, and this data set has none; use shapes or a folder with captions');
   if (c.type === 'semantic') {
     if (!cache.labelMaps) throw new Error('semantic conditioning needs label maps, and this data set has none; use the shapes data set');
