@@ -326,7 +326,12 @@ export async function compareFactors(o: CompareFactorsOptions): Promise<CompareF
         let bar: Progress | undefined;
         let enc: Progress | undefined;
         const res = await trainLdm({
-          config: cfg, run, executor: o.executor, firstStage: stage, cacheDir: path.join(out, '.cache'), seed, note: (m) => (bar ?? enc)?.log(m) ?? note(m),
+          config: cfg, run, executor: o.executor, firstStage: stage, cacheDir: path.join(out, '.cache'), seed,
+          note: (m) => {
+            const shown = bar ?? enc;
+            if (shown) shown.log(m);
+            else note(m);
+          },
           onEncode: (done, n) => {
             enc ??= progress({ total: n, label: `f=${f} encode image` });
             enc.update(done);
