@@ -1,0 +1,217 @@
+/**
+ * `ldm upscale`: image files and folders (recursive) in, PNGs out under one folder mirroring the input tree.
+ *
+ * Per image: decoded with its EXIF orientation applied; colour through the SR model (or a classical filter), a grey
+ * image through the model as three equal channels and back to grey, so it stays grey; an alpha channel resized on its
+ * own with bicubic; 16-bit inputs written as 16-bit PNGs. A file that fails (unreadable, a reference of the wrong size)
+ * is reported in the result and the batch goes on; the caller turns failures into the exit code.
+ *
+ * Scales: a model upscales by its training factor (srScaleOf: data.sr.scale, e.g. 4). A smaller --scale runs the model
+ * and resamples its output down with Lanczos-3; a larger one is refused. The classical methods take any scale > 0.
+ * --downscale instead shrinks each image by an integer scale (bicubic: the SR training degradation), to make
+ * evaluation inputs from HR photos.
+ */
+import { promises as fsp } from 'node:fs';
+import type { Executor } from '../engine/executor.js';
+import type { HostTensor } from '../engine/host-tensor.js';
+import { probeImage, readImage, readImageWithAlpha, resampleImage, writePngWithAlpha } from '../io/image.js';
+import { convertChannels } from '../data/transforms.js';
+import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
+import type { SamplerName } from '../diffusion/samplers.js';
+import { checkOutputs, planJobs, type FileJob } from './autoencode.js';
+import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './upscale/classical.js';
+import { loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
+import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './upscale/reference.js';
+
+export { CLASSICAL_METHODS, type ClassicalMethod } from './upscale/classical.js';
+
+export const UPSCALE_METHODS = ['model', 'bicubic', 'lanczos'] as const;
+export type UpscaleMethod = (typeof UPSCALE_METHODS)[number];
+
+export interface UpscaleFilesOptions {
+  inputs: readonly string[];
+  outDir: string;
+  method: UpscaleMethod;
+  /** method model: the SR checkpoint, and the executor that runs it. */
+  ckpt?: string;
+  executor?: Executor;
+  /** Output over input side; default the model's own factor, or 4 for the classical methods. */
+  scale?: number;
+  /** Shrink by `scale` instead (bicubic or lanczos): evaluation inputs from HR originals. */
+  downscale?: boolean;
+  steps?: number;
+  sampler?: SamplerName;
+  eta?: number;
+  seed: number;
+  /** Model tiles, in output pixels (see upscale/model.ts). */
+  tile?: number;
+  overlap?: number;
+  tileBatch?: number;
+  /** Leave images whose output exists alone (still evaluated with `reference`). */
+  skipExisting?: boolean;
+  force?: boolean;
+  /** Folder of HR originals: PSNR, SSIM and the high-frequency ratio of every output. */
+  reference?: string;
+  /** After each image (written, skipped or failed). */
+  onImage?: (done: number, total: number, file: UpscaledFile) => void;
+  /** Before each image the model upscales; then onStep after each denoising step. */
+  onImageStart?: (index: number, total: number, job: FileJob) => void;
+  onStep?: (step: number, steps: number) => void;
+  note?: (message: string) => void;
+}
+
+export interface UpscaledFile {
+  input: string;
+  output: string;
+  status: 'written' | 'skipped' | 'failed';
+  error?: string;
+  /** Output size [height, width]. */
+  size?: [number, number];
+  seconds?: number;
+  /** Model tiles: mean |neighbour difference| across tile edges over that elsewhere (1 = seamless). */
+  seam?: number;
+  reference?: string;
+  metrics?: SrMetrics;
+}
+
+export interface UpscaleFilesResult {
+  method: UpscaleMethod;
+  /** downscale: shrink factor; else the upscaling factor. */
+  scale: number;
+  downscale: boolean;
+  ckpt?: string;
+  /** The model's own factor (method model). */
+  modelScale?: number;
+  steps?: number;
+  sampler?: SamplerName;
+  seed?: number;
+  files: UpscaledFile[];
+  written: number;
+  skipped: number;
+  failed: number;
+  /** With a reference: the means over the evaluated images. */
+  metrics?: SrMetrics & { images: number; convention: string };
+  seconds: number;
+}
+
+function message(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).split('\n')[0]!;
+}
+
+async function exists(file: string): Promise<boolean> {
+  return fsp.stat(file).then(() => true, () => false);
+}
+
+/** What a run does to one image, given the method, after reading; the model also reports its tiles' seam check. */
+type Transform = (rgb: HostTensor) => Promise<{ image: HostTensor; seam?: number }>;
+
+/** Resolve the scale and make the image transform; loads the model for method model. */
+async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; model?: SrModel }> {
+  const method = opts.method;
+  if (opts.downscale) {
+    if (method === 'model') throw new Error('--downscale makes low-resolution inputs with a classical filter; use --method bicubic (the SR training degradation) or lanczos');
+    const scale = opts.scale ?? 4;
+    if (!Number.isInteger(scale) || scale < 1) throw new Error(`--downscale needs an integer --scale >= 1, got ${scale}`);
+    return { scale, transform: async (x) => ({ image: await downscaleClassical(x, scale, method) }) };
+  }
+  if (method !== 'model') {
+    const scale = opts.scale ?? 4;
+    if (!(scale > 0)) throw new Error(`--scale must be positive, got ${scale}`);
+    return { scale, transform: async (x) => ({ image: await upscaleClassical(x, scale, method as ClassicalMethod) }) };
+  }
+  if (!opts.ckpt || !opts.executor) throw new Error('method model needs an SR checkpoint: pass --ckpt (or --method bicubic|lanczos for a classical baseline)');
+  const model = await loadSrModel(opts.ckpt, opts.executor);
+  try {
+    const native = model.scale;
+    const scale = opts.scale ?? native;
+    if (!(scale > 0) || scale > native) {
+      throw new Error(`${opts.ckpt} upscales x${native} (its first stage has f=${model.ldm.firstStage.factor} and it was trained on x${native} pairs); `
+        + `--scale ${scale} is beyond it: use --scale ${native} or less (smaller scales resample its output down), or --method bicubic|lanczos`);
+    }
+    tilePlan(model, opts);
+    const cfg = model.ldm.config.sample;
+    const transform: Transform = async (rgb) => {
+      const [c, h, w] = rgb.shape as [number, number, number];
+      const x = c === model.channels ? rgb : convertChannels(rgb, model.channels as 1 | 3);
+      const r = await upscaleWithModel(model, x, {
+        steps: opts.steps ?? cfg.steps, sampler: opts.sampler ?? cfg.sampler, eta: opts.eta ?? cfg.eta, seed: opts.seed,
+        ...(opts.tile !== undefined ? { tile: opts.tile } : {}),
+        ...(opts.overlap !== undefined ? { overlap: opts.overlap } : {}),
+        ...(opts.tileBatch !== undefined ? { tileBatch: opts.tileBatch } : {}),
+        ...(opts.onStep ? { onStep: opts.onStep } : {}),
+      });
+      let y = r.image;
+      if (scale !== native) y = await resampleImage(y, Math.max(1, Math.round(h * scale)), Math.max(1, Math.round(w * scale)), 'lanczos3');
+      // Grey in, grey out; a grey model gives grey whatever came in.
+      return { image: c === 1 && model.channels === 3 ? convertChannels(y, 1) : y, ...(r.seam !== undefined ? { seam: r.seam } : {}) };
+    };
+    return { scale, transform, model };
+  } catch (err) {
+    await model.dispose();
+    throw err;
+  }
+}
+
+/** Upscale (or downscale) every image of the inputs into `outDir`; failures are reported per file, not thrown. */
+export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFilesResult> {
+  const started = Date.now();
+  const jobs = await planJobs(opts.inputs, opts.outDir, IMAGE_EXTENSIONS, '.png');
+  if (opts.skipExisting && opts.force) throw new Error('--skip-existing and --force contradict each other; pass one');
+  if (!opts.skipExisting) await checkOutputs(jobs.map((j) => j.output), opts.force ?? false);
+  if (opts.reference !== undefined) {
+    if (opts.downscale) throw new Error('--reference compares upscaled outputs with their originals; it does not apply to --downscale');
+    if (!(await fsp.stat(opts.reference).then((s) => s.isDirectory(), () => false))) throw new Error(`--reference ${opts.reference} is not a folder; give the folder of high-resolution originals`);
+  }
+  const { transform, scale, model } = await makeTransform(opts);
+  const note = opts.note ?? (() => undefined);
+  const files: UpscaledFile[] = [];
+  try {
+    for (const [i, job] of jobs.entries()) {
+      const t0 = Date.now();
+      let file: UpscaledFile = { input: job.input, output: job.output, status: 'written' };
+      try {
+        let out: HostTensor | undefined;
+        if (opts.skipExisting && (await exists(job.output))) {
+          file.status = 'skipped';
+        } else {
+          const { rgb, alpha } = await readImageWithAlpha(job.input);
+          const { bitDepth } = await probeImage(job.input);
+          opts.onImageStart?.(i, jobs.length, job);
+          const made = await transform(rgb);
+          out = made.image;
+          if (made.seam !== undefined) file.seam = made.seam;
+          const [, H, W] = out.shape as [number, number, number];
+          await writePngWithAlpha(job.output, { rgb: out, ...(alpha ? { alpha: resizeAlpha(alpha, H, W) } : {}) }, { force: opts.force ?? false, bitDepth });
+          file.size = [H, W];
+          file.seconds = (Date.now() - t0) / 1000;
+        }
+        if (opts.reference !== undefined) {
+          const ref = await findReference(opts.reference, job.rel);
+          if (!ref) throw new Error(`no reference for ${job.rel} under ${opts.reference} (looked for the same relative path with any image extension)`);
+          file.reference = ref;
+          // A skipped image is evaluated as it was written before.
+          file.metrics = await compareToReference(out ?? (await readImage(job.output)), ref, scale);
+        }
+      } catch (err) {
+        file = { ...file, status: 'failed', error: message(err) };
+        note(`${job.rel}: ${file.error}`);
+      }
+      files.push(file);
+      opts.onImage?.(i + 1, jobs.length, file);
+    }
+  } finally {
+    await model?.dispose();
+  }
+  const evaluated = files.flatMap((f) => (f.metrics ? [f.metrics] : []));
+  const count = (s: UpscaledFile['status']) => files.filter((f) => f.status === s).length;
+  return {
+    method: opts.method, scale, downscale: opts.downscale ?? false,
+    ...(model ? {
+      ckpt: opts.ckpt!, modelScale: model.scale, steps: opts.steps ?? model.ldm.config.sample.steps,
+      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed,
+    } : {}),
+    files, written: count('written'), skipped: count('skipped'), failed: count('failed'),
+    ...(opts.reference !== undefined && evaluated.length ? { metrics: { ...meanMetrics(evaluated), convention: METRIC_CONVENTION } } : {}),
+    seconds: (Date.now() - started) / 1000,
+  };
+}

@@ -1,0 +1,182 @@
+/**
+ * Super-resolution with a concat-conditioned LDM, on images of any size in bounded memory.
+ *
+ * The low-resolution image, brought to the latent size (with f = scale it already has it), is the condition. The
+ * latent canvas of the whole output is denoised by one sampling loop over one noise canvas (one seed, drawn once),
+ * and at every step the UNet runs on overlapping square tiles of it whose outputs are blended (tiles.ts) into one
+ * model output for the canvas (MultiDiffusion, Bar-Tal et al. 2023). Neighbouring tiles therefore see the same
+ * noise where they overlap and agree on every step's result, so with deterministic DDIM (eta 0) the canvas has no
+ * seams; then the first stage decodes it in overlapping pixel tiles (pipelines/autoencode.ts).
+ *
+ * Memory: the UNet and decoder only ever see one batch of tiles; what grows with the image is a few latent canvases
+ * (3 x 1024 x 768 floats, 9 MB, for a 1024x768 input at f = 4) and the decoded output (151 MB at 4096x3072).
+ */
+import { float32, type HostTensor } from '../../engine/host-tensor.js';
+import type { Executor } from '../../engine/executor.js';
+import { Rng } from '../../util/random.js';
+import { createSampler, type SamplerName } from '../../diffusion/samplers.js';
+import { sampleLatents } from '../../diffusion/sample.js';
+import { readLdmCheckpoint, type LoadedLdm } from '../../models/ldm.js';
+import type { FirstStage } from '../../models/first-stage.js';
+import type { LatentDiffusionConfig } from '../../config/ldm.js';
+import type { CondFeeds } from '../../models/conditioning.js';
+import { crop } from '../../data/transforms.js';
+import { srCondition } from '../../data/degrade.js';
+import { Denoiser } from '../sample.js';
+import { checkTile, decodeLatentImage, defaultOverlap, padEdges } from '../autoencode.js';
+import { TileBlend, seamRatio, sliceTile, tileGrid, tilesOf, type Tile } from './tiles.js';
+
+/** The factor a checkpoint upscales by: data.sr.scale, or f for a concat model trained on images area-resized to its latent. */
+export function srScaleOf(cfg: LatentDiffusionConfig, stage: FirstStage, file = 'the checkpoint'): number {
+  if (cfg.conditioning.type !== 'concat') {
+    throw new Error(`${file} is not a super-resolution model (it is ${cfg.conditioning.type === 'none' ? 'unconditional' : `${cfg.conditioning.type}-conditioned`}); `
+      + 'give one trained with an SR config (ldm zoo --kind ldm lists sr-x4-*), or use --method bicubic|lanczos');
+  }
+  return cfg.data.sr?.scale ?? stage.factor;
+}
+
+export interface SrModel {
+  readonly ldm: LoadedLdm;
+  readonly denoiser: Denoiser;
+  /** The factor it upscales by: its output is exactly `scale` times the input on each side. */
+  readonly scale: number;
+  /** Image channels of its condition and output. */
+  readonly channels: number;
+  /** Default tile side in output pixels: the training crop. */
+  readonly defaultTile: number;
+  dispose(): Promise<void>;
+}
+
+export async function loadSrModel(file: string, executor: Executor): Promise<SrModel> {
+  const ldm = await readLdmCheckpoint(file, executor);
+  const stage = ldm.firstStage;
+  let scale: number;
+  try {
+    scale = srScaleOf(ldm.config, stage, file);
+  } catch (err) {
+    await stage.dispose();
+    throw err;
+  }
+  const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');
+  return {
+    ldm, denoiser, scale,
+    channels: ldm.config.conditioning.channels!,
+    defaultTile: ldm.config.data.size,
+    async dispose() {
+      await denoiser.dispose();
+      await stage.dispose();
+    },
+  };
+}
+
+export interface ModelUpscaleOptions {
+  steps: number;
+  sampler: SamplerName;
+  /** DDIM eta; 0 (default) is deterministic. */
+  eta?: number;
+  seed: number;
+  /** Tile side in output pixels (a multiple of f x 2^(UNet levels - 1)); default the training crop. */
+  tile?: number;
+  /** Output pixels shared by neighbouring tiles (a multiple of f); default a quarter of the tile. */
+  overlap?: number;
+  /** Tiles per UNet call; default about 4096 latent cells a call. */
+  tileBatch?: number;
+  /** After each denoising step of the image. */
+  onStep?: (step: number, steps: number) => void;
+}
+
+export interface TilePlan {
+  /** Latent tile side and overlap. */
+  tile: number;
+  overlap: number;
+  tileBatch: number;
+}
+
+/** Check and default the tile options against the model: sides in output pixels -> latent cells. */
+export function tilePlan(m: SrModel, opts: Pick<ModelUpscaleOptions, 'tile' | 'overlap' | 'tileBatch'>): TilePlan {
+  const f = m.ldm.firstStage.factor;
+  const mult = m.ldm.model.sizeMultiple;
+  const tile = opts.tile ?? m.defaultTile;
+  const overlap = opts.overlap ?? defaultOverlap(tile, f);
+  checkTile({ size: tile, overlap }, f);
+  if ((tile / f) % mult !== 0) throw new Error(`--tile ${tile} must be a multiple of ${f * mult} (f=${f} x the UNet's 2^(levels-1)=${mult})`);
+  const t = tile / f;
+  const tileBatch = opts.tileBatch ?? Math.max(1, Math.floor(4096 / (t * t)));
+  if (!Number.isInteger(tileBatch) || tileBatch < 1) throw new Error(`--tile-batch must be a positive integer, got ${tileBatch}`);
+  return { tile: t, overlap: overlap / f, tileBatch };
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+export interface ModelUpscaled {
+  /** [C, h*scale, w*scale] in [-1, 1]. */
+  image: HostTensor;
+  /** Latent tiles a step. */
+  tiles: number;
+  /** seamRatio across the tile edges (1 = no seam); absent with one tile. */
+  seam?: number;
+}
+
+/** One image [C, h, w] in [-1, 1] (C = the model's channels) -> [C, h*scale, w*scale], clamped to [-1, 1]. */
+export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: ModelUpscaleOptions): Promise<ModelUpscaled> {
+  const { ldm, scale: S } = m;
+  const stage = ldm.firstStage;
+  const f = stage.factor;
+  const [C, h, w] = image.shape as [number, number, number];
+  if (image.shape.length !== 3 || C !== m.channels) throw new Error(`the model takes ${m.channels}-channel images, got [${image.shape.join(', ')}]`);
+  const plan = tilePlan(m, opts);
+  const T = plan.tile;
+
+  // Whole latent cells: pad the input (bottom/right, replicated) until side * S divides by f; cropped off at the end.
+  const unit = f / gcd(f, S);
+  const padded = padEdges(image, Math.ceil(h / unit) * unit - h, Math.ceil(w / unit) * unit - w, 'replicate');
+  const [, ph, pw] = padded.shape as [number, number, number];
+  const lh = (ph * S) / f;
+  const lw = (pw * S) / f;
+  // A canvas smaller than a tile is padded up to one, so every UNet call has one shape (one compiled program).
+  const cond = padEdges(srCondition(padded, lh, lw), Math.max(0, T - lh), Math.max(0, T - lw), 'replicate');
+  const [, H, W] = cond.shape as [number, number, number];
+  const grid = tileGrid(H, W, T, plan.overlap);
+  const tiles = tilesOf(grid);
+  const c = ldm.model.latentChannels;
+  const B = Math.min(plan.tileBatch, tiles.length);
+  const per = c * T * T;
+
+  // The conditions of each batch of tiles, fixed over the steps; a short last batch repeats its last tile.
+  const batches: { tiles: Tile[]; feeds: CondFeeds }[] = [];
+  for (let s = 0; s < tiles.length; s += B) {
+    const chunk = tiles.slice(s, s + B);
+    const data = new Float32Array(B * C * T * T);
+    for (let k = 0; k < B; k++) sliceTile(cond.data as Float32Array, C, grid, chunk[Math.min(k, chunk.length - 1)]!, data.subarray(k * C * T * T, (k + 1) * C * T * T));
+    batches.push({ tiles: chunk, feeds: ldm.model.conditioner.feeds({ images: float32([B, C, T, T], data) }, B, T, T) });
+  }
+  const shape = [B, c, T, T];
+  const model = async (x: Float32Array, t: readonly number[], guided: boolean) => {
+    if (guided) throw new Error('super-resolution runs without classifier-free guidance');
+    const blend = new TileBlend(grid, c);
+    const xt = new Float32Array(B * per);
+    for (const b of batches) {
+      for (let k = 0; k < B; k++) sliceTile(x, c, grid, b.tiles[Math.min(k, b.tiles.length - 1)]!, xt.subarray(k * per, (k + 1) * per));
+      const out = await m.denoiser.predict(xt, shape, new Array<number>(B).fill(t[0]!), b.feeds);
+      b.tiles.forEach((tile, k) => blend.add(tile, out.subarray(k * per, (k + 1) * per)));
+    }
+    return { cond: blend.result() };
+  };
+  const sampler = createSampler(opts.sampler, ldm.model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
+  const z = await sampleLatents({
+    shape: [1, c, H, W], model, schedule: ldm.model.schedule, sampler, parameterization: ldm.model.parameterization,
+    rng: new Rng(opts.seed),
+    ...(opts.onStep ? { onStep: (i: number, calls: number) => opts.onStep!(i + 1, calls) } : {}),
+  });
+  for (let i = 0; i < z.length; i++) z[i] = z[i]! / ldm.scaleFactor;
+  const tileOpt = { size: T * f, overlap: plan.overlap * f };
+  const decoded = await decodeLatentImage(stage, float32([c, H, W], z), { tile: tileOpt });
+  const out = crop(decoded, 0, 0, h * S, w * S);
+  const d = out.data as Float32Array;
+  for (let i = 0; i < d.length; i++) d[i] = d[i]! > 1 ? 1 : d[i]! >= -1 ? d[i]! : -1;
+  if (tiles.length === 1) return { image: out, tiles: 1 };
+  const edges = (starts: readonly number[]) => starts.flatMap((s) => [s * f, (s + T) * f]);
+  return { image: out, tiles: tiles.length, seam: seamRatio({ shape: out.shape, data: d }, edges(grid.ys), edges(grid.xs)) };
+}
