@@ -2,7 +2,16 @@
 # Gather real photographs from Debian wallpaper packages into OUT/train and OUT/eval (no photo in both), for training
 # and evaluating super-resolution (ldm upscale). Prints the package each photo came from, then counts and sizes.
 #
-#   scripts/gather-photos.sh OUT [--force]
+#   scripts/gather-photos.sh OUT [--force] [--max-side PX] [--crops N[:SIZE]]
+#
+# --max-side PX shrinks every photo larger than PX on its longer side to PX (Lanczos-3, antialiased) and writes it as
+# PNG. At their own resolution most of these wallpapers are soft (shallow depth of field, 4-6 megapixel JPEGs), so a
+# 4x downscale loses little; shrunk first (for example to 1024) they hold detail at every scale, as SR sets such as
+# DIV2K do at 2K.
+#
+# --crops N:SIZE also cuts N random SIZE x SIZE crops (default size 64) from every training photo at its own
+# resolution into OUT/train-crops/ (seeded, the same on every run): training data for a first-stage autoencoder,
+# which `ldm train-ae` reads at one fixed size (a folder of whole photos would be shrunk to it).
 #
 # The packages are downloaded with `apt-get download` and unpacked with `dpkg -x` into a temporary folder: nothing is
 # installed. Only files checked by eye to be photographs are taken (the packages also hold drawings, renders and
@@ -11,12 +20,23 @@
 # `apt-get update`); the photos keep their own licences (see each package's copyright file).
 set -euo pipefail
 
-usage() { echo "usage: $0 OUT [--force]" >&2; exit 2; }
+usage() { echo "usage: $0 OUT [--force] [--max-side PX] [--crops N[:SIZE]]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 OUT=$1
+shift
 FORCE=0
-[[ ${2:-} == --force ]] && FORCE=1
-[[ $# -le 2 ]] || usage
+CROPS=
+MAX_SIDE=
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --force) FORCE=1 ;;
+    --crops) [[ $# -ge 2 && $2 =~ ^[0-9]+(:[0-9]+)?$ ]] || usage; CROPS=$2; shift ;;
+    --max-side) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || usage; MAX_SIDE=$2; shift ;;
+    *) usage ;;
+  esac
+  shift
+done
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 # split  package  path inside the package  name written
 PHOTOS=$(cat <<'EOF'
@@ -60,7 +80,7 @@ train plasma-workspace-wallpapers usr/share/wallpapers/summer_1am/contents/image
 EOF
 )
 
-for split in train eval; do
+for split in train eval train-crops; do
   if [[ -d $OUT/$split ]] && [[ -n $(ls -A "$OUT/$split") ]] && [[ $FORCE -eq 0 ]]; then
     echo "$OUT/$split is not empty; pass --force to replace its photos" >&2
     exit 1
@@ -90,7 +110,59 @@ while read -r split pkg src name; do
   echo "$split/$name <- $pkg:/$src"
 done <<<"$PHOTOS"
 
-for split in train eval; do
+if [[ -n $MAX_SIDE ]]; then
+  (cd "$ROOT" && node - "$MAX_SIDE" "$OUT/train" "$OUT/eval" <<'JS'
+const sharp = require('sharp');
+const fs = require('node:fs');
+const path = require('node:path');
+const max = Number(process.argv[2]);
+(async () => {
+  for (const dir of process.argv.slice(3)) {
+    for (const name of fs.readdirSync(dir).sort()) {
+      const file = path.join(dir, name);
+      const m = await sharp(file).metadata();
+      if (Math.max(m.width, m.height) <= max) continue;
+      const out = path.join(dir, name.replace(/\.[^.]+$/, '.png'));
+      const png = await sharp(file).rotate().resize(max, max, { fit: 'inside', kernel: 'lanczos3' }).png().toBuffer();
+      if (out !== file) fs.rmSync(file);
+      fs.writeFileSync(out, png);
+    }
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
+JS
+  )
+  echo "shrunk to at most $MAX_SIDE pixels a side"
+fi
+
+if [[ -n $CROPS ]]; then
+  rm -rf "$OUT/train-crops"
+  mkdir -p "$OUT/train-crops"
+  # sharp from the project's own dependencies; crop k of photo p sits where a seeded LCG puts it.
+  (cd "$ROOT" && node - "$OUT/train" "$OUT/train-crops" "${CROPS%%:*}" "$([[ $CROPS == *:* ]] && echo "${CROPS##*:}" || echo 64)" <<'JS'
+const sharp = require('sharp');
+const fs = require('node:fs');
+const path = require('node:path');
+const [src, dst, n, size] = [process.argv[2], process.argv[3], Number(process.argv[4]), Number(process.argv[5])];
+let seed = 12345;
+const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 4294967296);
+(async () => {
+  for (const name of fs.readdirSync(src).sort()) {
+    const img = sharp(path.join(src, name)).rotate();
+    const { data, info } = await img.raw().toBuffer({ resolveWithObject: true });
+    const stem = name.replace(/\.[^.]+$/, '');
+    for (let k = 0; k < n; k++) {
+      const left = Math.floor(rand() * (info.width - size + 1));
+      const top = Math.floor(rand() * (info.height - size + 1));
+      await sharp(data, { raw: info }).extract({ left, top, width: size, height: size }).png().toFile(path.join(dst, `${stem}-${String(k).padStart(3, '0')}.png`));
+    }
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
+JS
+  )
+fi
+
+for split in train eval train-crops; do
+  [[ -d $OUT/$split ]] || continue
   n=$(find "$OUT/$split" -type f | wc -l)
-  echo "$split: $n photos, $(du -sh "$OUT/$split" | cut -f1)"
+  echo "$split: $n images, $(du -sh "$OUT/$split" | cut -f1)"
 done
