@@ -171,8 +171,10 @@ test('--downscale makes x4 inputs; bicubic and lanczos scored against the origin
   assert.match(lan!.stdout, /PSNR dB\s+SSIM\s+HF ratio/);
   assert.match(lan!.stdout, /mean \(2\)/);
 
-  assert.equal(lost!.code, 1, 'a reference of another size fails that image');
-  assert.match(JSON.parse(lost!.stdout).files[0].error as string, /reference .* is 16x12, the output 64x48/);
+  assert.equal(lost!.code, 1, 'a reference of another size: the output is written, not scored, and the exit code says so');
+  const l = JSON.parse(lost!.stdout) as UpscaleFilesResult;
+  assert.deepEqual([l.written, l.failed, l.unscored], [2, 0, 2]);
+  assert.match(l.files[0]!.referenceError!, /reference .* is 16x12, the output 64x48/);
 
   assert.notEqual(nocrop!.code, 0);
   assert.match(nocrop!.stdout + nocrop!.stderr, /--downscale makes low-resolution inputs with a classical filter/);

@@ -94,7 +94,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
       });
       bar?.stop();
       this.result(res, human);
-      if (res.failed > 0) this.exit(1);
+      if (res.failed > 0 || res.unscored > 0) this.exit(1);
     } finally {
       inner?.stop();
       bar?.stop();
@@ -111,7 +111,8 @@ function human(r: UpscaleFilesResult): string {
   const what = r.downscale ? `downscaled x${r.scale} (${r.method})`
     : r.method === 'model' ? `upscaled x${r.scale} with ${r.ckpt} (x${r.modelScale} model, ${r.sampler} ${r.steps} steps, seed ${r.seed})`
       : `upscaled x${r.scale} (${r.method})`;
-  const lines = [`${what}: ${r.written} written, ${r.skipped} skipped, ${r.failed} failed in ${r.seconds.toFixed(1)} s`];
+  const unscored = r.unscored ? `, ${r.unscored} not scored` : '';
+  const lines = [`${what}: ${r.written} written, ${r.skipped} skipped, ${r.failed} failed${unscored} in ${r.seconds.toFixed(1)} s`];
   if (r.metrics) {
     const w = Math.max(5, ...r.files.map((x) => path.basename(x.output).length));
     lines.push('', `${'image'.padEnd(w)}  PSNR dB   SSIM    HF ratio`);
@@ -119,6 +120,9 @@ function human(r: UpscaleFilesResult): string {
     const m = r.metrics;
     lines.push(`${`mean (${m.images})`.padEnd(w)}  ${fmt(m.psnr, 2).padStart(7)}  ${fmt(m.ssim, 4)}  ${fmt(m.hfRatio, 3).padStart(8)}`, `(${m.convention})`);
   }
+  const seams = r.files.flatMap((x) => (x.seam !== undefined ? [x.seam] : []));
+  if (seams.length) lines.push(`tile seams: ${fmt(Math.min(...seams), 3)} to ${fmt(Math.max(...seams), 3)} (neighbour difference across tile edges over elsewhere; 1 = none)`);
   for (const x of r.files) if (x.status === 'failed') lines.push(`failed: ${x.input}: ${x.error}`);
+  for (const x of r.files) if (x.referenceError !== undefined) lines.push(`not scored: ${x.output}: ${x.referenceError}`);
   return lines.join('\n');
 }

@@ -64,7 +64,10 @@ export interface UpscaledFile {
   input: string;
   output: string;
   status: 'written' | 'skipped' | 'failed';
+  /** Why it failed (no output made). */
   error?: string;
+  /** With a reference: why the output (made or kept) could not be scored. */
+  referenceError?: string;
   /** Output size [height, width]. */
   size?: [number, number];
   seconds?: number;
@@ -89,6 +92,8 @@ export interface UpscaleFilesResult {
   written: number;
   skipped: number;
   failed: number;
+  /** Outputs made or kept but not scored against a reference (none found, another size, unreadable). */
+  unscored: number;
   /** With a reference: the means over the evaluated images. */
   metrics?: SrMetrics & { images: number; convention: string };
   seconds: number;
@@ -168,9 +173,9 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
   try {
     for (const [i, job] of jobs.entries()) {
       const t0 = Date.now();
-      let file: UpscaledFile = { input: job.input, output: job.output, status: 'written' };
+      const file: UpscaledFile = { input: job.input, output: job.output, status: 'written' };
+      let out: HostTensor | undefined;
       try {
-        let out: HostTensor | undefined;
         if (opts.skipExisting && (await exists(job.output))) {
           file.status = 'skipped';
         } else {
@@ -185,16 +190,22 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
           file.size = [H, W];
           file.seconds = (Date.now() - t0) / 1000;
         }
-        if (opts.reference !== undefined) {
+      } catch (err) {
+        file.status = 'failed';
+        file.error = message(err);
+        note(`${job.rel}: ${file.error}`);
+      }
+      if (opts.reference !== undefined && file.status !== 'failed') {
+        try {
           const ref = await findReference(opts.reference, job.rel);
           if (!ref) throw new Error(`no reference for ${job.rel} under ${opts.reference} (looked for the same relative path with any image extension)`);
           file.reference = ref;
           // A skipped image is evaluated as it was written before.
           file.metrics = await compareToReference(out ?? (await readImage(job.output)), ref, scale);
+        } catch (err) {
+          file.referenceError = message(err);
+          note(`${job.rel}: not scored: ${file.referenceError}`);
         }
-      } catch (err) {
-        file = { ...file, status: 'failed', error: message(err) };
-        note(`${job.rel}: ${file.error}`);
       }
       files.push(file);
       opts.onImage?.(i + 1, jobs.length, file);
@@ -210,7 +221,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
       ckpt: opts.ckpt!, modelScale: model.scale, steps: opts.steps ?? model.ldm.config.sample.steps,
       sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed,
     } : {}),
-    files, written: count('written'), skipped: count('skipped'), failed: count('failed'),
+    files, written: count('written'), skipped: count('skipped'), failed: count('failed'), unscored: files.filter((f) => f.referenceError !== undefined).length,
     ...(opts.reference !== undefined && evaluated.length ? { metrics: { ...meanMetrics(evaluated), convention: METRIC_CONVENTION } } : {}),
     seconds: (Date.now() - started) / 1000,
   };
