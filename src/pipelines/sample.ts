@@ -391,7 +391,7 @@ export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'c
   return i;
 }
 
-async function readLines(file: string): Promise<string[]> {
+export async function readLines(file: string): Promise<string[]> {
   const text = await fsp.readFile(file, 'utf8').catch(() => {
     throw new Error(`prompts file ${file} not found; give a text file with one prompt a line`);
   });
