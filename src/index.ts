@@ -61,6 +61,21 @@ export { trainLdm, resolveLdmConfig, type TrainLdmOptions } from './training/ldm
 export * as autoencode from './pipelines/autoencode.js';
 export { generate, sampleToFiles, Denoiser } from './pipelines/sample.js';
 export { exportOnnx, traceForExport } from './pipelines/export-onnx.js';
+export {
+  evaluateClassModel, evaluateShapesPrompts, evaluateSemanticMaps, centreCrop, type ConditionalEvalResult, type JudgedModel,
+} from './pipelines/conditional-eval.js';
+export { quickstart, QUICKSTART_PROMPTS, type QuickstartOptions, type QuickstartResult } from './pipelines/quickstart.js';
+export { upscaleFiles, UPSCALE_METHODS, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaledFile, type UpscaleMethod } from './pipelines/upscale.js';
+export { loadSrModel, srScaleOf, upscaleWithModel, tilePlan, type SrModel, type ModelUpscaleOptions } from './pipelines/upscale/model.js';
+export { upscaleClassical, downscaleClassical, resizeClassical, CLASSICAL_METHODS, type ClassicalMethod } from './pipelines/upscale/classical.js';
+export { tileGrid, tilesOf, tileWeight, TileBlend, seamRatio } from './pipelines/upscale/tiles.js';
+export { compareToReference, findReference, type SrMetrics } from './pipelines/upscale/reference.js';
+export { highFrequencyRatio, highFrequencyPower, luma, dft2 } from './metrics/high-frequency.js';
+export { degrade, downscale, gaussianBlur, addNoise, srCondition, randomCrops, SrDataSchema, type SrDataConfig } from './data/degrade.js';
+export { compareFactors, type CompareFactorsOptions, type CompareFactorsResult } from './study/run.js';
+export { renderReport, type RenderedReport } from './study/report.js';
+export { loadStudy, type StudyPlan, type FactorFigures, type CheckpointFigures } from './study/figures.js';
+export { chartPng, chartSvg, type ChartSpec } from './study/charts.js';
 export * as metrics from './metrics/evaluate.js';
 export { frechetDistance } from './metrics/fid.js';
 export { trainClassifier } from './metrics/train-classifier.js';
