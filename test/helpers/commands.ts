@@ -25,7 +25,7 @@ export interface Call {
   watch?: string;
 }
 
-export function runCommands(workDir: string, calls: readonly Call[]): CallResult[] {
+export function runCommands(workDir: string, calls: readonly Call[], opts: { timeoutMs?: number } = {}): CallResult[] {
   const commands = [...new Set(calls.map((c) => c.command))];
   const runner = path.join(workDir, 'runner.mjs');
   fs.writeFileSync(runner, `
@@ -63,7 +63,7 @@ ow(JSON.stringify(results));
   const env = { ...process.env };
   delete env.LDM_BACKEND;
   const r = spawnSync(process.execPath, ['--import', 'tsx', runner, JSON.stringify(calls.map((c) => ({ ...c, args: [...c.args, '--backend', 'onnx', '--threads', '1'] })))], {
-    cwd: ROOT, encoding: 'utf8', env, timeout: 120_000,
+    cwd: ROOT, encoding: 'utf8', env, timeout: opts.timeoutMs ?? 120_000,
   });
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout) as CallResult[];

@@ -1,0 +1,138 @@
+/**
+ * The quickstart: on a fresh machine, with no download, a tiny autoencoder and a tiny text-to-image LDM trained on the
+ * built-in shapes, then a grid of samples for a few prompts, each judged by the shapes checker. Every stage is a run
+ * folder under one output folder and resumes: a second invocation skips what is done and finishes what was cut off.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { Executor } from '../engine/executor.js';
+import { float32 } from '../engine/host-tensor.js';
+import { loadConfig } from '../config/load.js';
+import type { AutoencoderConfig } from '../config/autoencoder.js';
+import { checkSample } from '../data/shapes-checker.js';
+import { RunDir } from '../io/run-dir.js';
+import { saveGrid } from '../io/image.js';
+import { openFirstStage } from '../models/first-stage.js';
+import { readLdmCheckpoint } from '../models/ldm.js';
+import { trainAutoencoder, type AEStepReport } from '../training/autoencoder.js';
+import { resolveLdmConfig, trainLdm } from '../training/ldm.js';
+import type { StepResult } from '../engine/trainer.js';
+import { Denoiser, enlargeForGrid, generate } from './sample.js';
+
+/** Prompts in the shapes captions' grammar, from the training combinations (the held-out ones are eval-ldm's job). */
+export const QUICKSTART_PROMPTS: readonly string[] = [
+  'a large red circle in the center on a black background',
+  'a large yellow square at the top left on a blue background',
+  'a large white triangle on the right on a green background',
+  'a large green cross at the bottom on a white background',
+];
+
+export const QUICKSTART_CONFIGS = { autoencoder: 'kl-f4-tiny', ldm: 'quickstart' } as const;
+
+export interface QuickstartOptions {
+  outDir: string;
+  executor: Executor;
+  /** Steps of each stage (default: the zoo configs'). */
+  aeSteps?: number;
+  ldmSteps?: number;
+  prompts?: readonly string[];
+  /** Samples per prompt. */
+  n?: number;
+  seed?: number;
+  onStage?: (stage: 'autoencoder' | 'ldm' | 'sample', total: number) => void;
+  onProgress?: (done: number) => void;
+  note?: (message: string) => void;
+}
+
+export interface QuickstartResult {
+  autoencoder: string;
+  ldm: string;
+  grid: string;
+  samples: number;
+  accepted: number;
+  perPrompt: { prompt: string; accepted: number; samples: number }[];
+  seconds: { autoencoder: number; ldm: number; sample: number; total: number };
+}
+
+async function exists(file: string): Promise<boolean> {
+  return fsp.stat(file).then((s) => s.isFile(), () => false);
+}
+
+/** Reopen the stage's run folder when it exists (resume), else make it. */
+async function stageRun(root: string, name: string): Promise<RunDir> {
+  return RunDir.create(root, name, { resume: true });
+}
+
+export async function quickstart(opts: QuickstartOptions): Promise<QuickstartResult> {
+  const t0 = Date.now();
+  const note = opts.note ?? (() => undefined);
+  const seed = opts.seed ?? 0;
+  const { executor } = opts;
+
+  const aeConfig = loadConfig(QUICKSTART_CONFIGS.autoencoder, 'autoencoder').config as AutoencoderConfig;
+  const aeSteps = opts.aeSteps ?? aeConfig.train.steps;
+  const aeRun = await stageRun(opts.outDir, 'autoencoder');
+  const aeModel = path.join(aeRun.dir, 'model.safetensors');
+  // A finished autoencoder is not opened again: re-exporting it would be wasted work.
+  if (((await aeRun.latestCheckpoint())?.step ?? -1) >= aeSteps && (await exists(aeModel))) {
+    note(`autoencoder: done (${aeModel})`);
+  } else {
+    opts.onStage?.('autoencoder', aeSteps);
+    await trainAutoencoder({
+      config: aeConfig, run: aeRun, executor, steps: aeSteps, seed, lrSchedule: 'cosine',
+      valEvery: aeSteps, ckptEvery: aeSteps, valImages: 64, note,
+      onStep: (r: AEStepReport) => opts.onProgress?.(r.step),
+    });
+  }
+  const t1 = Date.now();
+
+  const ldmConfig = resolveLdmConfig(QUICKSTART_CONFIGS.ldm, { ae: aeModel, ...(opts.ldmSteps !== undefined ? { steps: opts.ldmSteps } : {}) });
+  opts.onStage?.('ldm', ldmConfig.train.steps);
+  const firstStage = await openFirstStage(aeModel, { executor });
+  let ldmModel: string;
+  try {
+    const res = await trainLdm({
+      config: ldmConfig, run: await stageRun(opts.outDir, 'ldm'), executor, firstStage, seed, lrSchedule: 'cosine',
+      cacheDir: path.join(opts.outDir, '.cache'), note, onStep: (r: StepResult) => opts.onProgress?.(r.step),
+    });
+    ldmModel = res.model;
+  } finally {
+    await firstStage.dispose();
+  }
+  const t2 = Date.now();
+
+  const prompts = opts.prompts ?? QUICKSTART_PROMPTS;
+  const n = opts.n ?? 4;
+  const ldm = await readLdmCheckpoint(ldmModel, executor);
+  const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');
+  const s = ldm.config.sample;
+  opts.onStage?.('sample', prompts.length * n);
+  let gen;
+  try {
+    gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, denoiser, {
+      n, conditions: prompts.map((p) => ({ prompt: p, name: p })), steps: s.steps, sampler: s.sampler, eta: s.eta, guidance: s.guidance, seed,
+      onStep: (p) => { if (p.call + 1 === p.calls) opts.onProgress?.(p.done + p.batch); },
+    });
+  } finally {
+    await denoiser.dispose();
+  }
+  const [N, C, H, W] = gen.images.shape as [number, number, number, number];
+  const per = C * H * W;
+  const perPrompt = prompts.map((prompt) => ({ prompt, accepted: 0, samples: 0 }));
+  const labels: string[] = [];
+  for (let i = 0; i < N; i++) {
+    const k = Math.floor(i / n);
+    const ok = checkSample(float32([C, H, W], (gen.images.data as Float32Array).slice(i * per, (i + 1) * per)), prompts[k]!).ok;
+    perPrompt[k]!.samples++;
+    if (ok) perPrompt[k]!.accepted++;
+    labels.push(`${ok ? 'ok' : 'no'}: ${gen.labels[i]}`);
+  }
+  const grid = path.join(opts.outDir, 'grid.png');
+  await saveGrid(grid, enlargeForGrid(gen.images, 96), { force: true, nrow: n, labels, onWarning: note });
+  const t3 = Date.now();
+  const accepted = perPrompt.reduce((a, p) => a + p.accepted, 0);
+  return {
+    autoencoder: aeModel, ldm: ldmModel, grid, samples: N, accepted, perPrompt,
+    seconds: { autoencoder: (t1 - t0) / 1000, ldm: (t2 - t1) / 1000, sample: (t3 - t2) / 1000, total: (t3 - t0) / 1000 },
+  };
+}
