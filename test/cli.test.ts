@@ -2,9 +2,9 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { tempDir } from './helpers/temp-dir.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const built = path.join(root, 'dist', 'commands', 'zoo.js');
@@ -80,18 +80,14 @@ test('a bad flag exits non-zero with one Error line and no stack', () => {
   assert.match(env.stderr, /Error: Expected --backend=cuda to be one of: auto, onnx/);
 });
 
-test('a broken config in LDM_CONFIG_DIR fails with file, line and key path; DEBUG=ldm adds the stack', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-cli-'));
-  try {
-    const text = fs.readFileSync(path.join(root, 'configs', 'autoencoders', 'kl-f8-small.yaml'), 'utf8').replace('ch: 32', 'ch: 32\n  chh: 1');
-    fs.writeFileSync(path.join(dir, 'mine.yaml'), text);
-    const r = ldm(['zoo'], { LDM_CONFIG_DIR: dir });
-    assert.equal(r.status, 1);
-    const line = text.split('\n').findIndex((l) => l.includes('chh')) + 1;
-    assert.equal(r.stderr, `Error: ${path.join(dir, 'mine.yaml')}:${line}: ddconfig.chh: unknown key (did you mean "ch"?)\n`);
-    const debug = ldm(['zoo'], { LDM_CONFIG_DIR: dir, DEBUG: 'ldm' });
-    assert.match(debug.stderr, /\n\s+at .*load\.js/);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+test('a broken config in LDM_CONFIG_DIR fails with file, line and key path; DEBUG=ldm adds the stack', (t) => {
+  const dir = tempDir(t, 'ldm-cli-');
+  const text = fs.readFileSync(path.join(root, 'configs', 'autoencoders', 'kl-f8-small.yaml'), 'utf8').replace('ch: 32', 'ch: 32\n  chh: 1');
+  fs.writeFileSync(path.join(dir, 'mine.yaml'), text);
+  const r = ldm(['zoo'], { LDM_CONFIG_DIR: dir });
+  assert.equal(r.status, 1);
+  const line = text.split('\n').findIndex((l) => l.includes('chh')) + 1;
+  assert.equal(r.stderr, `Error: ${path.join(dir, 'mine.yaml')}:${line}: ddconfig.chh: unknown key (did you mean "ch"?)\n`);
+  const debug = ldm(['zoo'], { LDM_CONFIG_DIR: dir, DEBUG: 'ldm' });
+  assert.match(debug.stderr, /\n\s+at .*load\.js/);
 });

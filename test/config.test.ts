@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -16,6 +15,7 @@ import {
 } from '../src/config/load.js';
 import { downsamplingFactor, effectiveLearningRate, latentShape, type AutoencoderConfig } from '../src/config/schema.js';
 import { closest, didYouMean } from '../src/config/suggest.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const configsDir = path.join(root, 'configs');
@@ -25,10 +25,6 @@ function yamlFiles(dir: string): string[] {
     const full = path.join(dir, e.name);
     return e.isDirectory() ? yamlFiles(full) : /\.ya?ml$/.test(e.name) ? [full] : [];
   });
-}
-
-function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-config-'));
 }
 
 /** A valid small kl config as YAML text, with `edit` applied line by line (exact line match). */
@@ -254,8 +250,8 @@ test('zoo lookup by name and by path, and close names for unknown ones', () => {
   assert.throws(() => loadConfig('./nope/kl-f8.yaml'), /config file \.\/nope\/kl-f8\.yaml not found/);
 });
 
-test('LDM_CONFIG_DIR adds zoo folders searched before the built-in one', () => {
-  const dir = tmpDir();
+test('LDM_CONFIG_DIR adds zoo folders searched before the built-in one', (t) => {
+  const dir = tempDir(t, 'ldm-config-');
   const saved = process.env.LDM_CONFIG_DIR;
   try {
     fs.mkdirSync(path.join(dir, 'mine'));
@@ -275,7 +271,6 @@ test('LDM_CONFIG_DIR adds zoo folders searched before the built-in one', () => {
   } finally {
     if (saved === undefined) delete process.env.LDM_CONFIG_DIR;
     else process.env.LDM_CONFIG_DIR = saved;
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -1,11 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, existsSync, rmSync } from 'node:fs';
+import { writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { IdxDataset, parseIdx, readIdxFile } from '../src/data/idx.js';
 import { fashionMnist, locateFashionMnist, FASHION_MNIST_CLASSES, DEBIAN_FASHION_MNIST_DIR } from '../src/data/fashion-mnist.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 /** Build IDX bytes: magic [0, 0, 8, ndim], big-endian dims, then the values. */
 function idxBytes(dims: number[], values: number[]): Buffer {
@@ -19,10 +20,6 @@ function idxBytes(dims: number[], values: number[]): Buffer {
 // Three 2x3 images with distinct pixels, and their labels.
 const IMAGES = Array.from({ length: 18 }, (_, i) => (i * 37) % 256);
 const LABELS = [4, 0, 9];
-
-function tmp(): string {
-  return mkdtempSync(join(tmpdir(), 'ldm-idx-'));
-}
 
 test('parseIdx reads plain and gzipped bytes alike', () => {
   const plain = idxBytes([3, 2, 3], IMAGES);
@@ -50,41 +47,37 @@ test('parseIdx rejects a wrong magic, a wrong dtype, a truncated file and extra 
   }
 });
 
-test('IdxDataset maps bytes to [-1, 1], keeps labels, pads with -1 and replicates channels', async () => {
-  const dir = tmp();
-  try {
-    writeFileSync(join(dir, 'img.gz'), gzipSync(idxBytes([3, 2, 3], IMAGES)));
-    writeFileSync(join(dir, 'lbl'), idxBytes([3], LABELS));
-    const ds = new IdxDataset({ images: join(dir, 'img.gz'), labels: join(dir, 'lbl') });
-    assert.equal(ds.size, 3);
-    assert.equal(ds.channels, 1);
-    const s = await ds.get(1);
-    assert.deepEqual(s.image.shape, [1, 2, 3]);
-    assert.equal(s.label, 0);
-    assert.equal(s.id, '1');
-    const want = IMAGES.slice(6, 12).map((v) => (v / 255) * 2 - 1);
-    [...s.image.data].forEach((v, i) => assert.ok(Math.abs(Number(v) - want[i]!) < 1e-6));
+test('IdxDataset maps bytes to [-1, 1], keeps labels, pads with -1 and replicates channels', async (t) => {
+  const dir = tempDir(t, 'ldm-idx-');
+  writeFileSync(join(dir, 'img.gz'), gzipSync(idxBytes([3, 2, 3], IMAGES)));
+  writeFileSync(join(dir, 'lbl'), idxBytes([3], LABELS));
+  const ds = new IdxDataset({ images: join(dir, 'img.gz'), labels: join(dir, 'lbl') });
+  assert.equal(ds.size, 3);
+  assert.equal(ds.channels, 1);
+  const s = await ds.get(1);
+  assert.deepEqual(s.image.shape, [1, 2, 3]);
+  assert.equal(s.label, 0);
+  assert.equal(s.id, '1');
+  const want = IMAGES.slice(6, 12).map((v) => (v / 255) * 2 - 1);
+  [...s.image.data].forEach((v, i) => assert.ok(Math.abs(Number(v) - want[i]!) < 1e-6));
 
-    const padded = new IdxDataset({ images: join(dir, 'img.gz'), labels: join(dir, 'lbl'), padTo: 6, channels: 3 });
-    const p = padded.getSync(2);
-    assert.deepEqual(p.image.shape, [3, 6, 6]);
-    const d = p.image.data as Float32Array;
-    // 2x3 centred in 6x6: rows 2..3, columns 1..3.
-    for (let ch = 0; ch < 3; ch++) {
-      for (let y = 0; y < 6; y++) {
-        for (let x = 0; x < 6; x++) {
-          const v = d[ch * 36 + y * 6 + x]!;
-          const inImage = y >= 2 && y < 4 && x >= 1 && x < 4;
-          const expect = inImage ? (IMAGES[12 + (y - 2) * 3 + (x - 1)]! / 255) * 2 - 1 : -1;
-          assert.ok(Math.abs(v - expect) < 1e-6, `ch ${ch} (${y}, ${x}) = ${v}, want ${expect}`);
-        }
+  const padded = new IdxDataset({ images: join(dir, 'img.gz'), labels: join(dir, 'lbl'), padTo: 6, channels: 3 });
+  const p = padded.getSync(2);
+  assert.deepEqual(p.image.shape, [3, 6, 6]);
+  const d = p.image.data as Float32Array;
+  // 2x3 centred in 6x6: rows 2..3, columns 1..3.
+  for (let ch = 0; ch < 3; ch++) {
+    for (let y = 0; y < 6; y++) {
+      for (let x = 0; x < 6; x++) {
+        const v = d[ch * 36 + y * 6 + x]!;
+        const inImage = y >= 2 && y < 4 && x >= 1 && x < 4;
+        const expect = inImage ? (IMAGES[12 + (y - 2) * 3 + (x - 1)]! / 255) * 2 - 1 : -1;
+        assert.ok(Math.abs(v - expect) < 1e-6, `ch ${ch} (${y}, ${x}) = ${v}, want ${expect}`);
       }
     }
-    assert.equal(p.label, 9);
-    await assert.rejects(ds.get(3), /out of range/);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
+  assert.equal(p.label, 9);
+  await assert.rejects(ds.get(3), /out of range/);
 });
 
 test('IdxDataset rejects mismatched files and sizes it cannot honour', () => {
@@ -97,19 +90,15 @@ test('IdxDataset rejects mismatched files and sizes it cannot honour', () => {
   assert.throws(() => readIdxFile(join(tmpdir(), 'ldm-no-such-file.idx')), /cannot read IDX file .*ENOENT/);
 });
 
-test('Fashion-MNIST: a missing install names the package and the env var', () => {
-  const dir = tmp();
-  try {
-    assert.throws(() => locateFashionMnist('test', { LDM_FASHION_MNIST_DIR: dir }), /LDM_FASHION_MNIST_DIR=.* lacks t10k-images-idx3-ubyte/);
-    // Through the env var, unpacked files are found too.
-    writeFileSync(join(dir, 't10k-images-idx3-ubyte'), idxBytes([3, 2, 3], IMAGES));
-    writeFileSync(join(dir, 't10k-labels-idx1-ubyte'), idxBytes([3], LABELS));
-    const ds = fashionMnist('test', { env: { LDM_FASHION_MNIST_DIR: dir } });
-    assert.equal(ds.size, 3);
-    assert.equal(ds.classNames?.[ds.labelAt(0)!], 'Coat');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+test('Fashion-MNIST: a missing install names the package and the env var', (t) => {
+  const dir = tempDir(t, 'ldm-idx-');
+  assert.throws(() => locateFashionMnist('test', { LDM_FASHION_MNIST_DIR: dir }), /LDM_FASHION_MNIST_DIR=.* lacks t10k-images-idx3-ubyte/);
+  // Through the env var, unpacked files are found too.
+  writeFileSync(join(dir, 't10k-images-idx3-ubyte'), idxBytes([3, 2, 3], IMAGES));
+  writeFileSync(join(dir, 't10k-labels-idx1-ubyte'), idxBytes([3], LABELS));
+  const ds = fashionMnist('test', { env: { LDM_FASHION_MNIST_DIR: dir } });
+  assert.equal(ds.size, 3);
+  assert.equal(ds.classNames?.[ds.labelAt(0)!], 'Coat');
   if (!existsSync(join(DEBIAN_FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz'))) {
     assert.throws(() => locateFashionMnist('train', {}), /apt-get install dataset-fashion-mnist/);
   }

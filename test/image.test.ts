@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { float32, int32, type HostTensor } from '../src/engine/host-tensor.js';
@@ -12,8 +11,7 @@ import {
   centerCrop, compose, convertChannels, crop, flipHorizontal, pad, padTo, randomCrop, randomFlip, resize, resizeShorterSide,
 } from '../src/data/transforms.js';
 import { Rng } from '../src/util/random.js';
-
-const tmp = (): string => fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-image-'));
+import { tempDir } from './helpers/temp-dir.js';
 
 function randomImage(shape: number[], seed: number): HostTensor {
   const rng = new Rng(seed);
@@ -30,8 +28,8 @@ function maxAbsDiff(a: HostTensor, b: HostTensor): number {
   return m;
 }
 
-test('8-bit PNG round trip stays within 1/255', async () => {
-  const dir = tmp();
+test('8-bit PNG round trip stays within 1/255', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   const img = randomImage([3, 5, 7], 1);
   const file = path.join(dir, 'a.png');
   await writePng(file, img);
@@ -47,8 +45,8 @@ test('8-bit PNG round trip stays within 1/255', async () => {
   assert.deepEqual([...(await readImage(await encodePng(ends))).data], [-1, 1]);
 });
 
-test('16-bit PNG is really 16-bit and round-trips within 1/65535', async () => {
-  const dir = tmp();
+test('16-bit PNG is really 16-bit and round-trips within 1/65535', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   for (const c of [1, 3]) {
     const img = randomImage([c, 4, 6], 2 + c);
     const file = path.join(dir, `b${c}.png`);
@@ -73,8 +71,8 @@ test('quantisation rounds and clamps', () => {
   assert.equal(quantize8(0), 128); // 127.5 rounds up
 });
 
-test('grayscale stays 1 channel and channels converts', async () => {
-  const dir = tmp();
+test('grayscale stays 1 channel and channels converts', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   const img = randomImage([1, 6, 5], 4);
   const file = path.join(dir, 'g.png');
   await writePng(file, img);
@@ -97,8 +95,8 @@ test('grayscale stays 1 channel and channels converts', async () => {
   assert.deepEqual((await readImage(cfile, { channels: 1 })).shape, [1, 2, 2]);
 });
 
-test('alpha is dropped by readImage and returned by readImageWithAlpha', async () => {
-  const dir = tmp();
+test('alpha is dropped by readImage and returned by readImageWithAlpha', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   const file = path.join(dir, 'rgba.png');
   const px = Uint8Array.from([255, 0, 0, 0, 0, 255, 0, 128, 0, 0, 255, 255, 10, 20, 30, 64]);
   await sharp(px, { raw: { width: 2, height: 2, channels: 4 } }).png().toFile(file);
@@ -112,8 +110,8 @@ test('alpha is dropped by readImage and returned by readImageWithAlpha', async (
   assert.equal((await readImageWithAlpha(await encodePng(rgb))).alpha, undefined);
 });
 
-test('EXIF-rotated JPEG reads upright', async () => {
-  const dir = tmp();
+test('EXIF-rotated JPEG reads upright', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   const file = path.join(dir, 'o6.jpg');
   // Stored 16 wide x 8 high: left half red, right half blue. Orientation 6 displays it turned 90 degrees clockwise.
   const w = 16;
@@ -132,8 +130,8 @@ test('EXIF-rotated JPEG reads upright', async () => {
   assert.deepEqual([info.width, info.height], [8, 16]);
 });
 
-test('writePng refuses to overwrite without force', async () => {
-  const dir = tmp();
+test('writePng refuses to overwrite without force', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   const file = path.join(dir, 'x.png');
   await writePng(file, randomImage([3, 2, 2], 6));
   const before = fs.readFileSync(file);
@@ -144,8 +142,8 @@ test('writePng refuses to overwrite without force', async () => {
   assert.deepEqual(fs.readdirSync(dir), ['x.png']); // no temp files left behind
 });
 
-test('unreadable files fail with a one-line message naming the file', async () => {
-  const dir = tmp();
+test('unreadable files fail with a one-line message naming the file', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   const file = path.join(dir, 'bad.png');
   fs.writeFileSync(file, Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]));
   await assert.rejects(readImage(file), (err: Error) => err.message.includes(file) && !err.message.includes('\n'));
@@ -184,8 +182,8 @@ test('grid size and tile placement', () => {
   assert.throws(() => makeGrid(tileBatch(2, 1, 3, 3), { labels: ['one'] }), /one label per image/);
 });
 
-test('saveGrid draws labels under the tiles', async () => {
-  const dir = tmp();
+test('saveGrid draws labels under the tiles', async (t) => {
+  const dir = tempDir(t, 'ldm-image-');
   const [n, c, h, w] = [4, 3, 32, 32];
   const batch = tileBatch(n, c, h, w);
   const labels = ['cat', 'dog & <bird>', '', 'a rather long label that must be squeezed'];

@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { FIXTURE_DIR, loadFixture, fixtureTensor } from './helpers/engine.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
@@ -14,6 +13,7 @@ import { toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
 import { extractFeatures } from '../src/metrics/features.js';
 import { FidInceptionV3, inceptionFromWeights, inceptionNetwork, readInceptionWeights } from '../src/models/inception.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const executor = new OnnxExecutor({ threads: 2 });
 const fixture = await loadFixture('inception-w8.safetensors');
@@ -69,8 +69,8 @@ test('width 1/8: features and logits equal pytorch-fid to 1e-4 relative (RGB, no
   }
 });
 
-test('weights files: num_batches_tracked dropped, .safetensors loads, bad files give one-line errors', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-inception-'));
+test('weights files: num_batches_tracked dropped, .safetensors loads, bad files give one-line errors', async (t) => {
+  const dir = tempDir(t, 'ldm-inception-');
   const file = path.join(dir, 'w8.safetensors');
   const withCounters = new Map([...fixture.tensors].filter(([k]) => !OUTPUT.test(k)));
   assert.ok([...withCounters.keys()].some((k) => k.endsWith('num_batches_tracked')));

@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
@@ -22,6 +21,7 @@ import {
 import {
   autoencoderFromDiffusers, autoencoderToDiffusers, schedulerFromDiffusers, schedulerToDiffusers, unetFromDiffusers, unetToDiffusers,
 } from '../src/interop/diffusers.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const REF = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'interop-ref');
 
@@ -151,7 +151,7 @@ test('reference LatentDiffusion configs map by conditioning: class (cin256-v2), 
   assert.ok(layout.notes.some((n) => /vocab_size 8192.*no tokenizer/.test(n)));
 });
 
-test('parts ldm does not implement are refused by name, one line each', () => {
+test('parts ldm does not implement are refused by name, one line each', (t) => {
   const bert = errorOf(() => fromReferenceConfig(ldmYaml({
     extra: '    conditioning_key: crossattn', unet: CLASS_UNET.replace('512', '1280'),
     cond: '\n      target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 1280, n_layer: 32}',
@@ -185,7 +185,7 @@ test('parts ldm does not implement are refused by name, one line each', () => {
     && err.message === 'cond-disc.yaml: model.params.lossconfig.params.disc_conditional: disc_conditional: true is not implemented; ldm uses false');
 
   // Through the config loader, as `--config` takes it.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-refcfg-'));
+  const dir = tempDir(t, 'ldm-refcfg-');
   const file = path.join(dir, 'bert.yaml');
   fs.writeFileSync(file, fs.readFileSync(path.join(REF, 'ldm.yaml'), 'utf8').replace('ldm.modules.encoders.modules.ClassEmbedder', 'ldm.modules.encoders.modules.BERTEmbedder'));
   assert.throws(() => loadConfig(file), /cond_stage_config\.target: text encoder ldm\.modules\.encoders\.modules\.BERTEmbedder is not implemented/);

@@ -1,15 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { RunDir } from '../src/io/run-dir.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
-
-function tmpdir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-run-'));
-}
+import { tempDir } from './helpers/temp-dir.js';
 
 function params(v: number): Map<string, HostTensor> {
   return new Map([['w', hostTensor('float32', [4], Float32Array.from([v, v, v, v]))]]);
@@ -24,8 +20,8 @@ function truncate(file: string, drop: number): void {
   fs.writeFileSync(file, bytes.subarray(0, bytes.length - drop));
 }
 
-test('a fresh run lays out its folder and names checkpoints by 8-digit step', async () => {
-  const root = tmpdir();
+test('a fresh run lays out its folder and names checkpoints by 8-digit step', async (t) => {
+  const root = tempDir(t, 'ldm-run-');
   const run = await RunDir.create(root, 'ae-test');
   assert.equal(run.resumed, false);
   assert.deepEqual(fs.readdirSync(run.dir).sort(), ['checkpoints', 'samples']);
@@ -39,8 +35,8 @@ test('a fresh run lays out its folder and names checkpoints by 8-digit step', as
   await assert.rejects(RunDir.create(root, '../escape'), /must be a plain folder name/);
 });
 
-test('an existing run needs --resume or --force', async () => {
-  const root = tmpdir();
+test('an existing run needs --resume or --force', async (t) => {
+  const root = tempDir(t, 'ldm-run-');
   const first = await RunDir.create(root, 'r');
   // An empty folder left by create() alone is not a run yet.
   await RunDir.create(root, 'r');
@@ -73,8 +69,8 @@ test('an existing run needs --resume or --force', async () => {
   assert.equal(fresh.resumed, false);
 });
 
-test('latestCheckpoint skips a truncated newer checkpoint and a leftover temp file', async () => {
-  const run = await RunDir.create(tmpdir(), 'r');
+test('latestCheckpoint skips a truncated newer checkpoint and a leftover temp file', async (t) => {
+  const run = await RunDir.create(tempDir(t, 'ldm-run-'), 'r');
   await save(run.emaPath(10), 10);
   await save(run.checkpointPath(10), 10);
   await save(run.emaPath(20), 20);
@@ -102,8 +98,8 @@ test('latestCheckpoint skips a truncated newer checkpoint and a leftover temp fi
   assert.deepEqual(await reader.latestCheckpoint(), { step: 50, path: run.checkpointPath(50) });
 });
 
-test('pruneCheckpoints keeps the newest complete ones and leaves newer broken files', async () => {
-  const run = await RunDir.create(tmpdir(), 'r', { warn: () => undefined });
+test('pruneCheckpoints keeps the newest complete ones and leaves newer broken files', async (t) => {
+  const run = await RunDir.create(tempDir(t, 'ldm-run-'), 'r', { warn: () => undefined });
   for (const step of [100, 200, 300, 400]) {
     await save(run.emaPath(step), step);
     await save(run.checkpointPath(step), step);
@@ -122,9 +118,9 @@ test('pruneCheckpoints keeps the newest complete ones and leaves newer broken fi
   await assert.rejects(run.pruneCheckpoints(0), /positive integer/);
 });
 
-test('readLog ignores a torn last line and the next append starts a clean line', async () => {
+test('readLog ignores a torn last line and the next append starts a clean line', async (t) => {
   const warnings: string[] = [];
-  const run = await RunDir.create(tmpdir(), 'r', { warn: (m) => warnings.push(m) });
+  const run = await RunDir.create(tempDir(t, 'ldm-run-'), 'r', { warn: (m) => warnings.push(m) });
   for (let step = 1; step <= 3; step++) await run.appendLog({ step, losses: { mse: 1 / step }, lr: 1e-4, time: step * 0.5 });
   fs.appendFileSync(run.logPath, '{"step":4,"losses":{"mse":0.2');
 

@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../src/io/atomic.js';
 import {
@@ -12,10 +11,7 @@ import {
 } from '../src/io/checkpoint.js';
 import { hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
 import { assertSameTensors } from './helpers/tensors.js';
-
-function tmpdir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-st-'));
-}
+import { tempDir } from './helpers/temp-dir.js';
 
 function concat(chunks: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
@@ -26,7 +22,6 @@ function concat(chunks: Uint8Array[]): Uint8Array {
   }
   return out;
 }
-
 
 /** One tensor of every dtype, with awkward values: NaN payloads, -0, infinities, extremes. */
 function everyDtype(): Map<string, HostTensor> {
@@ -50,9 +45,8 @@ function everyDtype(): Map<string, HostTensor> {
   ]);
 }
 
-
-test('round trip of every dtype is bit-exact, with metadata, zero-size and scalar tensors', async () => {
-  const dir = tmpdir();
+test('round trip of every dtype is bit-exact, with metadata, zero-size and scalar tensors', async (t) => {
+  const dir = tempDir(t, 'ldm-st-');
   const file = path.join(dir, 'all.safetensors');
   const tensors = everyDtype();
   const metadata = { format: 'pt', note: 'ünïcødé ✓', empty: '' };
@@ -138,8 +132,8 @@ async function readError(file: string): Promise<string> {
 
 const F32x2 = (begin: number) => ({ dtype: 'F32', shape: [2], data_offsets: [begin, begin + 8] });
 
-test('each kind of corrupt file gets its own clear error', async () => {
-  const dir = tmpdir();
+test('each kind of corrupt file gets its own clear error', async (t) => {
+  const dir = tempDir(t, 'ldm-st-');
   const good = path.join(dir, 'good.safetensors');
   await writeSafetensors(good, { w: hostTensor('float32', [3], Float32Array.from([1, 2, 3])) });
   const full = fs.readFileSync(good);
@@ -192,8 +186,8 @@ test('each kind of corrupt file gets its own clear error', async () => {
   assert.equal((await readSafetensors(rawFile(dir, { a: F32x2(0), b: F32x2(8) }, 16))).tensors.size, 2);
 });
 
-test('an atomic write that fails midway leaves the old file intact and no temp file', async () => {
-  const dir = tmpdir();
+test('an atomic write that fails midway leaves the old file intact and no temp file', async (t) => {
+  const dir = tempDir(t, 'ldm-st-');
   const file = path.join(dir, 'model.safetensors');
   await writeSafetensors(file, { w: hostTensor('float32', [1], Float32Array.from([1])) });
   const before = fs.readFileSync(file);
@@ -206,8 +200,8 @@ test('an atomic write that fails midway leaves the old file intact and no temp f
   assert.deepEqual(fs.readdirSync(dir), ['model.safetensors']);
 });
 
-test('writing over an existing file needs force', async () => {
-  const dir = tmpdir();
+test('writing over an existing file needs force', async (t) => {
+  const dir = tempDir(t, 'ldm-st-');
   const file = path.join(dir, 'model.safetensors');
   await writeSafetensors(file, { w: hostTensor('float32', [1], Float32Array.from([1])) });
   await assert.rejects(
@@ -227,8 +221,8 @@ test('serialize refuses tensors whose data does not match dtype or shape', () =>
     /tensor "w" of shape \[3\] holds 2 elements, expected 3/);
 });
 
-test('checkpoint save/load keeps kind, config, step, extra metadata and params', async () => {
-  const dir = tmpdir();
+test('checkpoint save/load keeps kind, config, step, extra metadata and params', async (t) => {
+  const dir = tempDir(t, 'ldm-st-');
   const file = path.join(dir, 'ae.safetensors');
   const config = { embed_dim: 4, ddconfig: { ch: 128, ch_mult: [1, 2, 4, 4], attn_resolutions: [] }, lossconfig: null };
   const params = new Map<string, HostTensor>([
@@ -256,8 +250,8 @@ test('checkpoint save/load keeps kind, config, step, extra metadata and params',
     /extra metadata may not set ldm.step/);
 });
 
-test('loading a plain safetensors file as a checkpoint names the missing keys and ldm convert', async () => {
-  const dir = tmpdir();
+test('loading a plain safetensors file as a checkpoint names the missing keys and ldm convert', async (t) => {
+  const dir = tempDir(t, 'ldm-st-');
   const file = path.join(dir, 'foreign.safetensors');
   await writeSafetensors(file, { w: hostTensor('float32', [1], Float32Array.from([1])) }, { format: 'pt', 'ldm.kind': 'ldm' });
   await assert.rejects(loadCheckpoint(file), (err: Error) => {

@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { DATASET_SPEC_FORMS, openDataset, parseDatasetSpec } from '../src/data/sources.js';
 import { ShapesDataset } from '../src/data/shapes.js';
 import { DEBIAN_FASHION_MNIST_DIR } from '../src/data/fashion-mnist.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 test('parseDatasetSpec reads every accepted form', () => {
   assert.deepEqual(parseDatasetSpec('shapes'), { kind: 'shapes' });
@@ -56,42 +56,34 @@ test('openDataset: shapes honours spec values over caller defaults', async () =>
   await assert.rejects(openDataset('shapes', { channels: 1 }), /channels must be 3/);
 });
 
-test('openDataset: idx files, and an unknown spec lists the accepted forms', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ldm-sources-'));
-  try {
-    const img = Buffer.concat([Buffer.from([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 4]), Buffer.alloc(32, 255)]);
-    const lbl = Buffer.from([0, 0, 8, 1, 0, 0, 0, 2, 7, 3]);
-    writeFileSync(join(dir, 'i'), img);
-    writeFileSync(join(dir, 'l'), lbl);
-    const ds = await openDataset(`idx:${join(dir, 'i')},${join(dir, 'l')}?size=6`, { channels: 3 });
-    assert.equal(ds.size, 2);
-    const s = await ds.get(1);
-    assert.deepEqual(s.image.shape, [3, 6, 6]);
-    assert.equal(s.label, 3);
-    await assert.rejects(openDataset(join(dir, 'nope')), /is neither a folder nor a known source; accepted forms: <folder> \| fashion-mnist/);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+test('openDataset: idx files, and an unknown spec lists the accepted forms', async (t) => {
+  const dir = tempDir(t, 'ldm-sources-');
+  const img = Buffer.concat([Buffer.from([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 4]), Buffer.alloc(32, 255)]);
+  const lbl = Buffer.from([0, 0, 8, 1, 0, 0, 0, 2, 7, 3]);
+  writeFileSync(join(dir, 'i'), img);
+  writeFileSync(join(dir, 'l'), lbl);
+  const ds = await openDataset(`idx:${join(dir, 'i')},${join(dir, 'l')}?size=6`, { channels: 3 });
+  assert.equal(ds.size, 2);
+  const s = await ds.get(1);
+  assert.deepEqual(s.image.shape, [3, 6, 6]);
+  assert.equal(s.label, 3);
+  await assert.rejects(openDataset(join(dir, 'nope')), /is neither a folder nor a known source; accepted forms: <folder> \| fashion-mnist/);
 });
 
-test('openDataset: a folder of images opens as an image folder', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'ldm-sources-'));
-  try {
-    for (const [cls, rgb] of [['cats', { r: 255, g: 0, b: 0 }], ['dogs', { r: 0, g: 0, b: 255 }]] as const) {
-      mkdirSync(join(dir, cls));
-      await sharp({ create: { width: 12, height: 10, channels: 3, background: rgb } }).png().toFile(join(dir, cls, 'a.png'));
-    }
-    const ds = await openDataset(dir, { size: 8 });
-    assert.equal(ds.size, 2);
-    assert.deepEqual(ds.classNames, ['cats', 'dogs']);
-    const s = await ds.get(1);
-    assert.deepEqual(s.image.shape, [3, 8, 8]);
-    assert.equal(s.label, 1);
-    const d = s.image.data as Float32Array;
-    assert.ok(d[0]! < -0.9 && d[2 * 64]! > 0.9, 'blue image reads as blue');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+test('openDataset: a folder of images opens as an image folder', async (t) => {
+  const dir = tempDir(t, 'ldm-sources-');
+  for (const [cls, rgb] of [['cats', { r: 255, g: 0, b: 0 }], ['dogs', { r: 0, g: 0, b: 255 }]] as const) {
+    mkdirSync(join(dir, cls));
+    await sharp({ create: { width: 12, height: 10, channels: 3, background: rgb } }).png().toFile(join(dir, cls, 'a.png'));
   }
+  const ds = await openDataset(dir, { size: 8 });
+  assert.equal(ds.size, 2);
+  assert.deepEqual(ds.classNames, ['cats', 'dogs']);
+  const s = await ds.get(1);
+  assert.deepEqual(s.image.shape, [3, 8, 8]);
+  assert.equal(s.label, 1);
+  const d = s.image.data as Float32Array;
+  assert.ok(d[0]! < -0.9 && d[2 * 64]! > 0.9, 'blue image reads as blue');
 });
 
 test('openDataset: fashion-mnist picks the split from the spec, then the caller', async (t) => {

@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSafetensors } from '../src/io/safetensors.js';
@@ -9,6 +8,7 @@ import { parseTorchCheckpoint, readTorchCheckpoint, sniffTorchFormat } from '../
 import type { HostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
 import { assertSameTensors, rawBytes as bytesOf } from './helpers/tensors.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const fixture = (name: string) => path.join(FIXTURES, name);
@@ -19,8 +19,6 @@ function group(prefix: string): Map<string, HostTensor> {
   for (const [k, t] of expected.tensors) if (k.startsWith(prefix)) out.set(k.slice(prefix.length), t);
   return out;
 }
-
-
 
 // ---- a legacy file written opcode by opcode, so the tests control every length ----------------------------------
 
@@ -113,7 +111,7 @@ test('a hand-written legacy file loads, also when its main pickle is larger than
   }
 });
 
-test('corrupt and truncated legacy files give one-line errors that name the file', async () => {
+test('corrupt and truncated legacy files give one-line errors that name the file', async (t) => {
   const cases: [LegacyParts, RegExp][] = [
     [{ protocol: 1000 }, /protocol version 1000, expected 1001/],
     [{ dataCount: 2 }, /storage "0" records 2 elements but the pickle says 3/],
@@ -137,14 +135,10 @@ test('corrupt and truncated legacy files give one-line errors that name the file
   for (let cut = 0; cut < plain.length; cut += 7) {
     assert.throws(() => parseTorchCheckpoint(plain.subarray(0, cut), 'cut.pth'), oneLine(/./, 'cut.pth'), `cut at ${cut}`);
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-legacy-'));
-  try {
-    const f = path.join(dir, 'short.pth');
-    fs.writeFileSync(f, plain.subarray(0, plain.length - 5));
-    await assert.rejects(readTorchCheckpoint(f), oneLine(/needs \d+ bytes but only \d+ remain.*corrupt or truncated/, f));
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  const dir = tempDir(t, 'ldm-legacy-');
+  const f = path.join(dir, 'short.pth');
+  fs.writeFileSync(f, plain.subarray(0, plain.length - 5));
+  await assert.rejects(readTorchCheckpoint(f), oneLine(/needs \d+ bytes but only \d+ remain.*corrupt or truncated/, f));
 });
 
 test('fuzz: hundreds of mutated legacy files each load or throw a clean one-line Error, quickly', () => {
