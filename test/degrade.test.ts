@@ -4,9 +4,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { float32, hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
 import { SrDataSchema, addNoise, degrade, degradeBatch, downscale, gaussianBlur, randomCrops, srCondition } from '../src/data/degrade.js';
@@ -14,6 +11,7 @@ import { LatentDiffusionConfigSchema } from '../src/config/ldm.js';
 import { PixelFirstStage } from '../src/models/first-stage.js';
 import { openLatentCache } from '../src/training/latent-cache.js';
 import type { Dataset, Sample } from '../src/data/dataset.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 /** A smooth colour image with some texture, [c, h, w] in [-1, 1]. */
 function image(c: number, h: number, w: number, seed = 1): HostTensor {
@@ -140,27 +138,23 @@ test('config: data.sr needs concat conditioning and a size the scale divides; de
   assert.match(problems({ data: { size: 32, sr: { jpeg: { quality: [90, 40] } } } }).join('\n'), /min above its max/);
 });
 
-test('latent cache with SR crops: HR crops kept as 8 bits beside their latents, keyed by the crop spec, reused', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-degrade-'));
-  try {
-    const stage = new PixelFirstStage(3);
-    const data = { source: 'pics', size: 16, channels: 3, crops: { perImage: 2, seed: 0, flip: false }, keepImages: true };
-    const ds = images([image(3, 40, 60, 1), image(3, 30, 30, 2)]);
-    const cache = await openLatentCache({ dir, firstStage: stage, data, dataset: ds });
-    assert.equal(cache.count, 4);
-    assert.deepEqual(cache.images!.shape, [4, 3, 16, 16]);
-    assert.equal(cache.images!.dtype, 'uint8');
-    assert.equal(cache.lowres, undefined);
-    // Pixel space: the latent is the crop, so the 8-bit copy is the latent rounded.
-    const z = cache.latents.data as Float32Array;
-    const px = cache.images!.data as Uint8Array;
-    assert.ok(z.every((v, i) => Math.abs((v + 1) * 127.5 - px[i]!) <= 0.5 + 1e-4));
-    const again = await openLatentCache({ dir, firstStage: stage, data, dataset: ds });
-    assert.equal(again.reused, true);
-    assert.deepEqual(again.images!.data, cache.images!.data);
-    const reseeded = await openLatentCache({ dir, firstStage: stage, data: { ...data, crops: { ...data.crops, seed: 1 } }, dataset: ds });
-    assert.equal(reseeded.reused, false, 'another crop seed is another cache');
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+test('latent cache with SR crops: HR crops kept as 8 bits beside their latents, keyed by the crop spec, reused', async (t) => {
+  const dir = tempDir(t, 'ldm-degrade-');
+  const stage = new PixelFirstStage(3);
+  const data = { source: 'pics', size: 16, channels: 3, crops: { perImage: 2, seed: 0, flip: false }, keepImages: true };
+  const ds = images([image(3, 40, 60, 1), image(3, 30, 30, 2)]);
+  const cache = await openLatentCache({ dir, firstStage: stage, data, dataset: ds });
+  assert.equal(cache.count, 4);
+  assert.deepEqual(cache.images!.shape, [4, 3, 16, 16]);
+  assert.equal(cache.images!.dtype, 'uint8');
+  assert.equal(cache.lowres, undefined);
+  // Pixel space: the latent is the crop, so the 8-bit copy is the latent rounded.
+  const z = cache.latents.data as Float32Array;
+  const px = cache.images!.data as Uint8Array;
+  assert.ok(z.every((v, i) => Math.abs((v + 1) * 127.5 - px[i]!) <= 0.5 + 1e-4));
+  const again = await openLatentCache({ dir, firstStage: stage, data, dataset: ds });
+  assert.equal(again.reused, true);
+  assert.deepEqual(again.images!.data, cache.images!.data);
+  const reseeded = await openLatentCache({ dir, firstStage: stage, data: { ...data, crops: { ...data.crops, seed: 1 } }, dataset: ds });
+  assert.equal(reseeded.reused, false, 'another crop seed is another cache');
 });

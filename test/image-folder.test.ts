@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { float32, type HostTensor } from '../src/engine/host-tensor.js';
@@ -10,6 +9,7 @@ import { ImageFolderDataset } from '../src/data/image-folder.js';
 import { DataLoader } from '../src/data/loader.js';
 import { flipHorizontal } from '../src/data/transforms.js';
 import { Rng } from '../src/util/random.js';
+import { tempDir, type Cleanup } from './helpers/temp-dir.js';
 
 const f32 = (t: HostTensor): Float32Array => t.data as Float32Array;
 
@@ -27,8 +27,8 @@ async function put(file: string, bytes: Uint8Array | string): Promise<void> {
  *   cats/a.png  cats/b.jpg + b.txt       dogs/c.png  dogs/sub/d.png  dogs/broken.png (random bytes)
  *   e.png (no class)  metadata.jsonl  .hidden.png  notes.md  empty/ (no images, not a class)
  */
-async function makeFolder(): Promise<string> {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-folder-'));
+async function makeFolder(t: Cleanup): Promise<string> {
+  const root = tempDir(t, 'ldm-folder-');
   await put(path.join(root, 'cats/a.png'), await encodePng(noise(3, 8, 12, 1)));
   const jpeg = await sharp(Buffer.alloc(10 * 16 * 3, 90), { raw: { width: 16, height: 10, channels: 3 } }).jpeg().toBuffer();
   await put(path.join(root, 'cats/b.jpg'), jpeg);
@@ -49,8 +49,8 @@ async function makeFolder(): Promise<string> {
   return root;
 }
 
-test('scan: sorted ids, class labels, captions, corrupt file skipped with a warning', async () => {
-  const root = await makeFolder();
+test('scan: sorted ids, class labels, captions, corrupt file skipped with a warning', async (t) => {
+  const root = await makeFolder(t);
   const warnings: string[] = [];
   const ds = await ImageFolderDataset.open(root, { size: 6, onWarning: (m) => warnings.push(m) });
   assert.deepEqual(ds.ids, ['cats/a.png', 'cats/b.jpg', 'dogs/c.png', 'dogs/sub/d.png', 'e.png']);
@@ -70,8 +70,8 @@ test('scan: sorted ids, class labels, captions, corrupt file skipped with a warn
   await ds.close();
 });
 
-test('without size, images keep their own size and match readImage', async () => {
-  const root = await makeFolder();
+test('without size, images keep their own size and match readImage', async (t) => {
+  const root = await makeFolder(t);
   const ds = await ImageFolderDataset.open(root, { onWarning: () => undefined });
   const s = await ds.get(0);
   const direct = await readImage(path.join(root, 'cats/a.png'));
@@ -80,8 +80,8 @@ test('without size, images keep their own size and match readImage', async () =>
   await ds.close();
 });
 
-test('grayscale folders give 1 channel unless asked for 3', async () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-grey-'));
+test('grayscale folders give 1 channel unless asked for 3', async (t) => {
+  const root = tempDir(t, 'ldm-grey-');
   await put(path.join(root, 'x.png'), await encodePng(noise(1, 5, 5, 7)));
   await put(path.join(root, 'y.png'), await encodePng(noise(1, 5, 5, 8)));
   const grey = await ImageFolderDataset.open(root);
@@ -92,8 +92,8 @@ test('grayscale folders give 1 channel unless asked for 3', async () => {
   assert.deepEqual((await rgb.get(1)).image.shape, [3, 5, 5]);
 });
 
-test('a file that fails to decode later is warned about once, counted, and replaced by the next image', async () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-trunc-'));
+test('a file that fails to decode later is warned about once, counted, and replaced by the next image', async (t) => {
+  const root = tempDir(t, 'ldm-trunc-');
   await put(path.join(root, 'a.png'), await encodePng(noise(3, 8, 8, 9)));
   const big = await encodePng(noise(3, 64, 64, 10)); // noise does not compress: the cut lands inside the pixel data
   await put(path.join(root, 'b.png'), big.subarray(0, big.length >> 1));
@@ -110,16 +110,16 @@ test('a file that fails to decode later is warned about once, counted, and repla
   assert.equal(warnings.filter((w) => w.includes('b.png')).length, 1);
 });
 
-test('an empty or missing folder is a clear error', async () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-empty-'));
+test('an empty or missing folder is a clear error', async (t) => {
+  const root = tempDir(t, 'ldm-empty-');
   await assert.rejects(ImageFolderDataset.open(root), /no images found under .*\.png/);
   await assert.rejects(ImageFolderDataset.open(path.join(root, 'nope')), /is not a folder/);
   await put(path.join(root, 'bad.png'), 'not a png');
   await assert.rejects(ImageFolderDataset.open(root, { onWarning: () => undefined }), /no readable images/);
 });
 
-test('flip mirrors about half the draws, exactly, and follows the seed', async () => {
-  const root = await makeFolder();
+test('flip mirrors about half the draws, exactly, and follows the seed', async (t) => {
+  const root = await makeFolder(t);
   const quiet = { size: 6, onWarning: () => undefined };
   const plain = await ImageFolderDataset.open(root, quiet);
   const base = (await plain.get(0)).image;
@@ -142,8 +142,8 @@ test('flip mirrors about half the draws, exactly, and follows the seed', async (
   assert.notDeepEqual(await draws(2), a);
 });
 
-test('memory cache: the second epoch decodes nothing', async () => {
-  const root = await makeFolder();
+test('memory cache: the second epoch decodes nothing', async (t) => {
+  const root = await makeFolder(t);
   const ds = await ImageFolderDataset.open(root, { size: 6, onWarning: () => undefined });
   const loader = new DataLoader(ds, { batchSize: 2, seed: 3 });
   for await (const b of loader.epoch()) assert.equal(b.images.shape[0]! <= 2, true);
@@ -157,9 +157,9 @@ test('memory cache: the second epoch decodes nothing', async () => {
   assert.equal(tiny.cacheStats.evictions, 3);
 });
 
-test('cache file: built once, reused, exact or 8-bit, rebuilt when a file changes', async () => {
-  const root = await makeFolder();
-  const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-cache-'));
+test('cache file: built once, reused, exact or 8-bit, rebuilt when a file changes', async (t) => {
+  const root = await makeFolder(t);
+  const cacheDir = tempDir(t, 'ldm-cache-');
   const phases: string[] = [];
   const opts = { size: 6, cacheDir, onWarning: () => undefined, onProgress: (p: string) => phases.push(p) };
   const plain = await ImageFolderDataset.open(root, { size: 6, onWarning: () => undefined });
@@ -190,8 +190,8 @@ test('cache file: built once, reused, exact or 8-bit, rebuilt when a file change
   for (let i = 0; i < plain.size; i++) assert.deepEqual((await exact.get(i)).image.data, (await plain.get(i)).image.data);
   await exact.close();
 
-  const t = new Date(Date.now() + 5000);
-  fs.utimesSync(path.join(root, 'e.png'), t, t);
+  const later = new Date(Date.now() + 5000);
+  fs.utimesSync(path.join(root, 'e.png'), later, later);
   const before = new Set(fs.readdirSync(cacheDir));
   phases.length = 0;
   const changed = await ImageFolderDataset.open(root, opts);

@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { FIXTURE_DIR, loadFixture, fixtureTensor } from './helpers/engine.js';
 import { float32, hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
@@ -26,6 +25,7 @@ import { meanAndCovariance, pivotedCholesky, symmetricEigenvalues } from '../src
 import { extractFeatures, type FeatureNetwork } from '../src/metrics/features.js';
 import { evaluate, loadSide, reportLines } from '../src/metrics/evaluate.js';
 import { writePng } from '../src/io/image.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const st = await loadFixture('metrics-reference.safetensors');
 interface Reference {
@@ -180,7 +180,7 @@ test('Inception Score equals the torch-fidelity formula over ordered splits', ()
   assert.ok(Math.abs(inceptionScore(featureRows(one), { splits: 2 }).mean - 1) < 1e-9);
 });
 
-test('statistics files: numpy.savez and savez_compressed read back; ours round-trip with network and count', async () => {
+test('statistics files: numpy.savez and savez_compressed read back; ours round-trip with network and count', async (ctx) => {
   const mu = f64('fid.mu_a');
   const sigma = f64('fid.sigma_a');
   for (const file of ['metrics-stats.npz', 'metrics-stats-compressed.npz']) {
@@ -195,7 +195,7 @@ test('statistics files: numpy.savez and savez_compressed read back; ours round-t
   for (let i = 0; i < 5; i++) for (let j = 0; j < 3; j++) assert.equal(fortran.data[i * 3 + j], sigma[i * 64 + j]);
   assert.deepEqual([...(all.get('mu_be')!.data as Float64Array)], [...mu]);
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-metrics-'));
+  const dir = tempDir(ctx, 'ldm-metrics-');
   const file = path.join(dir, 'stats.npz');
   const s = statistics(t('fid.b'), 'inception-v3-fid (test)');
   await saveStats(file, s);
@@ -309,9 +309,9 @@ test('extractFeatures runs batches through one compiled program, padding the las
   assert.deepEqual([...(lim.features.data as Float32Array)], [...(r.features.data as Float32Array).subarray(0, 20)]);
 });
 
-test('evaluate: folders and a statistics file as sides, every metric, network named on each line', async () => {
+test('evaluate: folders and a statistics file as sides, every metric, network named on each line', async (t) => {
   const rng = new Rng(9);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-eval-'));
+  const dir = tempDir(t, 'ldm-eval-');
   for (const [side, shift] of [['a', 0], ['b', 0.4]] as const) {
     fs.mkdirSync(path.join(dir, side));
     for (let i = 0; i < 24; i++) {

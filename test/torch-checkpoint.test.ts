@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSafetensors, serializeSafetensors } from '../src/io/safetensors.js';
@@ -10,6 +9,7 @@ import { Placeholder, PyDict, TensorRef, unpickle, type PyValue } from '../src/i
 import { bytesSource, ZipReader } from '../src/io/zip.js';
 import type { HostTensor } from '../src/engine/host-tensor.js';
 import { assertSameTensors } from './helpers/tensors.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const fixture = (name: string) => path.join(FIXTURES, name);
@@ -22,8 +22,6 @@ function group(prefix: string): Map<string, HostTensor> {
   for (const [k, t] of expected.tensors) if (k.startsWith(prefix)) out.set(k.slice(prefix.length), t);
   return out;
 }
-
-
 
 test('a plain state dict loads bit-exact: every dtype, transposed, shared-storage, expanded, 0-dim and empty tensors', async () => {
   const ck = await readTorchCheckpoint(fixture('torch-plain.pth'));
@@ -140,7 +138,7 @@ test('the unpickler rebuilds OrderedDicts and tensors, and enforces its limits w
   assert.throws(() => unpickle(pickle([0x4e, 0x4e])), /STOP with 2 items/);
 });
 
-test('legacy, truncated, corrupt and foreign files give one-line errors that name the file', async () => {
+test('legacy, truncated, corrupt and foreign files give one-line errors that name the file', async (t) => {
   const oneLine = (re: RegExp, file: string) => (err: unknown) => {
     assert.ok(err instanceof Error);
     assert.match(err.message, re);
@@ -153,31 +151,27 @@ test('legacy, truncated, corrupt and foreign files give one-line errors that nam
   const truncated = fixture('torch-truncated.pth');
   await assert.rejects(readTorchCheckpoint(truncated), oneLine(/corrupt\/truncated/, truncated));
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-torch-'));
-  try {
-    const plain = fs.readFileSync(fixture('torch-plain.pth'));
-    // A flipped byte inside a storage: caught by the CRC.
-    const zip = ZipReader.open(bytesSource(plain));
-    const storage = zip.get(zip.entries.find((e) => e.name.endsWith('/data/0'))!.name)!;
-    const flipped = Uint8Array.from(plain);
-    flipped[zip.dataOffset(storage) + 5]! ^= 0x40;
-    const flippedFile = path.join(dir, 'flipped.pth');
-    fs.writeFileSync(flippedFile, flipped);
-    await assert.rejects(readTorchCheckpoint(flippedFile), oneLine(/data\/0" fails its CRC-32 check/, flippedFile));
-    // Truncated at many points: always a clean error.
-    for (let cut = 0; cut < plain.length; cut += 97) {
-      assert.throws(() => parseTorchCheckpoint(plain.subarray(0, cut), 'cut.pth'), oneLine(/./, 'cut.pth'));
-    }
-    const text = path.join(dir, 'notes.pth');
-    fs.writeFileSync(text, 'hello, this is not a checkpoint\n');
-    await assert.rejects(readTorchCheckpoint(text), oneLine(/not a PyTorch checkpoint/, text));
-    const st = path.join(dir, 'weights.pth');
-    for (const c of serializeSafetensors({ w: { dtype: 'float32', shape: [1], data: new Float32Array(1) } })) fs.appendFileSync(st, c);
-    await assert.rejects(readTorchCheckpoint(st), oneLine(/safetensors file/, st));
-    await assert.rejects(readTorchCheckpoint(path.join(dir, 'missing.pth')), oneLine(/no such file/, path.join(dir, 'missing.pth')));
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+  const dir = tempDir(t, 'ldm-torch-');
+  const plain = fs.readFileSync(fixture('torch-plain.pth'));
+  // A flipped byte inside a storage: caught by the CRC.
+  const zip = ZipReader.open(bytesSource(plain));
+  const storage = zip.get(zip.entries.find((e) => e.name.endsWith('/data/0'))!.name)!;
+  const flipped = Uint8Array.from(plain);
+  flipped[zip.dataOffset(storage) + 5]! ^= 0x40;
+  const flippedFile = path.join(dir, 'flipped.pth');
+  fs.writeFileSync(flippedFile, flipped);
+  await assert.rejects(readTorchCheckpoint(flippedFile), oneLine(/data\/0" fails its CRC-32 check/, flippedFile));
+  // Truncated at many points: always a clean error.
+  for (let cut = 0; cut < plain.length; cut += 97) {
+    assert.throws(() => parseTorchCheckpoint(plain.subarray(0, cut), 'cut.pth'), oneLine(/./, 'cut.pth'));
   }
+  const text = path.join(dir, 'notes.pth');
+  fs.writeFileSync(text, 'hello, this is not a checkpoint\n');
+  await assert.rejects(readTorchCheckpoint(text), oneLine(/not a PyTorch checkpoint/, text));
+  const st = path.join(dir, 'weights.pth');
+  for (const c of serializeSafetensors({ w: { dtype: 'float32', shape: [1], data: new Float32Array(1) } })) fs.appendFileSync(st, c);
+  await assert.rejects(readTorchCheckpoint(st), oneLine(/safetensors file/, st));
+  await assert.rejects(readTorchCheckpoint(path.join(dir, 'missing.pth')), oneLine(/no such file/, path.join(dir, 'missing.pth')));
 });
 
 /** mulberry32: a small seeded generator so failures reproduce. */
