@@ -7,7 +7,6 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
@@ -23,10 +22,10 @@ import { Rng } from '../src/util/random.js';
 import {
   LATENT_KEYS, decodeFiles, decodeLatentImage, encodeFiles, encodeImage, evaluateReconstruction, nearestCodes, padEdges, padToMultiple, tileStarts,
 } from '../src/pipelines/autoencode.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const executor = new OnnxExecutor({ threads: 2 });
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-autoencode-'));
 
 /** f=2 stand-in whose encode (2x2 mean) and decode (nearest x2) are local, so tiles must reproduce the whole exactly. */
 class PoolStage implements FirstStage {
@@ -138,8 +137,8 @@ async function tinyCheckpoint(dir: string, kind: 'kl' | 'vq' = 'kl', seed = 1): 
   return file;
 }
 
-test('encode -> decode of a folder keeps names, tree and sizes (odd-sized and tiled images included)', async () => {
-  const dir = tmp();
+test('encode -> decode of a folder keeps names, tree and sizes (odd-sized and tiled images included)', async (t) => {
+  const dir = tempDir(t, 'ldm-autoencode-');
   const src = path.join(dir, 'in');
   const rng = new Rng(2);
   const files: Record<string, [number, number]> = { 'a.png': [16, 16], 'sub/odd.png': [13, 17], 'sub/deeper/big.png': [40, 24], 'gray.png': [10, 12] };
@@ -187,8 +186,8 @@ test('encode -> decode of a folder keeps names, tree and sizes (odd-sized and ti
   }
 });
 
-test('VQ encode stores code indices that match the latent', async () => {
-  const dir = tmp();
+test('VQ encode stores code indices that match the latent', async (t) => {
+  const dir = tempDir(t, 'ldm-autoencode-');
   await writePng(path.join(dir, 'x.png'), randomImage(new Rng(4), 3, 12, 12));
   const stage = await openFirstStage(await tinyCheckpoint(dir, 'vq'), { executor });
   try {
@@ -248,9 +247,9 @@ function ldm(args: string[], cwd = root) {
   return spawnSync(process.execPath, [path.join(root, 'bin', 'run.js'), ...args], { cwd, encoding: 'utf8', env, timeout: 120_000 });
 }
 
-test('commands: encode -> decode round trip and one-line errors for bad input', async () => {
+test('commands: encode -> decode round trip and one-line errors for bad input', async (t) => {
   assert.ok(fs.existsSync(built), 'dist/commands/encode.js is missing: run npm run build');
-  const dir = tmp();
+  const dir = tempDir(t, 'ldm-autoencode-');
   const ckpt = await tinyCheckpoint(dir);
   await writePng(path.join(dir, 'img.png'), randomImage(new Rng(3), 3, 9, 11));
   let r = ldm(['encode', path.join(dir, 'img.png'), '--ckpt', ckpt, '--out', path.join(dir, 'lat'), '--json']);

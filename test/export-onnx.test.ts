@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import ort from 'onnxruntime-node';
@@ -14,8 +13,9 @@ import { exportOnnx, traceForExport } from '../src/pipelines/export-onnx.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, hostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
+import { sharedTempDir } from './helpers/temp-dir.js';
 
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-export-'));
+const tmp = sharedTempDir('ldm-export-');
 const root = path.resolve(import.meta.dirname, '..');
 
 async function runFile(file: string, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {

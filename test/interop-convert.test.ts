@@ -7,7 +7,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { floatToHalf, halfToFloat, toFloat32, toHalf } from '../src/engine/host-tensor.js';
@@ -21,6 +20,7 @@ import { TextEncoder } from '../src/models/text-encoder.js';
 import { convertCheckpoint } from '../src/interop/convert.js';
 import { loadAnyCheckpoint } from '../src/interop/load-any.js';
 import { assertSameTensors } from './helpers/tensors.js';
+import { sharedTempDir, tempDir } from './helpers/temp-dir.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const REF = path.join(ROOT, 'test', 'fixtures', 'interop-ref');
@@ -28,19 +28,14 @@ const DIF = path.join(ROOT, 'test', 'fixtures', 'interop-diffusers');
 const LDM_CKPT = path.join(REF, 'ldm.ckpt');
 const LDM_YAML = path.join(REF, 'ldm.yaml');
 
-function tmp(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-convert-'));
-}
-
-
 /** Same names, dtypes, shapes and bytes. */
 
 function json(file: string): Record<string, unknown> {
   return JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
 }
 
-test('reference .ckpt -> ldm -> diffusers -> ldm is bit-exact, for the LatentDiffusion and the KL autoencoder', async () => {
-  const d = tmp();
+test('reference .ckpt -> ldm -> diffusers -> ldm is bit-exact, for the LatentDiffusion and the KL autoencoder', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const a = await convertCheckpoint(LDM_CKPT, path.join(d, 'a.safetensors'), { config: LDM_YAML });
   assert.equal(a.kind, 'ldm');
   assert.equal(a.to, 'ldm');
@@ -63,8 +58,8 @@ test('reference .ckpt -> ldm -> diffusers -> ldm is bit-exact, for the LatentDif
   assert.ok(fs.readFileSync(path.join(d, 'kl.safetensors')).equals(fs.readFileSync(path.join(d, 'kl2.safetensors'))));
 });
 
-test('what we write as diffusers is what diffusers\' converter writes: names, shapes, values and config fields', async () => {
-  const d = tmp();
+test('what we write as diffusers is what diffusers\' converter writes: names, shapes, values and config fields', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   await convertCheckpoint(LDM_CKPT, path.join(d, 'ldm'), { config: LDM_YAML, to: 'diffusers' });
   await convertCheckpoint(path.join(REF, 'kl.ckpt'), path.join(d, 'kl'), { config: path.join(REF, 'kl.yaml'), to: 'diffusers' });
   const pairs: [string, string, string[]][] = [
@@ -90,8 +85,8 @@ test('what we write as diffusers is what diffusers\' converter writes: names, sh
   for (const k of ['unet', 'vqvae', 'scheduler', 'cond_stage', '_class_name']) assert.deepEqual(index[k], theirIndex[k], `model_index ${k}`);
 });
 
-test('convert refuses to overwrite without --force, for a file and for a folder', async () => {
-  const d = tmp();
+test('convert refuses to overwrite without --force, for a file and for a folder', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const file = path.join(d, 'out.safetensors');
   fs.writeFileSync(file, 'keep me');
   await assert.rejects(convertCheckpoint(path.join(REF, 'kl.ckpt'), file), /out\.safetensors already exists; pass --force to overwrite it$/);
@@ -108,8 +103,8 @@ test('convert refuses to overwrite without --force, for a file and for a folder'
   assert.deepEqual(fs.readdirSync(d).sort(), ['folder', 'out.safetensors'], 'no temporary left behind');
 });
 
-test('--dtype f16 halves the size and loads back; f32 widens float16 weights exactly', async () => {
-  const d = tmp();
+test('--dtype f16 halves the size and loads back; f32 widens float16 weights exactly', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const f32 = await convertCheckpoint(path.join(REF, 'kl.ckpt'), path.join(d, 'f32.safetensors'), { dtype: 'f32' });
   assert.deepEqual(f32.dtypes, ['float32']);
   const f16 = await convertCheckpoint(path.join(d, 'f32.safetensors'), path.join(d, 'f16.safetensors'), { dtype: 'f16' });
@@ -135,8 +130,8 @@ test('--dtype f16 halves the size and loads back; f32 widens float16 weights exa
   assert.equal((await loadAnyCheckpoint(path.join(d, 'd16'), { dtype: 'keep' })).params.get('encoder.conv_in.weight')!.dtype, 'float16');
 });
 
-test('--part takes the first stage, UNet or cond stage of a LatentDiffusion, to ldm and to diffusers', async () => {
-  const d = tmp();
+test('--part takes the first stage, UNet or cond stage of a LatentDiffusion, to ldm and to diffusers', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const fs1 = await convertCheckpoint(LDM_CKPT, path.join(d, 'vq.safetensors'), { part: 'first_stage', config: LDM_YAML });
   assert.equal(fs1.kind, 'autoencoder');
   const vq = await loadAnyCheckpoint(path.join(d, 'vq.safetensors'));
@@ -158,8 +153,8 @@ test('--part takes the first stage, UNet or cond stage of a LatentDiffusion, to 
   await assert.rejects(convertCheckpoint(path.join(REF, 'kl.ckpt'), path.join(d, 'x.safetensors'), { part: 'unet' }), /--part unet: .*kl\.ckpt holds one model \(autoencoder\), not a latent diffusion model/);
 });
 
-test('a reference checkpoint without its YAML: the UNet heads are named as missing; --ema takes the EMA weights', async () => {
-  const d = tmp();
+test('a reference checkpoint without its YAML: the UNet heads are named as missing; --ema takes the EMA weights', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   await assert.rejects(convertCheckpoint(LDM_CKPT, path.join(d, 'x.safetensors')), (err: Error) => {
     assert.match(err.message, /ldm\.ckpt: the UNet weights do not record its attention heads \(num_heads or num_head_channels\); pass the reference YAML with --config/);
     assert.ok(!err.message.includes('\n'));
@@ -188,8 +183,8 @@ test('a reference checkpoint without its YAML: the UNet heads are named as missi
   await assert.rejects(loadAnyCheckpoint(LDM_CKPT, { config: LDM_YAML, ema: true }), /no EMA weights \(model_ema\.\*\)/);
 });
 
-test('a legacy-attention UNet (resblock_updown, scale-shift, classes) round-trips through diffusers UNet2DModel', async () => {
-  const d = tmp();
+test('a legacy-attention UNet (resblock_updown, scale-shift, classes) round-trips through diffusers UNet2DModel', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const config = parseUNetConfig({
     in_channels: 6, out_channels: 3, model_channels: 32, num_res_blocks: 1, attention_resolutions: [2], channel_mult: [1, 2],
     num_head_channels: 16, num_classes: 10, use_scale_shift_norm: true, resblock_updown: true,
@@ -219,16 +214,18 @@ test('a legacy-attention UNet (resblock_updown, scale-shift, classes) round-trip
   assertSameTensors(plain.params, params, 'UNet2DModel weights');
 });
 
+const runnerDir = sharedTempDir('ldm-convert-');
+
 /** Run `ldm convert ...` from the sources (tsx) in a child process. */
 function ldmConvert(args: string[]) {
-  const runner = path.join(tmp(), 'run.mjs');
+  const runner = path.join(runnerDir, 'run.mjs');
   fs.writeFileSync(runner, `const { default: C } = await import(${JSON.stringify(path.join(ROOT, 'src', 'commands', 'convert.ts'))});\n`
     + `await C.run(process.argv.slice(2), ${JSON.stringify(ROOT)}).catch((e) => process.exit(e?.oclif?.exit ?? 1));\n`);
   return spawnSync(process.execPath, ['--import', 'tsx', runner, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
 }
 
-test('ldm convert prints the skipped globals, unused tensors and notes, and its result (or JSON)', () => {
-  const d = tmp();
+test('ldm convert prints the skipped globals, unused tensors and notes, and its result (or JSON)', (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const out = path.join(d, 'kl.safetensors');
   const r = ldmConvert([path.join(REF, 'kl.ckpt'), out]);
   assert.equal(r.status, 0, r.stderr);
@@ -252,8 +249,8 @@ test('ldm convert prints the skipped globals, unused tensors and notes, and its 
   assert.equal(j.stderr, '', '--json keeps notes off stderr');
 });
 
-test('single .safetensors files: reference names convert like the .ckpt; diffusers names need --config unless config.json sits beside them', async () => {
-  const d = tmp();
+test('single .safetensors files: reference names convert like the .ckpt; diffusers names need --config unless config.json sits beside them', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const src = await readTorchCheckpoint(path.join(REF, 'kl.ckpt'));
   const refFile = path.join(d, 'kl-ref.safetensors');
   await writeSafetensors(refFile, src.tensors);
@@ -272,8 +269,8 @@ test('single .safetensors files: reference names convert like the .ckpt; diffuse
   assertSameTensors(beside.params, fromCkpt.params, 'diffusers folder by its weights file');
 });
 
-test('a text encoder (TransformerEmbedder) cond stage with its tokenizer metadata round-trips through diffusers', async () => {
-  const d = tmp();
+test('a text encoder (TransformerEmbedder) cond stage with its tokenizer metadata round-trips through diffusers', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const config = { conditioning: { type: 'text', text: { dim: 32, depth: 1, heads: 2, dim_head: 16, max_len: 8 }, dropout: 0.1 }, context_dim: 32 };
   const params = new TextEncoder({ vocabSize: 11, maxLen: 8, dim: 32, depth: 1, heads: 2, dimHead: 16 }).initialize(new Rng(5));
   const src = path.join(d, 'text.safetensors');
@@ -309,8 +306,8 @@ test('the batch float16 cast rounds exactly as floatToHalf: every half, the midp
   }
 });
 
-test('a diffusers pipeline with a text encoder ldm lacks is refused by name, while its UNet and VAE still convert alone', async () => {
-  const d = tmp();
+test('a diffusers pipeline with a text encoder ldm lacks is refused by name, while its UNet and VAE still convert alone', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
   const dir = path.join(d, 'pipe');
   fs.cpSync(path.join(DIF, 'ldm'), dir, { recursive: true });
   const index = json(path.join(dir, 'model_index.json'));

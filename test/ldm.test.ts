@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { float32, type HostTensor } from '../src/engine/host-tensor.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
@@ -21,12 +20,9 @@ import { readLdmCheckpoint } from '../src/models/ldm.js';
 import { openLatentCache, latentScale } from '../src/training/latent-cache.js';
 import { batchIndices, trainLdm } from '../src/training/ldm.js';
 import type { Dataset, Sample } from '../src/data/dataset.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const executor = new OnnxExecutor({ threads: 1 });
-
-function tmpdir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-test-'));
-}
 
 /** 8x8 grey images: label 1 is bright on the left, label 0 bright on the right; captions say which; counts get() calls. */
 function toyData(count: number, size = 8): Dataset & { gets: number } {
@@ -56,8 +52,8 @@ function config(over: Partial<LatentDiffusionConfigInput> = {}, train: Record<st
 
 const CLASS_UNET = { in_channels: 1, out_channels: 1, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true, context_dim: 16 };
 
-test('a tiny pixel-space model: the loss falls over a few steps, logged, checkpointed with its first stage', async () => {
-  const root = tmpdir();
+test('a tiny pixel-space model: the loss falls over a few steps, logged, checkpointed with its first stage', async (t) => {
+  const root = tempDir(t, 'ldm-test-');
   const run = await RunDir.create(root, 'falls');
   const losses: number[] = [];
   const res = await trainLdm({
@@ -98,8 +94,9 @@ test('a tiny pixel-space model: the loss falls over a few steps, logged, checkpo
   assert.ok(tuned[0]! < 0.8 * losses[0]!, `fine-tuning starts from the trained weights: ${tuned[0]} vs ${losses[0]}`);
 });
 
-test('the latent cache is encoded once, reused across runs, and replaced when the first stage or data spec changes', async () => {
-  const dir = path.join(tmpdir(), 'cache');
+test('the latent cache is encoded once, reused across runs, and replaced when the first stage or data spec changes', async (t) => {
+  const root = tempDir(t, 'ldm-test-');
+  const dir = path.join(root, 'cache');
   const data = toyData(10);
   const spec = { source: 'toy', size: 8, channels: 1 };
   const warnings: string[] = [];
@@ -126,8 +123,8 @@ test('the latent cache is encoded once, reused across runs, and replaced when th
   assert.equal(limited.count, 4);
 
   // Another first stage (other weights): another key, encoded again.
-  const ae1 = await tinyAutoencoder(1);
-  const ae2 = await tinyAutoencoder(2);
+  const ae1 = await tinyAutoencoder(1, root);
+  const ae2 = await tinyAutoencoder(2, root);
   assert.notEqual(ae1.fingerprint, ae2.fingerprint);
   data.gets = 0;
   const c1 = await openLatentCache({ dir, firstStage: ae1, data: spec, dataset: data, warn });
@@ -156,9 +153,9 @@ test('batches walk seeded per-epoch permutations: every sample once an epoch, sa
   assert.notDeepEqual(batchIndices(0, 10, 10, 7), batchIndices(1, 10, 10, 7), 'epochs are reshuffled');
 });
 
-test('resume continues the step count and takes the same next steps as an uninterrupted run', async () => {
+test('resume continues the step count and takes the same next steps as an uninterrupted run', async (t) => {
   const cfg = config({ unet: CLASS_UNET, conditioning: { type: 'class', num_classes: 2, dropout: 0.3 } }, { steps: 4, ckpt_every: 2, ema_decay: 0.9 });
-  const root = tmpdir();
+  const root = tempDir(t, 'ldm-test-');
   const cacheDir = path.join(root, 'cache');
   const data = toyData(16);
   const common = { executor, firstStage: new PixelFirstStage(1), cacheDir, dataset: data, seed: 5 };
@@ -188,9 +185,9 @@ test('resume continues the step count and takes the same next steps as an uninte
   assert.deepEqual(a.classNames, ['right', 'left']);
 });
 
-test('a time limit stops with a checkpoint at the step reached; --resume goes on; cosine lowers the rate', async () => {
+test('a time limit stops with a checkpoint at the step reached; --resume goes on; cosine lowers the rate', async (t) => {
   const cfg = config({}, { steps: 6, ckpt_every: 100 });
-  const root = tmpdir();
+  const root = tempDir(t, 'ldm-test-');
   const common = { executor, firstStage: new PixelFirstStage(1), cacheDir: path.join(root, 'cache'), dataset: toyData(8), seed: 1 };
   const lrs: number[] = [];
   // Each step takes at least 0.3 s here, so a 0.5 s budget ends the run after one or two of its six steps.
@@ -209,8 +206,8 @@ test('a time limit stops with a checkpoint at the step reached; --resume goes on
   assert.ok(lrs[lrs.length - 1]! < 0.2 * lrs[0]!, `cosine: ${lrs.join(', ')}`);
 });
 
-test('resuming with a different model config is refused with a one-line reason', async () => {
-  const root = tmpdir();
+test('resuming with a different model config is refused with a one-line reason', async (t) => {
+  const root = tempDir(t, 'ldm-test-');
   const common = { executor, firstStage: new PixelFirstStage(1), cacheDir: path.join(root, 'cache'), dataset: toyData(8), seed: 1 };
   await trainLdm({ ...common, config: config({}, { steps: 1 }), run: await RunDir.create(root, 'r') });
   const other = config({ unet: { ...config().unet, num_res_blocks: 2 } }, { steps: 2 });
@@ -218,7 +215,7 @@ test('resuming with a different model config is refused with a one-line reason',
 });
 
 /** A KL autoencoder with f=2 on 1-channel 8x8 images, saved as an ldm autoencoder checkpoint and opened as a first stage. */
-async function tinyAutoencoder(seed: number, dir = tmpdir()): Promise<FirstStage> {
+async function tinyAutoencoder(seed: number, dir: string): Promise<FirstStage> {
   const cfg = validateConfig({
     model: 'autoencoder', name: 'tiny-ae', regularizer: 'kl', embed_dim: 2,
     ddconfig: { double_z: true, z_channels: 2, resolution: 8, in_channels: 1, out_ch: 1, ch: 32, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [] },
@@ -235,8 +232,8 @@ async function tinyAutoencoder(seed: number, dir = tmpdir()): Promise<FirstStage
   return openFirstStage(file, { executor });
 }
 
-test('an autoencoder first stage: encodes to the posterior mode, embeds in the LDM checkpoint, and decodes the same from there', async () => {
-  const root = tmpdir();
+test('an autoencoder first stage: encodes to the posterior mode, embeds in the LDM checkpoint, and decodes the same from there', async (t) => {
+  const root = tempDir(t, 'ldm-test-');
   const ae = await tinyAutoencoder(4, root);
   assert.equal(ae.kind, 'autoencoder');
   assert.equal(ae.factor, 2);

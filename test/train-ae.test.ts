@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { float32, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
@@ -18,12 +17,9 @@ import { RunDir } from '../src/io/run-dir.js';
 import { Rng } from '../src/util/random.js';
 import { scaleFromLatents, trainAutoencoder, type AEStepReport } from '../src/training/autoencoder.js';
 import { isDue, scheduledLr, TimeBudget } from '../src/training/common.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const executor = new OnnxExecutor({ threads: 2 });
-
-function tmp(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-train-ae-'));
-}
 
 /** Smooth random images (a few blobs): something a tiny autoencoder can learn in a few steps. */
 function blobs(n: number, channels: number, size: number, seed = 1): Dataset {
@@ -57,8 +53,8 @@ function tinyConfig(kind: 'kl' | 'vq', over: { disc_start?: number; ema_decay?: 
   return cfg as AutoencoderConfig;
 }
 
-test('KL: steps lower the loss; checkpoints, EMA, grid, log and model.safetensors with the scale factor', async () => {
-  const root = tmp();
+test('KL: steps lower the loss; checkpoints, EMA, grid, log and model.safetensors with the scale factor', async (t) => {
+  const root = tempDir(t, 'ldm-train-ae-');
   const run = await RunDir.create(root, 'kl');
   const steps: AEStepReport[] = [];
   const res = await trainAutoencoder({
@@ -91,8 +87,8 @@ test('KL: steps lower the loss; checkpoints, EMA, grid, log and model.safetensor
   assert.ok(log.some((r) => r.step === 6 && typeof r.validation === 'object'));
 });
 
-test('resume continues from the last checkpoint and reaches the weights of an uninterrupted run', async () => {
-  const root = tmp();
+test('resume continues from the last checkpoint and reaches the weights of an uninterrupted run', async (t) => {
+  const root = tempDir(t, 'ldm-train-ae-');
   const data = blobs(24, 3, 16, 7);
   const config = tinyConfig('kl', { disc_start: 3 });
   const whole = await trainAutoencoder({ config, run: await RunDir.create(root, 'whole'), executor, dataset: data, steps: 8, ckptEvery: 4, valImages: 4, scaleImages: 8 });
@@ -115,8 +111,8 @@ test('resume continues from the last checkpoint and reaches the weights of an un
   assert.equal(log.filter((r) => r.step === 8 && r.losses !== undefined).length, 1, 'no duplicated log lines after resume');
 });
 
-test('VQ: codebook usage is reported and unused codes are re-seeded into the weights', async () => {
-  const root = tmp();
+test('VQ: codebook usage is reported and unused codes are re-seeded into the weights', async (t) => {
+  const root = tempDir(t, 'ldm-train-ae-');
   const data = blobs(24, 3, 16, 3);
   const config = tinyConfig('vq', { disc_start: 100 });
   const common = { config, executor, dataset: data, steps: 6, valImages: 4, scaleImages: 8 };
@@ -137,8 +133,8 @@ test('VQ: codebook usage is reported and unused codes are re-seeded into the wei
   assert.ok(withReseed > without + 10, `codes away from their initial range: ${withReseed} re-seeded vs ${without} plain`);
 });
 
-test('time limit: the run stops and checkpoints where it is, a time-boxed run ends with the GAN on, cosine lr reaches the optimizer', async () => {
-  const root = tmp();
+test('time limit: the run stops and checkpoints where it is, a time-boxed run ends with the GAN on, cosine lr reaches the optimizer', async (t) => {
+  const root = tempDir(t, 'ldm-train-ae-');
   const data = blobs(16, 3, 16, 5);
   const config = tinyConfig('kl', { disc_start: 100 });
   const notes: string[] = [];
@@ -158,8 +154,8 @@ test('time limit: the run stops and checkpoints where it is, a time-boxed run en
   assert.ok(fs.existsSync(short.checkpoint) && fs.existsSync(short.model));
 });
 
-test('errors: no data, wrong image size, an existing run without --resume or --force', async () => {
-  const root = tmp();
+test('errors: no data, wrong image size, an existing run without --resume or --force', async (t) => {
+  const root = tempDir(t, 'ldm-train-ae-');
   await assert.rejects(
     trainAutoencoder({ config: tinyConfig('kl'), run: await RunDir.create(root, 'a'), executor }),
     /names no data source; pass --data/,

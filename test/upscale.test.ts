@@ -6,17 +6,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { runCommands } from './helpers/commands.js';
 import type { UpscaleFilesResult } from '../src/pipelines/upscale.js';
-
-function tmpdir(t: { after: (fn: () => void) => void }): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-upscale-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tempDir } from './helpers/temp-dir.js';
 
 /** An RGB test picture: smooth colour and a bright square at the top left (to check orientation). */
 function rgbPixels(w: number, h: number, channels = 3): Buffer {
@@ -42,7 +36,7 @@ async function writeImage(file: string, w: number, h: number, opts: { channels?:
 const meta = (file: string) => sharp(file).metadata();
 
 test('folders: recursive, mirrored under --out as PNGs, hidden and non-image files ignored; existing outputs refused, skipped or forced', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tempDir(t, 'ldm-upscale-');
   const input = path.join(dir, 'in');
   await writeImage(path.join(input, 'a.png'), 12, 10);
   await writeImage(path.join(input, 'sub', 'b.jpg'), 9, 7, { format: 'jpeg' });
@@ -82,7 +76,7 @@ test('folders: recursive, mirrored under --out as PNGs, hidden and non-image fil
 });
 
 test('alpha upscaled on its own, grey kept grey, 16-bit kept, EXIF orientation applied', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tempDir(t, 'ldm-upscale-');
   const input = path.join(dir, 'in');
   await writeImage(path.join(input, 'rgba.png'), 8, 6, { channels: 4 });
   await writeImage(path.join(input, 'grey.png'), 8, 6, { channels: 1 });
@@ -116,7 +110,7 @@ test('alpha upscaled on its own, grey kept grey, 16-bit kept, EXIF orientation a
 });
 
 test('a corrupt file in a batch: reported and skipped, the others written, exit code 1 (and in --json)', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tempDir(t, 'ldm-upscale-');
   const input = path.join(dir, 'in');
   await writeImage(path.join(input, 'a.png'), 8, 8);
   fs.writeFileSync(path.join(input, 'broken.png'), Buffer.from('certainly not a PNG'));
@@ -139,7 +133,7 @@ test('a corrupt file in a batch: reported and skipped, the others written, exit 
 });
 
 test('--downscale makes x4 inputs; bicubic and lanczos scored against the originals by relative path, less detail than the original', async (t) => {
-  const dir = tmpdir(t);
+  const dir = tempDir(t, 'ldm-upscale-');
   const hr = path.join(dir, 'hr');
   await writeImage(path.join(hr, 'p1.png'), 66, 50);
   await writeImage(path.join(hr, 'set', 'p2.jpg'), 48, 64, { format: 'jpeg' });
@@ -180,20 +174,16 @@ test('--downscale makes x4 inputs; bicubic and lanczos scored against the origin
   assert.match(nocrop!.stdout + nocrop!.stderr, /--downscale makes low-resolution inputs with a classical filter/);
 });
 
-test('usage errors: no inputs, no checkpoint for the model, --ckpt with a classical method', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-upscale-'));
-  try {
-    fs.writeFileSync(path.join(dir, 'x.png'), '');
-    const [none, nockpt, both] = runCommands(dir, [
-      { command: 'upscale', args: ['-o', path.join(dir, 'o')] },
-      { command: 'upscale', args: [path.join(dir, 'x.png'), '-o', path.join(dir, 'o')] },
-      { command: 'upscale', args: ['--method', 'bicubic', '--ckpt', 'm.safetensors', path.join(dir, 'x.png'), '-o', path.join(dir, 'o')] },
-    ]);
-    assert.match(none!.stderr, /no inputs given/);
-    assert.match(nockpt!.stderr, /pass --ckpt <super-resolution checkpoint>, or --method bicubic\|lanczos/);
-    assert.match(both!.stderr, /--ckpt is for --method model/);
-    for (const r of [none, nockpt, both]) assert.notEqual(r!.code, 0);
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+test('usage errors: no inputs, no checkpoint for the model, --ckpt with a classical method', (t) => {
+  const dir = tempDir(t, 'ldm-upscale-');
+  fs.writeFileSync(path.join(dir, 'x.png'), '');
+  const [none, nockpt, both] = runCommands(dir, [
+    { command: 'upscale', args: ['-o', path.join(dir, 'o')] },
+    { command: 'upscale', args: [path.join(dir, 'x.png'), '-o', path.join(dir, 'o')] },
+    { command: 'upscale', args: ['--method', 'bicubic', '--ckpt', 'm.safetensors', path.join(dir, 'x.png'), '-o', path.join(dir, 'o')] },
+  ]);
+  assert.match(none!.stderr, /no inputs given/);
+  assert.match(nockpt!.stderr, /pass --ckpt <super-resolution checkpoint>, or --method bicubic\|lanczos/);
+  assert.match(both!.stderr, /--ckpt is for --method model/);
+  for (const r of [none, nockpt, both]) assert.notEqual(r!.code, 0);
 });
