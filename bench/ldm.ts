@@ -1,0 +1,276 @@
+/**
+ * LDM benchmark (issue 14): DDIM sampling of the reference latent UNet (src/models/unet/bench-config.ts) through our
+ * sampling loop beside the PyTorch peer (../shared/peers/torch_unet_step.py ... sample) in the same run, and the
+ * training and sampling images/s of each LDM config in the zoo, on random latents and conditions.
+ * Writes bench/results/ldm.json (with --quick: ldm-quick.json) and prints tables.  Usage: npm run bench:ldm [-- --quick]
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { Graph, trace } from '../src/engine/graph.js';
+import * as o from '../src/engine/ops.js';
+import { bindParams } from '../src/engine/module.js';
+import { Trainer } from '../src/engine/trainer.js';
+import { createExecutor } from '../src/engine/backend.js';
+import type { Executor } from '../src/engine/executor.js';
+import { float32, hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
+import { Rng } from '../src/util/random.js';
+import { UNetModel } from '../src/models/unet/unet.js';
+import { BENCH_UNET_CONFIG, BENCH_BATCH } from '../src/models/unet/bench-config.js';
+import { DEFAULT_SCHEDULE, NoiseSchedule } from '../src/diffusion/schedule.js';
+import { createSampler } from '../src/diffusion/samplers.js';
+import { sampleLatents, type ModelFn } from '../src/diffusion/sample.js';
+import { trainingTarget } from '../src/diffusion/prediction.js';
+import { listZoo, loadConfig, type ZooEntry } from '../src/config/load.js';
+import { ldmLearningRate, type LatentDiffusionConfig } from '../src/config/ldm.js';
+import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X } from '../src/models/ldm.js';
+import type { Conditions } from '../src/models/conditioning.js';
+import { Tokenizer } from '../src/models/tokenizer.js';
+import { COLOURS, POSITIONS, SHAPE_KINDS, SIZES, makeCaption } from '../src/data/shapes.js';
+import { Denoiser } from '../src/pipelines/sample.js';
+import { runPeer, table, timeIt, writeResults, type PeerResult } from './util.js';
+
+const quick = process.argv.slice(2).includes('--quick');
+const threads = os.availableParallelism();
+const rounds = quick ? 1 : 3;
+const refSteps = quick ? 5 : 50;
+const cfgSampleSteps = quick ? 5 : 50;
+const trainSteps = quick ? 2 : 5;
+/** Timed sampling runs per zoo config (best taken), after a one-step run that compiles. */
+const cfgSampleRuns = quick ? 1 : 2;
+const SAMPLE_BATCH = 16;
+const GUIDANCE = 3;
+
+const results: Record<string, unknown> = {
+  date: new Date().toISOString(),
+  quick,
+  machine: { cpu: os.cpus()[0]?.model, cores: threads, node: process.version, load_average_start: os.loadavg()[0] },
+};
+const executor: Executor = await createExecutor('onnx', { threads });
+results.executor = executor.description;
+console.error(`executor: ${executor.description}; load average ${os.loadavg()[0]!.toFixed(2)}`);
+
+// ---------------------------------------------------------------- 1. the reference UNet, ours beside the peer
+
+/** The reference UNet compiled once (weights as constants), sampled by the DDIM sampler through sampleLatents. */
+async function prepareReference(ex: Executor): Promise<{ sample: (steps: number) => Promise<number>; dispose: () => Promise<void> }> {
+  const { batch: n, latentChannels: c, latentSize: s, contextTokens: l, contextDim: d } = BENCH_BATCH;
+  const rng = new Rng(0);
+  const net = new UNetModel(BENCH_UNET_CONFIG);
+  const params = net.initialize(rng);
+  const g = new Graph();
+  bindParams(g, net, params, 'const');
+  const shape = [n, c, s, s];
+  const y = trace(g, () => net.eval().forward(o.input('x', shape), o.input('t', [n]), o.input('context', [n, l, d])));
+  const program = await ex.compile(g, { eps: y });
+  const context = float32([n, l, d], rng.normalArray(n * l * d));
+  const model: ModelFn = async (x, t) => ({ cond: (await program.run({ x: float32(shape, x), t: float32([n], t), context })).eps!.data as Float32Array });
+  // The peer's schedule: 'linear' (linear in sqrt(beta)) from 0.0015 to 0.0195 over 1000 steps, eps-prediction.
+  const schedule = new NoiseSchedule(DEFAULT_SCHEDULE);
+  return {
+    sample: async (steps) => {
+      const t0 = performance.now();
+      await sampleLatents({ shape, model, schedule, sampler: createSampler('ddim', schedule, { steps, eta: 0 }), parameterization: 'eps', rng: new Rng(1) });
+      return (performance.now() - t0) / 1000;
+    },
+    dispose: () => program.dispose(),
+  };
+}
+
+const ref = await prepareReference(executor);
+await ref.sample(1);
+const oursRuns: number[] = [];
+const peerRuns: PeerResult[] = [];
+const peerSkipped = new Set<string>();
+for (let r = 0; r < rounds; r++) {
+  const s = await ref.sample(refSteps);
+  oursRuns.push(s);
+  console.error(`round ${r + 1}: ours ${(SAMPLE_BATCH / s).toFixed(2)} img/s (${s.toFixed(1)} s a batch)`);
+  for (const t of [1, 2]) {
+    const p = runPeer([String(t), String(refSteps), 'sample']);
+    if ('skipped' in p) {
+      peerSkipped.add(p.skipped);
+    } else {
+      peerRuns.push(p);
+      console.error(`round ${r + 1}: peer ${t} thread(s) ${p.images_per_s.toFixed(2)} img/s`);
+    }
+  }
+}
+await ref.dispose();
+const oursBest = Math.min(...oursRuns);
+const oursIps = SAMPLE_BATCH / oursBest;
+const peerBest = (t?: number) => {
+  const xs = peerRuns.filter((p) => t === undefined || p.threads === t).map((p) => p.images_per_s);
+  return xs.length ? Math.max(...xs) : undefined;
+};
+const bestPeer = peerBest();
+results.reference = {
+  model: 'BENCH_UNET_CONFIG: latents 4x16x16, model_channels 64, channel_mult 1,2,2, 2 res blocks, cross-attention at 2, 4 and middle, context 16x128 (random)',
+  batch: SAMPLE_BATCH,
+  ddim_steps: refSteps,
+  eta: 0,
+  schedule: DEFAULT_SCHEDULE,
+  guidance: 'none',
+  rounds,
+  note: 'ours: the DDIM sampler through sampleLatents (src/diffusion/sample.ts), the UNet compiled once with constant weights; '
+    + 'timesteps are the reference\'s range(0, T, T/S) + 1, the peer\'s without the +1 (same number of model calls). Best of the rounds.',
+  ours: { backend: executor.name, threads, seconds_per_batch: oursRuns, best_seconds: oursBest, images_per_s: oursIps },
+  peer: { runs: peerRuns, best_1_thread: peerBest(1), best_2_threads: peerBest(2), best_images_per_s: bestPeer, skipped: [...peerSkipped] },
+  ratio: bestPeer ? oursIps / bestPeer : null,
+  target_ratio: 1.5,
+};
+const refRows: Record<string, string | number>[] = [
+  { run: `ours (${executor.name}, ${threads} threads)`, 'img/s': oursIps, 's / batch': oursBest },
+  ...[1, 2].map((t) => {
+    const b = peerBest(t);
+    return { run: `PyTorch peer, ${t} thread${t > 1 ? 's' : ''}`, 'img/s': b ?? 'n/a', 's / batch': b ? SAMPLE_BATCH / b : 'n/a' };
+  }),
+];
+console.log(`\nDDIM sampling of the reference latent UNet (batch ${SAMPLE_BATCH}, ${refSteps} steps, eta 0, no guidance), best of ${rounds} round${rounds > 1 ? 's' : ''}\n`);
+console.log(table(refRows));
+console.log(bestPeer ? `\nours / best peer: ${(oursIps / bestPeer).toFixed(2)}x (target >= 1.5x)` : `\nPyTorch peer not run: ${[...peerSkipped][0] ?? 'no result'}`);
+
+// ---------------------------------------------------------------- 2. the zoo's LDM configs
+
+/** Random shapes-style captions: a tokenizer's corpus and the text conditions. */
+function randomCaptions(rng: Rng, n: number): string[] {
+  const pick = <T>(xs: readonly T[]): T => xs[rng.int(xs.length)]!;
+  return Array.from({ length: n }, () => makeCaption({ kind: pick(SHAPE_KINDS), colour: pick(COLOURS), background: pick(COLOURS), size: pick(SIZES), position: pick(POSITIONS) }));
+}
+
+/** Random conditions of the config's kind for n samples (label maps and images at the image size). */
+function randomConditions(cfg: LatentDiffusionConfig, n: number, rng: Rng): Conditions | undefined {
+  const c = cfg.conditioning;
+  const size = cfg.data.size;
+  switch (c.type) {
+    case 'none':
+      return undefined;
+    case 'class':
+      return { labels: Int32Array.from({ length: n }, () => rng.int(c.num_classes!)) };
+    case 'text':
+      return { captions: randomCaptions(rng, n) };
+    case 'semantic':
+      return { labelMaps: hostTensor('int32', [n, size, size], Int32Array.from({ length: n * size * size }, () => rng.int(c.num_classes!))) };
+    case 'concat':
+      return { images: float32([n, c.channels!, size, size], rng.uniformArray(n * c.channels! * size * size, -1, 1)) };
+  }
+}
+
+interface ConfigBench {
+  name: string;
+  conditioning: string;
+  first_stage_factor: number;
+  latent: number[];
+  train: { batch: number; timed_steps: number; ms_per_step: number; images_per_s: number };
+  sample: { batch: number; model_batch: number; steps: number; guidance: number; seconds_per_batch: number[]; images_per_s: number };
+}
+
+async function benchConfig(entry: ZooEntry, ex: Executor): Promise<ConfigBench | { name: string; skipped: string }> {
+  const cfg = loadConfig(entry.path, 'ldm').config;
+  if (cfg.data.sr) return { name: entry.name, skipped: 'needs data.sr (super-resolution crops of real photos)' };
+  const f = cfg.first_stage === 'pixel' ? 1 : 4;
+  const c = cfg.unet.out_channels;
+  const h = cfg.data.size / f;
+  const rng = new Rng(0);
+  let model: LatentDiffusion;
+  try {
+    const text = cfg.conditioning.text;
+    const tokenizer = cfg.conditioning.type === 'text' && text
+      ? Tokenizer.fromCorpus(randomCaptions(rng, 512), { maxLen: text.max_len, ...(text.max_words !== undefined ? { maxWords: text.max_words } : {}) })
+      : undefined;
+    model = new LatentDiffusion(cfg, tokenizer ? { tokenizer } : {});
+  } catch (err) {
+    return { name: entry.name, skipped: `cannot be built: ${(err as Error).message}` };
+  }
+  const params = model.initialize(rng);
+  const tc = cfg.train;
+
+  // Training: the training loop's step (q-sample, the parameterisation's target, condition dropout, AdamW, EMA).
+  const B = tc.batch_size * tc.grad_accum;
+  const per = c * h * h;
+  const T = model.schedule.T;
+  const emaDecay = tc.ema_decay > 0 ? tc.ema_decay : undefined;
+  const trainer = new Trainer({
+    executor: ex, module: model, params,
+    optimizer: { lr: ldmLearningRate(cfg), weightDecay: tc.weight_decay, clipNorm: tc.clip_norm, warmupSteps: tc.warmup },
+    ...(emaDecay !== undefined ? { emaDecay } : {}),
+    loss: (inputs) => ({ loss: model.loss(inputs) }),
+  });
+  const step = async () => {
+    const z0 = rng.normalArray(B * per);
+    const t = Array.from({ length: B }, () => rng.int(T));
+    const eps = rng.normalArray(B * per);
+    const drop = Array.from({ length: B }, () => rng.uniform() < cfg.conditioning.dropout);
+    const shape = [B, c, h, h];
+    const feeds: Record<string, HostTensor> = {
+      ...model.conditioner.feeds(randomConditions(cfg, B, rng), B, h, h, drop),
+      [INPUT_X]: float32(shape, model.schedule.qSample(z0, eps, t)),
+      [INPUT_T]: float32([B], t),
+      [INPUT_TARGET]: float32(shape, trainingTarget(model.parameterization, z0, eps, t.map((x) => model.schedule.abar(x)))),
+    };
+    await trainer.stepOn(feeds);
+  };
+  let trainMs: number;
+  try {
+    trainMs = await timeIt(step, trainSteps, 1, 120000);
+  } finally {
+    await trainer.dispose();
+  }
+
+  // Sampling: the Denoiser `ldm sample` uses (constant weights), guided as one doubled batch where conditional.
+  const n = SAMPLE_BATCH;
+  const shape = [n, c, h, h];
+  const guidance = model.conditioner.type !== 'none' && cfg.conditioning.dropout > 0 ? GUIDANCE : 1;
+  const denoiser = new Denoiser(model, ex, () => params, 'const');
+  const cf = model.conditioner.feeds(randomConditions(cfg, n, rng), n, h, h);
+  const uf = guidance !== 1 ? model.conditioner.nullFeeds(n, h, h) : cf;
+  const modelFn = denoiser.modelFn(shape, cf, uf);
+  const sample = async (steps: number) => {
+    const t0 = performance.now();
+    await sampleLatents({
+      shape, model: modelFn, schedule: model.schedule, sampler: createSampler('ddim', model.schedule, { steps, eta: 0 }),
+      parameterization: model.parameterization, guidance, rng: new Rng(1),
+    });
+    return (performance.now() - t0) / 1000;
+  };
+  const runs: number[] = [];
+  try {
+    await sample(1);
+    for (let i = 0; i < cfgSampleRuns; i++) runs.push(await sample(cfgSampleSteps));
+  } finally {
+    await denoiser.dispose();
+  }
+  return {
+    name: entry.name,
+    conditioning: cfg.conditioning.type,
+    first_stage_factor: f,
+    latent: [c, h, h],
+    train: { batch: B, timed_steps: trainSteps, ms_per_step: trainMs, images_per_s: (1000 * B) / trainMs },
+    sample: { batch: n, model_batch: guidance !== 1 ? 2 * n : n, steps: cfgSampleSteps, guidance, seconds_per_batch: runs, images_per_s: n / Math.min(...runs) },
+  };
+}
+
+const configs: (ConfigBench | { name: string; skipped: string })[] = [];
+const ZOO_LDM_DIR = path.resolve(import.meta.dirname, '..', 'configs', 'ldm');
+// The zoo's own LDM configs (configs/ldm); study configs and LDM_CONFIG_DIR folders are not the issue's list.
+for (const entry of listZoo().filter((e) => e.kind === 'ldm' && path.dirname(e.path) === ZOO_LDM_DIR)) {
+  const r = await benchConfig(entry, executor);
+  configs.push(r);
+  console.error('skipped' in r ? `${r.name}: skipped (${r.skipped})` : `${r.name}: train ${r.train.images_per_s.toFixed(1)} img/s, sample ${r.sample.images_per_s.toFixed(2)} img/s`);
+}
+results.configs = configs;
+results.configs_note = 'Random latents and conditions (no data, no first stage): latent channels = unet.out_channels, latent size = data.size / f '
+  + 'with f = 1 for first_stage: pixel and 4 otherwise (the zoo LDMs train on f=4 autoencoders). Training: the config\'s batch_size x grad_accum, '
+  + `median of ${trainSteps} Trainer steps after one compiling step (AdamW, EMA, the training loss). Sampling: batch ${SAMPLE_BATCH}, DDIM ${cfgSampleSteps} steps, `
+  + `guidance ${GUIDANCE} where conditional (the Denoiser's conditional and unconditional halves as one batch), latents only (no first-stage decode), best of ${cfgSampleRuns}.`;
+console.log(`\nZoo LDM configs (random latents and conditions; sampling: batch ${SAMPLE_BATCH}, DDIM ${cfgSampleSteps} steps, no decode)\n`);
+console.log(table(configs.map((r) => ('skipped' in r
+  ? { config: r.name, conditioning: '', latent: '', 'train batch': '', 'train img/s': 'skipped', guidance: '', 'sample img/s': r.skipped }
+  : {
+    config: r.name, conditioning: r.conditioning, latent: r.latent.join('x'), 'train batch': String(r.train.batch), 'train img/s': r.train.images_per_s,
+    guidance: String(r.sample.guidance), 'sample img/s': r.sample.images_per_s,
+  }))));
+
+(results.machine as Record<string, unknown>).load_average_end = os.loadavg()[0];
+const file = await writeResults(quick ? 'ldm-quick' : 'ldm', results);
+console.log(`\nwrote ${file}`);
+await executor.dispose();
