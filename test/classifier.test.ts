@@ -5,8 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Graph, trace } from '../src/engine/graph.js';
 import * as o from '../src/engine/ops.js';
@@ -21,6 +20,7 @@ import { classifierAccuracy, trainClassifier } from '../src/metrics/train-classi
 import { extractFeatures } from '../src/metrics/features.js';
 import { statistics } from '../src/metrics/stats.js';
 import { frechetDistance } from '../src/metrics/fid.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const executor = new OnnxExecutor({ threads: 2 });
 const installed = existsSync(path.join(DEBIAN_FASHION_MNIST_DIR, 'train-images-idx3-ubyte.gz'));
@@ -64,7 +64,7 @@ test('a short training run on 640 Fashion-MNIST images beats chance by far; chec
   const late = steps.slice(-3).reduce((a, b) => a + b) / 3;
   assert.ok(late < early, `loss ${early} -> ${late}`);
 
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'ldm-classifier-'));
+  const dir = tempDir(t, 'ldm-classifier-');
   const file = path.join(dir, 'fmnist.safetensors');
   await saveClassifier(file, r.config, r.weights, r.info);
   const net = await classifierNetworkFromFile(file);

@@ -7,7 +7,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { float32 } from '../src/engine/host-tensor.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
@@ -18,9 +17,9 @@ import { frechetDistance } from '../src/metrics/fid.js';
 import { loadStats } from '../src/metrics/stats.js';
 import { classifierNetworkFromFile, DomainClassifier, saveClassifier, type ClassifierConfig } from '../src/models/classifier.js';
 import { runCommands, type CallResult } from './helpers/commands.js';
+import { sharedTempDir } from './helpers/temp-dir.js';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-eval-cmd-'));
-process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+const dir = sharedTempDir('ldm-eval-cmd-');
 
 /** `n` 8x8 gray images: a horizontal gradient of slope `slope` plus noise, around `mean`. */
 async function folder(sub: string, n: number, mean: number, slope: number, seed: number): Promise<string> {

@@ -5,14 +5,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { readImage } from '../src/io/image.js';
 import { runCommands } from './helpers/commands.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 test('quickstart trains both stages, writes a checked grid, and resumes instead of retraining', async (t) => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-quickstart-'));
-  t.after(() => fs.rmSync(root, { recursive: true, force: true }));
+  const root = tempDir(t, 'ldm-quickstart-');
   const out = path.join(root, 'qs');
   const args = ['-o', out, '--ae-steps', '3', '--ldm-steps', '3', '--n', '2',
     '-p', 'a large red circle in the center on a black background', '-p', 'a small blue square at the top left on a white background'];

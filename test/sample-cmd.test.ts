@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { float32 } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
@@ -16,8 +15,9 @@ import { PixelFirstStage } from '../src/models/first-stage.js';
 import { Tokenizer } from '../src/models/tokenizer.js';
 import { probeImage, readImage, writePng } from '../src/io/image.js';
 import { runCommands, type CallResult } from './helpers/commands.js';
+import { sharedTempDir } from './helpers/temp-dir.js';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-sample-cmd-'));
+const dir = sharedTempDir('ldm-sample-cmd-');
 const UNET = { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32 };
 
 async function checkpoint(name: string, over: Partial<LatentDiffusionConfigInput>, tokenizer?: Tokenizer): Promise<string> {

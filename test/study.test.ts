@@ -7,7 +7,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import sharp from 'sharp';
@@ -18,6 +17,7 @@ import { parseAeFlags, parseBudget, parseCheckpoints, parseFactors } from '../sr
 import { stepsForBudget } from '../src/study/calibrate.js';
 import { CHART_HEIGHT, CHART_SCALE, CHART_WIDTH } from '../src/study/charts.js';
 import { ROOT, runCommands } from './helpers/commands.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 const TINY_AE = `model: autoencoder
 name: tiny-f2
@@ -67,8 +67,7 @@ test('a budget in minutes becomes one step count that fits the measured costs', 
 });
 
 test('a tiny study: figures, report, charts; a rerun skips finished factors; ldm report redraws', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-study-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'ldm-study-');
   fs.writeFileSync(path.join(dir, 'tiny-ae.yaml'), TINY_AE);
   fs.writeFileSync(path.join(dir, 'tiny-ldm.yaml'), TINY_LDM);
   const cc: ClassifierConfig = { channels: 3, size: 16, classes: 2, widths: [4, 4, 4], featureDim: 6 };

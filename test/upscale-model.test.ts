@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { runCommands } from './helpers/commands.js';
@@ -15,6 +14,7 @@ import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { Rng } from '../src/util/random.js';
 import type { UpscaleFilesResult } from '../src/pipelines/upscale.js';
+import { tempDir } from './helpers/temp-dir.js';
 
 async function photo(file: string, w: number, h: number, seed: number, channels: 1 | 3 | 4 = 3): Promise<void> {
   fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -57,8 +57,7 @@ async function tinyAutoencoder(file: string): Promise<void> {
 }
 
 test('train an SR LDM on a photo folder, then upscale a folder with it (pixel space and a tiny f=4 autoencoder)', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ldm-upscale-model-'));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'ldm-upscale-model-');
   const photos = path.join(dir, 'photos');
   for (let i = 0; i < 4; i++) await photo(path.join(photos, `p${i}.png`), 40 + 4 * i, 36, i);
   const inputs = path.join(dir, 'lr');
