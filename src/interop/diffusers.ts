@@ -471,7 +471,13 @@ export async function writeDiffusers(dir: string, m: ModelContent, opts: { force
     if (fs.existsSync(dir)) {
       const old = `${tmp}.old`;
       await fsp.rename(dir, old);
-      await fsp.rename(tmp, dir);
+      try {
+        await fsp.rename(tmp, dir);
+      } catch (err) {
+        // Put the user's folder back rather than leave it hidden under a temp name.
+        await fsp.rename(old, dir);
+        throw err;
+      }
       await fsp.rm(old, { recursive: true, force: true });
     } else {
       await fsp.rename(tmp, dir);
