@@ -8,6 +8,11 @@ export interface WriteOptions {
 }
 
 /** Throw the project's standard one-line error when `file` exists and `force` is not set. */
+/** Whether `file` exists and is a regular file. */
+export async function fileExists(file: string): Promise<boolean> {
+  return fsp.stat(file).then((s) => s.isFile(), () => false);
+}
+
 export async function assertWritable(file: string, opts: WriteOptions = {}): Promise<void> {
   if (opts.force) return;
   try {

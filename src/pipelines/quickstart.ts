@@ -3,7 +3,6 @@
  * built-in shapes, then a grid of samples for a few prompts, each judged by the shapes checker. Every stage is a run
  * folder under one output folder and resumes: a second invocation skips what is done and finishes what was cut off.
  */
-import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Executor } from '../engine/executor.js';
 import { float32 } from '../engine/host-tensor.js';
@@ -11,6 +10,7 @@ import { loadConfig } from '../config/load.js';
 import type { AutoencoderConfig } from '../config/autoencoder.js';
 import { checkSample } from '../data/shapes-checker.js';
 import { RunDir } from '../io/run-dir.js';
+import { fileExists } from '../io/atomic.js';
 import { saveGrid } from '../io/image.js';
 import { openFirstStage } from '../models/first-stage.js';
 import { readLdmCheckpoint } from '../models/ldm.js';
@@ -54,10 +54,6 @@ export interface QuickstartResult {
   seconds: { autoencoder: number; ldm: number; sample: number; total: number };
 }
 
-async function exists(file: string): Promise<boolean> {
-  return fsp.stat(file).then((s) => s.isFile(), () => false);
-}
-
 /** Reopen the stage's run folder when it exists (resume), else make it. */
 async function stageRun(root: string, name: string): Promise<RunDir> {
   return RunDir.create(root, name, { resume: true });
@@ -74,7 +70,7 @@ export async function quickstart(opts: QuickstartOptions): Promise<QuickstartRes
   const aeRun = await stageRun(opts.outDir, 'autoencoder');
   const aeModel = path.join(aeRun.dir, 'model.safetensors');
   // A finished autoencoder is not opened again: re-exporting it would be wasted work.
-  if (((await aeRun.latestCheckpoint())?.step ?? -1) >= aeSteps && (await exists(aeModel))) {
+  if (((await aeRun.latestCheckpoint())?.step ?? -1) >= aeSteps && (await fileExists(aeModel))) {
     note(`autoencoder: done (${aeModel})`);
   } else {
     opts.onStage?.('autoencoder', aeSteps);

@@ -7,7 +7,6 @@
  * the average of the k micro-batch gradients: the same update as accumulating, without the memory saving.
  */
 import path from 'node:path';
-import { promises as fsp } from 'node:fs';
 import type { Executor } from '../engine/executor.js';
 import { Trainer, type StepResult, type TrainerState } from '../engine/trainer.js';
 import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
@@ -19,6 +18,7 @@ import { trainingTarget } from '../diffusion/prediction.js';
 import { dumpConfig, loadConfig, validateConfig } from '../config/load.js';
 import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm.js';
 import type { RunDir } from '../io/run-dir.js';
+import { fileExists } from '../io/atomic.js';
 import { saveGrid } from '../io/image.js';
 import {
   LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, LDM_KEYS, checkFirstStageFits, ldmCheckpointParts, ldmFromCheckpoint, type LoadedLdm,
@@ -360,10 +360,6 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     seconds: (Date.now() - started) / 1000,
     stopped,
   };
-}
-
-async function fileExists(file: string): Promise<boolean> {
-  return fsp.stat(file).then((s) => s.isFile(), () => false);
 }
 
 /** The --init checkpoint: an LDM one (its weights go through initFrom, so a similar model fine-tunes too). */
