@@ -30,12 +30,15 @@ export class VectorQuantizer extends Module {
     this.embedding = this.add('embedding', new Embedding(nEmbed, embedDim, uniform(-1 / nEmbed, 1 / nEmbed)));
   }
 
-  /** Squared distances [M, n_embed] of rows `zf` [M, D] to every code: |z|^2 + |e|^2 - 2 z.e. */
-  distances(zf: Tensor): Tensor {
+  /**
+   * Index of the nearest code for each row of `zf` [M, D]: argmin of |e|^2 - 2 z.e, the squared distance less the
+   * row's own |z|^2, which cannot change the argmin. The factor 2 goes on zf, not on the [M, n_embed] matrix, so
+   * the large matrix is touched by one matmul and one subtraction.
+   */
+  nearest(zf: Tensor): Tensor {
     const e = this.embedding.weight.t;
-    const zz = o.sum(o.mul(zf, zf), [1], true);
     const ee = o.sum(o.mul(e, e), [1]);
-    return o.sub(o.add(zz, ee), o.mul(o.matmul(zf, o.transpose(e, [1, 0])), 2));
+    return o.argmin(o.sub(ee, o.matmul(o.mul(zf, 2), o.transpose(e, [1, 0]))), 1);
   }
 
   forward(z: Tensor): QuantizerOutput {
@@ -44,7 +47,7 @@ export class VectorQuantizer extends Module {
       if (d !== this.embedDim) throw z.graph.error('quantize', `latent has ${d} channels, the codebook holds ${this.embedDim}-dim codes`);
       const zt = o.transpose(z, [0, 2, 3, 1]);
       const zf = o.reshape(zt, [b * h * w, d]);
-      const idx = o.argmin(this.distances(zf), 1);
+      const idx = this.nearest(zf);
       const zq = o.reshape(this.embedding.forward(idx), [b, h, w, d]);
       const toCodes = meanSquare(o.sub(zq, o.stopGradient(zt)));
       const toLatent = meanSquare(o.sub(o.stopGradient(zq), zt));
