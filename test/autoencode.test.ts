@@ -18,6 +18,7 @@ import { readSafetensors } from '../src/io/safetensors.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { PixelFirstStage, openFirstStage, type FirstStage } from '../src/models/first-stage.js';
 import type { Dataset } from '../src/data/dataset.js';
+import { ShapesDataset } from '../src/data/shapes.js';
 import { Rng } from '../src/util/random.js';
 import {
   LATENT_KEYS, decodeFiles, decodeLatentImage, encodeFiles, encodeImage, evaluateReconstruction, nearestCodes, padEdges, padToMultiple, tileStarts,
@@ -227,6 +228,31 @@ test('evaluation: an exact first stage scores PSNR Infinity and SSIM 1; a lossy 
   // Centred in 32 with an offset of 2 (even), the 2x2 pooling windows align with the unpadded image.
   assert.ok(Math.abs(first.psnr - psnr(toPixels(images[0]!), toPixels(blurred))) < 1e-9);
   assert.equal(lossy.channels, 1);
+});
+
+/** Decodes upside down: triangles and top/bottom positions read wrong. */
+class FlipStage extends PixelFirstStage {
+  override async decode(z: HostTensor): Promise<HostTensor> {
+    const [n, c, h, w] = z.shape as [number, number, number, number];
+    const src = z.data as Float32Array;
+    const out = new Float32Array(src.length);
+    for (let p = 0; p < n * c; p++) for (let y = 0; y < h; y++) out.set(src.subarray(p * h * w + y * w, p * h * w + (y + 1) * w), p * h * w + (h - 1 - y) * w);
+    return float32(z.shape, out);
+  }
+}
+
+test('evaluation on shapes data: the checker reads exact reconstructions as their captions and counts what a bad stage misreads', async () => {
+  const data = new ShapesDataset({ split: 'heldout', count: 24, seed: 3 });
+  const exact = await evaluateReconstruction(new PixelFirstStage(3), data, { batchSize: 8 });
+  assert.deepEqual(exact.shapes, { checked: 24, accepted: 24, misread: {} });
+  const flipped = await evaluateReconstruction(new FlipStage(3), data, { batchSize: 8 });
+  assert.equal(flipped.shapes!.checked, 24);
+  assert.ok(flipped.shapes!.accepted < 24, `accepted ${flipped.shapes!.accepted}`);
+  assert.ok((flipped.shapes!.misread.position ?? 0) > 0, JSON.stringify(flipped.shapes));
+  // Data without shapes captions gets no checker figures.
+  const rng = new Rng(1);
+  const plain = await evaluateReconstruction(new PixelFirstStage(3), memoryDataset([randomImage(rng, 3, 16, 16)]));
+  assert.equal(plain.shapes, undefined);
 });
 
 // ---------------------------------------------------------------- the commands

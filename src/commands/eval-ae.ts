@@ -60,6 +60,8 @@ export default class EvalAe extends LdmCommand<typeof EvalAe> {
       this.result(out, (r) => [
         ...(r.perImage ? r.perImage.map((m) => `${m.id}\tPSNR ${m.psnr.toFixed(3)}\tSSIM ${m.ssim.toFixed(5)}`) : []),
         `${r.data}: PSNR ${r.psnr.toFixed(3)} dB, SSIM ${r.ssim.toFixed(5)} over ${r.images} images (${r.size[0]}x${r.size[1]}, ${r.channels} channel${r.channels === 1 ? '' : 's'}, 8-bit)`,
+        ...(r.shapes ? [`shapes checker: ${r.shapes.accepted} of ${r.shapes.checked} reconstructions read as their caption`
+          + (Object.keys(r.shapes.misread).length ? ` (misread: ${Object.entries(r.shapes.misread).map(([k, v]) => `${k} ${v}`).join(', ')})` : '')] : []),
         ...(r.codebook ? [`codebook: ${r.codebook.used} of ${r.codebook.size} codes used (${(100 * r.codebook.usedFraction).toFixed(1)}%), perplexity ${r.codebook.perplexity.toFixed(1)}`] : []),
       ].join('\n'));
     } finally {

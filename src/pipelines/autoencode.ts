@@ -21,6 +21,8 @@ import type { FirstStage } from '../models/first-stage.js';
 import type { Dataset, Sample } from '../data/dataset.js';
 import { centredPadding, convertChannels, crop, pad } from '../data/transforms.js';
 import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
+import { parseCaption } from '../data/shapes.js';
+import { checkSample } from '../data/shapes-checker.js';
 
 export const LATENT_FORMAT = 'ldm-latent/1';
 export const LATENT_KEYS = {
@@ -485,6 +487,11 @@ export interface EvalResult {
   perImage?: ImageMetrics[];
   /** VQ: codebook usage over every latent position of the evaluated images. */
   codebook?: { perplexity: number; used: number; usedFraction: number; size: number };
+  /**
+   * Shapes data: how many reconstructions the shapes checker still reads as their caption (the ceiling for an LDM
+   * sampling in this latent space, judged by the same checker), and how often each attribute was misread.
+   */
+  shapes?: { checked: number; accepted: number; misread: Record<string, number> };
 }
 
 /**
@@ -503,6 +510,7 @@ export async function evaluateReconstruction(stage: FirstStage, data: Dataset, o
   const means = new MetricMeans();
   const per: ImageMetrics[] = [];
   let size: [number, number] = [0, 0];
+  const shapes = { checked: 0, accepted: 0, misread: {} as Record<string, number> };
   for (let start = 0; start < total; start += bs) {
     const samples: Sample[] = [];
     for (let i = start; i < Math.min(total, start + bs); i++) samples.push(await data.get(i));
@@ -537,6 +545,16 @@ export async function evaluateReconstruction(stage: FirstStage, data: Dataset, o
         means.add(Number.isNaN(m.ssim) ? { psnr: m.psnr } : m);
         if (opts.perImage) per.push({ id: g.sample.id, ...m });
         size = [h, w];
+        const caption = g.sample.caption;
+        if (caption !== undefined && back.shape[0] === 3 && parseCaption(caption)) {
+          const check = checkSample(back, caption);
+          shapes.checked++;
+          if (check.ok) shapes.accepted++;
+          for (const miss of check.mismatches) {
+            const attribute = miss.split(':')[0]!;
+            shapes.misread[attribute] = (shapes.misread[attribute] ?? 0) + 1;
+          }
+        }
         if (codebook && counts) {
           const lat = float32(latents.shape.slice(1), (latents.data as Float32Array).subarray(i * lPer, (i + 1) * lPer));
           codebookUsage(nearestCodes(lat, codebook), codebook.shape[0]!, counts);
@@ -548,6 +566,7 @@ export async function evaluateReconstruction(stage: FirstStage, data: Dataset, o
   const m = means.means();
   const result: EvalResult = { images: total, psnr: m.psnr!, ssim: m.ssim ?? NaN, channels: data.channels, size };
   if (opts.perImage) result.perImage = per;
+  if (shapes.checked > 0) result.shapes = shapes;
   if (codebook && counts) {
     const u: CodebookUsage = codebookUsage(float32([0]), codebook.shape[0]!, counts);
     result.codebook = { perplexity: u.perplexity, used: u.used, usedFraction: u.usedFraction, size: codebook.shape[0]! };
