@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Graph, trace, type Tensor } from '../src/engine/graph.js';
 import * as o from '../src/engine/ops.js';
 import { bindParams } from '../src/engine/module.js';
+import { GroupNorm } from '../src/engine/nn.js';
 import { grad } from '../src/engine/autodiff.js';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { loadConfig } from '../src/config/load.js';
@@ -87,6 +88,30 @@ test('the zoo configs build, and the encoder rejects inputs not divisible by f',
   assert.throws(() => traceWith(kl, () => kl.encode(o.input('x', [1, 3, 30, 30]))), /not divisible by the downsampling factor f=4/);
   assert.throws(() => new AutoencoderKL({ embed_dim: 3, ddconfig: tinyDD(4, false) }), /double_z: true/);
   assert.throws(() => new AutoencoderKL({ embed_dim: 3, ddconfig: { ...tinyDD(4, true), dropout: 0.1 } }), /dropout 0.1 is not supported/);
+});
+
+test('norm_groups: every GroupNorm takes it, parameter names and shapes stay the reference\'s, the output changes', async () => {
+  const rng = new Rng(4);
+  const ref = new AutoencoderKL({ embed_dim: 3, ddconfig: tinyDD(4, true, [8]) });
+  const g8 = new AutoencoderKL({ embed_dim: 3, ddconfig: { ...tinyDD(4, true, [8]), norm_groups: 8 } });
+  const norms = (m: Autoencoder) => m.modules().filter((x): x is GroupNorm => x instanceof GroupNorm);
+  assert.ok(norms(ref).length > 5 && norms(ref).every((n) => n.groups === 32));
+  assert.equal(norms(g8).length, norms(ref).length);
+  assert.ok(norms(g8).every((n) => n.groups === 8));
+  const shapes = (m: Autoencoder) => m.namedParameters().map(([n, p]) => `${n} ${p.shape.join('x')}`);
+  assert.deepEqual(shapes(g8), shapes(ref));
+  const params = ref.initialize(rng);
+  const x = randn(rng, [1, 3, 16, 16], 0.5);
+  const run = async (m: Autoencoder) => {
+    const g = new Graph();
+    bindParams(g, m, params, 'const');
+    const y = trace(g, () => m.encodeLatent(o.input('x', x.shape)));
+    return toFloat32((await runGraph(g, { y }, { x })).y!);
+  };
+  const a = await run(ref);
+  const b = await run(g8);
+  assert.ok(a.some((v, i) => Math.abs(v - b[i]!) > 1e-4), 'the same weights encode differently with 8 groups');
+  assert.throws(() => new AutoencoderKL({ embed_dim: 3, ddconfig: { ...tinyDD(4, true, [8]), norm_groups: 24 } }), /not a multiple of 24/);
 });
 
 test('a small KL and VQ model run on the ONNX executor: sample with zero noise is the mode, decodeCode inverts indices', async () => {

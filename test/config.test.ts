@@ -194,6 +194,12 @@ test('cross-field checks: GroupNorm widths, attention levels, channels, image si
   assert.match(text, /train\.image_size: 36 is not divisible by f=8/);
   assert.equal(got.length, 4);
 
+  // With norm_groups the widths need only divide by it.
+  parseConfig(edited(KL_SMALL, { 'ch: 32': 'ch: 48', 'dropout: 0.0': 'dropout: 0.0\n  norm_groups: 16' }), 'configs/x.yaml');
+  const g96 = problems(edited(KL_SMALL, { 'ch: 32': 'ch: 48', 'dropout: 0.0': 'dropout: 0.0\n  norm_groups: 96' }));
+  assert.equal(g96.length, 1);
+  assert.match(g96[0]!, /ddconfig\.ch: 48 is not a multiple of 96 \(GroupNorm uses 96 groups\)/);
+
   const disc = problems(edited(KL_SMALL, { 'kl_weight: 1.0e-6': 'kl_weight: 1.0e-6\n  disc_num_layers: 4' }));
   assert.match(disc[0], /loss\.disc_num_layers: 4 layers leave no patch at image_size 32/);
 });

@@ -18,6 +18,11 @@ const ddShape = {
   dropout: fraction().default(0),
   /** `none` drops the middle attention too (the reference's attn_type): needed where f is 1 or 2 at high resolution. */
   attn_type: oneOf(['vanilla', 'none']).default('vanilla'),
+  /**
+   * GroupNorm groups (not in the reference, which always uses 32; the parameters do not depend on it). At 32 channels,
+   * 32 groups normalise each channel alone, which discards each image's per-channel mean and contrast: the colours.
+   */
+  norm_groups: posInt().optional(),
 };
 
 const lossShape = {
@@ -145,12 +150,13 @@ function crossFieldProblems(cfg: AutoencoderConfig): Problem[] {
   const out: Problem[] = [];
   const dd = cfg.ddconfig;
   const f = downsamplingFactor(cfg);
-  if (dd.ch % 32 !== 0) {
-    out.push({ path: ['ddconfig', 'ch'], message: `${dd.ch} is not a multiple of 32 (GroupNorm uses 32 groups)` });
+  const groups = dd.norm_groups ?? 32;
+  if (dd.ch % groups !== 0) {
+    out.push({ path: ['ddconfig', 'ch'], message: `${dd.ch} is not a multiple of ${groups} (GroupNorm uses ${groups} groups)` });
   } else {
     dd.ch_mult.forEach((m, i) => {
-      if ((dd.ch * m) % 32 !== 0) {
-        out.push({ path: ['ddconfig', 'ch_mult', i], message: `ch*${m} = ${dd.ch * m} channels is not a multiple of 32 (GroupNorm uses 32 groups)` });
+      if ((dd.ch * m) % groups !== 0) {
+        out.push({ path: ['ddconfig', 'ch_mult', i], message: `ch*${m} = ${dd.ch * m} channels is not a multiple of ${groups} (GroupNorm uses ${groups} groups)` });
       }
     });
   }

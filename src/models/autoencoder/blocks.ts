@@ -8,9 +8,9 @@ import { Conv2d, GroupNorm, silu } from '../../engine/nn.js';
 import { Module } from '../../engine/module.js';
 import type { Tensor } from '../../engine/graph.js';
 
-/** The reference's Normalize: GroupNorm(32 groups, eps 1e-6, affine). */
-export function normalize(channels: number): GroupNorm {
-  return new GroupNorm(32, channels, 1e-6);
+/** The reference's Normalize: GroupNorm(32 groups, eps 1e-6, affine); `groups` is ddconfig.norm_groups. */
+export function normalize(channels: number, groups = 32): GroupNorm {
+  return new GroupNorm(groups, channels, 1e-6);
 }
 
 /** The reference's nonlinearity: swish x * sigmoid(x). */
@@ -45,14 +45,14 @@ export class ResnetBlock extends Module {
   /** 1x1 projection of the skip path, present only when the channel count changes. */
   readonly ninShortcut?: Conv2d;
 
-  constructor(readonly inChannels: number, readonly outChannels: number = inChannels, dropout = 0) {
+  constructor(readonly inChannels: number, readonly outChannels: number = inChannels, dropout = 0, groups = 32) {
     super();
     if (dropout !== 0) {
       throw new Error(`autoencoder dropout ${dropout} is not supported; set ddconfig.dropout to 0 (as every reference autoencoder does)`);
     }
-    this.norm1 = this.add('norm1', normalize(inChannels));
+    this.norm1 = this.add('norm1', normalize(inChannels, groups));
     this.conv1 = this.add('conv1', new Conv2d(inChannels, outChannels, 3, { padding: 1 }));
-    this.norm2 = this.add('norm2', normalize(outChannels));
+    this.norm2 = this.add('norm2', normalize(outChannels, groups));
     this.conv2 = this.add('conv2', new Conv2d(outChannels, outChannels, 3, { padding: 1 }));
     if (inChannels !== outChannels) this.ninShortcut = this.add('nin_shortcut', new Conv2d(inChannels, outChannels, 1));
   }
@@ -75,9 +75,9 @@ export class AttnBlock extends Module {
   readonly v: Conv2d;
   readonly projOut: Conv2d;
 
-  constructor(readonly channels: number) {
+  constructor(readonly channels: number, groups = 32) {
     super();
-    this.norm = this.add('norm', normalize(channels));
+    this.norm = this.add('norm', normalize(channels, groups));
     this.q = this.add('q', new Conv2d(channels, channels, 1));
     this.k = this.add('k', new Conv2d(channels, channels, 1));
     this.v = this.add('v', new Conv2d(channels, channels, 1));
@@ -102,8 +102,8 @@ export class AttnBlock extends Module {
 export type AttnType = 'vanilla' | 'none';
 
 /** make_attn: an AttnBlock, or nothing for attn_type none (the reference's nn.Identity has no parameters). */
-export function makeAttn(channels: number, attnType: AttnType): AttnBlock | undefined {
-  return attnType === 'vanilla' ? new AttnBlock(channels) : undefined;
+export function makeAttn(channels: number, attnType: AttnType, groups = 32): AttnBlock | undefined {
+  return attnType === 'vanilla' ? new AttnBlock(channels, groups) : undefined;
 }
 
 /** Halve H and W: pad right and bottom by one (the reference's asymmetric F.pad(0,1,0,1)), conv 3x3 stride 2. */

@@ -18,16 +18,16 @@ export class Decoder extends Module {
 
   constructor(readonly dd: DDConfig) {
     super();
-    const { attnType, dropout } = blockOptions(dd);
+    const opts = blockOptions(dd);
     const levels = dd.ch_mult.length;
     let blockIn = dd.ch * dd.ch_mult[levels - 1]!;
     let currRes = Math.floor(dd.resolution / 2 ** (levels - 1));
     this.convIn = this.add('conv_in', new Conv2d(dd.z_channels, blockIn, 3, { padding: 1 }));
-    this.mid = this.add('mid', new Mid(blockIn, attnType, dropout));
+    this.mid = this.add('mid', new Mid(blockIn, opts));
     const built: Level<Upsample>[] = [];
     for (let i = levels - 1; i >= 0; i--) {
       const withAttn = dd.attn_resolutions.includes(currRes);
-      const level = new Level<Upsample>(dd.num_res_blocks + 1, blockIn, dd.ch * dd.ch_mult[i]!, withAttn, attnType, dropout);
+      const level = new Level<Upsample>(dd.num_res_blocks + 1, blockIn, dd.ch * dd.ch_mult[i]!, withAttn, opts);
       blockIn = level.outChannels;
       if (i !== 0) {
         level.setResample('upsample', new Upsample(blockIn));
@@ -37,7 +37,7 @@ export class Decoder extends Module {
     }
     this.add('up', this.up);
     for (const level of built) this.up.push(level);
-    this.normOut = this.add('norm_out', normalize(blockIn));
+    this.normOut = this.add('norm_out', normalize(blockIn, opts.groups));
     this.convOut = this.add('conv_out', new Conv2d(blockIn, dd.out_ch, 3, { padding: 1 }));
   }
 

@@ -22,6 +22,8 @@ export interface DDConfig {
   /** Encoder outputs 2*z_channels (mean and log-variance) when true: KL models. */
   readonly double_z?: boolean;
   readonly attn_type?: AttnType;
+  /** GroupNorm groups; 32 (the reference's) when absent. */
+  readonly norm_groups?: number;
 }
 
 /** One resolution level: `block.j`, `attn.j` and, between levels, `downsample` (encoder) or `upsample` (decoder). */
@@ -31,11 +33,11 @@ export class Level<R extends Module> extends Module {
   resample?: R;
 
   /** `count` ResnetBlocks from `inChannels` to `outChannels`, each followed by attention where `withAttn`. */
-  constructor(count: number, inChannels: number, readonly outChannels: number, withAttn: boolean, attnType: AttnType, dropout: number) {
+  constructor(count: number, inChannels: number, readonly outChannels: number, withAttn: boolean, opts: BlockOptions) {
     super();
     for (let j = 0; j < count; j++) {
-      this.block.push(new ResnetBlock(j === 0 ? inChannels : outChannels, outChannels, dropout));
-      const a = withAttn ? makeAttn(outChannels, attnType) : undefined;
+      this.block.push(new ResnetBlock(j === 0 ? inChannels : outChannels, outChannels, opts.dropout, opts.groups));
+      const a = withAttn ? makeAttn(outChannels, opts.attnType, opts.groups) : undefined;
       if (a) this.attn.push(a);
     }
   }
@@ -59,12 +61,12 @@ export class Mid extends Module {
   readonly block1: ResnetBlock;
   readonly attn1?: AttnBlock;
   readonly block2: ResnetBlock;
-  constructor(channels: number, attnType: AttnType, dropout: number) {
+  constructor(channels: number, opts: BlockOptions) {
     super();
-    this.block1 = this.add('block_1', new ResnetBlock(channels, channels, dropout));
-    const a = makeAttn(channels, attnType);
+    this.block1 = this.add('block_1', new ResnetBlock(channels, channels, opts.dropout, opts.groups));
+    const a = makeAttn(channels, opts.attnType, opts.groups);
     if (a) this.attn1 = this.add('attn_1', a);
-    this.block2 = this.add('block_2', new ResnetBlock(channels, channels, dropout));
+    this.block2 = this.add('block_2', new ResnetBlock(channels, channels, opts.dropout, opts.groups));
   }
 
   forward(h: Tensor): Tensor {
@@ -76,13 +78,21 @@ export class Mid extends Module {
   }
 }
 
+export interface BlockOptions {
+  attnType: AttnType;
+  dropout: number;
+  /** GroupNorm groups: 32 in the reference. */
+  groups: number;
+}
+
 /** Check the widths and fill the optional fields with the reference defaults. */
-export function blockOptions(dd: DDConfig): { attnType: AttnType; dropout: number } {
+export function blockOptions(dd: DDConfig): BlockOptions {
   if (dd.ch_mult.length === 0) throw new Error('ddconfig.ch_mult is empty; give one multiplier per level, e.g. [1, 2, 4, 4]');
+  const groups = dd.norm_groups ?? 32;
   for (const m of dd.ch_mult) {
-    if ((dd.ch * m) % 32 !== 0) throw new Error(`ddconfig: ch*${m} = ${dd.ch * m} channels is not a multiple of 32 (GroupNorm uses 32 groups)`);
+    if ((dd.ch * m) % groups !== 0) throw new Error(`ddconfig: ch*${m} = ${dd.ch * m} channels is not a multiple of ${groups} (GroupNorm uses ${groups} groups)`);
   }
-  return { attnType: dd.attn_type ?? 'vanilla', dropout: dd.dropout ?? 0 };
+  return { attnType: dd.attn_type ?? 'vanilla', dropout: dd.dropout ?? 0, groups };
 }
 
 export class Encoder extends Module {
@@ -94,7 +104,7 @@ export class Encoder extends Module {
 
   constructor(readonly dd: DDConfig) {
     super();
-    const { attnType, dropout } = blockOptions(dd);
+    const opts = blockOptions(dd);
     this.convIn = this.add('conv_in', new Conv2d(dd.in_channels, dd.ch, 3, { padding: 1 }));
     this.add('down', this.down);
     const inChMult = [1, ...dd.ch_mult];
@@ -102,15 +112,15 @@ export class Encoder extends Module {
     let blockIn = dd.ch;
     dd.ch_mult.forEach((mult, i) => {
       const withAttn = dd.attn_resolutions.includes(currRes);
-      const level = this.down.push(new Level<Downsample>(dd.num_res_blocks, dd.ch * inChMult[i]!, dd.ch * mult, withAttn, attnType, dropout));
+      const level = this.down.push(new Level<Downsample>(dd.num_res_blocks, dd.ch * inChMult[i]!, dd.ch * mult, withAttn, opts));
       blockIn = level.outChannels;
       if (i !== dd.ch_mult.length - 1) {
         level.setResample('downsample', new Downsample(blockIn));
         currRes = Math.floor(currRes / 2);
       }
     });
-    this.mid = this.add('mid', new Mid(blockIn, attnType, dropout));
-    this.normOut = this.add('norm_out', normalize(blockIn));
+    this.mid = this.add('mid', new Mid(blockIn, opts));
+    this.normOut = this.add('norm_out', normalize(blockIn, opts.groups));
     this.convOut = this.add('conv_out', new Conv2d(blockIn, dd.double_z ? 2 * dd.z_channels : dd.z_channels, 3, { padding: 1 }));
   }
 
