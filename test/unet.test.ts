@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Graph, trace, type Tensor } from '../src/engine/graph.js';
 import * as o from '../src/engine/ops.js';
-import { mseLoss } from '../src/engine/nn.js';
+import { GroupNorm, mseLoss } from '../src/engine/nn.js';
 import { bindParams, Module } from '../src/engine/module.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { Trainer } from '../src/engine/trainer.js';
@@ -145,6 +145,24 @@ test('config validation: one line per problem, naming the key and the fix', () =
   assert.match(problem({ dropout: 0.1 }), /dropout: only dropout 0 is supported/);
   const two = problem({ model_channels: 48, context_dim: 8 }).split('\n');
   assert.equal(two.length, 2);
+  assert.doesNotThrow(() => parseUNetConfig({ ...base, model_channels: 48, norm_groups: 8 }));
+  assert.match(problem({ model_channels: 48, norm_groups: 32 }), /model_channels: 48 channels are not a multiple of 32 \(GroupNorm uses 32 groups\); use model_channels a multiple of 32/);
+  assert.match(problem({ norm_groups: 3 }), /32, 64 channels are not a multiple of 3/);
+});
+
+test('norm_groups reaches every GroupNorm of the UNet and leaves parameter names and shapes as the reference\'s', () => {
+  const cfg: UNetConfigInput = { in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [1, 2], num_head_channels: 16 };
+  for (const transformer of [false, true]) {
+    const extra = transformer ? { use_spatial_transformer: true, context_dim: 8 } : {};
+    const ref = new UNetModel(parseUNetConfig({ ...cfg, ...extra }));
+    const g8 = new UNetModel(parseUNetConfig({ ...cfg, ...extra, norm_groups: 8 }));
+    const norms = (m: Module) => m.modules().filter((x): x is GroupNorm => x instanceof GroupNorm);
+    assert.ok(norms(ref).length >= 8 && norms(ref).every((n) => n.groups === 32));
+    assert.equal(norms(g8).length, norms(ref).length);
+    assert.ok(norms(g8).every((n) => n.groups === 8), `transformer ${transformer}`);
+    const shapes = (m: Module) => m.namedParameters().map(([n, p]) => `${n} ${p.shape.join('x')}`);
+    assert.deepEqual(shapes(g8), shapes(ref));
+  }
 });
 
 test('inputs are checked with messages that say what to pass', () => {

@@ -143,10 +143,10 @@ export class SpatialTransformer extends Module implements UNetLayer {
   readonly blocks: BasicTransformerBlock[] = [];
   readonly projOut: Pointwise;
 
-  constructor(readonly channels: number, heads: number, dimHead: number, depth: number, readonly contextDim?: number) {
+  constructor(readonly channels: number, heads: number, dimHead: number, depth: number, readonly contextDim?: number, normGroups = 32) {
     super();
     const inner = heads * dimHead;
-    this.norm = this.add('norm', new GroupNorm(32, channels, 1e-6));
+    this.norm = this.add('norm', new GroupNorm(normGroups, channels, 1e-6));
     this.projIn = this.add('proj_in', new Pointwise(channels, inner, 2));
     const list = this.add('transformer_blocks', new Slots());
     for (let i = 0; i < depth; i++) this.blocks.push(list.put(i, new BasicTransformerBlock(inner, heads, dimHead, contextDim)));
@@ -179,9 +179,9 @@ export class AttentionBlock extends Module implements UNetLayer {
   readonly projOut: Pointwise;
   private readonly qScale: Float32Array;
 
-  constructor(readonly channels: number, readonly heads: number) {
+  constructor(readonly channels: number, readonly heads: number, normGroups = 32) {
     super();
-    this.norm = this.add('norm', new GroupNorm(32, channels));
+    this.norm = this.add('norm', new GroupNorm(normGroups, channels));
     this.qkv = this.add('qkv', new Pointwise(channels, 3 * channels, 1));
     this.projOut = this.add('proj_out', new Pointwise(channels, channels, 1, true));
     // The reference scales q and k by ch^-1/4 each; scaling q's rows of the qkv weight by ch^-1/2 is the same product.

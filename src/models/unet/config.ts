@@ -32,6 +32,11 @@ export const UNetConfigSchema = strict(
     num_classes: posInt().optional(),
     use_scale_shift_norm: bool().default(false),
     resblock_updown: bool().default(false),
+    /**
+     * GroupNorm groups (not in the reference, which always uses 32; parameters do not depend on it). With 32 channels
+     * in 32 groups each channel is normalised alone, which removes the timestep embedding a ResBlock adds per channel.
+     */
+    norm_groups: posInt().optional(),
     /** Accepted for reference YAML; it only changes head sizes when channels do not divide, which is rejected. */
     legacy: bool().optional(),
     /** Accepted for reference YAML; gradient checkpointing changes memory, not results. */
@@ -89,11 +94,12 @@ export function unetProblems(cfg: UNetConfig): Problem[] {
   const out: Problem[] = [];
   const mc = cfg.model_channels;
   const widths = [...new Set([mc, ...cfg.channel_mult.map((m) => m * mc)])];
-  const notGroupable = widths.filter((c) => c % 32 !== 0);
+  const groups = cfg.norm_groups ?? 32;
+  const notGroupable = widths.filter((c) => c % groups !== 0);
   if (notGroupable.length) {
     out.push({
-      path: mc % 32 !== 0 ? ['model_channels'] : ['channel_mult'],
-      message: `${notGroupable.join(', ')} channels are not a multiple of 32 (GroupNorm uses 32 groups); use model_channels a multiple of 32`,
+      path: mc % groups !== 0 ? ['model_channels'] : ['channel_mult'],
+      message: `${notGroupable.join(', ')} channels are not a multiple of ${groups} (GroupNorm uses ${groups} groups); use model_channels a multiple of ${groups}`,
     });
   }
   const rates = levelRates(cfg);

@@ -88,6 +88,8 @@ export interface ResBlockOptions {
   useScaleShiftNorm?: boolean;
   /** resblock_updown: resample inside the block (average pool / nearest, no parameters) instead of a separate layer. */
   resample?: 'up' | 'down';
+  /** GroupNorm groups (default 32, the reference's). */
+  normGroups?: number;
 }
 
 /**
@@ -108,12 +110,12 @@ export class ResBlock extends Module implements UNetLayer {
     super();
     this.scaleShift = opts.useScaleShiftNorm ?? false;
     const inLayers = this.add('in_layers', new Slots());
-    this.inNorm = inLayers.put(0, new GroupNorm(32, channels));
+    this.inNorm = inLayers.put(0, new GroupNorm(opts.normGroups ?? 32, channels));
     this.inConv = inLayers.put(2, new Conv2d(channels, outChannels, 3, { padding: 1 }));
     const embLayers = this.add('emb_layers', new Slots());
     this.embProj = embLayers.put(1, new Linear(embChannels, this.scaleShift ? 2 * outChannels : outChannels));
     const outLayers = this.add('out_layers', new Slots());
-    this.outNorm = outLayers.put(0, new GroupNorm(32, outChannels));
+    this.outNorm = outLayers.put(0, new GroupNorm(opts.normGroups ?? 32, outChannels));
     this.outConv = outLayers.put(3, new Conv2d(outChannels, outChannels, 3, { padding: 1, init: 'zero' }));
     if (outChannels !== channels) this.skip = this.add('skip_connection', new Conv2d(channels, outChannels, 1));
   }
