@@ -8,6 +8,7 @@ import { Graph, trace } from '../engine/graph.js';
 import * as o from '../engine/ops.js';
 import { float32 } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
+import { ProgramCache } from '../engine/program-cache.js';
 import { gramF64, rowsF64, type Rows } from './linalg.js';
 
 export interface GramBackend {
@@ -29,17 +30,12 @@ export const jsGram: GramBackend = {
 
 /** Gram blocks of `block` x `block` rows as one compiled float32 matmul on `executor`; short blocks are zero-padded. */
 export function executorGram(executor: Executor, block = 1024): GramBackend {
-  const programs = new Map<number, Promise<Program>>();
-  const compile = (d: number): Promise<Program> => {
-    let p = programs.get(d);
-    if (!p) {
-      const g = new Graph();
-      const out = trace(g, () => o.matmul(o.input('x', [block, d]), o.transpose(o.input('y', [block, d]), [1, 0])));
-      p = executor.compile(g, { k: out });
-      programs.set(d, p);
-    }
-    return p;
-  };
+  const programs = new ProgramCache<number>();
+  const compile = (d: number): Promise<Program> => programs.get(d, () => {
+    const g = new Graph();
+    const out = trace(g, () => o.matmul(o.input('x', [block, d]), o.transpose(o.input('y', [block, d]), [1, 0])));
+    return executor.compile(g, { k: out });
+  });
   const pack = (m: Rows, r0: number): Float32Array => {
     const n = Math.min(block, m.rows - r0);
     const out = new Float32Array(block * m.cols);
@@ -69,8 +65,7 @@ export function executorGram(executor: Executor, block = 1024): GramBackend {
       return out;
     },
     async dispose(): Promise<void> {
-      for (const p of programs.values()) await (await p).dispose();
-      programs.clear();
+      await programs.dispose();
     },
   };
 }

@@ -12,6 +12,7 @@ import * as o from '../engine/ops.js';
 import { bindParams, checkWeights } from '../engine/module.js';
 import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
+import { ProgramCache } from '../engine/program-cache.js';
 import { splitPrefix, type LoadedCheckpoint } from '../io/checkpoint.js';
 import { validateConfig } from '../config/load.js';
 import { AutoencoderKL, VQModel, buildAutoencoder, type Autoencoder, type DDConfig } from './autoencoder/index.js';
@@ -122,7 +123,7 @@ export class AutoencoderFirstStage implements FirstStage {
   readonly imageChannels: number;
   readonly fingerprint: string;
   readonly spec: FirstStageSpec;
-  private readonly programs = new Map<string, Promise<Program>>();
+  private readonly programs = new ProgramCache();
 
   constructor(
     readonly model: Autoencoder,
@@ -149,19 +150,15 @@ export class AutoencoderFirstStage implements FirstStage {
   }
 
   private program(dir: 'encode' | 'decode', shape: readonly number[]): Promise<Program> {
-    const key = `${dir}:${shape.join(',')}`;
-    let p = this.programs.get(key);
-    if (!p) {
+    return this.programs.get(`${dir}:${shape.join(',')}`, () => {
       const g = new Graph();
       bindParams(g, this.model, this.weights, 'const');
       const out: Tensor = trace(g, () => {
         const x = o.input('x', shape);
         return dir === 'encode' ? this.model.encodeLatent(x) : this.model.decodeLatent(x);
       });
-      p = this.executor.compile(g, { out });
-      this.programs.set(key, p);
-    }
-    return p;
+      return this.executor.compile(g, { out });
+    });
   }
 
   async encode(images: HostTensor): Promise<HostTensor> {
@@ -182,8 +179,7 @@ export class AutoencoderFirstStage implements FirstStage {
   }
 
   async dispose(): Promise<void> {
-    for (const p of this.programs.values()) await (await p).dispose();
-    this.programs.clear();
+    await this.programs.dispose();
   }
 }
 

@@ -14,6 +14,7 @@ import * as o from '../engine/ops.js';
 import { bindParams } from '../engine/module.js';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
+import { ProgramCache } from '../engine/program-cache.js';
 import { Rng } from '../util/random.js';
 import { createSampler, type SamplerName } from '../diffusion/samplers.js';
 import { sampleLatents, type ModelFn } from '../diffusion/sample.js';
@@ -29,7 +30,7 @@ import { resize } from '../data/transforms.js';
  * runs); `input` feeds them every call, so one program serves changing weights (grids during training).
  */
 export class Denoiser {
-  private readonly programs = new Map<string, Promise<Program>>();
+  private readonly programs = new ProgramCache();
 
   constructor(
     readonly model: LatentDiffusion,
@@ -41,9 +42,7 @@ export class Denoiser {
   }
 
   private program(shape: readonly number[]): Promise<Program> {
-    const key = shape.join(',');
-    let p = this.programs.get(key);
-    if (!p) {
+    return this.programs.get(shape.join(','), () => {
       const [n, , h, w] = shape as [number, number, number, number];
       const g = new Graph();
       bindParams(g, this.model, this.mode === 'const' ? this.params() : undefined, this.mode);
@@ -52,10 +51,8 @@ export class Denoiser {
         const t = o.input(INPUT_T, [n]);
         return this.model.forward(x, t, this.model.conditioner.inputs(n, h, w));
       });
-      p = this.executor.compile(g, { out });
-      this.programs.set(key, p);
-    }
-    return p;
+      return this.executor.compile(g, { out });
+    });
   }
 
   /** Model output for x ([N, C, h, w] flattened) at per-sample timesteps, given condition feeds for N samples. */
@@ -82,8 +79,7 @@ export class Denoiser {
   }
 
   async dispose(): Promise<void> {
-    for (const p of this.programs.values()) await (await p).dispose();
-    this.programs.clear();
+    await this.programs.dispose();
   }
 }
 

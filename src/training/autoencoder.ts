@@ -15,6 +15,7 @@ import { Graph, trace, type Tensor } from '../engine/graph.js';
 import { bindParams } from '../engine/module.js';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
+import { ProgramCache } from '../engine/program-cache.js';
 import { Trainer, type StepResult } from '../engine/trainer.js';
 import type { AdamWConfig } from '../engine/optim.js';
 import { Rng } from '../util/random.js';
@@ -151,14 +152,12 @@ export function reconstructionStep(model: Autoencoder, loss: AELoss): (inputs: R
 
 /** Reconstructions and latents of the model under training: weights are inputs, so one program serves every step. */
 export class AutoencoderProbe {
-  private readonly programs = new Map<string, Promise<Program>>();
+  private readonly programs = new ProgramCache();
 
   constructor(private readonly executor: Executor, private readonly model: Autoencoder) {}
 
   private program(kind: 'recon' | 'latent', shape: readonly number[], withNoise: boolean): Promise<Program> {
-    const key = `${kind}:${shape.join(',')}:${withNoise}`;
-    let p = this.programs.get(key);
-    if (!p) {
+    return this.programs.get(`${kind}:${shape.join(',')}:${withNoise}`, () => {
       const g = new Graph();
       bindParams(g, this.model, undefined, 'input');
       const was = this.model.training;
@@ -175,13 +174,11 @@ export class AutoencoderProbe {
           if (m.kind === 'kl') return { out: withNoise ? m.encode(x).sample(o.input('noise', m.latentShape(shape))) : m.encode(x).mode() };
           return { out: m.encodeToPrequant(x) };
         });
-        p = this.executor.compile(g, outputs);
+        return this.executor.compile(g, outputs);
       } finally {
         this.model.train(was);
       }
-      this.programs.set(key, p);
-    }
-    return p;
+    });
   }
 
   /** Reconstruction of a batch (KL from the posterior mode); VQ also gives the code indices. */
@@ -198,8 +195,7 @@ export class AutoencoderProbe {
   }
 
   async dispose(): Promise<void> {
-    for (const p of this.programs.values()) await (await p).dispose();
-    this.programs.clear();
+    await this.programs.dispose();
   }
 }
 
