@@ -16,6 +16,7 @@ import { checkpointSteps, type FactorFigures, type StudyPlan } from '../src/stud
 import { parseAeFlags, parseBudget, parseCheckpoints, parseFactors } from '../src/study/plan.js';
 import { stepsForBudget } from '../src/study/calibrate.js';
 import { CHART_HEIGHT, CHART_SCALE, CHART_WIDTH } from '../src/study/charts.js';
+import { foldWarnings, paperComparison } from '../src/study/report.js';
 import { ROOT, runCommands } from './helpers/commands.js';
 import { tempDir } from './helpers/temp-dir.js';
 
@@ -64,6 +65,41 @@ test('a budget in minutes becomes one step count that fits the measured costs', 
   assert.ok(cost(steps) <= 3600, `${steps} steps cost ${cost(steps)} s`);
   assert.ok(cost(steps + 8) > 0.95 * 3600, 'and not far below it');
   assert.ok(stepsForBudget(100, cal, 4) < 4, 'too small a budget leaves no steps');
+});
+
+/** Figures of one factor with one checkpoint per (step, FID) pair. */
+function figures(factor: number, fids: [number, number][], psnr?: number): FactorFigures {
+  return {
+    factor, complete: true,
+    ...(psnr !== undefined ? { firstStage: { kind: 'autoencoder' as const, origin: 'given' as const, latentShape: [4, 32 / factor, 32 / factor] as [number, number, number], psnr, ssim: 0.9 } } : {}),
+    checkpoints: fids.map(([step, fid]) => ({ step, fid, fidSamples: 256, trainSeconds: step, trainImagesPerSecond: 10 * factor, sampleImagesPerSecond: factor, sampleSeconds: 1, grid: 'g.png' })),
+  };
+}
+
+test('the paper comparison: a winning largest factor below 32 is not called a disagreement; f = 32 winning is', () => {
+  const f8wins = paperComparison([figures(1, [[10, 200], [20, 150]]), figures(4, [[10, 120], [20, 90]], 28), figures(8, [[10, 100], [20, 60]], 21)], 20).join('\n');
+  assert.match(f8wins, /Small factors: .*This agrees with the paper: f=1 is not the best/);
+  assert.match(f8wins, /Large factors \(f=8, the largest run here; the paper's f = 32 was not run\): .*does not test the paper's claim, which concerns f = 32/);
+  assert.doesNotMatch(f8wins, /Unlike the paper/);
+  assert.match(f8wins, /Balance: the lowest final FID is f=8's, inside the paper's f = 4 to 16 range/);
+  assert.match(f8wins, /FIDs after at most 20 LDM steps from 256 samples per checkpoint/);
+  const f32wins = paperComparison([figures(4, [[10, 120]], 28), figures(32, [[10, 80]], 15)], 10).join('\n');
+  assert.match(f32wins, /Unlike the paper, f=32 gave the lowest final FID here/);
+  const f32loses = paperComparison([figures(4, [[10, 80]], 28), figures(32, [[10, 120]], 15)], 10).join('\n');
+  assert.match(f32loses, /This agrees with the paper: the most compressed first stage does not give the best samples/);
+});
+
+test('warnings that differ only in their numbers are folded into one line', () => {
+  const folded = foldWarnings([
+    { where: 'f=1, step 10', text: 'the covariance product is singular (rank 106 of 128)' },
+    { where: 'f=2, step 10', text: 'the covariance product is singular (rank 105 of 128)' },
+    { where: 'f=2, step 20', text: 'the covariance product is singular (rank 107 of 128)' },
+    { where: 'f=2, step 20', text: 'only 3 samples' },
+  ]);
+  assert.deepEqual(folded, [
+    'f=1, step 10: the covariance product is singular (rank 106 of 128) (also at 2 other checkpoints: f=2, step 10; f=2, step 20)',
+    'f=2, step 20: only 3 samples',
+  ]);
 });
 
 test('a tiny study: figures, report, charts; a rerun skips finished factors; ldm report redraws', async (t) => {
