@@ -174,12 +174,15 @@ test('checker rejects captions with a swapped colour, kind, position, size or ba
       const r = checkSample(s.image, makeCaption(w));
       total++;
       if (!r.ok && r.mismatches.some((m) => m.startsWith(what))) rejected++;
+      assert.equal(r.misread.length, r.mismatches.length);
+      r.misread.forEach((m, i) => assert.ok(r.mismatches[i]!.startsWith(`${m}:`), `${m} names "${r.mismatches[i]}"`));
     }
   }
   assert.ok(rejected / total >= 0.99, `rejected ${rejected}/${total} wrong captions`);
   const r = checkSample(ds.getSync(0).image, 'a photo of a cat');
   assert.equal(r.ok, false);
   assert.match(r.mismatches[0]!, /caption not understood/);
+  assert.deepEqual(r.misread, ['caption']);
 });
 
 test('checker sees no shape in a flat image and refuses images smaller than 16', () => {
@@ -189,6 +192,7 @@ test('checker sees no shape in a flat image and refuses images smaller than 16',
   const r = checkSample(flat, makeCaption(A));
   assert.equal(r.ok, false);
   assert.ok(r.mismatches.some((m) => /image shows none/.test(m)));
+  assert.ok(r.misread.includes('shape'));
   assert.throws(() => analyzeShape(float32([3, 8, 8])), /at least 16x16/);
   assert.throws(() => analyzeShape(float32([1, 32, 32])), /RGB image \[3, H, W\]/);
 });

@@ -60,6 +60,8 @@ export interface SampleCheck {
   readonly ok: boolean;
   /** One line per disagreeing attribute, e.g. "colour: caption says red, image shows blue". */
   readonly mismatches: string[];
+  /** What each mismatch is about, in the same order: an attribute, 'shape' when none was found, 'caption' when unparsed. */
+  readonly misread: string[];
   readonly found: ShapeFindings;
 }
 
@@ -233,11 +235,16 @@ export function checkSample(image: HostTensor, caption: string): SampleCheck {
   const a = analyzeShape(image);
   const found = findings(a);
   const want = parseCaption(caption);
-  if (want === undefined) return { ok: false, mismatches: [`caption not understood: "${caption}"`], found };
+  if (want === undefined) return { ok: false, mismatches: [`caption not understood: "${caption}"`], misread: ['caption'], found };
   const mismatches: string[] = [];
-  if (a.background !== want.background) mismatches.push(`background: caption says ${want.background}, image shows ${a.background}`);
+  const misread: string[] = [];
+  const miss = (what: string, text: string) => {
+    misread.push(what);
+    mismatches.push(`${what}: ${text}`);
+  };
+  if (a.background !== want.background) miss('background', `caption says ${want.background}, image shows ${a.background}`);
   if (a.colour === undefined) {
-    mismatches.push('shape: caption describes one, image shows none');
+    miss('shape', 'caption describes one, image shows none');
   } else {
     const pairs: [string, string, string][] = [
       ['colour', want.colour, a.colour],
@@ -245,9 +252,9 @@ export function checkSample(image: HostTensor, caption: string): SampleCheck {
       ['size', want.size, a.size!],
       ['position', want.position, a.position!],
     ];
-    for (const [what, w, f] of pairs) if (w !== f) mismatches.push(`${what}: caption says ${w}, image shows ${f}`);
+    for (const [what, w, f] of pairs) if (w !== f) miss(what, `caption says ${w}, image shows ${f}`);
   }
-  return { ok: mismatches.length === 0, mismatches, found };
+  return { ok: mismatches.length === 0, mismatches, misread, found };
 }
 
 export interface LabelMapCheck {

@@ -550,10 +550,7 @@ export async function evaluateReconstruction(stage: FirstStage, data: Dataset, o
           const check = checkSample(back, caption);
           shapes.checked++;
           if (check.ok) shapes.accepted++;
-          for (const miss of check.mismatches) {
-            const attribute = miss.split(':')[0]!;
-            shapes.misread[attribute] = (shapes.misread[attribute] ?? 0) + 1;
-          }
+          for (const attribute of check.misread) shapes.misread[attribute] = (shapes.misread[attribute] ?? 0) + 1;
         }
         if (codebook && counts) {
           const lat = float32(latents.shape.slice(1), (latents.data as Float32Array).subarray(i * lPer, (i + 1) * lPer));

@@ -168,8 +168,7 @@ export async function evaluateShapesPrompts(ldm: JudgedModel, executor: Executor
   const scores = await sampleAndJudge(ldm, executor, prompts.map((p) => ({ prompt: p, name: p })), opts, (image, c) => {
     const r = checkSample(image, prompts[c]!);
     total++;
-    for (const m of r.mismatches) {
-      const what = m.split(':')[0]!;
+    for (const what of r.misread) {
       if (what in wrong) wrong[what]!++;
       else missing++;
     }

@@ -33,13 +33,14 @@ export class UNetModel extends Module {
     this.timeOut = timeEmbed.put(2, new Linear(embDim, embDim));
     if (cfg.num_classes !== undefined) this.labelEmb = this.add('label_emb', new Embedding(cfg.num_classes, embDim));
 
+    const normGroups = cfg.norm_groups ?? 32;
     const res = (cin: number, cout: number, resample?: 'up' | 'down') =>
-      new ResBlock(cin, embDim, cout, { useScaleShiftNorm: cfg.use_scale_shift_norm, resample, normGroups: cfg.norm_groups ?? 32 });
+      new ResBlock(cin, embDim, cout, { useScaleShiftNorm: cfg.use_scale_shift_norm, resample, normGroups });
     const attention = (ch: number) => {
       const { heads, dimHead } = attentionHeads(cfg, ch);
       return cfg.use_spatial_transformer
-        ? new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, cfg.norm_groups ?? 32)
-        : new AttentionBlock(ch, heads, cfg.norm_groups ?? 32);
+        ? new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, normGroups)
+        : new AttentionBlock(ch, heads, normGroups);
     };
 
     const inputs = this.add('input_blocks', new Slots());
@@ -88,7 +89,7 @@ export class UNetModel extends Module {
     });
 
     const out = this.add('out', new Slots());
-    this.outNorm = out.put(0, new GroupNorm(cfg.norm_groups ?? 32, ch));
+    this.outNorm = out.put(0, new GroupNorm(normGroups, ch));
     this.outConv = out.put(2, new Conv2d(mc, cfg.out_channels, 3, { padding: 1, init: 'zero' }));
   }
 
