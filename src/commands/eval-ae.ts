@@ -17,7 +17,7 @@ async function trainedSize(file: string): Promise<number | undefined> {
 }
 
 export default class EvalAe extends LdmCommand<typeof EvalAe> {
-  static override summary = 'Reconstruction quality of an autoencoder on a data set: PSNR and SSIM per image and averaged; VQ codebook usage.';
+  static override summary = 'Reconstruction quality of an autoencoder on a data set: PSNR and SSIM per image and averaged; VQ codebook usage; on the shapes, how many reconstructions the shapes checker reads as their caption.';
   static override description =
     'Images are read at their own size and channels, padded as training padded them (to the checkpoint\'s train.image_size, '
     + 'centred on black, when they are smaller: Fashion-MNIST 28 -> 32; else to a multiple of f), encoded, decoded, cropped '
