@@ -1,7 +1,7 @@
 /**
  * Engine benchmark: per-op forward and forward+backward GFLOP/s on each executor, and the reference latent UNet's
  * training step and forward pass beside the PyTorch peer (../shared/peers/torch_unet_step.py), all in one run.
- * Writes bench/results/engine.json and prints tables.  Usage: npm run bench:engine [-- --quick] [-- --backends onnx,tfjs-wasm]
+ * Writes bench/results/engine.json (with --quick: engine-quick.json) and prints tables.  Usage: npm run bench:engine [-- --quick] [-- --backends onnx,tfjs-wasm]
  */
 import os from 'node:os';
 import { Graph, trace, type Tensor } from '../src/engine/graph.js';
@@ -146,6 +146,6 @@ const byThreads = (list: PeerResult[], scale = 1) => [1, 2].map((t) => {
 console.log(`\nPyTorch peer training step: ${peerTrain.length ? byThreads(peerTrain) : `not run: ${peerSkipped[0]}`}`);
 console.log(`PyTorch peer forward (from its DDIM sampling): ${peerSample.length ? byThreads(peerSample, sampleSteps) : 'not run'}`);
 results.ratios = unetRows;
-const file = await writeResults('engine', results);
+const file = await writeResults(quick ? 'engine-quick' : 'engine', results);
 console.log(`\nwrote ${file}`);
 for (const ex of executors) await ex.dispose();

@@ -1,0 +1,108 @@
+/**
+ * Super-resolution benchmark (issue 16): an SR checkpoint beside bicubic and Lanczos on held-out photos, x4 from their
+ * bicubic-downsampled versions, in one run: PSNR, SSIM and the high-frequency energy ratio of each, and the issue's
+ * targets judged against this run's bicubic. With --large, a 1024x768 photo upscaled to 4096x3072 by the CLI in its own
+ * process under /usr/bin/time: peak RSS, wall time and the tile-seam ratio.
+ * Writes bench/results/sr-x4-photos.json and prints a table.
+ * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--large photo.jpg]
+ *        [--large-steps 10] [--threads 2]
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import sharp from 'sharp';
+import { selectBackend } from '../src/engine/backend.js';
+import { upscaleFiles, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale.js';
+import { table, writeResults } from './util.js';
+
+const { values: a } = parseArgs({
+  options: {
+    ckpt: { type: 'string' },
+    photos: { type: 'string' },
+    steps: { type: 'string' },
+    large: { type: 'string' },
+    'large-steps': { type: 'string', default: '10' },
+    threads: { type: 'string', default: String(os.availableParallelism()) },
+    seed: { type: 'string', default: '0' },
+  },
+});
+if (a.ckpt === undefined || a.photos === undefined) {
+  console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> --photos <folder of HR photos> [--steps N] [--large <photo>] [--large-steps N]');
+  process.exit(2);
+}
+const threads = Number(a.threads);
+const seed = Number(a.seed);
+const work = await mkdtemp(path.join(os.tmpdir(), 'ldm-bench-sr-'));
+const results: Record<string, unknown> = {
+  date: new Date().toISOString(),
+  machine: { cpu: os.cpus()[0]?.model, cores: os.availableParallelism(), threads, node: process.version, load_average_start: os.loadavg()[0] },
+  ckpt: a.ckpt,
+  photos: a.photos,
+};
+
+try {
+  const lr = path.join(work, 'lr');
+  await upscaleFiles({ inputs: [a.photos], outDir: lr, method: 'bicubic', downscale: true, scale: 4, seed });
+  const { executor } = await selectBackend(undefined, { threads });
+  results.executor = executor.description;
+  const runs: Partial<Record<UpscaleMethod, UpscaleFilesResult>> = {};
+  try {
+    for (const method of ['bicubic', 'lanczos', 'model'] as const) {
+      console.error(`${method}...`);
+      runs[method] = await upscaleFiles({
+        inputs: [lr], outDir: path.join(work, method), method, seed, reference: a.photos,
+        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}) } : {}),
+      });
+    }
+  } finally {
+    await executor.dispose();
+  }
+  const rows = (['model', 'bicubic', 'lanczos'] as const).map((m) => {
+    const r = runs[m]!;
+    if (!r.metrics) throw new Error(`${m}: no image was scored against ${a.photos}`);
+    return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps)` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
+  });
+  const [model, bicubic] = [rows[0]!, rows[1]!];
+  const hfTarget = bicubic.hf_ratio + (1 - bicubic.hf_ratio) / 2;
+  const targets = {
+    psnr_at_least: bicubic.psnr - 0.5,
+    psnr_met: model.psnr >= bicubic.psnr - 0.5,
+    hf_ratio_at_least: hfTarget,
+    hf_ratio_below: 1.5,
+    hf_ratio_met: model.hf_ratio >= hfTarget && model.hf_ratio < 1.5,
+  };
+  results.images = runs.model!.metrics!.images;
+  results.convention = runs.model!.metrics!.convention;
+  results.methods = rows;
+  results.per_image = Object.fromEntries((['model', 'bicubic', 'lanczos'] as const).map((m) => [m, runs[m]!.files.map((f) => ({ image: path.basename(f.output), ...f.metrics }))]));
+  results.targets = targets;
+  console.log(table(rows));
+  console.log(`targets: PSNR >= ${targets.psnr_at_least.toFixed(2)} dB ${targets.psnr_met ? 'met' : 'NOT met'}; `
+    + `HF ratio in [${hfTarget.toFixed(3)}, 1.5) ${targets.hf_ratio_met ? 'met' : 'NOT met'}`);
+
+  if (a.large !== undefined) results.large = await largeImage(a.large, Number(a['large-steps']));
+} finally {
+  await rm(work, { recursive: true, force: true });
+}
+console.log(`wrote ${await writeResults('sr-x4-photos', results)}`);
+
+/** The 4096x3072 check: a 1024x768 centre crop (resized first when smaller) upscaled by the CLI in its own process. */
+async function largeImage(photo: string, steps: number): Promise<Record<string, unknown>> {
+  const input = path.join(work, 'large-1024x768.png');
+  await sharp(photo).rotate().resize(1024, 768, { fit: 'cover' }).removeAlpha().png().toFile(input);
+  const out = path.join(work, 'large-x4.png');
+  const bin = path.resolve(import.meta.dirname, '..', 'bin', 'run.js');
+  const args = ['-f', '%M %e', process.execPath, bin, 'upscale', '--ckpt', a.ckpt!, input, '-o', out, '--steps', String(steps), '--threads', String(threads), '--seed', String(seed), '--json'];
+  console.error(`large: 1024x768 -> 4096x3072, ${steps} steps...`);
+  const r = spawnSync('/usr/bin/time', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`large upscale failed (exit ${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+  const [rssKb, wall] = r.stderr.trim().split('\n').pop()!.split(' ').map(Number) as [number, number];
+  const res = JSON.parse(r.stdout) as UpscaleFilesResult;
+  const file = res.files[0]!;
+  const meta = await sharp(out).metadata();
+  const large = { input: '1024x768', output: `${meta.width}x${meta.height}`, steps, peak_rss_mb: rssKb / 1024, wall_s: wall, seam_ratio: file.seam, rss_under_3gb: rssKb / 1024 < 3072, seam_within_10pct: file.seam !== undefined && Math.abs(file.seam - 1) <= 0.1 };
+  console.log(table([{ output: large.output, steps, 'peak RSS MB': large.peak_rss_mb, 'wall s': wall, seam: file.seam ?? NaN }]));
+  return large;
+}
