@@ -165,6 +165,38 @@ test('norm_groups reaches every GroupNorm of the UNet and leaves parameter names
   }
 });
 
+test('coord_channels: the UNet equals a plain one with two more input channels fed row and column ramps', async () => {
+  const cfg: UNetConfigInput = { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [2], num_head_channels: 16 };
+  const coord = new UNetModel(parseUNetConfig({ ...cfg, coord_channels: true }));
+  const plain = new UNetModel(parseUNetConfig({ ...cfg, in_channels: 5 }));
+  const shapes = (m: Module) => m.namedParameters().map(([n, p]) => `${n} ${p.shape.join('x')}`);
+  assert.deepEqual(shapes(coord), shapes(plain), 'the input conv takes in_channels + 2; nothing else changes');
+  const rng = new Rng(3);
+  const params = coord.initialize(rng);
+  // The zero-initialised out conv would hide every difference: give it weights.
+  for (const [k, v] of params) if (k.startsWith('out.2.')) params.set(k, float32(v.shape, Array.from({ length: toFloat32(v).length }, () => rng.normal() * 0.1)));
+  const [n, h, w] = [2, 4, 6];
+  const x = float32([n, 3, h, w], Array.from({ length: n * 3 * h * w }, () => rng.normal()));
+  const t = float32([n], [10, 500]);
+  const withCoords = new Float32Array(n * 5 * h * w);
+  for (let b = 0; b < n; b++) {
+    withCoords.set(toFloat32(x).subarray(b * 3 * h * w, (b + 1) * 3 * h * w), b * 5 * h * w);
+    for (let y = 0; y < h; y++) {
+      for (let c = 0; c < w; c++) {
+        withCoords[(b * 5 + 3) * h * w + y * w + c] = -1 + (2 * y) / (h - 1);
+        withCoords[(b * 5 + 4) * h * w + y * w + c] = -1 + (2 * c) / (w - 1);
+      }
+    }
+  }
+  const got = await runUNet(coord, params, { x, t });
+  const want = await runUNet(plain, params, { x: float32([n, 5, h, w], withCoords), t });
+  assertRelClose(got, want, 1e-5, 'coord UNet vs plain UNet fed the ramps');
+  // Shuffled ramps (columns reversed) give another output: the channels reach the model in this order.
+  for (let b = 0; b < n; b++) for (let i = 0; i < h * w; i++) withCoords[(b * 5 + 4) * h * w + i] = -withCoords[(b * 5 + 4) * h * w + i]!;
+  const flipped = await runUNet(plain, params, { x: float32([n, 5, h, w], withCoords), t });
+  assert.ok(Math.max(...toFloat32(flipped).map((v, i) => Math.abs(v - toFloat32(got)[i]!))) > 1e-3);
+});
+
 test('inputs are checked with messages that say what to pass', () => {
   const model = new UNetModel(parseUNetConfig({ in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2, 2], num_head_channels: 32, use_spatial_transformer: true, context_dim: 8 }));
   const g = new Graph();

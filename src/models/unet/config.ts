@@ -37,6 +37,13 @@ export const UNetConfigSchema = strict(
      * in 32 groups each channel is normalised alone, which removes the timestep embedding a ResBlock adds per channel.
      */
     norm_groups: posInt().optional(),
+    /**
+     * Append two coordinate channels (row and column, -1 to 1 across the input) to the input (CoordConv, Liu et al. 2018;
+     * not in the reference). Cross-attention queries carry no position, so without them the UNet can place a shape "at
+     * the top left" only from what zero padding leaks. The input conv then takes in_channels + 2, so such weights do not
+     * load into the reference UNet.
+     */
+    coord_channels: bool().optional(),
     /** Accepted for reference YAML; it only changes head sizes when channels do not divide, which is rejected. */
     legacy: bool().optional(),
     /** Accepted for reference YAML; gradient checkpointing changes memory, not results. */

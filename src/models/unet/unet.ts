@@ -8,6 +8,7 @@ import * as o from '../../engine/ops.js';
 import { Conv2d, Embedding, GroupNorm, Linear, silu } from '../../engine/nn.js';
 import { Module } from '../../engine/module.js';
 import type { Tensor } from '../../engine/graph.js';
+import { float32 } from '../../engine/host-tensor.js';
 import { attentionHeads, sizeMultiple, type UNetConfig } from './config.js';
 import { Downsample, ResBlock, Slots, TimestepEmbedSequential, Upsample, timestepEmbedding, type Cond } from './layers.js';
 import { AttentionBlock, SpatialTransformer } from './attention.js';
@@ -49,7 +50,7 @@ export class UNetModel extends Module {
       this.inputBlocks.push(blk);
       return blk;
     };
-    newInput().push(new Conv2d(cfg.in_channels, mc, 3, { padding: 1 }));
+    newInput().push(new Conv2d(cfg.in_channels + (cfg.coord_channels ? 2 : 0), mc, 3, { padding: 1 }));
     const skipChannels = [mc];
     let ch = mc;
     let ds = 1;
@@ -104,7 +105,7 @@ export class UNetModel extends Module {
       if (this.labelEmb) emb = o.add(emb, this.labelEmb.forward(y!));
       const cond: Cond = { embAct: silu(emb), context };
       const skips: Tensor[] = [];
-      let h = x;
+      let h = this.config.coord_channels ? o.concat([x, coordinates(x)], 1) : x;
       for (const blk of this.inputBlocks) {
         h = blk.forward(h, cond);
         skips.push(h);
@@ -144,4 +145,18 @@ export class UNetModel extends Module {
       throw fail('this UNet is not class-conditional: pass no labels, or set num_classes in its config');
     }
   }
+}
+
+/** [N, 2, H, W]: row and column of each cell, -1 at the first and 1 at the last (0 for a side of 1), as constants. */
+function coordinates(x: Tensor): Tensor {
+  const [n, , h, w] = x.shape as [number, number, number, number];
+  const at = (i: number, size: number) => (size > 1 ? (2 * i) / (size - 1) - 1 : 0);
+  const data = new Float32Array(2 * h * w);
+  for (let y = 0; y < h; y++) {
+    for (let c = 0; c < w; c++) {
+      data[y * w + c] = at(y, h);
+      data[h * w + y * w + c] = at(c, w);
+    }
+  }
+  return o.expand(o.constant(float32([1, 2, h, w], data), x.graph), [n, 2, h, w]);
 }
