@@ -243,6 +243,7 @@ test('diffusers UNet configs map both ways: UNet2DConditionModel heads, UNet2DMo
   assert.deepEqual(unetToDiffusers(cases[1]!).config.attention_head_dim, [1, 2, 4], 'heads per level for num_head_channels');
   assert.throws(() => unetToDiffusers(unet({ num_heads: 2 })), /attention layers have 32, 64 channels per head; diffusers' UNet2DModel needs one/);
   assert.throws(() => unetToDiffusers(unet({ use_spatial_transformer: true, num_heads: 2 })), /without context_dim/);
+  assert.throws(() => unetToDiffusers(unet({ num_head_channels: 32, coord_channels: true })), /coord_channels .* has no diffusers UNet; export it to ldm instead/);
 
   // runwayml/stable-diffusion-v1-5 unet/config.json (abridged to the fields that matter).
   const sd = {
