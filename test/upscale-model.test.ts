@@ -81,8 +81,12 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
     up(f4, 'c', '--tile', '16', '--tile-overlap', '4'),
     up(pixel, 'd', '--scale', '2'),
     up(pixel, 'e', '--scale', '8'),
+    up(pixel, 'g', '--strength', '0.01'),
+    up(pixel, 'h', '--strength', '1.5'),
+    { command: 'upscale', args: ['--method', 'bicubic', inputs, '-o', path.join(dir, 'bic')] },
+    up(f4, 'k', '--tile', '16', '--tile-overlap', '4', '--strength', '0.5'),
   ]);
-  const [trainPixel, trainF4, a, b, c, d, e] = results as [typeof results[0], ...typeof results];
+  const [trainPixel, trainF4, a, b, c, d, e, g, h, bic, k] = results as [typeof results[0], ...typeof results];
   for (const r of [trainPixel, trainF4]) {
     assert.equal(r!.code, 0, r!.stderr);
     const res = JSON.parse(r!.stdout) as { step: number; cache: { count: number } };
@@ -113,4 +117,18 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
   assert.deepEqual(byName(rd)['wide.png']!.size, [14, 20], '--scale 2 resamples the x4 output down');
   assert.notEqual(e!.code, 0);
   assert.match(e!.stdout, /upscales x4 .*--scale 8 is beyond it/);
+
+  // --strength: start from the bicubic upscale, noised that far. Barely noised, the pixel model returns about the bicubic
+  // image; from pure noise (a) it does not.
+  for (const r of [g, bic, k]) assert.equal(r!.code, 0, r!.stderr);
+  assert.equal((JSON.parse(g!.stdout) as UpscaleFilesResult).strength, 0.01);
+  const pixels = async (folder: string) => new Float32Array(await sharp(path.join(dir, folder, 'wide.png')).raw().toBuffer());
+  const meanAbs = (x: Float32Array, y: Float32Array) => x.reduce((acc, v, i) => acc + Math.abs(v - y[i]!), 0) / x.length;
+  // (The untrained model leaves the last step's noise, std 0.039 of the range 2 here, in place.)
+  const bicubic = await pixels('bic');
+  const [near, far] = [meanAbs(await pixels('g'), bicubic), meanAbs(await pixels('a'), bicubic)];
+  assert.ok(near < 8 && far > 4 * near, `mean |diff| from the bicubic image, of 255: strength 0.01 ${near.toFixed(2)}, from noise ${far.toFixed(2)}`);
+  assert.deepEqual(byName(JSON.parse(k!.stdout) as UpscaleFilesResult)['wide.png']!.size, [28, 40], 'f=4 tiles from the encoded bicubic image');
+  assert.notEqual(h!.code, 0);
+  assert.match(h!.stdout, /--strength must be in \(0, 1\], got 1.5/);
 });

@@ -43,6 +43,8 @@ export interface UpscaleFilesOptions {
   sampler?: SamplerName;
   eta?: number;
   seed: number;
+  /** method model: start from the bicubic upscale noised this far, in (0, 1] (see upscale/model.ts); default 1. */
+  strength?: number;
   /** Model tiles, in output pixels (see upscale/model.ts). */
   tile?: number;
   overlap?: number;
@@ -88,6 +90,7 @@ export interface UpscaleFilesResult {
   steps?: number;
   sampler?: SamplerName;
   seed?: number;
+  strength?: number;
   files: UpscaledFile[];
   written: number;
   skipped: number;
@@ -134,6 +137,7 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
         + `--scale ${scale} is beyond it: use --scale ${native} or less (smaller scales resample its output down), or --method bicubic|lanczos`);
     }
     tilePlan(model, opts);
+    if (opts.strength !== undefined && !(opts.strength > 0 && opts.strength <= 1)) throw new Error(`--strength must be in (0, 1], got ${opts.strength}`);
     const cfg = model.ldm.config.sample;
     const transform: Transform = async (rgb) => {
       const [c, h, w] = rgb.shape as [number, number, number];
@@ -143,6 +147,7 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
         ...(opts.tile !== undefined ? { tile: opts.tile } : {}),
         ...(opts.overlap !== undefined ? { overlap: opts.overlap } : {}),
         ...(opts.tileBatch !== undefined ? { tileBatch: opts.tileBatch } : {}),
+        ...(opts.strength !== undefined ? { strength: opts.strength } : {}),
         ...(opts.onStep ? { onStep: opts.onStep } : {}),
       });
       let y = r.image;
@@ -219,7 +224,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
     method: opts.method, scale, downscale: opts.downscale ?? false,
     ...(model ? {
       ckpt: opts.ckpt!, modelScale: model.scale, steps: opts.steps ?? model.ldm.config.sample.steps,
-      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed,
+      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? 1,
     } : {}),
     files, written: count('written'), skipped: count('skipped'), failed: count('failed'), unscored: files.filter((f) => f.referenceError !== undefined).length,
     ...(opts.reference !== undefined && evaluated.length ? { metrics: { ...meanMetrics(evaluated), convention: METRIC_CONVENTION } } : {}),

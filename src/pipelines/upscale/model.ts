@@ -23,7 +23,8 @@ import type { CondFeeds } from '../../models/conditioning.js';
 import { crop } from '../../data/transforms.js';
 import { srCondition } from '../../data/degrade.js';
 import { Denoiser } from '../sample.js';
-import { checkTile, decodeLatentImage, defaultOverlap, padEdges } from '../autoencode.js';
+import { checkTile, decodeLatentImage, defaultOverlap, encodeImage, padEdges } from '../autoencode.js';
+import { upscaleClassical } from './classical.js';
 import { TileBlend, seamRatio, sliceTile, tileGrid, tilesOf, type Tile } from './tiles.js';
 
 /** The factor a checkpoint upscales by: data.sr.scale, or f for a concat model trained on images area-resized to its latent. */
@@ -75,6 +76,11 @@ export interface ModelUpscaleOptions {
   /** DDIM eta; 0 (default) is deterministic. */
   eta?: number;
   seed: number;
+  /**
+   * In (0, 1]: start from the bicubic upscale's encoding noised this far up (SDEdit) instead of from pure noise (1, the
+   * paper's way). The bicubic image anchors the low frequencies and only that share of the steps runs.
+   */
+  strength?: number;
   /** Tile side in output pixels (a multiple of f x 2^(UNet levels - 1)); default the training crop. */
   tile?: number;
   /** Output pixels shared by neighbouring tiles (a multiple of f); default a quarter of the tile. */
@@ -165,9 +171,20 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
     return { cond: blend.result() };
   };
   const sampler = createSampler(opts.sampler, ldm.model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
+  const strength = opts.strength ?? 1;
+  if (!(strength > 0 && strength <= 1)) throw new Error(`--strength must be in (0, 1], got ${strength}`);
+  let init: { x0: Float32Array; strength: number } | undefined;
+  if (strength < 1) {
+    // The canvas in pixels: the bicubic upscale, padded as the condition was; encoded in tiles like the decode below.
+    const up = await upscaleClassical(padded, S, 'bicubic');
+    const pix = padEdges(up, H * f - ph * S, W * f - pw * S, 'replicate');
+    const x0 = (await encodeImage(stage, pix, { tile: { size: T * f, overlap: plan.overlap * f } })).data as Float32Array;
+    for (let i = 0; i < x0.length; i++) x0[i] = x0[i]! * ldm.scaleFactor;
+    init = { x0, strength };
+  }
   const z = await sampleLatents({
     shape: [1, c, H, W], model, schedule: ldm.model.schedule, sampler, parameterization: ldm.model.parameterization,
-    rng: new Rng(opts.seed),
+    rng: new Rng(opts.seed), ...(init ? { init } : {}),
     ...(opts.onStep ? { onStep: (i: number, calls: number) => opts.onStep!(i + 1, calls) } : {}),
   });
   for (let i = 0; i < z.length; i++) z[i] = z[i]! / ldm.scaleFactor;
