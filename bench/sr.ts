@@ -4,7 +4,7 @@
  * targets judged against this run's bicubic. With --large, a 1024x768 photo upscaled to 4096x3072 by the CLI in its own
  * process under /usr/bin/time: peak RSS, wall time and the tile-seam ratio.
  * Writes bench/results/sr-x4-photos.json and prints a table.
- * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--large photo.jpg]
+ * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--strength 1] [--color-fix wavelet] [--large photo.jpg]
  *        [--large-steps 10] [--threads 2]
  */
 import { spawnSync } from 'node:child_process';
@@ -14,7 +14,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { selectBackend } from '../src/engine/backend.js';
-import { upscaleFiles, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale.js';
+import { upscaleFiles, type ColorFix, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale.js';
 import { table, writeResults } from './util.js';
 
 const { values: a } = parseArgs({
@@ -22,6 +22,8 @@ const { values: a } = parseArgs({
     ckpt: { type: 'string' },
     photos: { type: 'string' },
     steps: { type: 'string' },
+    strength: { type: 'string' },
+    'color-fix': { type: 'string' },
     large: { type: 'string' },
     'large-steps': { type: 'string', default: '10' },
     threads: { type: 'string', default: String(os.availableParallelism()) },
@@ -53,7 +55,7 @@ try {
       console.error(`${method}...`);
       runs[method] = await upscaleFiles({
         inputs: [lr], outDir: path.join(work, method), method, seed, reference: a.photos,
-        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}) } : {}),
+        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}), ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}), ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}) } : {}),
       });
     }
   } finally {
@@ -62,7 +64,7 @@ try {
   const rows = (['model', 'bicubic', 'lanczos'] as const).map((m) => {
     const r = runs[m]!;
     if (!r.metrics) throw new Error(`${m}: no image was scored against ${a.photos}`);
-    return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps)` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
+    return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? `, strength ${r.strength}` : ''}${r.colorFix === 'wavelet' ? ', colour fix' : ''})` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
   });
   const [model, bicubic] = [rows[0]!, rows[1]!];
   const hfTarget = bicubic.hf_ratio + (1 - bicubic.hf_ratio) / 2;
@@ -94,7 +96,7 @@ async function largeImage(photo: string, steps: number): Promise<Record<string, 
   await sharp(photo).rotate().resize(1024, 768, { fit: 'cover' }).removeAlpha().png().toFile(input);
   const out = path.join(work, 'large-x4.png');
   const bin = path.resolve(import.meta.dirname, '..', 'bin', 'run.js');
-  const args = ['-f', '%M %e', process.execPath, bin, 'upscale', '--ckpt', a.ckpt!, input, '-o', out, '--steps', String(steps), '--threads', String(threads), '--seed', String(seed), '--json'];
+  const args = ['-f', '%M %e', process.execPath, bin, 'upscale', '--ckpt', a.ckpt!, input, '-o', out, '--steps', String(steps), ...(a.strength !== undefined ? ['--strength', a.strength] : []), ...(a['color-fix'] !== undefined ? ['--color-fix', a['color-fix']] : []), '--threads', String(threads), '--seed', String(seed), '--json'];
   console.error(`large: 1024x768 -> 4096x3072, ${steps} steps...`);
   const r = spawnSync('/usr/bin/time', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`large upscale failed (exit ${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);

@@ -5,6 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TileBlend, seamRatio, sliceTile, tileGrid, tileWeight, tilesOf } from '../src/pipelines/upscale/tiles.js';
+import { waveletColorFix } from '../src/pipelines/upscale/color-fix.js';
+import { float32 } from '../src/engine/host-tensor.js';
 
 const grids = [
   [40, 40, 16, 4],
@@ -89,4 +91,40 @@ test('seamRatio: 1 for a smooth ramp, large for a step on a tile edge', () => {
   const step = { shape: [1, h, w], data: Float32Array.from(ramp.data, (v, i) => v + ((i % w) >= 15 ? 2 : 0)) };
   assert.ok(seamRatio(step, [10], [15]) > 5);
   assert.equal(seamRatio(ramp, [0, 20], [0, 30]), 1, 'edges of the image are no boundary');
+});
+
+test('wavelet colour fix: the reference\'s low band under the content\'s high band', () => {
+  const [c, h, w] = [3, 40, 48];
+  const ref = new Float32Array(c * h * w);
+  const content = new Float32Array(c * h * w);
+  for (let ch = 0; ch < c; ch++) {
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const i = (ch * h + y) * w + x;
+        ref[i] = 0.3 * Math.sin(x / 9 + ch) + 0.2 * Math.cos(y / 11); // smooth: all low band
+        // Content: the same picture colour-shifted per channel, plus a one-pixel checkerboard (all high band).
+        content[i] = ref[i]! + 0.25 * (ch - 1) + 0.1 * ((x + y) % 2 ? 1 : -1);
+      }
+    }
+  }
+  const out = waveletColorFix(float32([c, h, w], content), float32([c, h, w], ref)).data as Float32Array;
+  let checker = 0;
+  let n = 0;
+  for (let ch = 0; ch < c; ch++) {
+    let shift = 0;
+    let m = 0;
+    for (let y = 2; y < h - 2; y++) {
+      for (let x = 2; x < w - 2; x++) {
+        const i = (ch * h + y) * w + x;
+        const sign = (x + y) % 2 ? 1 : -1;
+        shift += out[i]! - ref[i]! - 0.1 * sign;
+        checker += (out[i]! - ref[i]!) * sign;
+        n++;
+        m++;
+      }
+    }
+    assert.ok(Math.abs(shift / m) < 0.01, `channel ${ch}: colour shift left ${(shift / m).toFixed(4)} (content had ${0.25 * (ch - 1)})`);
+  }
+  assert.ok(Math.abs(checker / n - 0.1) < 0.01, `checkerboard kept at amplitude ${(checker / n).toFixed(4)} (0.1)`);
+  assert.throws(() => waveletColorFix(float32([1, 2, 2], [0, 0, 0, 0]), float32([1, 2, 3], [0, 0, 0, 0, 0, 0])), /differ in shape/);
 });

@@ -22,8 +22,10 @@ import { checkOutputs, planJobs, type FileJob } from './autoencode.js';
 import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './upscale/classical.js';
 import { loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
 import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './upscale/reference.js';
+import type { ColorFix } from './upscale/color-fix.js';
 
 export { CLASSICAL_METHODS, type ClassicalMethod } from './upscale/classical.js';
+export { COLOR_FIXES, type ColorFix } from './upscale/color-fix.js';
 
 export const UPSCALE_METHODS = ['model', 'bicubic', 'lanczos'] as const;
 export type UpscaleMethod = (typeof UPSCALE_METHODS)[number];
@@ -45,6 +47,8 @@ export interface UpscaleFilesOptions {
   seed: number;
   /** method model: start from the bicubic upscale noised this far, in (0, 1] (see upscale/model.ts); default 1. */
   strength?: number;
+  /** method model: low frequencies from the bicubic upscale (wavelet) or as decoded (none); see upscale/color-fix.ts. */
+  colorFix?: ColorFix;
   /** Model tiles, in output pixels (see upscale/model.ts). */
   tile?: number;
   overlap?: number;
@@ -91,6 +95,7 @@ export interface UpscaleFilesResult {
   sampler?: SamplerName;
   seed?: number;
   strength?: number;
+  colorFix?: ColorFix;
   files: UpscaledFile[];
   written: number;
   skipped: number;
@@ -148,6 +153,7 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
         ...(opts.overlap !== undefined ? { overlap: opts.overlap } : {}),
         ...(opts.tileBatch !== undefined ? { tileBatch: opts.tileBatch } : {}),
         ...(opts.strength !== undefined ? { strength: opts.strength } : {}),
+        ...(opts.colorFix !== undefined ? { colorFix: opts.colorFix } : {}),
         ...(opts.onStep ? { onStep: opts.onStep } : {}),
       });
       let y = r.image;
@@ -224,7 +230,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
     method: opts.method, scale, downscale: opts.downscale ?? false,
     ...(model ? {
       ckpt: opts.ckpt!, modelScale: model.scale, steps: opts.steps ?? model.ldm.config.sample.steps,
-      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? 1,
+      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? 1, colorFix: opts.colorFix ?? 'none',
     } : {}),
     files, written: count('written'), skipped: count('skipped'), failed: count('failed'), unscored: files.filter((f) => f.referenceError !== undefined).length,
     ...(opts.reference !== undefined && evaluated.length ? { metrics: { ...meanMetrics(evaluated), convention: METRIC_CONVENTION } } : {}),

@@ -25,6 +25,7 @@ import { srCondition } from '../../data/degrade.js';
 import { Denoiser } from '../sample.js';
 import { checkTile, decodeLatentImage, defaultOverlap, encodeImage, padEdges } from '../autoencode.js';
 import { upscaleClassical } from './classical.js';
+import { waveletColorFix, type ColorFix } from './color-fix.js';
 import { TileBlend, seamRatio, sliceTile, tileGrid, tilesOf, type Tile } from './tiles.js';
 
 /** The factor a checkpoint upscales by: data.sr.scale, or f for a concat model trained on images area-resized to its latent. */
@@ -81,6 +82,8 @@ export interface ModelUpscaleOptions {
    * paper's way). The bicubic image anchors the low frequencies and only that share of the steps runs.
    */
   strength?: number;
+  /** Low frequencies from the bicubic upscale (wavelet) or as decoded (none, the default); see color-fix.ts. */
+  colorFix?: ColorFix;
   /** Tile side in output pixels (a multiple of f x 2^(UNet levels - 1)); default the training crop. */
   tile?: number;
   /** Output pixels shared by neighbouring tiles (a multiple of f); default a quarter of the tile. */
@@ -173,12 +176,14 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   const sampler = createSampler(opts.sampler, ldm.model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
   const strength = opts.strength ?? 1;
   if (!(strength > 0 && strength <= 1)) throw new Error(`--strength must be in (0, 1], got ${strength}`);
+  const colorFix = opts.colorFix ?? 'none';
+  const tileOpt = { size: T * f, overlap: plan.overlap * f };
+  // The canvas in pixels as bicubic sees it, padded as the condition was: the start of --strength, the colour reference.
+  const bicubic = strength < 1 || colorFix !== 'none'
+    ? padEdges(await upscaleClassical(padded, S, 'bicubic'), H * f - ph * S, W * f - pw * S, 'replicate') : undefined;
   let init: { x0: Float32Array; strength: number } | undefined;
   if (strength < 1) {
-    // The canvas in pixels: the bicubic upscale, padded as the condition was; encoded in tiles like the decode below.
-    const up = await upscaleClassical(padded, S, 'bicubic');
-    const pix = padEdges(up, H * f - ph * S, W * f - pw * S, 'replicate');
-    const x0 = (await encodeImage(stage, pix, { tile: { size: T * f, overlap: plan.overlap * f } })).data as Float32Array;
+    const x0 = (await encodeImage(stage, bicubic!, { tile: tileOpt })).data as Float32Array;
     for (let i = 0; i < x0.length; i++) x0[i] = x0[i]! * ldm.scaleFactor;
     init = { x0, strength };
   }
@@ -188,8 +193,8 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
     ...(opts.onStep ? { onStep: (i: number, calls: number) => opts.onStep!(i + 1, calls) } : {}),
   });
   for (let i = 0; i < z.length; i++) z[i] = z[i]! / ldm.scaleFactor;
-  const tileOpt = { size: T * f, overlap: plan.overlap * f };
-  const decoded = await decodeLatentImage(stage, float32([c, H, W], z), { tile: tileOpt });
+  let decoded = await decodeLatentImage(stage, float32([c, H, W], z), { tile: tileOpt });
+  if (colorFix === 'wavelet') decoded = waveletColorFix(decoded, bicubic!);
   const out = crop(decoded, 0, 0, h * S, w * S);
   const d = out.data as Float32Array;
   for (let i = 0; i < d.length; i++) d[i] = d[i]! > 1 ? 1 : d[i]! >= -1 ? d[i]! : -1;

@@ -1,0 +1,56 @@
+/**
+ * Wavelet colour fix (StableSR, Wang et al. 2023, `--colorfix_type wavelet`): the output's high frequencies over the
+ * low frequencies of the classical upscale. A small first stage shifts colours and brightness, and each tile's
+ * GroupNorm statistics differ a little; the low-resolution input already fixes those frequencies, so they are taken
+ * from it. Decomposition: `levels` passes of a 3x3 binomial blur dilated 1, 2, 4, ... (an a-trous wavelet), edges
+ * replicated; the low band is what the last pass leaves, the high band everything removed on the way.
+ */
+import { float32, type HostTensor } from '../../engine/host-tensor.js';
+
+export const COLOR_FIXES = ['wavelet', 'none'] as const;
+export type ColorFix = (typeof COLOR_FIXES)[number];
+
+/** Blur passes; the low band keeps frequencies below about 1 / 2^(levels+1) cycles a pixel. */
+export const WAVELET_LEVELS = 5;
+
+/** [C, H, W] of `content` with its low band replaced by that of `reference` (same shape). */
+export function waveletColorFix(content: HostTensor, reference: HostTensor, levels = WAVELET_LEVELS): HostTensor {
+  if (content.shape.join() !== reference.shape.join()) {
+    throw new Error(`colour fix: content [${content.shape.join(', ')}] and reference [${reference.shape.join(', ')}] differ in shape`);
+  }
+  const low = (t: HostTensor) => {
+    let x: Float32Array = Float32Array.from(t.data as Float32Array);
+    for (let i = 0; i < levels; i++) x = blur(x, t.shape as [number, number, number], 2 ** i);
+    return x;
+  };
+  const c = content.data as Float32Array;
+  const lc = low(content);
+  const lr = low(reference);
+  const out = new Float32Array(c.length);
+  for (let i = 0; i < c.length; i++) out[i] = c[i]! - lc[i]! + lr[i]!;
+  return float32(content.shape, out);
+}
+
+/** One separable [1, 2, 1] / 4 blur at dilation `d`, replicated edges. */
+function blur(x: Float32Array, [c, h, w]: [number, number, number], d: number): Float32Array {
+  const tmp = new Float32Array(x.length);
+  const out = new Float32Array(x.length);
+  for (let ch = 0; ch < c; ch++) {
+    const base = ch * h * w;
+    for (let y = 0; y < h; y++) {
+      const row = base + y * w;
+      for (let i = 0; i < w; i++) {
+        const l = Math.max(0, i - d);
+        const r = Math.min(w - 1, i + d);
+        tmp[row + i] = 0.25 * x[row + l]! + 0.5 * x[row + i]! + 0.25 * x[row + r]!;
+      }
+    }
+    for (let y = 0; y < h; y++) {
+      const up = base + Math.max(0, y - d) * w;
+      const mid = base + y * w;
+      const down = base + Math.min(h - 1, y + d) * w;
+      for (let i = 0; i < w; i++) out[mid + i] = 0.25 * tmp[up + i]! + 0.5 * tmp[mid + i]! + 0.25 * tmp[down + i]!;
+    }
+  }
+  return out;
+}
