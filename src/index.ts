@@ -70,7 +70,7 @@ export { loadSrModel, srScaleOf, upscaleWithModel, tilePlan, type SrModel, type 
 export { upscaleClassical, downscaleClassical, resizeClassical, CLASSICAL_METHODS, type ClassicalMethod } from './pipelines/upscale/classical.js';
 export { tileGrid, tilesOf, tileWeight, TileBlend, seamRatio } from './pipelines/upscale/tiles.js';
 export { compareToReference, findReference, type SrMetrics } from './pipelines/upscale/reference.js';
-export { waveletColorFix, COLOR_FIXES, WAVELET_LEVELS, type ColorFix } from './pipelines/upscale/color-fix.js';
+export { waveletColorFix, waveletLevels, COLOR_FIXES, type ColorFix } from './pipelines/upscale/color-fix.js';
 export { highFrequencyRatio, highFrequencyPower, luma, dft2 } from './metrics/high-frequency.js';
 export { degrade, downscale, gaussianBlur, addNoise, srCondition, randomCrops, SrDataSchema, type SrDataConfig } from './data/degrade.js';
 export { compareFactors, type CompareFactorsOptions, type CompareFactorsResult } from './study/run.js';

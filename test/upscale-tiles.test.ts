@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TileBlend, seamRatio, sliceTile, tileGrid, tileWeight, tilesOf } from '../src/pipelines/upscale/tiles.js';
-import { waveletColorFix } from '../src/pipelines/upscale/color-fix.js';
+import { waveletColorFix, waveletLevels } from '../src/pipelines/upscale/color-fix.js';
 import { float32 } from '../src/engine/host-tensor.js';
 
 const grids = [
@@ -107,7 +107,7 @@ test('wavelet colour fix: the reference\'s low band under the content\'s high ba
       }
     }
   }
-  const out = waveletColorFix(float32([c, h, w], content), float32([c, h, w], ref)).data as Float32Array;
+  const out = waveletColorFix(float32([c, h, w], content), float32([c, h, w], ref), 5).data as Float32Array;
   let checker = 0;
   let n = 0;
   for (let ch = 0; ch < c; ch++) {
@@ -126,5 +126,6 @@ test('wavelet colour fix: the reference\'s low band under the content\'s high ba
     assert.ok(Math.abs(shift / m) < 0.01, `channel ${ch}: colour shift left ${(shift / m).toFixed(4)} (content had ${0.25 * (ch - 1)})`);
   }
   assert.ok(Math.abs(checker / n - 0.1) < 0.01, `checkerboard kept at amplitude ${(checker / n).toFixed(4)} (0.1)`);
-  assert.throws(() => waveletColorFix(float32([1, 2, 2], [0, 0, 0, 0]), float32([1, 2, 3], [0, 0, 0, 0, 0, 0])), /differ in shape/);
+  assert.throws(() => waveletColorFix(float32([1, 2, 2], [0, 0, 0, 0]), float32([1, 2, 3], [0, 0, 0, 0, 0, 0]), 2), /differ in shape/);
+  assert.deepEqual([2, 4, 8].map(waveletLevels), [1, 2, 3]);
 });

@@ -25,7 +25,7 @@ import { srCondition } from '../../data/degrade.js';
 import { Denoiser } from '../sample.js';
 import { checkTile, decodeLatentImage, defaultOverlap, encodeImage, padEdges } from '../autoencode.js';
 import { upscaleClassical } from './classical.js';
-import { waveletColorFix, type ColorFix } from './color-fix.js';
+import { waveletColorFix, waveletLevels, type ColorFix } from './color-fix.js';
 import { TileBlend, seamRatio, sliceTile, tileGrid, tilesOf, type Tile } from './tiles.js';
 
 /** The factor a checkpoint upscales by: data.sr.scale, or f for a concat model trained on images area-resized to its latent. */
@@ -194,7 +194,7 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   });
   for (let i = 0; i < z.length; i++) z[i] = z[i]! / ldm.scaleFactor;
   let decoded = await decodeLatentImage(stage, float32([c, H, W], z), { tile: tileOpt });
-  if (colorFix === 'wavelet') decoded = waveletColorFix(decoded, bicubic!);
+  if (colorFix === 'wavelet') decoded = waveletColorFix(decoded, bicubic!, waveletLevels(S));
   const out = crop(decoded, 0, 0, h * S, w * S);
   const d = out.data as Float32Array;
   for (let i = 0; i < d.length; i++) d[i] = d[i]! > 1 ? 1 : d[i]! >= -1 ? d[i]! : -1;
