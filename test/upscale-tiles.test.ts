@@ -84,13 +84,19 @@ test('tile grids: the last tile is flush with the end, bad sizes are refused, re
   assert.throws(() => b.result(), /already taken/);
 });
 
-test('seamRatio: 1 for a smooth ramp, large for a step on a tile edge', () => {
+test('seamRatio: 1 for a smooth ramp, large for a step on a tile edge, phase-matched against a decoder grid', () => {
   const [h, w] = [20, 30];
   const ramp = { shape: [1, h, w], data: Float32Array.from({ length: h * w }, (_, i) => ((i % w) + Math.floor(i / w)) * 0.1) };
   assert.ok(Math.abs(seamRatio(ramp, [10], [15]) - 1) < 1e-6);
   const step = { shape: [1, h, w], data: Float32Array.from(ramp.data, (v, i) => v + ((i % w) >= 15 ? 2 : 0)) };
   assert.ok(seamRatio(step, [10], [15]) > 5);
   assert.equal(seamRatio(ramp, [0, 20], [0, 30]), 1, 'edges of the image are no boundary');
+  // A decoder's pattern every 4 pixels, tile edges on that grid: high against all lines, 1 against lines of its phase.
+  const grid = { shape: [1, h, w], data: Float32Array.from(ramp.data, (v, i) => v + ((i % w) % 4 === 0 ? 0.3 : 0) + (Math.floor(i / w) % 4 === 0 ? 0.3 : 0)) };
+  assert.ok(seamRatio(grid, [8], [12]) > 2);
+  assert.ok(Math.abs(seamRatio(grid, [8], [12], 4) - 1) < 1e-6);
+  const gridStep = { shape: [1, h, w], data: Float32Array.from(grid.data, (v, i) => v + ((i % w) >= 12 ? 2 : 0)) };
+  assert.ok(seamRatio(gridStep, [8], [12], 4) > 2, 'a real step still shows against lines of the same phase');
 });
 
 test('wavelet colour fix: the reference\'s low band under the content\'s high band', () => {

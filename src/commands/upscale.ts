@@ -125,7 +125,11 @@ function human(r: UpscaleFilesResult): string {
     lines.push(`${`mean (${m.images})`.padEnd(w)}  ${fmt(m.psnr, 2).padStart(7)}  ${fmt(m.ssim, 4)}  ${fmt(m.hfRatio, 3).padStart(8)}`, `(${m.convention})`);
   }
   const seams = r.files.flatMap((x) => (x.seam !== undefined ? [x.seam] : []));
-  if (seams.length) lines.push(`tile seams: ${fmt(Math.min(...seams), 3)} to ${fmt(Math.max(...seams), 3)} (neighbour difference across tile edges over elsewhere; 1 = none)`);
+  const all = r.files.flatMap((x) => (x.seamAllLines !== undefined ? [x.seamAllLines] : []));
+  if (seams.length) {
+    lines.push(`tile seams: ${fmt(Math.min(...seams), 3)} to ${fmt(Math.max(...seams), 3)} (neighbour difference across tile edges over that across other lines on the latent grid; 1 = none)`
+      + `; against all other lines ${fmt(Math.min(...all), 3)} to ${fmt(Math.max(...all), 3)}`);
+  }
   for (const x of r.files) if (x.status === 'failed') lines.push(`failed: ${x.input}: ${x.error}`);
   for (const x of r.files) if (x.referenceError !== undefined) lines.push(`not scored: ${x.output}: ${x.referenceError}`);
   return lines.join('\n');

@@ -77,8 +77,10 @@ export interface UpscaledFile {
   /** Output size [height, width]. */
   size?: [number, number];
   seconds?: number;
-  /** Model tiles: mean |neighbour difference| across tile edges over that elsewhere (1 = seamless). */
+  /** Model tiles: mean |neighbour difference| across tile edges over that across other lines at multiples of f (1 = seamless). */
   seam?: number;
+  /** The same over all other lines (the decoder's every-f-pixels pattern lifts it; see upscale/tiles.ts seamRatio). */
+  seamAllLines?: number;
   reference?: string;
   metrics?: SrMetrics;
 }
@@ -116,7 +118,7 @@ async function exists(file: string): Promise<boolean> {
 }
 
 /** What a run does to one image, given the method, after reading; the model also reports its tiles' seam check. */
-type Transform = (rgb: HostTensor) => Promise<{ image: HostTensor; seam?: number }>;
+type Transform = (rgb: HostTensor) => Promise<{ image: HostTensor; seam?: number; seamAllLines?: number }>;
 
 /** Resolve the scale and make the image transform; loads the model for method model. */
 async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; model?: SrModel }> {
@@ -159,7 +161,7 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
       let y = r.image;
       if (scale !== native) y = await resampleImage(y, Math.max(1, Math.round(h * scale)), Math.max(1, Math.round(w * scale)), 'lanczos3');
       // Grey in, grey out; a grey model gives grey whatever came in.
-      return { image: c === 1 && model.channels === 3 ? convertChannels(y, 1) : y, ...(r.seam !== undefined ? { seam: r.seam } : {}) };
+      return { image: c === 1 && model.channels === 3 ? convertChannels(y, 1) : y, ...(r.seam !== undefined ? { seam: r.seam, seamAllLines: r.seamAllLines! } : {}) };
     };
     return { scale, transform, model };
   } catch (err) {
@@ -196,6 +198,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
           const made = await transform(rgb);
           out = made.image;
           if (made.seam !== undefined) file.seam = made.seam;
+          if (made.seamAllLines !== undefined) file.seamAllLines = made.seamAllLines;
           const [, H, W] = out.shape as [number, number, number];
           await writePngWithAlpha(job.output, { rgb: out, ...(alpha ? { alpha: resizeAlpha(alpha, H, W) } : {}) }, { force: opts.force ?? false, bitDepth });
           file.size = [H, W];

@@ -124,8 +124,10 @@ export interface ModelUpscaled {
   image: HostTensor;
   /** Latent tiles a step. */
   tiles: number;
-  /** seamRatio across the tile edges (1 = no seam); absent with one tile. */
+  /** seamRatio across the tile edges against other lines at multiples of f (1 = no seam); absent with one tile. */
   seam?: number;
+  /** The same against all other lines, which the decoder's every-f-pixels pattern lifts above 1. */
+  seamAllLines?: number;
 }
 
 /** One image [C, h, w] in [-1, 1] (C = the model's channels) -> [C, h*scale, w*scale], clamped to [-1, 1]. */
@@ -200,5 +202,9 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   for (let i = 0; i < d.length; i++) d[i] = d[i]! > 1 ? 1 : d[i]! >= -1 ? d[i]! : -1;
   if (tiles.length === 1) return { image: out, tiles: 1 };
   const edges = (starts: readonly number[]) => starts.flatMap((s) => [s * f, (s + T) * f]);
-  return { image: out, tiles: tiles.length, seam: seamRatio({ shape: out.shape, data: d }, edges(grid.ys), edges(grid.xs)) };
+  const img = { shape: out.shape, data: d };
+  return {
+    image: out, tiles: tiles.length,
+    seam: seamRatio(img, edges(grid.ys), edges(grid.xs), f), seamAllLines: seamRatio(img, edges(grid.ys), edges(grid.xs)),
+  };
 }

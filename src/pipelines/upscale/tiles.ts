@@ -116,14 +116,16 @@ export class TileBlend {
 /**
  * Seam check of an image [C, H, W] made from tiles: the mean absolute difference between neighbouring pixels across
  * the given boundary lines (rows `ys`, columns `xs`: the first row/column of a tile or the one after its end), over
- * that across all other lines. About 1 when the tiles leave no seam.
+ * that across the other lines. About 1 when the tiles leave no seam. With `period` (a decoder's factor f), the other
+ * lines are only those at multiples of it: a first stage's decoder leaves its own faint pattern every f pixels, where
+ * every tile edge also lies, so against all lines a seamless image would read above 1.
  */
-export function seamRatio(image: { shape: readonly number[]; data: ArrayLike<number> }, ys: readonly number[], xs: readonly number[]): number {
+export function seamRatio(image: { shape: readonly number[]; data: ArrayLike<number> }, ys: readonly number[], xs: readonly number[], period = 1): number {
   const [c, h, w] = image.shape as [number, number, number];
   const d = image.data;
   const rowB = new Set(ys.filter((y) => y > 0 && y < h));
   const colB = new Set(xs.filter((x) => x > 0 && x < w));
-  // [sum, count] across boundary lines and across the others.
+  // [sum, count] across boundary lines and across the other lines (of the same phase).
   const seam = [0, 0];
   const other = [0, 0];
   const add = (acc: number[], v: number) => {
@@ -134,8 +136,8 @@ export function seamRatio(image: { shape: readonly number[]; data: ArrayLike<num
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
         const i = (ch * h + y) * w + x;
-        if (y > 0) add(rowB.has(y) ? seam : other, Math.abs(d[i]! - d[i - w]!));
-        if (x > 0) add(colB.has(x) ? seam : other, Math.abs(d[i]! - d[i - 1]!));
+        if (y > 0 && (rowB.has(y) || y % period === 0)) add(rowB.has(y) ? seam : other, Math.abs(d[i]! - d[i - w]!));
+        if (x > 0 && (colB.has(x) || x % period === 0)) add(colB.has(x) ? seam : other, Math.abs(d[i]! - d[i - 1]!));
       }
     }
   }
