@@ -4,7 +4,7 @@
  * targets judged against this run's bicubic. With --large, a 1024x768 photo upscaled to 4096x3072 by the CLI in its own
  * process under /usr/bin/time: peak RSS, wall time and the tile-seam ratio.
  * Writes bench/results/sr-x4-photos.json and prints a table.
- * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--strength 1] [--color-fix wavelet] [--large photo.jpg]
+ * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--strength 1] [--eta 0] [--color-fix wavelet] [--large photo.jpg]
  *        [--large-steps 10] [--threads 2]
  */
 import { spawnSync } from 'node:child_process';
@@ -23,6 +23,7 @@ const { values: a } = parseArgs({
     photos: { type: 'string' },
     steps: { type: 'string' },
     strength: { type: 'string' },
+    eta: { type: 'string' },
     'color-fix': { type: 'string' },
     large: { type: 'string' },
     'large-steps': { type: 'string', default: '10' },
@@ -55,7 +56,7 @@ try {
       console.error(`${method}...`);
       runs[method] = await upscaleFiles({
         inputs: [lr], outDir: path.join(work, method), method, seed, reference: a.photos,
-        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}), ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}), ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}) } : {}),
+        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}), ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}), ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}), ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}) } : {}),
       });
     }
   } finally {
@@ -64,7 +65,7 @@ try {
   const rows = (['model', 'bicubic', 'lanczos'] as const).map((m) => {
     const r = runs[m]!;
     if (!r.metrics) throw new Error(`${m}: no image was scored against ${a.photos}`);
-    return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? `, strength ${r.strength}` : ''}${r.colorFix === 'wavelet' ? ', colour fix' : ''})` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
+    return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? `, strength ${r.strength}` : ''}${r.colorFix === 'wavelet' ? ', colour fix' : ''}${a.eta !== undefined ? `, eta ${a.eta}` : ''})` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
   });
   const [model, bicubic] = [rows[0]!, rows[1]!];
   const hfTarget = bicubic.hf_ratio + (1 - bicubic.hf_ratio) / 2;
