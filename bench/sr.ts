@@ -3,7 +3,7 @@
  * bicubic-downsampled versions, in one run: PSNR, SSIM and the high-frequency energy ratio of each, and the issue's
  * targets judged against this run's bicubic. With --large, a 1024x768 photo upscaled to 4096x3072 by the CLI in its own
  * process under /usr/bin/time: peak RSS, wall time and the tile-seam ratio.
- * Writes bench/results/sr-x4-photos.json and prints a table.
+ * Writes bench/results/sr-x4-photos.json (or --out NAME.json) and prints a table.
  * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--strength 1] [--eta 0] [--color-fix wavelet] [--large photo.jpg]
  *        [--large-steps 10] [--threads 2]
  */
@@ -24,6 +24,7 @@ const { values: a } = parseArgs({
     steps: { type: 'string' },
     strength: { type: 'string' },
     eta: { type: 'string' },
+    out: { type: 'string', default: 'sr-x4-photos' },
     'color-fix': { type: 'string' },
     large: { type: 'string' },
     'large-steps': { type: 'string', default: '10' },
@@ -89,7 +90,7 @@ try {
 } finally {
   await rm(work, { recursive: true, force: true });
 }
-console.log(`wrote ${await writeResults('sr-x4-photos', results)}`);
+console.log(`wrote ${await writeResults(a.out, results)}`);
 
 /** The 4096x3072 check: a 1024x768 centre crop (resized first when smaller) upscaled by the CLI in its own process. */
 async function largeImage(photo: string, steps: number): Promise<Record<string, unknown>> {
