@@ -32,8 +32,8 @@ const { values: a } = parseArgs({
     seed: { type: 'string', default: '0' },
   },
 });
-if (a.ckpt === undefined || a.photos === undefined) {
-  console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> --photos <folder of HR photos> [--steps N] [--large <photo>] [--large-steps N]');
+if (a.ckpt === undefined || (a.photos === undefined && a.large === undefined)) {
+  console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> [--photos <folder of HR photos>] [--steps N] [--large <photo>] [--large-steps N]');
   process.exit(2);
 }
 const threads = Number(a.threads);
@@ -47,8 +47,17 @@ const results: Record<string, unknown> = {
 };
 
 try {
+  if (a.photos !== undefined) await photoTable(a.photos);
+  if (a.large !== undefined) results.large = await largeImage(a.large, Number(a['large-steps']));
+} finally {
+  await rm(work, { recursive: true, force: true });
+}
+console.log(`wrote ${await writeResults(a.out, results)}`);
+
+/** The model, bicubic and Lanczos on the photos' x4-downscaled versions, and the issue's targets. */
+async function photoTable(photos: string): Promise<void> {
   const lr = path.join(work, 'lr');
-  await upscaleFiles({ inputs: [a.photos], outDir: lr, method: 'bicubic', downscale: true, scale: 4, seed });
+  await upscaleFiles({ inputs: [photos], outDir: lr, method: 'bicubic', downscale: true, scale: 4, seed });
   const { executor } = await selectBackend(undefined, { threads });
   results.executor = executor.description;
   const runs: Partial<Record<UpscaleMethod, UpscaleFilesResult>> = {};
@@ -56,7 +65,7 @@ try {
     for (const method of ['bicubic', 'lanczos', 'model'] as const) {
       console.error(`${method}...`);
       runs[method] = await upscaleFiles({
-        inputs: [lr], outDir: path.join(work, method), method, seed, reference: a.photos,
+        inputs: [lr], outDir: path.join(work, method), method, seed, reference: photos,
         ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}), ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}), ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}), ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}) } : {}),
       });
     }
@@ -65,7 +74,7 @@ try {
   }
   const rows = (['model', 'bicubic', 'lanczos'] as const).map((m) => {
     const r = runs[m]!;
-    if (!r.metrics) throw new Error(`${m}: no image was scored against ${a.photos}`);
+    if (!r.metrics) throw new Error(`${m}: no image was scored against ${photos}`);
     return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? `, strength ${r.strength}` : ''}${r.colorFix === 'wavelet' ? ', colour fix' : ''}${a.eta !== undefined ? `, eta ${a.eta}` : ''})` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
   });
   const [model, bicubic] = [rows[0]!, rows[1]!];
@@ -86,11 +95,7 @@ try {
   console.log(`targets: PSNR >= ${targets.psnr_at_least.toFixed(2)} dB ${targets.psnr_met ? 'met' : 'NOT met'}; `
     + `HF ratio in [${hfTarget.toFixed(3)}, 1.5) ${targets.hf_ratio_met ? 'met' : 'NOT met'}`);
 
-  if (a.large !== undefined) results.large = await largeImage(a.large, Number(a['large-steps']));
-} finally {
-  await rm(work, { recursive: true, force: true });
 }
-console.log(`wrote ${await writeResults(a.out, results)}`);
 
 /** The 4096x3072 check: a 1024x768 centre crop (resized first when smaller) upscaled by the CLI in its own process. */
 async function largeImage(photo: string, steps: number): Promise<Record<string, unknown>> {
