@@ -22,7 +22,7 @@ import { checkOutputs, planJobs, type FileJob } from './autoencode.js';
 import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './upscale/classical.js';
 import { loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
 import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './upscale/reference.js';
-import type { ColorFix } from './upscale/color-fix.js';
+import { DEFAULT_COLOR_FIX, type ColorFix } from './upscale/color-fix.js';
 
 export { CLASSICAL_METHODS, type ClassicalMethod } from './upscale/classical.js';
 export { COLOR_FIXES, type ColorFix } from './upscale/color-fix.js';
@@ -47,7 +47,7 @@ export interface UpscaleFilesOptions {
   seed: number;
   /** method model: start from the bicubic upscale noised this far, in (0, 1] (see upscale/model.ts); default 1. */
   strength?: number;
-  /** method model: low frequencies from the bicubic upscale (wavelet) or as decoded (none); see upscale/color-fix.ts. */
+  /** method model: low frequencies from the bicubic upscale (wavelet, the default) or as decoded (none); see upscale/color-fix.ts. */
   colorFix?: ColorFix;
   /** Model tiles, in output pixels (see upscale/model.ts). */
   tile?: number;
@@ -233,7 +233,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
     method: opts.method, scale, downscale: opts.downscale ?? false,
     ...(model ? {
       ckpt: opts.ckpt!, modelScale: model.scale, steps: opts.steps ?? model.ldm.config.sample.steps,
-      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? 1, colorFix: opts.colorFix ?? 'none',
+      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? 1, colorFix: opts.colorFix ?? DEFAULT_COLOR_FIX,
     } : {}),
     files, written: count('written'), skipped: count('skipped'), failed: count('failed'), unscored: files.filter((f) => f.referenceError !== undefined).length,
     ...(opts.reference !== undefined && evaluated.length ? { metrics: { ...meanMetrics(evaluated), convention: METRIC_CONVENTION } } : {}),

@@ -25,7 +25,7 @@ import { srCondition } from '../../data/degrade.js';
 import { Denoiser } from '../sample.js';
 import { checkTile, decodeLatentImage, defaultOverlap, encodeImage, padEdges } from '../autoencode.js';
 import { upscaleClassical } from './classical.js';
-import { waveletColorFix, waveletLevels, type ColorFix } from './color-fix.js';
+import { DEFAULT_COLOR_FIX, waveletColorFix, waveletLevels, type ColorFix } from './color-fix.js';
 import { TileBlend, seamRatio, sliceTile, tileGrid, tilesOf, type Tile } from './tiles.js';
 
 /** The factor a checkpoint upscales by: data.sr.scale, or f for a concat model trained on images area-resized to its latent. */
@@ -82,7 +82,7 @@ export interface ModelUpscaleOptions {
    * paper's way). The bicubic image anchors the low frequencies and only that share of the steps runs.
    */
   strength?: number;
-  /** Low frequencies from the bicubic upscale (wavelet) or as decoded (none, the default); see color-fix.ts. */
+  /** Low frequencies from the bicubic upscale (wavelet, the default) or as decoded (none); see color-fix.ts. */
   colorFix?: ColorFix;
   /** Tile side in output pixels (a multiple of f x 2^(UNet levels - 1)); default the training crop. */
   tile?: number;
@@ -178,7 +178,7 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   const sampler = createSampler(opts.sampler, ldm.model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
   const strength = opts.strength ?? 1;
   if (!(strength > 0 && strength <= 1)) throw new Error(`--strength must be in (0, 1], got ${strength}`);
-  const colorFix = opts.colorFix ?? 'none';
+  const colorFix = opts.colorFix ?? DEFAULT_COLOR_FIX;
   const tileOpt = { size: T * f, overlap: plan.overlap * f };
   // The canvas in pixels as bicubic sees it, padded as the condition was: the start of --strength, the colour reference.
   const bicubic = strength < 1 || colorFix !== 'none'
