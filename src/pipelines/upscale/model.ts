@@ -9,7 +9,8 @@
  * seams; then the first stage decodes it in overlapping pixel tiles (pipelines/autoencode.ts).
  *
  * Memory: the UNet and decoder only ever see one batch of tiles; what grows with the image is a few latent canvases
- * (3 x 1024 x 768 floats, 9 MB, for a 1024x768 input at f = 4) and the decoded output (151 MB at 4096x3072).
+ * (3 x 1024 x 768 floats, 9 MB, for a 1024x768 input at f = 4) and the decoded output (151 MB at 4096x3072), with the
+ * colour fix's bicubic canvas and low bands a few times that: 1.5 GB peak RSS measured for 4096x3072 (bench:sr --large).
  */
 import { float32, type HostTensor } from '../../engine/host-tensor.js';
 import type { Executor } from '../../engine/executor.js';
