@@ -32,6 +32,11 @@ export interface SamplerOptions {
 }
 
 /** The reference's DDIM timesteps: range(0, T, T // S) + 1, or quadratic; ascending. */
+/** img2img strength: in (0, 1]; `name` is how the caller's user spells it (e.g. a flag). */
+export function checkStrength(strength: number, name = 'strength'): void {
+  if (!(strength > 0 && strength <= 1)) throw new Error(`${name} must be in (0, 1], got ${strength}`);
+}
+
 export function spacedTimesteps(T: number, steps: number, spacing: Spacing = 'uniform'): number[] {
   if (!Number.isInteger(steps) || steps < 1 || steps > T) throw new Error(`steps must be an integer in 1..${T}, got ${steps}`);
   let ts: number[];
@@ -72,7 +77,7 @@ abstract class Base {
   reset(): void {}
 
   startIndex(strength: number): number {
-    if (!(strength > 0 && strength <= 1)) throw new Error(`strength must be in (0, 1], got ${strength}`);
+    checkStrength(strength);
     const n = this.levels().length;
     const keep = Math.max(1, Math.round(strength * n));
     return this.timesteps.indexOf(this.levels()[n - keep]!);

@@ -17,7 +17,7 @@ import type { HostTensor } from '../engine/host-tensor.js';
 import { probeImage, readImage, readImageWithAlpha, resampleImage, writePngWithAlpha } from '../io/image.js';
 import { convertChannels } from '../data/transforms.js';
 import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
-import type { SamplerName } from '../diffusion/samplers.js';
+import { checkStrength, type SamplerName } from '../diffusion/samplers.js';
 import { checkOutputs, planJobs, type FileJob } from './autoencode.js';
 import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './upscale/classical.js';
 import { loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
@@ -144,7 +144,7 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
         + `--scale ${scale} is beyond it: use --scale ${native} or less (smaller scales resample its output down), or --method bicubic|lanczos`);
     }
     tilePlan(model, opts);
-    if (opts.strength !== undefined && !(opts.strength > 0 && opts.strength <= 1)) throw new Error(`--strength must be in (0, 1], got ${opts.strength}`);
+    if (opts.strength !== undefined) checkStrength(opts.strength, '--strength');
     const cfg = model.ldm.config.sample;
     const transform: Transform = async (rgb) => {
       const [c, h, w] = rgb.shape as [number, number, number];

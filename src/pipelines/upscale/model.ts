@@ -15,7 +15,7 @@
 import { float32, type HostTensor } from '../../engine/host-tensor.js';
 import type { Executor } from '../../engine/executor.js';
 import { Rng } from '../../util/random.js';
-import { createSampler, type SamplerName } from '../../diffusion/samplers.js';
+import { checkStrength, createSampler, type SamplerName } from '../../diffusion/samplers.js';
 import { sampleLatents } from '../../diffusion/sample.js';
 import { readLdmCheckpoint, type LoadedLdm } from '../../models/ldm.js';
 import type { FirstStage } from '../../models/first-stage.js';
@@ -178,7 +178,7 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   };
   const sampler = createSampler(opts.sampler, ldm.model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
   const strength = opts.strength ?? 1;
-  if (!(strength > 0 && strength <= 1)) throw new Error(`--strength must be in (0, 1], got ${strength}`);
+  checkStrength(strength, '--strength');
   const colorFix = opts.colorFix ?? DEFAULT_COLOR_FIX;
   const tileOpt = { size: T * f, overlap: plan.overlap * f };
   // The canvas in pixels as bicubic sees it, padded as the condition was: the start of --strength, the colour reference.
