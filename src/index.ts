@@ -68,7 +68,7 @@ export { quickstart, QUICKSTART_PROMPTS, type QuickstartOptions, type Quickstart
 export { upscaleFiles, UPSCALE_METHODS, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaledFile, type UpscaleMethod } from './pipelines/upscale.js';
 export { loadSrModel, srScaleOf, upscaleWithModel, tilePlan, type SrModel, type ModelUpscaleOptions } from './pipelines/upscale/model.js';
 export { upscaleClassical, downscaleClassical, resizeClassical, CLASSICAL_METHODS, type ClassicalMethod } from './pipelines/upscale/classical.js';
-export { tileGrid, tilesOf, tileWeight, TileBlend, seamRatio } from './pipelines/upscale/tiles.js';
+export { tileGrid, tilesOf, tileWeight, TileBlend, seamRatio, seamRatios } from './pipelines/upscale/tiles.js';
 export { compareToReference, findReference, type SrMetrics } from './pipelines/upscale/reference.js';
 export { waveletColorFix, waveletLevels, COLOR_FIXES, type ColorFix } from './pipelines/upscale/color-fix.js';
 export { highFrequencyRatio, highFrequencyPower, luma, dft2 } from './metrics/high-frequency.js';

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TileBlend, seamRatio, sliceTile, tileGrid, tileWeight, tilesOf } from '../src/pipelines/upscale/tiles.js';
+import { TileBlend, seamRatio, seamRatios, sliceTile, tileGrid, tileWeight, tilesOf } from '../src/pipelines/upscale/tiles.js';
 import { waveletColorFix, waveletLevels } from '../src/pipelines/upscale/color-fix.js';
 import { float32 } from '../src/engine/host-tensor.js';
 
@@ -97,6 +97,7 @@ test('seamRatio: 1 for a smooth ramp, large for a step on a tile edge, phase-mat
   assert.ok(Math.abs(seamRatio(grid, [8], [12], 4) - 1) < 1e-6);
   const gridStep = { shape: [1, h, w], data: Float32Array.from(grid.data, (v, i) => v + ((i % w) >= 12 ? 2 : 0)) };
   assert.ok(seamRatio(gridStep, [8], [12], 4) > 2, 'a real step still shows against lines of the same phase');
+  assert.deepEqual(seamRatios(gridStep, [8], [12], 4), { phase: seamRatio(gridStep, [8], [12], 4), all: seamRatio(gridStep, [8], [12]) });
 });
 
 test('wavelet colour fix: the reference\'s low band under the content\'s high band', () => {

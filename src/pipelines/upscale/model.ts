@@ -27,7 +27,7 @@ import { Denoiser } from '../sample.js';
 import { checkTile, decodeLatentImage, defaultOverlap, encodeImage, padEdges } from '../autoencode.js';
 import { upscaleClassical } from './classical.js';
 import { DEFAULT_COLOR_FIX, waveletColorFix, waveletLevels, type ColorFix } from './color-fix.js';
-import { TileBlend, seamRatio, sliceTile, tileGrid, tilesOf, type Tile } from './tiles.js';
+import { TileBlend, seamRatios, sliceTile, tileGrid, tilesOf, type Tile } from './tiles.js';
 
 /** The factor a checkpoint upscales by: data.sr.scale, or f for a concat model trained on images area-resized to its latent. */
 export function srScaleOf(cfg: LatentDiffusionConfig, stage: FirstStage, file = 'the checkpoint'): number {
@@ -203,9 +203,6 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   for (let i = 0; i < d.length; i++) d[i] = d[i]! > 1 ? 1 : d[i]! >= -1 ? d[i]! : -1;
   if (tiles.length === 1) return { image: out, tiles: 1 };
   const edges = (starts: readonly number[]) => starts.flatMap((s) => [s * f, (s + T) * f]);
-  const img = { shape: out.shape, data: d };
-  return {
-    image: out, tiles: tiles.length,
-    seam: seamRatio(img, edges(grid.ys), edges(grid.xs), f), seamAllLines: seamRatio(img, edges(grid.ys), edges(grid.xs)),
-  };
+  const seams = seamRatios({ shape: out.shape, data: d }, edges(grid.ys), edges(grid.xs), f);
+  return { image: out, tiles: tiles.length, seam: seams.phase, seamAllLines: seams.all };
 }

@@ -121,26 +121,50 @@ export class TileBlend {
  * every tile edge also lies, so against all lines a seamless image would read above 1.
  */
 export function seamRatio(image: { shape: readonly number[]; data: ArrayLike<number> }, ys: readonly number[], xs: readonly number[], period = 1): number {
+  return seamRatios(image, ys, xs, period).phase;
+}
+
+/** Both seam ratios of seamRatio in one pass: against the other lines at multiples of `period`, and against all others. */
+export function seamRatios(
+  image: { shape: readonly number[]; data: ArrayLike<number> }, ys: readonly number[], xs: readonly number[], period: number,
+): { phase: number; all: number } {
   const [c, h, w] = image.shape as [number, number, number];
   const d = image.data;
-  const rowB = new Set(ys.filter((y) => y > 0 && y < h));
-  const colB = new Set(xs.filter((x) => x > 0 && x < w));
-  // [sum, count] across boundary lines and across the other lines (of the same phase).
-  const seam = [0, 0];
-  const other = [0, 0];
-  const add = (acc: number[], v: number) => {
-    acc[0]! += v;
-    acc[1]! += 1;
-  };
+  const rowKind = lineKinds(h, ys, period);
+  const colKind = lineKinds(w, xs, period);
+  // Sums and counts of |difference| by line kind.
+  const sum = [0, 0, 0, 0];
+  const count = [0, 0, 0, 0];
   for (let ch = 0; ch < c; ch++) {
     for (let y = 0; y < h; y++) {
+      const ky = rowKind[y]!;
       for (let x = 0; x < w; x++) {
         const i = (ch * h + y) * w + x;
-        if (y > 0 && (rowB.has(y) || y % period === 0)) add(rowB.has(y) ? seam : other, Math.abs(d[i]! - d[i - w]!));
-        if (x > 0 && (colB.has(x) || x % period === 0)) add(colB.has(x) ? seam : other, Math.abs(d[i]! - d[i - 1]!));
+        if (y > 0) {
+          sum[ky]! += Math.abs(d[i]! - d[i - w]!);
+          count[ky]!++;
+        }
+        if (x > 0) {
+          const kx = colKind[x]!;
+          sum[kx]! += Math.abs(d[i]! - d[i - 1]!);
+          count[kx]!++;
+        }
       }
     }
   }
-  if (seam[1] === 0) return 1;
-  return seam[0]! / seam[1]! / (other[0]! / Math.max(1, other[1]!));
+  const ratio = (otherSum: number, otherCount: number) => (count[SEAM] === 0 ? 1 : sum[SEAM]! / count[SEAM]! / (otherSum / Math.max(1, otherCount)));
+  return {
+    phase: ratio(sum[ON_PHASE]!, count[ON_PHASE]!),
+    all: ratio(sum[ON_PHASE]! + sum[OFF_PHASE]!, count[ON_PHASE]! + count[OFF_PHASE]!),
+  };
+}
+
+const [SEAM, ON_PHASE, OFF_PHASE] = [1, 2, 3];
+
+/** Kind of the line before each index 1..n-1 (index 0 has none): a boundary, another at a multiple of `period`, or else. */
+function lineKinds(n: number, boundaries: readonly number[], period: number): Uint8Array {
+  const b = new Set(boundaries);
+  const kinds = new Uint8Array(n);
+  for (let i = 1; i < n; i++) kinds[i] = b.has(i) ? SEAM : i % period === 0 ? ON_PHASE : OFF_PHASE;
+  return kinds;
 }
