@@ -30,7 +30,8 @@ export function waveletColorFix(content: HostTensor, reference: HostTensor, leve
     throw new Error(`colour fix: content [${content.shape.join(', ')}] and reference [${reference.shape.join(', ')}] differ in shape`);
   }
   const low = (t: HostTensor) => {
-    let x: Float32Array = Float32Array.from(t.data as Float32Array);
+    // blur() writes a new array, so the input is never touched.
+    let x = t.data as Float32Array;
     for (let i = 0; i < levels; i++) x = blur(x, t.shape as [number, number, number], 2 ** i);
     return x;
   };
