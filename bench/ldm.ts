@@ -22,6 +22,7 @@ import { sampleLatents, type ModelFn } from '../src/diffusion/sample.js';
 import { trainingTarget } from '../src/diffusion/prediction.js';
 import { listZoo, loadConfig, type ZooEntry } from '../src/config/load.js';
 import { ldmLearningRate, type LatentDiffusionConfig } from '../src/config/ldm.js';
+import { downsamplingFactor, type AutoencoderConfig } from '../src/config/autoencoder.js';
 import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X } from '../src/models/ldm.js';
 import type { Conditions } from '../src/models/conditioning.js';
 import { Tokenizer } from '../src/models/tokenizer.js';
@@ -164,10 +165,23 @@ interface ConfigBench {
   sample: { batch: number; model_batch: number; steps: number; guidance: number; seconds_per_batch: number[]; images_per_s: number };
 }
 
+/** The zoo autoencoder each zoo LDM is documented to train on (its config's header): the latent size follows its factor. */
+const FIRST_STAGES: Readonly<Record<string, string>> = {
+  'fmnist-cin': 'kl-f4-fashion', 'fmnist-uncond': 'kl-f4-fashion', quickstart: 'kl-f4-tiny',
+  'shapes-txt2img': 'kl-f2-shapes', 'shapes-semantic': 'kl-f1-shapes',
+};
+
+function firstStageFactor(name: string, cfg: LatentDiffusionConfig): number {
+  if (cfg.first_stage === 'pixel') return 1;
+  const ae = FIRST_STAGES[name];
+  if (ae === undefined) throw new Error(`bench:ldm: zoo config ${name} names no first stage here; add it to FIRST_STAGES`);
+  return downsamplingFactor(loadConfig(ae, 'autoencoder').config as AutoencoderConfig);
+}
+
 async function benchConfig(entry: ZooEntry, ex: Executor): Promise<ConfigBench | { name: string; skipped: string }> {
   const cfg = loadConfig(entry.path, 'ldm').config;
   if (cfg.data.sr) return { name: entry.name, skipped: 'needs data.sr (super-resolution crops of real photos)' };
-  const f = cfg.first_stage === 'pixel' ? 1 : 4;
+  const f = firstStageFactor(entry.name, cfg);
   const c = cfg.unet.out_channels;
   const h = cfg.data.size / f;
   const rng = new Rng(0);
@@ -259,7 +273,7 @@ for (const entry of listZoo().filter((e) => e.kind === 'ldm' && path.dirname(e.p
 }
 results.configs = configs;
 results.configs_note = 'Random latents and conditions (no data, no first stage): latent channels = unet.out_channels, latent size = data.size / f '
-  + 'with f = 1 for first_stage: pixel and 4 otherwise (the zoo LDMs train on f=4 autoencoders). Training: the config\'s batch_size x grad_accum, '
+  + 'with f = 1 for first_stage: pixel and otherwise the factor of the zoo autoencoder the config trains on (FIRST_STAGES). Training: the config\'s batch_size x grad_accum, '
   + `median of ${trainSteps} Trainer steps after one compiling step (AdamW, EMA, the training loss). Sampling: batch ${SAMPLE_BATCH}, DDIM ${cfgSampleSteps} steps, `
   + `guidance ${GUIDANCE} where conditional (the Denoiser's conditional and unconditional halves as one batch), latents only (no first-stage decode), best of ${cfgSampleRuns}.`;
 console.log(`\nZoo LDM configs (random latents and conditions; sampling: batch ${SAMPLE_BATCH}, DDIM ${cfgSampleSteps} steps, no decode)\n`);

@@ -27,7 +27,7 @@ const TextSchema = strict({
    * Also add the mean of the caption's tokens to the UNet's time embedding (unet.adm_in_channels = dim), as Imagen and
    * SDXL add a pooled caption: attributes of the whole image then reach every ResBlock, not only attention layers.
    */
-  pooled: bool().default(false),
+  pooled: bool().optional(),
 });
 
 const ConditioningSchema = strict({

@@ -139,7 +139,7 @@ class TextConditioning implements Conditioner {
   private readonly pooled: boolean;
 
   constructor(readonly tokenizer: Tokenizer, text: NonNullable<ConditioningConfig['text']>) {
-    this.pooled = text.pooled;
+    this.pooled = text.pooled === true;
     if (tokenizer.maxLen !== text.max_len) {
       throw new Error(`the tokenizer makes ${tokenizer.maxLen} tokens per caption but conditioning.text.max_len is ${text.max_len}; they must agree`);
     }
