@@ -197,39 +197,6 @@ test('coord_channels: the UNet equals a plain one with two more input channels f
   assert.ok(Math.max(...toFloat32(flipped).map((v, i) => Math.abs(v - toFloat32(got)[i]!))) > 1e-3);
 });
 
-test('adm_in_channels: a vector condition through label_emb.0.0 / .0.2 equals class labels embedded to the same rows', async () => {
-  const cfg: UNetConfigInput = { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [2], num_head_channels: 16 };
-  const k = 4;
-  const adm = new UNetModel(parseUNetConfig({ ...cfg, adm_in_channels: k }));
-  const cls = new UNetModel(parseUNetConfig({ ...cfg, num_classes: k }));
-  const embDim = 4 * 32;
-  assert.deepEqual(adm.namedParameters().filter(([n]) => n.startsWith('label_emb')).map(([n, p]) => `${n} ${p.shape.join('x')}`),
-    [`label_emb.0.0.weight ${embDim}x${k}`, `label_emb.0.0.bias ${embDim}`, `label_emb.0.2.weight ${embDim}x${embDim}`, `label_emb.0.2.bias ${embDim}`]);
-  const rng = new Rng(5);
-  const params = adm.initialize(rng);
-  // Zero-initialised layers (the out conv, each ResBlock's last conv) would hide the embedding: give them weights.
-  for (const [name, v] of params) if (toFloat32(v).every((e) => e === 0)) params.set(name, float32(v.shape, Array.from({ length: toFloat32(v).length }, () => rng.normal() * 0.1)));
-  // The class UNet's embedding row c = the MLP of one-hot c, worked out here on the host.
-  const [w1, b1, w2, b2] = ['label_emb.0.0.weight', 'label_emb.0.0.bias', 'label_emb.0.2.weight', 'label_emb.0.2.bias'].map((n) => toFloat32(params.get(n)!));
-  const table = new Float32Array(k * embDim);
-  for (let c = 0; c < k; c++) {
-    const hidden = Array.from({ length: embDim }, (_, j) => { const v = w1![j * k + c]! + b1![j]!; return v / (1 + Math.exp(-v)); });
-    for (let i = 0; i < embDim; i++) table[c * embDim + i] = b2![i]! + hidden.reduce((acc, hj, j) => acc + w2![i * embDim + j]! * hj, 0);
-  }
-  const clsParams = new Map([...params].filter(([n]) => !n.startsWith('label_emb')));
-  clsParams.set('label_emb.weight', float32([k, embDim], table));
-  const [n, h, w] = [2, 4, 4];
-  const x = float32([n, 3, h, w], Array.from({ length: n * 3 * h * w }, () => rng.normal()));
-  const t = float32([n], [10, 700]);
-  const labels = [3, 1];
-  const oneHot = float32([n, k], labels.flatMap((l) => Array.from({ length: k }, (_, c) => (c === l ? 1 : 0))));
-  const got = await runUNet(adm, params, { x, t, y: oneHot });
-  assertRelClose(got, await runUNet(cls, clsParams, { x, t, y: hostTensor('int32', [n], Int32Array.from(labels)) }), 1e-4, 'vector vs class UNet');
-  const other = await runUNet(adm, params, { x, t, y: float32([n, k], labels.flatMap((l) => Array.from({ length: k }, (_, c) => (c === (l + 1) % k ? 1 : 0)))) });
-  assert.ok(Math.max(...toFloat32(other).map((v, i) => Math.abs(v - toFloat32(got)[i]!))) > 1e-3, 'y reaches the output');
-  assert.throws(() => parseUNetConfig({ ...cfg, adm_in_channels: k, num_classes: k }), /adm_in_channels: a UNet takes class labels \(num_classes\) or a vector condition/);
-});
-
 test('inputs are checked with messages that say what to pass', () => {
   const model = new UNetModel(parseUNetConfig({ in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2, 2], num_head_channels: 32, use_spatial_transformer: true, context_dim: 8 }));
   const g = new Graph();

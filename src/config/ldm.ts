@@ -23,11 +23,6 @@ const TextSchema = strict({
   max_len: z.int(expecting('an integer >= 2')).min(2, expecting('an integer >= 2')).default(77),
   /** Whole-word vocabulary cap; rarer words are spelt in characters. */
   max_words: posInt().optional(),
-  /**
-   * Also add the mean of the caption's tokens to the UNet's time embedding (unet.adm_in_channels = dim), as Imagen and
-   * SDXL add a pooled caption: attributes of the whole image then reach every ResBlock, not only attention layers.
-   */
-  pooled: bool().optional(),
 });
 
 const ConditioningSchema = strict({
@@ -183,12 +178,6 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
     }
   } else if (c.text) {
     out.push({ path: ['conditioning', 'text'], message: `only text conditioning has a text encoder; remove text or set type: text` });
-  }
-  const pooled = c.type === 'text' && c.text?.pooled === true;
-  if (pooled && u.adm_in_channels !== c.text!.dim) {
-    out.push({ path: ['unet', 'adm_in_channels'], message: `the pooled caption is ${c.text!.dim} wide (text.dim): set unet.adm_in_channels: ${c.text!.dim}` });
-  } else if (!pooled && u.adm_in_channels !== undefined) {
-    out.push({ path: ['unet', 'adm_in_channels'], message: 'only a pooled caption fills the vector condition: set conditioning.text.pooled: true, or remove adm_in_channels' });
   }
   const extra = concatChannels(c);
   if (u.in_channels !== u.out_channels + extra) {

@@ -39,16 +39,6 @@ export const COND_CONCAT = 'cond.concat';
 
 export type CondFeeds = Record<string, HostTensor>;
 
-/** What a condition becomes in the traced graph. */
-export interface Applied {
-  /** Cross-attention tokens [N, L, context_dim]. */
-  readonly context?: Tensor;
-  /** Added to the time embedding through unet.adm_in_channels [N, adm_in_channels]. */
-  readonly vector?: Tensor;
-  /** Appended to z_t [N, K, h, w]. */
-  readonly concat?: Tensor;
-}
-
 export interface Conditioner {
   readonly type: ConditioningType;
   /** The trained condition encoder (`cond_stage_model`), if any. */
@@ -62,8 +52,8 @@ export interface Conditioner {
   feeds(c: Conditions | undefined, n: number, h: number, w: number, drop?: ArrayLike<boolean>): CondFeeds;
   /** The unconditional branch of guidance; `negative` replaces the empty prompt (text only). */
   nullFeeds(n: number, h: number, w: number, negative?: string): CondFeeds;
-  /** In the traced graph, from the condition inputs: context tokens, a vector for the time embedding, channels to append. */
-  apply(inputs: Readonly<Record<string, Tensor>>): Applied;
+  /** In the traced graph, from the condition inputs: context tokens and/or channels to append. */
+  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor; concat?: Tensor };
   /** Graph input declarations for n samples at h x w. */
   inputs(n: number, h: number, w: number): Record<string, Tensor>;
 }
@@ -86,7 +76,7 @@ class NoConditioning implements Conditioner {
   nullFeeds(): CondFeeds {
     return {};
   }
-  apply(): Applied {
+  apply(): { context?: Tensor; concat?: Tensor } {
     return {};
   }
   inputs(): Record<string, Tensor> {
@@ -122,7 +112,7 @@ class ClassConditioning implements Conditioner {
     return { [COND_LABELS]: hostTensor('int32', [n], new Int32Array(n).fill(this.module.nullClass)) };
   }
 
-  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
+  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor } {
     return { context: this.module.forward(inputs[COND_LABELS]!) };
   }
 
@@ -136,10 +126,7 @@ class TextConditioning implements Conditioner {
   readonly concatChannels = 0;
   readonly module: TextEncoder;
 
-  private readonly pooled: boolean;
-
   constructor(readonly tokenizer: Tokenizer, text: NonNullable<ConditioningConfig['text']>) {
-    this.pooled = text.pooled === true;
     if (tokenizer.maxLen !== text.max_len) {
       throw new Error(`the tokenizer makes ${tokenizer.maxLen} tokens per caption but conditioning.text.max_len is ${text.max_len}; they must agree`);
     }
@@ -163,10 +150,8 @@ class TextConditioning implements Conditioner {
     return this.tokens(new Array<string>(n).fill(negative));
   }
 
-  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
-    const context = this.module.forward(inputs[COND_TOKENS]!);
-    // Padding is not masked (as in the reference encoder), so the mean over all positions is a function of the caption.
-    return this.pooled ? { context, vector: o.mean(context, [1]) } : { context };
+  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor } {
+    return { context: this.module.forward(inputs[COND_TOKENS]!) };
   }
 
   inputs(n: number): Record<string, Tensor> {
@@ -194,7 +179,7 @@ abstract class MapConditioning implements Conditioner {
     return this.feeds(undefined, n, h, w);
   }
 
-  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
+  apply(inputs: Readonly<Record<string, Tensor>>): { concat?: Tensor } {
     return { concat: inputs[COND_CONCAT]! };
   }
 

@@ -55,9 +55,9 @@ export class LatentDiffusion extends Module {
 
   /** The model output (eps, x0 or v) for z_t [N, C, h, w] at timesteps t [N], given the condition inputs. */
   forward(x: Tensor, t: Tensor, cond: Readonly<Record<string, Tensor>>): Tensor {
-    const { context, vector, concat } = this.conditioner.apply(cond);
+    const { context, concat } = this.conditioner.apply(cond);
     const input = concat ? o.concat([x, concat], 1) : x;
-    return this.unet.forward(input, t, context, vector);
+    return this.unet.forward(input, t, context);
   }
 
   /** The simple loss: MSE between the output and the parameterisation's target (fed as `target`). */

@@ -30,12 +30,6 @@ export const UNetConfigSchema = strict(
     context_dim: posInt().optional(),
     /** Class-conditional through the time embedding (the reference's "adm" key). */
     num_classes: posInt().optional(),
-    /**
-     * Width of a vector condition y [N, adm_in_channels] added to the time embedding through a two-layer MLP
-     * (`label_emb.0.0`, `label_emb.0.2`: the names of Stability's generative-models UNet, where num_classes is
-     * "sequential"; not in the CompVis LDM). Used for the pooled caption (conditioning.text.pooled).
-     */
-    adm_in_channels: posInt().optional(),
     use_scale_shift_norm: bool().default(false),
     resblock_updown: bool().default(false),
     /**
@@ -132,9 +126,6 @@ export function unetProblems(cfg: UNetConfig): Problem[] {
     if (attnWidths.some((c) => c % by !== 0)) {
       out.push({ path: [key], message: `attention layers have ${attnWidths.join(', ')} channels, which ${key} ${by} does not divide; choose a common divisor` });
     }
-  }
-  if (cfg.adm_in_channels !== undefined && cfg.num_classes !== undefined) {
-    out.push({ path: ['adm_in_channels'], message: 'a UNet takes class labels (num_classes) or a vector condition (adm_in_channels), not both; remove one' });
   }
   if (cfg.context_dim !== undefined && !cfg.use_spatial_transformer) {
     out.push({ path: ['context_dim'], message: 'cross-attention context needs use_spatial_transformer: true' });

@@ -17,9 +17,6 @@ export class UNetModel extends Module {
   readonly timeIn: Linear;
   readonly timeOut: Linear;
   readonly labelEmb?: Embedding;
-  /** The vector condition's MLP (adm_in_channels). */
-  readonly admIn?: Linear;
-  readonly admOut?: Linear;
   readonly inputBlocks: TimestepEmbedSequential[] = [];
   readonly middleBlock: TimestepEmbedSequential;
   readonly outputBlocks: TimestepEmbedSequential[] = [];
@@ -36,11 +33,6 @@ export class UNetModel extends Module {
     this.timeIn = timeEmbed.put(0, new Linear(mc, embDim));
     this.timeOut = timeEmbed.put(2, new Linear(embDim, embDim));
     if (cfg.num_classes !== undefined) this.labelEmb = this.add('label_emb', new Embedding(cfg.num_classes, embDim));
-    if (cfg.adm_in_channels !== undefined) {
-      const mlp = this.add('label_emb', new Slots()).put(0, new Slots());
-      this.admIn = mlp.put(0, new Linear(cfg.adm_in_channels, embDim));
-      this.admOut = mlp.put(2, new Linear(embDim, embDim));
-    }
 
     const normGroups = cfg.norm_groups ?? 32;
     const res = (cin: number, cout: number, resample?: 'up' | 'down') =>
@@ -104,15 +96,13 @@ export class UNetModel extends Module {
 
   /**
    * eps (or x0) prediction [N, out_channels, H, W] from x [N, in_channels, H, W], timesteps t [N] (float or int),
-   * cross-attention context [N, L, context_dim] when the config has context_dim, labels y [N] (int) when num_classes,
-   * or a vector y [N, adm_in_channels] (float) when adm_in_channels.
+   * cross-attention context [N, L, context_dim] when the config has context_dim, labels y [N] (int) when num_classes.
    */
   forward(x: Tensor, t: Tensor, context?: Tensor, y?: Tensor): Tensor {
     return this.scoped(() => {
       this.checkInputs(x, t, context, y);
       let emb = this.timeOut.forward(silu(this.timeIn.forward(timestepEmbedding(t, this.config.model_channels))));
       if (this.labelEmb) emb = o.add(emb, this.labelEmb.forward(y!));
-      if (this.admIn && this.admOut) emb = o.add(emb, this.admOut.forward(silu(this.admIn.forward(y!))));
       const cond: Cond = { embAct: silu(emb), context };
       const skips: Tensor[] = [];
       let h = this.config.coord_channels ? o.concat([x, coordinates(x)], 1) : x;
@@ -150,11 +140,6 @@ export class UNetModel extends Module {
       if (!y) throw fail(`this UNet is class-conditional (num_classes ${cfg.num_classes}): pass labels y [${n}]`);
       if (y.rank !== 1 || y.shape[0] !== n || (y.dtype !== 'int32' && y.dtype !== 'int64')) {
         throw fail(`labels y must be [${n}] int32 or int64, got [${y.shape.join(', ')}] ${y.dtype}`);
-      }
-    } else if (cfg.adm_in_channels !== undefined) {
-      if (!y) throw fail(`this UNet takes a vector condition (adm_in_channels ${cfg.adm_in_channels}): pass y [${n}, ${cfg.adm_in_channels}]`);
-      if (y.rank !== 2 || y.shape[0] !== n || y.shape[1] !== cfg.adm_in_channels || y.dtype !== 'float32') {
-        throw fail(`y must be [${n}, ${cfg.adm_in_channels}] float32, got [${y.shape.join(', ')}] ${y.dtype}`);
       }
     } else if (y) {
       throw fail('this UNet is not class-conditional: pass no labels, or set num_classes in its config');
