@@ -94,7 +94,6 @@ async function photoTable(photos: string): Promise<void> {
   console.log(table(rows));
   console.log(`targets: PSNR >= ${targets.psnr_at_least.toFixed(2)} dB ${targets.psnr_met ? 'met' : 'NOT met'}; `
     + `HF ratio in [${hfTarget.toFixed(3)}, 1.5) ${targets.hf_ratio_met ? 'met' : 'NOT met'}`);
-
 }
 
 /** The 4096x3072 check: a 1024x768 centre crop (resized first when smaller) upscaled by the CLI in its own process. */

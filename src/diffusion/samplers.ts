@@ -31,12 +31,12 @@ export interface SamplerOptions {
   spacing?: Spacing;
 }
 
-/** The reference's DDIM timesteps: range(0, T, T // S) + 1, or quadratic; ascending. */
 /** img2img strength: in (0, 1]; `name` is how the caller's user spells it (e.g. a flag). */
 export function checkStrength(strength: number, name = 'strength'): void {
   if (!(strength > 0 && strength <= 1)) throw new Error(`${name} must be in (0, 1], got ${strength}`);
 }
 
+/** The reference's DDIM timesteps: range(0, T, T // S) + 1, or quadratic; ascending. */
 export function spacedTimesteps(T: number, steps: number, spacing: Spacing = 'uniform'): number[] {
   if (!Number.isInteger(steps) || steps < 1 || steps > T) throw new Error(`steps must be an integer in 1..${T}, got ${steps}`);
   let ts: number[];
