@@ -40,6 +40,7 @@ export * from './config/schema.js';
 // Diffusion.
 export * from './diffusion/schedule.js';
 export * from './diffusion/prediction.js';
+export * from './diffusion/timestep-sampling.js';
 export * from './diffusion/samplers.js';
 export * from './diffusion/sample.js';
 

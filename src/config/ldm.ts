@@ -57,6 +57,8 @@ const TrainSchema = strict({
   /** Global gradient-norm clip; 0 = none (the reference does not clip). */
   clip_norm: nonNegNum().default(0),
   weight_decay: nonNegNum().default(0.01),
+  /** Min-SNR-gamma loss weighting, applied by drawing timesteps in proportion to it; 0 = uniform (the reference). */
+  min_snr_gamma: nonNegNum().default(0),
   /** Write a sample grid into the run's samples/ every this many steps. */
   sample_every: posInt().optional(),
   ckpt_every: posInt().optional(),

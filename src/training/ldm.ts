@@ -15,6 +15,7 @@ import { Rng } from '../util/random.js';
 import { mixSeed } from '../data/loader.js';
 import type { Dataset } from '../data/dataset.js';
 import { trainingTarget } from '../diffusion/prediction.js';
+import { TimestepSampler } from '../diffusion/timestep-sampling.js';
 import { dumpConfig, loadConfig, validateConfig } from '../config/load.js';
 import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm.js';
 import type { RunDir } from '../io/run-dir.js';
@@ -286,7 +287,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const B = tc.batch_size * tc.grad_accum;
   const N = cache.count;
   const per = cache.latents.data.length / N;
-  const T = model.schedule.T;
+  const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, tc.min_snr_gamma);
   const rate = new StepRate();
   let last: StepResult | undefined;
   let window: number[] = [];
@@ -308,7 +309,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
       const rng = new Rng(mixSeed(seed, 0x57e9, step));
       const idx = batchIndices(step, B, N, seed);
       const z0 = (takeRows(cache.latents, idx).data as Float32Array).map((v) => v * scaleFactor);
-      const t = Array.from({ length: B }, () => rng.int(T));
+      const t = Array.from({ length: B }, () => timesteps.draw(rng));
       const eps = rng.normalArray(B * per);
       const abar = t.map((x) => model.schedule.abar(x));
       const drop = Array.from({ length: B }, () => rng.uniform() < cfg.conditioning.dropout);

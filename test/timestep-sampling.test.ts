@@ -1,0 +1,54 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { NoiseSchedule } from '../src/diffusion/schedule.js';
+import { TimestepSampler, minSnrWeight } from '../src/diffusion/timestep-sampling.js';
+import { Rng } from '../src/util/random.js';
+
+const schedule = new NoiseSchedule();
+const abar = (t: number) => schedule.abar(t);
+const snr = (t: number) => abar(t) / (1 - abar(t));
+
+test('min-SNR weights agree across parameterisations (same x0-space weight)', () => {
+  for (const t of [0, 50, 200, 500, 900]) {
+    const s = snr(t);
+    const x0 = minSnrWeight(s, 5, 'x0');
+    assert.equal(x0, Math.min(s, 5));
+    // eps err^2 = snr * x0 err^2 and v err^2 = (snr + 1) * x0 err^2, so their weights carry the inverse factor.
+    assert.ok(Math.abs(minSnrWeight(s, 5, 'eps') * s - x0) < 1e-9 * Math.max(1, x0));
+    assert.ok(Math.abs(minSnrWeight(s, 5, 'v') * (s + 1) - x0) < 1e-9 * Math.max(1, x0));
+  }
+});
+
+test('gamma 0 draws uniformly, with the same draws as rng.int(T)', () => {
+  const ts = new TimestepSampler(1000, abar, 'v', 0);
+  const a = new Rng(7), b = new Rng(7);
+  for (let i = 0; i < 100; i++) assert.equal(ts.draw(a), b.int(1000));
+  assert.equal(ts.probability(3), 1 / 1000);
+});
+
+test('min-SNR draws follow the weights: probabilities sum to 1, peak where min(snr, gamma)/(snr+1) peaks', () => {
+  const ts = new TimestepSampler(1000, abar, 'v', 5);
+  let sum = 0;
+  for (let t = 0; t < 1000; t++) sum += ts.probability(t);
+  assert.ok(Math.abs(sum - 1) < 1e-9);
+  for (const [t, u] of [[100, 700], [300, 600], [200, 0]] as const) {
+    const ratio = ts.probability(t) / ts.probability(u);
+    assert.ok(Math.abs(ratio - minSnrWeight(snr(t), 5, 'v') / minSnrWeight(snr(u), 5, 'v')) < 1e-9 * ratio);
+  }
+  // Empirical frequencies over ten bands of 100 steps match the summed probabilities within sampling error.
+  const rng = new Rng(1);
+  const n = 200_000;
+  const counts = new Array<number>(10).fill(0);
+  for (let i = 0; i < n; i++) counts[Math.floor(ts.draw(rng) / 100)]!++;
+  for (let band = 0; band < 10; band++) {
+    let p = 0;
+    for (let t = band * 100; t < band * 100 + 100; t++) p += ts.probability(t);
+    const sd = Math.sqrt(n * p * (1 - p));
+    assert.ok(Math.abs(counts[band]! - n * p) < 5 * sd + 1, `band ${band}: ${counts[band]} draws, expected ${(n * p).toFixed(0)}`);
+  }
+  assert.ok(counts[1]! > counts[6]! * 10, 'mid-noise steps are drawn far more than near-pure-noise ones');
+});
+
+test('a bad gamma is a one-line error', () => {
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', -1), /min_snr_gamma must be >= 0/);
+});
