@@ -49,6 +49,17 @@ test('min-SNR draws follow the weights: probabilities sum to 1, peak where min(s
   assert.ok(counts[1]! > counts[6]! * 10, 'mid-noise steps are drawn far more than near-pure-noise ones');
 });
 
-test('a bad gamma is a one-line error', () => {
+test('a uniform fraction mixes uniform draws into the min-SNR ones', () => {
+  const pure = new TimestepSampler(1000, abar, 'v', 5);
+  const half = new TimestepSampler(1000, abar, 'v', 5, 0.5);
+  for (const t of [0, 150, 700, 999]) {
+    assert.ok(Math.abs(half.probability(t) - (0.5 / 1000 + 0.5 * pure.probability(t))) < 1e-12);
+  }
+  // Near-pure noise, where the layout is decided, gets a real share of draws again.
+  assert.ok(half.probability(800) > 0.4 / 1000 && pure.probability(800) < 0.1 / 1000);
+});
+
+test('a bad gamma or uniform fraction is a one-line error', () => {
   assert.throws(() => new TimestepSampler(1000, abar, 'v', -1), /min_snr_gamma must be >= 0/);
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', 5, 1.5), /min_snr_uniform must be in \[0, 1\]/);
 });

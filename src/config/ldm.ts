@@ -59,6 +59,8 @@ const TrainSchema = strict({
   weight_decay: nonNegNum().default(0.01),
   /** Min-SNR-gamma loss weighting, applied by drawing timesteps in proportion to it; 0 = uniform (the reference). */
   min_snr_gamma: nonNegNum().default(0),
+  /** With min_snr_gamma: this fraction of timesteps is drawn uniformly instead. */
+  min_snr_uniform: fraction('a number in [0, 1)').default(0),
   /** Write a sample grid into the run's samples/ every this many steps. */
   sample_every: posInt().optional(),
   ckpt_every: posInt().optional(),

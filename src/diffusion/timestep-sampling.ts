@@ -19,10 +19,14 @@ export class TimestepSampler {
   /** Cumulative probabilities over t = 0..T-1; absent for uniform. */
   private readonly cdf?: Float64Array;
 
-  /** `gamma` 0 draws uniformly; otherwise by min-SNR-gamma weight over the schedule's abar. */
-  constructor(readonly T: number, abar: (t: number) => number, param: Parameterization, gamma = 0) {
+  /**
+   * `gamma` 0 draws uniformly; otherwise by min-SNR-gamma weight over the schedule's abar, mixed with a `uniform`
+   * fraction of uniform draws (min-SNR draws almost no near-pure-noise steps, where a sample's layout is decided).
+   */
+  constructor(readonly T: number, abar: (t: number) => number, param: Parameterization, gamma = 0, uniform = 0) {
     if (!(gamma >= 0)) throw new Error(`min_snr_gamma must be >= 0 (0 = uniform timesteps), got ${gamma}`);
-    if (gamma === 0) return;
+    if (!(uniform >= 0 && uniform <= 1)) throw new Error(`min_snr_uniform must be in [0, 1], got ${uniform}`);
+    if (gamma === 0 || uniform === 1) return;
     const cdf = new Float64Array(T);
     let sum = 0;
     for (let t = 0; t < T; t++) {
@@ -30,7 +34,7 @@ export class TimestepSampler {
       sum += minSnrWeight(a / (1 - a), gamma, param);
       cdf[t] = sum;
     }
-    for (let t = 0; t < T; t++) cdf[t]! /= sum;
+    for (let t = 0; t < T; t++) cdf[t] = (1 - uniform) * (cdf[t]! / sum) + (uniform * (t + 1)) / T;
     this.cdf = cdf;
   }
 

@@ -287,7 +287,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const B = tc.batch_size * tc.grad_accum;
   const N = cache.count;
   const per = cache.latents.data.length / N;
-  const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, tc.min_snr_gamma);
+  const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, tc.min_snr_gamma, tc.min_snr_uniform);
   const rate = new StepRate();
   let last: StepResult | undefined;
   let window: number[] = [];
