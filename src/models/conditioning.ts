@@ -39,6 +39,14 @@ export const COND_CONCAT = 'cond.concat';
 
 export type CondFeeds = Record<string, HostTensor>;
 
+/** What a condition becomes in the traced graph. */
+export interface Applied {
+  /** Cross-attention tokens [N, L, context_dim]. */
+  readonly context?: Tensor;
+  /** Appended to z_t [N, K, h, w]. */
+  readonly concat?: Tensor;
+}
+
 export interface Conditioner {
   readonly type: ConditioningType;
   /** The trained condition encoder (`cond_stage_model`), if any. */
@@ -53,7 +61,7 @@ export interface Conditioner {
   /** The unconditional branch of guidance; `negative` replaces the empty prompt (text only). */
   nullFeeds(n: number, h: number, w: number, negative?: string): CondFeeds;
   /** In the traced graph, from the condition inputs: context tokens and/or channels to append. */
-  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor; concat?: Tensor };
+  apply(inputs: Readonly<Record<string, Tensor>>): Applied;
   /** Graph input declarations for n samples at h x w. */
   inputs(n: number, h: number, w: number): Record<string, Tensor>;
 }
@@ -76,7 +84,7 @@ class NoConditioning implements Conditioner {
   nullFeeds(): CondFeeds {
     return {};
   }
-  apply(): { context?: Tensor; concat?: Tensor } {
+  apply(): Applied {
     return {};
   }
   inputs(): Record<string, Tensor> {
@@ -112,7 +120,7 @@ class ClassConditioning implements Conditioner {
     return { [COND_LABELS]: hostTensor('int32', [n], new Int32Array(n).fill(this.module.nullClass)) };
   }
 
-  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor } {
+  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
     return { context: this.module.forward(inputs[COND_LABELS]!) };
   }
 
@@ -150,7 +158,7 @@ class TextConditioning implements Conditioner {
     return this.tokens(new Array<string>(n).fill(negative));
   }
 
-  apply(inputs: Readonly<Record<string, Tensor>>): { context?: Tensor } {
+  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
     return { context: this.module.forward(inputs[COND_TOKENS]!) };
   }
 
@@ -179,7 +187,7 @@ abstract class MapConditioning implements Conditioner {
     return this.feeds(undefined, n, h, w);
   }
 
-  apply(inputs: Readonly<Record<string, Tensor>>): { concat?: Tensor } {
+  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
     return { concat: inputs[COND_CONCAT]! };
   }
 
