@@ -19,7 +19,6 @@ import type { Feeds } from '../src/engine/executor.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
-import { coordinateFeatures } from '../src/models/unet/attention.js';
 import { parseUNetConfig, type UNetConfigInput } from '../src/models/unet/config.js';
 import { BENCH_UNET_CONFIG } from '../src/models/unet/bench-config.js';
 import { ClassEmbedder } from '../src/models/class-embedder.js';
@@ -149,7 +148,6 @@ test('config validation: one line per problem, naming the key and the fix', () =
   assert.doesNotThrow(() => parseUNetConfig({ ...base, model_channels: 48, norm_groups: 8 }));
   assert.match(problem({ model_channels: 48, norm_groups: 32 }), /model_channels: 48 channels are not a multiple of 32 \(GroupNorm uses 32 groups\); use model_channels a multiple of 32/);
   assert.match(problem({ norm_groups: 3 }), /32, 64 channels are not a multiple of 3/);
-  assert.match(problem({ attention_coords: true }), /attention_coords: attention_coords adds to SpatialTransformer tokens: set use_spatial_transformer: true/);
 });
 
 test('norm_groups reaches every GroupNorm of the UNet and leaves parameter names and shapes as the reference\'s', () => {
@@ -197,50 +195,6 @@ test('coord_channels: the UNet equals a plain one with two more input channels f
   for (let b = 0; b < n; b++) for (let i = 0; i < h * w; i++) withCoords[(b * 5 + 4) * h * w + i] = -withCoords[(b * 5 + 4) * h * w + i]!;
   const flipped = await runUNet(plain, params, { x: float32([n, 5, h, w], withCoords), t });
   assert.ok(Math.max(...toFloat32(flipped).map((v, i) => Math.abs(v - toFloat32(got)[i]!))) > 1e-3);
-});
-
-test('attention_coords: each transformer adds proj_coords of its cells\' coordinate features to its tokens, and only that', async () => {
-  const cfg: UNetConfigInput = {
-    in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [1, 2],
-    num_head_channels: 16, use_spatial_transformer: true, context_dim: 8,
-  };
-  const withCoords = new UNetModel(parseUNetConfig({ ...cfg, attention_coords: true }));
-  const plain = new UNetModel(parseUNetConfig(cfg));
-  const extra = namesAndShapes(withCoords).filter(([n]) => !namesAndShapes(plain).some(([m]) => m === n));
-  // Attention at ds 1 and 2: one transformer a level down, two a level up, one in the middle block.
-  assert.equal(extra.length, 7);
-  for (const [n, shape] of extra) {
-    assert.match(n, /^(input_blocks\.\d+|middle_block|output_blocks\.\d+)\.1\.proj_coords\.weight$/);
-    assert.deepEqual(shape, [shape[0], 10]);
-  }
-  assert.deepEqual(namesAndShapes(withCoords).filter(([n]) => !n.includes('proj_coords')), namesAndShapes(plain));
-
-  const rng = new Rng(5);
-  const params = withCoords.initialize(rng);
-  // Zero-initialised output layers would hide every difference: give them weights.
-  for (const [k, v] of params) if (/(^out\.2\.|proj_out)/.test(k)) params.set(k, float32(v.shape, Array.from({ length: toFloat32(v).length }, () => rng.normal() * 0.1)));
-  const [n, h, w] = [2, 4, 6];
-  const feeds = {
-    x: float32([n, 3, h, w], Array.from({ length: n * 3 * h * w }, () => rng.normal())),
-    t: float32([n], [10, 500]),
-    context: float32([n, 3, 8], Array.from({ length: n * 24 }, () => rng.normal())),
-  };
-  const got = await runUNet(withCoords, params, feeds);
-  const zeroed = new Map(params);
-  for (const [k, v] of params) if (k.includes('proj_coords')) zeroed.set(k, float32(v.shape));
-  assertRelClose(await runUNet(withCoords, zeroed, feeds), await runUNet(plain, params, feeds), 1e-5, 'zero proj_coords vs no coordinates');
-  const plainOut = toFloat32(await runUNet(plain, params, feeds));
-  assert.ok(Math.max(...toFloat32(got).map((v, i) => Math.abs(v - plainOut[i]!))) > 1e-3, 'the coordinate features reach the output');
-
-  // The features: row and column from -1 to 1 and their sines and cosines at pi and 2 pi.
-  const f = toFloat32(coordinateFeatures(3, 5));
-  assert.deepEqual(coordinateFeatures(3, 5).shape, [15, 10]);
-  const cell = (y: number, x: number) => Array.from(f.subarray((y * 5 + x) * 10, (y * 5 + x + 1) * 10));
-  const [r, c] = [1, 0.5]; // row 2 of 3, column 4 of 5
-  const want = [r, c, Math.sin(Math.PI * r), Math.cos(Math.PI * r), Math.sin(Math.PI * c), Math.cos(Math.PI * c),
-    Math.sin(2 * Math.PI * r), Math.cos(2 * Math.PI * r), Math.sin(2 * Math.PI * c), Math.cos(2 * Math.PI * c)];
-  cell(2, 3).forEach((v, i) => assert.ok(Math.abs(v - want[i]!) < 1e-6, `feature ${i}: ${v} vs ${want[i]}`));
-  assert.deepEqual(cell(0, 0).slice(0, 2), [-1, -1]);
 });
 
 test('inputs are checked with messages that say what to pass', () => {

@@ -164,7 +164,6 @@ const UNET_CLASSES = ['UNet2DConditionModel', 'UNet2DModel'];
 export function unetToDiffusers(cfg: UNetConfig): { className: string; config: Json } {
   const where = 'diffusers export';
   if (cfg.coord_channels) fail(where, 'coord_channels (appended coordinate inputs) has no diffusers UNet; export it to ldm instead');
-  if (cfg.attention_coords) fail(where, 'attention_coords (coordinate features in the transformers) has no diffusers UNet; export it to ldm instead');
   const levels = cfg.channel_mult.map((_, i) => i);
   const attnAt = (i: number) => cfg.attention_resolutions.includes(2 ** i);
   const widthsOut = cfg.channel_mult.map((m) => cfg.model_channels * m);

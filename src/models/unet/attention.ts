@@ -7,7 +7,7 @@
 import * as o from '../../engine/ops.js';
 import { GroupNorm, LayerNorm, Linear, gelu } from '../../engine/nn.js';
 import { biasUniform, kaimingUniform, Module, zeros, type Param } from '../../engine/module.js';
-import { float32, type HostTensor } from '../../engine/host-tensor.js';
+import { float32 } from '../../engine/host-tensor.js';
 import type { Tensor } from '../../engine/graph.js';
 import { Slots, type Cond, type UNetLayer } from './layers.js';
 
@@ -142,14 +142,12 @@ export class SpatialTransformer extends Module implements UNetLayer {
   readonly projIn: Pointwise;
   readonly blocks: BasicTransformerBlock[] = [];
   readonly projOut: Pointwise;
-  readonly projCoords?: Linear;
 
-  constructor(readonly channels: number, heads: number, dimHead: number, depth: number, readonly contextDim?: number, normGroups = 32, coords = false) {
+  constructor(readonly channels: number, heads: number, dimHead: number, depth: number, readonly contextDim?: number, normGroups = 32) {
     super();
     const inner = heads * dimHead;
     this.norm = this.add('norm', new GroupNorm(normGroups, channels, 1e-6));
     this.projIn = this.add('proj_in', new Pointwise(channels, inner, 2));
-    if (coords) this.projCoords = this.add('proj_coords', new Linear(COORD_FEATURES, inner, { bias: false }));
     const list = this.add('transformer_blocks', new Slots());
     for (let i = 0; i < depth; i++) this.blocks.push(list.put(i, new BasicTransformerBlock(inner, heads, dimHead, contextDim)));
     this.projOut = this.add('proj_out', new Pointwise(inner, channels, 2, true));
@@ -162,34 +160,12 @@ export class SpatialTransformer extends Module implements UNetLayer {
       const hn = o.reshape(this.norm.forward(x), [b, c, h * w]);
       // tokens [B, HW, inner] = hn^T W_in^T + b_in
       let tokens = o.add(o.matmul(o.transpose(hn, [0, 2, 1]), o.transpose(this.projIn.matrix(), [1, 0])), this.projIn.bias.t);
-      if (this.projCoords) tokens = o.add(tokens, this.projCoords.forward(o.constant(coordinateFeatures(h, w), x.graph)));
       for (const blk of this.blocks) tokens = blk.forward(tokens, this.contextDim === undefined ? undefined : cond.context);
       // back to [B, C, HW] = W_out tokens^T + b_out
       const out = o.add(o.matmul(this.projOut.matrix(), o.transpose(tokens, [0, 2, 1])), o.reshape(this.projOut.bias.t, [c, 1]));
       return o.add(x, o.reshape(out, [b, c, h, w]));
     });
   }
-}
-
-/** Features per token in coordinateFeatures: row and column, and sin/cos of pi k times each for k = 1, 2. */
-const COORD_FEATURES = 10;
-
-/**
- * [H*W, 10] constants: each cell's row and column (-1 to 1, as coord_channels) and their sin/cos at two frequencies,
- * so a linear map can single out a band ("top") or the middle ("center") of the grid.
- */
-export function coordinateFeatures(h: number, w: number): HostTensor {
-  const at = (i: number, size: number) => (size > 1 ? (2 * i) / (size - 1) - 1 : 0);
-  const data = new Float32Array(h * w * COORD_FEATURES);
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) {
-      const f = data.subarray((y * w + x) * COORD_FEATURES, (y * w + x + 1) * COORD_FEATURES);
-      const [r, c] = [at(y, h), at(x, w)];
-      f.set([r, c, Math.sin(Math.PI * r), Math.cos(Math.PI * r), Math.sin(Math.PI * c), Math.cos(Math.PI * c),
-        Math.sin(2 * Math.PI * r), Math.cos(2 * Math.PI * r), Math.sin(2 * Math.PI * c), Math.cos(2 * Math.PI * c)]);
-    }
-  }
-  return float32([h * w, COORD_FEATURES], data);
 }
 
 /**

@@ -44,13 +44,6 @@ export const UNetConfigSchema = strict(
      * load into the reference UNet.
      */
     coord_channels: bool().optional(),
-    /**
-     * Add a learned projection (`proj_coords`, no bias) of each token's (row, column) Fourier features to every
-     * SpatialTransformer's tokens, as ViT adds a position embedding (not in the reference). coord_channels reaches the
-     * queries only through the convolutions; this gives a cross-attention query its place directly, so a word like
-     * "left" can key on it. Transformers gain a parameter, so such weights do not load into the reference UNet.
-     */
-    attention_coords: bool().optional(),
     /** Accepted for reference YAML; it only changes head sizes when channels do not divide, which is rejected. */
     legacy: bool().optional(),
     /** Accepted for reference YAML; gradient checkpointing changes memory, not results. */
@@ -122,9 +115,6 @@ export function unetProblems(cfg: UNetConfig): Problem[] {
       out.push({ path: ['attention_resolutions', i], message: `${r} is not a level's downsampling rate; with ${cfg.channel_mult.length} levels use some of ${rates.join(', ')}` });
     }
   });
-  if (cfg.attention_coords && !cfg.use_spatial_transformer) {
-    out.push({ path: ['attention_coords'], message: 'attention_coords adds to SpatialTransformer tokens: set use_spatial_transformer: true, or remove attention_coords' });
-  }
   // The middle block always has attention, so heads must be set even with no attention_resolutions.
   const key = cfg.num_head_channels !== -1 ? 'num_head_channels' : 'num_heads';
   const by = cfg.num_head_channels !== -1 ? cfg.num_head_channels : cfg.num_heads;

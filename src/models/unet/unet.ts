@@ -40,7 +40,7 @@ export class UNetModel extends Module {
     const attention = (ch: number) => {
       const { heads, dimHead } = attentionHeads(cfg, ch);
       return cfg.use_spatial_transformer
-        ? new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, normGroups, cfg.attention_coords ?? false)
+        ? new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, normGroups)
         : new AttentionBlock(ch, heads, normGroups);
     };
 
