@@ -298,4 +298,10 @@ test('config errors are one line each and name the key', () => {
   assert.equal(ldmLearningRate(config({}, { lr: 1e-4, scale_lr: false })), 1e-4);
   assert.match(bad({ scale_factor: -1 }), /scale_factor: expected "auto", "first_stage" or a number > 0, got -1/);
   assert.match(bad({ scale_factor: 'autoo' as 'auto' }), /scale_factor: expected "auto", "first_stage" or a number > 0, got "autoo"/);
+  const train = { batch_size: 1, lr: 1, steps: 1 };
+  assert.match(bad({ train: { ...train, min_snr_uniform: 0.3 } }), /^train\.min_snr_uniform: shapes min-SNR draws, which are off: set train\.min_snr_gamma/);
+  assert.match(bad({ train: { ...train, min_snr_start: 0.5 } }), /^train\.min_snr_start: shapes min-SNR draws/);
+  assert.equal(LatentDiffusionConfigSchema.safeParse({
+    model: 'ldm', name: 'x', unet: config().unet, data: { size: 8 }, train: { ...train, min_snr_gamma: 5, min_snr_start: 0.5 },
+  }).success, true);
 });

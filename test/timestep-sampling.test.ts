@@ -20,14 +20,14 @@ test('min-SNR weights agree across parameterisations (same x0-space weight)', ()
 });
 
 test('gamma 0 draws uniformly, with the same draws as rng.int(T)', () => {
-  const ts = new TimestepSampler(1000, abar, 'v', 0);
+  const ts = new TimestepSampler(1000, abar, 'v');
   const a = new Rng(7), b = new Rng(7);
   for (let i = 0; i < 100; i++) assert.equal(ts.draw(a), b.int(1000));
   assert.equal(ts.probability(3), 1 / 1000);
 });
 
 test('min-SNR draws follow the weights: probabilities sum to 1, peak where min(snr, gamma)/(snr+1) peaks', () => {
-  const ts = new TimestepSampler(1000, abar, 'v', 5);
+  const ts = new TimestepSampler(1000, abar, 'v', { gamma: 5 });
   let sum = 0;
   for (let t = 0; t < 1000; t++) sum += ts.probability(t);
   assert.ok(Math.abs(sum - 1) < 1e-9);
@@ -50,8 +50,8 @@ test('min-SNR draws follow the weights: probabilities sum to 1, peak where min(s
 });
 
 test('a uniform fraction mixes uniform draws into the min-SNR ones', () => {
-  const pure = new TimestepSampler(1000, abar, 'v', 5);
-  const half = new TimestepSampler(1000, abar, 'v', 5, 0.5);
+  const pure = new TimestepSampler(1000, abar, 'v', { gamma: 5 });
+  const half = new TimestepSampler(1000, abar, 'v', { gamma: 5, uniform: 0.5 });
   for (const t of [0, 150, 700, 999]) {
     assert.ok(Math.abs(half.probability(t) - (0.5 / 1000 + 0.5 * pure.probability(t))) < 1e-12);
   }
@@ -60,6 +60,24 @@ test('a uniform fraction mixes uniform draws into the min-SNR ones', () => {
 });
 
 test('a bad gamma or uniform fraction is a one-line error', () => {
-  assert.throws(() => new TimestepSampler(1000, abar, 'v', -1), /min_snr_gamma must be >= 0/);
-  assert.throws(() => new TimestepSampler(1000, abar, 'v', 5, 1.5), /min_snr_uniform must be in \[0, 1\]/);
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', { gamma: -1 }), /min_snr_gamma must be >= 0/);
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', { gamma: 5, uniform: 1.5 }), /min_snr_uniform must be in \[0, 1\]/);
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', { gamma: 5, start: -0.1 }), /min_snr_start must be in \[0, 1\]/);
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', { uniform: 0.3 }), /min_snr_uniform .* set min_snr_gamma/);
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', { start: 0.5 }), /min_snr_start .* set min_snr_gamma/);
+});
+
+test('min_snr_start: uniform draws (the same as rng.int(T)) before that fraction of training, min-SNR from it on', () => {
+  const late = new TimestepSampler(1000, abar, 'v', { gamma: 5, start: 0.4 });
+  const pure = new TimestepSampler(1000, abar, 'v', { gamma: 5 });
+  const a = new Rng(3), b = new Rng(3);
+  for (let i = 0; i < 50; i++) assert.equal(late.draw(a, 0.39), b.int(1000));
+  for (const t of [0, 150, 800]) {
+    assert.equal(late.probability(t, 0.1), 1 / 1000);
+    assert.equal(late.probability(t, 0.4), pure.probability(t));
+  }
+  const c = new Rng(5), d = new Rng(5);
+  for (let i = 0; i < 50; i++) assert.equal(late.draw(c, 0.4), pure.draw(d));
+  // Without a progress (e.g. a caller outside training), the sampler gives its final distribution.
+  assert.equal(late.probability(800), pure.probability(800));
 });

@@ -61,6 +61,8 @@ const TrainSchema = strict({
   min_snr_gamma: nonNegNum().default(0),
   /** With min_snr_gamma: this fraction of timesteps is drawn uniformly instead. */
   min_snr_uniform: fraction('a number in [0, 1)').default(0),
+  /** With min_snr_gamma: draw uniformly until this fraction of training (steps or --time-limit, whichever is further). */
+  min_snr_start: fraction('a number in [0, 1)').default(0),
   /** Write a sample grid into the run's samples/ every this many steps. */
   sample_every: posInt().optional(),
   ckpt_every: posInt().optional(),
@@ -191,6 +193,11 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
   if (cfg.data.sr) {
     if (c.type !== 'concat') out.push({ path: ['conditioning', 'type'], message: `data.sr trains a super-resolution model, conditioned on the low-resolution image: set type: concat (got ${c.type})` });
     for (const p of srProblems(cfg.data.sr, cfg.data.size)) out.push({ path: ['data', 'sr', ...p.path], message: p.message });
+  }
+  for (const key of ['min_snr_uniform', 'min_snr_start'] as const) {
+    if (cfg.train[key] > 0 && cfg.train.min_snr_gamma === 0) {
+      out.push({ path: ['train', key], message: `shapes min-SNR draws, which are off: set train.min_snr_gamma (e.g. 5) or remove ${key}` });
+    }
   }
   const s = cfg.schedule;
   if (s.linear_end <= s.linear_start && s.schedule !== 'cosine') {

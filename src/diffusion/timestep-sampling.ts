@@ -4,6 +4,8 @@
  * the near-clean steps stop dominating and the mid-noise steps, where a sample's shapes are decided, get the
  * budget. We apply the weight by drawing t with probability proportional to it (importance sampling), which
  * gives the same expected gradient up to a constant without a per-sample weight in the traced loss graph.
+ * `start` delays min-SNR to a point of training: uniform draws first let a model learn the layout, which is decided
+ * at near-pure noise that min-SNR almost never draws, and the mid-noise outline after.
  */
 import type { Rng } from '../util/random.js';
 import type { Parameterization } from './prediction.js';
@@ -15,17 +17,29 @@ export function minSnrWeight(snr: number, gamma: number, param: Parameterization
   return param === 'eps' ? w / snr : w / (snr + 1);
 }
 
+export interface MinSnrOptions {
+  /** 0 (default) draws uniformly; otherwise by min-SNR-gamma weight over the schedule's abar. */
+  gamma?: number;
+  /** Fraction of uniform draws mixed into the min-SNR ones (min-SNR draws almost no near-pure-noise steps). */
+  uniform?: number;
+  /** Fraction of training (0 to 1) before which every draw is uniform. */
+  start?: number;
+}
+
 export class TimestepSampler {
   /** Cumulative probabilities over t = 0..T-1; absent for uniform. */
   private readonly cdf?: Float64Array;
+  readonly start: number;
 
-  /**
-   * `gamma` 0 draws uniformly; otherwise by min-SNR-gamma weight over the schedule's abar, mixed with a `uniform`
-   * fraction of uniform draws (min-SNR draws almost no near-pure-noise steps, where a sample's layout is decided).
-   */
-  constructor(readonly T: number, abar: (t: number) => number, param: Parameterization, gamma = 0, uniform = 0) {
+  constructor(readonly T: number, abar: (t: number) => number, param: Parameterization, opts: MinSnrOptions = {}) {
+    const { gamma = 0, uniform = 0, start = 0 } = opts;
     if (!(gamma >= 0)) throw new Error(`min_snr_gamma must be >= 0 (0 = uniform timesteps), got ${gamma}`);
     if (!(uniform >= 0 && uniform <= 1)) throw new Error(`min_snr_uniform must be in [0, 1], got ${uniform}`);
+    if (!(start >= 0 && start <= 1)) throw new Error(`min_snr_start must be in [0, 1], got ${start}`);
+    if (gamma === 0 && (uniform > 0 || start > 0)) {
+      throw new Error(`min_snr_${uniform > 0 ? 'uniform' : 'start'} shapes min-SNR draws, which are off: set min_snr_gamma (e.g. 5) or remove it`);
+    }
+    this.start = start;
     if (gamma === 0 || uniform === 1) return;
     const cdf = new Float64Array(T);
     let sum = 0;
@@ -38,14 +52,14 @@ export class TimestepSampler {
     this.cdf = cdf;
   }
 
-  /** Probability of drawing t. */
-  probability(t: number): number {
-    if (!this.cdf) return 1 / this.T;
+  /** Probability of drawing t at `progress` (the fraction of training done). */
+  probability(t: number, progress = 1): number {
+    if (!this.cdf || progress < this.start) return 1 / this.T;
     return this.cdf[t]! - (t > 0 ? this.cdf[t - 1]! : 0);
   }
 
-  draw(rng: Rng): number {
-    if (!this.cdf) return rng.int(this.T);
+  draw(rng: Rng, progress = 1): number {
+    if (!this.cdf || progress < this.start) return rng.int(this.T);
     const u = rng.uniform();
     let lo = 0, hi = this.T - 1;
     while (lo < hi) {

@@ -287,7 +287,9 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const B = tc.batch_size * tc.grad_accum;
   const N = cache.count;
   const per = cache.latents.data.length / N;
-  const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, tc.min_snr_gamma, tc.min_snr_uniform);
+  const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, {
+    gamma: tc.min_snr_gamma, uniform: tc.min_snr_uniform, start: tc.min_snr_start,
+  });
   const rate = new StepRate();
   let last: StepResult | undefined;
   let window: number[] = [];
@@ -305,11 +307,12 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
         if (last && tc.sample_every !== undefined && !isDue(step, tc.sample_every, total)) await writeSamples(step);
         break;
       }
-      optimizer.lr = scheduledLr(lr, schedule, Math.max(step / total, budget.fraction()));
+      const progress = Math.max(step / total, budget.fraction());
+      optimizer.lr = scheduledLr(lr, schedule, progress);
       const rng = new Rng(mixSeed(seed, 0x57e9, step));
       const idx = batchIndices(step, B, N, seed);
       const z0 = (takeRows(cache.latents, idx).data as Float32Array).map((v) => v * scaleFactor);
-      const t = Array.from({ length: B }, () => timesteps.draw(rng));
+      const t = Array.from({ length: B }, () => timesteps.draw(rng, progress));
       const eps = rng.normalArray(B * per);
       const abar = t.map((x) => model.schedule.abar(x));
       const drop = Array.from({ length: B }, () => rng.uniform() < cfg.conditioning.dropout);
