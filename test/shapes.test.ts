@@ -4,7 +4,7 @@ import { float32, type HostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
 import {
   COLOURS, HELDOUT_COMBOS, PALETTE, POSITIONS, SHAPE_KINDS, SHAPES_LABEL_MAP_CLASSES, SIZES, ShapesDataset,
-  isHeldout, makeCaption, parseCaption, renderShape, type ShapeAttributes,
+  isHeldout, makeCaption, parseCaption, parseShapesFilter, renderShape, type ShapeAttributes,
 } from '../src/data/shapes.js';
 import { analyzeShape, checkLabelMap, checkSample } from '../src/data/shapes-checker.js';
 
@@ -243,4 +243,26 @@ test('ShapesDataset validates its options', () => {
   assert.throws(() => new ShapesDataset({ count: 0 }), /count must be a positive integer/);
   assert.throws(() => new ShapesDataset({ seed: -1 }), /seed must be an integer/);
   assert.throws(() => new ShapesDataset({ split: 'test' as 'train' }), /split must be one of train, heldout, all/);
+});
+
+test('a filter keeps a slice: every sample passes it, every kept value occurs, and no filter draws as before', () => {
+  const f = parseShapesFilter('red,blue,cross,top-left,center');
+  assert.deepEqual(f, { colours: ['red', 'blue'], kinds: ['cross'], positions: ['top left', 'center'] });
+  const ds = new ShapesDataset({ seed: 3, count: 300, filter: f });
+  const seen = new Set<string>();
+  for (let i = 0; i < ds.size; i++) {
+    const { attributes: a } = ds.attributesAt(i);
+    assert.ok(f.colours!.includes(a.colour) && a.kind === 'cross' && f.positions!.includes(a.position), JSON.stringify(a));
+    assert.ok(!isHeldout(a), 'the train split still leaves the held-out combos out');
+    seen.add(`${a.colour} ${a.position} ${a.size}`);
+  }
+  // blue cross in the center is held out, so 3 combos x 2 sizes remain.
+  assert.deepEqual([...seen].sort(), ['blue top left large', 'blue top left small', 'red center large', 'red center small', 'red top left large', 'red top left small']);
+  const plain = new ShapesDataset({ seed: 3, count: 20 });
+  const empty = new ShapesDataset({ seed: 3, count: 20, filter: {} });
+  for (let i = 0; i < 20; i++) assert.deepEqual(empty.attributesAt(i), plain.attributesAt(i));
+  assert.equal(empty.name, plain.name);
+  const large = new ShapesDataset({ count: 50, filter: parseShapesFilter('large') });
+  for (let i = 0; i < 50; i++) assert.equal(large.attributesAt(i).attributes.size, 'large');
+  assert.throws(() => new ShapesDataset({ split: 'heldout', filter: parseShapesFilter('red,center') }), /no heldout combination is red, center/);
 });

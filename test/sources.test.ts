@@ -14,6 +14,9 @@ test('parseDatasetSpec reads every accepted form', () => {
     kind: 'shapes', split: 'heldout', size: 64, count: 5000, seed: 1,
   });
   assert.deepEqual(parseDatasetSpec('shapes?seed=3'), { kind: 'shapes', seed: 3 });
+  assert.deepEqual(parseDatasetSpec('shapes:train?only=center,large,top-left&count=9'), {
+    kind: 'shapes', split: 'train', count: 9, filter: { positions: ['center', 'top left'], sizes: ['large'] },
+  });
   assert.deepEqual(parseDatasetSpec('fashion-mnist'), { kind: 'fashion-mnist' });
   assert.deepEqual(parseDatasetSpec('fashion-mnist:test?size=32&channels=3'), { kind: 'fashion-mnist', split: 'test', size: 32, channels: 3 });
   assert.deepEqual(parseDatasetSpec('idx:/d/a-images.gz,/d/a-labels.gz'), { kind: 'idx', images: '/d/a-images.gz', labels: '/d/a-labels.gz' });
@@ -26,7 +29,9 @@ test('parseDatasetSpec rejects bad splits, options and idx lists with one-line m
   const cases: [string, RegExp][] = [
     ['shapes:test', /shapes splits are train, heldout, all, got "test"/],
     ['fashion-mnist:val', /Fashion-MNIST splits are train, test/],
-    ['shapes?size=64&colour=red', /unknown option "colour"; this source accepts size, count, seed/],
+    ['shapes?size=64&colour=red', /unknown option "colour"; this source accepts size, count, seed, only/],
+    ['shapes?only=purple', /shapes filter: "purple" is not a colour, kind, position or size; use red, .*top-left/],
+    ['shapes?only=', /only needs a value/],
     ['shapes?size=big', /size must be a non-negative integer, got "big"/],
     ['fashion-mnist?count=5', /unknown option "count"/],
     ['idx:', /write idx:<images file>\[,<labels file>\]/],
@@ -54,6 +59,10 @@ test('openDataset: shapes honours spec values over caller defaults', async () =>
   assert.deepEqual((await byDefaults.get(4)).image.shape, [3, 32, 32]);
   await assert.rejects(openDataset('shapes', { split: 'test' }), /shapes has no split "test"; use one of train, heldout, all/);
   await assert.rejects(openDataset('shapes', { channels: 1 }), /channels must be 3/);
+  const slice = await openDataset('shapes?only=center,large&count=30');
+  assert.equal(slice.name, 'shapes:train?size=32&count=30&seed=0&only=center,large');
+  for (let i = 0; i < 30; i++) assert.match((await slice.get(i)).caption!, /^a large \w+ \w+ in the center on/);
+  await assert.rejects(openDataset('shapes:heldout?only=red,center'), /no heldout combination is red, center; widen the filter/);
 });
 
 test('openDataset: idx files, and an unknown spec lists the accepted forms', async (t) => {

@@ -239,11 +239,63 @@ export function sampleSeed(seed: number, index: number, salt = 0): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-/** Draw the attributes and jitter of one sample from `rng`, within the split's combos. */
-export function drawAttributes(rng: Rng, split: ShapesSplit): { attributes: ShapeAttributes; jitter: ShapeJitter } {
-  const pool = split === 'train' ? TRAIN_COMBOS : split === 'heldout' ? HELDOUT_COMBOS : ALL_COMBOS;
+/**
+ * A slice of the shapes: the attribute values to keep, e.g. `{ positions: ['center'], sizes: ['large'] }`. Within an
+ * attribute any listed value passes; across attributes all must. `colours` filters the shape's colour.
+ */
+export interface ShapesFilter {
+  readonly colours?: readonly ColourName[];
+  readonly kinds?: readonly ShapeKind[];
+  readonly positions?: readonly Position[];
+  readonly sizes?: readonly ShapeSize[];
+}
+
+const SPLIT_COMBOS: Readonly<Record<ShapesSplit, readonly ShapeCombo[]>> = { train: TRAIN_COMBOS, heldout: HELDOUT_COMBOS, all: ALL_COMBOS };
+
+/**
+ * Parse a filter written as attribute values separated by commas ("center,large", "red,blue,circle"); a position's
+ * words may be joined by a hyphen ("top-left"). One-line error naming the unknown value and the accepted ones.
+ */
+export function parseShapesFilter(text: string): ShapesFilter {
+  const groups: { values: readonly string[]; picked: string[] }[] = [COLOURS, SHAPE_KINDS, POSITIONS, SIZES].map((values) => ({ values, picked: [] }));
+  for (const raw of text.split(',')) {
+    const v = raw.trim().toLowerCase().replace(/-/g, ' ');
+    const group = groups.find((g) => g.values.includes(v));
+    if (!group) {
+      const known = [...COLOURS, ...SHAPE_KINDS, ...POSITIONS.map((p) => p.replace(' ', '-')), ...SIZES];
+      throw new Error(`shapes filter: "${raw.trim()}" is not a colour, kind, position or size; use ${known.join(', ')}`);
+    }
+    if (!group.picked.includes(v)) group.picked.push(v);
+  }
+  const [colours, kinds, positions, sizes] = groups.map((g) => (g.picked.length ? g.picked : undefined));
+  const out: { -readonly [K in keyof ShapesFilter]: ShapesFilter[K] } = {};
+  if (colours) out.colours = colours as ColourName[];
+  if (kinds) out.kinds = kinds as ShapeKind[];
+  if (positions) out.positions = positions as Position[];
+  if (sizes) out.sizes = sizes as ShapeSize[];
+  return out;
+}
+
+/** The filter as parseShapesFilter reads it back ("" when it keeps everything). */
+export function formatShapesFilter(f: ShapesFilter): string {
+  return [...(f.colours ?? []), ...(f.kinds ?? []), ...(f.positions ?? []).map((p) => p.replace(' ', '-')), ...(f.sizes ?? [])].join(',');
+}
+
+/** The split's combos that pass the filter. */
+function comboPool(split: ShapesSplit, f: ShapesFilter | undefined): readonly ShapeCombo[] {
+  const all = SPLIT_COMBOS[split];
+  if (!f) return all;
+  return all.filter((c) => (!f.colours || f.colours.includes(c.colour)) && (!f.kinds || f.kinds.includes(c.kind))
+    && (!f.positions || f.positions.includes(c.position)));
+}
+
+/** Draw the attributes and jitter of one sample from `rng`, within the split's combos (and the filter's, if any). */
+export function drawAttributes(rng: Rng, split: ShapesSplit, filter?: ShapesFilter): { attributes: ShapeAttributes; jitter: ShapeJitter } {
+  const pool = comboPool(split, filter);
+  if (pool.length === 0) throw new Error(`shapes: no ${split} combination passes the filter "${formatShapesFilter(filter ?? {})}"`);
   const combo = pool[rng.int(pool.length)]!;
-  const size = SIZES[rng.int(SIZES.length)]!;
+  const sizes = filter?.sizes ?? SIZES;
+  const size = sizes[rng.int(sizes.length)]!;
   const backgrounds = COLOURS.filter((c) => c !== combo.colour);
   const background = backgrounds[rng.int(backgrounds.length)]!;
   const j = GEOMETRY.jitter;
@@ -264,6 +316,8 @@ export interface ShapesOptions {
   readonly count?: number;
   readonly seed?: number;
   readonly split?: ShapesSplit;
+  /** Keep only these attribute values (a slice sized for a short run, such as the quickstart's). */
+  readonly filter?: ShapesFilter;
 }
 
 /** Random access to the procedural shapes: sample i depends only on (seed, split, i, size). */
@@ -276,6 +330,7 @@ export class ShapesDataset implements Dataset {
   readonly imageSize: number;
   readonly seed: number;
   readonly split: ShapesSplit;
+  readonly filter?: ShapesFilter;
 
   constructor(opts: ShapesOptions = {}) {
     this.imageSize = opts.size ?? 32;
@@ -292,13 +347,20 @@ export class ShapesDataset implements Dataset {
     if (!SHAPES_SPLITS.includes(this.split)) {
       throw new Error(`shapes: split must be one of ${SHAPES_SPLITS.join(', ')}, got ${String(opts.split)}`);
     }
-    this.name = `shapes:${this.split}?size=${this.imageSize}&count=${this.size}&seed=${this.seed}`;
+    const only = opts.filter ? formatShapesFilter(opts.filter) : '';
+    if (only !== '') {
+      this.filter = opts.filter;
+      if (comboPool(this.split, this.filter).length === 0) {
+        throw new Error(`shapes: no ${this.split} combination is ${only.replace(/,/g, ', ')}; widen the filter or use another split`);
+      }
+    }
+    this.name = `shapes:${this.split}?size=${this.imageSize}&count=${this.size}&seed=${this.seed}${only ? `&only=${only}` : ''}`;
   }
 
   /** The attributes of sample `index` without rendering it. */
   attributesAt(index: number): { attributes: ShapeAttributes; jitter: ShapeJitter } {
     this.checkIndex(index);
-    return drawAttributes(new Rng(sampleSeed(this.seed, index, SPLIT_SALT[this.split])), this.split);
+    return drawAttributes(new Rng(sampleSeed(this.seed, index, SPLIT_SALT[this.split])), this.split, this.filter);
   }
 
   async get(index: number): Promise<Sample> {

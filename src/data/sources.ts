@@ -3,7 +3,7 @@ import type { Dataset } from './dataset.js';
 import { fashionMnist, type FashionMnistSplit } from './fashion-mnist.js';
 import { IdxDataset } from './idx.js';
 import { ImageFolderDataset, type ImageFolderOptions } from './image-folder.js';
-import { SHAPES_SPLITS, ShapesDataset, type ShapesSplit } from './shapes.js';
+import { SHAPES_SPLITS, ShapesDataset, parseShapesFilter, type ShapesFilter, type ShapesSplit } from './shapes.js';
 
 /**
  * One string names any data source on the command line. Values written in the spec win over the
@@ -14,7 +14,7 @@ export const DATASET_SPEC_FORMS: readonly string[] = [
   '<folder>                                   a folder of images (subfolders are classes; metadata.jsonl or <stem>.txt captions)',
   'fashion-mnist[:train|:test][?size=32&channels=3]   Fashion-MNIST (apt-get install dataset-fashion-mnist, or LDM_FASHION_MNIST_DIR)',
   'idx:<images>[,<labels>][?size=32&channels=3]       MNIST-style IDX files, plain or .gz; size pads with black',
-  'shapes[:train|:heldout|:all][?size=32&count=10000&seed=0]   built-in captioned shapes (heldout: unseen colour-shape-position combos)',
+  'shapes[:train|:heldout|:all][?size=32&count=10000&seed=0&only=center,large]   built-in captioned shapes (heldout: unseen colour-shape-position combos; only: a slice by colour, kind, position, size)',
 ];
 
 export type DatasetSpec =
@@ -23,6 +23,7 @@ export type DatasetSpec =
   | { readonly kind: 'idx'; readonly images: string; readonly labels?: string; readonly size?: number; readonly channels?: number }
   | {
       readonly kind: 'shapes'; readonly split?: ShapesSplit; readonly size?: number; readonly count?: number; readonly seed?: number;
+      readonly filter?: ShapesFilter;
     };
 
 export interface OpenDatasetOptions {
@@ -45,16 +46,21 @@ function formsHint(): string {
 
 const FASHION_SPLITS: readonly FashionMnistSplit[] = ['train', 'test'];
 
-/** Parse `key=value&...` into integers, allowing only `allowed` keys. */
-function parseQuery(spec: string, query: string, allowed: readonly string[]): Map<string, number> {
-  const out = new Map<string, number>();
+/** Parse `key=value&...` into integers (the `text` keys: strings), allowing only `allowed` and `text` keys. */
+function parseQuery(spec: string, query: string, allowed: readonly string[], text: readonly string[] = []): Map<string, number | string> {
+  const out = new Map<string, number | string>();
   if (query === '') return out;
   for (const part of query.split('&')) {
     const eq = part.indexOf('=');
     const key = eq < 0 ? part : part.slice(0, eq);
     const value = eq < 0 ? '' : part.slice(eq + 1);
+    if (text.includes(key)) {
+      if (value === '') throw new Error(`data set "${spec}": ${key} needs a value`);
+      out.set(key, decodeURIComponent(value));
+      continue;
+    }
     if (!allowed.includes(key)) {
-      throw new Error(`data set "${spec}": unknown option "${key}"; this source accepts ${allowed.join(', ')}`);
+      throw new Error(`data set "${spec}": unknown option "${key}"; this source accepts ${[...allowed, ...text].join(', ')}`);
     }
     if (!/^\d+$/.test(value)) throw new Error(`data set "${spec}": ${key} must be a non-negative integer, got "${value}"`);
     out.set(key, Number(value));
@@ -63,7 +69,7 @@ function parseQuery(spec: string, query: string, allowed: readonly string[]): Ma
 }
 
 /** `base` plus the defined entries of `extra`, so parsed specs carry no undefined keys. */
-function withDefined<T extends object>(base: T, extra: Record<string, number | string | undefined>): T {
+function withDefined<T extends object>(base: T, extra: Record<string, unknown>): T {
   const out = { ...base } as Record<string, unknown>;
   for (const [k, v] of Object.entries(extra)) if (v !== undefined) out[k] = v;
   return out as T;
@@ -91,9 +97,16 @@ export function parseDatasetSpec(spec: string): DatasetSpec {
     if (rest !== undefined && !SHAPES_SPLITS.includes(rest as ShapesSplit)) {
       throw new Error(`data set "${spec}": shapes splits are ${SHAPES_SPLITS.join(', ')}, got "${rest}"`);
     }
-    const o = parseQuery(spec, query, ['size', 'count', 'seed']);
+    const o = parseQuery(spec, query, ['size', 'count', 'seed'], ['only']);
+    const only = o.get('only') as string | undefined;
+    let filter: ShapesFilter | undefined;
+    try {
+      filter = only === undefined ? undefined : parseShapesFilter(only);
+    } catch (e) {
+      throw new Error(`data set "${spec}": ${(e as Error).message}`);
+    }
     return withDefined({ kind: 'shapes' } as DatasetSpec, {
-      split: rest, size: o.get('size'), count: o.get('count'), seed: o.get('seed'),
+      split: rest, size: o.get('size'), count: o.get('count'), seed: o.get('seed'), filter,
     });
   }
   if (scheme === 'idx') {
@@ -133,7 +146,7 @@ export async function openDataset(spec: string, opts: OpenDatasetOptions = {}): 
       const channels = opts.channels ?? 3;
       if (channels !== 3) throw new Error(`shapes images are RGB: channels must be 3, got ${channels}`);
       const split = pickSplit('shapes', p.split, opts.split, SHAPES_SPLITS);
-      return new ShapesDataset({ split, size: p.size ?? opts.size, count: p.count, seed: p.seed ?? opts.seed });
+      return new ShapesDataset({ split, size: p.size ?? opts.size, count: p.count, seed: p.seed ?? opts.seed, filter: p.filter });
     }
     case 'folder': {
       const st = await stat(p.path).catch(() => undefined);
