@@ -17,7 +17,7 @@ import { validateConfig } from '../src/config/load.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { PixelFirstStage, openFirstStage, type FirstStage } from '../src/models/first-stage.js';
 import { readLdmCheckpoint } from '../src/models/ldm.js';
-import { openLatentCache, latentScale } from '../src/training/latent-cache.js';
+import { openLatentCache, latentScale, pruneLatentCaches } from '../src/training/latent-cache.js';
 import { batchIndices, trainLdm } from '../src/training/ldm.js';
 import type { Dataset, Sample } from '../src/data/dataset.js';
 import { tempDir } from './helpers/temp-dir.js';
@@ -143,6 +143,28 @@ test('the latent cache is encoded once, reused across runs, and replaced when th
   assert.ok(warnings.some((w) => /unreadable/.test(w)), warnings.join('\n'));
   await ae1.dispose();
   await ae2.dispose();
+});
+
+test('the latent cache folder keeps the most recently used files: a reuse counts as use, the oldest go on a write', async (t) => {
+  const dir = path.join(tempDir(t, 'ldm-test-'), 'cache');
+  const data = toyData(6);
+  const warnings: string[] = [];
+  const open = (limit: number) => openLatentCache({
+    dir, firstStage: new PixelFirstStage(1), data: { source: 'toy', size: 8, channels: 1, limit }, dataset: data, keep: 2, warn: (m) => warnings.push(m),
+  });
+  const age = (file: string, seconds: number) => { const t0 = new Date(Date.now() - seconds * 1000); fs.utimesSync(file, t0, t0); };
+  const a = await open(2);
+  age(a.file, 300);
+  const b = await open(3);
+  age(b.file, 200);
+  fs.writeFileSync(path.join(dir, 'notes.txt'), 'not a cache');
+  age(path.join(dir, 'notes.txt'), 900);
+  assert.equal((await open(2)).reused, true, 'a is reused, which makes it the newest');
+  const c = await open(4);
+  assert.equal(c.reused, false);
+  assert.deepEqual(fs.readdirSync(dir).sort(), [path.basename(a.file), path.basename(c.file), 'notes.txt'].sort(), 'b, the least recently used, is gone');
+  assert.ok(warnings.some((w) => /deleted 1 least recently used cache file\(s\), keeping 2/.test(w)), warnings.join('\n'));
+  assert.deepEqual(await pruneLatentCaches(dir, 1), [a.file]);
 });
 
 test('batches walk seeded per-epoch permutations: every sample once an epoch, same for any resume point', () => {

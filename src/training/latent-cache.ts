@@ -81,6 +81,27 @@ export interface OpenLatentCacheOptions {
   /** Encoding progress, in images. */
   onProgress?: (done: number, total: number) => void;
   warn?: (message: string) => void;
+  /** Cache files kept in `dir`, the most recently used first (default 8); older ones are deleted after a write. */
+  keep?: number;
+}
+
+/** Default number of latent cache files a cache folder keeps. */
+export const LATENT_CACHES_KEPT = 8;
+
+/**
+ * Delete all but the `keep` most recently used cache files in `dir` (use is the file's mtime, refreshed on every
+ * reuse). Only files named like caches are touched; one that vanishes meanwhile (another run pruning) is fine.
+ */
+export async function pruneLatentCaches(dir: string, keep: number): Promise<string[]> {
+  const names = (await fsp.readdir(dir).catch(() => [] as string[])).filter((n) => /^latents-[0-9a-f]+\.safetensors$/.test(n));
+  const dated = await Promise.all(names.map(async (n) => {
+    const file = path.join(dir, n);
+    const st = await fsp.stat(file).catch(() => undefined);
+    return { file, time: st?.mtimeMs ?? -1 };
+  }));
+  const old = dated.filter((d) => d.time >= 0).sort((a, b) => b.time - a.time).slice(keep).map((d) => d.file);
+  await Promise.all(old.map((f) => fsp.rm(f, { force: true })));
+  return old;
 }
 
 /** The key: first-stage fingerprint + data spec + format. */
@@ -235,7 +256,11 @@ export async function openLatentCache(opts: OpenLatentCacheOptions): Promise<Lat
   const key = latentCacheKey(opts.firstStage.fingerprint, opts.data);
   const file = latentCachePath(opts.dir, key);
   const found = await tryRead(file, key, warn);
-  if (found) return found;
+  if (found) {
+    const now = new Date();
+    await fsp.utimes(file, now, now).catch(() => undefined);
+    return found;
+  }
 
   const { data } = opts;
   // Crops are cut from the images at their own resolution, so the source is opened without a size.
@@ -260,6 +285,8 @@ export async function openLatentCache(opts: OpenLatentCacheOptions): Promise<Lat
   if (enc.labelMapClasses) metadata.label_map_classes = JSON.stringify(enc.labelMapClasses);
   await fsp.mkdir(opts.dir, { recursive: true });
   await writeSafetensors(file, tensors, metadata, { force: true });
+  const pruned = await pruneLatentCaches(opts.dir, Math.max(1, opts.keep ?? LATENT_CACHES_KEPT));
+  if (pruned.length) warn(`latent cache folder ${opts.dir}: deleted ${pruned.length} least recently used cache file(s), keeping ${Math.max(1, opts.keep ?? LATENT_CACHES_KEPT)}`);
   return { ...enc, file, reused: false };
 }
 
