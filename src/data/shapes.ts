@@ -320,7 +320,7 @@ export interface ShapesOptions {
   readonly filter?: ShapesFilter;
 }
 
-/** Random access to the procedural shapes: sample i depends only on (seed, split, i, size). */
+/** Random access to the procedural shapes: sample i depends only on (seed, split, filter, i, size). */
 export class ShapesDataset implements Dataset {
   readonly name: string;
   readonly size: number;
