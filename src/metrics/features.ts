@@ -8,6 +8,7 @@ import * as o from '../engine/ops.js';
 import { bindParams, type Module } from '../engine/module.js';
 import { hostTensor, numel, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
+import { ProgramCache } from '../engine/program-cache.js';
 import type { Dataset } from '../data/dataset.js';
 import { DataLoader } from '../data/loader.js';
 
@@ -83,27 +84,21 @@ async function* batchesOf(source: ImageSource, batchSize: number, limit: number 
 
 /** One compiled program per input shape [batchSize, C, H, W]. */
 export class FeatureRunner {
-  private readonly programs = new Map<string, Promise<{ program: Program; hasLogits: boolean }>>();
+  private readonly programs = new ProgramCache();
 
   constructor(readonly network: FeatureNetwork, readonly executor: Executor) {
     network.module.eval();
   }
 
-  private compile(shape: readonly number[]) {
-    const key = shape.join('x');
-    let p = this.programs.get(key);
-    if (!p) {
-      p = (async () => {
-        const g = new Graph();
-        bindParams(g, this.network.module, this.network.weights, 'const');
-        const out = trace(g, () => this.network.forward(o.input('images', shape)));
-        const outputs: Record<string, Tensor> = { features: out.features };
-        if (out.logits) outputs.logits = out.logits;
-        return { program: await this.executor.compile(g, outputs), hasLogits: out.logits !== undefined };
-      })();
-      this.programs.set(key, p);
-    }
-    return p;
+  private compile(shape: readonly number[]): Promise<Program> {
+    return this.programs.get(shape.join('x'), () => {
+      const g = new Graph();
+      bindParams(g, this.network.module, this.network.weights, 'const');
+      const out = trace(g, () => this.network.forward(o.input('images', shape)));
+      const outputs: Record<string, Tensor> = { features: out.features };
+      if (out.logits) outputs.logits = out.logits;
+      return this.executor.compile(g, outputs);
+    });
   }
 
   /** Features (and logits) of one batch; a batch shorter than `batchSize` is padded and trimmed. */
@@ -117,21 +112,19 @@ export class FeatureRunner {
       padded.set(images.data as Float32Array);
       x = hostTensor('float32', [batchSize, ...rest], padded);
     }
-    const { program, hasLogits } = await this.compile(x.shape);
-    const res = await program.run({ images: x });
+    const res = await (await this.compile(x.shape)).run({ images: x });
     const f = res.features!.data as Float32Array;
     const d = f.length / x.shape[0]!;
     const out: { features: Float32Array; logits?: Float32Array } = { features: f.slice(0, n * d) };
-    if (hasLogits) {
-      const l = res.logits!.data as Float32Array;
+    if (res.logits) {
+      const l = res.logits.data as Float32Array;
       out.logits = l.slice(0, n * (l.length / x.shape[0]!));
     }
     return out;
   }
 
   async dispose(): Promise<void> {
-    for (const p of this.programs.values()) await (await p).program.dispose();
-    this.programs.clear();
+    await this.programs.dispose();
   }
 }
 
