@@ -281,20 +281,25 @@ export function formatShapesFilter(f: ShapesFilter): string {
   return [...(f.colours ?? []), ...(f.kinds ?? []), ...(f.positions ?? []).map((p) => p.replace(' ', '-')), ...(f.sizes ?? [])].join(',');
 }
 
-/** The split's combos that pass the filter. */
+/** The split's combos that pass the filter; a one-line error when none does. */
 function comboPool(split: ShapesSplit, f: ShapesFilter | undefined): readonly ShapeCombo[] {
   const all = SPLIT_COMBOS[split];
   if (!f) return all;
-  return all.filter((c) => (!f.colours || f.colours.includes(c.colour)) && (!f.kinds || f.kinds.includes(c.kind))
+  const pool = all.filter((c) => (!f.colours || f.colours.includes(c.colour)) && (!f.kinds || f.kinds.includes(c.kind))
     && (!f.positions || f.positions.includes(c.position)));
+  if (pool.length === 0) {
+    throw new Error(`shapes: no ${split} combination is ${formatShapesFilter(f).replace(/,/g, ', ')}; widen the filter or use another split`);
+  }
+  return pool;
 }
 
 /** Draw the attributes and jitter of one sample from `rng`, within the split's combos (and the filter's, if any). */
 export function drawAttributes(rng: Rng, split: ShapesSplit, filter?: ShapesFilter): { attributes: ShapeAttributes; jitter: ShapeJitter } {
-  const pool = comboPool(split, filter);
-  if (pool.length === 0) throw new Error(`shapes: no ${split} combination passes the filter "${formatShapesFilter(filter ?? {})}"`);
+  return drawFrom(rng, comboPool(split, filter), filter?.sizes ?? SIZES);
+}
+
+function drawFrom(rng: Rng, pool: readonly ShapeCombo[], sizes: readonly ShapeSize[]): { attributes: ShapeAttributes; jitter: ShapeJitter } {
   const combo = pool[rng.int(pool.length)]!;
-  const sizes = filter?.sizes ?? SIZES;
   const size = sizes[rng.int(sizes.length)]!;
   const backgrounds = COLOURS.filter((c) => c !== combo.colour);
   const background = backgrounds[rng.int(backgrounds.length)]!;
@@ -331,6 +336,9 @@ export class ShapesDataset implements Dataset {
   readonly seed: number;
   readonly split: ShapesSplit;
   readonly filter?: ShapesFilter;
+  /** The combos and sizes samples are drawn from: the split's, narrowed by the filter once here. */
+  private readonly pool: readonly ShapeCombo[];
+  private readonly sizes: readonly ShapeSize[];
 
   constructor(opts: ShapesOptions = {}) {
     this.imageSize = opts.size ?? 32;
@@ -348,19 +356,16 @@ export class ShapesDataset implements Dataset {
       throw new Error(`shapes: split must be one of ${SHAPES_SPLITS.join(', ')}, got ${String(opts.split)}`);
     }
     const only = opts.filter ? formatShapesFilter(opts.filter) : '';
-    if (only !== '') {
-      this.filter = opts.filter;
-      if (comboPool(this.split, this.filter).length === 0) {
-        throw new Error(`shapes: no ${this.split} combination is ${only.replace(/,/g, ', ')}; widen the filter or use another split`);
-      }
-    }
+    if (only !== '') this.filter = opts.filter;
+    this.pool = comboPool(this.split, this.filter);
+    this.sizes = this.filter?.sizes ?? SIZES;
     this.name = `shapes:${this.split}?size=${this.imageSize}&count=${this.size}&seed=${this.seed}${only ? `&only=${only}` : ''}`;
   }
 
   /** The attributes of sample `index` without rendering it. */
   attributesAt(index: number): { attributes: ShapeAttributes; jitter: ShapeJitter } {
     this.checkIndex(index);
-    return drawAttributes(new Rng(sampleSeed(this.seed, index, SPLIT_SALT[this.split])), this.split, this.filter);
+    return drawFrom(new Rng(sampleSeed(this.seed, index, SPLIT_SALT[this.split])), this.pool, this.sizes);
   }
 
   async get(index: number): Promise<Sample> {

@@ -285,8 +285,9 @@ export async function openLatentCache(opts: OpenLatentCacheOptions): Promise<Lat
   if (enc.labelMapClasses) metadata.label_map_classes = JSON.stringify(enc.labelMapClasses);
   await fsp.mkdir(opts.dir, { recursive: true });
   await writeSafetensors(file, tensors, metadata, { force: true });
-  const pruned = await pruneLatentCaches(opts.dir, Math.max(1, opts.keep ?? LATENT_CACHES_KEPT));
-  if (pruned.length) warn(`latent cache folder ${opts.dir}: deleted ${pruned.length} least recently used cache file(s), keeping ${Math.max(1, opts.keep ?? LATENT_CACHES_KEPT)}`);
+  const keep = Math.max(1, opts.keep ?? LATENT_CACHES_KEPT);
+  const pruned = await pruneLatentCaches(opts.dir, keep);
+  if (pruned.length) warn(`latent cache folder ${opts.dir}: deleted ${pruned.length} least recently used cache file(s), keeping ${keep}`);
   return { ...enc, file, reused: false };
 }
 
