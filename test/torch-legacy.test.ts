@@ -173,6 +173,6 @@ test('fuzz: hundreds of mutated legacy files each load or throw a clean one-line
       }
     }
   }
-  // Speed is the benchmarks' business (a wall-clock bound here failed under load); the timeout catches a hang.
+  // Speed is the benchmarks' business, not a test's; the timeout catches a hang.
   assert.ok(loaded > 0 && failed > 0, `loaded ${loaded}, failed ${failed}`);
 });
