@@ -38,13 +38,16 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
   async run(): Promise<void> {
     const f = this.flags;
     const cfg = resolveLdmConfig(f.config, { ae: f.ae, data: f.data, steps: f.steps });
+    const runName = f.run ?? cfg.name;
+    // A resumed run's checkpoints embed the first stage it was trained on, so --ae is not needed again.
+    if (cfg.first_stage === undefined && f.resume) cfg.first_stage = await embeddedFirstStage(path.join(f['runs-dir'], runName));
     if (cfg.first_stage === undefined) {
       throw new Error(`config ${cfg.name} names no first stage: pass --ae <autoencoder checkpoint> (ldm train-ae writes one) or --ae pixel`);
     }
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     this.note(`backend: ${sel.executor.description}`);
     const firstStage = await openFirstStage(cfg.first_stage, { executor: sel.executor, ...(cfg.data.channels !== undefined ? { channels: cfg.data.channels } : {}) });
-    const run = await RunDir.create(f['runs-dir'], f.run ?? cfg.name, { resume: f.resume, force: f.force });
+    const run = await RunDir.create(f['runs-dir'], runName, { resume: f.resume, force: f.force });
     let encode: Progress | undefined;
     let steps: Progress | undefined;
     try {
@@ -87,4 +90,10 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
       await sel.executor.dispose();
     }
   }
+}
+
+/** The newest complete checkpoint of an existing run (an LDM checkpoint carries its first stage), if any. */
+async function embeddedFirstStage(dir: string): Promise<string | undefined> {
+  const run = await RunDir.open(dir).catch(() => undefined);
+  return (await run?.latestCheckpoint())?.path;
 }
