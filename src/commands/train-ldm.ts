@@ -22,7 +22,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
   ];
   static override flags = {
     config: Flags.string({ char: 'c', required: true, summary: 'Config: a zoo name (ldm zoo --kind ldm) or a YAML file.' }),
-    ae: Flags.string({ summary: 'First stage: an autoencoder checkpoint, or "pixel" (f=1). Overrides first_stage.' }),
+    ae: Flags.string({ summary: 'First stage: an autoencoder checkpoint, or "pixel" (f=1). Overrides first_stage; --resume takes the run\'s own.' }),
     data: Flags.string({ summary: 'Training data source (shapes, fashion-mnist, a folder, ...). Overrides data.source.' }),
     run: Flags.string({ summary: 'Run name: the folder under --runs-dir (default: the config name).' }),
     'runs-dir': Flags.string({ env: 'LDM_RUNS_DIR', default: 'runs', summary: 'Folder of run folders.' }),
