@@ -35,7 +35,7 @@ async function main(): Promise<void> {
     const abar = ldm.model.schedule.alphasCumprod[t];
     if (abar === undefined) throw new Error(`--t ${t} is outside the schedule's 0..${ldm.model.schedule.T - 1}`);
     const side = ldm.config.data.size / ldm.firstStage.factor;
-    const [c, h, w] = [ldm.config.unet.in_channels, side, side];
+    const [c, h, w] = [ldm.model.latentChannels, side, side];
     const per = c * h * w;
     const rng = new Rng(7);
     const noise = Float32Array.from({ length: per }, () => rng.normal());

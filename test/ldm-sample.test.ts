@@ -21,7 +21,7 @@ const executor = new OnnxExecutor({ threads: 1 });
 const UNET = { in_channels: 1, out_channels: 1, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32 };
 const XATTN = { ...UNET, use_spatial_transformer: true, context_dim: 16 };
 
-function build(over: Partial<LatentDiffusionConfigInput>, tokenizer?: Tokenizer): { parts: LdmParts; denoiser: Denoiser } {
+function build(over: Partial<LatentDiffusionConfigInput>, tokenizer?: Tokenizer): { parts: LdmParts; denoiser: Denoiser; params: Map<string, HostTensor> } {
   const cfg = LatentDiffusionConfigSchema.parse({
     model: 'ldm', name: 't', first_stage: 'pixel', unet: UNET, train: { batch_size: 1, lr: 1, steps: 1 }, data: { size: 8 }, ...over,
   });
@@ -32,7 +32,7 @@ function build(over: Partial<LatentDiffusionConfigInput>, tokenizer?: Tokenizer)
   for (const [n, w] of params) {
     if ((w.data as Float32Array).every((v) => v === 0)) params.set(n, float32(w.shape, rng.normalArray(w.data.length, 0.05)));
   }
-  return { parts: { model, firstStage: new PixelFirstStage(1), scaleFactor: 1, imageSize: 8 }, denoiser: new Denoiser(model, executor, () => params) };
+  return { parts: { model, firstStage: new PixelFirstStage(1), scaleFactor: 1, imageSize: 8 }, denoiser: new Denoiser(model, executor, () => params), params };
 }
 
 const classModel = build({ unet: XATTN, conditioning: { type: 'class', num_classes: 2 } });
@@ -180,4 +180,21 @@ test('grids blow small images up by a whole factor (nearest), leaving large ones
   assert.deepEqual([...big.data].slice(0, 12), [1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3]);
   assert.deepEqual([...big.data].slice(18), [4, 4, 5, 5, 6, 6]);
   assert.equal(enlargeForGrid(img, 2), img);
+});
+
+test('a caption-layout model samples at its size and beyond it, and the layout carries the prompt', async () => {
+  const text = { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 };
+  const m = build({ unet: { ...XATTN, in_channels: 3 }, conditioning: { type: 'text', text: { ...text, layout: { channels: 2, frequencies: 3 } } } }, tokenizer);
+  const conditions = [{ prompt: 'bright left', name: 'a' }, { prompt: 'bright right', name: 'b' }];
+  const small = await generate(m.parts, m.denoiser, { ...base, conditions, guidance: 2 });
+  assert.deepEqual(small.images.shape, [4, 1, 8, 8]);
+  const large = await generate(m.parts, m.denoiser, { ...base, conditions, guidance: 2, height: 16, width: 16 });
+  assert.deepEqual(large.images.shape, [4, 1, 16, 16]);
+  assert.ok((large.images.data as Float32Array).every(Number.isFinite));
+  // Cut the cross-attention's reach (its proj_out to zero): the prompt still changes the samples, through the layout.
+  const params = new Map(m.params);
+  for (const [n, w] of params) if (/proj_out\.weight$/.test(n)) params.set(n, float32(w.shape, new Float32Array(w.data.length)));
+  const noXattn = new Denoiser(m.parts.model, executor, () => params);
+  const one = async (prompt: string) => (await generate(m.parts, noXattn, { ...base, n: 1, conditions: [{ prompt, name: prompt }], guidance: 1 })).images.data as Float32Array;
+  assert.ok(maxDiff(await one('bright left'), await one('bright right')) > 1e-3, 'left and right differ without cross-attention');
 });

@@ -17,6 +17,7 @@ import { validateConfig } from '../src/config/load.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { PixelFirstStage, openFirstStage, type FirstStage } from '../src/models/first-stage.js';
 import { readLdmCheckpoint } from '../src/models/ldm.js';
+import { cosineBasis } from '../src/models/caption-layout.js';
 import { openLatentCache, latentScale, pruneLatentCaches } from '../src/training/latent-cache.js';
 import { batchIndices, trainLdm } from '../src/training/ldm.js';
 import type { Dataset, Sample } from '../src/data/dataset.js';
@@ -309,6 +310,42 @@ function stdOf(t: HostTensor): number {
   return 1 / latentScale(t);
 }
 
+test('a caption layout (text.layout): starts empty, learns from the first steps, saves cond_layout_model.* and loads back', async (t) => {
+  const root = tempDir(t, 'ldm-test-');
+  const cfg = config({
+    unet: { ...CLASS_UNET, in_channels: 3 },
+    conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 6, layout: { channels: 2, frequencies: 3 } }, dropout: 0.1 },
+  }, { steps: 12, lr: 2e-3 });
+  const losses: number[] = [];
+  const res = await trainLdm({
+    config: cfg, run: await RunDir.create(root, 'layout'), executor, firstStage: new PixelFirstStage(1), cacheDir: path.join(root, 'cache'),
+    dataset: toyData(32), seed: 3, onStep: (r) => losses.push(r.loss),
+  });
+  const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+  assert.ok(mean(losses.slice(-4)) < 0.8 * mean(losses.slice(0, 4)), `loss should fall: ${losses.map((l) => l.toFixed(3)).join(' ')}`);
+  const w = (await loadCheckpoint(res.model)).params.get('cond_layout_model.proj.weight')!;
+  assert.deepEqual(w.shape, [2 * 9, 16]);
+  assert.ok(Math.max(...Array.from(w.data as Float32Array, Math.abs)) > 1e-4, 'the zero-initialised layout head moved in 12 steps');
+  const loaded = await readLdmCheckpoint(res.model, executor);
+  assert.deepEqual(loaded.model.config.conditioning.text?.layout, { channels: 2, frequencies: 3 });
+  assert.deepEqual(loaded.params.get('cond_layout_model.proj.weight')!.data, w.data);
+});
+
+test('cosineBasis: the DCT-II basis at pixel centres, constant first row, orthogonal rows', () => {
+  const [h, w, f] = [6, 8, 3];
+  const b = cosineBasis(f, h, w).data as Float32Array;
+  assert.ok(b.subarray(0, h * w).every((v) => Math.abs(v - 1) < 1e-6));
+  // Row a * f + b at (y, x) is cos(pi a (y + .5) / h) cos(pi b (x + .5) / w).
+  assert.ok(Math.abs(b[(1 * f + 2) * h * w + 2 * w + 5]! - Math.cos((Math.PI * 2.5) / h) * Math.cos((Math.PI * 2 * 5.5) / w)) < 1e-6);
+  for (let i = 0; i < f * f; i++) {
+    for (let j = i + 1; j < f * f; j++) {
+      let dot = 0;
+      for (let p = 0; p < h * w; p++) dot += b[i * h * w + p]! * b[j * h * w + p]!;
+      assert.ok(Math.abs(dot) < 1e-4, `rows ${i} and ${j}: ${dot}`);
+    }
+  }
+});
+
 test('config errors are one line each and name the key', () => {
   const bad = (over: Partial<LatentDiffusionConfigInput>) => {
     const r = LatentDiffusionConfigSchema.safeParse({
@@ -320,6 +357,7 @@ test('config errors are one line each and name the key', () => {
   assert.match(bad({ conditioning: { type: 'class' } }), /unet\.context_dim: class conditioning cross-attends[^\n]*\n.*conditioning\.num_classes: class conditioning needs num_classes/);
   assert.match(bad({ conditioning: { type: 'semantic', num_classes: 5 } }), /unet\.in_channels: 1 should be 6: out_channels 1 latent channels \+ 5 condition channels/);
   assert.match(bad({ conditioning: { type: 'text', text: { dim: 8, depth: 1 } }, unet: { ...CLASS_UNET } }), /conditioning\.text\.dim: 8 differs from unet\.context_dim 16/);
+  assert.match(bad({ conditioning: { type: 'text', text: { dim: 16, depth: 1, layout: { channels: 2 } } }, unet: { ...CLASS_UNET } }), /unet\.in_channels: 1 should be 3: out_channels 1 latent channels \+ 2 caption layout channels/);
   assert.equal(ldmLearningRate(config({}, { lr: 1e-4, scale_lr: true, batch_size: 8, grad_accum: 2 })), 1e-4 * 16, 'the reference rule: lr x batch x accumulation');
   assert.equal(ldmLearningRate(config({}, { lr: 1e-4, scale_lr: false })), 1e-4);
   assert.match(bad({ scale_factor: -1 }), /scale_factor: expected "auto", "first_stage" or a number > 0, got -1/);

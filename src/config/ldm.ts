@@ -23,6 +23,11 @@ const TextSchema = strict({
   max_len: z.int(expecting('an integer >= 2')).min(2, expecting('an integer >= 2')).default(77),
   /** Whole-word vocabulary cap; rarer words are spelt in characters. */
   max_words: posInt().optional(),
+  /**
+   * Also draw a coarse layout from the mean of the caption's tokens (src/models/caption-layout.ts): `channels` maps, each a sum of
+   * `frequencies`^2 low-frequency cosines, appended to z_t (unet.in_channels counts them). Not in the reference.
+   */
+  layout: strict({ channels: posInt(), frequencies: posInt().default(4) }).optional(),
 });
 
 const ConditioningSchema = strict({
@@ -186,9 +191,11 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
     out.push({ path: ['conditioning', 'text'], message: `only text conditioning has a text encoder; remove text or set type: text` });
   }
   const extra = concatChannels(c);
-  if (u.in_channels !== u.out_channels + extra) {
-    const why = extra ? `out_channels ${u.out_channels} latent channels + ${extra} condition channels` : `out_channels ${u.out_channels} (the latent channels)`;
-    out.push({ path: ['unet', 'in_channels'], message: `${u.in_channels} should be ${u.out_channels + extra}: ${why}` });
+  const layout = c.type === 'text' ? (c.text?.layout?.channels ?? 0) : 0;
+  if (u.in_channels !== u.out_channels + extra + layout) {
+    const why = extra ? `out_channels ${u.out_channels} latent channels + ${extra} condition channels`
+      : layout ? `out_channels ${u.out_channels} latent channels + ${layout} caption layout channels` : `out_channels ${u.out_channels} (the latent channels)`;
+    out.push({ path: ['unet', 'in_channels'], message: `${u.in_channels} should be ${u.out_channels + extra + layout}: ${why}` });
   }
   if (cfg.data.sr) {
     if (c.type !== 'concat') out.push({ path: ['conditioning', 'type'], message: `data.sr trains a super-resolution model, conditioned on the low-resolution image: set type: concat (got ${c.type})` });

@@ -535,6 +535,7 @@ async function writePipeline(
     components[name] = ['diffusers', className];
     written.push(`${name}/config.json`, `${name}/${WEIGHTS_FILE}`);
   }
+  if (cfg.conditioning.text?.layout) fail('diffusers export', 'conditioning.text.layout (a caption layout appended to the latents) has no diffusers pipeline; export it to ldm instead');
   const unet = unetToDiffusers(cfg.unet);
   const { params: up } = toDiffusers(splitPrefix(params, UNET_PREFIX), unetKeyMap(cfg.unet));
   await writeModel(path.join(dir, 'unet'), unet.className, unet.config, up);

@@ -20,6 +20,7 @@ import type { AutoencoderConfig } from '../config/autoencoder.js';
 import type { ConditioningConfig, LatentDiffusionConfig } from '../config/ldm.js';
 import { parseUNetConfig, type UNetConfig } from '../models/unet/config.js';
 import { UNetModel } from '../models/unet/unet.js';
+import { CaptionLayout, LAYOUT_MODULE } from '../models/caption-layout.js';
 import { buildAutoencoder } from '../models/autoencoder/index.js';
 import { ClassEmbedder } from '../models/class-embedder.js';
 import { TextEncoder } from '../models/text-encoder.js';
@@ -487,6 +488,8 @@ function checkModel(m: ModelContent, file: string): { model: ModelContent; unuse
       parts.push([UNET_PREFIX, new UNetModel(m.config.unet)]);
       const mod = condModule({ conditioning: m.config.conditioning, context_dim: m.config.unet.context_dim ?? 0 }, m.params, COND_PREFIX);
       if (mod) parts.push([COND_PREFIX, mod]);
+      const text = m.config.conditioning.text;
+      if (text?.layout) parts.push([`${LAYOUT_MODULE}.`, new CaptionLayout(text.dim, text.layout.channels, text.layout.frequencies)]);
       const spec = firstStageSpecOf(m.metadata);
       if (spec?.kind === 'autoencoder') {
         const a = archOfSpec(spec);

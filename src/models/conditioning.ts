@@ -18,6 +18,7 @@ import { resize } from '../data/transforms.js';
 import type { ConditioningConfig, ConditioningType } from '../config/ldm.js';
 import { ClassEmbedder } from './class-embedder.js';
 import { TextEncoder } from './text-encoder.js';
+import { CaptionLayout } from './caption-layout.js';
 import type { Tokenizer } from './tokenizer.js';
 
 /** A batch's conditions on the host: one entry per sample in whichever field the conditioning reads. */
@@ -51,6 +52,8 @@ export interface Conditioner {
   readonly type: ConditioningType;
   /** The trained condition encoder (`cond_stage_model`), if any. */
   readonly module?: Module;
+  /** The caption layout head (`cond_layout_model`), if any. */
+  readonly layout?: CaptionLayout;
   /** Channels appended to z_t. */
   readonly concatChannels: number;
   /**
@@ -60,8 +63,8 @@ export interface Conditioner {
   feeds(c: Conditions | undefined, n: number, h: number, w: number, drop?: ArrayLike<boolean>): CondFeeds;
   /** The unconditional branch of guidance; `negative` replaces the empty prompt (text only). */
   nullFeeds(n: number, h: number, w: number, negative?: string): CondFeeds;
-  /** In the traced graph, from the condition inputs: context tokens and/or channels to append. */
-  apply(inputs: Readonly<Record<string, Tensor>>): Applied;
+  /** In the traced graph, from the condition inputs for latents h x w: context tokens and/or channels to append. */
+  apply(inputs: Readonly<Record<string, Tensor>>, h: number, w: number): Applied;
   /** Graph input declarations for n samples at h x w. */
   inputs(n: number, h: number, w: number): Record<string, Tensor>;
 }
@@ -134,6 +137,8 @@ class TextConditioning implements Conditioner {
   readonly concatChannels = 0;
   readonly module: TextEncoder;
 
+  readonly layout?: CaptionLayout;
+
   constructor(readonly tokenizer: Tokenizer, text: NonNullable<ConditioningConfig['text']>) {
     if (tokenizer.maxLen !== text.max_len) {
       throw new Error(`the tokenizer makes ${tokenizer.maxLen} tokens per caption but conditioning.text.max_len is ${text.max_len}; they must agree`);
@@ -141,6 +146,7 @@ class TextConditioning implements Conditioner {
     this.module = new TextEncoder({
       vocabSize: tokenizer.vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head,
     });
+    if (text.layout) this.layout = new CaptionLayout(text.dim, text.layout.channels, text.layout.frequencies);
   }
 
   private tokens(texts: readonly string[]): CondFeeds {
@@ -158,8 +164,11 @@ class TextConditioning implements Conditioner {
     return this.tokens(new Array<string>(n).fill(negative));
   }
 
-  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
-    return { context: this.module.forward(inputs[COND_TOKENS]!) };
+  apply(inputs: Readonly<Record<string, Tensor>>, h: number, w: number): Applied {
+    const context = this.module.forward(inputs[COND_TOKENS]!);
+    if (!this.layout) return { context };
+    // Padding is not masked (as in the reference encoder), so the mean over all positions is a function of the caption.
+    return { context, concat: this.layout.forward(o.mean(context, [1]), h, w) };
   }
 
   inputs(n: number): Record<string, Tensor> {

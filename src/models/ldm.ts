@@ -1,6 +1,7 @@
 /**
  * The trained part of a latent diffusion model, with the reference's parameter names: the UNet under
- * `model.diffusion_model.` and the condition encoder under `cond_stage_model.`. The first stage is frozen and
+ * `model.diffusion_model.` and the condition encoder under `cond_stage_model.` (and our caption layout head under
+ * `cond_layout_model.`). The first stage is frozen and
  * lives outside (src/models/first-stage.ts); the noise schedule and the loss target are host-side maths.
  */
 import * as o from '../engine/ops.js';
@@ -18,6 +19,7 @@ import type { LatentDiffusionConfig } from '../config/ldm.js';
 import { UNetModel, sizeMultiple } from './unet/index.js';
 import { Slots } from './unet/layers.js';
 import { createConditioner, type Conditioner } from './conditioning.js';
+import { LAYOUT_MODULE } from './caption-layout.js';
 import { Tokenizer } from './tokenizer.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, firstStageFromLdm, type FirstStage } from './first-stage.js';
 import { loadAnyCheckpoint } from '../interop/load-any.js';
@@ -38,6 +40,7 @@ export class LatentDiffusion extends Module {
     this.unet = this.add('model', new Slots()).put('diffusion_model', new UNetModel(config.unet));
     this.conditioner = createConditioner(config.conditioning, config.unet.context_dim, opts.tokenizer);
     if (this.conditioner.module) this.add('cond_stage_model', this.conditioner.module);
+    if (this.conditioner.layout) this.add(LAYOUT_MODULE, this.conditioner.layout);
     const s = config.schedule;
     this.schedule = new NoiseSchedule({ schedule: s.schedule, timesteps: s.timesteps, linearStart: s.linear_start, linearEnd: s.linear_end });
     this.parameterization = config.parameterization;
@@ -55,7 +58,7 @@ export class LatentDiffusion extends Module {
 
   /** The model output (eps, x0 or v) for z_t [N, C, h, w] at timesteps t [N], given the condition inputs. */
   forward(x: Tensor, t: Tensor, cond: Readonly<Record<string, Tensor>>): Tensor {
-    const { context, concat } = this.conditioner.apply(cond);
+    const { context, concat } = this.conditioner.apply(cond, x.shape[2]!, x.shape[3]!);
     const input = concat ? o.concat([x, concat], 1) : x;
     return this.unet.forward(input, t, context);
   }
