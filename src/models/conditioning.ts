@@ -54,7 +54,7 @@ export interface Conditioner {
   readonly module?: Module;
   /** The caption layout head (`cond_layout_model`), if any. */
   readonly layout?: CaptionLayout;
-  /** Channels appended to z_t. */
+  /** Channels of the fed condition map (cond.concat) appended to z_t; a caption layout's are made in the graph, not fed. */
   readonly concatChannels: number;
   /**
    * Feeds for `n` samples at latent size h x w. Samples with `drop[i]` get the null condition (training's

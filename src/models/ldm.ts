@@ -1,8 +1,8 @@
 /**
  * The trained part of a latent diffusion model, with the reference's parameter names: the UNet under
- * `model.diffusion_model.` and the condition encoder under `cond_stage_model.` (and our caption layout head under
- * `cond_layout_model.`). The first stage is frozen and
- * lives outside (src/models/first-stage.ts); the noise schedule and the loss target are host-side maths.
+ * `model.diffusion_model.` and the condition encoder under `cond_stage_model.` (our caption layout head, which the
+ * reference lacks, under `cond_layout_model.`). The first stage is frozen and lives outside
+ * (src/models/first-stage.ts); the noise schedule and the loss target are host-side maths.
  */
 import * as o from '../engine/ops.js';
 import { mseLoss } from '../engine/nn.js';
