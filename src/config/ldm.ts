@@ -130,10 +130,11 @@ export type LatentDiffusionConfig = z.output<typeof LatentDiffusionConfigSchema>
 export type LatentDiffusionConfigInput = z.input<typeof LatentDiffusionConfigSchema>;
 export type ConditioningConfig = LatentDiffusionConfig['conditioning'];
 
-/** Channels the condition appends to z_t (concat and semantic), 0 for cross-attention or none. */
+/** Channels the condition appends to z_t (concat, semantic, a text layout's maps), 0 for cross-attention alone or none. */
 export function concatChannels(c: ConditioningConfig): number {
   if (c.type === 'concat') return c.channels ?? 0;
   if (c.type === 'semantic') return c.num_classes ?? 0;
+  if (c.type === 'text') return c.text?.layout?.channels ?? 0;
   return 0;
 }
 
@@ -191,11 +192,10 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
     out.push({ path: ['conditioning', 'text'], message: `only text conditioning has a text encoder; remove text or set type: text` });
   }
   const extra = concatChannels(c);
-  const layout = c.type === 'text' ? (c.text?.layout?.channels ?? 0) : 0;
-  if (u.in_channels !== u.out_channels + extra + layout) {
-    const why = extra ? `out_channels ${u.out_channels} latent channels + ${extra} condition channels`
-      : layout ? `out_channels ${u.out_channels} latent channels + ${layout} caption layout channels` : `out_channels ${u.out_channels} (the latent channels)`;
-    out.push({ path: ['unet', 'in_channels'], message: `${u.in_channels} should be ${u.out_channels + extra + layout}: ${why}` });
+  if (u.in_channels !== u.out_channels + extra) {
+    const what = c.type === 'text' ? 'caption layout' : 'condition';
+    const why = extra ? `out_channels ${u.out_channels} latent channels + ${extra} ${what} channels` : `out_channels ${u.out_channels} (the latent channels)`;
+    out.push({ path: ['unet', 'in_channels'], message: `${u.in_channels} should be ${u.out_channels + extra}: ${why}` });
   }
   if (cfg.data.sr) {
     if (c.type !== 'concat') out.push({ path: ['conditioning', 'type'], message: `data.sr trains a super-resolution model, conditioned on the low-resolution image: set type: concat (got ${c.type})` });

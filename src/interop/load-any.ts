@@ -488,8 +488,8 @@ function checkModel(m: ModelContent, file: string): { model: ModelContent; unuse
       parts.push([UNET_PREFIX, new UNetModel(m.config.unet)]);
       const mod = condModule({ conditioning: m.config.conditioning, context_dim: m.config.unet.context_dim ?? 0 }, m.params, COND_PREFIX);
       if (mod) parts.push([COND_PREFIX, mod]);
-      const text = m.config.conditioning.text;
-      if (text?.layout) parts.push([`${LAYOUT_MODULE}.`, new CaptionLayout(text.dim, text.layout.channels, text.layout.frequencies)]);
+      const layout = m.config.conditioning.text && CaptionLayout.of(m.config.conditioning.text);
+      if (layout) parts.push([`${LAYOUT_MODULE}.`, layout]);
       const spec = firstStageSpecOf(m.metadata);
       if (spec?.kind === 'autoencoder') {
         const a = archOfSpec(spec);

@@ -42,6 +42,11 @@ export class CaptionLayout extends Module {
     this.proj = this.add('proj', new Linear(dim, channels * frequencies * frequencies, { init: 'zero' }));
   }
 
+  /** The head conditioning.text.layout asks for, if it asks for one. */
+  static of(text: { dim: number; layout?: { channels: number; frequencies: number } }): CaptionLayout | undefined {
+    return text.layout ? new CaptionLayout(text.dim, text.layout.channels, text.layout.frequencies) : undefined;
+  }
+
   /** Pooled caption [N, dim] -> layout maps [N, channels, h, w]. */
   forward(pooled: Tensor, h: number, w: number): Tensor {
     return this.scoped(() => {

@@ -137,7 +137,7 @@ class TextConditioning implements Conditioner {
   readonly concatChannels = 0;
   readonly module: TextEncoder;
 
-  readonly layout?: CaptionLayout;
+  readonly layout: CaptionLayout | undefined;
 
   constructor(readonly tokenizer: Tokenizer, text: NonNullable<ConditioningConfig['text']>) {
     if (tokenizer.maxLen !== text.max_len) {
@@ -146,7 +146,7 @@ class TextConditioning implements Conditioner {
     this.module = new TextEncoder({
       vocabSize: tokenizer.vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head,
     });
-    if (text.layout) this.layout = new CaptionLayout(text.dim, text.layout.channels, text.layout.frequencies);
+    this.layout = CaptionLayout.of(text);
   }
 
   private tokens(texts: readonly string[]): CondFeeds {
