@@ -4,8 +4,8 @@
  * targets judged against this run's bicubic. With --large, a 1024x768 photo upscaled to 4096x3072 by the CLI in its own
  * process under /usr/bin/time: peak RSS, wall time and the tile-seam ratio.
  * Writes bench/results/sr-x4-photos.json (or --out NAME.json) and prints a table.
- * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--strength 1] [--eta 0] [--color-fix wavelet] [--large photo.jpg]
- *        [--large-steps 10] [--threads 2]
+ * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--sampler ddim] [--strength 1] [--eta 0]
+ *        [--color-fix wavelet] [--large photo.jpg] [--large-steps 10] [--tile 128] [--tile-batch 4] [--threads 2]
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { selectBackend } from '../src/engine/backend.js';
 import { upscaleFiles, type ColorFix, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale.js';
+import type { SamplerName } from '../src/diffusion/samplers.js';
 import { table, writeResults } from './util.js';
 
 const { values: a } = parseArgs({
@@ -22,12 +23,15 @@ const { values: a } = parseArgs({
     ckpt: { type: 'string' },
     photos: { type: 'string' },
     steps: { type: 'string' },
+    sampler: { type: 'string' },
     strength: { type: 'string' },
     eta: { type: 'string' },
     out: { type: 'string', default: 'sr-x4-photos' },
     'color-fix': { type: 'string' },
     large: { type: 'string' },
     'large-steps': { type: 'string', default: '10' },
+    tile: { type: 'string' },
+    'tile-batch': { type: 'string' },
     threads: { type: 'string', default: String(os.availableParallelism()) },
     seed: { type: 'string', default: '0' },
   },
@@ -54,6 +58,11 @@ try {
 }
 console.log(`wrote ${await writeResults(a.out, results)}`);
 
+/** --tile and --tile-batch for the model (a pixel-space model's default tile, its 32-pixel training crop, is slow on whole photos). */
+function tileOptions(): { tile?: number; tileBatch?: number } {
+  return { ...(a.tile !== undefined ? { tile: Number(a.tile) } : {}), ...(a['tile-batch'] !== undefined ? { tileBatch: Number(a['tile-batch']) } : {}) };
+}
+
 /** The model, bicubic and Lanczos on the photos' x4-downscaled versions, and the issue's targets. */
 async function photoTable(photos: string): Promise<void> {
   const lr = path.join(work, 'lr');
@@ -66,7 +75,7 @@ async function photoTable(photos: string): Promise<void> {
       console.error(`${method}...`);
       runs[method] = await upscaleFiles({
         inputs: [lr], outDir: path.join(work, method), method, seed, reference: photos,
-        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}), ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}), ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}), ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}) } : {}),
+        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}), ...(a.sampler !== undefined ? { sampler: a.sampler as SamplerName } : {}), ...tileOptions(), ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}), ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}), ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}) } : {}),
       });
     }
   } finally {
@@ -102,7 +111,7 @@ async function largeImage(photo: string, steps: number): Promise<Record<string, 
   await sharp(photo).rotate().resize(1024, 768, { fit: 'cover' }).removeAlpha().png().toFile(input);
   const out = path.join(work, 'large-x4.png');
   const bin = path.resolve(import.meta.dirname, '..', 'bin', 'run.js');
-  const args = ['-f', '%M %e', process.execPath, bin, 'upscale', '--ckpt', a.ckpt!, input, '-o', out, '--steps', String(steps), ...(a.strength !== undefined ? ['--strength', a.strength] : []), ...(a['color-fix'] !== undefined ? ['--color-fix', a['color-fix']] : []), '--threads', String(threads), '--seed', String(seed), '--json'];
+  const args = ['-f', '%M %e', process.execPath, bin, 'upscale', '--ckpt', a.ckpt!, input, '-o', out, '--steps', String(steps), ...(a.sampler !== undefined ? ['--sampler', a.sampler] : []), ...(a.tile !== undefined ? ['--tile', a.tile] : []), ...(a['tile-batch'] !== undefined ? ['--tile-batch', a['tile-batch']] : []), ...(a.strength !== undefined ? ['--strength', a.strength] : []), ...(a['color-fix'] !== undefined ? ['--color-fix', a['color-fix']] : []), '--threads', String(threads), '--seed', String(seed), '--json'];
   console.error(`large: 1024x768 -> 4096x3072, ${steps} steps...`);
   const r = spawnSync('/usr/bin/time', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`large upscale failed (exit ${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
