@@ -37,7 +37,7 @@ const { values: a } = parseArgs({
   },
 });
 if (a.ckpt === undefined || (a.photos === undefined && a.large === undefined)) {
-  console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> [--photos <folder of HR photos>] [--steps N] [--large <photo>] [--large-steps N]');
+  console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> [--photos <folder of HR photos>] [--steps N] [--sampler S] [--strength S] [--tile N] [--large <photo>] [--large-steps N]');
   process.exit(2);
 }
 const threads = Number(a.threads);
