@@ -119,7 +119,7 @@ async function largeImage(photo: string, steps: number): Promise<Record<string, 
   const res = JSON.parse(r.stdout) as UpscaleFilesResult;
   const file = res.files[0]!;
   const meta = await sharp(out).metadata();
-  const large = { input: '1024x768', output: `${meta.width}x${meta.height}`, steps, peak_rss_mb: rssKb / 1024, wall_s: wall, seam_ratio: file.seam, seam_ratio_all_lines: file.seamAllLines, rss_under_3gb: rssKb / 1024 < 3072, seam_within_10pct: file.seam !== undefined && Math.abs(file.seam - 1) <= 0.1 };
+  const large = { input: '1024x768', output: `${meta.width}x${meta.height}`, steps, sampler: res.sampler, strength: res.strength ?? 1, tile: a.tile !== undefined ? Number(a.tile) : 'default', peak_rss_mb: rssKb / 1024, wall_s: wall, seam_ratio: file.seam, seam_ratio_all_lines: file.seamAllLines, rss_under_3gb: rssKb / 1024 < 3072, seam_within_10pct: file.seam !== undefined && Math.abs(file.seam - 1) <= 0.1 };
   console.log(table([{ output: large.output, steps, 'peak RSS MB': large.peak_rss_mb, 'wall s': wall, seam: file.seam ?? NaN, 'seam (all lines)': file.seamAllLines ?? NaN }]));
   return large;
 }
