@@ -14,7 +14,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { selectBackend } from '../src/engine/backend.js';
-import { upscaleFiles, type ColorFix, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale.js';
+import { upscaleFiles, type ColorFix, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale.js';
 import type { SamplerName } from '../src/diffusion/samplers.js';
 import { table, writeResults } from './util.js';
 
@@ -40,6 +40,8 @@ if (a.ckpt === undefined || (a.photos === undefined && a.large === undefined)) {
   console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> [--photos <folder of HR photos>] [--steps N] [--sampler S] [--strength S] [--tile N] [--large <photo>] [--large-steps N]');
   process.exit(2);
 }
+/** Flags the --large run passes on to `ldm upscale` as given: the CLI spells them as this script does. */
+const LARGE_PASSTHROUGH = ['sampler', 'tile', 'tile-batch', 'strength', 'color-fix'] as const;
 const threads = Number(a.threads);
 const seed = Number(a.seed);
 const work = await mkdtemp(path.join(os.tmpdir(), 'ldm-bench-sr-'));
@@ -58,10 +60,20 @@ try {
 }
 console.log(`wrote ${await writeResults(a.out, results)}`);
 
-/** --tile and --tile-batch for the model (a pixel-space model's default tile, its 32-pixel training crop, is slow on whole photos). */
-function tileOptions(): { tile?: number; tileBatch?: number } {
-  return { ...(a.tile !== undefined ? { tile: Number(a.tile) } : {}), ...(a['tile-batch'] !== undefined ? { tileBatch: Number(a['tile-batch']) } : {}) };
+/** The model's sampling flags as upscaleFiles options (--steps is the photo table's; --large has --large-steps). */
+function modelOptions(): Partial<UpscaleFilesOptions> {
+  return {
+    ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}),
+    ...(a.sampler !== undefined ? { sampler: a.sampler as SamplerName } : {}),
+    ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}),
+    ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}),
+    ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}),
+    // A pixel-space model's default tile, its 32-pixel training crop, is slow on whole photos.
+    ...(a.tile !== undefined ? { tile: Number(a.tile) } : {}),
+    ...(a['tile-batch'] !== undefined ? { tileBatch: Number(a['tile-batch']) } : {}),
+  };
 }
+
 
 /** The model, bicubic and Lanczos on the photos' x4-downscaled versions, and the issue's targets. */
 async function photoTable(photos: string): Promise<void> {
@@ -75,7 +87,7 @@ async function photoTable(photos: string): Promise<void> {
       console.error(`${method}...`);
       runs[method] = await upscaleFiles({
         inputs: [lr], outDir: path.join(work, method), method, seed, reference: photos,
-        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}), ...(a.sampler !== undefined ? { sampler: a.sampler as SamplerName } : {}), ...tileOptions(), ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}), ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}), ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}) } : {}),
+        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...modelOptions() } : {}),
       });
     }
   } finally {
@@ -111,7 +123,7 @@ async function largeImage(photo: string, steps: number): Promise<Record<string, 
   await sharp(photo).rotate().resize(1024, 768, { fit: 'cover' }).removeAlpha().png().toFile(input);
   const out = path.join(work, 'large-x4.png');
   const bin = path.resolve(import.meta.dirname, '..', 'bin', 'run.js');
-  const args = ['-f', '%M %e', process.execPath, bin, 'upscale', '--ckpt', a.ckpt!, input, '-o', out, '--steps', String(steps), ...(a.sampler !== undefined ? ['--sampler', a.sampler] : []), ...(a.tile !== undefined ? ['--tile', a.tile] : []), ...(a['tile-batch'] !== undefined ? ['--tile-batch', a['tile-batch']] : []), ...(a.strength !== undefined ? ['--strength', a.strength] : []), ...(a['color-fix'] !== undefined ? ['--color-fix', a['color-fix']] : []), '--threads', String(threads), '--seed', String(seed), '--json'];
+  const args = ['-f', '%M %e', process.execPath, bin, 'upscale', '--ckpt', a.ckpt!, input, '-o', out, '--steps', String(steps), ...LARGE_PASSTHROUGH.flatMap((f) => (a[f] !== undefined ? [`--${f}`, a[f]] : [])), '--threads', String(threads), '--seed', String(seed), '--json'];
   console.error(`large: 1024x768 -> 4096x3072, ${steps} steps...`);
   const r = spawnSync('/usr/bin/time', args, { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`large upscale failed (exit ${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
