@@ -96,7 +96,7 @@ async function photoTable(photos: string): Promise<void> {
   const rows = (['model', 'bicubic', 'lanczos'] as const).map((m) => {
     const r = runs[m]!;
     if (!r.metrics) throw new Error(`${m}: no image was scored against ${photos}`);
-    return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? `, strength ${r.strength}` : ''}${r.colorFix === 'wavelet' ? ', colour fix' : ''}${a.eta !== undefined ? `, eta ${a.eta}` : ''})` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
+    return { method: m === 'model' ? `model (${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? `, strength ${r.strength}` : ''}${r.tile !== undefined ? `, tile ${r.tile}` : ''}${r.colorFix === 'wavelet' ? ', colour fix' : ''}${a.eta !== undefined ? `, eta ${a.eta}` : ''})` : m, psnr: r.metrics.psnr, ssim: r.metrics.ssim, hf_ratio: r.metrics.hfRatio, seconds: r.seconds };
   });
   const [model, bicubic] = [rows[0]!, rows[1]!];
   const hfTarget = bicubic.hf_ratio + (1 - bicubic.hf_ratio) / 2;
@@ -131,7 +131,7 @@ async function largeImage(photo: string, steps: number): Promise<Record<string, 
   const res = JSON.parse(r.stdout) as UpscaleFilesResult;
   const file = res.files[0]!;
   const meta = await sharp(out).metadata();
-  const large = { input: '1024x768', output: `${meta.width}x${meta.height}`, steps, sampler: res.sampler, strength: res.strength ?? 1, tile: a.tile !== undefined ? Number(a.tile) : 'default', peak_rss_mb: rssKb / 1024, wall_s: wall, seam_ratio: file.seam, seam_ratio_all_lines: file.seamAllLines, rss_under_3gb: rssKb / 1024 < 3072, seam_within_10pct: file.seam !== undefined && Math.abs(file.seam - 1) <= 0.1 };
+  const large = { input: '1024x768', output: `${meta.width}x${meta.height}`, steps, sampler: res.sampler, strength: res.strength ?? 1, tile: res.tile, peak_rss_mb: rssKb / 1024, wall_s: wall, seam_ratio: file.seam, seam_ratio_all_lines: file.seamAllLines, rss_under_3gb: rssKb / 1024 < 3072, seam_within_10pct: file.seam !== undefined && Math.abs(file.seam - 1) <= 0.1 };
   console.log(table([{ output: large.output, steps, 'peak RSS MB': large.peak_rss_mb, 'wall s': wall, seam: file.seam ?? NaN, 'seam (all lines)': file.seamAllLines ?? NaN }]));
   return large;
 }

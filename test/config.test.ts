@@ -294,3 +294,16 @@ test('suggestions rank close names first and leave far ones out', () => {
   assert.equal(didYouMean('dropuot', ['dropout', 'double_z']), ' (did you mean "dropout"?)');
   assert.equal(didYouMean('zzzzzz', ['dropout', 'double_z']), '');
 });
+
+test('an SR config that trains below max_timestep must sample from a strength that starts there', () => {
+  const sr = fs.readFileSync('configs/ldm/sr-x4-pixels.yaml', 'utf8');
+  const capped = (maxT: number, strength: number) => edited(sr, {
+    '  ckpt_every: 1000': `  ckpt_every: 1000\n  max_timestep: ${maxT}`,
+    'sampler: dpmpp-2m}': `sampler: dpmpp-2m, strength: ${strength}}`,
+  });
+  parseConfig(capped(400, 0.4), 'configs/x.yaml');
+  const over = problems(capped(400, 0.5));
+  assert.deepEqual(over, [over[0]]);
+  assert.match(over[0]!, /sample\.strength: 0\.5 starts at timestep 500, which train\.max_timestep 400 never trains: set strength <= 0\.4/);
+  assert.match(problems(capped(1200, 0.5))[0]!, /train\.max_timestep: 1200 is beyond the schedule's 1000 timesteps/);
+});

@@ -81,3 +81,23 @@ test('min_snr_start: uniform draws (the same as rng.int(T)) before that fraction
   // Without a progress (e.g. a caller outside training), the sampler gives its final distribution.
   assert.equal(late.probability(800), pure.probability(800));
 });
+
+test('a limit draws only timesteps below it, uniformly or by min-SNR weight', () => {
+  const flat = new TimestepSampler(1000, abar, 'v', { limit: 400 });
+  const rng = new Rng(3);
+  let top = 0;
+  for (let i = 0; i < 20_000; i++) top = Math.max(top, flat.draw(rng));
+  assert.ok(top >= 390 && top < 400, `largest of 20000 draws: ${top}`);
+  assert.equal(flat.probability(10), 1 / 400);
+  assert.equal(flat.probability(400), 0);
+  const weighted = new TimestepSampler(1000, abar, 'v', { gamma: 5, limit: 400 });
+  const full = new TimestepSampler(1000, abar, 'v', { gamma: 5 });
+  let sum = 0;
+  for (let t = 0; t < 1000; t++) sum += weighted.probability(t);
+  assert.ok(Math.abs(sum - 1) < 1e-9);
+  // Same shape below the limit, renormalised.
+  const r = weighted.probability(100) / weighted.probability(300);
+  assert.ok(Math.abs(r - full.probability(100) / full.probability(300)) < 1e-9 * r);
+  for (let i = 0; i < 1000; i++) assert.ok(weighted.draw(rng) < 400);
+  assert.throws(() => new TimestepSampler(1000, abar, 'v', { limit: 1001 }), /max_timestep must be an integer in 1\.\.1000, got 1001/);
+});

@@ -66,10 +66,14 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
   await photo(path.join(inputs, 'nested', 'clear.png'), 6, 6, 9, 4);
   fs.writeFileSync(path.join(dir, 'sr-pixel.yaml'), srConfig('sr-pixel', 3, 'pixel'));
   fs.writeFileSync(path.join(dir, 'sr-f4.yaml'), srConfig('sr-f4', 3));
+  // Trained below timestep 400 only, so sampled from the bicubic upscale at its sample.strength (and tile) by default.
+  fs.writeFileSync(path.join(dir, 'sr-cap.yaml'), srConfig('sr-cap', 3, 'pixel')
+    .replace('log_every: 1}', 'log_every: 1, max_timestep: 400}').replace('sampler: ddim}', 'sampler: ddim, strength: 0.3, tile: 8}'));
   await tinyAutoencoder(path.join(dir, 'ae.safetensors'));
   const runs = path.join(dir, 'runs');
   const pixel = path.join(runs, 'sr-pixel', 'model.safetensors');
   const f4 = path.join(runs, 'sr-f4', 'model.safetensors');
+  const cap = path.join(runs, 'sr-cap', 'model.safetensors');
   const up = (ckpt: string, out: string, ...extra: string[]) => ({
     command: 'upscale', args: ['--ckpt', ckpt, inputs, '-o', path.join(dir, out), '--steps', '3', '--json', ...extra],
   });
@@ -87,8 +91,11 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
     up(f4, 'k', '--tile', '16', '--tile-overlap', '4', '--strength', '0.5'),
     up(pixel, 'm'),
     up(pixel, 'n', '--color-fix', 'none'),
+    { command: 'train-ldm', args: ['--config', path.join(dir, 'sr-cap.yaml'), '--data', photos, '--runs-dir', runs, '--json'] },
+    up(cap, 'p'),
+    up(cap, 'q', '--strength', '0.5'),
   ]);
-  const [trainPixel, trainF4, a, b, c, d, e, g, h, bic, k, m, n] = results as [typeof results[0], ...typeof results];
+  const [trainPixel, trainF4, a, b, c, d, e, g, h, bic, k, m, n, trainCap, p, q] = results as [typeof results[0], ...typeof results];
   for (const r of [trainPixel, trainF4]) {
     assert.equal(r!.code, 0, r!.stderr);
     const res = JSON.parse(r!.stdout) as { step: number; cache: { count: number } };
@@ -141,4 +148,12 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
   const channelMeans = (x: Float32Array) => [0, 1, 2].map((ch) => x.filter((_, i) => i % 3 === ch).reduce((acc, v) => acc + v, 0) / (x.length / 3));
   const off = (x: Float32Array) => Math.max(...channelMeans(x).map((v, ch) => Math.abs(v - channelMeans(bicubic)[ch]!)));
   assert.ok(off(await pixels('n')) > 5 * off(await pixels('m')), `channel means off bicubic's by ${off(await pixels('m')).toFixed(2)} with the fix, ${off(await pixels('n')).toFixed(2)} without`);
+
+  // The checkpoint's sample.strength and tile are the defaults; a strength above its trained timesteps is refused.
+  for (const r of [trainCap, p]) assert.equal(r!.code, 0, r!.stderr);
+  const rp = JSON.parse(p!.stdout) as UpscaleFilesResult;
+  assert.deepEqual([rp.strength, rp.tile, rp.written], [0.3, 8, 3]);
+  assert.equal((JSON.parse(a!.stdout) as UpscaleFilesResult).tile, 16, 'without sample.tile: the training crop');
+  assert.notEqual(q!.code, 0);
+  assert.match(q!.stdout, /trained only on timesteps below 400 of 1000 \(train\.max_timestep\): --strength 0\.5 starts beyond them; use --strength 0\.4 or less/);
 });

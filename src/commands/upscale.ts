@@ -38,8 +38,8 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     sampler: Flags.option({ options: SAMPLER_NAMES, summary: 'Sampler (default: the checkpoint\'s, ddim).' })(),
     eta: number({ summary: 'DDIM eta: 0 (default) is deterministic and seamless across tiles.' }),
     'color-fix': Flags.option({ options: COLOR_FIXES, summary: 'wavelet (default): low frequencies (colour, brightness) from the bicubic upscale, detail from the model (StableSR); none: the model\'s output as decoded.' })(),
-    strength: number({ summary: 'Start from the bicubic upscale noised this far, in (0, 1] (SDEdit): fewer steps run. Default 1: from noise.' }),
-    tile: Flags.integer({ min: 1, summary: 'Model tile side in output pixels (default: the training crop).' }),
+    strength: number({ summary: 'Start from the bicubic upscale noised this far, in (0, 1] (SDEdit): fewer steps run. Default: the checkpoint\'s sample.strength (1: from noise).' }),
+    tile: Flags.integer({ min: 1, summary: 'Model tile side in output pixels (default: the checkpoint\'s sample.tile, else its training crop).' }),
     'tile-overlap': Flags.integer({ min: 0, summary: 'Output pixels shared by neighbouring tiles (default a quarter of --tile).' }),
     'tile-batch': Flags.integer({ min: 1, summary: 'Tiles per model call (default about 4096 latent cells a call).' }),
     reference: Flags.string({ summary: 'Folder of high-resolution originals: PSNR, SSIM and high-frequency ratio per image and averaged.' }),
@@ -113,7 +113,7 @@ function fmt(x: number, digits: number): string {
 
 function human(r: UpscaleFilesResult): string {
   const what = r.downscale ? `downscaled x${r.scale} (${r.method})`
-    : r.method === 'model' ? `upscaled x${r.scale} with ${r.ckpt} (x${r.modelScale} model, ${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? ` from bicubic at strength ${r.strength}` : ''}${r.colorFix === 'wavelet' ? ', wavelet colour fix' : ', no colour fix'}, seed ${r.seed})`
+    : r.method === 'model' ? `upscaled x${r.scale} with ${r.ckpt} (x${r.modelScale} model, ${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? ` from bicubic at strength ${r.strength}` : ''}${r.tile !== undefined ? `, tile ${r.tile}` : ''}${r.colorFix === 'wavelet' ? ', wavelet colour fix' : ', no colour fix'}, seed ${r.seed})`
       : `upscaled x${r.scale} (${r.method})`;
   const unscored = r.unscored ? `, ${r.unscored} not scored` : '';
   const lines = [`${what}: ${r.written} written, ${r.skipped} skipped, ${r.failed} failed${unscored} in ${r.seconds.toFixed(1)} s`];

@@ -68,6 +68,11 @@ const TrainSchema = strict({
   min_snr_uniform: fraction('a number in [0, 1)').default(0),
   /** With min_snr_gamma: draw uniformly until this fraction of training (steps or --time-limit, whichever is further). */
   min_snr_start: fraction('a number in [0, 1)').default(0),
+  /**
+   * Draw training timesteps below this one only: for a model that is always sampled from a partly noised start
+   * (super-resolution from the bicubic upscale at sample.strength), so that every step trains the noise levels it meets.
+   */
+  max_timestep: posInt().optional(),
   /** Write a sample grid into the run's samples/ every this many steps. */
   sample_every: posInt().optional(),
   ckpt_every: posInt().optional(),
@@ -98,6 +103,10 @@ const SampleSchema = strict({
   sampler: oneOf(SAMPLER_NAMES).default('ddim'),
   eta: nonNegNum().default(0),
   guidance: nonNegNum().default(1),
+  /** Super-resolution: start from the bicubic upscale noised this far, in (0, 1] (`ldm upscale --strength`'s default). */
+  strength: z.number(expecting('a number in (0, 1]')).positive(expecting('a number in (0, 1]')).max(1, expecting('a number in (0, 1]')).default(1),
+  /** Super-resolution: model tile side in output pixels (`ldm upscale --tile`'s default; absent: the training crop). */
+  tile: posInt().optional(),
 });
 
 const scaleFactor = z.union([z.literal('auto'), z.literal('first_stage'), posNum('"auto", "first_stage" or a number > 0')], {
@@ -207,6 +216,13 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
     }
   }
   const s = cfg.schedule;
+  const maxT = cfg.train.max_timestep;
+  if (maxT !== undefined) {
+    if (maxT > s.timesteps) out.push({ path: ['train', 'max_timestep'], message: `${maxT} is beyond the schedule's ${s.timesteps} timesteps: set it to ${s.timesteps} or less` });
+    else if (cfg.sample.strength * s.timesteps > maxT) {
+      out.push({ path: ['sample', 'strength'], message: `${cfg.sample.strength} starts at timestep ${Math.round(cfg.sample.strength * s.timesteps)}, which train.max_timestep ${maxT} never trains: set strength <= ${maxT / s.timesteps}` });
+    }
+  }
   if (s.linear_end <= s.linear_start && s.schedule !== 'cosine') {
     out.push({ path: ['schedule', 'linear_end'], message: `${s.linear_end} must be larger than linear_start ${s.linear_start}` });
   }

@@ -24,15 +24,21 @@ export interface MinSnrOptions {
   uniform?: number;
   /** Fraction of training (0 to 1) before which every draw is uniform. */
   start?: number;
+  /** Draw only t < limit (default T): for a model that always samples from a partly noised start (SR at a strength). */
+  limit?: number;
 }
 
 export class TimestepSampler {
   /** Cumulative probabilities over t = 0..T-1; absent for uniform. */
   private readonly cdf?: Float64Array;
   readonly start: number;
+  /** Timesteps drawn: 0..limit-1. */
+  readonly limit: number;
 
   constructor(readonly T: number, abar: (t: number) => number, param: Parameterization, opts: MinSnrOptions = {}) {
-    const { gamma = 0, uniform = 0, start = 0 } = opts;
+    const { gamma = 0, uniform = 0, start = 0, limit = T } = opts;
+    if (!(Number.isInteger(limit) && limit >= 1 && limit <= T)) throw new Error(`max_timestep must be an integer in 1..${T}, got ${limit}`);
+    this.limit = limit;
     if (!(gamma >= 0)) throw new Error(`min_snr_gamma must be >= 0 (0 = uniform timesteps), got ${gamma}`);
     if (!(uniform >= 0 && uniform <= 1)) throw new Error(`min_snr_uniform must be in [0, 1], got ${uniform}`);
     if (!(start >= 0 && start <= 1)) throw new Error(`min_snr_start must be in [0, 1], got ${start}`);
@@ -41,27 +47,28 @@ export class TimestepSampler {
     }
     this.start = start;
     if (gamma === 0 || uniform === 1) return;
-    const cdf = new Float64Array(T);
+    const cdf = new Float64Array(limit);
     let sum = 0;
-    for (let t = 0; t < T; t++) {
+    for (let t = 0; t < limit; t++) {
       const a = abar(t);
       sum += minSnrWeight(a / (1 - a), gamma, param);
       cdf[t] = sum;
     }
-    for (let t = 0; t < T; t++) cdf[t] = (1 - uniform) * (cdf[t]! / sum) + (uniform * (t + 1)) / T;
+    for (let t = 0; t < limit; t++) cdf[t] = (1 - uniform) * (cdf[t]! / sum) + (uniform * (t + 1)) / limit;
     this.cdf = cdf;
   }
 
   /** Probability of drawing t at `progress` (the fraction of training done). */
   probability(t: number, progress = 1): number {
-    if (!this.cdf || progress < this.start) return 1 / this.T;
+    if (t >= this.limit) return 0;
+    if (!this.cdf || progress < this.start) return 1 / this.limit;
     return this.cdf[t]! - (t > 0 ? this.cdf[t - 1]! : 0);
   }
 
   draw(rng: Rng, progress = 1): number {
-    if (!this.cdf || progress < this.start) return rng.int(this.T);
+    if (!this.cdf || progress < this.start) return rng.int(this.limit);
     const u = rng.uniform();
-    let lo = 0, hi = this.T - 1;
+    let lo = 0, hi = this.limit - 1;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
       if (this.cdf[mid]! > u) hi = mid;

@@ -17,10 +17,10 @@ import type { HostTensor } from '../engine/host-tensor.js';
 import { probeImage, readImage, readImageWithAlpha, resampleImage, writePngWithAlpha } from '../io/image.js';
 import { convertChannels } from '../data/transforms.js';
 import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
-import { checkStrength, type SamplerName } from '../diffusion/samplers.js';
+import type { SamplerName } from '../diffusion/samplers.js';
 import { checkOutputs, planJobs, type FileJob } from './autoencode.js';
 import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './upscale/classical.js';
-import { loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
+import { checkModelStrength, loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
 import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './upscale/reference.js';
 import { DEFAULT_COLOR_FIX, type ColorFix } from './upscale/color-fix.js';
 
@@ -97,6 +97,8 @@ export interface UpscaleFilesResult {
   sampler?: SamplerName;
   seed?: number;
   strength?: number;
+  /** Model tile side in output pixels. */
+  tile?: number;
   colorFix?: ColorFix;
   files: UpscaledFile[];
   written: number;
@@ -121,7 +123,7 @@ async function exists(file: string): Promise<boolean> {
 type Transform = (rgb: HostTensor) => Promise<{ image: HostTensor; seam?: number; seamAllLines?: number }>;
 
 /** Resolve the scale and make the image transform; loads the model for method model. */
-async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; model?: SrModel }> {
+async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; model?: SrModel; tile?: number }> {
   const method = opts.method;
   if (opts.downscale) {
     if (method === 'model') throw new Error('--downscale makes low-resolution inputs with a classical filter; use --method bicubic (the SR training degradation) or lanczos');
@@ -143,8 +145,8 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
       throw new Error(`${opts.ckpt} upscales x${native} (its first stage has f=${model.ldm.firstStage.factor} and it was trained on x${native} pairs); `
         + `--scale ${scale} is beyond it: use --scale ${native} or less (smaller scales resample its output down), or --method bicubic|lanczos`);
     }
-    tilePlan(model, opts);
-    if (opts.strength !== undefined) checkStrength(opts.strength, '--strength');
+    const tile = tilePlan(model, opts).tile * model.ldm.firstStage.factor;
+    if (opts.strength !== undefined) checkModelStrength(model, opts.strength);
     const cfg = model.ldm.config.sample;
     const transform: Transform = async (rgb) => {
       const [c, h, w] = rgb.shape as [number, number, number];
@@ -163,7 +165,7 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
       // Grey in, grey out; a grey model gives grey whatever came in.
       return { image: c === 1 && model.channels === 3 ? convertChannels(y, 1) : y, ...(r.seam !== undefined ? { seam: r.seam, seamAllLines: r.seamAllLines! } : {}) };
     };
-    return { scale, transform, model };
+    return { scale, transform, model, tile };
   } catch (err) {
     await model.dispose();
     throw err;
@@ -180,7 +182,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
     if (opts.downscale) throw new Error('--reference compares upscaled outputs with their originals; it does not apply to --downscale');
     if (!(await fsp.stat(opts.reference).then((s) => s.isDirectory(), () => false))) throw new Error(`--reference ${opts.reference} is not a folder; give the folder of high-resolution originals`);
   }
-  const { transform, scale, model } = await makeTransform(opts);
+  const { transform, scale, model, tile } = await makeTransform(opts);
   const note = opts.note ?? (() => undefined);
   const files: UpscaledFile[] = [];
   try {
@@ -233,7 +235,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
     method: opts.method, scale, downscale: opts.downscale ?? false,
     ...(model ? {
       ckpt: opts.ckpt!, modelScale: model.scale, steps: opts.steps ?? model.ldm.config.sample.steps,
-      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? 1, colorFix: opts.colorFix ?? DEFAULT_COLOR_FIX,
+      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? model.ldm.config.sample.strength, tile, colorFix: opts.colorFix ?? DEFAULT_COLOR_FIX,
     } : {}),
     files, written: count('written'), skipped: count('skipped'), failed: count('failed'), unscored: files.filter((f) => f.referenceError !== undefined).length,
     ...(opts.reference !== undefined && evaluated.length ? { metrics: { ...meanMetrics(evaluated), convention: METRIC_CONVENTION } } : {}),

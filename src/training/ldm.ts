@@ -289,6 +289,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const per = cache.latents.data.length / N;
   const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, {
     gamma: tc.min_snr_gamma, uniform: tc.min_snr_uniform, start: tc.min_snr_start,
+    ...(tc.max_timestep !== undefined ? { limit: tc.max_timestep } : {}),
   });
   const rate = new StepRate();
   let last: StepResult | undefined;

@@ -64,7 +64,7 @@ export async function loadSrModel(file: string, executor: Executor): Promise<SrM
   return {
     ldm, denoiser, scale,
     channels: ldm.config.conditioning.channels!,
-    defaultTile: ldm.config.data.size,
+    defaultTile: ldm.config.sample.tile ?? ldm.config.data.size,
     async dispose() {
       await denoiser.dispose();
       await stage.dispose();
@@ -103,6 +103,16 @@ export interface TilePlan {
 }
 
 /** Check and default the tile options against the model: sides in output pixels -> latent cells. */
+/** A strength in (0, 1] that starts where the model trained (train.max_timestep). */
+export function checkModelStrength(m: SrModel, strength: number): void {
+  checkStrength(strength, '--strength');
+  const maxT = m.ldm.config.train.max_timestep;
+  const T = m.ldm.config.schedule.timesteps;
+  if (maxT !== undefined && strength * T > maxT) {
+    throw new Error(`this model trained only on timesteps below ${maxT} of ${T} (train.max_timestep): --strength ${strength} starts beyond them; use --strength ${maxT / T} or less`);
+  }
+}
+
 export function tilePlan(m: SrModel, opts: Pick<ModelUpscaleOptions, 'tile' | 'overlap' | 'tileBatch'>): TilePlan {
   const f = m.ldm.firstStage.factor;
   const mult = m.ldm.model.sizeMultiple;
@@ -177,8 +187,8 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
     return { cond: blend.result() };
   };
   const sampler = createSampler(opts.sampler, ldm.model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
-  const strength = opts.strength ?? 1;
-  checkStrength(strength, '--strength');
+  const strength = opts.strength ?? m.ldm.config.sample.strength;
+  checkModelStrength(m, strength);
   const colorFix = opts.colorFix ?? DEFAULT_COLOR_FIX;
   const tileOpt = { size: T * f, overlap: plan.overlap * f };
   // The canvas in pixels as bicubic sees it, padded as the condition was: the start of --strength, the colour reference.
