@@ -68,7 +68,7 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
   fs.writeFileSync(path.join(dir, 'sr-f4.yaml'), srConfig('sr-f4', 3));
   // Trained below timestep 400 only, so sampled from the bicubic upscale at its sample.strength (and tile) by default.
   fs.writeFileSync(path.join(dir, 'sr-cap.yaml'), srConfig('sr-cap', 3, 'pixel')
-    .replace('log_every: 1}', 'log_every: 1, max_timestep: 400}').replace('sampler: ddim}', 'sampler: ddim, strength: 0.3, tile: 8}'));
+    .replace('log_every: 1}', 'log_every: 1, max_timestep: 400, sample_every: 3}').replace('sampler: ddim}', 'sampler: ddim, strength: 0.3, tile: 8}'));
   await tinyAutoencoder(path.join(dir, 'ae.safetensors'));
   const runs = path.join(dir, 'runs');
   const pixel = path.join(runs, 'sr-pixel', 'model.safetensors');
@@ -151,6 +151,9 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
 
   // The checkpoint's sample.strength and tile are the defaults; a strength above its trained timesteps is refused.
   for (const r of [trainCap, p]) assert.equal(r!.code, 0, r!.stderr);
+  const grids = (JSON.parse(trainCap!.stdout) as { samples: string[] }).samples;
+  assert.equal(grids.length, 1, 'the training grid, each crop sampled from its bicubic upscale');
+  assert.ok(fs.existsSync(grids[0]!));
   const rp = JSON.parse(p!.stdout) as UpscaleFilesResult;
   assert.deepEqual([rp.strength, rp.tile, rp.written], [0.3, 8, 3]);
   assert.equal((JSON.parse(a!.stdout) as UpscaleFilesResult).tile, 16, 'without sample.tile: the training crop');

@@ -131,3 +131,16 @@ export function allocate(dtype: DType, n: number): HostData {
     case 'bool': return new Uint8Array(n);
   }
 }
+
+/** float32 [N, ...] tensors stacked along the first axis (each shaped alike past it). */
+export function concatRows(parts: readonly HostTensor[]): HostTensor {
+  if (!parts.length) throw new Error('concatRows needs at least one tensor');
+  const n = parts.reduce((s, p) => s + p.shape[0]!, 0);
+  const out = new Float32Array(parts.reduce((s, p) => s + p.data.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(toFloat32(p), off);
+    off += p.data.length;
+  }
+  return float32([n, ...parts[0]!.shape.slice(1)], out);
+}

@@ -13,7 +13,7 @@ import path from 'node:path';
 import * as o from '../engine/ops.js';
 import { Graph, trace, type Tensor } from '../engine/graph.js';
 import { bindParams } from '../engine/module.js';
-import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { concatRows, float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
 import { Trainer, type StepResult } from '../engine/trainer.js';
@@ -236,17 +236,6 @@ function sliceBatch(t: HostTensor, from: number, to: number): HostTensor {
   return hostTensor(t.dtype, [to - from, ...t.shape.slice(1)], (t.data as Float32Array).slice(from * per, to * per));
 }
 
-function concatBatches(parts: readonly HostTensor[]): HostTensor {
-  const n = parts.reduce((s, p) => s + p.shape[0]!, 0);
-  const out = new Float32Array(parts.reduce((s, p) => s + p.data.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p.data as Float32Array, off);
-    off += p.data.length;
-  }
-  return float32([n, ...parts[0]!.shape.slice(1)], out);
-}
-
 async function loadImages(ds: Dataset, count: number): Promise<HostTensor> {
   const n = Math.min(count, ds.size);
   const first = (await ds.get(0)).image;
@@ -382,7 +371,7 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
     }
     const show = Math.min(8, n);
     const grid = run.samplePath(step);
-    await saveGrid(grid, concatBatches([sliceBatch(valSet, 0, show), sliceBatch(recons[0]!, 0, show)]), { nrow: show, force: true });
+    await saveGrid(grid, concatRows([sliceBatch(valSet, 0, show), sliceBatch(recons[0]!, 0, show)]), { nrow: show, force: true });
     const m = means.means();
     const rep: ValidationReport = { step, images: n, psnr: m.psnr!, ssim: m.ssim ?? NaN, weights: useEma ? 'ema' : 'raw', grid };
     if (isVq) {

@@ -9,7 +9,7 @@
 import path from 'node:path';
 import type { Executor } from '../engine/executor.js';
 import { Trainer, type StepResult, type TrainerState } from '../engine/trainer.js';
-import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
+import { concatRows, float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import { type LoadedCheckpoint } from '../io/checkpoint.js';
 import { Rng } from '../util/random.js';
 import { mixSeed } from '../data/loader.js';
@@ -30,6 +30,7 @@ import type { FirstStage } from '../models/first-stage.js';
 import { Denoiser, enlargeForGrid, generate, type SampleCondition } from '../pipelines/sample.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
 import { degradeBatch, type SrDataConfig } from '../data/degrade.js';
+import { upscaleClassical } from '../pipelines/upscale/classical.js';
 import {
   StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, type LrSchedule,
 } from './common.js';
@@ -275,12 +276,25 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     const first = Int32Array.from({ length: Math.min(s.n, cache.count) }, (_, i) => i);
     const srImages = sr ? (await srConditions(cache, sr, first, new Rng(mixSeed(seed, 0x9d1)))).images : undefined;
     const conds = gridConditions(model, cache, s.n, srImages);
-    const gen = await generate({ model, firstStage, scaleFactor, imageSize: cfg.data.size }, denoiser, {
-      n: conds.length ? 1 : s.n, conditions: conds, steps: s.steps, sampler: s.sampler, eta: s.eta,
-      guidance: conds.length ? s.guidance : 1, seed,
-    });
+    const parts = { model, firstStage, scaleFactor, imageSize: cfg.data.size };
+    const request = { steps: s.steps, sampler: s.sampler, eta: s.eta, seed };
+    let images: HostTensor;
+    let labels: string[];
+    if (sr && s.strength < 1) {
+      // As `ldm upscale` samples it: each crop from its own bicubic upscale, noised to sample.strength.
+      const made = [];
+      for (const c of conds) {
+        const image = firstStage.factor === 1 ? c.image! : await upscaleClassical(c.image!, firstStage.factor, 'bicubic');
+        made.push(await generate(parts, denoiser, { ...request, n: 1, conditions: [c], init: { image, strength: s.strength } }));
+      }
+      images = concatRows(made.map((g) => g.images));
+      labels = made.flatMap((g) => g.labels);
+    } else {
+      const gen = await generate(parts, denoiser, { ...request, n: conds.length ? 1 : s.n, conditions: conds, guidance: conds.length ? s.guidance : 1 });
+      ({ images, labels } = gen);
+    }
     const file = run.samplePath(step);
-    await saveGrid(file, enlargeForGrid(gen.images), { force: true, nrow: Math.min(8, gen.labels.length), ...(conds.length ? { labels: gen.labels } : {}), onWarning: note });
+    await saveGrid(file, enlargeForGrid(images), { force: true, nrow: Math.min(8, labels.length), ...(conds.length ? { labels } : {}), onWarning: note });
     samples.push(file);
   };
 
