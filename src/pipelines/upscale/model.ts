@@ -102,7 +102,6 @@ export interface TilePlan {
   tileBatch: number;
 }
 
-/** Check and default the tile options against the model: sides in output pixels -> latent cells. */
 /** A strength in (0, 1] that starts where the model trained (train.max_timestep). */
 export function checkModelStrength(m: SrModel, strength: number): void {
   checkStrength(strength, '--strength');
@@ -113,6 +112,7 @@ export function checkModelStrength(m: SrModel, strength: number): void {
   }
 }
 
+/** Check and default the tile options against the model: sides in output pixels -> latent cells. */
 export function tilePlan(m: SrModel, opts: Pick<ModelUpscaleOptions, 'tile' | 'overlap' | 'tileBatch'>): TilePlan {
   const f = m.ldm.firstStage.factor;
   const mult = m.ldm.model.sizeMultiple;
