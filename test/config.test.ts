@@ -298,8 +298,8 @@ test('suggestions rank close names first and leave far ones out', () => {
 test('an SR config that trains below max_timestep must sample from a strength that starts there', () => {
   const sr = fs.readFileSync('configs/ldm/sr-x4-pixels.yaml', 'utf8');
   const capped = (maxT: number, strength: number) => edited(sr, {
-    '  ckpt_every: 1000': `  ckpt_every: 1000\n  max_timestep: ${maxT}`,
-    'sampler: dpmpp-2m}': `sampler: dpmpp-2m, strength: ${strength}}`,
+    'max_timestep: 400': `max_timestep: ${maxT}`,
+    'strength: 0.4,': `strength: ${strength},`,
   });
   parseConfig(capped(400, 0.4), 'configs/x.yaml');
   const over = problems(capped(400, 0.5));
