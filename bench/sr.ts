@@ -4,7 +4,7 @@
  * targets judged against this run's bicubic. With --large, a 1024x768 photo upscaled to 4096x3072 by the CLI in its own
  * process under /usr/bin/time: peak RSS, wall time and the tile-seam ratio.
  * Writes bench/results/sr-x4-photos.json (or --out NAME.json) and prints a table.
- * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--sampler ddim] [--strength 1] [--eta 0]
+ * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--sampler ddim] [--strength S (default: the checkpoint's)] [--eta 0]
  *        [--color-fix wavelet] [--large photo.jpg] [--large-steps 10] [--tile 128] [--tile-batch 4] [--threads 2]
  */
 import { spawnSync } from 'node:child_process';
@@ -68,7 +68,7 @@ function modelOptions(): Partial<UpscaleFilesOptions> {
     ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}),
     ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}),
     ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}),
-    // A pixel-space model's default tile, its 32-pixel training crop, is slow on whole photos.
+    // Default: the checkpoint's sample.tile, else its training crop (slow on whole photos for a pixel-space model).
     ...(a.tile !== undefined ? { tile: Number(a.tile) } : {}),
     ...(a['tile-batch'] !== undefined ? { tileBatch: Number(a['tile-batch']) } : {}),
   };
