@@ -74,7 +74,6 @@ function modelOptions(): Partial<UpscaleFilesOptions> {
   };
 }
 
-
 /** The model, bicubic and Lanczos on the photos' x4-downscaled versions, and the issue's targets. */
 async function photoTable(photos: string): Promise<void> {
   const lr = path.join(work, 'lr');

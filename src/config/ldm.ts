@@ -171,6 +171,11 @@ interface Problem {
   message: string;
 }
 
+/** The largest sampling strength whose start the model trained on: train.max_timestep over the schedule's T (else 1). */
+export function maxStrength(cfg: Pick<LatentDiffusionConfig, 'train' | 'schedule'>): number {
+  return (cfg.train.max_timestep ?? cfg.schedule.timesteps) / cfg.schedule.timesteps;
+}
+
 /** Constraints between fields; the ones that need the first stage (latent channels, f) are checked when the model is built. */
 function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
   const out: Problem[] = [];
@@ -219,8 +224,8 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
   const maxT = cfg.train.max_timestep;
   if (maxT !== undefined) {
     if (maxT > s.timesteps) out.push({ path: ['train', 'max_timestep'], message: `${maxT} is beyond the schedule's ${s.timesteps} timesteps: set it to ${s.timesteps} or less` });
-    else if (cfg.sample.strength * s.timesteps > maxT) {
-      out.push({ path: ['sample', 'strength'], message: `${cfg.sample.strength} starts at timestep ${Math.round(cfg.sample.strength * s.timesteps)}, which train.max_timestep ${maxT} never trains: set strength <= ${maxT / s.timesteps}` });
+    else if (cfg.sample.strength > maxStrength(cfg)) {
+      out.push({ path: ['sample', 'strength'], message: `${cfg.sample.strength} starts at timestep ${Math.round(cfg.sample.strength * s.timesteps)}, which train.max_timestep ${maxT} never trains: set strength <= ${maxStrength(cfg)}` });
     }
   }
   if (s.linear_end <= s.linear_start && s.schedule !== 'cosine') {

@@ -290,8 +290,7 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
       images = concatRows(made.map((g) => g.images));
       labels = made.flatMap((g) => g.labels);
     } else {
-      const gen = await generate(parts, denoiser, { ...request, n: conds.length ? 1 : s.n, conditions: conds, guidance: conds.length ? s.guidance : 1 });
-      ({ images, labels } = gen);
+      ({ images, labels } = await generate(parts, denoiser, { ...request, n: conds.length ? 1 : s.n, conditions: conds, guidance: conds.length ? s.guidance : 1 }));
     }
     const file = run.samplePath(step);
     await saveGrid(file, enlargeForGrid(images), { force: true, nrow: Math.min(8, labels.length), ...(conds.length ? { labels } : {}), onWarning: note });

@@ -19,7 +19,7 @@ import { checkStrength, createSampler, type SamplerName } from '../../diffusion/
 import { sampleLatents } from '../../diffusion/sample.js';
 import { readLdmCheckpoint, type LoadedLdm } from '../../models/ldm.js';
 import type { FirstStage } from '../../models/first-stage.js';
-import type { LatentDiffusionConfig } from '../../config/ldm.js';
+import { maxStrength, type LatentDiffusionConfig } from '../../config/ldm.js';
 import type { CondFeeds } from '../../models/conditioning.js';
 import { crop } from '../../data/transforms.js';
 import { srCondition } from '../../data/degrade.js';
@@ -105,10 +105,10 @@ export interface TilePlan {
 /** A strength in (0, 1] that starts where the model trained (train.max_timestep). */
 export function checkModelStrength(m: SrModel, strength: number): void {
   checkStrength(strength, '--strength');
-  const maxT = m.ldm.config.train.max_timestep;
-  const T = m.ldm.config.schedule.timesteps;
-  if (maxT !== undefined && strength * T > maxT) {
-    throw new Error(`this model trained only on timesteps below ${maxT} of ${T} (train.max_timestep): --strength ${strength} starts beyond them; use --strength ${maxT / T} or less`);
+  const max = maxStrength(m.ldm.config);
+  if (strength > max) {
+    const { train, schedule } = m.ldm.config;
+    throw new Error(`this model trained only on timesteps below ${train.max_timestep} of ${schedule.timesteps} (train.max_timestep): --strength ${strength} starts beyond them; use --strength ${max} or less`);
   }
 }
 
