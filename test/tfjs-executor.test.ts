@@ -154,6 +154,8 @@ function cases(rng: Rng): Record<string, Case> {
     maxPool_k3s2p1: un((t) => o.maxPool2d(t, { kernel: 3, stride: 2, padding: 1 }), x4),
     upsample2: un((t) => o.upsampleNearest(t, 2), x4),
     upsample3: un((t) => o.upsampleNearest(t, 3), r([1, 2, 2, 3])),
+    pixelUnshuffle2: un((t) => o.pixelUnshuffle(t, 2), r([2, 3, 4, 6])),
+    pixelShuffle2: un((t) => o.pixelShuffle(t, 2), r([2, 8, 3, 2])),
     const_out: { inputs: {}, build: () => o.constant(float32([2], [1.5, -2])) },
   };
 }

@@ -197,6 +197,50 @@ test('coord_channels: the UNet equals a plain one with two more input channels f
   assert.ok(Math.max(...toFloat32(flipped).map((v, i) => Math.abs(v - toFloat32(got)[i]!))) > 1e-3);
 });
 
+test('patch_size: the UNet equals a plain one run on the pixel-unshuffled input, its output shuffled back', async () => {
+  const cfg: UNetConfigInput = { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [2], num_head_channels: 16, coord_channels: true };
+  const patched = new UNetModel(parseUNetConfig({ ...cfg, in_channels: 3, patch_size: 2 }));
+  const rng = new Rng(5);
+  const params = patched.initialize(rng);
+  // coordinates at full size, then unshuffled with the image: the plain UNet takes (3 + 2) * 4 = 20 channels.
+  const plain20 = new UNetModel(parseUNetConfig({ ...cfg, in_channels: 20, out_channels: 12, coord_channels: false }));
+  const shapes = (m: Module) => m.namedParameters().map(([n, p]) => `${n} ${p.shape.join('x')}`);
+  assert.deepEqual(shapes(patched), shapes(plain20), 'only the input and output convs widen');
+  for (const [k, v] of params) if (k.startsWith('out.2.')) params.set(k, float32(v.shape, Array.from({ length: toFloat32(v).length }, () => rng.normal() * 0.1)));
+  const [n, h, w] = [2, 8, 12];
+  const x = float32([n, 3, h, w], Array.from({ length: n * 3 * h * w }, () => rng.normal()));
+  const t = float32([n], [10, 500]);
+  // PyTorch's pixel_unshuffle by its definition: out[b, c*4 + 2i + j, y, x] = in[b, c, 2y + i, 2x + j].
+  const C = 5;
+  const full = new Float32Array(n * C * h * w);
+  for (let b = 0; b < n; b++) {
+    full.set(toFloat32(x).subarray(b * 3 * h * w, (b + 1) * 3 * h * w), b * C * h * w);
+    for (let y = 0; y < h; y++) {
+      for (let c = 0; c < w; c++) {
+        full[(b * C + 3) * h * w + y * w + c] = -1 + (2 * y) / (h - 1);
+        full[(b * C + 4) * h * w + y * w + c] = -1 + (2 * c) / (w - 1);
+      }
+    }
+  }
+  const [H, W] = [h / 2, w / 2];
+  const unshuffled = new Float32Array(full.length);
+  for (let b = 0; b < n; b++) for (let c = 0; c < C; c++) for (let i = 0; i < 2; i++) for (let j = 0; j < 2; j++) {
+    for (let y = 0; y < H; y++) for (let q = 0; q < W; q++) {
+      unshuffled[((b * C + c) * 4 + 2 * i + j) * H * W + y * W + q] = full[(b * C + c) * h * w + (2 * y + i) * w + 2 * q + j]!;
+    }
+  }
+  const got = toFloat32(await runUNet(patched, params, { x, t }));
+  const small = toFloat32(await runUNet(plain20, params, { x: float32([n, 20, H, W], unshuffled), t }));
+  const want = new Float32Array(n * 3 * h * w);
+  for (let b = 0; b < n; b++) for (let c = 0; c < 3; c++) for (let i = 0; i < 2; i++) for (let j = 0; j < 2; j++) {
+    for (let y = 0; y < H; y++) for (let q = 0; q < W; q++) {
+      want[(b * 3 + c) * h * w + (2 * y + i) * w + 2 * q + j] = small[((b * 3 + c) * 4 + 2 * i + j) * H * W + y * W + q]!;
+    }
+  }
+  assertRelClose(float32([n, 3, h, w], got), float32([n, 3, h, w], want), 1e-5, 'patched UNet vs plain UNet on unshuffled pixels');
+  assert.throws(() => parseUNetConfig({ ...cfg, in_channels: 3, patch_size: 0 }), /patch_size/);
+});
+
 test('inputs are checked with messages that say what to pass', () => {
   const model = new UNetModel(parseUNetConfig({ in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2, 2], num_head_channels: 32, use_spatial_transformer: true, context_dim: 8 }));
   const g = new Graph();

@@ -232,7 +232,7 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
     out.push({ path: ['schedule', 'linear_end'], message: `${s.linear_end} must be larger than linear_start ${s.linear_start}` });
   }
   if (cfg.first_stage === 'pixel' && cfg.data.size % sizeMultiple(u) !== 0) {
-    out.push({ path: ['data', 'size'], message: `${cfg.data.size} is not divisible by ${sizeMultiple(u)} (2^(levels-1) of the UNet)` });
+    out.push({ path: ['data', 'size'], message: `${cfg.data.size} is not divisible by ${sizeMultiple(u)} (2^(levels-1) of the UNet, times its patch_size)` });
   }
   return out;
 }

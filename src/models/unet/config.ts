@@ -44,6 +44,12 @@ export const UNetConfigSchema = strict(
      * load into the reference UNet.
      */
     coord_channels: bool().optional(),
+    /**
+     * Run the UNet on r x r pixel blocks (not in the reference): the input is pixel-unshuffled to 1/r the side and r*r
+     * times the channels, and the output shuffled back, as DiT patchifies. A pixel-space (f=1) model then costs what an
+     * f=r latent one does, without an autoencoder's losses at edges and corners. Default 1.
+     */
+    patch_size: posInt().optional(),
     /** Accepted for reference YAML; it only changes head sizes when channels do not divide, which is rejected. */
     legacy: bool().optional(),
     /** Accepted for reference YAML; gradient checkpointing changes memory, not results. */
@@ -80,9 +86,9 @@ export function levelRates(cfg: Pick<UNetConfig, 'channel_mult'>): number[] {
   return cfg.channel_mult.map((_, i) => 2 ** i);
 }
 
-/** Input height and width must be multiples of this (2^(levels-1)). */
-export function sizeMultiple(cfg: Pick<UNetConfig, 'channel_mult'>): number {
-  return 2 ** (cfg.channel_mult.length - 1);
+/** Input height and width must be multiples of this (2^(levels-1), times the patch size). */
+export function sizeMultiple(cfg: Pick<UNetConfig, 'channel_mult' | 'patch_size'>): number {
+  return 2 ** (cfg.channel_mult.length - 1) * (cfg.patch_size ?? 1);
 }
 
 /** Heads and channels per head of an attention layer with `channels` channels, as the reference derives them. */

@@ -50,7 +50,8 @@ export class UNetModel extends Module {
       this.inputBlocks.push(blk);
       return blk;
     };
-    newInput().push(new Conv2d(cfg.in_channels + (cfg.coord_channels ? 2 : 0), mc, 3, { padding: 1 }));
+    const patch = (cfg.patch_size ?? 1) ** 2;
+    newInput().push(new Conv2d((cfg.in_channels + (cfg.coord_channels ? 2 : 0)) * patch, mc, 3, { padding: 1 }));
     const skipChannels = [mc];
     let ch = mc;
     let ds = 1;
@@ -91,7 +92,7 @@ export class UNetModel extends Module {
 
     const out = this.add('out', new Slots());
     this.outNorm = out.put(0, new GroupNorm(normGroups, ch));
-    this.outConv = out.put(2, new Conv2d(mc, cfg.out_channels, 3, { padding: 1, init: 'zero' }));
+    this.outConv = out.put(2, new Conv2d(mc, cfg.out_channels * patch, 3, { padding: 1, init: 'zero' }));
   }
 
   /**
@@ -105,14 +106,17 @@ export class UNetModel extends Module {
       if (this.labelEmb) emb = o.add(emb, this.labelEmb.forward(y!));
       const cond: Cond = { embAct: silu(emb), context };
       const skips: Tensor[] = [];
+      const r = this.config.patch_size ?? 1;
       let h = this.config.coord_channels ? o.concat([x, coordinates(x)], 1) : x;
+      if (r > 1) h = o.pixelUnshuffle(h, r);
       for (const blk of this.inputBlocks) {
         h = blk.forward(h, cond);
         skips.push(h);
       }
       h = this.middleBlock.forward(h, cond);
       for (const blk of this.outputBlocks) h = blk.forward(o.concat([h, skips.pop()!], 1), cond);
-      return this.outConv.forward(silu(this.outNorm.forward(h)));
+      const out = this.outConv.forward(silu(this.outNorm.forward(h)));
+      return r > 1 ? o.pixelShuffle(out, r) : out;
     });
   }
 
@@ -125,7 +129,7 @@ export class UNetModel extends Module {
     const [n, , h, w] = x.shape as [number, number, number, number];
     const m = sizeMultiple(cfg);
     if (h % m !== 0 || w % m !== 0) {
-      throw fail(`input ${h}x${w} does not divide by ${m} (2^(levels-1) for ${cfg.channel_mult.length} levels); crop or pad to a multiple of ${m}`);
+      throw fail(`input ${h}x${w} does not divide by ${m} (2^(levels-1) for ${cfg.channel_mult.length} levels, times patch_size ${cfg.patch_size ?? 1}); crop or pad to a multiple of ${m}`);
     }
     if (t.rank !== 1 || t.shape[0] !== n) throw fail(`timesteps must be [${n}], got [${t.shape.join(', ')}]`);
     if (cfg.context_dim !== undefined) {
