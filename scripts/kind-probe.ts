@@ -10,7 +10,7 @@
  * stages the shapes text models were trained on (kl-f2-shapes at batch 16 and 8, kl-f1-shapes) read held-out small
  * squares right 15-22 times of 25 and small crosses 16-17 of 30, their box fill at the checker's thresholds (0.92-0.94
  * against 0.92; 0.70-0.71 against 0.705), and the 67.5% shapes-txt2img model's x0 guess reads them as circles already
- * at t=50: those two kinds need a sharper first stage before any UNet can draw them.
+ * at t=50: these first stages leave those two kinds no margin for a UNet's blur.
  */
 import { parseArgs } from 'node:util';
 import { Denoiser, float32, OnnxExecutor, readLdmCheckpoint, Rng, toPrediction } from '../src/index.js';

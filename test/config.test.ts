@@ -307,3 +307,13 @@ test('an SR config that trains below max_timestep must sample from a strength th
   assert.match(over[0]!, /sample\.strength: 0\.5 starts at timestep 500, which train\.max_timestep 400 never trains: set strength <= 0\.4/);
   assert.match(problems(capped(1200, 0.5))[0]!, /train\.max_timestep: 1200 is beyond the schedule's 1000 timesteps/);
 });
+
+test('a pixel model\'s size must divide by its UNet\'s levels times patch_size, and a bad patch_size is one line', () => {
+  const sr = fs.readFileSync('configs/ldm/sr-x4-pixels.yaml', 'utf8');
+  const patched = (p: number) => edited(sr, { 'in_channels: 6': `in_channels: 6\n  patch_size: ${p}` });
+  parseConfig(patched(2), 'configs/x.yaml');
+  assert.match(problems(patched(3)).join('\n'), /data\.size: 32 is not divisible by 12 \(2\^\(levels-1\) of the UNet, times its patch_size\)/);
+  const zero = problems(patched(0));
+  assert.equal(zero.length, 1, zero.join('\n'));
+  assert.match(zero[0]!, /unet\.patch_size: expected a positive integer, got 0/);
+});

@@ -88,7 +88,8 @@ export function levelRates(cfg: Pick<UNetConfig, 'channel_mult'>): number[] {
 
 /** Input height and width must be multiples of this (2^(levels-1), times the patch size). */
 export function sizeMultiple(cfg: Pick<UNetConfig, 'channel_mult' | 'patch_size'>): number {
-  return 2 ** (cfg.channel_mult.length - 1) * (cfg.patch_size ?? 1);
+  // max: a bad patch_size is reported on its own; the checks built on this one should not add a second line for it.
+  return 2 ** (cfg.channel_mult.length - 1) * Math.max(1, cfg.patch_size ?? 1);
 }
 
 /** Heads and channels per head of an attention layer with `channels` channels, as the reference derives them. */
