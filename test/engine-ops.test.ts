@@ -72,6 +72,8 @@ const BUILD: Record<string, (x: Inputs, g: Graph, feeds: Record<string, HostTens
   embedding: (x) => ({ y: o.gather(x.weight!, x.idx!) }),
   matmul_batched: (x) => ({ y: o.matmul(x.a!, x.b!) }),
   matmul_broadcast: (x) => ({ y: o.matmul(x.a!, x.b!) }),
+  pixel_unshuffle_r2: unary((t) => o.pixelUnshuffle(t, 2)),
+  pixel_shuffle_r2: unary((t) => o.pixelShuffle(t, 2)),
 };
 
 /**
