@@ -81,16 +81,17 @@ test('ldm sample writes one PNG per image and a labelled grid, refuses to overwr
   assert.deepEqual(forced.files, first.files, 'the same seed reproduces the same images');
 });
 
-test('ldm sample gives one-line errors: a prompt for an unconditional model, a bad class, a missing checkpoint', async () => {
+test('ldm sample gives one-line errors: a prompt for an unconditional model, a bad class, a missing checkpoint, a foreign --ae', async () => {
   const out = path.join(dir, 'bad');
   const q = ['-o', out, '--quiet'];
-  const [p, c, t, m, ok] = ldm([
+  const [p, c, t, m, ok, ae] = ldm([
     { args: ['--ckpt', await uncond, '--prompt', 'a red circle', ...q] },
     { args: ['--ckpt', await cls, '--class', '7', ...q] },
     { args: ['--ckpt', await text, '--class', 'round', ...q] },
     { args: ['--ckpt', path.join(dir, 'nope.safetensors'), '-o', out, '--json'] },
     { args: ['--ckpt', await cls, '--class', 'square', '--n', '1', '--guidance', '2', '-o', path.join(dir, 'cls'), '--quiet'], watch: path.join(dir, 'cls') },
-  ]) as [CallResult, CallResult, CallResult, CallResult, CallResult];
+    { args: ['--ckpt', await uncond, '--ae', await uncond, ...q] },
+  ]) as [CallResult, CallResult, CallResult, CallResult, CallResult, CallResult];
   assert.equal(p.code, 1);
   assert.equal(p.stderr, 'Error: this model is unconditional: it takes no prompt; sample it without one\n');
   assert.equal(c.code, 1);
@@ -101,6 +102,8 @@ test('ldm sample gives one-line errors: a prompt for an unconditional model, a b
   assert.equal(fs.existsSync(out), false, 'no output folder for a failed request');
   assert.equal(ok.code, 0, ok.stderr);
   assert.deepEqual(Object.keys(ok.files), ['sample-00000.png', 'sample-grid.png']);
+  assert.equal(ae.code, 1);
+  assert.match(ae.stderr, /^Error: .*uncond\.safetensors: only an autoencoder can stand in for the checkpoint's autoencoder \(this one's first stage is pixel space\)\n$/);
 });
 
 test('ldm sample reads prompts from a file, label maps from a PNG, and inpaints an init image under a mask', async () => {

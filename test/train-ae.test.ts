@@ -17,6 +17,8 @@ import { RunDir } from '../src/io/run-dir.js';
 import { Rng } from '../src/util/random.js';
 import { scaleFromLatents, trainAutoencoder, type AEStepReport } from '../src/training/autoencoder.js';
 import { isDue, scheduledLr, TimeBudget } from '../src/training/common.js';
+import { isEncodingParam } from '../src/models/autoencoder/index.js';
+import { PixelFirstStage, checkSameLatentSpace, openFirstStage } from '../src/models/first-stage.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 const executor = new OnnxExecutor({ threads: 2 });
@@ -170,6 +172,41 @@ test('errors: no data, wrong image size, an existing run without --resume or --f
   );
   fs.writeFileSync(path.join(root, 'b', 'log.jsonl'), '{"step":1}\n');
   await assert.rejects(RunDir.create(root, 'b'), /already exists and is not empty; pass --resume/);
+});
+
+test('decoder_only: the encoder stays bit for bit, the decoder learns, and the result stands in for the first stage', async (t) => {
+  const root = tempDir(t, 'ldm-train-ae-');
+  const data = blobs(24, 3, 16);
+  const train = async (name: string, config: AutoencoderConfig, init?: string) => trainAutoencoder({
+    config, run: await RunDir.create(root, name), executor, dataset: data, steps: 3, valEvery: 3, valImages: 4, scaleImages: 8,
+    ...(init !== undefined ? { init } : {}),
+  });
+  const base = await train('base', tinyConfig('kl', { disc_start: 1 }));
+  const decOnly = tinyConfig('kl', { disc_start: 1 });
+  decOnly.train.decoder_only = true;
+  await assert.rejects(train('no-init', decOnly), /train\.decoder_only keeps the encoder .*pass that checkpoint with --init/);
+  const tuned = await train('dec', decOnly, base.model);
+  const whole = await train('whole', tinyConfig('kl', { disc_start: 1 }), base.model);
+
+  const [a, b] = [await loadCheckpoint(base.model), await loadCheckpoint(tuned.model)];
+  let encoding = 0, changed = 0;
+  for (const [name, v] of a.params) {
+    if (name.startsWith('loss.')) continue;
+    const same = Buffer.compare(Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength),
+      Buffer.from(b.params.get(name)!.data.buffer, b.params.get(name)!.data.byteOffset, b.params.get(name)!.data.byteLength)) === 0;
+    if (isEncodingParam(name)) {
+      assert.ok(same, `${name} changed`);
+      encoding++;
+    } else if (!same) changed++;
+  }
+  assert.ok(encoding > 0 && changed > 0, `${encoding} encoding weights kept, ${changed} decoder weights trained`);
+  assert.equal(tuned.scaleFactor, base.scaleFactor, 'the same encoder gives the same latent scale');
+
+  const [s0, s1, s2] = await Promise.all([base.model, tuned.model, whole.model].map((f) => openFirstStage(f, { executor })));
+  t.after(async () => { for (const s of [s0, s1, s2]) await s!.dispose(); });
+  checkSameLatentSpace(s0!, s1!, tuned.model);
+  assert.throws(() => checkSameLatentSpace(s0!, s2!, whole.model), /encodes differently from the autoencoder this LDM was trained on/);
+  assert.throws(() => checkSameLatentSpace(new PixelFirstStage(3), s1!, tuned.model), /only an autoencoder can stand in/);
 });
 
 test('helpers: scale factor is 1/std, cosine schedule, periodic steps, time budget', () => {

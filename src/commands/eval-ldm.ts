@@ -7,7 +7,7 @@ import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 import { classifierNetworkFromFile } from '../models/classifier.js';
-import { readLdmCheckpoint } from '../models/ldm.js';
+import { readLdmCheckpoint, withFirstStage } from '../models/ldm.js';
 import {
   evaluateClassModel, evaluateSemanticMaps, evaluateShapesPrompts, type ConditionalEvalOptions, type ConditionalEvalResult,
 } from '../pipelines/conditional-eval.js';
@@ -31,6 +31,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   ];
   static override flags = {
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (runs/<name>/model.safetensors).' }),
+    ae: Flags.string({ summary: 'Decode with this autoencoder instead of the checkpoint\'s: one whose decoder was fine-tuned from it (train-ae with train.decoder_only).' }),
     classifier: Flags.string({ summary: 'Class models: classifier checkpoint (ldm train-classifier).' }),
     prompt: Flags.string({ char: 'p', multiple: true, summary: 'Text models: a prompt in the shapes captions\' grammar; repeat for several.' }),
     prompts: Flags.string({ summary: 'Text models: file of prompts, one a line.' }),
@@ -50,7 +51,8 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     let bar: Progress | undefined;
     try {
-      const ldm = await readLdmCheckpoint(f.ckpt, sel.executor);
+      let ldm = await readLdmCheckpoint(f.ckpt, sel.executor);
+      if (f.ae !== undefined) ldm = await withFirstStage(ldm, f.ae, sel.executor);
       this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights, ${ldm.model.conditioner.type}-conditioned; backend ${sel.executor.description}; seed ${seed}`);
       const opts: ConditionalEvalOptions = {
         n: f.n, steps: f.steps, sampler: f.sampler, guidance: f.guidance, seed,

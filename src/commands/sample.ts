@@ -24,6 +24,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
   ];
   static override flags = {
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm).' }),
+    ae: Flags.string({ summary: 'Decode with this autoencoder instead of the checkpoint\'s: one whose decoder was fine-tuned from it (train-ae with train.decoder_only).' }),
     out: Flags.string({ char: 'o', default: 'samples', summary: 'Output folder.' }),
     prompt: Flags.string({ char: 'p', multiple: true, summary: 'Prompt (text models); repeat for several.' }),
     prompts: Flags.string({ summary: 'File of prompts, one a line.' }),
@@ -56,6 +57,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
+        ...(f.ae !== undefined ? { ae: f.ae } : {}),
         ...(f.prompt ? { prompts: f.prompt } : {}),
         ...(f.prompts !== undefined ? { promptsFile: f.prompts } : {}),
         ...(f.negative !== undefined ? { negativePrompt: f.negative } : {}),

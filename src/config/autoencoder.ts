@@ -46,6 +46,8 @@ const TrainSchema = strict({
   ema_decay: fraction('a number in [0, 1)').optional(),
   val_every: posInt().optional(),
   ckpt_every: posInt().optional(),
+  /** Fine-tune the decoder only (needs --init): the encoder, so the latent space and LDMs trained on it, stay. Not in the reference. */
+  decoder_only: bool().optional(),
 });
 
 const DataSchema = strict({

@@ -33,6 +33,8 @@ export interface TrainerOptions {
   optimizer: AdamWConfig;
   /** EMA decay of the trained parameters (e.g. 0.9999); none when undefined. */
   emaDecay?: number;
+  /** Which of `module`'s parameters to train (default: all); the rest are fed unchanged, as buffers are. */
+  trainable?: (name: string) => boolean;
   /** Traced once per batch shape: data inputs by name -> loss. */
   loss: (inputs: Readonly<Record<string, Tensor>>) => LossOutput;
 }
@@ -97,7 +99,7 @@ export class Trainer {
     for (const [name, p] of named) {
       const value = opts.params.get(name);
       if (!value) throw new Error(`trainer: no initial value for parameter ${name}`);
-      if (!p.trainable) {
+      if (!p.trainable || (opts.trainable && !opts.trainable(name))) {
         this.others.set(name, value);
         continue;
       }
@@ -106,6 +108,7 @@ export class Trainer {
       offset += size;
     }
     this.total = offset;
+    if (this.total === 0) throw new Error('trainer: no trainable parameters (the trainable filter excludes every one)');
     this.flat = new Float32Array(this.total);
     for (const s of this.slots) this.flat.set(opts.params.get(s.name)!.data as Float32Array, s.offset);
     this.m = new Float32Array(this.total);

@@ -15,7 +15,7 @@ import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
 import { splitPrefix, type LoadedCheckpoint } from '../io/checkpoint.js';
 import { validateConfig } from '../config/load.js';
-import { AutoencoderKL, VQModel, buildAutoencoder, type Autoencoder, type DDConfig } from './autoencoder/index.js';
+import { AutoencoderKL, VQModel, buildAutoencoder, isEncodingParam, type Autoencoder, type DDConfig } from './autoencoder/index.js';
 import { loadAnyCheckpoint } from '../interop/load-any.js';
 
 /** Metadata key of an autoencoder (or LDM) checkpoint holding the latent scale factor. */
@@ -250,4 +250,22 @@ export async function openFirstStage(ref: string, opts: { executor: Executor; ch
     throw new Error(`${ref} encodes ${stage.imageChannels}-channel images, but ${opts.channels} channels were asked for; set data.channels to ${stage.imageChannels}`);
   }
   return stage;
+}
+
+/**
+ * `replacement` in place of `current` for an LDM trained on `current`'s latents: allowed when the two encode alike,
+ * that is the same architecture and identical encoding weights (an autoencoder fine-tuned with train.decoder_only).
+ */
+export function checkSameLatentSpace(current: FirstStage, replacement: FirstStage, ref: string): void {
+  if (current.kind !== 'autoencoder' || replacement.kind !== 'autoencoder') {
+    throw new Error(`${ref}: only an autoencoder can stand in for the checkpoint's autoencoder (this one's first stage is ${current.kind === 'pixel' ? 'pixel space' : 'an autoencoder'})`);
+  }
+  const a = current.spec as Extract<FirstStageSpec, { kind: 'autoencoder' }>;
+  const b = replacement.spec as Extract<FirstStageSpec, { kind: 'autoencoder' }>;
+  const arch = (s: typeof a): string => JSON.stringify([s.regularizer, s.embed_dim, s.n_embed ?? 0, s.ddconfig]);
+  if (arch(a) !== arch(b)) throw new Error(`${ref} is another autoencoder architecture than the one this LDM was trained on; give one fine-tuned from it with train.decoder_only`);
+  const enc = (s: FirstStage): string => fingerprintParams(new Map([...s.params()].filter(([n]) => isEncodingParam(n))));
+  if (enc(current) !== enc(replacement)) {
+    throw new Error(`${ref} encodes differently from the autoencoder this LDM was trained on (other encoder weights), so its decoder expects other latents; fine-tune one with train.decoder_only and --init`);
+  }
 }

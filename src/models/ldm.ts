@@ -21,7 +21,9 @@ import { Slots } from './unet/layers.js';
 import { createConditioner, type Conditioner } from './conditioning.js';
 import { LAYOUT_MODULE } from './caption-layout.js';
 import { Tokenizer } from './tokenizer.js';
-import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, firstStageFromLdm, type FirstStage } from './first-stage.js';
+import {
+  FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, checkSameLatentSpace, firstStageFromLdm, openFirstStage, type FirstStage,
+} from './first-stage.js';
 import { loadAnyCheckpoint } from '../interop/load-any.js';
 
 /** Feed names of a denoising call / training step. */
@@ -202,4 +204,20 @@ export async function readLdmCheckpoint(file: string, executor: Executor): Promi
     throw err;
   });
   return ldmFromCheckpoint(ckpt, file, executor);
+}
+
+/**
+ * The LDM with another autoencoder as its first stage: one that shares the embedded one's encoder (a decoder
+ * fine-tuned with train.decoder_only), so samples decode through the new decoder. The embedded stage is disposed.
+ */
+export async function withFirstStage(ldm: LoadedLdm, ref: string, executor: Executor): Promise<LoadedLdm> {
+  const stage = await openFirstStage(ref, { executor });
+  try {
+    checkSameLatentSpace(ldm.firstStage, stage, ref);
+  } catch (err) {
+    await stage.dispose();
+    throw err;
+  }
+  await ldm.firstStage.dispose();
+  return { ...ldm, firstStage: stage };
 }

@@ -19,7 +19,7 @@ import { Rng } from '../util/random.js';
 import { createSampler, type SamplerName } from '../diffusion/samplers.js';
 import { sampleLatents, type ModelFn } from '../diffusion/sample.js';
 import { concatFeeds, type CondFeeds, type Conditions } from '../models/conditioning.js';
-import { INPUT_T, INPUT_X, readLdmCheckpoint, type LatentDiffusion, type LoadedLdm } from '../models/ldm.js';
+import { INPUT_T, INPUT_X, readLdmCheckpoint, withFirstStage, type LatentDiffusion, type LoadedLdm } from '../models/ldm.js';
 import type { FirstStage } from '../models/first-stage.js';
 import { assertWritable } from '../io/atomic.js';
 import { readImage, saveGrid, writePng } from '../io/image.js';
@@ -316,6 +316,8 @@ export function enlargeForGrid(images: HostTensor, minSide = 64): HostTensor {
 
 export interface SampleFilesOptions {
   ckpt: string;
+  /** Decode (and encode --init-image) with this autoencoder: one sharing the checkpoint's encoder (train.decoder_only). */
+  ae?: string;
   outDir: string;
   executor: Executor;
   /** Prompts (text models), one condition each. */
@@ -413,10 +415,11 @@ async function readLabelMap(file: string, classes: number): Promise<HostTensor> 
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
-  const ldm = await readLdmCheckpoint(file, opts.executor);
+  let ldm = await readLdmCheckpoint(file, opts.executor);
   opts.onLoaded?.(ldm);
   const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
   try {
+    if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor);
     const conditions: SampleCondition[] = [];
     const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];
     for (const p of prompts) conditions.push({ prompt: p, name: p });

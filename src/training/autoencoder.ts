@@ -25,7 +25,7 @@ import { openDataset } from '../data/sources.js';
 import { effectiveLearningRate, type AutoencoderConfig } from '../config/schema.js';
 import type { RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
-import { buildAutoencoder, codebookUsage, reseedDeadCodes, type Autoencoder, type CodebookUsage } from '../models/autoencoder/index.js';
+import { buildAutoencoder, codebookUsage, isEncodingParam, reseedDeadCodes, type Autoencoder, type CodebookUsage } from '../models/autoencoder/index.js';
 import {
   AE_INPUTS, AE_OPTIMIZER, LPIPSWithDiscriminator, aeStepFeeds, buildAELoss, discriminatorStep, generatorStep, type AELoss, type AEStepOutput,
 } from '../models/ae-loss.js';
@@ -272,6 +272,10 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
   let discParams = loss.initialize(initRng);
 
   const latest = run.resumed ? await run.latestCheckpoint() : undefined;
+  const decoderOnly = config.train.decoder_only === true;
+  if (decoderOnly && !opts.init && !latest) {
+    throw new Error('train.decoder_only keeps the encoder of the autoencoder it fine-tunes; pass that checkpoint with --init');
+  }
   if (opts.init && !latest) {
     // Ours or imported: reference .ckpt and diffusers folders load through the same reader as every --ckpt.
     const ck = await loadAnyCheckpoint(opts.init).catch((err: unknown) => {
@@ -296,6 +300,7 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
     executor, module: model, params: genParams, optimizer: genOpt, ...(config.train.ema_decay !== undefined ? { emaDecay: config.train.ema_decay } : {}),
     loss: (inputs) => (inputs[AE_INPUTS.discFactor] ? fullGen(inputs) : reconGen(inputs)),
     frozen: [{ module: loss, values: () => holder.disc!.params }],
+    ...(decoderOnly ? { trainable: (name: string) => !isEncodingParam(name) } : {}),
   });
   holder.disc = new Trainer({
     executor, module: loss, params: discParams, optimizer: discOpt, loss: discriminatorStep(model, loss),
@@ -335,7 +340,8 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
   const keep = opts.keep ?? 3;
   const isVq = model.kind === 'vq';
   const nEmbed = model.kind === 'vq' ? model.nEmbed : 0;
-  const reseedEvery = opts.reseedEvery ?? 100;
+  // A frozen codebook is part of the kept latent space: no re-seeding when only the decoder trains.
+  const reseedEvery = decoderOnly ? 0 : (opts.reseedEvery ?? 100);
   let usageCounts = new Float64Array(nEmbed);
   let lastUsage: CodebookUsage | undefined;
   let reseededTotal = 0;

@@ -191,3 +191,12 @@ export function buildAutoencoder(config: AutoencoderConfig): Autoencoder {
     ? new AutoencoderKL({ embed_dim: config.embed_dim, ddconfig: config.ddconfig })
     : new VQModel({ embed_dim: config.embed_dim, n_embed: config.n_embed, ddconfig: config.ddconfig });
 }
+
+/**
+ * Weights that decide the latents (encoder, quant_conv and a VQ codebook, in the reference's names). Fine-tuning
+ * the rest (decoder, post_quant_conv) keeps the latent space, so LDMs trained on it decode through the new decoder,
+ * as Stable Diffusion's ft-MSE VAE replaced its decoder.
+ */
+export function isEncodingParam(name: string): boolean {
+  return /^(encoder|quant_conv|quantize)\./.test(name);
+}
