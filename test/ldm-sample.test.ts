@@ -198,3 +198,19 @@ test('a caption-layout model samples at its size and beyond it, and the layout c
   const one = async (prompt: string) => (await generate(m.parts, noXattn, { ...base, n: 1, conditions: [{ prompt, name: prompt }], guidance: 1 })).images.data as Float32Array;
   assert.ok(maxDiff(await one('bright left'), await one('bright right')) > 1e-3, 'left and right differ without cross-attention');
 });
+
+test('a refiner takes the steps below its switch: none below 0, all below T, and a mix in between', async () => {
+  const text = { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 };
+  const a = build({ unet: XATTN, conditioning: { type: 'text', text } }, tokenizer);
+  const b = build({ unet: { ...XATTN, model_channels: 64 }, conditioning: { type: 'text', text } }, tokenizer);
+  const opts: GenerateOptions = { ...base, steps: 6, conditions: [{ prompt: 'bright left', name: 'l' }], guidance: 2 };
+  const run = async (below?: number) => (await generate(a.parts, a.denoiser, {
+    ...opts, ...(below !== undefined ? { refiner: { model: b.parts.model, denoiser: b.denoiser, below } } : {}),
+  })).latents.data as Float32Array;
+  const baseOnly = await run();
+  const refinerOnly = (await generate(b.parts, b.denoiser, opts)).latents.data as Float32Array;
+  assert.equal(maxDiff(await run(0), baseOnly), 0, 'below 0: the base alone');
+  assert.equal(maxDiff(await run(1000), refinerOnly), 0, 'below T: the refiner alone');
+  const mixed = await run(500);
+  assert.ok(maxDiff(mixed, baseOnly) > 1e-4 && maxDiff(mixed, refinerOnly) > 1e-4, 'a switch at 500 differs from either model alone');
+});

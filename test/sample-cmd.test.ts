@@ -41,6 +41,10 @@ const XATTN = { ...UNET, use_spatial_transformer: true, context_dim: 16 };
 const text = checkpoint('text', { unet: XATTN, conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 } } },
   Tokenizer.fromCorpus(['a red circle', 'a blue square'], { maxLen: 8 }));
 const uncond = checkpoint('uncond', {});
+const refiner = checkpoint('refiner', {
+  unet: { ...XATTN, model_channels: 64 }, conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 } },
+  train: { batch_size: 1, lr: 1, steps: 1, max_timestep: 300 }, sample: { steps: 3, strength: 0.3 },
+}, Tokenizer.fromCorpus(['a red circle', 'a blue square'], { maxLen: 8 }));
 const cls = checkpoint('cls', { unet: XATTN, conditioning: { type: 'class', num_classes: 2 } });
 const sem = checkpoint('sem', { unet: { ...UNET, in_channels: 6 }, conditioning: { type: 'semantic', num_classes: 3 } });
 
@@ -104,6 +108,29 @@ test('ldm sample gives one-line errors: a prompt for an unconditional model, a b
   assert.deepEqual(Object.keys(ok.files), ['sample-00000.png', 'sample-grid.png']);
   assert.equal(ae.code, 1);
   assert.match(ae.stderr, /^Error: .*uncond\.safetensors: only an autoencoder can stand in for the checkpoint's autoencoder \(this one's first stage is pixel space\)\n$/);
+});
+
+test('ldm sample --refiner: the refiner takes over below its max_timestep; one-line errors for a model that cannot refine', async () => {
+  const p = ['--prompt', 'a red circle', '--n', '1', '--seed', '2', '--steps', '10'];
+  const [plain, refined, foreign, unbounded, dangling] = ldm([
+    { args: ['--ckpt', await text, ...p, '-o', path.join(dir, 'plain'), '--quiet', '--json'] },
+    { args: ['--ckpt', await text, '--refiner', await refiner, ...p, '-o', path.join(dir, 'refined'), '--quiet', '--json'] },
+    { args: ['--ckpt', await text, '--refiner', await uncond, ...p, '-o', path.join(dir, 'r-bad'), '--quiet'] },
+    { args: ['--ckpt', await text, '--refiner', await text, ...p, '-o', path.join(dir, 'r-bad'), '--quiet'] },
+    { args: ['--ckpt', await text, '--refiner-below', '100', ...p, '-o', path.join(dir, 'r-bad'), '--quiet'] },
+  ]) as [CallResult, CallResult, CallResult, CallResult, CallResult];
+  assert.equal(refined.code, 0, refined.stderr);
+  const r = JSON.parse(refined.stdout) as { refiner: { ckpt: string; below: number }; images: string[] };
+  assert.deepEqual(r.refiner, { ckpt: await refiner, below: 300 });
+  const a = (await readImage((JSON.parse(plain.stdout) as { images: string[] }).images[0]!)).data as Float32Array;
+  const b = (await readImage(r.images[0]!)).data as Float32Array;
+  assert.ok(a.some((v, i) => Math.abs(v - b[i]!) > 0.02), 'the refiner changes the same seed\'s image');
+  assert.equal(foreign.code, 1);
+  assert.match(foreign.stderr, /^Error: .*uncond\.safetensors cannot refine this model: its conditioning is "none", the base's "text"; train the refiner with the base's\n$/);
+  assert.match(unbounded.stderr, /^Error: .*text\.safetensors was trained on every timestep, so where it takes over is not known; give --refiner-below \(e\.g\. 250\)\n$/);
+  assert.equal(dangling.code, 2);
+  assert.match(dangling.stderr, /--refiner/);
+  assert.equal(fs.existsSync(path.join(dir, 'r-bad')), false, 'no output for a refused refiner');
 });
 
 test('ldm sample reads prompts from a file, label maps from a PNG, and inpaints an init image under a mask', async () => {

@@ -11,7 +11,7 @@ import { readLdmCheckpoint, withFirstStage } from '../models/ldm.js';
 import {
   evaluateClassModel, evaluateSemanticMaps, evaluateShapesPrompts, type ConditionalEvalOptions, type ConditionalEvalResult,
 } from '../pipelines/conditional-eval.js';
-import { readLines } from '../pipelines/sample.js';
+import { openRefiner, readLines } from '../pipelines/sample.js';
 
 const number = numberFlag({ positive: true });
 
@@ -31,6 +31,8 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   ];
   static override flags = {
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (runs/<name>/model.safetensors).' }),
+    refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
+    'refiner-below': Flags.integer({ min: 1, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
     ae: Flags.string({ summary: 'Decode with this autoencoder instead of the checkpoint\'s: one whose decoder was fine-tuned from it (train-ae with train.decoder_only).' }),
     classifier: Flags.string({ summary: 'Class models: classifier checkpoint (ldm train-classifier).' }),
     prompt: Flags.string({ char: 'p', multiple: true, summary: 'Text models: a prompt in the shapes captions\' grammar; repeat for several.' }),
@@ -53,10 +55,13 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
     try {
       let ldm = await readLdmCheckpoint(f.ckpt, sel.executor);
       if (f.ae !== undefined) ldm = await withFirstStage(ldm, f.ae, sel.executor);
+      const refined = f.refiner !== undefined ? await openRefiner(f.refiner, ldm, sel.executor, f['refiner-below']) : undefined;
+      if (refined) this.note(`refiner ${refined.ldm.file}: step ${refined.ldm.step}, below timestep ${refined.refiner.below}`);
       this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights, ${ldm.model.conditioner.type}-conditioned; backend ${sel.executor.description}; seed ${seed}`);
       const opts: ConditionalEvalOptions = {
         n: f.n, steps: f.steps, sampler: f.sampler, guidance: f.guidance, seed,
         ...(f['batch-size'] !== undefined ? { batchSize: f['batch-size'] } : {}),
+        ...(refined ? { refiner: refined.refiner } : {}),
         onProgress: (done, total) => {
           bar ??= this.progress({ total, label: 'condition' });
           bar.update(done);

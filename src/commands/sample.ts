@@ -24,6 +24,8 @@ export default class Sample extends LdmCommand<typeof Sample> {
   ];
   static override flags = {
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm).' }),
+    refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
+    'refiner-below': Flags.integer({ min: 1, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
     ae: Flags.string({ summary: 'Decode with this autoencoder instead of the checkpoint\'s: one whose decoder was fine-tuned from it (train-ae with train.decoder_only).' }),
     out: Flags.string({ char: 'o', default: 'samples', summary: 'Output folder.' }),
     prompt: Flags.string({ char: 'p', multiple: true, summary: 'Prompt (text models); repeat for several.' }),
@@ -58,6 +60,8 @@ export default class Sample extends LdmCommand<typeof Sample> {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
         ...(f.ae !== undefined ? { ae: f.ae } : {}),
+        ...(f.refiner !== undefined ? { refiner: f.refiner } : {}),
+        ...(f['refiner-below'] !== undefined ? { refinerBelow: f['refiner-below'] } : {}),
         ...(f.prompt ? { prompts: f.prompt } : {}),
         ...(f.prompts !== undefined ? { promptsFile: f.prompts } : {}),
         ...(f.negative !== undefined ? { negativePrompt: f.negative } : {}),

@@ -221,3 +221,18 @@ export async function withFirstStage(ldm: LoadedLdm, ref: string, executor: Exec
   await ldm.firstStage.dispose();
   return { ...ldm, firstStage: stage };
 }
+
+/**
+ * A second LDM taking over the low-noise end of the base's sampling (a refiner) must continue the base's trajectory:
+ * the same latent space (first stage and scale), schedule, prediction target and kind of condition.
+ */
+export function checkRefiner(base: LoadedLdm, refiner: LoadedLdm, ref: string): void {
+  const differs = (what: string, a: unknown, b: unknown): Error =>
+    new Error(`${ref} cannot refine this model: its ${what} is ${JSON.stringify(b)}, the base's ${JSON.stringify(a)}; train the refiner with the base's`);
+  if (refiner.config.parameterization !== base.config.parameterization) throw differs('parameterization', base.config.parameterization, refiner.config.parameterization);
+  if (JSON.stringify(refiner.config.schedule) !== JSON.stringify(base.config.schedule)) throw differs('schedule', base.config.schedule, refiner.config.schedule);
+  if (refiner.model.conditioner.type !== base.model.conditioner.type) throw differs('conditioning', base.model.conditioner.type, refiner.model.conditioner.type);
+  if (refiner.firstStage.kind !== base.firstStage.kind) throw differs('first stage', base.firstStage.kind, refiner.firstStage.kind);
+  if (base.firstStage.kind === 'autoencoder') checkSameLatentSpace(base.firstStage, refiner.firstStage, ref);
+  if (Math.abs(refiner.scaleFactor / base.scaleFactor - 1) > 1e-6) throw differs('latent scale factor', base.scaleFactor, refiner.scaleFactor);
+}

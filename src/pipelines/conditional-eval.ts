@@ -10,7 +10,7 @@ import { checkLabelMap, checkSample } from '../data/shapes-checker.js';
 import { FeatureRunner, type FeatureNetwork } from '../metrics/features.js';
 import type { LoadedLdm } from '../models/ldm.js';
 import type { SamplerName } from '../diffusion/samplers.js';
-import { Denoiser, generate, type SampleCondition } from './sample.js';
+import { Denoiser, generate, type Refiner, type SampleCondition } from './sample.js';
 
 export interface ConditionalEvalOptions {
   /** Samples per condition. */
@@ -26,6 +26,8 @@ export interface ConditionalEvalOptions {
   width?: number;
   /** Conditions done and in all, after each one. */
   onProgress?: (done: number, total: number) => void;
+  /** A refiner for the low-noise steps (openRefiner). */
+  refiner?: Refiner;
 }
 
 /** What the evaluations read of a loaded LDM (a LoadedLdm has it all). */
@@ -67,6 +69,7 @@ async function sampleAndJudge(
         ...(opts.batchSize !== undefined ? { batchSize: opts.batchSize } : {}),
         ...(opts.height !== undefined ? { height: opts.height } : {}),
         ...(opts.width !== undefined ? { width: opts.width } : {}),
+        ...(opts.refiner ? { refiner: opts.refiner } : {}),
       });
       const [n, ch, H, W] = gen.images.shape as [number, number, number, number];
       const per = ch * H * W;

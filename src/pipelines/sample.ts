@@ -19,7 +19,7 @@ import { Rng } from '../util/random.js';
 import { createSampler, type SamplerName } from '../diffusion/samplers.js';
 import { sampleLatents, type ModelFn } from '../diffusion/sample.js';
 import { concatFeeds, type CondFeeds, type Conditions } from '../models/conditioning.js';
-import { INPUT_T, INPUT_X, readLdmCheckpoint, withFirstStage, type LatentDiffusion, type LoadedLdm } from '../models/ldm.js';
+import { INPUT_T, INPUT_X, checkRefiner, readLdmCheckpoint, withFirstStage, type LatentDiffusion, type LoadedLdm } from '../models/ldm.js';
 import type { FirstStage } from '../models/first-stage.js';
 import { assertWritable } from '../io/atomic.js';
 import { readImage, saveGrid, writePng } from '../io/image.js';
@@ -129,6 +129,15 @@ export interface GenerateOptions {
   mask?: HostTensor;
   /** After each denoising call of a batch. */
   onStep?: (p: SampleProgress) => void;
+  /** A second model for the low-noise end (timesteps below `below`), as SDXL's refiner and eDiff-I's expert denoisers. */
+  refiner?: Refiner;
+}
+
+/** The refiner of a sampling run: its model, its denoiser and the timestep below which it takes over. */
+export interface Refiner {
+  model: LatentDiffusion;
+  denoiser: Denoiser;
+  below: number;
 }
 
 export interface SampleProgress {
@@ -272,8 +281,17 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     };
     const x0 = initLatent ? repeat(initLatent) : undefined;
     const useInit = x0 && (!keep || opts.init!.strength < 1);
+    let fn = denoiser.modelFn(shape, cf, uf);
+    const ref = opts.refiner;
+    if (ref) {
+      // The refiner encodes the condition with its own encoder; every sample of a call shares its timestep.
+      const rcf = ref.model.conditioner.feeds(conds.length ? conditionsOf(chunk, H, W) : undefined, n, h, w);
+      const ruf = guidance !== 1 ? ref.model.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : rcf;
+      const [baseFn, refineFn] = [fn, ref.denoiser.modelFn(shape, rcf, ruf)];
+      fn = (x, t, guided) => (t[0]! < ref.below ? refineFn : baseFn)(x, t, guided);
+    }
     const z = await sampleLatents({
-      shape, model: denoiser.modelFn(shape, cf, uf), schedule: model.schedule, sampler, parameterization: model.parameterization,
+      shape, model: fn, schedule: model.schedule, sampler, parameterization: model.parameterization,
       guidance, rng,
       ...(useInit ? { init: { x0: x0!, strength: opts.init!.strength } } : {}),
       ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
@@ -316,6 +334,9 @@ export function enlargeForGrid(images: HostTensor, minSide = 64): HostTensor {
 
 export interface SampleFilesOptions {
   ckpt: string;
+  /** A refiner checkpoint for the low-noise steps, and the timestep below which it takes over (default its max_timestep). */
+  refiner?: string;
+  refinerBelow?: number;
   /** Decode (and encode --init-image) with this autoencoder: one sharing the checkpoint's encoder (train.decoder_only). */
   ae?: string;
   outDir: string;
@@ -365,6 +386,8 @@ export interface SampleFilesResult {
   steps: number;
   sampler: SamplerName;
   guidance: number;
+  /** The refiner and the timestep below which it ran, when one was given. */
+  refiner?: { ckpt: string; below: number };
   seconds: number;
 }
 
@@ -373,6 +396,27 @@ async function weightsFile(ckpt: string, noEma: boolean): Promise<string> {
   if (noEma || ckpt.endsWith('.ema.safetensors') || !ckpt.endsWith('.safetensors')) return ckpt;
   const ema = ckpt.replace(/\.safetensors$/, '.ema.safetensors');
   return (await fsp.stat(ema).then((s) => s.isFile()).catch(() => false)) ? ema : ckpt;
+}
+
+/**
+ * Open `file` as the refiner of `base`: checked to continue its trajectories, taking over below `below` (default: the
+ * refiner's train.max_timestep, the range it was trained on). Dispose the result's denoiser and first stage.
+ */
+export async function openRefiner(
+  file: string, base: LoadedLdm, executor: Executor, below?: number,
+): Promise<{ ldm: LoadedLdm; refiner: Refiner }> {
+  const ldm = await readLdmCheckpoint(await weightsFile(file, false), executor);
+  try {
+    checkRefiner(base, ldm, file);
+    const T = base.config.schedule.timesteps;
+    const at = below ?? ldm.config.train.max_timestep;
+    if (at === undefined) throw new Error(`${file} was trained on every timestep, so where it takes over is not known; give --refiner-below (e.g. 250)`);
+    if (!Number.isInteger(at) || at < 1 || at > T) throw new Error(`the refiner's switch must be a timestep in 1..${T}, got ${at}`);
+    return { ldm, refiner: { model: ldm.model, denoiser: new Denoiser(ldm.model, executor, () => ldm.params, 'const'), below: at } };
+  } catch (err) {
+    await ldm.firstStage.dispose();
+    throw err;
+  }
 }
 
 /** A class given as an index or a name. */
@@ -418,8 +462,10 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
   let ldm = await readLdmCheckpoint(file, opts.executor);
   opts.onLoaded?.(ldm);
   const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
+  let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
   try {
     if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor);
+    if (opts.refiner !== undefined) refined = await openRefiner(opts.refiner, ldm, opts.executor, opts.refinerBelow);
     const conditions: SampleCondition[] = [];
     const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];
     for (const p of prompts) conditions.push({ prompt: p, name: p });
@@ -460,6 +506,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       ...(init ? { init } : {}),
       ...(mask ? { mask } : {}),
       ...(opts.onStep ? { onStep: opts.onStep } : {}),
+      ...(refined ? { refiner: refined.refiner } : {}),
     });
     const [, ch, H, W] = gen.images.shape as [number, number, number, number];
     await fsp.mkdir(opts.outDir, { recursive: true });
@@ -473,10 +520,13 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     return {
       ckpt: file, weights: ldm.weights, images: files, grid, n: total, height: H, width: W, seed: opts.seed,
       steps: opts.steps ?? s.steps, sampler: opts.sampler ?? s.sampler, guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
+      ...(refined ? { refiner: { ckpt: refined.ldm.file, below: refined.refiner.below } } : {}),
       seconds: (Date.now() - started) / 1000,
     };
   } finally {
     await denoiser.dispose();
     await ldm.firstStage.dispose();
+    await refined?.refiner.denoiser.dispose();
+    await refined?.ldm.firstStage.dispose();
   }
 }
