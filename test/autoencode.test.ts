@@ -300,4 +300,10 @@ test('commands: encode -> decode round trip and one-line errors for bad input', 
   assert.match(r.stderr, /^Error: data set ".*nothing-here" is neither a folder nor a known source/m);
   r = ldm(['eval-ae', '--ckpt', ckpt, '--data', path.join(dir, 'lat')]);
   assert.match(r.stderr, /^Error: no images found under/m);
+  const kl = fs.readFileSync('configs/autoencoders/kl-f4-small.yaml', 'utf8').replace(/^name: .*$/m, 'name: dec-only').replace(/^train:$/m, 'train:\n  decoder_only: true');
+  fs.writeFileSync(path.join(dir, 'dec-only.yaml'), kl);
+  r = ldm(['train-ae', '--config', path.join(dir, 'dec-only.yaml'), '--data', 'shapes', '--runs-dir', dir]);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /^Error: dec-only sets train\.decoder_only: it fine-tunes the decoder of an autoencoder you give with --init$/m);
+  assert.equal(fs.existsSync(path.join(dir, 'dec-only')), false, 'no run folder for a refused run');
 });

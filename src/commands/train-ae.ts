@@ -54,6 +54,9 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     const data = f.data ?? config.data?.source;
     if (data === undefined) throw new Error(`config ${config.name} names no data source; pass --data (fashion-mnist, shapes, or a folder of images)`);
     const timeLimit = f['time-limit'];
+    if (config.train.decoder_only && f.init === undefined && !f.resume) {
+      throw new Error(`${config.name} sets train.decoder_only: it fine-tunes the decoder of an autoencoder you give with --init`);
+    }
     const run = await RunDir.create(f['runs-dir'], f.run ?? config.name, { resume: f.resume, force: f.force });
     if (run.resumed) {
       const before = await run.readConfig();
