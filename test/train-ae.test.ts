@@ -206,7 +206,8 @@ test('decoder_only: the encoder stays bit for bit, the decoder learns, and the r
   t.after(async () => { for (const s of [s0, s1, s2]) await s!.dispose(); });
   checkSameLatentSpace(s0!, s1!, tuned.model);
   assert.throws(() => checkSameLatentSpace(s0!, s2!, whole.model), /encodes differently from the autoencoder this LDM was trained on/);
-  assert.throws(() => checkSameLatentSpace(new PixelFirstStage(3), s1!, tuned.model), /only an autoencoder can stand in/);
+  assert.throws(() => checkSameLatentSpace(new PixelFirstStage(3), s1!, tuned.model), /this model works in pixel space: it has no autoencoder for/);
+  assert.throws(() => checkSameLatentSpace(s0!, new PixelFirstStage(3), 'pixel'), /^Error: pixel is pixel space, not an autoencoder/);
 });
 
 test('helpers: scale factor is 1/std, cosine schedule, periodic steps, time budget', () => {

@@ -86,9 +86,11 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
         throw new Error(`this model is ${type === 'none' ? 'unconditional' : `${type}-conditioned`}; eval-ldm scores class, text and semantic models (use ldm eval-fid for sample quality)`);
       }
       bar?.stop();
-      this.result(res, (r) => [
+      const out = refined ? { ...res, refiner: { ckpt: refined.ldm.file, below: refined.refiner.below } } : res;
+      this.result(out, (r) => [
         `${(100 * r.accuracy).toFixed(1)}% of ${r.samples} samples accepted by the ${r.judge} (${r.perCondition.length} conditions x ${f.n}, ${f.sampler} ${f.steps} steps, guidance ${f.guidance}) in ${r.seconds.toFixed(0)} s`,
         ...Object.entries(r.details).map(([k, v]) => `  ${k}: ${(100 * v).toFixed(1)}%`),
+        ...(refined ? [`  refined below timestep ${refined.refiner.below} by ${refined.ldm.file}`] : []),
       ].join('\n'));
     } finally {
       bar?.stop();

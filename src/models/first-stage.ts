@@ -257,9 +257,8 @@ export async function openFirstStage(ref: string, opts: { executor: Executor; ch
  * that is the same architecture and identical encoding weights (an autoencoder fine-tuned with train.decoder_only).
  */
 export function checkSameLatentSpace(current: FirstStage, replacement: FirstStage, ref: string): void {
-  if (current.kind !== 'autoencoder' || replacement.kind !== 'autoencoder') {
-    throw new Error(`${ref}: only an autoencoder can stand in for the checkpoint's autoencoder (this one's first stage is ${current.kind === 'pixel' ? 'pixel space' : 'an autoencoder'})`);
-  }
+  if (current.kind !== 'autoencoder') throw new Error(`this model works in pixel space: it has no autoencoder for ${ref} to stand in for`);
+  if (replacement.kind !== 'autoencoder') throw new Error(`${ref} is pixel space, not an autoencoder; give one fine-tuned from the model's own with train.decoder_only`);
   const a = current.spec as Extract<FirstStageSpec, { kind: 'autoencoder' }>;
   const b = replacement.spec as Extract<FirstStageSpec, { kind: 'autoencoder' }>;
   const arch = (s: typeof a): string => JSON.stringify([s.regularizer, s.embed_dim, s.n_embed ?? 0, s.ddconfig]);
