@@ -61,9 +61,10 @@ async function main(): Promise<void> {
   const rng = new Rng(3);
   for (const t of STEPS) {
     const abar = ldm.model.schedule.alphasCumprod[t]!;
+    const ts = Array<number>(n).fill(t);
     const eps = Float32Array.from({ length: n * per }, () => rng.normal());
-    const x = ldm.model.schedule.qSample(z0, eps, Array<number>(n).fill(t));
-    const out = await denoiser.predict(x, shape, Array<number>(n).fill(t), feeds);
+    const x = ldm.model.schedule.qSample(z0, eps, ts);
+    const out = await denoiser.predict(x, shape, ts, feeds);
     const { x0 } = toPrediction(out, x, Array<number>(n).fill(abar), ldm.model.parameterization);
     console.log(`  x0 guess at t=${t}: ${await read(x0)}`);
   }

@@ -184,7 +184,7 @@ test('decoder_only: the encoder stays bit for bit, the decoder learns, and the r
   const base = await train('base', tinyConfig('kl', { disc_start: 1 }));
   const decOnly = tinyConfig('kl', { disc_start: 1 });
   decOnly.train.decoder_only = true;
-  await assert.rejects(train('no-init', decOnly), /train\.decoder_only keeps the encoder .*pass that checkpoint with --init/);
+  await assert.rejects(train('no-init', decOnly), /^Error: tiny-kl sets train\.decoder_only: it fine-tunes the decoder of an autoencoder you give with --init$/);
   const tuned = await train('dec', decOnly, base.model);
   const whole = await train('whole', tinyConfig('kl', { disc_start: 1 }), base.model);
 

@@ -7,7 +7,7 @@ import { parseBackend, selectBackend } from '../engine/backend.js';
 import { dumpConfig, loadConfig, parseConfig } from '../config/load.js';
 import { summarizeAutoencoder, type AutoencoderConfig } from '../config/schema.js';
 import { RunDir } from '../io/run-dir.js';
-import { trainAutoencoder } from '../training/autoencoder.js';
+import { checkDecoderOnlyInit, trainAutoencoder } from '../training/autoencoder.js';
 
 /** The config without train.steps, which --steps may change between a run and its resume. */
 function comparable(cfg: AutoencoderConfig): string {
@@ -54,9 +54,8 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     const data = f.data ?? config.data?.source;
     if (data === undefined) throw new Error(`config ${config.name} names no data source; pass --data (fashion-mnist, shapes, or a folder of images)`);
     const timeLimit = f['time-limit'];
-    if (config.train.decoder_only && f.init === undefined && !f.resume) {
-      throw new Error(`${config.name} sets train.decoder_only: it fine-tunes the decoder of an autoencoder you give with --init`);
-    }
+    // Before the run folder exists, so the retry with --init needs no --force.
+    checkDecoderOnlyInit(config, f.init, f.resume);
     const run = await RunDir.create(f['runs-dir'], f.run ?? config.name, { resume: f.resume, force: f.force });
     if (run.resumed) {
       const before = await run.readConfig();

@@ -271,8 +271,12 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     const chunk = list.slice(start, start + bs);
     const n = chunk.length;
     const shape = [n, c, h, w];
-    const cf = model.conditioner.feeds(conds.length ? conditionsOf(chunk, H, W) : undefined, n, h, w);
-    const uf = guidance !== 1 ? model.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : cf;
+    // Each model (base, refiner) encodes the chunk's conditions with its own encoder.
+    const given = conds.length ? conditionsOf(chunk, H, W) : undefined;
+    const feedsFor = (m: LatentDiffusion): [CondFeeds, CondFeeds] => {
+      const cf = m.conditioner.feeds(given, n, h, w);
+      return [cf, guidance !== 1 ? m.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : cf];
+    };
     const sampler = createSampler(opts.sampler, model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
     const repeat = (x: Float32Array) => {
       const out = new Float32Array(n * per);
@@ -281,13 +285,11 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     };
     const x0 = initLatent ? repeat(initLatent) : undefined;
     const useInit = x0 && (!keep || opts.init!.strength < 1);
-    let fn = denoiser.modelFn(shape, cf, uf);
+    let fn = denoiser.modelFn(shape, ...feedsFor(model));
     const ref = opts.refiner;
     if (ref) {
-      // The refiner encodes the condition with its own encoder; every sample of a call shares its timestep.
-      const rcf = ref.model.conditioner.feeds(conds.length ? conditionsOf(chunk, H, W) : undefined, n, h, w);
-      const ruf = guidance !== 1 ? ref.model.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : rcf;
-      const [baseFn, refineFn] = [fn, ref.denoiser.modelFn(shape, rcf, ruf)];
+      // Every sample of a call shares its timestep.
+      const [baseFn, refineFn] = [fn, ref.denoiser.modelFn(shape, ...feedsFor(ref.model))];
       fn = (x, t, guided) => (t[0]! < ref.below ? refineFn : baseFn)(x, t, guided);
     }
     const z = await sampleLatents({

@@ -247,6 +247,13 @@ async function loadImages(ds: Dataset, count: number): Promise<HostTensor> {
 
 // ---------------------------------------------------------------- the loop
 
+/** train.decoder_only keeps an encoder, so a fresh run needs the autoencoder to take it from (--init). */
+export function checkDecoderOnlyInit(config: AutoencoderConfig, init: string | undefined, resuming: boolean): void {
+  if (config.train.decoder_only && init === undefined && !resuming) {
+    throw new Error(`${config.name} sets train.decoder_only: it fine-tunes the decoder of an autoencoder you give with --init`);
+  }
+}
+
 export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<TrainAutoencoderResult> {
   const { config, run, executor } = opts;
   const note = opts.note ?? (() => undefined);
@@ -273,9 +280,7 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
 
   const latest = run.resumed ? await run.latestCheckpoint() : undefined;
   const decoderOnly = config.train.decoder_only === true;
-  if (decoderOnly && !opts.init && !latest) {
-    throw new Error('train.decoder_only keeps the encoder of the autoencoder it fine-tunes; pass that checkpoint with --init');
-  }
+  checkDecoderOnlyInit(config, opts.init, latest !== undefined);
   if (opts.init && !latest) {
     // Ours or imported: reference .ckpt and diffusers folders load through the same reader as every --ckpt.
     const ck = await loadAnyCheckpoint(opts.init).catch((err: unknown) => {
