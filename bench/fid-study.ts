@@ -15,7 +15,7 @@ import path from 'node:path';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, type HostTensor } from '../src/engine/host-tensor.js';
 import { openDataset } from '../src/data/sources.js';
-import type { Dataset } from '../src/data/dataset.js';
+import { stackImages } from '../src/data/loader.js';
 import { Rng } from '../src/util/random.js';
 import { classifierAccuracy, trainClassifier } from '../src/metrics/train-classifier.js';
 import { classifierNetwork, DomainClassifier, loadClassifier, saveClassifier, type ClassifierConfig, type ClassifierInfo } from '../src/models/classifier.js';
@@ -75,15 +75,6 @@ const randomAccuracy = await classifierAccuracy(trained.config, randomWeights, t
 console.log(`untrained classifier: test accuracy ${(100 * randomAccuracy).toFixed(2)}% (chance 10%)`);
 
 // ---------------------------------------------------------------- images and their degradations
-/** The images at `indices`, stacked [N, C, H, W]. */
-async function stack(ds: Dataset, indices: ArrayLike<number>): Promise<HostTensor> {
-  const first = (await ds.get(indices[0]!)).image;
-  const per = first.data.length;
-  const out = new Float32Array(indices.length * per);
-  for (let i = 0; i < indices.length; i++) out.set((await ds.get(indices[i]!)).image.data as Float32Array, i * per);
-  return float32([indices.length, ...first.shape], out);
-}
-
 /** Gaussian noise of `sigma` on the [0, 1] scale, clipped to [0, 1]; images stay in [-1, 1]. */
 function noisy(x: HostTensor, sigma: number, rng: Rng): HostTensor {
   const src = x.data as Float32Array;
@@ -130,8 +121,8 @@ function blurred(x: HostTensor, sigma: number, radius: number): HostTensor {
 const train = await openDataset('fashion-mnist:train');
 const trainCount = Math.min(limit, train.size);
 const testCount = Math.min(limit, test.size);
-const trainImages = await stack(train, new Rng(seed + 2).permutation(train.size).slice(0, trainCount));
-const testImages = await stack(test, Int32Array.from({ length: testCount }, (_, i) => i));
+const trainImages = await stackImages(train, new Rng(seed + 2).permutation(train.size).slice(0, trainCount));
+const testImages = await stackImages(test, Int32Array.from({ length: testCount }, (_, i) => i));
 const noiseRng = new Rng(seed + 3);
 const sets: { name: string; images: HostTensor }[] = [
   { name: 'train', images: trainImages },

@@ -12,7 +12,7 @@
  * drew circles) reads 0.759 and 0.087, so the numbers describe a latent space; they do not yet predict a model.
  */
 import { parseArgs } from 'node:util';
-import { OnnxExecutor, openDataset, openFirstStage, float32 } from '../src/index.js';
+import { OnnxExecutor, openDataset, openFirstStage, stackImages } from '../src/index.js';
 
 /** R^2 of the least-squares fit of y [n, k] by x [n, d] with a bias (normal equations; d is tiny). */
 function linearR2(x: Float64Array, y: Float64Array, n: number, d: number, k: number): number {
@@ -66,15 +66,14 @@ async function main(): Promise<void> {
   if (!Number.isInteger(n) || n < 8) throw new Error(`--n ${values.n} is not a whole number of at least 8`);
   const executor = new OnnxExecutor({ threads: 1 });
   const ds = await openDataset(values.data, { size: 32 });
-  const first = (await ds.get(0)).image;
-  const [C, H, W] = first.shape as [number, number, number];
+  const batch = await stackImages(ds, Int32Array.from({ length: n }, (_, i) => i % ds.size));
+  const [, C, H, W] = batch.shape as [number, number, number, number];
   const plane = C * H * W;
-  const images = new Float32Array(n * plane);
-  for (let i = 0; i < n; i++) images.set((await ds.get(i % ds.size)).image.data as Float32Array, i * plane);
+  const images = batch.data as Float32Array;
   for (const file of positionals) {
     const fs = await openFirstStage(file, { executor });
     try {
-      const z = await fs.encode(float32([n, C, H, W], images));
+      const z = await fs.encode(batch);
       const [, c, h, w] = z.shape as [number, number, number, number];
       const zd = z.data as Float32Array;
       const f = H / h;

@@ -26,7 +26,7 @@ export { RunDir } from './io/run-dir.js';
 // Data.
 export type { Dataset, Sample, Batch } from './data/dataset.js';
 export { openDataset, parseDatasetSpec, DATASET_SPEC_FORMS } from './data/sources.js';
-export { DataLoader, splitDataset, subset } from './data/loader.js';
+export { DataLoader, splitDataset, stackImages, subset } from './data/loader.js';
 export { ImageFolderDataset } from './data/image-folder.js';
 export { IdxDataset } from './data/idx.js';
 export { fashionMnist } from './data/fashion-mnist.js';

@@ -73,6 +73,13 @@ export function collate(samples: readonly Sample[]): Batch {
   return batch;
 }
 
+/** The images at `indices`, stacked [N, C, H, W] by collate (which refuses images of different sizes). */
+export async function stackImages(ds: Dataset, indices: ArrayLike<number>): Promise<HostTensor> {
+  const samples: Sample[] = [];
+  for (let i = 0; i < indices.length; i++) samples.push(await ds.get(indices[i]!));
+  return collate(samples).images;
+}
+
 function stackLabelMaps(maps: readonly HostTensor[]): HostTensor {
   const shape = maps[0]!.shape;
   const per = maps[0]!.data.length;

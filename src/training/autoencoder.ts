@@ -19,7 +19,7 @@ import { ProgramCache } from '../engine/program-cache.js';
 import { Trainer, type StepResult } from '../engine/trainer.js';
 import type { AdamWConfig } from '../engine/optim.js';
 import { Rng } from '../util/random.js';
-import { DataLoader, mixSeed, splitDataset } from '../data/loader.js';
+import { DataLoader, mixSeed, splitDataset, stackImages } from '../data/loader.js';
 import type { Batch, Dataset } from '../data/dataset.js';
 import { openDataset } from '../data/sources.js';
 import { effectiveLearningRate, type AutoencoderConfig } from '../config/schema.js';
@@ -236,13 +236,9 @@ function sliceBatch(t: HostTensor, from: number, to: number): HostTensor {
   return hostTensor(t.dtype, [to - from, ...t.shape.slice(1)], (t.data as Float32Array).slice(from * per, to * per));
 }
 
+/** The first `count` images (or all, if fewer). */
 async function loadImages(ds: Dataset, count: number): Promise<HostTensor> {
-  const n = Math.min(count, ds.size);
-  const first = (await ds.get(0)).image;
-  const per = first.data.length;
-  const out = new Float32Array(n * per);
-  for (let i = 0; i < n; i++) out.set((await ds.get(i)).image.data as Float32Array, i * per);
-  return float32([n, ...first.shape], out);
+  return stackImages(ds, Int32Array.from({ length: Math.min(count, ds.size) }, (_, i) => i));
 }
 
 // ---------------------------------------------------------------- the loop
