@@ -214,6 +214,10 @@ test('configs read from reference weights: the autoencoder entirely, the UNet bu
   assert.throws(() => inferUNetConfig(unet, undefined), /do not record its attention heads \(num_heads or num_head_channels\); pass the reference YAML with --config/);
   // Without the cond stage's width, a cross-attention context as wide as the channels looks like self-attention.
   assert.equal(inferUNetConfig(unet, { num_heads: 2 }).context_dim, undefined);
+  // generative-models' label_emb.0.0 (Linear from the pooled vector) gives adm_in_channels.
+  const emb = unet.get('time_embed.2.weight')!.shape[0]!;
+  const withAdm = new Map<string, HostTensor>([...unet, ['label_emb.0.0.weight', float32([emb, 24], new Float32Array(emb * 24))]]);
+  assert.equal(inferUNetConfig(withAdm, { num_heads: 2 }, 32).adm_in_channels, 24);
 
   assert.deepEqual(inferSchedule(ldm.tensors), { schedule: 'linear', timesteps: 100, linear_start: 0.0015, linear_end: 0.0195 });
   const sqrtLinear = makeBetas({ schedule: 'sqrt_linear', timesteps: 50, linearStart: 1e-4, linearEnd: 2e-2 });
@@ -244,6 +248,8 @@ test('diffusers UNet configs map both ways: UNet2DConditionModel heads, UNet2DMo
   assert.throws(() => unetToDiffusers(unet({ num_heads: 2 })), /attention layers have 32, 64 channels per head; diffusers' UNet2DModel needs one/);
   assert.throws(() => unetToDiffusers(unet({ use_spatial_transformer: true, num_heads: 2 })), /without context_dim/);
   assert.throws(() => unetToDiffusers(unet({ num_head_channels: 32, coord_channels: true })), /coord_channels .* has no diffusers UNet; export it to ldm instead/);
+  assert.throws(() => unetToDiffusers(unet({ num_head_channels: 32, patch_size: 2 })), /patch_size .* has no diffusers UNet; export it to ldm instead/);
+  assert.throws(() => unetToDiffusers(unet({ num_head_channels: 32, adm_in_channels: 8 })), /adm_in_channels .* has no diffusers UNet here; export it to ldm instead/);
 
   // runwayml/stable-diffusion-v1-5 unet/config.json (abridged to the fields that matter).
   const sd = {

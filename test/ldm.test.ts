@@ -310,10 +310,10 @@ function stdOf(t: HostTensor): number {
   return 1 / latentScale(t);
 }
 
-test('a caption layout (text.layout): starts empty, learns from the first steps, saves cond_layout_model.* and loads back', async (t) => {
+test('a caption layout (text.layout) and the pooled caption (unet.adm_in_channels): learn from the first steps, save and load back', async (t) => {
   const root = tempDir(t, 'ldm-test-');
   const cfg = config({
-    unet: { ...CLASS_UNET, in_channels: 3 },
+    unet: { ...CLASS_UNET, in_channels: 3, adm_in_channels: 16 },
     conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 6, layout: { channels: 2, frequencies: 3 } }, dropout: 0.1 },
   }, { steps: 12, lr: 2e-3 });
   const losses: number[] = [];
@@ -329,6 +329,10 @@ test('a caption layout (text.layout): starts empty, learns from the first steps,
   const loaded = await readLdmCheckpoint(res.model, executor);
   assert.deepEqual(loaded.model.config.conditioning.text?.layout, { channels: 2, frequencies: 3 });
   assert.deepEqual(loaded.params.get('cond_layout_model.proj.weight')!.data, w.data);
+  const adm = (await loadCheckpoint(res.model)).params.get('model.diffusion_model.label_emb.0.0.weight')!;
+  assert.deepEqual(adm.shape, [4 * 32, 16]);
+  assert.equal(loaded.model.config.unet.adm_in_channels, 16);
+  assert.deepEqual(loaded.params.get('model.diffusion_model.label_emb.0.0.weight')!.data, adm.data);
 });
 
 test('cosineBasis: the DCT-II basis at pixel centres, constant first row, orthogonal rows', () => {
@@ -358,6 +362,8 @@ test('config errors are one line each and name the key', () => {
   assert.match(bad({ conditioning: { type: 'semantic', num_classes: 5 } }), /unet\.in_channels: 1 should be 6: out_channels 1 latent channels \+ 5 condition channels/);
   assert.match(bad({ conditioning: { type: 'text', text: { dim: 8, depth: 1 } }, unet: { ...CLASS_UNET } }), /conditioning\.text\.dim: 8 differs from unet\.context_dim 16/);
   assert.match(bad({ conditioning: { type: 'text', text: { dim: 16, depth: 1, layout: { channels: 2 } } }, unet: { ...CLASS_UNET } }), /unet\.in_channels: 1 should be 3: out_channels 1 latent channels \+ 2 caption layout channels/);
+  assert.match(bad({ conditioning: { type: 'text', text: { dim: 16, depth: 1 } }, unet: { ...CLASS_UNET, adm_in_channels: 8 } }), /unet\.adm_in_channels: 8 should be 16, conditioning\.text\.dim/);
+  assert.match(bad({ conditioning: { type: 'class', num_classes: 3 }, unet: { ...CLASS_UNET, adm_in_channels: 16 } }), /unet\.adm_in_channels: only text models feed a vector/);
   assert.equal(ldmLearningRate(config({}, { lr: 1e-4, scale_lr: true, batch_size: 8, grad_accum: 2 })), 1e-4 * 16, 'the reference rule: lr x batch x accumulation');
   assert.equal(ldmLearningRate(config({}, { lr: 1e-4, scale_lr: false })), 1e-4);
   assert.match(bad({ scale_factor: -1 }), /scale_factor: expected "auto", "first_stage" or a number > 0, got -1/);

@@ -117,6 +117,39 @@ test('legacy-attention, class-conditional, scale-shift, resblock_updown UNet mat
   assertRelClose(await runUNet(model, c.params, { x: c.tensor('input.x'), t: c.tensor('input.t'), y: y32 }), eps, 1e-6, 'eps with int32 labels');
 });
 
+test('adm_in_channels: label_emb.0.0 / label_emb.0.2 (Linear, SiLU, Linear) add a vector y to the time embedding', async () => {
+  const c = await loadCase('unet-small-st.safetensors');
+  const adm = 5;
+  const model = new UNetModel(parseUNetConfig({ ...c.config, adm_in_channels: adm }));
+  const embDim = 4 * c.config.model_channels;
+  const shapes = new Map(namesAndShapes(model));
+  assert.deepEqual(shapes.get('label_emb.0.0.weight'), [embDim, adm]);
+  assert.deepEqual(shapes.get('label_emb.0.2.weight'), [embDim, embDim]);
+  const feeds = { x: c.tensor('input.x'), t: c.tensor('input.t'), context: c.tensor('input.context') };
+  const n = feeds.x.shape[0]!;
+  const rng = new Rng(4);
+  const y = float32([n, adm], Float32Array.from({ length: n * adm }, () => rng.normal()));
+  // With label_emb.0.2's weight zero, its bias b is what reaches the embedding: the plain UNet with b added to
+  // time_embed.2.bias must give the same output, so y enters exactly where the time embedding does.
+  const b = Float32Array.from({ length: embDim }, () => 0.5 * rng.normal());
+  const params = new Map(c.params);
+  params.set('label_emb.0.0.weight', float32([embDim, adm], Float32Array.from({ length: embDim * adm }, () => rng.normal())));
+  params.set('label_emb.0.0.bias', float32([embDim], new Float32Array(embDim)));
+  params.set('label_emb.0.2.weight', float32([embDim, embDim], new Float32Array(embDim * embDim)));
+  params.set('label_emb.0.2.bias', float32([embDim], b));
+  const shifted = new Map(c.params);
+  const tb = c.params.get('time_embed.2.bias')!;
+  shifted.set('time_embed.2.bias', float32(tb.shape, Float32Array.from(toFloat32(tb), (v, i) => v + b[i]!)));
+  const withY = await runUNet(model, params, { ...feeds, y });
+  assertRelClose(withY, await runUNet(new UNetModel(c.config), shifted, feeds), 1e-5, 'bias through label_emb = bias on time_embed.2');
+  // A non-zero second layer makes the output depend on y.
+  params.set('label_emb.0.2.weight', float32([embDim, embDim], Float32Array.from({ length: embDim * embDim }, () => 0.05 * rng.normal())));
+  const a = toFloat32(await runUNet(model, params, { ...feeds, y }));
+  const other = toFloat32(await runUNet(model, params, { ...feeds, y: float32([n, adm], toFloat32(y).map((v) => -v)) }));
+  assert.ok(a.some((v, i) => Math.abs(v - other[i]!) > 1e-3), 'output does not depend on y');
+  assert.throws(() => parseUNetConfig({ ...c.config, num_classes: 3, adm_in_channels: 4 }), /adm_in_channels: a UNet takes class labels \(num_classes\) or a vector \(adm_in_channels\)/);
+});
+
 test('the benchmark UNet has every reference key and shape, in state-dict order, and the peer parameter count', () => {
   const ref = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'unet-bench-keys.json'), 'utf8')) as { keys: [string, number[]][]; params: number; config: UNetConfigInput };
   assert.deepEqual(parseUNetConfig(ref.config), BENCH_UNET_CONFIG);

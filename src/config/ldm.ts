@@ -197,6 +197,11 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
   if (c.type === 'concat' && c.channels === undefined) {
     out.push({ path: ['conditioning', 'channels'], message: 'concat conditioning needs channels (of the condition image, e.g. 3)' });
   }
+  if (u.adm_in_channels !== undefined && c.type !== 'text') {
+    out.push({ path: ['unet', 'adm_in_channels'], message: `only text models feed a vector (the pooled caption) to the time embedding; remove it for ${c.type} conditioning` });
+  } else if (u.adm_in_channels !== undefined && c.text && u.adm_in_channels !== c.text.dim) {
+    out.push({ path: ['unet', 'adm_in_channels'], message: `${u.adm_in_channels} should be ${c.text.dim}, conditioning.text.dim: the time embedding takes the mean of the caption's tokens` });
+  }
   if (c.type === 'text') {
     if (!c.text) out.push({ path: ['conditioning', 'text'], message: 'text conditioning needs a text encoder: text: {dim, depth}' });
     else if (u.context_dim !== undefined && c.text.dim !== u.context_dim) {

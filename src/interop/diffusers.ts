@@ -164,6 +164,8 @@ const UNET_CLASSES = ['UNet2DConditionModel', 'UNet2DModel'];
 export function unetToDiffusers(cfg: UNetConfig): { className: string; config: Json } {
   const where = 'diffusers export';
   if (cfg.coord_channels) fail(where, 'coord_channels (appended coordinate inputs) has no diffusers UNet; export it to ldm instead');
+  if ((cfg.patch_size ?? 1) > 1) fail(where, 'patch_size (a UNet on pixel blocks) has no diffusers UNet; export it to ldm instead');
+  if (cfg.adm_in_channels !== undefined) fail(where, 'adm_in_channels (a pooled vector added to the time embedding) has no diffusers UNet here; export it to ldm instead');
   const levels = cfg.channel_mult.map((_, i) => i);
   const attnAt = (i: number) => cfg.attention_resolutions.includes(2 ** i);
   const widthsOut = cfg.channel_mult.map((m) => cfg.model_channels * m);

@@ -541,6 +541,7 @@ export function inferUNetConfig(params: Params, heads: HeadsConfig | undefined, 
     resblock_updown: ups.length > 0 && isUp(ups[0]!) === 'res',
   };
   if (params.has('label_emb.weight')) cfg.num_classes = shapeOf(params, 'label_emb.weight')[0]!;
+  if (params.has('label_emb.0.0.weight')) cfg.adm_in_channels = shapeOf(params, 'label_emb.0.0.weight')[1]!;
   if (spatial) {
     cfg.transformer_depth = indices(params, 'middle_block.1.transformer_blocks.').length;
     const mid = mc * channelMult[levels - 1]!;

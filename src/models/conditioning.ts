@@ -46,6 +46,8 @@ export interface Applied {
   readonly context?: Tensor;
   /** Appended to z_t [N, K, h, w]. */
   readonly concat?: Tensor;
+  /** One vector per sample [N, D] (text: the mean of the caption's tokens), for a UNet with adm_in_channels. */
+  readonly pooled?: Tensor;
 }
 
 export interface Conditioner {
@@ -166,9 +168,9 @@ class TextConditioning implements Conditioner {
 
   apply(inputs: Readonly<Record<string, Tensor>>, h: number, w: number): Applied {
     const context = this.module.forward(inputs[COND_TOKENS]!);
-    if (!this.layout) return { context };
     // Padding is not masked (as in the reference encoder), so the mean over all positions is a function of the caption.
-    return { context, concat: this.layout.forward(o.mean(context, [1]), h, w) };
+    const pooled = o.mean(context, [1]);
+    return { context, pooled, ...(this.layout ? { concat: this.layout.forward(pooled, h, w) } : {}) };
   }
 
   inputs(n: number): Record<string, Tensor> {

@@ -60,9 +60,9 @@ export class LatentDiffusion extends Module {
 
   /** The model output (eps, x0 or v) for z_t [N, C, h, w] at timesteps t [N], given the condition inputs. */
   forward(x: Tensor, t: Tensor, cond: Readonly<Record<string, Tensor>>): Tensor {
-    const { context, concat } = this.conditioner.apply(cond, x.shape[2]!, x.shape[3]!);
+    const { context, concat, pooled } = this.conditioner.apply(cond, x.shape[2]!, x.shape[3]!);
     const input = concat ? o.concat([x, concat], 1) : x;
-    return this.unet.forward(input, t, context);
+    return this.unet.forward(input, t, context, this.config.unet.adm_in_channels !== undefined ? pooled : undefined);
   }
 
   /** The simple loss: MSE between the output and the parameterisation's target (fed as `target`). */

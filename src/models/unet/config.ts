@@ -30,6 +30,12 @@ export const UNetConfigSchema = strict(
     context_dim: posInt().optional(),
     /** Class-conditional through the time embedding (the reference's "adm" key). */
     num_classes: posInt().optional(),
+    /**
+     * Width of a vector y added to the time embedding through `label_emb.0.0` / `label_emb.0.2` (Linear, SiLU, Linear):
+     * the generative-models UNet's `num_classes: sequential` with `adm_in_channels`, as SDXL feeds its pooled text
+     * embedding. Text LDMs feed the mean of the caption's tokens (so it equals conditioning.text.dim).
+     */
+    adm_in_channels: posInt().optional(),
     use_scale_shift_norm: bool().default(false),
     resblock_updown: bool().default(false),
     /**
@@ -107,6 +113,9 @@ interface Problem {
 /** Constraints between fields; runs once every field has the right type. */
 export function unetProblems(cfg: UNetConfig): Problem[] {
   const out: Problem[] = [];
+  if (cfg.num_classes !== undefined && cfg.adm_in_channels !== undefined) {
+    out.push({ path: ['adm_in_channels'], message: 'a UNet takes class labels (num_classes) or a vector (adm_in_channels) in its time embedding, not both' });
+  }
   const mc = cfg.model_channels;
   const widths = [...new Set([mc, ...cfg.channel_mult.map((m) => m * mc)])];
   const groups = cfg.norm_groups ?? 32;

@@ -17,6 +17,9 @@ export class UNetModel extends Module {
   readonly timeIn: Linear;
   readonly timeOut: Linear;
   readonly labelEmb?: Embedding;
+  /** adm_in_channels: y [N, adm] -> Linear, SiLU, Linear -> added to the time embedding. */
+  readonly admIn?: Linear;
+  readonly admOut?: Linear;
   readonly inputBlocks: TimestepEmbedSequential[] = [];
   readonly middleBlock: TimestepEmbedSequential;
   readonly outputBlocks: TimestepEmbedSequential[] = [];
@@ -33,6 +36,11 @@ export class UNetModel extends Module {
     this.timeIn = timeEmbed.put(0, new Linear(mc, embDim));
     this.timeOut = timeEmbed.put(2, new Linear(embDim, embDim));
     if (cfg.num_classes !== undefined) this.labelEmb = this.add('label_emb', new Embedding(cfg.num_classes, embDim));
+    if (cfg.adm_in_channels !== undefined) {
+      const seq = this.add('label_emb', new Slots()).put(0, new Slots());
+      this.admIn = seq.put(0, new Linear(cfg.adm_in_channels, embDim));
+      this.admOut = seq.put(2, new Linear(embDim, embDim));
+    }
 
     const normGroups = cfg.norm_groups ?? 32;
     const res = (cin: number, cout: number, resample?: 'up' | 'down') =>
@@ -97,13 +105,15 @@ export class UNetModel extends Module {
 
   /**
    * eps (or x0) prediction [N, out_channels, H, W] from x [N, in_channels, H, W], timesteps t [N] (float or int),
-   * cross-attention context [N, L, context_dim] when the config has context_dim, labels y [N] (int) when num_classes.
+   * cross-attention context [N, L, context_dim] when the config has context_dim, labels y [N] (int) when num_classes,
+   * a vector y [N, adm_in_channels] when adm_in_channels.
    */
   forward(x: Tensor, t: Tensor, context?: Tensor, y?: Tensor): Tensor {
     return this.scoped(() => {
       this.checkInputs(x, t, context, y);
       let emb = this.timeOut.forward(silu(this.timeIn.forward(timestepEmbedding(t, this.config.model_channels))));
       if (this.labelEmb) emb = o.add(emb, this.labelEmb.forward(y!));
+      if (this.admIn && this.admOut) emb = o.add(emb, this.admOut.forward(silu(this.admIn.forward(y!))));
       const cond: Cond = { embAct: silu(emb), context };
       const skips: Tensor[] = [];
       const r = this.config.patch_size ?? 1;
@@ -144,6 +154,11 @@ export class UNetModel extends Module {
       if (!y) throw fail(`this UNet is class-conditional (num_classes ${cfg.num_classes}): pass labels y [${n}]`);
       if (y.rank !== 1 || y.shape[0] !== n || (y.dtype !== 'int32' && y.dtype !== 'int64')) {
         throw fail(`labels y must be [${n}] int32 or int64, got [${y.shape.join(', ')}] ${y.dtype}`);
+      }
+    } else if (cfg.adm_in_channels !== undefined) {
+      if (!y) throw fail(`this UNet adds a vector to its time embedding (adm_in_channels ${cfg.adm_in_channels}): pass y [${n}, ${cfg.adm_in_channels}]`);
+      if (y.rank !== 2 || y.shape[0] !== n || y.shape[1] !== cfg.adm_in_channels || y.dtype !== 'float32') {
+        throw fail(`y must be [${n}, ${cfg.adm_in_channels}] float32, got [${y.shape.join(', ')}] ${y.dtype}`);
       }
     } else if (y) {
       throw fail('this UNet is not class-conditional: pass no labels, or set num_classes in its config');
