@@ -5,7 +5,7 @@ import { parseBackend, selectBackend } from '../engine/backend.js';
 import { QUICKSTART_CONFIGS, quickstart } from '../pipelines/quickstart.js';
 
 export default class Quickstart extends LdmCommand<typeof Quickstart> {
-  static override summary = 'Train a tiny autoencoder and a tiny text-to-image LDM on the built-in shapes, then sample and check a grid (about 8 minutes on 2 cores).';
+  static override summary = 'Train a tiny autoencoder and a tiny text-to-image LDM on the built-in shapes, then sample and check a grid (about 10 minutes on 2 cores).';
   static override description =
     `Needs no download. Stages (the zoo's ${QUICKSTART_CONFIGS.autoencoder} and ${QUICKSTART_CONFIGS.ldm} configs) are run folders under --out: `
     + 'run it again to resume or to skip what is done. The grid labels each sample "ok" or "no" by the shapes checker, which '
