@@ -167,7 +167,7 @@ interface ConfigBench {
 
 /** The zoo autoencoder each zoo LDM is documented to train on (its config's header): the latent size follows its factor. */
 const FIRST_STAGES: Readonly<Record<string, string>> = {
-  'fmnist-cin': 'kl-f4-fashion', 'fmnist-uncond': 'kl-f4-fashion', quickstart: 'kl-f4-tiny',
+  'fmnist-cin': 'kl-f4-fashion', 'fmnist-uncond': 'kl-f4-fashion', quickstart: 'kl-f2-quick',
   'shapes-txt2img': 'kl-f2-shapes', 'shapes-semantic': 'kl-f1-shapes',
 };
 
