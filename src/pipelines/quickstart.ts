@@ -78,7 +78,7 @@ export async function quickstart(opts: QuickstartOptions): Promise<QuickstartRes
   } else {
     opts.onStage?.('autoencoder', aeSteps);
     await trainAutoencoder({
-      config: aeConfig, run: aeRun, executor, steps: aeSteps, seed, lrSchedule: 'cosine',
+      config: aeConfig, run: aeRun, executor, steps: aeSteps, seed, lrSchedule: 'constant',
       valEvery: aeSteps, ckptEvery: aeSteps, valImages: 64, note,
       onStep: (r: AEStepReport) => opts.onProgress?.(r.step),
     });
@@ -91,7 +91,7 @@ export async function quickstart(opts: QuickstartOptions): Promise<QuickstartRes
   let ldmModel: string;
   try {
     const res = await trainLdm({
-      config: ldmConfig, run: await stageRun(opts.outDir, 'ldm'), executor, firstStage, seed, lrSchedule: 'cosine',
+      config: ldmConfig, run: await stageRun(opts.outDir, 'ldm'), executor, firstStage, seed, lrSchedule: 'constant',
       cacheDir: path.join(opts.outDir, '.cache'), note, onStep: (r: StepResult) => opts.onProgress?.(r.step),
     });
     ldmModel = res.model;
