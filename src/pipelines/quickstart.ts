@@ -77,6 +77,8 @@ export async function quickstart(opts: QuickstartOptions): Promise<QuickstartRes
     note(`autoencoder: done (${aeModel})`);
   } else {
     opts.onStage?.('autoencoder', aeSteps);
+    // Constant rates, as `train-ae` and `train-ldm` default to: with cosine decay the same 1150 LDM steps drew wrong
+    // colours and kinds (0 of 16; constant: 12 of 16, session 19), as the decay halves the learning a short run gets.
     await trainAutoencoder({
       config: aeConfig, run: aeRun, executor, steps: aeSteps, seed, lrSchedule: 'constant',
       valEvery: aeSteps, ckptEvery: aeSteps, valImages: 64, note,
