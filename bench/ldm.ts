@@ -168,7 +168,7 @@ interface ConfigBench {
 /** The zoo autoencoder each zoo LDM is documented to train on (its config's header): the latent size follows its factor. */
 const FIRST_STAGES: Readonly<Record<string, string>> = {
   'fmnist-cin': 'kl-f4-fashion', 'fmnist-uncond': 'kl-f4-fashion', quickstart: 'kl-f2-quick',
-  'shapes-txt2img': 'kl-f2-shapes', 'shapes-semantic': 'kl-f1-shapes',
+  'shapes-txt2img': 'kl-f2-shapes', 'shapes-txt2img-refiner': 'kl-f2-shapes', 'shapes-semantic': 'kl-f1-shapes',
 };
 
 function firstStageFactor(name: string, cfg: LatentDiffusionConfig): number {

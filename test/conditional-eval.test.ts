@@ -56,6 +56,7 @@ test('prompts are judged by the shapes checker: noise from an untrained model ma
   for (const k of ['colour_correct', 'kind_correct', 'size_correct', 'position_correct', 'background_correct', 'no_shape']) {
     assert.ok(res.details[k]! >= 0 && res.details[k]! <= 1, `${k} = ${res.details[k]}`);
   }
+  await assert.rejects(evaluateShapesPrompts(ldm, executor, [prompts[0]!, 'a red circle'], opts), /prompt "a red circle" is not in the shapes captions' grammar/);
 });
 
 test('label maps are judged at the size of the map, beyond the training size too', async () => {

@@ -30,3 +30,12 @@ test('quickstart trains both stages, writes a checked grid, and resumes instead 
   assert.match(again!.stdout, /^grid: .*grid\.png\n\d+ of 4 samples accepted by the shapes checker/m);
   assert.match(again!.stderr, /already at step 3/, 'the finished LDM run is not trained again');
 });
+
+test('quickstart refuses a prompt the shapes checker cannot read before it trains anything', (t) => {
+  const root = tempDir(t, 'ldm-quickstart-');
+  const out = path.join(root, 'qs');
+  const [r] = runCommands(root, [{ command: 'quickstart', args: ['-o', out, '-p', 'a purple blob'] }], { timeoutMs: 60_000 });
+  assert.notEqual(r!.code, 0);
+  assert.match(r!.stderr, /prompt "a purple blob" is not in the shapes captions' grammar/);
+  assert.equal(fs.existsSync(out), false, 'no run folder was made');
+});

@@ -4,7 +4,7 @@ import { float32, type HostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
 import {
   COLOURS, HELDOUT_COMBOS, PALETTE, POSITIONS, SHAPE_KINDS, SHAPES_LABEL_MAP_CLASSES, SIZES, ShapesDataset,
-  isHeldout, makeCaption, parseCaption, parseShapesFilter, renderShape, type ShapeAttributes,
+  isHeldout, makeCaption, parseCaption, parseShapesFilter, renderShape, requireShapesCaptions, type ShapeAttributes,
 } from '../src/data/shapes.js';
 import { analyzeShape, checkLabelMap, checkSample } from '../src/data/shapes-checker.js';
 
@@ -32,6 +32,14 @@ test('captions round-trip through parseCaption, and other text is refused', () =
   assert.deepEqual(parseCaption('A Large RED triangle at the bottom right on a blue background.'), A);
   assert.equal(parseCaption('a large purple triangle at the bottom right on a blue background'), undefined);
   assert.equal(parseCaption('a large red triangle at the middle on a blue background'), undefined);
+});
+
+test('requireShapesCaptions passes captions and names the first prompt that is not one', () => {
+  requireShapesCaptions([makeCaption(A), 'A large red triangle at the bottom right on a blue background.']);
+  assert.throws(
+    () => requireShapesCaptions([makeCaption(A), 'a purple blob', 'hello']),
+    /^Error: prompt "a purple blob" is not in the shapes captions' grammar; write "a <small\|large> <colour> <circle\|square\|triangle\|cross> <place> on a <colour> background"/,
+  );
 });
 
 test('same seed gives the same pixels; another seed or index gives others', async () => {

@@ -141,6 +141,18 @@ const CAPTION_RE = new RegExp(
 );
 const PHRASE_TO_POSITION = new Map<string, Position>(POSITIONS.map((p) => [POSITION_PHRASES[p], p]));
 
+/**
+ * Throw one line naming the first prompt that is not a shapes caption, so a run that will be judged by the shapes checker
+ * fails before it trains or samples rather than after, with every sample read as "caption not understood".
+ */
+export function requireShapesCaptions(prompts: readonly string[]): void {
+  const bad = prompts.find((p) => parseCaption(p) === undefined);
+  if (bad === undefined) return;
+  throw new Error(`prompt "${bad}" is not in the shapes captions' grammar; write "a <${SIZES.join('|')}> <colour> <${SHAPE_KINDS.join('|')}> `
+    + `<place> on a <colour> background", e.g. "a large red circle in the center on a black background" (colours: ${COLOURS.join(', ')}; `
+    + `places: ${Object.values(POSITION_PHRASES).join(', ')})`);
+}
+
 /** Inverse of makeCaption (case-insensitive, tolerant of a trailing full stop); undefined if it is not such a caption. */
 export function parseCaption(caption: string): ShapeAttributes | undefined {
   const m = CAPTION_RE.exec(caption);

@@ -7,6 +7,7 @@
 import { float32, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import { checkLabelMap, checkSample } from '../data/shapes-checker.js';
+import { requireShapesCaptions } from '../data/shapes.js';
 import { FeatureRunner, type FeatureNetwork } from '../metrics/features.js';
 import type { LoadedLdm } from '../models/ldm.js';
 import type { SamplerName } from '../diffusion/samplers.js';
@@ -164,6 +165,7 @@ export async function evaluateClassModel(ldm: JudgedModel, executor: Executor, c
 export async function evaluateShapesPrompts(ldm: JudgedModel, executor: Executor, prompts: readonly string[], opts: ConditionalEvalOptions): Promise<ConditionalEvalResult> {
   const started = Date.now();
   if (ldm.model.conditioner.type !== 'text') throw new Error(`this model is ${ldm.model.conditioner.type}-conditioned; prompts need a text-conditioned model`);
+  requireShapesCaptions(prompts);
   const attrs = ['colour', 'kind', 'size', 'position', 'background'];
   const wrong: Record<string, number> = Object.fromEntries(attrs.map((a) => [a, 0]));
   let missing = 0;
