@@ -17,7 +17,7 @@ import { statistics } from '../src/metrics/stats.js';
 import { frechetDistance } from '../src/metrics/fid.js';
 import { executorGram, jsGram } from '../src/metrics/gram.js';
 import { mmd2 } from '../src/metrics/kid.js';
-import { writeResults } from './util.js';
+import { peerBlasProblem, writeResults } from './util.js';
 
 const args = process.argv.slice(2);
 const arg = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
@@ -91,7 +91,9 @@ console.log(`one KID subset (1000 x 2048): ${gpu.description} ${(ortMs / 1000).t
 results.kid_subset_1000x2048 = { executor_float32_s: ortMs / 1000, js_float64_s: jsMs / 1000, rel_diff: Math.abs(kOrt - kJs) / Math.abs(kJs) };
 
 // ---------------------------------------------------------------- PyTorch peer
-if (args.includes('--peer')) {
+const blasProblem = args.includes('--peer') ? peerBlasProblem() : undefined;
+if (blasProblem) console.log(`PyTorch peer skipped: ${blasProblem}`);
+else if (args.includes('--peer')) {
   const script = [
     'import sys, time, json, torch',
     `sys.path.insert(0, ${JSON.stringify(path.resolve(import.meta.dirname, '..', 'scripts', 'fixtures'))})`,

@@ -44,11 +44,28 @@ export interface PeerResult {
   peer?: string;
 }
 
-/** Run the PyTorch peer if Debian's python3-torch is installed; undefined (with a reason) otherwise. */
+/**
+ * Why PyTorch here would not be a fair peer, if it would not. Debian's python3-torch does its matmuls through whichever
+ * libblas.so.3 the system selects; with only the reference BLAS (libblas3) installed they run ~10x slower (measured
+ * session 20: a 1024x128x1024 matmul 100 ms against 10 ms on OpenBLAS), which is what made the peer crawl in sessions
+ * 18-19.
+ */
+export function peerBlasProblem(): string | undefined {
+  const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
+  const q = spawnSync('update-alternatives', ['--query', `libblas.so.3-${arch}-linux-gnu`], { encoding: 'utf8' });
+  if (q.status !== 0) return undefined;
+  const blas = /^Value: (.*)$/m.exec(q.stdout)?.[1] ?? '';
+  if (!blas.includes('/blas/')) return undefined;
+  return `PyTorch would run on the reference BLAS (${blas}), ~10x slow at matmuls: apt-get install libopenblas0-pthread`;
+}
+
+/** Run the PyTorch peer if Debian's python3-torch is installed on an optimised BLAS; undefined (with a reason) otherwise. */
 export function runPeer(args: string[]): PeerResult | { skipped: string } {
   if (!existsSync(PY) || !existsSync(PEER)) return { skipped: `peer not found (${PY}, ${PEER})` };
   const probe = spawnSync(PY, ['-c', 'import torch'], { encoding: 'utf8' });
-  if (probe.status !== 0) return { skipped: 'python3-torch is not installed (apt-get install python3-torch)' };
+  if (probe.status !== 0) return { skipped: 'python3-torch is not installed (apt-get install python3-torch libopenblas0-pthread)' };
+  const blas = peerBlasProblem();
+  if (blas) return { skipped: blas };
   const r = spawnSync(PY, [PEER, ...args], { encoding: 'utf8', timeout: 900_000 });
   if (r.status !== 0) return { skipped: `peer failed: ${r.stderr.trim().split('\n').pop()}` };
   const line = r.stdout.trim().split('\n').pop()!;
