@@ -87,6 +87,18 @@ test('text encoder: reference parameter names, context [N, L, dim], each caption
   assert.throws(() => trace(new Graph(), () => enc.forward(o.input('t', [1, 9], 'int32'))), /9 tokens exceed maxLen 8/);
 });
 
+test('text encoder: token embeddings start at the reference std 0.02, or at tokenInitStd; a non-positive one is refused', () => {
+  const std = (tokenInitStd?: number) => {
+    const enc = new TextEncoder({ vocabSize: 200, maxLen: 8, dim: 64, depth: 1, ...(tokenInitStd !== undefined ? { tokenInitStd } : {}) });
+    const w = toFloat32(enc.initialize(new Rng(1)).get('transformer.token_emb.weight')!);
+    return Math.sqrt(w.reduce((a, v) => a + v * v, 0) / w.length);
+  };
+  // 12800 draws: the sample std is within 2% of the true one.
+  assert.ok(Math.abs(std() / 0.02 - 1) < 0.02, `default std ${std()}`);
+  assert.ok(Math.abs(std(1) - 1) < 0.02, `std ${std(1)}`);
+  assert.throws(() => new TextEncoder({ vocabSize: 10, maxLen: 8, dim: 8, depth: 1, tokenInitStd: 0 }), /tokenInitStd must be positive, got 0/);
+});
+
 test('class embedder: one context token a label, a null class for guidance, label dropout', async () => {
   const ce = new ClassEmbedder(5, 16);
   assert.deepEqual(ce.namedParameters().map(([n, p]) => [n, [...p.shape]]), [['embedding.weight', [6, 16]]]);

@@ -23,6 +23,8 @@ export interface TextEncoderConfig {
   /** Heads and channels per head (x-transformers defaults: 8 x 64). */
   heads?: number;
   dimHead?: number;
+  /** Standard deviation of the initial token embeddings (x-transformers' 0.02 by default). */
+  tokenInitStd?: number;
 }
 
 /** x-transformers Attention: `to_q`, `to_k`, `to_v` (no bias), `to_out` (with bias). */
@@ -73,7 +75,7 @@ class TransformerWrapper extends Module {
 
   constructor(cfg: Required<TextEncoderConfig>) {
     super();
-    this.tokenEmb = this.add('token_emb', new Embedding(cfg.vocabSize, cfg.dim, normal(0.02)));
+    this.tokenEmb = this.add('token_emb', new Embedding(cfg.vocabSize, cfg.dim, normal(cfg.tokenInitStd)));
     this.posEmb = this.add('pos_emb', new Slots()).put('emb', new Embedding(cfg.maxLen, cfg.dim, normal(0.02)));
     const layers = this.add('attn_layers', new Slots()).put('layers', new Slots());
     for (let i = 0; i < 2 * cfg.depth; i++) {
@@ -101,7 +103,8 @@ export class TextEncoder extends Module {
 
   constructor(config: TextEncoderConfig) {
     super();
-    const cfg = { heads: 8, dimHead: 64, ...config };
+    const cfg = { heads: 8, dimHead: 64, tokenInitStd: 0.02, ...config };
+    if (!(cfg.tokenInitStd > 0)) throw new Error(`text encoder tokenInitStd must be positive, got ${cfg.tokenInitStd}`);
     for (const k of ['vocabSize', 'maxLen', 'dim', 'depth', 'heads', 'dimHead'] as const) {
       if (!Number.isInteger(cfg[k]) || cfg[k] < 1) throw new Error(`text encoder ${k} must be a positive integer, got ${cfg[k]}`);
     }
