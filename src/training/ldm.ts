@@ -166,8 +166,11 @@ function resolveScale(cfg: LatentDiffusionConfig, stage: FirstStage, cache: Late
 }
 
 function sameModel(a: LatentDiffusionConfig, b: LatentDiffusionConfig): boolean {
-  // Condition dropout is a training setting: changing it keeps the model.
-  const pick = (c: LatentDiffusionConfig) => JSON.stringify([c.unet, { ...c.conditioning, dropout: 0 }, c.parameterization, c.schedule]);
+  // Condition dropout and the text encoder's initial scale are training settings: changing them keeps the model.
+  const pick = (c: LatentDiffusionConfig) => {
+    const text = c.conditioning.text ? { ...c.conditioning.text, token_init_std: 0 } : undefined;
+    return JSON.stringify([c.unet, { ...c.conditioning, dropout: 0, text }, c.parameterization, c.schedule]);
+  };
   return pick(a) === pick(b);
 }
 
