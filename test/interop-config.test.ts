@@ -147,7 +147,7 @@ test('reference LatentDiffusion configs map by conditioning: class (cin256-v2), 
     cond: '\n      target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 512, n_layer: 4, vocab_size: 8192, max_seq_len: 92, use_tokenizer: false}',
   }), 'layout2img.yaml');
   assert.equal(layout.config.model === 'ldm' && layout.config.conditioning.type, 'text');
-  assert.deepEqual(layout.config.model === 'ldm' && layout.config.conditioning.text, { dim: 512, depth: 4, heads: 8, dim_head: 64, max_len: 92, token_init_std: 0.02 });
+  assert.deepEqual(layout.config.model === 'ldm' && layout.config.conditioning.text, { dim: 512, depth: 4, heads: 8, dim_head: 64, max_len: 92 });
   assert.ok(layout.notes.some((n) => /vocab_size 8192.*no tokenizer/.test(n)));
 });
 

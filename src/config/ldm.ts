@@ -24,10 +24,11 @@ const TextSchema = strict({
   /** Whole-word vocabulary cap; rarer words are spelt in characters. */
   max_words: posInt().optional(),
   /**
-   * Standard deviation of the initial token embeddings (x-transformers: 0.02). Larger makes words tell captions apart
-   * from the first step, where a short run's encoder may otherwise never learn to (see configs/ldm/quickstart.yaml).
+   * Standard deviation of the initial token embeddings (unset: x-transformers' 0.02, the text encoder's default). Larger
+   * makes words tell captions apart from the first step, where a short run's encoder may otherwise never learn to (see
+   * configs/ldm/quickstart.yaml).
    */
-  token_init_std: posNum().default(0.02),
+  token_init_std: posNum().optional(),
   /**
    * Also draw a coarse layout from the mean of the caption's tokens (src/models/caption-layout.ts): `channels` maps, each a sum of
    * `frequencies`^2 low-frequency cosines, appended to z_t (unet.in_channels counts them). Not in the reference.

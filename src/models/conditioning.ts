@@ -147,7 +147,7 @@ class TextConditioning implements Conditioner {
     }
     this.module = new TextEncoder({
       vocabSize: tokenizer.vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head,
-      tokenInitStd: text.token_init_std,
+      ...(text.token_init_std !== undefined ? { tokenInitStd: text.token_init_std } : {}),
     });
     this.layout = CaptionLayout.of(text);
   }

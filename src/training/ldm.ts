@@ -168,7 +168,7 @@ function resolveScale(cfg: LatentDiffusionConfig, stage: FirstStage, cache: Late
 function sameModel(a: LatentDiffusionConfig, b: LatentDiffusionConfig): boolean {
   // Condition dropout and the text encoder's initial scale are training settings: changing them keeps the model.
   const pick = (c: LatentDiffusionConfig) => {
-    const text = c.conditioning.text ? { ...c.conditioning.text, token_init_std: 0 } : undefined;
+    const text = c.conditioning.text ? { ...c.conditioning.text, token_init_std: undefined } : undefined;
     return JSON.stringify([c.unet, { ...c.conditioning, dropout: 0, text }, c.parameterization, c.schedule]);
   };
   return pick(a) === pick(b);
