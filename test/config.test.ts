@@ -16,6 +16,7 @@ import {
 import { downsamplingFactor, effectiveLearningRate, latentShape, type AutoencoderConfig } from '../src/config/schema.js';
 import { closest, didYouMean } from '../src/config/suggest.js';
 import { tempDir } from './helpers/temp-dir.js';
+import { runCommands } from './helpers/commands.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const configsDir = path.join(root, 'configs');
@@ -210,6 +211,25 @@ test('YAML syntax errors give file:line:col', () => {
   assert.match(got[0], /^bad\.yaml:\d+:\d+: YAML syntax error: /);
   const dup = problems(edited(KL_SMALL, { 'embed_dim: 4': 'embed_dim: 4\nembed_dim: 3' }), 'dup.yaml');
   assert.match(dup[0], new RegExp(`^dup\\.yaml:${lineOf(KL_SMALL, 'embed_dim') + 1}:\\d+: YAML syntax error: .*unique`));
+});
+
+test('a broken YAML config gives one error, the first, with its line and column: in the library and through a command', (t) => {
+  // A tab, an opened flow mapping, an unclosed bracket: each makes the parser report many later lines too.
+  const tab = edited(KL_SMALL, { '  ch: 32': '\tch: 32' });
+  assert.deepEqual(problems(tab, 'bad.yaml'), [`bad.yaml:${lineOf(KL_SMALL, '  ch: 32')}:1: YAML syntax error: Tabs are not allowed as indentation`]);
+  const brace = problems(edited(KL_SMALL, { 'ddconfig:': 'ddconfig: {' }), 'bad.yaml');
+  assert.equal(brace.length, 1, brace.join('\n'));
+  assert.match(brace[0]!, new RegExp(`^bad\\.yaml:${lineOf(KL_SMALL, 'double_z')}:\\d+: YAML syntax error: `));
+  assert.equal(problems(edited(KL_SMALL, { 'ch_mult: [1, 2, 2, 4]': 'ch_mult: [1, 2, 2, 4' }), 'bad.yaml').length, 1);
+
+  const dir = tempDir(t, 'ldm-yaml-');
+  const file = path.join(dir, 'bad.yaml');
+  fs.writeFileSync(file, tab);
+  const runs = path.join(dir, 'runs');
+  const [r] = runCommands(dir, [{ command: 'train-ae', args: ['--config', file, '--runs-dir', runs, '--data', 'shapes'] }]);
+  assert.equal(r!.code, 1);
+  assert.equal(r!.stderr, `Error: ${file}:${lineOf(KL_SMALL, '  ch: 32')}:1: YAML syntax error: Tabs are not allowed as indentation\n`);
+  assert.equal(fs.existsSync(runs), false, 'no run folder for a config that does not parse');
 });
 
 test('the model kind is checked first, with a suggestion', () => {

@@ -71,13 +71,12 @@ export function parseConfig(text: string, file: string): LdmConfig {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
   if (doc.errors.length > 0) {
-    throw new ConfigError(
-      doc.errors.map((e) => {
-        const pos = e.linePos?.[0] ?? lines.linePos(e.pos[0]);
-        const what = e.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
-        return `${file}:${pos.line}:${pos.col}: YAML syntax error: ${what}`;
-      }),
-    );
+    // One syntax slip (a tab, an unclosed bracket) makes the parser report every line after it too; only the
+    // earliest error is the user's, the rest are consequences.
+    const first = doc.errors.reduce((a, b) => (b.pos[0] < a.pos[0] ? b : a));
+    const pos = first.linePos?.[0] ?? lines.linePos(first.pos[0]);
+    const what = first.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
+    throw new ConfigError([`${file}:${pos.line}:${pos.col}: YAML syntax error: ${what}`]);
   }
   return validateConfig(doc.toJS(), file, { doc, lines });
 }
