@@ -80,7 +80,13 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
   await saveClassifier(other, otherCfg, new DomainClassifier(otherCfg).initialize(new Rng(0)), { data: 'nothing' });
   const train = ['--data', path.join(dir, 'labelled'), '--test', path.join(dir, 'labelled'), '-o', clf, '--size', '8', '--epochs', '3', '--batch-size', '16', '--feature-dim', '8', '--seed', '1'];
   const common = ['--network', 'classifier', '--weights', clf, '--quiet'];
-  const [trained, refused, human, json, fromStats, self, fromRun, noWeights, exists, wrongDim, kidStats, bothStats] = ldm([
+  // Photos of mixed sizes: each is resized to the classifier's 8x8 input alone, as the network would.
+  const mixed = path.join(dir, 'mixed');
+  fs.mkdirSync(mixed, { recursive: true });
+  for (const [i, [h, w]] of ([[8, 8], [12, 10], [6, 9], [16, 16]] as const).entries()) {
+    await writePng(path.join(mixed, `m${i}.png`), float32([1, h, w], new Rng(10 + i).uniformArray(h * w, -1, 1)));
+  }
+  const [trained, refused, human, json, fromStats, self, fromRun, noWeights, exists, wrongDim, kidStats, bothStats, mixedSizes] = ldm([
     { command: 'train-classifier', args: [...train, '--quiet'] },
     { command: 'train-classifier', args: [...train, '--quiet'] },
     { command: 'eval-fid', args: [a, b, ...common, '--save-stats', statsA] },
@@ -93,7 +99,8 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
     { command: 'eval-fid', args: [statsA, b, '--weights', other] },
     { command: 'eval-fid', args: [statsA, b, ...common, '--kid'] },
     { command: 'eval-fid', args: [statsA, statsB, '--json'] },
-  ]) as CallResult[] & { length: 12 };
+    { command: 'eval-fid', args: [mixed, b, ...common, '--json', '--batch-size', '3'] },
+  ]) as CallResult[] & { length: 13 };
 
   assert.equal(trained!.code, 0, trained!.stderr);
   const acc = /^test accuracy ([\d.]+)% on 96 images of .*labelled\n/.exec(trained!.stdout);
@@ -118,6 +125,7 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
   assert.equal(line, `FID ${fid.toFixed(4)}  [${network.name}]`);
   assert.match(human!.stdout, /^A: .*a \(40 images\)\nB: .*b \(40 images\)\n/);
   assert.match(human!.stdout, /saved the statistics of A to .*a\.npz\n$/);
+  assert.match(human!.stdout, /\nimages of another size resized bilinear to 8x8 \(align_corners=False, antialiased when shrinking\), the classifier's training size\n/);
 
   assert.equal(json!.code, 0, json!.stderr);
   const j = JSON.parse(json!.stdout) as FidJson;
@@ -156,6 +164,17 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
   assert.ok(r.warnings.some((w) => /^side A: .*samples holds 1 grid image\(s\) \(sample-grid\.png\)/.test(w)), r.warnings.join('; '));
   assert.equal(r.a.count, 41);
   assert.equal(r.network, network.name);
+
+  // Mixed sizes are resized, not refused, and the output says how; the FID matches the library's on the same folder.
+  assert.equal(mixedSizes!.code, 0, mixedSizes!.stderr);
+  const mj = JSON.parse(mixedSizes!.stdout) as FidJson & { resize?: string };
+  assert.equal(mj.a.count, 4);
+  assert.match(mj.resize!, /^bilinear to 8x8 /);
+  const ex2 = new OnnxExecutor({ threads: 1 });
+  const sideM = await loadSide(mixed, { network, executor: ex2, batchSize: 1 });
+  await ex2.dispose();
+  const fidM = frechetDistance(sideM.stats, sideB.stats).fid;
+  assert.ok(Math.abs(mj.fid - fidM) <= 1e-4 * fidM, `batched ${mj.fid} vs one image at a time ${fidM}`);
 
   oneLineError(noWeights!, /FID needs a feature network: pass --weights pt_inception-2015-12-05-6726825d\.pth .* or --network classifier --weights/);
   oneLineError(exists!, /a\.npz already exists; pass --force to overwrite it/);

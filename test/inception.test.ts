@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { FIXTURE_DIR, loadFixture, fixtureTensor } from './helpers/engine.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
-import { toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import { hostTensor, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import type { Dataset, Sample } from '../src/data/dataset.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
 import { extractFeatures } from '../src/metrics/features.js';
 import { FidInceptionV3, inceptionFromWeights, inceptionNetwork, readInceptionWeights } from '../src/models/inception.js';
@@ -67,6 +68,30 @@ test('width 1/8: features and logits equal pytorch-fid to 1e-4 relative (RGB, no
     assert.ok(fe < 1e-4, `${c} features off by ${fe}`);
     assert.ok(le < 1e-4, `${c} logits off by ${le}`);
   }
+});
+
+test('a data set of mixed sizes (32x32 and 48x40 in one batch): each image resized to 299 as pytorch-fid, features equal pytorch-fid\'s', async () => {
+  const net = inceptionFromWeights(weightsOnly(), 'fixture');
+  assert.match(net.input.description, /^bilinear to 299x299 \(align_corners=False, no antialias\), as pytorch-fid$/);
+  const split = (t: HostTensor): HostTensor[] => {
+    const [n, ...rest] = t.shape as [number, number, number, number];
+    const per = rest.reduce((a, b) => a * b, 1);
+    return Array.from({ length: n }, (_, i) => hostTensor('float32', rest, (t.data as Float32Array).slice(i * per, (i + 1) * per)));
+  };
+  // Interleaved so that every batch mixes the sizes.
+  const rgb = split(fixtureTensor(fixture, 'input.rgb'));
+  const odd = split(fixtureTensor(fixture, 'input.odd'));
+  const images = [rgb[0]!, odd[0]!, rgb[1]!, odd[1]!, rgb[2]!];
+  const ds: Dataset = {
+    name: 'mixed', size: images.length, channels: 3,
+    get: (i: number): Promise<Sample> => Promise.resolve({ id: `img-${i}`, image: images[i]! }),
+  };
+  const r = await extractFeatures(net, ds, { executor, batchSize: 5 });
+  const d = net.featureDim;
+  const rows = split(hostTensor('float32', [r.count, d, 1, 1], r.features.data as Float32Array));
+  const want = [...split(hostTensor('float32', [3, d, 1, 1], toFloat32(fixtureTensor(fixture, 'features.rgb')))), ...split(hostTensor('float32', [2, d, 1, 1], toFloat32(fixtureTensor(fixture, 'features.odd'))))];
+  const order = [0, 3, 1, 4, 2];
+  order.forEach((k, i) => assert.ok(relErr(rows[i]!, want[k]!) < 1e-4, `image ${i}: features off by ${relErr(rows[i]!, want[k]!)}`));
 });
 
 test('weights files: num_batches_tracked dropped, .safetensors loads, bad files give one-line errors', async (t) => {

@@ -284,7 +284,7 @@ test('extractFeatures runs batches through one compiled program, padding the las
   const m = new Flatten(2 * 3 * 3, 4);
   const weights = m.initialize(rng);
   const net: FeatureNetwork = {
-    name: 'flatten', featureDim: 4, module: m, weights,
+    name: 'flatten', featureDim: 4, module: m, weights, input: { height: 3, width: 3, antialias: false, description: 'none' },
     forward: (x: Tensor) => ({ features: o.matmul(o.reshape(x, [x.shape[0]!, -1]), m.weight.t), logits: o.mul(o.reshape(x, [x.shape[0]!, -1]), 2) }),
   };
   const images = float32([7, 2, 3, 3], rng.normalArray(7 * 18));
@@ -322,7 +322,7 @@ test('evaluate: folders and a statistics file as sides, every metric, network na
   const m = new Flatten(48, 6);
   const weights = m.initialize(rng);
   const net: FeatureNetwork = {
-    name: 'flatten-net', featureDim: 6, classes: 6, module: m, weights,
+    name: 'flatten-net', featureDim: 6, classes: 6, module: m, weights, input: { height: 4, width: 4, antialias: false, description: 'none' },
     forward: (x: Tensor) => {
       const f = o.matmul(o.reshape(x, [x.shape[0]!, -1]), m.weight.t);
       return { features: f, logits: f };

@@ -233,10 +233,13 @@ export default class EvalFid extends LdmCommand<typeof EvalFid> {
         ...report,
         warnings: [...warnings, ...report.warnings],
         ...(ui.executor ? { backend: ui.executor.description } : {}),
+        // Images of another size than the network's input (photos of mixed sizes too) are resized so, one by one.
+        ...(network && ui.executor ? { resize: network.input.description } : {}),
         ...(savedStats.a !== undefined || savedStats.b !== undefined ? { savedStats } : {}),
       };
       this.result(out, (r) => [
         ...reportLines(r),
+        ...(r.resize !== undefined ? [`images of another size resized ${r.resize}`] : []),
         ...(r.savedStats?.a !== undefined ? [`saved the statistics of A to ${r.savedStats.a}`] : []),
         ...(r.savedStats?.b !== undefined ? [`saved the statistics of B to ${r.savedStats.b}`] : []),
       ].join('\n'));

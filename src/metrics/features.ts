@@ -9,8 +9,8 @@ import { bindParams, type Module } from '../engine/module.js';
 import { hostTensor, numel, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
-import type { Dataset } from '../data/dataset.js';
-import { DataLoader } from '../data/loader.js';
+import type { Dataset, Sample } from '../data/dataset.js';
+import { resizeToInput, type NetworkInput } from './input-resize.js';
 
 export interface FeatureOutputs {
   /** [N, D]. */
@@ -27,6 +27,8 @@ export interface FeatureNetwork {
   readonly classes?: number;
   readonly module: Module;
   readonly weights: ReadonlyMap<string, HostTensor>;
+  /** The size `forward` resizes every image to, and how: images of mixed sizes are brought there one by one. */
+  readonly input: NetworkInput;
   /** Images [N, C, H, W] in [-1, 1], any channels and size the network accepts (it adapts them itself). */
   forward(images: Tensor): FeatureOutputs;
 }
@@ -59,17 +61,54 @@ function isTensor(s: ImageSource): s is HostTensor {
   return (s as HostTensor).shape !== undefined && (s as HostTensor).data !== undefined;
 }
 
-/** Stacks of images from any source: a tensor is one stack, a data set yields its loader's batches in order. */
-async function* stacksOf(source: ImageSource, batchSize: number): AsyncGenerator<HostTensor> {
-  if (isTensor(source)) yield source;
-  else if (isDataset(source)) for await (const b of new DataLoader(source, { batchSize, shuffle: false, prefetch: 2 }).epoch()) yield b.images;
-  else yield* source;
+/**
+ * Stack one batch of samples. Images of one size go as they are (the network resizes them inside, as pytorch-fid
+ * does); a batch of mixed sizes is first brought to the network's input size image by image, with the network's
+ * own resize, so every image's features are the ones it would get alone.
+ */
+function stackSamples(samples: readonly Sample[], input: NetworkInput): HostTensor {
+  const first = samples[0]!.image;
+  const same = (t: HostTensor) => t.shape.length === first.shape.length && t.shape.every((d, k) => d === first.shape[k]);
+  const images = samples.every((s) => same(s.image)) ? samples.map((s) => s.image) : samples.map((s) => resizeToInput(s.image, input));
+  const c = first.shape[0]!;
+  for (const [i, t] of images.entries()) {
+    if (t.dtype !== 'float32' || t.shape.length !== 3) throw new Error(`${samples[i]!.id}: expected a float32 [C, H, W] image, got ${t.dtype} [${t.shape.join(', ')}]`);
+    if (t.shape[0] !== c) throw new Error(`images differ in channels: ${samples[0]!.id} has ${c}, ${samples[i]!.id} has ${t.shape[0]}; convert them to one channel count`);
+  }
+  const per = images[0]!.data.length;
+  const out = new Float32Array(images.length * per);
+  images.forEach((t, i) => out.set(t.data as Float32Array, i * per));
+  return hostTensor('float32', [images.length, ...images[0]!.shape], out);
+}
+
+/** A data set's images in order, `batchSize` at a time, the next batch loading while this one runs. */
+async function* datasetStacks(ds: Dataset, batchSize: number, limit: number | undefined, input: NetworkInput): AsyncGenerator<HostTensor> {
+  const n = Math.min(ds.size, limit ?? Infinity);
+  const load = (start: number): Promise<Sample[]> => Promise.all(Array.from({ length: Math.min(batchSize, n - start) }, (_, k) => ds.get(start + k)));
+  let next = n > 0 ? load(0) : undefined;
+  try {
+    for (let start = 0; start < n; start += batchSize) {
+      const samples = await next!;
+      next = start + batchSize < n ? load(start + batchSize) : undefined;
+      yield stackSamples(samples, input);
+    }
+  } finally {
+    // Stopped early (an error downstream): the batch in flight must not become an unhandled rejection.
+    next?.catch(() => undefined);
+  }
+}
+
+/** Stacks of images from any source: a tensor is one stack, a data set yields batches in order. */
+function stacksOf(source: ImageSource, batchSize: number, limit: number | undefined, input: NetworkInput): AsyncIterable<HostTensor> {
+  if (isTensor(source)) return (async function* () { yield source; })();
+  if (isDataset(source)) return datasetStacks(source, batchSize, limit, input);
+  return source;
 }
 
 /** Batches of at most `batchSize` images [B, C, H, W], `limit` images in all. */
-async function* batchesOf(source: ImageSource, batchSize: number, limit: number | undefined): AsyncGenerator<HostTensor> {
+async function* batchesOf(source: ImageSource, batchSize: number, limit: number | undefined, input: NetworkInput): AsyncGenerator<HostTensor> {
   let seen = 0;
-  for await (const t of stacksOf(source, batchSize)) {
+  for await (const t of stacksOf(source, batchSize, limit, input)) {
     if (t.shape.length !== 4 || t.dtype !== 'float32') throw new Error(`images must be float32 [N, C, H, W], got ${t.dtype} [${t.shape.join(', ')}]`);
     const rest = t.shape.slice(1);
     const per = numel(rest);
@@ -138,7 +177,7 @@ export async function extractFeatures(network: FeatureNetwork, source: ImageSour
   const logits: Float32Array[] = [];
   let count = 0;
   try {
-    for await (const batch of batchesOf(source, batchSize, opts.limit)) {
+    for await (const batch of batchesOf(source, batchSize, opts.limit, network.input)) {
       const r = await runner.run(batch, batchSize);
       feats.push(r.features);
       if (r.logits) logits.push(r.logits);

@@ -12,6 +12,7 @@ import type { HostTensor } from '../engine/host-tensor.js';
 import type { WriteOptions } from '../io/atomic.js';
 import { loadCheckpoint, saveCheckpoint } from '../io/checkpoint.js';
 import type { FeatureNetwork, FeatureOutputs } from '../metrics/features.js';
+import type { NetworkInput } from '../metrics/input-resize.js';
 
 export const CLASSIFIER_KIND = 'classifier';
 
@@ -70,8 +71,14 @@ export class DomainClassifier extends Module {
       else throw new Error(`the classifier takes ${channels}-channel images, got ${c} channels`);
     }
     const [h, w] = [x.shape[2]!, x.shape[3]!];
-    if (h !== size || w !== size) x = resizeBilinear(x, size, size, h > size || w > size);
+    if (h !== size || w !== size) x = resizeBilinear(x, size, size, this.input.antialias);
     return x;
+  }
+
+  /** The resize of `adapt`: bilinear to the training size, antialiased on a shrinking axis (bilinearMatrix skips it when growing). */
+  get input(): NetworkInput {
+    const { size } = this.config;
+    return { height: size, width: size, antialias: true, description: `bilinear to ${size}x${size} (align_corners=False, antialiased when shrinking), the classifier's training size` };
   }
 
   forward(images: Tensor): FeatureOutputs {
@@ -99,6 +106,7 @@ export function classifierNetwork(config: ClassifierConfig, weights: ReadonlyMap
     classes: config.classes,
     module: model,
     weights,
+    input: model.input,
     forward: (images) => model.forward(images),
   };
 }

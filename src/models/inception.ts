@@ -13,12 +13,18 @@ import { toFloat32, float32, type HostTensor } from '../engine/host-tensor.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { readTorchCheckpoint } from '../io/torch-checkpoint.js';
 import type { FeatureNetwork, FeatureOutputs } from '../metrics/features.js';
+import type { NetworkInput } from '../metrics/input-resize.js';
 
 export const INCEPTION_SIZE = 299;
 export const INCEPTION_CLASSES = 1008;
 /** The weights file pytorch-fid downloads; pass its path (or a .safetensors conversion) to inceptionNetwork. */
 export const FID_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth';
 export const FID_WEIGHTS_URL = `https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/${FID_WEIGHTS_FILE}`;
+/** pytorch-fid's resize_input: F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False), no antialias. */
+export const INCEPTION_INPUT: NetworkInput = {
+  height: INCEPTION_SIZE, width: INCEPTION_SIZE, antialias: false,
+  description: `bilinear to ${INCEPTION_SIZE}x${INCEPTION_SIZE} (align_corners=False, no antialias), as pytorch-fid`,
+};
 
 class ConvWeight extends Module {
   readonly weight: Param;
@@ -282,7 +288,7 @@ export class FidInceptionV3 extends Module {
       const ch = x.shape[1];
       if (ch === 1) x = o.concat([x, x, x], 1);
       else if (ch !== 3) throw new Error(`the Inception network takes 1- or 3-channel images, got ${ch} channels`);
-      if (x.shape[2] !== INCEPTION_SIZE || x.shape[3] !== INCEPTION_SIZE) x = resizeBilinear(x, INCEPTION_SIZE, INCEPTION_SIZE);
+      if (x.shape[2] !== INCEPTION_SIZE || x.shape[3] !== INCEPTION_SIZE) x = resizeBilinear(x, INCEPTION_SIZE, INCEPTION_SIZE, INCEPTION_INPUT.antialias);
       for (const c of this.stem) x = c.forward(x);
       x = o.maxPool2d(x, { kernel: 3, stride: 2 });
       for (const c of this.stem2) x = c.forward(x);
@@ -337,6 +343,7 @@ export function inceptionFromWeights(weights: ReadonlyMap<string, HostTensor>, l
     ...(model.fc ? { classes: model.classes } : {}),
     module: model,
     weights,
+    input: INCEPTION_INPUT,
     forward: (images) => model.forward(images),
   };
 }
