@@ -85,6 +85,22 @@ test('ldm sample writes one PNG per image and a labelled grid, refuses to overwr
   assert.deepEqual(forced.files, first.files, 'the same seed reproduces the same images');
 });
 
+test('ldm sample warns once per run about a prompt cut to the text encoder\'s context and about words it has never seen', async () => {
+  const long = 'a red circle a blue square a red circle'; // 9 tokens; the encoder reads max_len 8 - 2 = 6
+  const args = ['--ckpt', await text, '--prompt', long, '--prompt', 'a red fox', '--n', '2', '--steps', '2', '--quiet'];
+  const [human, json] = ldm([
+    { args: [...args, '-o', path.join(dir, 'warn')] },
+    { args: [...args, '-o', path.join(dir, 'warn-json'), '--json'] },
+  ]) as [CallResult, CallResult];
+  assert.equal(human.code, 0, human.stderr);
+  const lines = human.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 2, `one warning of each kind for 4 samples, got:\n${human.stderr}`);
+  assert.match(lines[0]!, new RegExp(`^warning: the text encoder reads 6 tokens of a prompt .*; prompt "${long}" has 9, so its last 3 \\("a red circle"\\) are dropped$`));
+  assert.match(lines[1]!, /^warning: words not in the tokenizer's vocabulary, .*: "fox" becomes <unk>/);
+  assert.equal(json.code, 0, json.stderr);
+  assert.deepEqual((JSON.parse(json.stdout) as { warnings: string[] }).warnings, lines.map((l) => l.replace(/^warning: /, '')));
+});
+
 test('ldm sample gives one-line errors: a prompt for an unconditional model, a bad class, a missing checkpoint, a foreign --ae', async () => {
   const out = path.join(dir, 'bad');
   const q = ['-o', out, '--quiet'];

@@ -10,6 +10,8 @@ import { Rng } from '../src/util/random.js';
 import { BOS, EOS, PAD, Tokenizer, UNK, captionWords } from '../src/models/tokenizer.js';
 import { TextEncoder } from '../src/models/text-encoder.js';
 import { ClassEmbedder } from '../src/models/class-embedder.js';
+import { createConditioner } from '../src/models/conditioning.js';
+import type { ConditioningConfig } from '../src/config/ldm.js';
 
 const CORPUS = ['A red circle on the left.', 'a blue square, top right', 'Two red squares', 'the blue circle is small'];
 
@@ -43,6 +45,31 @@ test('tokenizer: unseen words are spelt in known characters, unseen characters b
   assert.equal(long[7], EOS);
   assert.equal(tok.decode(long), 'red blue red blue red blue');
   assert.ok([...tok.encodeBatch(['red', 'blue']).shape].every((d, i) => d === [2, 8][i]));
+});
+
+test('tokenizer report and prompt warnings: tokens cut past the context and words outside the vocabulary, once each', () => {
+  const tok = Tokenizer.fromCorpus(CORPUS, { maxLen: 8 });
+  const long = 'red blue red blue red blue red square';
+  assert.deepEqual(tok.report(long), { tokens: 8, dropped: 2, droppedText: 'red square', unknownWords: [] });
+  assert.deepEqual(tok.report('red zebra, tired red zebra'), {
+    tokens: tok.tokenize('red zebra, tired red zebra').length, dropped: tok.tokenize('red zebra, tired red zebra').length - 6,
+    droppedText: tok.decode(tok.tokenize('red zebra, tired red zebra').slice(6)),
+    unknownWords: [{ word: 'zebra', unk: true }, { word: 'tired', unk: false }, { word: 'zebra', unk: true }],
+  });
+  assert.deepEqual(tok.report('a red circle'), { tokens: 3, dropped: 0, droppedText: '', unknownWords: [] });
+  assert.equal(tok.report('red blue red blue red tired').droppedText, '…ired', 'a cut inside a spelt word');
+
+  const text = { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 };
+  const cond = createConditioner({ type: 'text', text } as ConditioningConfig, 16, tok);
+  // Four samples of the same two prompts: one warning of each kind, naming the count and the words.
+  const warnings = cond.promptWarnings!([long, 'red zebra', long, 'red zebra']);
+  assert.deepEqual(warnings, [
+    `the text encoder reads 6 tokens of a prompt (max_len 8 less <bos> and <eos>); prompt "${long}" has 8, so its last 2 ("red square") are dropped`,
+    'words not in the tokenizer\'s vocabulary, which the model was not trained on as words: "zebra" becomes <unk> (a character it has never seen)',
+  ]);
+  assert.deepEqual(cond.promptWarnings!(['a red circle', 'the blue square'], ''), [], 'nothing to say about known, short prompts');
+  assert.match(cond.promptWarnings!(['red'], 'tired')[0]!, /: "tired" is spelt in single characters$/, 'the negative prompt is checked too');
+  assert.equal(createConditioner({ type: 'none' } as ConditioningConfig, undefined).promptWarnings, undefined);
 });
 
 test('tokenizer: the JSON form restores the same tokenizer, and bad JSON gets a one-line error', () => {

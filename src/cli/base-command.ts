@@ -70,6 +70,11 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
     if (!this.flags?.quiet && !this.jsonEnabled()) process.stderr.write(`${message}\n`);
   }
 
+  /** `warning: <message>` on stderr: something the user should fix or know, so not silenced by --quiet or --json. */
+  protected warning(message: string): void {
+    process.stderr.write(`warning: ${message}\n`);
+  }
+
   /** A progress display that honours --quiet and --json. */
   protected progress(opts: Omit<ProgressOptions, 'json' | 'quiet'>): Progress {
     return createProgress({ ...opts, json: this.jsonEnabled(), quiet: this.flags?.quiet ?? false });

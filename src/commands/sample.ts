@@ -79,6 +79,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
         ...(f.strength !== undefined ? { strength: f.strength } : {}),
         ...(f.mask !== undefined ? { mask: f.mask } : {}),
         onLoaded: (ldm) => this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights; backend ${sel.executor.description}; seed ${seed}`),
+        onWarning: (m) => this.warning(m),
         onStep: (p) => {
           bar ??= this.progress({ total: p.total, label: 'image' });
           if (p.call === 0) inner = bar.inner({ total: p.calls, label: 'step' });

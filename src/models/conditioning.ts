@@ -69,6 +69,11 @@ export interface Conditioner {
   apply(inputs: Readonly<Record<string, Tensor>>, h: number, w: number): Applied;
   /** Graph input declarations for n samples at h x w. */
   inputs(n: number, h: number, w: number): Record<string, Tensor>;
+  /**
+   * Text: what the user should hear about these prompts (and the negative one) before they are encoded, one line
+   * each: tokens past the encoder's context that are cut, words outside the vocabulary. Once per run, not per sample.
+   */
+  promptWarnings?(prompts: readonly string[], negative?: string): string[];
 }
 
 function need<T>(value: T | undefined, what: string): T {
@@ -177,6 +182,42 @@ class TextConditioning implements Conditioner {
   inputs(n: number): Record<string, Tensor> {
     return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.tokenizer.maxLen], 'int32') };
   }
+
+  promptWarnings(prompts: readonly string[], negative?: string): string[] {
+    const texts = [...new Set(prompts)].map((text) => ({ text, what: 'prompt' }));
+    if (negative !== undefined && negative !== '') texts.push({ text: negative, what: 'negative prompt' });
+    const reports = texts.map((t) => ({ ...t, ...this.tokenizer.report(t.text) }));
+    const out: string[] = [];
+    const cut = reports.filter((r) => r.dropped > 0);
+    if (cut.length > 0) {
+      const each = cut.slice(0, 3).map((r) => `${r.what} "${clip(r.text)}" has ${r.tokens}, so its last ${r.dropped === 1 ? 'token' : r.dropped} ("${clip(r.droppedText)}") ${r.dropped === 1 ? 'is' : 'are'} dropped`);
+      if (cut.length > 3) each.push(`and ${cut.length - 3} more prompts lose tokens`);
+      out.push(`the text encoder reads ${this.tokenizer.maxLen - 2} tokens of a prompt (max_len ${this.tokenizer.maxLen} less <bos> and <eos>); ${each.join('; ')}`);
+    }
+    const unknown = new Map<string, boolean>();
+    for (const r of reports) for (const u of r.unknownWords) unknown.set(u.word, u.unk);
+    if (unknown.size > 0) {
+      const words = (unk: boolean) => [...unknown].filter(([, u]) => u === unk).map(([w]) => w);
+      const parts = [
+        [words(true), 'becomes <unk> (a character it has never seen)', 'become <unk> (characters it has never seen)'],
+        [words(false), 'is spelt in single characters', 'are spelt in single characters'],
+      ] as const;
+      const said = parts.filter(([ws]) => ws.length > 0).map(([ws, one, many]) => `${listWords(ws)} ${ws.length === 1 ? one : many}`);
+      out.push(`words not in the tokenizer's vocabulary, which the model was not trained on as words: ${said.join('; ')}`);
+    }
+    return out;
+  }
+}
+
+/** A prompt short enough for a one-line message. */
+function clip(text: string, max = 40): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+/** `"a", "b" and 3 more`. */
+function listWords(words: readonly string[], max = 10): string {
+  const shown = words.slice(0, max).map((w) => `"${w}"`).join(', ');
+  return words.length > max ? `${shown} and ${words.length - max} more` : shown;
 }
 
 /** Shared by concat and semantic: a float map [N, K, h, w] appended to z_t. */

@@ -24,6 +24,24 @@ export interface TokenizerOptions {
   minCount?: number;
 }
 
+/** A caption word that is not a token of its own. */
+export interface UnknownWord {
+  readonly word: string;
+  /** It holds a character never seen in the corpus, so <unk>; else it is spelt in character pieces. */
+  readonly unk: boolean;
+}
+
+/** What Tokenizer.report() finds in a caption. */
+export interface CaptionReport {
+  /** Tokens of the caption, <bos> and <eos> not counted. */
+  readonly tokens: number;
+  /** Of those, how many encode() cuts off the end (it keeps maxLen - 2), and their text. */
+  readonly dropped: number;
+  readonly droppedText: string;
+  /** Words not in the vocabulary, in order of appearance (repeats included). */
+  readonly unknownWords: readonly UnknownWord[];
+}
+
 const WORD = /[\p{L}\p{N}]+|[^\s\p{L}\p{N}]/gu;
 
 /** The words of a caption after normalisation: what encode() sees. */
@@ -92,20 +110,29 @@ export class Tokenizer {
 
   /** Token ids of a caption without specials or padding. */
   tokenize(text: string): number[] {
-    const out: number[] = [];
-    for (const w of captionWords(text)) {
-      const id = this.ids.get(w);
-      if (id !== undefined) {
-        out.push(id);
-        continue;
-      }
-      let first = true;
-      for (const c of w) {
-        out.push(this.ids.get(first ? c : CONTINUATION + c) ?? UNK);
-        first = false;
-      }
+    return captionWords(text).flatMap((w) => this.wordIds(w));
+  }
+
+  /** What encode() does to a caption that the caller may want to tell the user: tokens cut off, words outside the vocabulary. */
+  report(text: string): CaptionReport {
+    const ids: number[] = [];
+    const unknownWords: UnknownWord[] = [];
+    for (const word of captionWords(text)) {
+      const w = this.wordIds(word);
+      if (!this.ids.has(word)) unknownWords.push({ word, unk: w.includes(UNK) });
+      ids.push(...w);
     }
-    return out;
+    const cut = ids.slice(this.maxLen - 2);
+    // A cut inside a spelt word starts with a `##` piece: shown as `…rest`.
+    const droppedText = this.decode(cut).replace(new RegExp(`^${CONTINUATION}`), '…');
+    return { tokens: ids.length, dropped: cut.length, droppedText, unknownWords };
+  }
+
+  /** A word's ids: itself when in the vocabulary, else its characters (`r`, `##e`, `##d`), <unk> for a character never seen. */
+  private wordIds(word: string): number[] {
+    const id = this.ids.get(word);
+    if (id !== undefined) return [id];
+    return [...word].map((c, i) => this.ids.get(i === 0 ? c : CONTINUATION + c) ?? UNK);
   }
 
   /** [<bos>, tokens..., <eos>, <pad>...] of exactly maxLen ids; long captions are cut before <eos>. */

@@ -374,6 +374,8 @@ export interface SampleFilesOptions {
   onStep?: GenerateOptions['onStep'];
   /** Called once the model is loaded, before sampling. */
   onLoaded?: (ldm: LoadedLdm) => void;
+  /** Called once per warning (a prompt cut to the text encoder's context, words it does not know), before sampling. */
+  onWarning?: (message: string) => void;
 }
 
 export interface SampleFilesResult {
@@ -390,6 +392,8 @@ export interface SampleFilesResult {
   guidance: number;
   /** The refiner and the timestep below which it ran, when one was given. */
   refiner?: { ckpt: string; below: number };
+  /** What onWarning was told. */
+  warnings: string[];
   seconds: number;
 }
 
@@ -492,6 +496,8 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     const grid = path.join(opts.outDir, `${prefix}-grid.png`);
     for (const f of [...files, grid]) await assertWritable(f, { force: opts.force });
 
+    const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
+    for (const w of warnings) opts.onWarning?.(w);
     const s = ldm.config.sample;
     const gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, denoiser, {
       n: opts.n,
@@ -523,6 +529,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       ckpt: file, weights: ldm.weights, images: files, grid, n: total, height: H, width: W, seed: opts.seed,
       steps: opts.steps ?? s.steps, sampler: opts.sampler ?? s.sampler, guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
       ...(refined ? { refiner: { ckpt: refined.ldm.file, below: refined.refiner.below } } : {}),
+      warnings,
       seconds: (Date.now() - started) / 1000,
     };
   } finally {
