@@ -47,8 +47,8 @@ export interface PeerResult {
 /**
  * Why PyTorch here would not be a fair peer, if it would not. Debian's python3-torch does its matmuls through whichever
  * libblas.so.3 the system selects; with only the reference BLAS (libblas3) installed they run ~10x slower (measured
- * session 20: a 1024x128x1024 matmul 100 ms against 10 ms on OpenBLAS), which is what made the peer crawl in sessions
- * 18-19.
+ * 2026-11-28: a 1024x128x1024 matmul 100 ms against 10 ms on OpenBLAS), which is what made the peer crawl in the bench
+ * results stored before 804d8a3.
  */
 export function peerBlasProblem(): string | undefined {
   const arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';

@@ -6,11 +6,8 @@
  * Renders the held-out captions of one kind and size on every other background, encodes them with the checkpoint's
  * first stage and reads (shapes checker) first its plain reconstructions, then the model's x0 guesses from those latents
  * noised to several steps t, each decoded. The reconstructions are the ceiling of any model in that latent space; a
- * model that keeps the kind at low t but not at high t draws blobs from the words alone. Session 15: the three first
- * stages the shapes text models were trained on (kl-f2-shapes at batch 16 and 8, kl-f1-shapes) read held-out small
- * squares right 15-22 times of 25 and small crosses 16-17 of 30, their box fill at the checker's thresholds (0.92-0.94
- * against 0.92; 0.70-0.71 against 0.705), and the 67.5% shapes-txt2img model's x0 guess reads them as circles already
- * at t=50: these first stages leave those two kinds no margin for a UNet's blur.
+ * model that keeps the kind at low t but not at high t draws blobs from the words alone. What it found on the shapes
+ * text models' first stages: docs/experiments.md#shapes-txt2img.
  */
 import { parseArgs } from 'node:util';
 import { Denoiser, float32, OnnxExecutor, readLdmCheckpoint, Rng, toPrediction } from '../src/index.js';

@@ -6,10 +6,8 @@
  * Encodes n images of SPEC (default shapes:train?only=center,large&seed=7) and, per checkpoint, reports the scaled
  * latents' standard deviation per channel, the share of their variance a linear map of the f x f pixel block's mean colour
  * explains (R^2: 1 means the latent is a colour transform of downsampled pixels), and the mean squared difference of
- * horizontal neighbours over the mean square (how much of the latent changes from one cell to the next). Session 17: kl-f2-shapes (30 minutes; LDMs on it drew the kinds) reads
- * R^2 0.575 and 0.238; kl-f2 at ch 16 trained 2.5-4 minutes (LDMs on it drew kinds at random) 0.81-0.86 and 0.10-0.12,
- * smoother colour maps that leave a shape's outline less of the variance the LDM's loss weighs. kl-f1-shapes (LDMs on it
- * drew circles) reads 0.759 and 0.087, so the numbers describe a latent space; they do not yet predict a model.
+ * horizontal neighbours over the mean square (how much of the latent changes from one cell to the next). The numbers
+ * describe a latent space; they do not yet predict a model (readings: docs/experiments.md#kl-f2-quick).
  */
 import { parseArgs } from 'node:util';
 import { OnnxExecutor, openDataset, openFirstStage, stackImages } from '../src/index.js';

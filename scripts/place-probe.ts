@@ -6,9 +6,9 @@
  * For four (size, colour, kind, background) captions it asks for each of the nine places from one shared noise, turns
  * the outputs into x0 guesses at step t, and prints the mean |x0_place - mean over places|. A model that paints the
  * colour everywhere and leaves the place to the noise reads under 0.02; one that puts the shape where the words say
- * reads about 0.75 without a caption layout and 0.15-0.17 with one (a softer guess; position 100% in both). Sessions
- * 7-11 used it every 500 steps to see when (and whether) a run learns the place: a few seconds a checkpoint at 1
- * thread, against minutes for `ldm eval-ldm`, which it does not replace.
+ * reads about 0.75 without a caption layout and 0.15-0.17 with one (a softer guess; position 100% in both). The shapes
+ * text runs used it every 500 steps to see when (and whether) a run learns the place (docs/experiments.md#shapes-txt2img):
+ * a few seconds a checkpoint at 1 thread, against minutes for `ldm eval-ldm`, which it does not replace.
  */
 import { parseArgs } from 'node:util';
 import { Denoiser, makeCaption, OnnxExecutor, readLdmCheckpoint, Rng, toPrediction } from '../src/index.js';

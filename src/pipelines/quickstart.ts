@@ -81,7 +81,7 @@ export async function quickstart(opts: QuickstartOptions): Promise<QuickstartRes
   } else {
     opts.onStage?.('autoencoder', aeSteps);
     // Both stages at a constant rate, the trainers' default: with cosine decay (on average half the peak rate) the same
-    // 1150 LDM steps drew wrong colours and kinds, 0 of 16 accepted where constant rates gave 12 (session 19).
+    // 1150 LDM steps drew wrong colours and kinds, 0 of 16 accepted where constant rates gave 12 (docs/experiments.md#quickstart).
     await trainAutoencoder({
       config: aeConfig, run: aeRun, executor, steps: aeSteps, seed, lrSchedule: 'constant',
       valEvery: aeSteps, ckptEvery: aeSteps, valImages: 64, note,
