@@ -8,6 +8,7 @@ import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
 import { BACKEND_NAMES } from '../engine/executor.js';
 import { createProgress, type Progress, type ProgressOptions } from './progress.js';
 import { errorMessage, exitCodeOf, formatError } from './errors.js';
+import { checkOutputPath, type OutputKind } from '../io/output-path.js';
 
 export type LdmFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof LdmCommand)['baseFlags'] & T['flags']>;
 export type LdmArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
@@ -73,6 +74,11 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
   /** `warning: <message>` on stderr: something the user should fix or know, so not silenced by --quiet or --json. */
   protected warning(message: string): void {
     process.stderr.write(`warning: ${message}\n`);
+  }
+
+  /** Call before any work: a one-line error when -o cannot be written as a folder or file (see io/output-path). */
+  protected async checkOutput(target: string, kind: OutputKind, flag = '--out'): Promise<void> {
+    await checkOutputPath(target, kind, { flag });
   }
 
   /** A progress display that honours --quiet and --json. */

@@ -42,6 +42,7 @@ export default class CompareFactors extends LdmCommand<typeof CompareFactors> {
 
   async run(): Promise<void> {
     const f = this.flags;
+    await this.checkOutput(f.out, 'folder');
     if (f.classifier !== undefined && f.inception !== undefined) throw new Error('give either --classifier or --inception, not both');
     const factors = f.factors !== undefined ? parseFactors(f.factors) : undefined;
     const budget = f.budget !== undefined ? parseBudget(f.budget) : undefined;

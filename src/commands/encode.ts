@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';
@@ -35,6 +36,7 @@ export default class Encode extends LdmCommand<typeof Encode> {
     const { argv } = await this.parse(Encode);
     const inputs = argv.map(String);
     if (inputs.length === 0) throw new Error('no inputs given; pass image files or folders, e.g. ldm encode photos/ --ckpt ae.safetensors --out latents/');
+    await this.checkOutput(f.out, await outputKindFor(f.out, inputs, '.safetensors'));
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     const stage = await openFirstStage(f.ckpt, { executor: sel.executor });
     let bar: Progress | undefined;

@@ -151,6 +151,7 @@ export default class EvalFid extends LdmCommand<typeof EvalFid> {
     for (const [flag, file] of [['--save-stats', f['save-stats']], ['--save-stats-b', f['save-stats-b']]] as const) {
       if (file === undefined) continue;
       if (!isStatsFile(file)) throw new Error(`${flag} ${file}: statistics files end in .npz`);
+      await this.checkOutput(file, 'file', flag);
       await assertWritable(file, { force: f.force });
     }
     if (f['save-stats'] !== undefined && f['save-stats'] === f['save-stats-b']) throw new Error('--save-stats and --save-stats-b name the same file; give each side its own');

@@ -28,6 +28,7 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
 
   async run(): Promise<void> {
     const f = this.flags;
+    await this.checkOutput(f.output, 'file', '--output');
     const r = await exportOnnx(this.args.ckpt, f.output, {
       batch: f.batch, contextTokens: f['context-tokens'], force: f.force,
       ...(f.part ? { part: f.part } : {}), ...(f.height ? { height: f.height } : {}), ...(f.width ? { width: f.width } : {}),

@@ -21,6 +21,7 @@ export default class Quickstart extends LdmCommand<typeof Quickstart> {
 
   async run(): Promise<void> {
     const f = this.flags;
+    await this.checkOutput(f.out, 'folder');
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     this.note(`backend: ${sel.executor.description}`);
     let bar: Progress | undefined;

@@ -52,6 +52,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
 
   async run(): Promise<void> {
     const f = this.flags;
+    await this.checkOutput(f.out, 'folder');
     const seed = f.seed ?? Math.floor(Math.random() * 2 ** 31);
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     let bar: Progress | undefined;

@@ -41,6 +41,7 @@ export default class TrainClassifier extends LdmCommand<typeof TrainClassifier> 
     if (f.size !== undefined && f.size % 4 !== 0) throw new Error(`--size must be a multiple of 4 (two 2x2 pools), got ${f.size}`);
     // Before training, so an hour of work never ends in a refusal to write.
     await assertWritable(f.out, { force: f.force });
+    await this.checkOutput(f.out, 'file');
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     this.note(`backend: ${sel.executor.description}`);
     let bar: Progress | undefined;

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { outputKindFor } from '../io/output-path.js';
 import { numberFlag } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -52,6 +53,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     const { argv } = await this.parse(Upscale);
     const inputs = argv.map(String);
     if (inputs.length === 0) throw new Error('no inputs given; pass image files or folders, e.g. ldm upscale --ckpt sr.safetensors photos/ -o big/');
+    await this.checkOutput(f.out, await outputKindFor(f.out, inputs, '.png'));
     const method = f.method ?? (f.downscale ? 'bicubic' : 'model');
     if (method !== 'model' && f.ckpt !== undefined) throw new Error(`--ckpt is for --method model; --method ${method} uses no checkpoint`);
     let executor: Executor | undefined;
