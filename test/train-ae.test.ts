@@ -43,13 +43,13 @@ function blobs(n: number, channels: number, size: number, seed = 1): Dataset {
   return { name: 'blobs', size: n, channels, get: (i) => Promise.resolve({ id: String(i), image: images[i]! }) };
 }
 
-function tinyConfig(kind: 'kl' | 'vq', over: { disc_start?: number; ema_decay?: number; channels?: number } = {}): AutoencoderConfig {
+function tinyConfig(kind: 'kl' | 'vq', over: { disc_start?: number; ema_decay?: number; channels?: number; batch_size?: number } = {}): AutoencoderConfig {
   const c = over.channels ?? 3;
   const cfg = validateConfig({
     model: 'autoencoder', name: `tiny-${kind}`, regularizer: kind, embed_dim: 4, ...(kind === 'vq' ? { n_embed: 64 } : {}),
     ddconfig: { double_z: kind === 'kl', z_channels: 4, resolution: 16, in_channels: c, out_ch: c, ch: 32, ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [] },
     loss: { disc_start: over.disc_start ?? 4, disc_weight: 0.5, disc_num_layers: 2 },
-    train: { batch_size: 4, lr: 2e-3, scale_lr: false, steps: 8, image_size: 16, ...(over.ema_decay !== undefined ? { ema_decay: over.ema_decay } : {}) },
+    train: { batch_size: over.batch_size ?? 4, lr: 2e-3, scale_lr: false, steps: 8, image_size: 16, ...(over.ema_decay !== undefined ? { ema_decay: over.ema_decay } : {}) },
   }, 'tiny config');
   assert.equal(cfg.model, 'autoencoder');
   return cfg as AutoencoderConfig;
@@ -111,6 +111,21 @@ test('resume continues from the last checkpoint and reaches the weights of an un
   }
   const log = await again.readLog();
   assert.equal(log.filter((r) => r.step === 8 && r.losses !== undefined).length, 1, 'no duplicated log lines after resume');
+});
+
+test('a batch smaller than the validation grid: validation, the model and a resume all work (batch 2, 8 held-out images)', async (t) => {
+  const root = tempDir(t, 'ldm-train-ae-');
+  const config = tinyConfig('kl', { batch_size: 2, disc_start: 100 });
+  const data = blobs(40, 3, 16, 2);
+  const res = await trainAutoencoder({ config, run: await RunDir.create(root, 'b2'), executor, dataset: data, steps: 2, valFraction: 0.25, valImages: 8, scaleImages: 4 });
+  assert.equal(res.validation?.images, 8);
+  assert.ok(Number.isFinite(res.validation.psnr));
+  assert.ok(fs.existsSync(res.model) && fs.existsSync(res.validation.grid));
+  const again = await trainAutoencoder({
+    config, run: await RunDir.create(root, 'b2', { resume: true, warn: () => undefined }), executor, dataset: data, steps: 3, valFraction: 0.25, valImages: 8, scaleImages: 4,
+  });
+  assert.equal(again.step, 3);
+  assert.equal((await loadCheckpoint(again.model)).step, 3);
 });
 
 test('VQ: codebook usage is reported and unused codes are re-seeded into the weights', async (t) => {

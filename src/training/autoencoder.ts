@@ -363,10 +363,12 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
     const counts = new Float64Array(nEmbed);
     const recons: HostTensor[] = [];
     const n = valSet.shape[0]!;
+    const show = Math.min(8, n);
     for (let s = 0; s < n; s += batchSize) {
       const x = sliceBatch(valSet, s, Math.min(n, s + batchSize));
       const r = await probe.reconstruct(params, x);
-      if (s === 0) recons.push(r.recon);
+      // The grid's reconstructions may span several batches when a batch holds fewer than it shows.
+      if (s < show) recons.push(sliceBatch(r.recon, 0, Math.min(x.shape[0]!, show - s)));
       if (r.indices && isVq) codebookUsage(r.indices, nEmbed, counts);
       const per = x.data.length / x.shape[0]!;
       for (let i = 0; i < x.shape[0]!; i++) {
@@ -376,9 +378,8 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
         means.add({ psnr: psnr(a, b), ...(a.height >= 11 && a.width >= 11 ? { ssim: ssim(a, b) } : {}) });
       }
     }
-    const show = Math.min(8, n);
     const grid = run.samplePath(step);
-    await saveGrid(grid, concatRows([sliceBatch(valSet, 0, show), sliceBatch(recons[0]!, 0, show)]), { nrow: show, force: true });
+    await saveGrid(grid, concatRows([sliceBatch(valSet, 0, show), ...recons]), { nrow: show, force: true });
     const m = means.means();
     const rep: ValidationReport = { step, images: n, psnr: m.psnr!, ssim: m.ssim ?? NaN, weights: useEma ? 'ema' : 'raw', grid };
     if (isVq) {
