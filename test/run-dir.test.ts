@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { RunDir } from '../src/io/run-dir.js';
+import { spawnSync } from 'node:child_process';
+import { RunDir, describeRun, warnIfStaleRunModel } from '../src/io/run-dir.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
 import { tempDir } from './helpers/temp-dir.js';
@@ -59,6 +60,7 @@ test('an existing run needs --resume or --force', async (t) => {
 
   const restarted = await RunDir.create(root, 'r', { force: true });
   assert.equal(restarted.resumed, false);
+  await restarted.beginWriting();
   assert.equal(await restarted.latestCheckpoint(), undefined);
   assert.deepEqual(await restarted.readLog(), []);
   assert.equal(await restarted.readConfig(), undefined);
@@ -77,7 +79,7 @@ test('latestCheckpoint skips a truncated newer checkpoint and a leftover temp fi
   await save(run.checkpointPath(20), 20);
   await save(run.checkpointPath(30), 30);
   truncate(run.checkpointPath(30), 3);
-  const temp = path.join(run.checkpointsDir, '.step-00000040.safetensors.4242.deadbeef.tmp');
+  const temp = path.join(run.checkpointsDir, `.step-00000040.safetensors.${deadPid()}.deadbeef.tmp`);
   fs.writeFileSync(temp, 'partial');
   fs.writeFileSync(path.join(run.checkpointsDir, 'README'), 'not a checkpoint');
 
@@ -141,4 +143,81 @@ test('readLog ignores a torn last line and the next append starts a clean line',
 
   fs.appendFileSync(run.logPath, 'garbage\n{"step":9}\n');
   await assert.rejects(resumed.readLog(), /log\.jsonl: line 3 is not valid JSON/);
+});
+
+/** The pid of a process that has exited: a writer killed mid-write. */
+function deadPid(): number {
+  const r = spawnSync(process.execPath, ['-e', '0']);
+  assert.ok(r.pid && r.pid !== process.pid);
+  return r.pid;
+}
+
+test('a start deletes the temp files of writers that are gone and keeps a live writer\'s', async (t) => {
+  const root = tempDir(t, 'ldm-run-');
+  const run = await RunDir.create(root, 'r');
+  await run.writeConfig('a: 1\n');
+  const dead = deadPid();
+  const stale = [
+    path.join(run.checkpointsDir, `.step-00000040.safetensors.${dead}.deadbeef.tmp`),
+    path.join(run.checkpointsDir, `.step-00000040.ema.safetensors.${dead}.0badf00d.tmp`),
+    path.join(run.dir, `.model.safetensors.${dead}.12345678.tmp`),
+    path.join(run.samplesDir, `.step-00000040.png.${dead}.abcdef01.tmp`),
+  ];
+  for (const f of stale) fs.writeFileSync(f, 'x'.repeat(1000));
+  const live = path.join(run.checkpointsDir, `.step-00000050.safetensors.${process.pid}.deadbeef.tmp`);
+  fs.writeFileSync(live, 'being written');
+
+  const warnings: string[] = [];
+  const again = await RunDir.create(root, 'r', { resume: true, warn: (m) => warnings.push(m) });
+  for (const f of stale) assert.equal(fs.existsSync(f), false, `${f} is left`);
+  assert.ok(fs.existsSync(live), 'a live writer keeps its temp file');
+  assert.deepEqual(warnings, [`${run.dir}: deleted 4 temp file(s) (0.0 MB) left by interrupted writes`]);
+  // The resume reads checkpoints without a warning per leftover file.
+  assert.equal(await again.latestCheckpoint(), undefined);
+  assert.equal(warnings.length, 1, warnings.join('\n'));
+});
+
+test('--force deletes the old run, model included, only when the new run first writes', async (t) => {
+  const root = tempDir(t, 'ldm-run-');
+  const old = await RunDir.create(root, 'r');
+  await old.writeConfig('old: 1\n');
+  await save(old.checkpointPath(10), 10);
+  await save(old.modelPath, 10);
+  const forced = await RunDir.create(root, 'r', { force: true });
+  // A forced start that fails its checks (bad data) writes nothing, so the old run is still whole.
+  assert.equal(await forced.readConfig(), 'old: 1\n');
+  assert.ok(fs.existsSync(old.modelPath) && fs.existsSync(old.checkpointPath(10)));
+  await forced.writeConfig('new: 1\n');
+  assert.equal(fs.existsSync(old.modelPath), false, 'the old model is gone with the old checkpoints');
+  assert.deepEqual(fs.readdirSync(forced.dir).sort(), ['checkpoints', 'config.yaml', 'samples']);
+  assert.deepEqual(fs.readdirSync(forced.checkpointsDir), []);
+});
+
+test('a model older than the newest checkpoint is reported, by modelStatus, describeRun and the model readers\' check', async (t) => {
+  const root = tempDir(t, 'ldm-run-');
+  const run = await RunDir.create(root, 'r');
+  await save(run.checkpointPath(10), 10);
+  await save(run.modelPath, 10);
+  assert.deepEqual(await run.modelStatus(), { file: run.modelPath, modelStep: 10, checkpointStep: 10 });
+  const warnings: string[] = [];
+  assert.equal(await warnIfStaleRunModel(run.modelPath, (m) => warnings.push(m)), undefined);
+
+  // Killed during the final export: the step-20 checkpoint is there, the model still holds step 10.
+  await save(run.checkpointPath(20), 20);
+  const st = await run.modelStatus();
+  assert.equal(st.modelStep, 10);
+  assert.equal(st.checkpointStep, 20);
+  assert.match(st.problem!, /model\.safetensors holds step 10, but the run's newest checkpoint is step 20 .*--resume/);
+  await warnIfStaleRunModel(run.modelPath, (m) => warnings.push(m));
+  assert.deepEqual(warnings, [st.problem]);
+  const summary = await describeRun(run.dir);
+  assert.deepEqual(summary.checkpoints, [20, 10]);
+  assert.equal(summary.model.problem, st.problem);
+
+  // A model file outside a run folder is no one's export: nothing to compare.
+  const loose = path.join(root, 'model.safetensors');
+  await save(loose, 1);
+  assert.equal(await warnIfStaleRunModel(loose, (m) => warnings.push(m)), undefined);
+  fs.rmSync(run.modelPath);
+  assert.match((await run.modelStatus()).problem!, /has no model\.safetensors yet \(newest checkpoint: step 20\)/);
 });

@@ -1,9 +1,10 @@
 import os from 'node:os';
 import { createRequire } from 'node:module';
-import { Flags } from '@oclif/core';
+import { Args, Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { configDirs, listZoo } from '../config/load.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
+import { describeRun } from '../io/run-dir.js';
 
 const require = createRequire(import.meta.url);
 
@@ -17,12 +18,30 @@ function versionOf(pkg: string): string | undefined {
 
 export default class Info extends LdmCommand<typeof Info> {
   static override summary = 'Show versions, the compute backend in use and why, the backends this machine has, and where configs and runs live.';
-  static override examples = ['<%= config.bin %> info', '<%= config.bin %> info --json', '<%= config.bin %> info --zoo', 'LDM_BACKEND=tfjs-wasm <%= config.bin %> info'];
+  static override description = 'With a run folder: that run\'s config, checkpoints, log and model, and a warning when '
+    + 'model.safetensors is older than its newest checkpoint (an unfinished run or an interrupted export; --resume repairs it).';
+  static override examples = ['<%= config.bin %> info runs/kl4', '<%= config.bin %> info', '<%= config.bin %> info --json', '<%= config.bin %> info --zoo', 'LDM_BACKEND=tfjs-wasm <%= config.bin %> info'];
+  static override args = {
+    run: Args.string({ required: false, description: 'A run folder (runs/<name>) to describe instead.' }),
+  };
+
   static override flags = {
     zoo: Flags.boolean({ summary: 'Also list the model zoo (as `ldm zoo`).' }),
   };
 
   async run(): Promise<void> {
+    if (this.args.run !== undefined) {
+      const r = await describeRun(this.args.run);
+      if (r.model.problem !== undefined) process.stderr.write(`warning: ${r.model.problem}\n`);
+      this.result(r, (v) => [
+        `run: ${v.dir}${v.config ? '' : ' (no config.yaml)'}`,
+        `checkpoints: ${v.checkpoints.length ? `${v.checkpoints.length}, newest step ${v.model.checkpointStep ?? `${v.checkpoints[0]} (incomplete)`}` : 'none'}`,
+        `log: ${v.logRecords} records`,
+        `model: ${v.model.modelStep !== undefined ? `${v.model.file} (step ${v.model.modelStep})` : 'none'}`,
+        ...(v.staleTemps ? [`temp files left by interrupted writes: ${v.staleTemps} (the next start deletes them)`] : []),
+      ].join('\n'));
+      return;
+    }
     const sel = await selectBackend(parseBackend(this.flags.backend), { threads: this.flags.threads });
     const info = {
       ldm: this.config.version,

@@ -36,7 +36,7 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     'runs-dir': Flags.string({ env: 'LDM_RUNS_DIR', default: 'runs', summary: 'Folder of run folders.' }),
     steps: Flags.integer({ min: 1, summary: 'Total optimizer steps. Overrides train.steps.' }),
     resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
-    force: Flags.boolean({ summary: 'Start the run over, deleting its checkpoints, log and samples.' }),
+    force: Flags.boolean({ summary: 'Start the run over, deleting its config, checkpoints, log, samples and model (once the new start has checked its data).' }),
     init: Flags.string({ summary: 'Fine-tune: start from this autoencoder checkpoint\'s weights (fresh optimizer).' }),
     'time-limit': timeLimitFlag('The discriminator switches on at 90% of it if disc_start has not come.'),
     'lr-schedule': lrScheduleFlag(),
@@ -66,7 +66,6 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
         }
       }
     }
-    await run.writeConfig(dumpConfig(config, `written by ldm train-ae from ${path.relative(process.cwd(), loaded.path) || loaded.path}`));
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     this.note(`backend: ${sel.executor.description}`);
     this.note(`${config.name}: ${summarizeAutoencoder(config)}; data ${data}`);
@@ -74,6 +73,7 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     try {
       const res = await trainAutoencoder({
         config, run, executor: sel.executor, data, seed: f.seed ?? 0,
+        configText: dumpConfig(config, `written by ldm train-ae from ${path.relative(process.cwd(), loaded.path) || loaded.path}`),
         ...(f.init !== undefined ? { init: f.init } : {}),
         ...(timeLimit !== undefined ? { timeLimit: timeLimit * 60 } : {}),
         lrSchedule: f['lr-schedule'],

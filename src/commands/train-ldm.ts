@@ -29,7 +29,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
     'cache-dir': Flags.string({ env: 'LDM_CACHE_DIR', summary: 'Folder of latent caches (default: <runs-dir>/.cache).' }),
     steps: Flags.integer({ min: 1, summary: 'Total optimizer steps. Overrides train.steps.' }),
     resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
-    force: Flags.boolean({ summary: 'Start the run over, deleting its checkpoints, log and samples.' }),
+    force: Flags.boolean({ summary: 'Start the run over, deleting its config, checkpoints, log, samples and model (once the new start has checked its data).' }),
     init: Flags.string({ summary: 'Fine-tune: start from this LDM checkpoint\'s weights.' }),
     'time-limit': timeLimitFlag('A later --resume goes on from there.'),
     'lr-schedule': lrScheduleFlag(),

@@ -12,6 +12,7 @@ import { numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import type { Module } from '../engine/module.js';
 import { CHECKPOINT_KEYS, addPrefix, loadCheckpoint, mergeParams, splitPrefix } from '../io/checkpoint.js';
 import { readSafetensors, readSafetensorsHeader } from '../io/safetensors.js';
+import { warnIfStaleRunModel } from '../io/run-dir.js';
 import { readTorchCheckpoint, sniffTorchFormat } from '../io/torch-checkpoint.js';
 import { fileSource, ZipReader } from '../io/zip.js';
 import { PyDict, unpickle } from '../io/pickle.js';
@@ -113,6 +114,7 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
       const dir = path.dirname(file);
       if (Object.hasOwn(header.metadata, 'ldm.format')) {
         format = 'ldm';
+        await warnIfStaleRunModel(file);
         model = await fromLdmCheckpoint(file, notes);
       } else if (fs.existsSync(path.join(dir, 'config.json')) && !opts.config) {
         format = 'diffusers';

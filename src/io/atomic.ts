@@ -7,11 +7,12 @@ export interface WriteOptions {
   force?: boolean;
 }
 
-/** Throw the project's standard one-line error when `file` exists and `force` is not set. */
 /** Whether `file` exists and is a regular file. */
 export async function fileExists(file: string): Promise<boolean> {
   return fsp.stat(file).then((s) => s.isFile(), () => false);
 }
+
+/** Throw the project's standard one-line error when `file` exists and `force` is not set. */
 
 export async function assertWritable(file: string, opts: WriteOptions = {}): Promise<void> {
   if (opts.force) return;
@@ -67,4 +68,48 @@ export async function writeFileAtomic(
 /** True for the temp files writeFileAtomic leaves behind when a process is killed mid-write. */
 export function isAtomicTemp(name: string): boolean {
   return name.startsWith('.') && name.endsWith('.tmp');
+}
+
+/** The pid of the process that made temp file `name` (writeFileAtomic puts it in the name), if it carries one. */
+export function atomicTempPid(name: string): number | undefined {
+  const m = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/.exec(name);
+  const pid = m ? Number(m[1]) : NaN;
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** Whether a process with this pid is running (one we may not signal still counts as running). */
+export function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export interface RemovedTemps {
+  files: string[];
+  bytes: number;
+}
+
+/**
+ * Delete the temp files in `dir` (not its subfolders) whose writer is gone: killed mid-write, they will never be
+ * renamed. Files of a live writer, and temp-like names without a pid, are left alone.
+ */
+export async function removeStaleTemps(dir: string): Promise<RemovedTemps> {
+  const out: RemovedTemps = { files: [], bytes: 0 };
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  for (const name of names.sort()) {
+    if (!isAtomicTemp(name)) continue;
+    const pid = atomicTempPid(name);
+    if (pid === undefined || processAlive(pid)) continue;
+    const file = path.join(dir, name);
+    const st = await fsp.lstat(file).catch(() => undefined);
+    if (!st?.isFile()) continue;
+    await fsp.rm(file, { force: true });
+    out.files.push(file);
+    out.bytes += st.size;
+  }
+  return out;
 }

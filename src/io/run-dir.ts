@@ -6,20 +6,27 @@
  *   runs/<name>/checkpoints/step-00001000.ema.safetensors EMA weights at that step, if the run keeps them
  *   runs/<name>/log.jsonl                                 one JSON object per line: step, losses, lr, time
  *   runs/<name>/samples/                                  images written during training
+ *   runs/<name>/model.safetensors                         the final weights; its ldm.step says which step it holds
  *
  * Resuming trusts only complete files, so a run killed at any moment resumes from its last good step.
  * Write a step's EMA file before its main checkpoint: the main file's presence marks the step complete.
+ * The model is exported after the last checkpoint, so a model older than the newest checkpoint means an
+ * unfinished run or an interrupted export: modelStatus() says so, and the trainers re-export on --resume.
+ * Opening a run for training deletes the temp files of writers that are gone (their pid is in the name).
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import { isAtomicTemp, writeFileAtomic } from './atomic.js';
+import { atomicTempPid, isAtomicTemp, processAlive, removeStaleTemps, writeFileAtomic } from './atomic.js';
 import { readSafetensorsHeader } from './safetensors.js';
 
 export interface RunDirOptions {
   /** Continue an existing run (a missing or empty folder starts fresh, so a retry loop can always pass it). */
   resume?: boolean;
-  /** Start over in an existing run folder: its config, checkpoints, log and samples are deleted. */
+  /**
+   * Start over in an existing run folder: its config, checkpoints, log, samples and model are deleted, but only
+   * when the run first writes (writeConfig, appendLog, a checkpoint), so a start that fails its checks loses nothing.
+   */
   force?: boolean;
   /** Where skipped files are reported; defaults to stderr. */
   warn?: (message: string) => void;
@@ -40,7 +47,9 @@ export interface LogRecord {
 
 const MAIN_RE = /^step-(\d+)\.safetensors$/;
 const EMA_RE = /^step-(\d+)\.ema\.safetensors$/;
-const MANAGED = ['config.yaml', 'log.jsonl', 'checkpoints', 'samples'];
+/** Everything a run writes, so --force leaves nothing of the old run beside the new one. */
+const MANAGED = ['config.yaml', 'log.jsonl', 'checkpoints', 'samples', 'model.safetensors'];
+const MODEL_FILE = 'model.safetensors';
 
 function stepName(step: number): string {
   if (!Number.isSafeInteger(step) || step < 0) throw new Error(`checkpoint step must be a non-negative integer, got ${step}`);
@@ -75,13 +84,50 @@ function defaultWarn(message: string): void {
   process.stderr.write(`warning: ${message}\n`);
 }
 
+/** Delete the dead writers' temp files in `dirs` and say so in one line. */
+export async function cleanStaleTemps(dirs: readonly string[], where: string, warn: (message: string) => void = defaultWarn): Promise<number> {
+  let files = 0;
+  let bytes = 0;
+  for (const d of dirs) {
+    const r = await removeStaleTemps(d);
+    files += r.files.length;
+    bytes += r.bytes;
+  }
+  if (files > 0) warn(`${where}: deleted ${files} temp file(s) (${(bytes / 1e6).toFixed(1)} MB) left by interrupted writes`);
+  return files;
+}
+
+/** The step an ldm checkpoint file holds (its ldm.step), or undefined when it is missing or unreadable. */
+export async function checkpointStepOf(file: string): Promise<number | undefined> {
+  try {
+    const step = Number((await readSafetensorsHeader(file)).metadata['ldm.step']);
+    return Number.isSafeInteger(step) && step >= 0 ? step : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ModelStatus {
+  /** runs/<name>/model.safetensors */
+  file: string;
+  /** The step the model file holds; undefined when it is missing or unreadable. */
+  modelStep?: number;
+  /** The newest complete checkpoint's step. */
+  checkpointStep?: number;
+  /** One line when the model is missing, unreadable or older than the newest checkpoint. */
+  problem?: string;
+}
+
 export class RunDir {
   readonly configPath: string;
   readonly logPath: string;
   readonly checkpointsDir: string;
   readonly samplesDir: string;
+  readonly modelPath: string;
   private readonly warn: (message: string) => void;
   private logRepaired: Promise<void> | undefined;
+  /** --force: the old run's files, deleted at the first write. */
+  private clearPending = false;
 
   private constructor(
     readonly dir: string,
@@ -93,6 +139,7 @@ export class RunDir {
     this.logPath = path.join(dir, 'log.jsonl');
     this.checkpointsDir = path.join(dir, 'checkpoints');
     this.samplesDir = path.join(dir, 'samples');
+    this.modelPath = path.join(dir, MODEL_FILE);
     this.warn = warn ?? defaultWarn;
   }
 
@@ -106,15 +153,26 @@ export class RunDir {
     const nonEmpty = await hasContent(dir);
     if (nonEmpty && !opts.resume && !opts.force) {
       throw new Error(`${dir} already exists and is not empty; pass --resume to continue that run `
-        + 'or --force to start over (deletes its checkpoints, log and samples), or choose another name');
-    }
-    if (nonEmpty && opts.force) {
-      for (const entry of MANAGED) await fsp.rm(path.join(dir, entry), { recursive: true, force: true });
+        + 'or --force to start over (deletes its config, checkpoints, log, samples and model), or choose another name');
     }
     const run = new RunDir(dir, Boolean(opts.resume) && nonEmpty, opts.warn);
+    run.clearPending = nonEmpty && Boolean(opts.force);
+    await cleanStaleTemps([dir, run.checkpointsDir, run.samplesDir], dir, run.warn);
     await fsp.mkdir(run.checkpointsDir, { recursive: true });
     await fsp.mkdir(run.samplesDir, { recursive: true });
     return run;
+  }
+
+  /**
+   * Call before the run's first write, once its data and config are checked: with --force this is when the old
+   * run's files go. writeConfig and appendLog call it; so does saveTrainingCheckpoint.
+   */
+  async beginWriting(): Promise<void> {
+    if (!this.clearPending) return;
+    this.clearPending = false;
+    for (const entry of MANAGED) await fsp.rm(path.join(this.dir, entry), { recursive: true, force: true });
+    await fsp.mkdir(this.checkpointsDir, { recursive: true });
+    await fsp.mkdir(this.samplesDir, { recursive: true });
   }
 
   /** Open an existing run folder for reading (sampling, listing); nothing is created. */
@@ -138,6 +196,7 @@ export class RunDir {
   /** Save the resolved config: a YAML string as is, anything else serialized to YAML. */
   async writeConfig(config: unknown): Promise<void> {
     const text = typeof config === 'string' ? config : YAML.stringify(config);
+    await this.beginWriting();
     await writeFileAtomic(this.configPath, text, { force: true });
   }
 
@@ -188,15 +247,39 @@ export class RunDir {
     }
   }
 
-  /** The checkpoint to resume from: the newest complete one; temp and truncated files are skipped with a warning. */
+  /** The checkpoint to resume from: the newest complete one; truncated files and dead writers' temp files are skipped with a warning. */
   async latestCheckpoint(): Promise<CheckpointRef | undefined> {
     for (const n of (await listDir(this.checkpointsDir)) ?? []) {
-      if (isAtomicTemp(n)) {
+      const pid = isAtomicTemp(n) ? atomicTempPid(n) : undefined;
+      if (isAtomicTemp(n) && (pid === undefined || !processAlive(pid))) {
         this.warn(`ignoring ${path.join(this.checkpointsDir, n)}: left by an interrupted write; it is safe to delete`);
       }
     }
     for await (const ref of this.completeCheckpoints()) return ref;
     return undefined;
+  }
+
+  /** The step model.safetensors holds beside the newest complete checkpoint's, and a line when the model lags behind. */
+  async modelStatus(): Promise<ModelStatus> {
+    const quiet = new RunDir(this.dir, true, () => undefined);
+    let checkpointStep: number | undefined;
+    for await (const ref of quiet.completeCheckpoints()) {
+      checkpointStep = ref.step;
+      break;
+    }
+    const file = this.modelPath;
+    const exists = await fsp.stat(file).then((st) => st.isFile(), () => false);
+    const modelStep = exists ? await checkpointStepOf(file) : undefined;
+    const out: ModelStatus = { file, ...(modelStep !== undefined ? { modelStep } : {}), ...(checkpointStep !== undefined ? { checkpointStep } : {}) };
+    const fix = 'run its training command again with --resume to export it';
+    if (exists && modelStep === undefined) out.problem = `${file} is unreadable or not an ldm checkpoint; ${fix}`;
+    else if (modelStep !== undefined && checkpointStep !== undefined && modelStep < checkpointStep) {
+      out.problem = `${file} holds step ${modelStep}, but the run's newest checkpoint is step ${checkpointStep} `
+        + `(an unfinished run or an interrupted export); ${fix}`;
+    } else if (!exists && checkpointStep !== undefined) {
+      out.problem = `${this.dir} has no model.safetensors yet (newest checkpoint: step ${checkpointStep}); ${fix}`;
+    }
+    return out;
   }
 
   /**
@@ -262,6 +345,7 @@ export class RunDir {
   /** Append one record as a JSON line and flush it to disk. */
   async appendLog(record: LogRecord): Promise<void> {
     if (!Number.isFinite(record.step)) throw new Error(`log record needs a numeric step, got ${String(record.step)}`);
+    await this.beginWriting();
     this.logRepaired ??= this.repairLogTail();
     await this.logRepaired;
     const fh = await fsp.open(this.logPath, 'a');
@@ -313,4 +397,49 @@ export class RunDir {
     await writeFileAtomic(this.logPath, keep.map((r) => `${JSON.stringify(r)}\n`).join(''), { force: true });
     this.logRepaired = Promise.resolve();
   }
+}
+
+/**
+ * When `file` is a run's model.safetensors (a checkpoints folder beside it), warn if it lags behind the run's newest
+ * checkpoint; commands that read a model call this, so a stale export is never used silently.
+ */
+export async function warnIfStaleRunModel(file: string, warn: (message: string) => void = defaultWarn): Promise<string | undefined> {
+  if (path.basename(file) !== MODEL_FILE) return undefined;
+  const dir = path.dirname(file);
+  if ((await listDir(path.join(dir, 'checkpoints')).catch(() => undefined)) === undefined) return undefined;
+  const { problem } = await (await RunDir.open(dir, { warn: () => undefined })).modelStatus();
+  if (problem !== undefined) warn(problem);
+  return problem;
+}
+
+export interface RunSummary {
+  dir: string;
+  config: boolean;
+  /** Checkpoint steps present, newest first (complete or not). */
+  checkpoints: number[];
+  /** Log records. */
+  logRecords: number;
+  model: ModelStatus;
+  /** Temp files of writers that are gone (the next start deletes them). */
+  staleTemps: number;
+}
+
+/** What `ldm info <run>` shows: config, checkpoints, log, the model's step against the newest checkpoint's. */
+export async function describeRun(dir: string): Promise<RunSummary> {
+  const run = await RunDir.open(dir, { warn: () => undefined });
+  let staleTemps = 0;
+  for (const d of [run.dir, run.checkpointsDir, run.samplesDir]) {
+    for (const n of (await listDir(d).catch(() => undefined)) ?? []) {
+      const pid = isAtomicTemp(n) ? atomicTempPid(n) : undefined;
+      if (pid !== undefined && !processAlive(pid)) staleTemps++;
+    }
+  }
+  return {
+    dir: run.dir,
+    config: (await run.readConfig()) !== undefined,
+    checkpoints: (await run.listCheckpoints()).map((c) => c.step),
+    logRecords: (await run.readLog().catch(() => [])).length,
+    model: await run.modelStatus(),
+    staleTemps,
+  };
 }

@@ -23,6 +23,7 @@ import { DataLoader, mixSeed, splitDataset, stackImages } from '../data/loader.j
 import type { Batch, Dataset } from '../data/dataset.js';
 import { openDataset } from '../data/sources.js';
 import { effectiveLearningRate, type AutoencoderConfig } from '../config/schema.js';
+import { dumpConfig } from '../config/load.js';
 import type { RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
 import { buildAutoencoder, codebookUsage, isEncodingParam, reseedDeadCodes, type Autoencoder, type CodebookUsage } from '../models/autoencoder/index.js';
@@ -77,6 +78,8 @@ export interface TrainAutoencoderOptions {
   onStep?: (r: AEStepReport) => void;
   onValidation?: (v: ValidationReport) => void;
   note?: (message: string) => void;
+  /** The run's config.yaml text (default: the config dumped); written once the data and weights are checked. */
+  configText?: string;
 }
 
 export interface AEStepReport {
@@ -326,6 +329,9 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
     await run.rewindLog(0);
     note(`${run.dir} has no complete checkpoint; starting from step 0`);
   }
+
+  // Only now does the run folder get files: a start that fails on its data or --init leaves none, so a retry needs no --force.
+  await run.writeConfig(opts.configText ?? dumpConfig(config, `${config.name}: written by ldm train-ae`));
 
   const loader = new DataLoader(train, { batchSize, seed, dropLast: true, startEpoch: Math.floor(startStep / Math.floor(train.size / batchSize)) });
   const skip = startStep % loader.batchesPerEpoch;

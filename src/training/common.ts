@@ -39,6 +39,7 @@ export interface SaveTrainingOptions {
 
 /** Write step-N.ema.safetensors (when `ema`) and then step-N.safetensors, atomically; returns their paths. */
 export async function saveTrainingCheckpoint(run: RunDir, o: SaveTrainingOptions): Promise<{ path: string; emaPath?: string }> {
+  await run.beginWriting();
   const extra = o.extra ?? {};
   let emaPath: string | undefined;
   if (o.ema) {

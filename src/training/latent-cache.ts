@@ -24,6 +24,7 @@ import path from 'node:path';
 import { promises as fsp } from 'node:fs';
 import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { cleanStaleTemps } from '../io/run-dir.js';
 import { cacheKey } from '../data/cache.js';
 import { DataLoader, subset } from '../data/loader.js';
 import { openDataset } from '../data/sources.js';
@@ -255,6 +256,8 @@ export async function openLatentCache(opts: OpenLatentCacheOptions): Promise<Lat
   const warn = opts.warn ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
   const key = latentCacheKey(opts.firstStage.fingerprint, opts.data);
   const file = latentCachePath(opts.dir, key);
+  // A run killed while writing a cache leaves a temp file that nothing renames: its writer is gone, so it goes.
+  await cleanStaleTemps([opts.dir], `latent cache folder ${opts.dir}`, warn);
   const found = await tryRead(file, key, warn);
   if (found) {
     const now = new Date();

@@ -6,7 +6,6 @@
  * Gradient accumulation: `grad_accum` k traces one batch of k * batch_size. The loss is a mean, so its gradient is
  * the average of the k micro-batch gradients: the same update as accumulating, without the memory saving.
  */
-import path from 'node:path';
 import type { Executor } from '../engine/executor.js';
 import { Trainer, type StepResult, type TrainerState } from '../engine/trainer.js';
 import { concatRows, float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
@@ -18,8 +17,7 @@ import { trainingTarget } from '../diffusion/prediction.js';
 import { TimestepSampler } from '../diffusion/timestep-sampling.js';
 import { dumpConfig, loadConfig, validateConfig } from '../config/load.js';
 import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm.js';
-import type { RunDir } from '../io/run-dir.js';
-import { fileExists } from '../io/atomic.js';
+import { checkpointStepOf, type RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
 import {
   LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, LDM_KEYS, checkFirstStageFits, ldmCheckpointParts, ldmFromCheckpoint, type LoadedLdm,
@@ -357,9 +355,10 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
     await trainer.dispose();
     await denoiser?.dispose();
   }
-  // The file to hand on: EMA weights when the run keeps them, one file that samples on its own.
-  const modelFile = path.join(run.dir, 'model.safetensors');
-  if (trainer.step > startStep || !(await fileExists(modelFile))) {
+  // The file to hand on: EMA weights when the run keeps them, one file that samples on its own. A resume re-exports
+  // a model that does not hold this step (an export killed midway left the older one).
+  const modelFile = run.modelPath;
+  if (trainer.step > startStep || (await checkpointStepOf(modelFile)) !== trainer.step) {
     const final = parts(trainer.ema ? trainer.emaParams() : trainer.params);
     await exportModel(modelFile, { kind: 'ldm', config: cfg, params: final.params, step: trainer.step, weights: trainer.ema ? 'ema' : 'raw', extra: final.extra });
   }
