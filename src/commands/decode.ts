@@ -2,6 +2,8 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
+import { maxMemoryFlag } from '../cli/flags.js';
+import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';
 import { decodeFiles, defaultOverlap } from '../pipelines/autoencode.js';
@@ -11,7 +13,7 @@ export default class Decode extends LdmCommand<typeof Decode> {
   static override description =
     'Each .safetensors latent file becomes a PNG under --out with the same relative path, cropped to the size the image had '
     + 'before padding. Latents encoded by another autoencoder (their recorded fingerprint differs) are refused unless '
-    + '--allow-mismatch. --tile decodes in overlapping tiles blended in pixel space. Existing outputs are never overwritten without --force.';
+    + '--allow-mismatch. --tile decodes in overlapping tiles blended in pixel space; a latent too large for --max-memory whole is tiled by itself (and says so). Existing outputs are never overwritten without --force.';
   static override examples = [
     '<%= config.bin %> decode latents/ --ckpt runs/kl4/model.safetensors --out recon/',
     '<%= config.bin %> decode big.safetensors --ckpt ae.safetensors --out big.png --tile 256',
@@ -25,6 +27,7 @@ export default class Decode extends LdmCommand<typeof Decode> {
     'no-crop': Flags.boolean({ summary: 'Keep the padded size instead of cropping to the original size.' }),
     'allow-mismatch': Flags.boolean({ summary: 'Decode latents recorded as made by another autoencoder.' }),
     force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),
+    'max-memory': maxMemoryFlag(),
   };
 
   async run(): Promise<void> {
@@ -39,6 +42,7 @@ export default class Decode extends LdmCommand<typeof Decode> {
     try {
       const tile = f.tile === undefined ? undefined : { size: f.tile, overlap: f['tile-overlap'] ?? defaultOverlap(f.tile, stage.factor) };
       const done = await decodeFiles(stage, inputs, f.out, {
+        memoryLimit: memoryLimit(f['max-memory']), note: (m) => (bar ? bar.log(m) : this.note(m)),
         ...(tile ? { tile } : {}), force: f.force, allowMismatch: f['allow-mismatch'], noCrop: f['no-crop'],
         onFile: (n, total) => {
           bar ??= this.progress({ total, label: 'image' });

@@ -2,6 +2,8 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
+import { maxMemoryFlag } from '../cli/flags.js';
+import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';
 import { defaultOverlap, encodeFiles } from '../pipelines/autoencode.js';
@@ -13,7 +15,7 @@ export default class Encode extends LdmCommand<typeof Encode> {
     + 'with metadata: source file, the autoencoder\'s weight fingerprint, scale factor, original and padded size. Folders are '
     + 'searched recursively and their relative paths kept under --out. Any size works: images are padded at the bottom and right '
     + 'to a multiple of f (replicate or reflect) and ldm decode crops them back. --tile encodes large images in overlapping tiles '
-    + 'blended in latent space, so memory stays bounded. Existing outputs are never overwritten without --force.';
+    + 'blended in latent space, so memory stays bounded; an image too large for --max-memory whole is tiled by itself (and says so). Existing outputs are never overwritten without --force.';
   static override examples = [
     '<%= config.bin %> encode photos/ --ckpt runs/kl4/model.safetensors --out latents/',
     '<%= config.bin %> encode big.png --ckpt ae.safetensors --out big.safetensors --tile 256 --npy',
@@ -29,6 +31,7 @@ export default class Encode extends LdmCommand<typeof Encode> {
     npy: Flags.boolean({ summary: 'Also write each latent as a NumPy .npy file (and .indices.npy with --indices).' }),
     indices: Flags.boolean({ summary: 'VQ: also store the nearest code of each latent position (int64 `indices`).' }),
     force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),
+    'max-memory': maxMemoryFlag(),
   };
 
   async run(): Promise<void> {
@@ -43,6 +46,7 @@ export default class Encode extends LdmCommand<typeof Encode> {
     try {
       const tile = f.tile === undefined ? undefined : { size: f.tile, overlap: f['tile-overlap'] ?? defaultOverlap(f.tile, stage.factor) };
       const done = await encodeFiles(stage, inputs, f.out, {
+        memoryLimit: memoryLimit(f['max-memory']), note: (m) => (bar ? bar.log(m) : this.note(m)),
         pad: f.pad, ...(tile ? { tile } : {}), npy: f.npy, indices: f.indices, force: f.force,
         onFile: (n, total) => {
           bar ??= this.progress({ total, label: 'image' });

@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { numberFlag } from '../cli/flags.js';
+import { maxMemoryFlag, numberFlag } from '../cli/flags.js';
+import { memoryLimit } from '../util/memory-budget.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
@@ -48,6 +49,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     prefix: Flags.string({ default: 'sample', summary: 'File name prefix.' }),
     ema: Flags.boolean({ default: true, allowNo: true, summary: 'Use the EMA weights beside a run checkpoint when present.' }),
     force: Flags.boolean({ summary: 'Overwrite existing images.' }),
+    'max-memory': maxMemoryFlag(),
   };
 
   async run(): Promise<void> {
@@ -60,6 +62,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
+        memoryLimit: memoryLimit(f['max-memory']),
         ...(f.ae !== undefined ? { ae: f.ae } : {}),
         ...(f.refiner !== undefined ? { refiner: f.refiner } : {}),
         ...(f['refiner-below'] !== undefined ? { refinerBelow: f['refiner-below'] } : {}),

@@ -2,7 +2,8 @@ import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
-import { numberFlag } from '../cli/flags.js';
+import { maxMemoryFlag, numberFlag } from '../cli/flags.js';
+import { memoryLimit } from '../util/memory-budget.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { Executor } from '../engine/executor.js';
@@ -46,6 +47,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     reference: Flags.string({ summary: 'Folder of high-resolution originals: PSNR, SSIM and high-frequency ratio per image and averaged.' }),
     'skip-existing': Flags.boolean({ summary: 'Leave images whose output exists alone (still scored with --reference).', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),
+    'max-memory': maxMemoryFlag(),
   };
 
   async run(): Promise<void> {
@@ -69,6 +71,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
       const res = await upscaleFiles({
         inputs, outDir: f.out, method, seed: f.seed ?? 0, downscale: f.downscale,
         skipExisting: f['skip-existing'], force: f.force,
+        memoryLimit: memoryLimit(f['max-memory']),
         ...(f.ckpt !== undefined ? { ckpt: f.ckpt } : {}),
         ...(executor ? { executor } : {}),
         ...(f.scale !== undefined ? { scale: f.scale } : {}),

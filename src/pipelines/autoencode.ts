@@ -12,8 +12,8 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { assertWritable, writeFileAtomic } from '../io/atomic.js';
-import { readImage, writePng } from '../io/image.js';
-import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { probeImage, readImage, writePng } from '../io/image.js';
+import { readSafetensors, readSafetensorsHeader, writeSafetensors } from '../io/safetensors.js';
 import { encodeNpy } from '../metrics/npz.js';
 import { MetricMeans, psnr, ssim, toPixels } from '../metrics/reconstruction.js';
 import { codebookUsage, type CodebookUsage } from '../models/autoencoder/index.js';
@@ -23,6 +23,7 @@ import { centredPadding, convertChannels, crop, pad } from '../data/transforms.j
 import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
 import { parseCaption } from '../data/shapes.js';
 import { checkSample } from '../data/shapes-checker.js';
+import { MemoryLimitError, PROCESS_BASE_BYTES, checkMemory, formatBytes, type MemoryLimit } from '../util/memory-budget.js';
 
 export const LATENT_FORMAT = 'ldm-latent/1';
 export const LATENT_KEYS = {
@@ -196,6 +197,145 @@ export async function decodeLatentImage(stage: FirstStage, latent: HostTensor, o
   return tiled(h, w, opts.tile.size / f, opts.tile.overlap / f, f, (y0, x0, th, tw) => run(crop(latent, y0, x0, th, tw)));
 }
 
+// ---------------------------------------------------------------- memory
+
+/**
+ * Feature maps alive at once at the widest level of a ResnetBlock run (input, norm, swish, conv, skip): an upper
+ * bound; onnxruntime reuses buffers, so measured peaks sit below it (see firstStageRunBytes).
+ */
+const LIVE_MAPS = 6;
+/** [n, n] attention matrices alive at once (scores and softmax); about 1.2 measured for kl-f4-small at 512x512. */
+const LIVE_ATTENTION = 2;
+
+/** Bytes of a model's weights as a run holds them: the host copy, the executor's and the file read (3.1x measured for kl-f8). */
+export function weightBytes(params: ReadonlyMap<string, HostTensor>): number {
+  let n = 0;
+  for (const t of params.values()) n += t.data.byteLength;
+  return 3.5 * n;
+}
+
+/**
+ * Peak bytes the first stage takes to encode or decode a batch of n images of h x w pixels in one call: weights,
+ * the feature maps of its widest level, and the vanilla attention matrices ((h w / 4^level)^2 floats, which is
+ * what grows fastest: 17 GB for one 1024x1024 image through kl-f4-small's mid-block).
+ */
+export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: number): number {
+  const spec = stage.spec;
+  if (spec.kind === 'pixel') return 2 * n * spec.channels * h * w * 4;
+  const dd = spec.ddconfig;
+  const levels = dd.ch_mult.length;
+  let widest = n * Math.max(dd.in_channels, dd.out_ch) * h * w;
+  let attention = 0;
+  for (let i = 0; i < levels; i++) {
+    const px = Math.ceil(h / 2 ** i) * Math.ceil(w / 2 ** i);
+    // A level also sees its neighbours' widths (the encoder's input, the decoder's upsampled input).
+    const ch = dd.ch * Math.max(dd.ch_mult[i]!, dd.ch_mult[i - 1] ?? 0, dd.ch_mult[i + 1] ?? 0);
+    widest = Math.max(widest, n * ch * px);
+    const vanilla = (dd.attn_type ?? 'vanilla') === 'vanilla';
+    if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, n * px * px);
+    if (vanilla && i === levels - 1) attention = Math.max(attention, n * px * px); // the mid-block
+  }
+  return weightBytes(stage.params()) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
+}
+
+/** Bytes of reading an 8- or 16-bit image file into float32 planes: sharp's interleaved buffer and the planes. */
+export function imageReadBytes(h: number, w: number, fileChannels: number, bitDepth: 8 | 16, channels: number): number {
+  return h * w * (fileChannels * (bitDepth / 8) + 4 * Math.max(channels, fileChannels));
+}
+
+/** Bytes of writing a [C, H, W] float image as a PNG: the quantised planes, their interleaved copy and the PNG itself. */
+export function pngWriteBytes(c: number, h: number, w: number, bitDepth: 8 | 16 = 8): number {
+  return Math.ceil(3.1 * c * h * w * (bitDepth / 8));
+}
+
+/** What encoding one image takes: its size, the source file's channels and depth, and the tile (none: whole). */
+export interface EncodeMemoryInput {
+  height: number;
+  width: number;
+  fileChannels: number;
+  bitDepth: 8 | 16;
+  tile?: TileOptions;
+}
+
+/** Estimated peak bytes of encoding one image (read, padded, encoded whole or in tiles, latent written). */
+export function encodeMemoryBytes(stage: FirstStage, x: EncodeMemoryInput): number {
+  const f = stage.factor;
+  const C = stage.imageChannels;
+  const H = Math.ceil(x.height / f) * f;
+  const W = Math.ceil(x.width / f) * f;
+  const tiled = x.tile !== undefined && (H > x.tile.size || W > x.tile.size);
+  const runH = tiled ? Math.min(H, x.tile!.size) : H;
+  const runW = tiled ? Math.min(W, x.tile!.size) : W;
+  const latent = stage.latentChannels * (H / f) * (W / f) * 4;
+  return PROCESS_BASE_BYTES + imageReadBytes(x.height, x.width, x.fileChannels, x.bitDepth, C)
+    + 2 * C * H * W * 4 // the channel conversion and the padded copy
+    + (tiled ? 2 * C * runH * runW * 4 + 2 * latent : 0) // a tile's crop; the blend's sum and weights
+    + firstStageRunBytes(stage, 1, runH, runW) + 3 * latent;
+}
+
+/** Estimated peak bytes of decoding a [c, h, w] latent (whole or in tiles) to a PNG. */
+export function decodeMemoryBytes(stage: FirstStage, latentShape: readonly number[], tile?: TileOptions): number {
+  const [c, h, w] = latentShape as [number, number, number];
+  const f = stage.factor;
+  const C = stage.imageChannels;
+  const H = h * f;
+  const W = w * f;
+  const tiled = tile !== undefined && (H > tile.size || W > tile.size);
+  const runH = tiled ? Math.min(H, tile!.size) : H;
+  const runW = tiled ? Math.min(W, tile!.size) : W;
+  const image = C * H * W * 4;
+  return PROCESS_BASE_BYTES + 2 * c * h * w * 4 // the latent as read and as float32
+    + (tiled ? image + H * W * 4 + 2 * C * runH * runW * 4 : 0) // the blend's sum and weights, a tile's output
+    + firstStageRunBytes(stage, 1, runH, runW) + 2 * image // the decoded image and its crop
+    + pngWriteBytes(C, H, W);
+}
+
+/** Tile sides tried when a whole image does not fit, largest first. */
+const AUTO_TILES = [2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32, 16, 8];
+
+/** The tiles to use for one image: the requested ones, none when the whole image fits, or the largest that fit. */
+export interface TileDecision {
+  tile?: TileOptions;
+  /** Estimated peak bytes with that choice. */
+  estimate: number;
+  /** Set when tiles were chosen here: the estimate of the whole image. */
+  auto?: { wholeEstimate: number };
+}
+
+/**
+ * Choose tiles for one image under the limit: `requested` tiles are checked as given; without them the whole image
+ * is used when it fits, else the largest tile side (a multiple of f, with the default overlap) that fits. Throws a
+ * one-line MemoryLimitError naming the flag that helps when nothing fits.
+ */
+export function decideTiles(
+  stage: FirstStage, what: string, estimate: (tile?: TileOptions) => number, side: number, limit: MemoryLimit, requested?: TileOptions,
+): TileDecision {
+  const f = stage.factor;
+  if (requested) {
+    const est = estimate(requested);
+    const smaller = AUTO_TILES.find((t) => t < requested.size && t % f === 0 && t >= 2 * f && estimate({ size: t, overlap: defaultOverlap(t, f) }) <= limit.bytes);
+    checkMemory(est, limit, `${what} in ${requested.size}-pixel tiles`, smaller ? `pass a smaller --tile (${smaller} fits), or raise --max-memory` : 'raise --max-memory');
+    return { tile: requested, estimate: est };
+  }
+  const whole = estimate();
+  if (whole <= limit.bytes) return { estimate: whole };
+  for (const t of AUTO_TILES) {
+    if (t % f !== 0 || t < 2 * f || t >= side) continue;
+    const tile = { size: t, overlap: defaultOverlap(t, f) };
+    const est = estimate(tile);
+    if (est <= limit.bytes) return { tile, estimate: est, auto: { wholeEstimate: whole } };
+  }
+  const smallest = AUTO_TILES.filter((t) => t % f === 0 && t >= 2 * f).at(-1) ?? 2 * f;
+  const tiled = smallest < side ? estimate({ size: smallest, overlap: defaultOverlap(smallest, f) }) : whole;
+  throw new MemoryLimitError(tiled, limit, `${what}${smallest < side ? ` even in ${smallest}-pixel tiles` : ''}`, 'raise --max-memory, or give a smaller image');
+}
+
+/** The note for tiles chosen by decideTiles. */
+export function autoTileNote(what: string, d: TileDecision, limit: MemoryLimit): string {
+  return `${what}: the whole image needs about ${formatBytes(d.auto!.wholeEstimate)}, above the memory limit of ${formatBytes(limit.bytes)}; `
+    + `using ${d.tile!.size}-pixel tiles (overlap ${d.tile!.overlap}, about ${formatBytes(d.estimate)}); pass --tile to choose`;
+}
+
 // ---------------------------------------------------------------- VQ codes
 
 /** Index of the nearest code (squared distance, first on ties, as argmin) for each position of h [c, H, W]: int64 [H, W]. */
@@ -323,6 +463,10 @@ export interface EncodeFilesOptions extends EncodeOptions {
   /** VQ: store the nearest code of each position as `indices`. */
   indices?: boolean;
   onFile?: (done: number, total: number, job: FileJob) => void;
+  /** Peak memory allowed (see util/memory-budget.ts): images that need more are tiled, or refused before any work. */
+  memoryLimit?: MemoryLimit;
+  /** Says when an image is tiled because it would not fit whole. */
+  note?: (message: string) => void;
 }
 
 export interface EncodedFile {
@@ -355,11 +499,28 @@ export async function encodeFiles(stage: FirstStage, inputs: readonly string[], 
   const outputs = jobs.flatMap((j) => [j.output, ...(opts.npy ? [npyOf(j.output, '.npy'), ...(codebook ? [npyOf(j.output, '.indices.npy')] : [])] : [])]);
   await checkOutputs(outputs, opts.force ?? false);
   const padMode = opts.pad ?? 'replicate';
+  // Every image's tiles are chosen from its header before any is read, so a refusal leaves nothing half-done.
+  const tiles: (TileOptions | undefined)[] = [];
+  for (const job of jobs) {
+    if (!opts.memoryLimit) {
+      tiles.push(opts.tile);
+      continue;
+    }
+    const info = await probeImage(job.input);
+    const what = `encoding ${job.rel} (${info.width}x${info.height})`;
+    const estimate = (tile?: TileOptions) => encodeMemoryBytes(stage, {
+      height: info.height, width: info.width, fileChannels: info.channels + (info.hasAlpha ? 1 : 0), bitDepth: info.bitDepth, ...(tile ? { tile } : {}),
+    });
+    const d = decideTiles(stage, what, estimate, Math.max(info.height, info.width), opts.memoryLimit, opts.tile);
+    if (d.auto) opts.note?.(autoTileNote(`encode ${job.rel} (${info.width}x${info.height})`, d, opts.memoryLimit));
+    tiles.push(d.tile);
+  }
   const done: EncodedFile[] = [];
   for (const [i, job] of jobs.entries()) {
     const image = await readImage(job.input, { channels: stage.imageChannels as 1 | 3 });
     const [, h, w] = chw(image);
-    const latent = await encodeImage(stage, image, opts);
+    const tile = tiles[i];
+    const latent = await encodeImage(stage, image, { ...(opts.pad ? { pad: opts.pad } : {}), ...(tile ? { tile } : {}) });
     const f = stage.factor;
     const tensors = new Map<string, HostTensor>([['latent', latent]]);
     const indices = codebook ? nearestCodes(latent, codebook) : undefined;
@@ -418,6 +579,10 @@ export interface DecodeFilesOptions extends DecodeOptions {
   /** Keep the padded size instead of cropping to the recorded original size. */
   noCrop?: boolean;
   onFile?: (done: number, total: number, job: FileJob) => void;
+  /** Peak memory allowed (see util/memory-budget.ts): latents that need more are decoded in tiles, or refused before any work. */
+  memoryLimit?: MemoryLimit;
+  /** Says when a latent is tiled because it would not fit whole. */
+  note?: (message: string) => void;
 }
 
 export interface DecodedFile {
@@ -430,6 +595,21 @@ export interface DecodedFile {
 export async function decodeFiles(stage: FirstStage, inputs: readonly string[], out: string, opts: DecodeFilesOptions = {}): Promise<DecodedFile[]> {
   const jobs = await planJobs(inputs, out, ['.safetensors'], '.png');
   await checkOutputs(jobs.map((j) => j.output), opts.force ?? false);
+  // Tiles from each file's header, before any decoding; an unreadable header is left to readLatentFile's message.
+  const tiles: (TileOptions | undefined)[] = [];
+  for (const job of jobs) {
+    const shape = opts.memoryLimit ? await readSafetensorsHeader(job.input).then((hd) => hd.entries.find((e) => e.name === 'latent')?.shape, () => undefined) : undefined;
+    if (!opts.memoryLimit || !shape || shape.length < 3) {
+      tiles.push(opts.tile);
+      continue;
+    }
+    const [c, h, w] = shape.slice(-3) as [number, number, number];
+    const f = stage.factor;
+    const what = `decoding ${job.rel} (${w * f}x${h * f})`;
+    const d = decideTiles(stage, what, (tile) => decodeMemoryBytes(stage, [c, h, w], tile), Math.max(h, w) * f, opts.memoryLimit, opts.tile);
+    if (d.auto) opts.note?.(autoTileNote(`decode ${job.rel} (${w * f}x${h * f})`, d, opts.memoryLimit));
+    tiles.push(d.tile);
+  }
   const done: DecodedFile[] = [];
   for (const [i, job] of jobs.entries()) {
     const lf = await readLatentFile(job.input);
@@ -441,7 +621,8 @@ export async function decodeFiles(stage: FirstStage, inputs: readonly string[], 
     if (lf.latent.shape[0] !== stage.latentChannels) {
       throw new Error(`${job.input}: latent has ${lf.latent.shape[0]} channels, the autoencoder decodes ${stage.latentChannels}`);
     }
-    let image = await decodeLatentImage(stage, lf.latent, opts);
+    const tile = tiles[i];
+    let image = await decodeLatentImage(stage, lf.latent, tile ? { tile } : {});
     if (lf.originalSize && !opts.noCrop) {
       const [h, w] = lf.originalSize;
       if (h > image.shape[1]! || w > image.shape[2]!) throw new Error(`${job.input}: original size ${h}x${w} is larger than the decoded ${image.shape[1]}x${image.shape[2]}`);

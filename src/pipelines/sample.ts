@@ -24,6 +24,9 @@ import type { FirstStage } from '../models/first-stage.js';
 import { assertWritable } from '../io/atomic.js';
 import { readImage, saveGrid, writePng } from '../io/image.js';
 import { resize } from '../data/transforms.js';
+import { attentionHeads, type UNetConfig } from '../models/unet/config.js';
+import { PROCESS_BASE_BYTES, checkMemory, memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
+import { firstStageRunBytes, pngWriteBytes } from './autoencode.js';
 
 /**
  * The LDM's denoiser on an executor. `const` bakes `params` into each compiled program (fastest, for sampling
@@ -131,6 +134,8 @@ export interface GenerateOptions {
   onStep?: (p: SampleProgress) => void;
   /** A second model for the low-noise end (timesteps below `below`), as SDXL's refiner and eDiff-I's expert denoisers. */
   refiner?: Refiner;
+  /** Peak memory allowed (default: util/memory-budget.ts's share of the machine); a larger request is refused before allocating. */
+  memoryLimit?: MemoryLimit;
 }
 
 /** The refiner of a sampling run: its model, its denoiser and the timestep below which it takes over. */
@@ -223,6 +228,48 @@ function checkRequest(parts: LdmParts, opts: GenerateOptions, conds: readonly Sa
   if (opts.mask && !opts.init) throw new Error('inpainting needs the image to inpaint: give --init-image with --mask');
 }
 
+/** UNet feature maps alive at once at its widest level, besides the skips it keeps for the up path (an upper bound). */
+const UNET_LIVE_MAPS = 6;
+/** [heads, n, n] attention matrices alive at once: scores and softmax. */
+const UNET_LIVE_ATTENTION = 2;
+
+/**
+ * Peak bytes of one UNet call on n latents of h x w: the skip connections of every level (num_res_blocks + 1 each),
+ * the widest level's maps (the up path concatenates a skip, so twice its width) and the self-attention matrices.
+ */
+export function unetRunBytes(u: UNetConfig, n: number, h: number, w: number): number {
+  let skips = 0;
+  let widest = 0;
+  let attention = 0;
+  u.channel_mult.forEach((m, i) => {
+    const px = Math.ceil(h / 2 ** i) * Math.ceil(w / 2 ** i);
+    const ch = u.model_channels * Math.max(m, u.channel_mult[i + 1] ?? 0);
+    skips += (u.num_res_blocks + 1) * u.model_channels * m * px;
+    widest = Math.max(widest, 2 * ch * px);
+    if (u.attention_resolutions.includes(2 ** i)) attention = Math.max(attention, attentionHeads(u, u.model_channels * m).heads * px * px);
+  });
+  return 4 * n * (skips + UNET_LIVE_MAPS * widest + UNET_LIVE_ATTENTION * attention);
+}
+
+/**
+ * Estimated peak bytes of `generate` and writing its images: the latents and images of all samples (with the grid's
+ * copies), one batch through the UNet (twice the batch with guidance) and through the first stage's decoder.
+ */
+export function sampleMemoryBytes(
+  parts: Pick<LdmParts, 'model' | 'firstStage'>, x: { total: number; batch: number; guided: boolean; height: number; width: number },
+): number {
+  const fs = parts.firstStage;
+  const C = fs.imageChannels;
+  const f = fs.factor;
+  const h = Math.ceil(x.height / f);
+  const w = Math.ceil(x.width / f);
+  const latents = x.total * parts.model.latentChannels * h * w * 4;
+  const images = x.total * C * x.height * x.width * 4;
+  return PROCESS_BASE_BYTES + 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1)
+    + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w)
+    + firstStageRunBytes(fs, x.batch, x.height, x.width) + x.batch * C * x.height * x.width * 4;
+}
+
 /** Draw images. Reproducible from the seed on one executor: noise comes from one Rng, batch after batch. */
 export async function generate(parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions): Promise<Generated> {
   const conds = opts.conditions ?? [];
@@ -246,6 +293,8 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
   const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
   const total = list.length;
   const bs = Math.max(1, Math.min(opts.batchSize ?? 8, total));
+  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: (opts.guidance ?? 1) !== 1, height: H, width: W }), opts.memoryLimit ?? memoryLimit(),
+    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, or raise --max-memory');
 
   let initLatent: Float32Array | undefined;
   let keep: Float32Array | undefined;
@@ -376,6 +425,8 @@ export interface SampleFilesOptions {
   onLoaded?: (ldm: LoadedLdm) => void;
   /** Called once per warning (a prompt cut to the text encoder's context, words it does not know), before sampling. */
   onWarning?: (message: string) => void;
+  /** Peak memory allowed (see generate). */
+  memoryLimit?: MemoryLimit;
 }
 
 export interface SampleFilesResult {
@@ -515,6 +566,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       ...(mask ? { mask } : {}),
       ...(opts.onStep ? { onStep: opts.onStep } : {}),
       ...(refined ? { refiner: refined.refiner } : {}),
+      ...(opts.memoryLimit ? { memoryLimit: opts.memoryLimit } : {}),
     });
     const [, ch, H, W] = gen.images.shape as [number, number, number, number];
     await fsp.mkdir(opts.outDir, { recursive: true });

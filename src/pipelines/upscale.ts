@@ -23,6 +23,8 @@ import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod
 import { checkModelStrength, loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
 import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './upscale/reference.js';
 import { DEFAULT_COLOR_FIX, type ColorFix } from './upscale/color-fix.js';
+import { upscaleMemoryBytes } from './upscale/memory.js';
+import { checkMemory, type MemoryLimit } from '../util/memory-budget.js';
 
 export { CLASSICAL_METHODS, type ClassicalMethod } from './upscale/classical.js';
 export { COLOR_FIXES, type ColorFix } from './upscale/color-fix.js';
@@ -64,6 +66,8 @@ export interface UpscaleFilesOptions {
   onImageStart?: (index: number, total: number, job: FileJob) => void;
   onStep?: (step: number, steps: number) => void;
   note?: (message: string) => void;
+  /** Peak memory allowed (util/memory-budget.ts): an image that needs more refuses the run before any image is read. */
+  memoryLimit?: MemoryLimit;
 }
 
 export interface UpscaledFile {
@@ -172,6 +176,25 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
   }
 }
 
+/**
+ * Refuse the run when any image (its size from the header) would need more than the limit; headers that do not read
+ * are left to the per-file report.
+ */
+async function checkUpscaleMemory(jobs: readonly FileJob[], opts: UpscaleFilesOptions, limit: MemoryLimit, scale: number, model?: SrModel): Promise<void> {
+  for (const job of jobs) {
+    const info = await probeImage(job.input).catch(() => undefined);
+    if (!info) continue;
+    const estimate = upscaleMemoryBytes(info, {
+      method: opts.method, scale, downscale: opts.downscale ?? false, ...(model ? { model } : {}),
+      ...(opts.tile !== undefined ? { tile: opts.tile } : {}), ...(opts.overlap !== undefined ? { overlap: opts.overlap } : {}),
+      ...(opts.tileBatch !== undefined ? { tileBatch: opts.tileBatch } : {}), ...(opts.strength !== undefined ? { strength: opts.strength } : {}),
+    });
+    const out = opts.downscale ? `down x${scale}` : `x${scale} to ${Math.round(info.width * scale)}x${Math.round(info.height * scale)}`;
+    checkMemory(estimate, limit, `${opts.downscale ? 'downscaling' : 'upscaling'} ${job.rel} (${info.width}x${info.height}, ${out}, ${opts.method})`,
+      model ? 'pass a smaller --tile or --tile-batch, split the image, or raise --max-memory' : 'use a smaller --scale, split the image, or raise --max-memory');
+  }
+}
+
 /** Upscale (or downscale) every image of the inputs into `outDir`; failures are reported per file, not thrown. */
 export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFilesResult> {
   const started = Date.now();
@@ -186,6 +209,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
   const note = opts.note ?? (() => undefined);
   const files: UpscaledFile[] = [];
   try {
+    if (opts.memoryLimit) await checkUpscaleMemory(jobs, opts, opts.memoryLimit, scale, model);
     for (const [i, job] of jobs.entries()) {
       const t0 = Date.now();
       const file: UpscaledFile = { input: job.input, output: job.output, status: 'written' };
