@@ -175,6 +175,12 @@ test('a start deletes the temp files of writers that are gone and keeps a live w
   // The resume reads checkpoints without a warning per leftover file.
   assert.equal(await again.latestCheckpoint(), undefined);
   assert.equal(warnings.length, 1, warnings.join('\n'));
+
+  // A first start killed while writing its config left only a temp file: the run is still empty, no flag needed.
+  fs.mkdirSync(path.join(root, 'killed'));
+  fs.writeFileSync(path.join(root, 'killed', `.config.yaml.${dead}.00c0ffee.tmp`), 'a: ');
+  const retried = await RunDir.create(root, 'killed', { warn: () => undefined });
+  assert.deepEqual(fs.readdirSync(retried.dir).sort(), ['checkpoints', 'samples']);
 });
 
 test('--force deletes the old run, model included, only when the new run first writes', async (t) => {

@@ -150,6 +150,9 @@ export class RunDir {
     }
     if (opts.resume && opts.force) throw new Error('pass either --resume (continue the run) or --force (start it over), not both');
     const dir = path.join(root, name);
+    const warn = opts.warn ?? defaultWarn;
+    // First, so a run whose only files are a killed first write's temp files counts as empty.
+    await cleanStaleTemps([dir, path.join(dir, 'checkpoints'), path.join(dir, 'samples')], dir, warn);
     const nonEmpty = await hasContent(dir);
     if (nonEmpty && !opts.resume && !opts.force) {
       throw new Error(`${dir} already exists and is not empty; pass --resume to continue that run `
@@ -157,7 +160,6 @@ export class RunDir {
     }
     const run = new RunDir(dir, Boolean(opts.resume) && nonEmpty, opts.warn);
     run.clearPending = nonEmpty && Boolean(opts.force);
-    await cleanStaleTemps([dir, run.checkpointsDir, run.samplesDir], dir, run.warn);
     await fsp.mkdir(run.checkpointsDir, { recursive: true });
     await fsp.mkdir(run.samplesDir, { recursive: true });
     return run;
