@@ -187,6 +187,28 @@ test('encode -> decode of a folder keeps names, tree and sizes (odd-sized and ti
   }
 });
 
+test('encode picks tiles itself when the whole image would not fit the memory limit, says so, and refuses when nothing fits', async (t) => {
+  const dir = tempDir(t, 'ldm-autoencode-');
+  const stage = await openFirstStage(await tinyCheckpoint(dir), { executor });
+  const image = randomImage(new Rng(4), 3, 128, 96);
+  await writePng(path.join(dir, 'big.png'), image);
+  const notes: string[] = [];
+  const limit = { bytes: 400 * 2 ** 20, source: '--max-memory 400 MiB' };
+  const [done] = await encodeFiles(stage, [path.join(dir, 'big.png')], path.join(dir, 'lat'), { memoryLimit: limit, note: (m) => notes.push(m) });
+  assert.equal(notes.length, 1);
+  const m = /^encode big\.png \(96x128\): the whole image needs about (\d+) MiB, above the memory limit of 400 MiB; using (\d+)-pixel tiles \(overlap (\d+), about (\d+) MiB\); pass --tile to choose$/.exec(notes[0]!);
+  assert.ok(m, notes[0]);
+  assert.ok(Number(m[1]) > 400 && Number(m[4]) <= 400);
+  const tiled = await encodeImage(stage, await readImage(path.join(dir, 'big.png')), { tile: { size: Number(m[2]), overlap: Number(m[3]) } });
+  assert.equal(maxDiff((await readSafetensors(done!.output)).tensors.get('latent')!, tiled), 0);
+  await encodeFiles(stage, [path.join(dir, 'big.png')], path.join(dir, 'whole'), { memoryLimit: { bytes: 2 ** 40, source: 'test' }, note: (n) => notes.push(n) });
+  assert.equal(notes.length, 1, 'no note when the whole image fits');
+  await assert.rejects(encodeFiles(stage, [path.join(dir, 'big.png')], path.join(dir, 'none'), { memoryLimit: { bytes: 100 * 2 ** 20, source: '--max-memory 100 MiB' } }),
+    /^MemoryLimitError: encoding big\.png \(96x128\) even in \d+-pixel tiles needs about \d+ MiB of memory \(estimated peak\), above the limit of 100 MiB \(--max-memory 100 MiB\); raise --max-memory/);
+  assert.equal(fs.existsSync(path.join(dir, 'none')), false);
+  await stage.dispose();
+});
+
 test('VQ encode stores code indices that match the latent', async (t) => {
   const dir = tempDir(t, 'ldm-autoencode-');
   await writePng(path.join(dir, 'x.png'), randomImage(new Rng(4), 3, 12, 12));

@@ -71,13 +71,33 @@ test('a bad flag exits non-zero with one Error line and no stack', () => {
 
   const json = ldm(['zoo', '--json', '--threads', '0']);
   assert.equal(json.status, 2);
-  assert.match((JSON.parse(json.stdout) as { error: { message: string } }).error.message, /--threads.*greater than or equal to 1/);
-  assert.match(json.stderr, /^Error: Parsing --threads: Expected an integer/);
+  assert.equal((JSON.parse(json.stdout) as { error: { message: string } }).error.message, '--threads must be between 1 and 1024, got 0');
+  assert.equal(json.stderr, 'Error: --threads must be between 1 and 1024, got 0\n');
   assert.ok(!json.stderr.includes('    at '), 'no stack trace');
 
   const env = ldm(['zoo'], { LDM_BACKEND: 'cuda' });
   assert.equal(env.status, 2);
   assert.match(env.stderr, /Error: Expected --backend=cuda to be one of: auto, onnx/);
+});
+
+test('numeric flags out of range are refused before any work: one line naming the flag and its range, exit 2, nothing written', (t) => {
+  const dir = tempDir(t, 'ldm-cli-range-');
+  const out = path.join(dir, 'out');
+  const cases: [string[], string][] = [
+    [['train-ae', '--config', 'kl-f4-fashion', '--runs-dir', out, '--time-limit', '0'], '--time-limit must be above 0 and at most 43200, got 0'],
+    [['train-ldm', '--config', 'quickstart', '--runs-dir', out, '--steps', '0'], '--steps must be between 1 and 1000000000, got 0'],
+    [['train-classifier', '--out', path.join(out, 'c.safetensors'), '--lr', '5'], '--lr must be above 0 and at most 1, got 5'],
+    [['upscale', 'in.png', '-o', out, '--scale', '-2'], '--scale must be above 0 and at most 32, got -2'],
+    [['eval-fid', 'a', 'b', '--batch-size', '100000'], '--batch-size must be between 1 and 4096, got 100000'],
+    [['eval-ldm', '--ckpt', 'x.safetensors', '--guidance', '1000'], '--guidance must be between 0 and 100, got 1000'],
+  ];
+  for (const [args, message] of cases) {
+    const r = ldm(args);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr, `Error: ${message}\n`);
+    assert.equal(r.stdout, '');
+  }
+  assert.equal(fs.existsSync(out), false, 'nothing written for a refused flag');
 });
 
 test('a broken config in LDM_CONFIG_DIR fails with file, line and key path; DEBUG=ldm adds the stack', (t) => {

@@ -101,6 +101,27 @@ test('ldm sample warns once per run about a prompt cut to the text encoder\'s co
   assert.deepEqual((JSON.parse(json.stdout) as { warnings: string[] }).warnings, lines.map((l) => l.replace(/^warning: /, '')));
 });
 
+test('ldm sample refuses numeric flags outside their range with one line naming the flag, exit 2, and no output', async () => {
+  const out = path.join(dir, 'range');
+  const base = ['--ckpt', await text, '--prompt', 'a red circle', '--n', '1', '-o', out];
+  const cases: [string[], string][] = [
+    [['--guidance', '-1e9'], '--guidance must be between 0 and 100, got -1e9'],
+    [['--eta', '1.5'], '--eta must be between 0 and 1, got 1.5'],
+    [['--strength', '0'], '--strength must be above 0 and at most 1, got 0'],
+    [['--steps', '100000'], '--steps must be between 1 and 10000, got 100000'],
+    [['--height', '99999'], '--height must be between 1 and 16384, got 99999'],
+    [['--seed', '-3'], '--seed must be between 0 and 4294967295, got -3'],
+    [['--guidance', 'lots'], '--guidance must be a number, got "lots"'],
+  ];
+  const results = ldm(cases.map(([flag]) => ({ args: [...base, ...flag], watch: out })));
+  results.forEach((r, i) => {
+    assert.equal(r.code, 2, `${cases[i]![0].join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr, `Error: ${cases[i]![1]}\n`);
+    assert.equal(r.stdout, '');
+  });
+  assert.equal(fs.existsSync(out), false, 'nothing written for a refused flag');
+});
+
 test('ldm sample gives one-line errors: a prompt for an unconditional model, a bad class, a missing checkpoint, a foreign --ae', async () => {
   const out = path.join(dir, 'bad');
   const q = ['-o', out, '--quiet'];
@@ -124,6 +145,24 @@ test('ldm sample gives one-line errors: a prompt for an unconditional model, a b
   assert.deepEqual(Object.keys(ok.files), ['sample-00000.png', 'sample-grid.png']);
   assert.equal(ae.code, 1);
   assert.match(ae.stderr, /^Error: this model works in pixel space: it has no autoencoder for .*uncond\.safetensors to stand in for\n$/);
+});
+
+test('ldm sample refuses sizes past the memory limit in one line before allocating: 100000x100000, and 1024x1024 under --max-memory 1G', async () => {
+  const out = path.join(dir, 'huge');
+  const [huge, limited] = ldm([
+    { args: ['--ckpt', await uncond, '--height', '100000', '--width', '100000', '-o', out, '--seed', '1'] },
+    { args: ['--ckpt', await uncond, '--height', '1024', '--width', '1024', '-o', out, '--seed', '1', '--max-memory', '1G'] },
+  ]);
+  for (const r of [huge!, limited!]) {
+    assert.ok(r.code === 1 || r.code === 2, r.stderr);
+    // The error is one line (after the checkpoint's loaded note, when it got that far).
+    assert.equal(r.stderr.trim().split('\n').filter((l) => !/: step \d+, \w+ weights; backend/.test(l)).length, 1, r.stderr);
+    assert.doesNotMatch(r.stderr, /Invalid typed array length/);
+  }
+  // --height has its own range check (cli/flags.ts LIMITS.side); past it, or within it, the answer is one line.
+  assert.match(huge!.stderr, /^Error: (sampling 4 images of 100000x100000 in batches of 4 needs about [\d.]+ TiB of memory \(estimated peak\)|--height must be between 1 and \d+, got 100000)/m);
+  assert.match(limited!.stderr, /^Error: sampling 4 images of 1024x1024 in batches of 4 needs about [\d.]+ GiB of memory \(estimated peak\), above the limit of 1\.0 GiB \(--max-memory 1\.0 GiB\); pass a smaller --height\/--width, --n or --batch-size, or raise --max-memory$/m);
+  assert.equal(fs.existsSync(out), false);
 });
 
 test('ldm sample --refiner: the refiner takes over below its max_timestep; one-line errors for a model that cannot refine', async () => {

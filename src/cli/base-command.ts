@@ -8,6 +8,7 @@ import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
 import { BACKEND_NAMES } from '../engine/executor.js';
 import { createProgress, type Progress, type ProgressOptions } from './progress.js';
 import { errorMessage, exitCodeOf, formatError } from './errors.js';
+import { integerFlag } from './flags.js';
 import { checkOutputPath, type OutputKind } from '../io/output-path.js';
 
 export type LdmFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof LdmCommand)['baseFlags'] & T['flags']>;
@@ -25,14 +26,16 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
       helpGroup: 'GLOBAL',
       summary: 'Executor that runs the model.',
     })(),
-    threads: Flags.integer({
+    threads: integerFlag({
       min: 1,
+      max: 1024,
       default: os.availableParallelism(),
       env: 'LDM_THREADS',
       helpGroup: 'GLOBAL',
       summary: 'CPU threads for the executor (default: all cores).',
     }),
-    seed: Flags.integer({ min: 0, helpGroup: 'GLOBAL', summary: 'Seed for every random choice, for repeatable runs.' }),
+    // Rng reads a seed as 32 bits, so a bigger one would repeat a smaller one's draws.
+    seed: integerFlag({ min: 0, max: 2 ** 32 - 1, helpGroup: 'GLOBAL', summary: 'Seed for every random choice, for repeatable runs.' }),
     json: Flags.boolean({ helpGroup: 'GLOBAL', summary: 'Print the result as JSON on stdout, and nothing else there.' }),
     quiet: Flags.boolean({ char: 'q', helpGroup: 'GLOBAL', summary: 'No progress or notes on stderr.' }),
   };

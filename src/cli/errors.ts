@@ -50,6 +50,9 @@ function messageLines(err: unknown): string[] {
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => l !== '' && l !== 'See more help with --help');
+  // oclif puts "Parsing --guidance" above a flag's own refusal; ours (cli/flags.ts) already starts with the flag.
+  const parsing = /^Parsing (--[\w-]+)$/.exec(lines[0] ?? '');
+  if (parsing && lines[1]?.startsWith(`${parsing[1]} `)) lines.shift();
   return lines.length > 0 ? lines : [err instanceof Error ? err.name : 'unknown error'];
 }
 

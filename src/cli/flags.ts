@@ -1,22 +1,66 @@
 /** Flag types shared by commands. */
-import { Flags } from '@oclif/core';
+import { Errors, Flags } from '@oclif/core';
 import { DEFAULT_MEMORY_SHARE, parseByteSize } from '../util/memory-budget.js';
 
-/** A real-valued flag (oclif has only integers); `positive` rejects zero and negatives. */
-export function numberFlag(opts: { positive?: boolean } = {}) {
-  return Flags.custom<number>({
-    parse: async (s) => {
-      const v = Number(s);
-      const ok = s.trim() !== '' && Number.isFinite(v) && (!opts.positive || v > 0);
-      if (!ok) throw new Error(`expected a ${opts.positive ? 'positive ' : ''}number, got "${s}"`);
-      return v;
-    },
-  });
+/**
+ * The values a numeric flag takes: min..max, without min itself when `above` (a strength in (0, 1]). Every numeric
+ * flag has both ends, so a slip such as `--guidance -1e9` is refused before any work instead of running on.
+ */
+// A type, not an interface: oclif's custom flag options need an index signature.
+export type FlagRange = {
+  min: number;
+  max: number;
+  above?: boolean;
+};
+
+/** Upper ends shared by many flags, each with its reason; a flag's own comment gives any other. */
+export const LIMITS = {
+  /** Pixels a side (images, tiles, crops): past any image these models make; memory is checked by each command. */
+  side: 16_384,
+  /** Images (or tiles) per model call. */
+  batch: 4096,
+  /** Denoising steps: the schedules have 1000 timesteps, more steps only revisit them. */
+  sampleSteps: 10_000,
+  /** Optimizer steps and step intervals: a billion steps is years of training here. */
+  trainSteps: 1_000_000_000,
+  /** Images drawn or scored (samples, KID subsets): a million is days of sampling. */
+  images: 1_000_000,
+  /** Images taken from a data set: more than any data set holds. */
+  dataset: 1_000_000_000,
+  /** Classifier-free guidance: 1 is off, 0 the unconditional model alone; far above 10 images only saturate. */
+  guidance: 100,
+} as const;
+
+/** The one-line refusal, named after the flag: `--guidance must be between 0 and 100, got -1e9` (see errors.ts). */
+function checkRange(v: number, input: string, flag: FlagRange & { name: string }): number {
+  const { min, max, above } = flag;
+  if (v > max || v < min || (above && v === min)) {
+    const range = above ? `above ${min} and at most ${max}` : `between ${min} and ${max}`;
+    throw new Errors.CLIError(`--${flag.name} must be ${range}, got ${input}`);
+  }
+  return v;
 }
 
-/** --time-limit in minutes (a real number), for the training commands. */
+/** A real-valued flag within a range (oclif has only integers): `numberFlag({ min: 0, max: 1, summary })`. */
+export const numberFlag = Flags.custom<number, FlagRange>({
+  parse: async (s, _ctx, flag) => {
+    const v = Number(s);
+    if (s.trim() === '' || !Number.isFinite(v)) throw new Errors.CLIError(`--${flag.name} must be a number, got "${s}"`);
+    return checkRange(v, s.trim(), flag);
+  },
+});
+
+/** An integer flag within a range, refused in the same words as numberFlag: `integerFlag({ min: 1, max: 10_000, summary })`. */
+export const integerFlag = Flags.custom<number, FlagRange>({
+  parse: async (s, _ctx, flag) => {
+    if (!/^\s*-?\d+\s*$/.test(s)) throw new Errors.CLIError(`--${flag.name} must be an integer, got "${s}"`);
+    return checkRange(Number(s), s.trim(), flag);
+  },
+});
+
+/** --time-limit in minutes (a real number), for the training commands; at most 30 days. */
 export function timeLimitFlag(extra = '') {
-  return numberFlag({ positive: true })({ summary: `Stop after this many minutes (checkpointing there), e.g. 19 or 0.5.${extra ? ` ${extra}` : ''}` });
+  return numberFlag({ min: 0, above: true, max: 30 * 24 * 60, summary: `Stop after this many minutes (checkpointing there), e.g. 19 or 0.5.${extra ? ` ${extra}` : ''}` });
 }
 
 /** --lr-schedule, for the training commands. */

@@ -1,4 +1,5 @@
 import { Flags } from '@oclif/core';
+import { LIMITS, integerFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -27,17 +28,17 @@ export default class CompareFactors extends LdmCommand<typeof CompareFactors> {
     budget: Flags.string({ summary: 'LDM steps per factor (e.g. 3000), or minutes for the whole study (e.g. 80m), turned into one step count from measured step times.' }),
     checkpoints: Flags.string({ summary: 'Scored checkpoints: a count, evenly spaced (default 4), or steps (e.g. 500,1000,2000).' }),
     ae: Flags.string({ multiple: true, summary: 'A factor\'s first stage: <f>=<checkpoint> to reuse, <f>=<config> to train, 1=pixel (the default for f = 1). Repeatable.' }),
-    'ae-steps': Flags.integer({ min: 1, summary: 'Autoencoder training steps (default: each config\'s train.steps).' }),
+    'ae-steps': integerFlag({ min: 1, max: LIMITS.trainSteps, summary: 'Autoencoder training steps (default: each config\'s train.steps).' }),
     'ldm-config': Flags.string({ summary: 'The LDM config every factor trains: zoo name or YAML (default study-unet).' }),
-    size: Flags.integer({ min: 4, summary: 'Image side (default: the LDM config\'s data.size, 32).' }),
+    size: integerFlag({ min: 4, max: LIMITS.side, summary: 'Image side (default: the LDM config\'s data.size, 32).' }),
     classifier: Flags.string({ summary: 'Classifier checkpoint (ldm train-classifier) whose features score the FID.' }),
     inception: Flags.string({ summary: 'Score the FID with Inception-v3 from these weights (pytorch-fid\'s .pth or .safetensors) instead.' }),
-    'classifier-epochs': Flags.integer({ min: 1, default: 2, summary: 'Epochs of the classifier trained when none is given.' }),
-    'fid-samples': Flags.integer({ min: 2, default: 500, summary: 'Samples drawn and scored at each checkpoint.' }),
-    'sample-steps': Flags.integer({ min: 1, summary: 'DDIM steps of those samples (default: the LDM config\'s sample.steps).' }),
+    'classifier-epochs': integerFlag({ min: 1, max: 10_000, default: 2, summary: 'Epochs of the classifier trained when none is given.' }),
+    'fid-samples': integerFlag({ min: 2, max: LIMITS.images, default: 500, summary: 'Samples drawn and scored at each checkpoint.' }),
+    'sample-steps': integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'DDIM steps of those samples (default: the LDM config\'s sample.steps).' }),
     'fid-reference': Flags.string({ summary: 'Reference images of the FID (default: fashion-mnist:test for Fashion-MNIST, else --data).' }),
-    'reference-images': Flags.integer({ min: 2, default: 10000, summary: 'Reference images used at most.' }),
-    'ae-eval-images': Flags.integer({ min: 1, default: 1000, summary: 'Reference images the autoencoders\' PSNR/SSIM are measured on.' }),
+    'reference-images': integerFlag({ min: 2, max: LIMITS.dataset, default: 10000, summary: 'Reference images used at most.' }),
+    'ae-eval-images': integerFlag({ min: 1, max: LIMITS.dataset, default: 1000, summary: 'Reference images the autoencoders\' PSNR/SSIM are measured on.' }),
   };
 
   async run(): Promise<void> {

@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
-import { maxMemoryFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, maxMemoryFlag } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';
@@ -22,8 +22,8 @@ export default class Decode extends LdmCommand<typeof Decode> {
   static override flags = {
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'The autoencoder checkpoint that encoded the latents.' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .png file for a single input).' }),
-    tile: Flags.integer({ min: 1, summary: 'Decode images larger than this many pixels a side in overlapping tiles of this size.' }),
-    'tile-overlap': Flags.integer({ min: 0, summary: 'Pixels shared by neighbouring tiles (default a quarter of --tile).' }),
+    tile: integerFlag({ min: 1, max: LIMITS.side, summary: 'Decode images larger than this many pixels a side in overlapping tiles of this size.' }),
+    'tile-overlap': integerFlag({ min: 0, max: LIMITS.side, summary: 'Pixels shared by neighbouring tiles (default a quarter of --tile).' }),
     'no-crop': Flags.boolean({ summary: 'Keep the padded size instead of cropping to the original size.' }),
     'allow-mismatch': Flags.boolean({ summary: 'Decode latents recorded as made by another autoencoder.' }),
     force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),

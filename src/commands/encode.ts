@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
-import { maxMemoryFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, maxMemoryFlag } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';
@@ -26,8 +26,8 @@ export default class Encode extends LdmCommand<typeof Encode> {
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'Autoencoder checkpoint (ldm train-ae writes model.safetensors), or an LDM checkpoint.' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .safetensors file for a single input image).' }),
     pad: Flags.option({ options: ['replicate', 'reflect'] as const, default: 'replicate' as const, summary: 'How images are padded to a multiple of f.' })(),
-    tile: Flags.integer({ min: 1, summary: 'Encode images larger than this many pixels a side in overlapping tiles of this size.' }),
-    'tile-overlap': Flags.integer({ min: 0, summary: 'Pixels shared by neighbouring tiles (default a quarter of --tile).' }),
+    tile: integerFlag({ min: 1, max: LIMITS.side, summary: 'Encode images larger than this many pixels a side in overlapping tiles of this size.' }),
+    'tile-overlap': integerFlag({ min: 0, max: LIMITS.side, summary: 'Pixels shared by neighbouring tiles (default a quarter of --tile).' }),
     npy: Flags.boolean({ summary: 'Also write each latent as a NumPy .npy file (and .indices.npy with --indices).' }),
     indices: Flags.boolean({ summary: 'VQ: also store the nearest code of each latent position (int64 `indices`).' }),
     force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),

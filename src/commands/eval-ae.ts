@@ -1,4 +1,5 @@
 import { Flags } from '@oclif/core';
+import { LIMITS, integerFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -33,9 +34,9 @@ export default class EvalAe extends LdmCommand<typeof EvalAe> {
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'Autoencoder checkpoint (or an LDM checkpoint: its first stage).' }),
     data: Flags.string({ char: 'd', required: true, summary: 'Data source: fashion-mnist[:test], shapes:heldout, idx:..., or a folder.' }),
     split: Flags.string({ summary: 'Split where the source has several and the spec names none (default: test for fashion-mnist).' }),
-    limit: Flags.integer({ min: 1, summary: 'Evaluate only the first N images.' }),
-    batch: Flags.integer({ min: 1, default: 32, summary: 'Images per forward pass.' }),
-    'pad-to': Flags.integer({ min: 1, summary: 'Centre smaller images in a black square of this side (default: the checkpoint\'s train.image_size).' }),
+    limit: integerFlag({ min: 1, max: LIMITS.dataset, summary: 'Evaluate only the first N images.' }),
+    batch: integerFlag({ min: 1, max: LIMITS.batch, default: 32, summary: 'Images per forward pass.' }),
+    'pad-to': integerFlag({ min: 1, max: LIMITS.side, summary: 'Centre smaller images in a black square of this side (default: the checkpoint\'s train.image_size).' }),
     'per-image': Flags.boolean({ summary: 'Also report every image\'s PSNR and SSIM.' }),
   };
 

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Args, Flags } from '@oclif/core';
+import { LIMITS, integerFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseDatasetSpec } from '../data/sources.js';
@@ -133,16 +134,16 @@ export default class EvalFid extends LdmCommand<typeof EvalFid> {
     network: Flags.option({ options: NETWORKS, summary: 'Feature network (default: what --weights holds: an ldm classifier checkpoint, else Inception).' })(),
     weights: Flags.string({ char: 'w', summary: `Weights of the network: pytorch-fid's ${FID_WEIGHTS_FILE} (or .safetensors), or a classifier checkpoint.` }),
     kid: Flags.boolean({ summary: 'Also the Kernel Inception Distance.' }),
-    'kid-subsets': Flags.integer({ min: 1, default: 100, summary: 'KID subsets.' }),
-    'kid-subset-size': Flags.integer({ min: 2, default: 1000, summary: 'Samples per KID subset (lowered to the smaller side).' }),
+    'kid-subsets': integerFlag({ min: 1, max: 10_000, default: 100, summary: 'KID subsets.' }),
+    'kid-subset-size': integerFlag({ min: 2, max: LIMITS.images, default: 1000, summary: 'Samples per KID subset (lowered to the smaller side).' }),
     pr: Flags.boolean({ summary: 'Also improved precision and recall (k = 3).' }),
     is: Flags.boolean({ summary: 'Also the Inception Score of each side computed from images (networks with class logits).' }),
-    'is-splits': Flags.integer({ min: 1, default: 10, summary: 'Inception Score splits.' }),
+    'is-splits': integerFlag({ min: 1, max: 1000, default: 10, summary: 'Inception Score splits.' }),
     'save-stats': Flags.string({ summary: 'Write side A\'s feature statistics to this .npz.' }),
     'save-stats-b': Flags.string({ summary: 'Write side B\'s feature statistics to this .npz.' }),
     force: Flags.boolean({ summary: 'Overwrite existing statistics files.' }),
-    limit: Flags.integer({ min: 1, summary: 'Use at most N images of each side.' }),
-    'batch-size': Flags.integer({ min: 1, default: 50, summary: 'Images per network call.' }),
+    limit: integerFlag({ min: 1, max: LIMITS.dataset, summary: 'Use at most N images of each side.' }),
+    'batch-size': integerFlag({ min: 1, max: LIMITS.batch, default: 50, summary: 'Images per network call.' }),
     'ignore-stats-network': Flags.boolean({ summary: 'Compare statistics files that record another network name (e.g. the same weights renamed).' }),
   };
 

@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { numberFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, numberFlag } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { openDataset } from '../data/sources.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
@@ -12,8 +12,6 @@ import {
   evaluateClassModel, evaluateSemanticMaps, evaluateShapesPrompts, type ConditionalEvalOptions, type ConditionalEvalResult,
 } from '../pipelines/conditional-eval.js';
 import { openRefiner, readLines } from '../pipelines/sample.js';
-
-const number = numberFlag({ positive: true });
 
 export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   static override summary = 'Score how well a conditional LDM follows its condition: class accuracy, prompt accuracy on shapes, label-map fidelity.';
@@ -32,19 +30,19 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   static override flags = {
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (runs/<name>/model.safetensors).' }),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
-    'refiner-below': Flags.integer({ min: 1, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
+    'refiner-below': integerFlag({ min: 1, max: 100_000, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
     ae: Flags.string({ summary: 'Decode with this autoencoder instead of the checkpoint\'s: one whose decoder was fine-tuned from it (train-ae with train.decoder_only).' }),
     classifier: Flags.string({ summary: 'Class models: classifier checkpoint (ldm train-classifier).' }),
     prompt: Flags.string({ char: 'p', multiple: true, summary: 'Text models: a prompt in the shapes captions\' grammar; repeat for several.' }),
     prompts: Flags.string({ summary: 'Text models: file of prompts, one a line.' }),
     data: Flags.string({ default: 'shapes:heldout', summary: 'Text and semantic models: data set whose captions / label maps are the conditions.' }),
-    conditions: Flags.integer({ min: 1, default: 20, summary: 'Text and semantic models: conditions taken from --data.' }),
-    n: Flags.integer({ min: 1, default: 10, summary: 'Samples per condition.' }),
-    steps: Flags.integer({ min: 1, default: 50, summary: 'Denoising steps.' }),
+    conditions: integerFlag({ min: 1, max: LIMITS.images, default: 20, summary: 'Text and semantic models: conditions taken from --data.' }),
+    n: integerFlag({ min: 1, max: LIMITS.images, default: 10, summary: 'Samples per condition.' }),
+    steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, default: 50, summary: 'Denoising steps.' }),
     sampler: Flags.option({ options: SAMPLER_NAMES, default: 'ddim' as const, summary: 'Sampler.' })(),
-    guidance: number({ default: 3, summary: 'Classifier-free guidance scale; 1 = none.' }),
-    crop: Flags.integer({ min: 1, summary: 'Class models: centre-crop samples to this side before classifying (default: 28 for models trained on padded Fashion-MNIST/IDX).' }),
-    'batch-size': Flags.integer({ min: 1, summary: 'Images per model call.' }),
+    guidance: numberFlag({ min: 0, max: LIMITS.guidance, default: 3, summary: 'Classifier-free guidance scale; 1 = none.' }),
+    crop: integerFlag({ min: 1, max: LIMITS.side, summary: 'Class models: centre-crop samples to this side before classifying (default: 28 for models trained on padded Fashion-MNIST/IDX).' }),
+    'batch-size': integerFlag({ min: 1, max: LIMITS.batch, summary: 'Images per model call.' }),
   };
 
   async run(): Promise<void> {

@@ -1,4 +1,5 @@
 import { Args, Flags } from '@oclif/core';
+import { LIMITS, integerFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import { EXPORT_PARTS, exportOnnx, type ExportResult } from '../pipelines/export-onnx.js';
 
@@ -18,10 +19,10 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
   static override flags = {
     output: Flags.string({ char: 'o', required: true, summary: 'The .onnx file to write.' }),
     part: Flags.option({ options: EXPORT_PARTS, summary: 'encoder or decoder (autoencoders; default decoder), unet (diffusion models).' })(),
-    batch: Flags.integer({ min: 1, default: 1, summary: 'Batch size baked into the graph.' }),
-    height: Flags.integer({ min: 1, summary: 'Image height (autoencoders) or latent height (UNet); default: the training size.' }),
-    width: Flags.integer({ min: 1, summary: 'Width; default: the height.' }),
-    'context-tokens': Flags.integer({ min: 1, default: 77, summary: 'Context length for a cross-attention UNet.' }),
+    batch: integerFlag({ min: 1, max: LIMITS.batch, default: 1, summary: 'Batch size baked into the graph.' }),
+    height: integerFlag({ min: 1, max: LIMITS.side, summary: 'Image height (autoencoders) or latent height (UNet); default: the training size.' }),
+    width: integerFlag({ min: 1, max: LIMITS.side, summary: 'Width; default: the height.' }),
+    'context-tokens': integerFlag({ min: 1, max: 4096, default: 77, summary: 'Context length for a cross-attention UNet.' }),
     config: Flags.string({ summary: 'Config for checkpoints whose weights do not say everything (reference .ckpt).' }),
     force: Flags.boolean({ summary: 'Overwrite the output if it exists.' }),
   };

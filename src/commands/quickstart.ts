@@ -1,4 +1,5 @@
 import { Flags } from '@oclif/core';
+import { LIMITS, integerFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -13,9 +14,9 @@ export default class Quickstart extends LdmCommand<typeof Quickstart> {
   static override examples = ['<%= config.bin %> quickstart', '<%= config.bin %> quickstart --out runs/qs --json'];
   static override flags = {
     out: Flags.string({ char: 'o', default: 'runs/quickstart', summary: 'Folder of the quickstart\'s runs and grid.' }),
-    'ae-steps': Flags.integer({ min: 1, summary: 'Autoencoder steps (default: the config\'s).' }),
-    'ldm-steps': Flags.integer({ min: 1, summary: 'LDM steps (default: the config\'s).' }),
-    n: Flags.integer({ min: 1, default: 4, summary: 'Samples per prompt.' }),
+    'ae-steps': integerFlag({ min: 1, max: LIMITS.trainSteps, summary: 'Autoencoder steps (default: the config\'s).' }),
+    'ldm-steps': integerFlag({ min: 1, max: LIMITS.trainSteps, summary: 'LDM steps (default: the config\'s).' }),
+    n: integerFlag({ min: 1, max: LIMITS.images, default: 4, summary: 'Samples per prompt.' }),
     prompt: Flags.string({ char: 'p', multiple: true, summary: 'Prompts in the shapes captions\' grammar (default: four built in).' }),
   };
 

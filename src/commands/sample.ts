@@ -1,13 +1,11 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { maxMemoryFlag, numberFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, maxMemoryFlag, numberFlag } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { sampleToFiles } from '../pipelines/sample.js';
-
-const number = numberFlag();
 
 export default class Sample extends LdmCommand<typeof Sample> {
   static override summary = 'Draw images from a latent diffusion checkpoint: unconditional, by class, by prompt, from a label map; img2img and inpainting.';
@@ -26,7 +24,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
   static override flags = {
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm).' }),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
-    'refiner-below': Flags.integer({ min: 1, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
+    'refiner-below': integerFlag({ min: 1, max: 100_000, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
     ae: Flags.string({ summary: 'Decode with this autoencoder instead of the checkpoint\'s: one whose decoder was fine-tuned from it (train-ae with train.decoder_only).' }),
     out: Flags.string({ char: 'o', default: 'samples', summary: 'Output folder.' }),
     prompt: Flags.string({ char: 'p', multiple: true, summary: 'Prompt (text models); repeat for several.' }),
@@ -35,16 +33,16 @@ export default class Sample extends LdmCommand<typeof Sample> {
     class: Flags.string({ multiple: true, summary: 'Class index or name (class models); repeat for several.' }),
     map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index.' }),
     'cond-image': Flags.string({ summary: 'Condition image (concat models), e.g. the low-resolution input.' }),
-    n: Flags.integer({ min: 1, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
-    steps: Flags.integer({ min: 1, summary: 'Denoising steps (default: the config\'s sample.steps).' }),
+    n: integerFlag({ min: 1, max: LIMITS.images, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
+    steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the config\'s sample.steps).' }),
     sampler: Flags.option({ options: SAMPLER_NAMES, summary: 'Sampler (default: the config\'s sample.sampler).' })(),
-    eta: number({ summary: 'DDIM eta: 0 deterministic, 1 DDPM-like.' }),
-    guidance: number({ summary: 'Classifier-free guidance scale; 1 = none.' }),
-    height: Flags.integer({ min: 1, summary: 'Image height (default: the training size, or the input image\'s).' }),
-    width: Flags.integer({ min: 1, summary: 'Image width.' }),
-    'batch-size': Flags.integer({ min: 1, summary: 'Images per model call (default up to 8).' }),
+    eta: numberFlag({ min: 0, max: 1, summary: 'DDIM eta: 0 deterministic, 1 DDPM-like.' }),
+    guidance: numberFlag({ min: 0, max: LIMITS.guidance, summary: 'Classifier-free guidance scale; 1 = none.' }),
+    height: integerFlag({ min: 1, max: LIMITS.side, summary: 'Image height (default: the training size, or the input image\'s).' }),
+    width: integerFlag({ min: 1, max: LIMITS.side, summary: 'Image width.' }),
+    'batch-size': integerFlag({ min: 1, max: LIMITS.batch, summary: 'Images per model call (default up to 8).' }),
     'init-image': Flags.string({ summary: 'img2img / inpainting: the image to start from.' }),
-    strength: number({ summary: 'img2img: how far to noise the init image, in (0, 1] (default 0.75; 1 with --mask).' }),
+    strength: numberFlag({ min: 0, above: true, max: 1, summary: 'img2img: how far to noise the init image, in (0, 1] (default 0.75; 1 with --mask).' }),
     mask: Flags.string({ summary: 'Inpainting mask PNG, with --init-image: white = regenerate, black = keep.' }),
     prefix: Flags.string({ default: 'sample', summary: 'File name prefix.' }),
     ema: Flags.boolean({ default: true, allowNo: true, summary: 'Use the EMA weights beside a run checkpoint when present.' }),

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
-import { lrScheduleFlag, timeLimitFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, lrScheduleFlag, timeLimitFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -34,17 +34,17 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     data: Flags.string({ char: 'd', summary: 'Training data: fashion-mnist, shapes, idx:..., or a folder of images. Overrides data.source.' }),
     run: Flags.string({ summary: 'Run name: the folder under --runs-dir (default: the config name).' }),
     'runs-dir': Flags.string({ env: 'LDM_RUNS_DIR', default: 'runs', summary: 'Folder of run folders.' }),
-    steps: Flags.integer({ min: 1, summary: 'Total optimizer steps. Overrides train.steps.' }),
+    steps: integerFlag({ min: 1, max: LIMITS.trainSteps, summary: 'Total optimizer steps. Overrides train.steps.' }),
     resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Start the run over, deleting its config, checkpoints, log, samples and model (once the new start has checked its data).' }),
     init: Flags.string({ summary: 'Fine-tune: start from this autoencoder checkpoint\'s weights (fresh optimizer).' }),
     'time-limit': timeLimitFlag('The discriminator switches on at 90% of it if disc_start has not come.'),
     'lr-schedule': lrScheduleFlag(),
-    'val-every': Flags.integer({ min: 1, summary: 'Validate every N steps. Overrides train.val_every.' }),
-    'val-images': Flags.integer({ min: 1, default: 256, summary: 'Held-out images scored at each validation.' }),
-    'ckpt-every': Flags.integer({ min: 1, summary: 'Checkpoint every N steps. Overrides train.ckpt_every.' }),
-    keep: Flags.integer({ min: 1, default: 3, summary: 'Checkpoints to keep (older ones are deleted).' }),
-    'reseed-every': Flags.integer({ min: 0, default: 100, summary: 'VQ: re-seed codes unused for N steps from recent encoder outputs (0: never).' }),
+    'val-every': integerFlag({ min: 1, max: LIMITS.trainSteps, summary: 'Validate every N steps. Overrides train.val_every.' }),
+    'val-images': integerFlag({ min: 1, max: LIMITS.images, default: 256, summary: 'Held-out images scored at each validation.' }),
+    'ckpt-every': integerFlag({ min: 1, max: LIMITS.trainSteps, summary: 'Checkpoint every N steps. Overrides train.ckpt_every.' }),
+    keep: integerFlag({ min: 1, max: 10_000, default: 3, summary: 'Checkpoints to keep (older ones are deleted).' }),
+    'reseed-every': integerFlag({ min: 0, max: LIMITS.trainSteps, default: 100, summary: 'VQ: re-seed codes unused for N steps from recent encoder outputs (0: never).' }),
   };
 
   async run(): Promise<void> {

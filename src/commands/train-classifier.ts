@@ -1,13 +1,11 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { numberFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, numberFlag } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { assertWritable } from '../io/atomic.js';
 import { trainClassifier } from '../metrics/train-classifier.js';
 import { DEFAULT_CLASSIFIER, saveClassifier } from '../models/classifier.js';
-
-const number = numberFlag({ positive: true });
 
 export default class TrainClassifier extends LdmCommand<typeof TrainClassifier> {
   static override summary = 'Train the small domain classifier whose features give a domain FID (ldm eval-fid --network classifier).';
@@ -24,14 +22,14 @@ export default class TrainClassifier extends LdmCommand<typeof TrainClassifier> 
     data: Flags.string({ char: 'd', required: true, summary: 'Labelled training images: fashion-mnist:train, idx:<images>,<labels>, or a folder of class subfolders.' }),
     test: Flags.string({ summary: 'Labelled test images (default: the source\'s test split, or a held-out 10% of --data).' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Checkpoint to write (.safetensors).' }),
-    epochs: Flags.integer({ min: 1, default: 4, summary: 'Passes over the training images.' }),
-    'batch-size': Flags.integer({ min: 1, default: 128, summary: 'Images per step.' }),
-    lr: number({ summary: 'Peak learning rate of the cosine schedule (default 2e-3).' }),
-    size: Flags.integer({ min: 4, summary: 'Train at this image side (a multiple of 4; default: the data\'s own).' }),
+    epochs: integerFlag({ min: 1, max: 10_000, default: 4, summary: 'Passes over the training images.' }),
+    'batch-size': integerFlag({ min: 1, max: LIMITS.batch, default: 128, summary: 'Images per step.' }),
+    lr: numberFlag({ min: 0, above: true, max: 1, summary: 'Peak learning rate of the cosine schedule (default 2e-3).' }),
+    size: integerFlag({ min: 4, max: LIMITS.side, summary: 'Train at this image side (a multiple of 4; default: the data\'s own).' }),
     channels: Flags.option({ options: ['1', '3'] as const, summary: 'Train on 1 or 3 channels (default: the data\'s own).' })(),
-    limit: Flags.integer({ min: 1, summary: 'Train on a random N of the training images.' }),
-    'test-limit': Flags.integer({ min: 1, summary: 'Test on a random N of the test images.' }),
-    'feature-dim': Flags.integer({ min: 1, default: DEFAULT_CLASSIFIER.featureDim, summary: 'Size of the feature layer.' }),
+    limit: integerFlag({ min: 1, max: LIMITS.dataset, summary: 'Train on a random N of the training images.' }),
+    'test-limit': integerFlag({ min: 1, max: LIMITS.dataset, summary: 'Test on a random N of the test images.' }),
+    'feature-dim': integerFlag({ min: 1, max: 65_536, default: DEFAULT_CLASSIFIER.featureDim, summary: 'Size of the feature layer.' }),
     force: Flags.boolean({ summary: 'Overwrite an existing checkpoint.' }),
   };
 

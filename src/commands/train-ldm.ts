@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
-import { lrScheduleFlag, timeLimitFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, lrScheduleFlag, timeLimitFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -27,7 +27,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
     run: Flags.string({ summary: 'Run name: the folder under --runs-dir (default: the config name).' }),
     'runs-dir': Flags.string({ env: 'LDM_RUNS_DIR', default: 'runs', summary: 'Folder of run folders.' }),
     'cache-dir': Flags.string({ env: 'LDM_CACHE_DIR', summary: 'Folder of latent caches (default: <runs-dir>/.cache).' }),
-    steps: Flags.integer({ min: 1, summary: 'Total optimizer steps. Overrides train.steps.' }),
+    steps: integerFlag({ min: 1, max: LIMITS.trainSteps, summary: 'Total optimizer steps. Overrides train.steps.' }),
     resume: Flags.boolean({ summary: 'Continue the run from its newest complete checkpoint.', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Start the run over, deleting its config, checkpoints, log, samples and model (once the new start has checked its data).' }),
     init: Flags.string({ summary: 'Fine-tune: start from this LDM checkpoint\'s weights.' }),

@@ -2,16 +2,13 @@ import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
-import { maxMemoryFlag, numberFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, maxMemoryFlag, numberFlag } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { Executor } from '../engine/executor.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { COLOR_FIXES, UPSCALE_METHODS, upscaleFiles, type UpscaleFilesResult } from '../pipelines/upscale.js';
-
-const number = numberFlag();
-const positive = numberFlag({ positive: true });
 
 export default class Upscale extends LdmCommand<typeof Upscale> {
   static override summary = 'Upscale images (files or whole folders) with a super-resolution LDM, or bicubic/Lanczos; optionally score them against originals.';
@@ -34,16 +31,16 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     ckpt: Flags.string({ summary: 'Super-resolution LDM checkpoint (ldm train-ldm --config sr-x4-... writes one).' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .png file for a single input image).' }),
     method: Flags.option({ options: UPSCALE_METHODS, summary: 'model (the default; needs --ckpt), or a classical baseline (bicubic is the default of --downscale).' })(),
-    scale: positive({ summary: 'Output over input side (default: the model\'s factor, or 4).' }),
+    scale: numberFlag({ min: 0, above: true, max: 32, summary: 'Output over input side (default: the model\'s factor, or 4).' }),
     downscale: Flags.boolean({ summary: 'Shrink by --scale instead (bicubic or lanczos): low-resolution inputs from HR originals.' }),
-    steps: Flags.integer({ min: 1, summary: 'Denoising steps (default: the checkpoint\'s sample.steps).' }),
+    steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the checkpoint\'s sample.steps).' }),
     sampler: Flags.option({ options: SAMPLER_NAMES, summary: 'Sampler (default: the checkpoint\'s, ddim).' })(),
-    eta: number({ summary: 'DDIM eta: 0 (default) is deterministic and seamless across tiles.' }),
+    eta: numberFlag({ min: 0, max: 1, summary: 'DDIM eta: 0 (default) is deterministic and seamless across tiles.' }),
     'color-fix': Flags.option({ options: COLOR_FIXES, summary: 'wavelet (default): low frequencies (colour, brightness) from the bicubic upscale, detail from the model (StableSR); none: the model\'s output as decoded.' })(),
-    strength: number({ summary: 'Start from the bicubic upscale noised this far, in (0, 1] (SDEdit): fewer steps run. Default: the checkpoint\'s sample.strength (1: from noise).' }),
-    tile: Flags.integer({ min: 1, summary: 'Model tile side in output pixels (default: the checkpoint\'s sample.tile, else its training crop).' }),
-    'tile-overlap': Flags.integer({ min: 0, summary: 'Output pixels shared by neighbouring tiles (default a quarter of --tile).' }),
-    'tile-batch': Flags.integer({ min: 1, summary: 'Tiles per model call (default about 4096 latent cells a call).' }),
+    strength: numberFlag({ min: 0, above: true, max: 1, summary: 'Start from the bicubic upscale noised this far, in (0, 1] (SDEdit): fewer steps run. Default: the checkpoint\'s sample.strength (1: from noise).' }),
+    tile: integerFlag({ min: 1, max: LIMITS.side, summary: 'Model tile side in output pixels (default: the checkpoint\'s sample.tile, else its training crop).' }),
+    'tile-overlap': integerFlag({ min: 0, max: LIMITS.side, summary: 'Output pixels shared by neighbouring tiles (default a quarter of --tile).' }),
+    'tile-batch': integerFlag({ min: 1, max: LIMITS.batch, summary: 'Tiles per model call (default about 4096 latent cells a call).' }),
     reference: Flags.string({ summary: 'Folder of high-resolution originals: PSNR, SSIM and high-frequency ratio per image and averaged.' }),
     'skip-existing': Flags.boolean({ summary: 'Leave images whose output exists alone (still scored with --reference).', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),
