@@ -211,7 +211,7 @@ test('configs read from reference weights: the autoencoder entirely, the UNet bu
   if (ref.model !== 'ldm') return;
   const { image_size: _, ...withoutSize } = ref.unet;
   assert.deepEqual(inferUNetConfig(unet, { num_heads: 2 }, 32), withoutSize);
-  assert.throws(() => inferUNetConfig(unet, undefined), /do not record its attention heads \(num_heads or num_head_channels\); pass the reference YAML with --config/);
+  assert.throws(() => inferUNetConfig(unet, undefined), /do not record its attention heads \(num_heads or num_head_channels\); give its reference YAML \(or an ldm config\) to ldm convert: ldm convert <checkpoint> <out>\.safetensors --config <yaml>/);
   // Without the cond stage's width, a cross-attention context as wide as the channels looks like self-attention.
   assert.equal(inferUNetConfig(unet, { num_heads: 2 }).context_dim, undefined);
   // generative-models' label_emb.0.0 (Linear from the pooled vector) gives adm_in_channels.

@@ -156,7 +156,7 @@ test('--part takes the first stage, UNet or cond stage of a LatentDiffusion, to 
 test('a reference checkpoint without its YAML: the UNet heads are named as missing; --ema takes the EMA weights', async (t) => {
   const d = tempDir(t, 'ldm-convert-');
   await assert.rejects(convertCheckpoint(LDM_CKPT, path.join(d, 'x.safetensors')), (err: Error) => {
-    assert.match(err.message, /ldm\.ckpt: the UNet weights do not record its attention heads \(num_heads or num_head_channels\); pass the reference YAML with --config/);
+    assert.match(err.message, /ldm\.ckpt: the UNet weights do not record its attention heads \(num_heads or num_head_channels\); give its reference YAML \(or an ldm config\) to ldm convert: ldm convert \S*ldm\.ckpt <out>\.safetensors --config <yaml>/);
     assert.ok(!err.message.includes('\n'));
     return true;
   });
@@ -261,7 +261,7 @@ test('single .safetensors files: reference names convert like the .ckpt; diffuse
 
   const lone = path.join(d, 'vae.safetensors');
   fs.copyFileSync(path.join(DIF, 'kl', 'diffusion_pytorch_model.safetensors'), lone);
-  await assert.rejects(loadAnyCheckpoint(lone), /vae\.safetensors: diffusers-named autoencoder weights without their config\.json; pass its config with --config/);
+  await assert.rejects(loadAnyCheckpoint(lone), /vae\.safetensors: diffusers-named autoencoder weights without their config\.json; give its reference YAML \(or an ldm config\) to ldm convert: ldm convert \S*vae\.safetensors <out>\.safetensors --config/);
   const withCfg = await loadAnyCheckpoint(lone, { config: path.join(REF, 'kl.yaml'), dtype: 'keep' });
   assertSameTensors(withCfg.params, fromCkpt.params, 'diffusers-named safetensors + reference YAML');
   const beside = await loadAnyCheckpoint(path.join(DIF, 'kl', 'diffusion_pytorch_model.safetensors'), { dtype: 'keep' });
@@ -318,4 +318,57 @@ test('a diffusers pipeline with a text encoder ldm lacks is refused by name, whi
   await assert.rejects(loadAnyCheckpoint(dir), /model_index\.json: text encoder CLIPTextModel \(text_encoder\/\) is not implemented; ldm's own TransformerEmbedder is$/);
   assert.equal((await loadAnyCheckpoint(dir, { part: 'unet' })).kind, 'unet');
   assert.equal((await loadAnyCheckpoint(dir, { part: 'first_stage' })).kind, 'autoencoder');
+});
+
+/** Run `ldm convert` once per argument list in one child process (one tsx start-up): each run's exit code and stderr. */
+function ldmConvertEach(runs: string[][]): { status: number; stderr: string }[] {
+  const runner = path.join(runnerDir, 'run-each.mjs');
+  fs.writeFileSync(runner, `const { default: C } = await import(${JSON.stringify(path.join(ROOT, 'src', 'commands', 'convert.ts'))});\n`
+    + 'const out = [];\n'
+    + 'const write = process.stderr.write.bind(process.stderr);\n'
+    + 'for (const args of JSON.parse(process.argv[2])) {\n'
+    + '  let stderr = \'\';\n'
+    + '  process.stderr.write = (s) => { stderr += s; return true; };\n'
+    + `  const status = await C.run(args, ${JSON.stringify(ROOT)}).then(() => 0, (e) => e?.oclif?.exit ?? 1);\n`
+    + '  process.stderr.write = write;\n'
+    + '  out.push({ status, stderr });\n'
+    + '}\n'
+    + 'process.stdout.write(JSON.stringify(out));\n');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', runner, JSON.stringify(runs)], { cwd: ROOT, encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout.slice(r.stdout.indexOf('[{'))) as { status: number; stderr: string }[];
+}
+
+test('ldm convert refuses each hostile checkpoint with one line naming the global and its position, writes nothing, and converts with --allow-unsafe-pickle', async (t) => {
+  const d = tempDir(t, 'ldm-convert-');
+  const HOSTILE = path.join(ROOT, 'test', 'fixtures', 'hostile');
+  const manifest = json(path.join(HOSTILE, 'manifest.json')) as Record<string, { global: string; member: string; opcode: string; offset: number } | null>;
+  const cases = Object.entries(manifest).filter((e): e is [string, { global: string; member: string; opcode: string; offset: number }] => e[1] !== null);
+  const pwned = '/tmp/ldm-pwned';
+  fs.rmSync(pwned, { force: true });
+  const results = ldmConvertEach([
+    ...cases.map(([file]) => [path.join(HOSTILE, file), path.join(d, `${file}.safetensors`)]),
+    [path.join(HOSTILE, 'kl-hostile.ckpt'), path.join(d, 'allowed.safetensors'), '--allow-unsafe-pickle'],
+    [path.join(REF, 'kl.ckpt'), path.join(d, 'lightning.safetensors')],
+  ]);
+  cases.forEach(([file, c], i) => {
+    const r = results[i]!;
+    assert.notEqual(r.status, 0, file);
+    const at = `${path.join(HOSTILE, file)} (${c.member}): refused: the pickle references ${c.global} (${c.opcode} opcode at byte ${c.offset})`;
+    assert.ok(r.stderr.startsWith(`Error: ${at}, `), `${file}: ${r.stderr}`);
+    assert.match(r.stderr, /--allow-unsafe-pickle/);
+    assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
+    assert.equal(fs.existsSync(path.join(d, `${file}.safetensors`)), false, `${file}: nothing written`);
+  });
+  assert.deepEqual(fs.readdirSync(d).filter((f) => f.startsWith('.') || f.includes('tmp')), [], 'no temporary files left');
+
+  const allowed = results[cases.length]!;
+  assert.equal(allowed.status, 0, allowed.stderr);
+  assert.match(allowed.stderr, /warning: \S*kl-hostile\.ckpt is hostile: its pickle references posix\.system \(kl\/data\.pkl, GLOBAL at byte \d+\)/);
+  assert.match(allowed.stderr, /skipped by the unpickler \(never imported or run\): pytorch_lightning\.callbacks\.model_checkpoint\.ModelCheckpoint, omegaconf\.dictconfig\.DictConfig, posix\.system/);
+  // The same weights as the clean Lightning checkpoint, whose harmless foreign global (a Lightning callback) still converts.
+  assert.equal(results[cases.length + 1]!.status, 0, results[cases.length + 1]!.stderr);
+  const [got, want] = await Promise.all(['allowed', 'lightning'].map((n) => readSafetensors(path.join(d, `${n}.safetensors`))));
+  assertSameTensors(got!.tensors, want!.tensors, 'hostile vs clean');
+  assert.equal(fs.existsSync(pwned), false, 'the payload must never run');
 });

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readSafetensors, serializeSafetensors } from '../src/io/safetensors.js';
 import { parseTorchCheckpoint, readTorchCheckpoint, type TorchCheckpoint } from '../src/io/torch-checkpoint.js';
-import { Placeholder, PyDict, TensorRef, unpickle, type PyValue } from '../src/io/pickle.js';
+import { Placeholder, PyDict, TensorRef, UnsafePickleError, unpickle, type PyValue } from '../src/io/pickle.js';
 import { bytesSource, ZipReader } from '../src/io/zip.js';
 import type { HostTensor } from '../src/engine/host-tensor.js';
 import { assertSameTensors } from './helpers/tensors.js';
@@ -61,17 +61,54 @@ test('a state dict nested under `model` with nested dicts is flattened with dott
   assertSameTensors(ck.tensors, group('nested/'));
 });
 
-test('a malicious pickle runs nothing: its tensors load and the os.system call is only a skipped name', async () => {
+test('a malicious pickle runs nothing: it is refused, and with allowUnsafePickle its tensors load and the os.system call is only a skipped name', async () => {
   fs.rmSync(PWNED, { force: true });
-  const ck = await readTorchCheckpoint(fixture('torch-malicious.pth'));
+  await assert.rejects(readTorchCheckpoint(fixture('torch-malicious.pth')), (err: Error) => {
+    assert.ok(err instanceof UnsafePickleError);
+    assert.match(err.message, /torch-malicious\.pth \(torch-malicious\/data\.pkl\): refused: the pickle references posix\.system \(GLOBAL opcode at byte \d+\)/);
+    assert.ok(!err.message.includes('\n'));
+    return true;
+  });
+  const ck = await readTorchCheckpoint(fixture('torch-malicious.pth'), { allowUnsafePickle: true });
   assert.deepEqual([...ck.tensors.keys()], ['w']);
   assert.deepEqual([...(ck.tensors.get('w')!.data as Float32Array)], [0, 1, 2, 3, 4, 5]);
   assert.ok(ck.skipped.some((s) => s.endsWith('.system')), ck.skipped.join(','));
-  await assert.rejects(readTorchCheckpoint(fixture('torch-malicious-notensors.pth')), (err: Error) => {
+  assert.match(ck.unsafe.join(), /^posix\.system \(torch-malicious\/data\.pkl, GLOBAL at byte \d+\)$/);
+  await assert.rejects(readTorchCheckpoint(fixture('torch-malicious-notensors.pth')), /refused: the pickle references os\.system \(GLOBAL opcode at byte 2\)/);
+  await assert.rejects(readTorchCheckpoint(fixture('torch-malicious-notensors.pth'), { allowUnsafePickle: true }), (err: Error) => {
     assert.match(err.message, /no tensors found.*os\.system.*never imports or runs/);
     assert.ok(!err.message.includes('\n'));
     return true;
   });
+  assert.equal(fs.existsSync(PWNED), false, 'the payload must never run');
+});
+
+interface HostileCase { global: string; member: string; opcode: string; offset: number }
+const HOSTILE = path.join(FIXTURES, 'hostile');
+const manifest = JSON.parse(fs.readFileSync(path.join(HOSTILE, 'manifest.json'), 'utf8')) as Record<string, HostileCase | null>;
+
+test('hostile checkpoints: each dangerous global is refused, naming the global, the archive member and the opcode offset pickletools found', async () => {
+  fs.rmSync(PWNED, { force: true });
+  const cases = Object.entries(manifest).filter((e): e is [string, HostileCase] => e[1] !== null);
+  assert.ok(cases.length >= 14, 'the fixture script writes one file per dangerous global');
+  for (const [file, c] of cases) {
+    const full = path.join(HOSTILE, file);
+    await assert.rejects(readTorchCheckpoint(full), (err: Error) => {
+      assert.ok(err instanceof UnsafePickleError, `${file}: ${err.message}`);
+      assert.equal(err.message, `${full} (${c.member}): refused: the pickle references ${c.global} (${c.opcode} opcode at byte ${c.offset}), `
+        + 'which runs code when PyTorch loads the file, so the file is an attack on whoever opens it with torch.load; ldm ran nothing. '
+        + 'Pass --allow-unsafe-pickle to read its tensors anyway (ldm still runs nothing)');
+      return true;
+    });
+    const ck = await readTorchCheckpoint(full, { allowUnsafePickle: true });
+    assert.ok(ck.tensors.size > 0, file);
+    assert.equal(ck.unsafe[0], `${c.global} (${c.member}, ${c.opcode} at byte ${c.offset})`);
+  }
+  // Lightning callbacks and OmegaConf containers are foreign but harmless: inert placeholders, as before.
+  const harmless = await readTorchCheckpoint(path.join(HOSTILE, 'harmless.pth'));
+  assert.deepEqual(harmless.skipped, ['pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint', 'omegaconf.dictconfig.DictConfig']);
+  assert.deepEqual(harmless.unsafe, []);
+  assert.deepEqual([...(harmless.tensors.get('w')!.data as Float32Array)], [0, 1, 2, 3, 4, 5]);
   assert.equal(fs.existsSync(PWNED), false, 'the payload must never run');
 });
 
@@ -104,10 +141,29 @@ test('every way a pickle can call a global yields an inert placeholder', () => {
     ['REDUCE on REDUCE', pickle('cbuiltins\ngetattr\n', 'cos\n_exit\n', [0x85, 0x52, 0x29, 0x52])],
   ];
   for (const [what, bytes] of cases) {
-    const { value, skipped } = unpickle(bytes, what);
+    // Refused by default at the first dangerous global, named with its opcode's offset.
+    assert.throws(() => unpickle(bytes, what), (err: Error) => {
+      assert.ok(err instanceof UnsafePickleError, what);
+      assert.match(err.message, /^[\w+ ]+: refused: the pickle references (os\.system|builtins\.eval|subprocess\.Popen|builtins\.getattr) \((GLOBAL|STACK_GLOBAL|INST) opcode at byte \d+\)/);
+      const opcodes = { GLOBAL: 0x63, STACK_GLOBAL: 0x93, INST: 0x69 };
+      assert.equal(bytes[err.found.offset], opcodes[err.found.opcode], `${what}: the offset points at the opcode`);
+      return true;
+    });
+    const { value, skipped, unsafe } = unpickle(bytes, what, {}, { allowUnsafe: true });
     assert.ok(value instanceof Placeholder, what);
     assert.ok(skipped.length >= 1, what);
+    assert.ok(unsafe.length >= 1, what);
   }
+  const found = (bytes: Uint8Array) => {
+    try {
+      unpickle(bytes);
+    } catch (err) {
+      return (err as UnsafePickleError).found;
+    }
+    return undefined;
+  };
+  assert.deepEqual(found(cases[1]![1]), { global: 'builtins.eval', offset: 2 + 10 + 6, opcode: 'STACK_GLOBAL' });
+  assert.deepEqual(found(cases[4]![1]), { global: 'os.system', offset: 2 + 1 + 2 + 'touch /tmp/ldm-pwned'.length, opcode: 'INST' });
   assert.equal(fs.existsSync(PWNED), false);
 });
 

@@ -51,6 +51,8 @@ interface LegacyParts {
   padding?: number;
   keys?: string[];
   protocol?: number;
+  /** Add 'evil': os.system('touch /tmp/ldm-pwned') to the main dict. */
+  payload?: boolean;
 }
 
 /** {'w': float32 tensor, 'pad': str} in the legacy layout, one storage '0'. */
@@ -61,7 +63,8 @@ function legacyFile(p: LegacyParts = {}): Uint8Array {
   const sysInfo = pickle([0x7d], [0x28], str('little_endian'), [0x88], [0x75]);
   const pid = cat([0x28], str('storage'), enc.encode('ctorch\nFloatStorage\n'), str('0'), str('cpu'), int(p.pidCount ?? n), [0x4e, 0x74, 0x51]);
   const tensor = cat(enc.encode('ctorch._utils\n_rebuild_tensor_v2\n'), [0x28], pid, int(0), int(n), [0x85], int(1), [0x85], [0x89], [0x7d], [0x74, 0x52]);
-  const main = pickle([0x7d, 0x28], str('w'), tensor, str('pad'), str('x'.repeat(p.padding ?? 0)), [0x75]);
+  const evil = p.payload ? cat(str('evil'), enc.encode('cos\nsystem\n'), str('touch /tmp/ldm-pwned'), [0x85, 0x52]) : new Uint8Array(0);
+  const main = pickle([0x7d, 0x28], str('w'), tensor, evil, str('pad'), str('x'.repeat(p.padding ?? 0)), [0x75]);
   const keys = pickle([0x5d, 0x28], ...(p.keys ?? ['0']).map(str), [0x65]);
   const data = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
   return cat(magic, pickle(int(p.protocol ?? 1001)), sysInfo, main, keys, i64(p.dataCount ?? n), data);
@@ -175,4 +178,21 @@ test('fuzz: hundreds of mutated legacy files each load or throw a clean one-line
   }
   // Speed is the benchmarks' business, not a test's; the timeout catches a hang.
   assert.ok(loaded > 0 && failed > 0, `loaded ${loaded}, failed ${failed}`);
+});
+
+test('a legacy file whose pickle calls os.system is refused, naming the pickle and the offset, and loads with allowUnsafePickle', () => {
+  const bytes = legacyFile({ payload: true });
+  const clean = legacyFile();
+  // The main pickle starts after the magic number, protocol and sys_info pickles, which both files share.
+  const mainStart = clean.findIndex((_, i) => i > 40 && clean[i] === 0x80 && clean[i + 1] === 2 && clean[i + 2] === 0x7d);
+  const globalAt = Buffer.from(bytes).indexOf('cos\nsystem\n') - mainStart;
+  assert.throws(() => parseTorchCheckpoint(bytes, 'evil.pt'), (err: Error) => {
+    assert.equal(err.name, 'UnsafePickleError');
+    assert.match(err.message, new RegExp(`^evil\\.pt \\(data pickle, from byte ${mainStart}\\): refused: the pickle references os\\.system \\(GLOBAL opcode at byte ${globalAt}\\)`));
+    assert.ok(!err.message.includes('\n'));
+    return true;
+  });
+  const ck = parseTorchCheckpoint(bytes, 'evil.pt', { allowUnsafePickle: true });
+  assert.deepEqual([...(ck.tensors.get('w')!.data as Float32Array)], [1.5, -2, 0.25]);
+  assert.deepEqual(ck.unsafe, [`os.system (data pickle from byte ${mainStart}, GLOBAL at byte ${globalAt})`]);
 });

@@ -10,6 +10,8 @@ import { createProgress, type Progress, type ProgressOptions } from './progress.
 import { errorMessage, exitCodeOf, formatError } from './errors.js';
 import { integerFlag } from './flags.js';
 import { checkOutputPath, type OutputKind } from '../io/output-path.js';
+import { setUnsafePickleDefault } from '../io/torch-checkpoint.js';
+import { ALLOW_UNSAFE_PICKLE } from './flags.js';
 
 export type LdmFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof LdmCommand)['baseFlags'] & T['flags']>;
 export type LdmArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
@@ -54,6 +56,10 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
     });
     this.flags = flags as LdmFlags<T>;
     this.args = args as LdmArgs<T>;
+    // Commands that open checkpoints take --allow-unsafe-pickle; it reaches every reader they call, for this run only.
+    if ((flags as Record<string, unknown>)[ALLOW_UNSAFE_PICKLE] === true) {
+      setUnsafePickleDefault({ allow: true, warn: (m) => { if (!this.jsonEnabled()) process.stderr.write(`${m}\n`); } });
+    }
   }
 
   /**
@@ -87,6 +93,11 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
   /** A progress display that honours --quiet and --json. */
   protected progress(opts: Omit<ProgressOptions, 'json' | 'quiet'>): Progress {
     return createProgress({ ...opts, json: this.jsonEnabled(), quiet: this.flags?.quiet ?? false });
+  }
+
+  protected override async finally(err: Error | undefined): Promise<unknown> {
+    setUnsafePickleDefault({ allow: false });
+    return super.finally(err);
   }
 
   /** Errors end the command with `Error: ...` on stderr (and {"error": ...} on stdout with --json), no stack unless DEBUG=ldm. */

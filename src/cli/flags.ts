@@ -74,3 +74,14 @@ export const maxMemoryFlag = () => Flags.custom<number>({
   parse: async (s) => parseByteSize(s),
   summary: `Refuse (or tile) work whose estimated peak memory is above this size, e.g. 4G or 800M (default ${DEFAULT_MEMORY_SHARE * 100}% of the machine's memory).`,
 })();
+
+/**
+ * --allow-unsafe-pickle, for every command that opens PyTorch checkpoints (.ckpt/.pth/.pt). LdmCommand reads it and
+ * makes it the default of every checkpoint reader for the command's run (io/torch-checkpoint.ts setUnsafePickleDefault).
+ */
+export const ALLOW_UNSAFE_PICKLE = 'allow-unsafe-pickle';
+export const unsafePickleFlags = {
+  [ALLOW_UNSAFE_PICKLE]: Flags.boolean({
+    summary: 'Read PyTorch checkpoints whose pickle calls os.system, eval and the like (refused by default); ldm still runs none of it.',
+  }),
+};

@@ -1,5 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { ALLOW_UNSAFE_PICKLE, unsafePickleFlags } from '../cli/flags.js';
 import { MODEL_PARTS } from '../interop/load-any.js';
 import { CONVERT_STAGES, TARGET_DTYPES, TARGET_FORMATS, convertCheckpoint, summarizeNames, type ConvertResult } from '../interop/convert.js';
 
@@ -19,6 +20,7 @@ export default class Convert extends LdmCommand<typeof Convert> {
     output: Args.string({ required: true, description: 'File (ldm) or folder (diffusers) to write.' }),
   };
   static override flags = {
+    ...unsafePickleFlags,
     to: Flags.option({ options: TARGET_FORMATS, summary: 'Output format (default: ldm for a .safetensors output, else diffusers).' })(),
     dtype: Flags.option({ options: TARGET_DTYPES, summary: 'Cast the weights (default: keep their dtype).' })(),
     part: Flags.option({ options: MODEL_PARTS, summary: 'Convert only this part of a latent diffusion model.' })(),
@@ -39,10 +41,16 @@ export default class Convert extends LdmCommand<typeof Convert> {
       ...(f.config ? { config: f.config } : {}),
       ema: f.ema,
       force: f.force,
+      allowUnsafePickle: f[ALLOW_UNSAFE_PICKLE],
     }).then((res) => {
       bar.update(CONVERT_STAGES, { stage: 'done' });
       return res;
     }).finally(() => bar.stop());
+    // Loud: past --quiet, as the input is an attack on whoever opens it with PyTorch.
+    if (r.unsafe.length > 0 && !this.jsonEnabled()) {
+      process.stderr.write(`warning: ${r.input} is hostile: its pickle references ${r.unsafe.join(', ')}, which torch.load would run; `
+        + `converted anyway (--${ALLOW_UNSAFE_PICKLE}), running nothing. Do not open the input with PyTorch\n`);
+    }
     if (r.skipped.length > 0) this.note(`skipped by the unpickler (never imported or run): ${r.skipped.join(', ')}`);
     if (r.unused.length > 0) this.note(`unused tensors (${r.unused.length}): ${summarizeNames(r.unused)}`);
     for (const n of r.notes) this.note(`note: ${n}`);

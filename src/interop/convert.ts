@@ -43,6 +43,8 @@ export interface ConvertResult {
   files: string[];
   step: number;
   skipped: string[];
+  /** Known-dangerous globals of the input's pickle, with where they sit (only with allowUnsafePickle; else it is refused). */
+  unsafe: string[];
   unused: string[];
   notes: string[];
 }
@@ -109,6 +111,7 @@ export async function convertCheckpoint(input: string, output: string, opts: Con
     files,
     step: model.step,
     skipped: source.skipped,
+    unsafe: source.unsafe,
     unused: source.unused,
     notes: source.notes,
   };

@@ -13,7 +13,7 @@ import type { Module } from '../engine/module.js';
 import { CHECKPOINT_KEYS, addPrefix, loadCheckpoint, mergeParams, splitPrefix } from '../io/checkpoint.js';
 import { readSafetensors, readSafetensorsHeader } from '../io/safetensors.js';
 import { warnIfStaleRunModel } from '../io/run-dir.js';
-import { readTorchCheckpoint, sniffTorchFormat } from '../io/torch-checkpoint.js';
+import { readTorchCheckpoint, sniffTorchFormat, unsafePickleAllowedByDefault } from '../io/torch-checkpoint.js';
 import { fileSource, ZipReader } from '../io/zip.js';
 import { PyDict, unpickle } from '../io/pickle.js';
 import { ConfigError, loadConfig, resolveConfigRef, validateConfig } from '../config/load.js';
@@ -29,7 +29,7 @@ import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, fingerprintParam
 import { autoencoderKeyMap, fromDiffusers, unetKeyMap } from './keymaps.js';
 import {
   autoencoderConfigFrom, inferAutoencoderConfig, inferConditioning, inferSchedule, inferUNetConfig, isReferenceConfig, ldmConfigFrom,
-  readReferenceConfig, type ReferenceModel,
+  passConfigHint, readReferenceConfig, type ReferenceModel,
 } from './reference-config.js';
 import { archOfSpec, firstStageSpecOf, readDiffusers } from './diffusers.js';
 
@@ -65,6 +65,8 @@ export interface SourceReport {
   readonly format: SourceFormat;
   /** Globals the unpickler stood in for and never ran (Lightning classes and the like). */
   readonly skipped: string[];
+  /** Known-dangerous globals among them (os.system ...), with where they sit; only with allowUnsafePickle, else the file is refused. */
+  readonly unsafe: string[];
   /** Input tensors the model does not use (loss.*, EMA copies, schedule buffers...). */
   readonly unused: string[];
   /** What was inferred, assumed or dropped, one line each. */
@@ -82,6 +84,11 @@ export interface LoadAnyOptions {
   ema?: boolean;
   /** 'float32' (default) converts float16/bfloat16/float64 weights to float32, ready to run; 'keep' leaves them. */
   dtype?: 'float32' | 'keep';
+  /**
+   * PyTorch checkpoints naming a known-dangerous global (os.system ...) are read, still running nothing, instead of
+   * refused. Default: the process default (setUnsafePickleDefault: the CLI's --allow-unsafe-pickle), else false.
+   */
+  allowUnsafePickle?: boolean;
 }
 
 const UNET_PREFIX = 'model.diffusion_model.';
@@ -97,6 +104,7 @@ const WEIGHTS_KEY = 'ldm.weights';
 export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {}): Promise<AnyCheckpoint> {
   const notes: string[] = [];
   const skipped: string[] = [];
+  const unsafe: string[] = [];
   let unused: string[] = [];
   let format: SourceFormat;
   let model: ModelContent;
@@ -109,7 +117,8 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
   } else {
     const head = readHead(file);
     const sniffed = sniffTorchFormat(head);
-    if (sniffed === 'safetensors') {
+    // A .safetensors too short or with an impossible header length sniffs as nothing: its own reader says what is wrong.
+    if (sniffed === 'safetensors' || (sniffed === 'unknown' && /\.safetensors$/i.test(file))) {
       const header = await readSafetensorsHeader(file);
       const dir = path.dirname(file);
       if (Object.hasOwn(header.metadata, 'ldm.format')) {
@@ -130,9 +139,11 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
       }
     } else {
       format = 'torch';
-      const ckpt = await readTorchCheckpoint(file);
+      const ckpt = await readTorchCheckpoint(file, opts.allowUnsafePickle === undefined ? {} : { allowUnsafePickle: opts.allowUnsafePickle });
+      const allowUnsafePickle = opts.allowUnsafePickle ?? unsafePickleAllowedByDefault();
       skipped.push(...ckpt.skipped);
-      const r = fromTensors(ckpt.tensors, file, torchStep(file), opts, notes);
+      unsafe.push(...ckpt.unsafe);
+      const r = fromTensors(ckpt.tensors, file, torchStep(file, allowUnsafePickle), opts, notes);
       model = r.model;
       unused = r.unused;
     }
@@ -142,7 +153,7 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
   if ((opts.dtype ?? 'float32') === 'float32') model = { ...model, params: toFloat32Params(model.params) } as ModelContent;
   const checked = checkModel(model, file);
   unused.push(...checked.unused);
-  return { ...checked.model, source: { path: file, format, skipped, unused, notes } };
+  return { ...checked.model, source: { path: file, format, skipped, unsafe, unused, notes } };
 }
 
 function statOf(file: string): fs.Stats {
@@ -167,13 +178,13 @@ function readHead(file: string): Uint8Array {
 }
 
 /** `global_step` of a Lightning checkpoint (0 when there is none); the tensors come from readTorchCheckpoint. */
-function torchStep(file: string): number {
+function torchStep(file: string, allowUnsafe: boolean): number {
   const source = fileSource(file);
   try {
     const zip = ZipReader.open(source, { verifyCrc: false });
     const pkl = zip.entries.find((e) => /^[^/]+\/data\.pkl$/.test(e.name));
     if (!pkl) return 0;
-    const { value } = unpickle(zip.read(pkl, 1 << 30), file);
+    const { value } = unpickle(zip.read(pkl, 1 << 30), file, {}, { allowUnsafe });
     if (!(value instanceof PyDict)) return 0;
     const step = value.map.get('global_step');
     const n = typeof step === 'bigint' ? Number(step) : step;
@@ -291,7 +302,9 @@ function fromTensors(
     return fromReferenceTensors(tensors, file, step, opts, given, notes);
   } catch (err) {
     const msg = (err as Error).message;
-    throw msg.startsWith(file) || err instanceof ConfigError ? err : new Error(`${file}: ${msg}`);
+    if (msg.startsWith(file) || err instanceof ConfigError) throw err;
+    // The hint's placeholder becomes this file, so the command it names can be pasted.
+    throw new Error(`${file}: ${msg.replace(passConfigHint(), passConfigHint(file))}`);
   }
 }
 
@@ -308,7 +321,7 @@ function fromReferenceTensors(
     return m;
   };
   const rest = () => [...tensors.keys()].filter((k) => !taken.has(k));
-  const needConfig = (what: string) => new Error(`${file}: ${what}; pass its config with --config (the reference YAML or an ldm config)`);
+  const needConfig = (what: string) => new Error(`${file}: ${what}; ${passConfigHint(file)}`);
 
   if (layout === 'autoencoder' || layout === 'first_stage') {
     const params = take(layout === 'first_stage' ? FIRST_STAGE_PREFIX : '');
@@ -361,7 +374,7 @@ function fromReferenceTensors(
   const scaleFactor = (): number => {
     const s = scaleFromBuffer ?? ldm?.scaleFactor;
     if (s !== undefined) return s;
-    notes.push('the scale factor is neither in the weights nor in a config: 1.0 (the reference default) is used; kl-f8 LDMs use 0.18215, pass --config');
+    notes.push('the scale factor is neither in the weights nor in a config: 1.0 (the reference default) is used; kl-f8 LDMs use 0.18215: give the config to ldm convert --config');
     return 1;
   };
   const conditioningOf = (unetCfg: Pick<UNetConfig, 'in_channels' | 'out_channels'>) => (ldm ? { conditioning: ldm.config.conditioning, contextDim: ldm.config.unet.context_dim } : inferConditioning(cond, unetCfg, notes));
@@ -471,6 +484,10 @@ function condModule(c: CondStageConfig, params: ReadonlyMap<string, HostTensor>,
  * Keep exactly the tensors the model has, each with the shape the config gives; the rest are `unused`. A missing
  * tensor or a wrong shape means the config does not describe these weights.
  */
+function checkConfigHint(file: string): string {
+  return `check the config given to ldm convert ${file} --config`;
+}
+
 function checkModel(m: ModelContent, file: string): { model: ModelContent; unused: string[] } {
   const parts: [string, Module][] = [];
   switch (m.kind) {
@@ -512,14 +529,14 @@ function checkModel(m: ModelContent, file: string): { model: ModelContent; unuse
         continue;
       }
       if (t.shape.join() !== p.shape.join()) {
-        throw new Error(`${file}: ${name} has shape [${t.shape.join(', ')}] but the config gives [${p.shape.join(', ')}]; the config does not describe these weights (check --config)`);
+        throw new Error(`${file}: ${name} has shape [${t.shape.join(', ')}] but the config gives [${p.shape.join(', ')}]; the config does not describe these weights (${checkConfigHint(file)})`);
       }
       kept.set(name, t);
     }
   }
   if (missing.length > 0) {
     throw new Error(`${file}: the weights lack ${missing.length} tensor(s) the config needs (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', ...' : ''}); `
-      + 'the config does not describe these weights (check --config)');
+      + `the config does not describe these weights (${checkConfigHint(file)})`);
   }
   const unused = [...m.params.keys()].filter((k) => !kept.has(k));
   let metadata = m.metadata;

@@ -429,13 +429,21 @@ function ldmFrom(params: Obj, target: string, ctx: Context): { config: Obj; firs
   return { config, ...(firstStage ? { firstStage } : {}), ...(scaleFactor !== undefined ? { scaleFactor } : {}) };
 }
 
+/**
+ * What to do when the weights do not say enough. Only `ldm convert` (and export-onnx) take a reference YAML: sample,
+ * encode and the rest read checkpoints without --config, so the hint names the command that works.
+ */
+export function passConfigHint(file = '<checkpoint>'): string {
+  return `give its reference YAML (or an ldm config) to ldm convert: ldm convert ${file} <out>.safetensors --config <yaml>, then use <out>.safetensors`;
+}
+
 // ---------------------------------------------------------------- configs from tensor shapes
 
 type Params = ReadonlyMap<string, HostTensor>;
 
 function shapeOf(params: Params, name: string): readonly number[] {
   const t = params.get(name);
-  if (!t) throw new Error(`the weights lack ${name}, so their architecture cannot be read from them; pass the reference YAML with --config`);
+  if (!t) throw new Error(`the weights lack ${name}, so their architecture cannot be read from them; ${passConfigHint()}`);
   return t.shape;
 }
 
@@ -550,7 +558,7 @@ export function inferUNetConfig(params: Params, heads: HeadsConfig | undefined, 
     else if (kIn !== mid) cfg.context_dim = kIn;
   }
   if (!heads || (heads.num_heads === undefined && heads.num_head_channels === undefined)) {
-    throw new Error('the UNet weights do not record its attention heads (num_heads or num_head_channels); pass the reference YAML with --config');
+    throw new Error(`the UNet weights do not record its attention heads (num_heads or num_head_channels); ${passConfigHint()}`);
   }
   if (heads.num_heads !== undefined && heads.num_heads !== -1) cfg.num_heads = heads.num_heads;
   if (heads.num_head_channels !== undefined && heads.num_head_channels !== -1) cfg.num_head_channels = heads.num_head_channels;
@@ -669,7 +677,7 @@ export function inferConditioning(cond: Params, unet: Pick<UNetConfig, 'in_chann
     const dim = tok.shape[1]!;
     const depth = indices(cond, 'transformer.attn_layers.layers.').length / 2;
     const q = shapeOf(cond, 'transformer.attn_layers.layers.0.1.to_q.weight');
-    if (q[0] !== 512) throw new Error(`the text encoder's attention is ${q[0]} wide, not x-transformers' default 8 x 64; pass the reference YAML with --config`);
+    if (q[0] !== 512) throw new Error(`the text encoder's attention is ${q[0]} wide, not x-transformers' default 8 x 64; ${passConfigHint()}`);
     notes.push('the text encoder was read from the weights; ldm records no tokenizer for it, so prompts cannot be encoded until one is attached');
     return { conditioning: { type: 'text', text: { dim, depth, heads: 8, dim_head: 64, max_len: shapeOf(cond, 'transformer.pos_emb.emb.weight')[0] } }, contextDim: dim };
   }

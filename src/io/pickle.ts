@@ -3,7 +3,10 @@
  * it knows (tensor and parameter rebuilders, storage types, OrderedDict) become plain data, and every other global
  * becomes an inert Placeholder that REDUCE, BUILD and NEWOBJ only wrap in further placeholders. Nothing is
  * imported, looked up or called by name. Work is bounded: ops, stack, memo, marks and value sizes have limits.
+ * A pickle naming a known-dangerous global (os.system, builtins.eval ...: unsafe-globals.ts) is refused with an
+ * UnsafePickleError unless the caller allows it: ldm would run nothing, but torch.load would.
  */
+import { isUnsafeGlobal } from './unsafe-globals.js';
 
 /** Element types of the storages torch.save writes, by their pickled class name (torch.<Name>). */
 export const STORAGE_DTYPES = {
@@ -105,6 +108,8 @@ export interface Unpickled {
   value: PyValue;
   /** Globals stood in for by placeholders, each once, in order of first appearance (e.g. "argparse.Namespace"). */
   skipped: string[];
+  /** The known-dangerous ones among them (os.system, builtins.eval ...), each where it first appears; only with allowUnsafe. */
+  unsafe: UnsafeGlobal[];
   /** Bytes read, up to and including STOP: where the next pickle of a stream (the legacy torch format) starts. */
   end: number;
 }
@@ -112,6 +117,33 @@ export interface Unpickled {
 /** Malformed or over-limit pickle data. */
 export class PickleError extends Error {
   override name = 'PickleError';
+}
+
+/** A known-dangerous global (see unsafe-globals.ts) and the opcode that names it. */
+export interface UnsafeGlobal {
+  /** "os.system", "builtins.eval" ... */
+  global: string;
+  /** Byte offset of the GLOBAL / STACK_GLOBAL / INST opcode in the pickle. */
+  offset: number;
+  opcode: 'GLOBAL' | 'STACK_GLOBAL' | 'INST';
+}
+
+export interface UnpickleOptions {
+  /** Read past known-dangerous globals (still as inert placeholders) instead of refusing the pickle. */
+  allowUnsafe?: boolean;
+}
+
+/**
+ * The pickle names a known-dangerous callable: nothing ran, but PyTorch would run it, so the file is refused. Not a
+ * PickleError, so readers that retry a PickleError on more data (the legacy format) pass it straight through.
+ */
+export class UnsafePickleError extends Error {
+  override name = 'UnsafePickleError';
+  constructor(readonly source: string, readonly found: UnsafeGlobal) {
+    super(`${source}: refused: the pickle references ${found.global} (${found.opcode} opcode at byte ${found.offset}), which runs code `
+      + 'when PyTorch loads the file, so the file is an attack on whoever opens it with torch.load; ldm ran nothing. '
+      + 'Pass --allow-unsafe-pickle to read its tensors anyway (ldm still runs nothing)');
+  }
 }
 
 const KNOWN = new Set([
@@ -128,7 +160,7 @@ const KNOWN = new Set([
  * Unpickle `data` without executing anything. `source` names the data in error messages.
  * Persistent ids must be torch storage tuples; anything else is an error.
  */
-export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<UnpickleLimits> = {}): Unpickled {
+export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<UnpickleLimits> = {}, opts: UnpickleOptions = {}): Unpickled {
   const lim = { ...DEFAULT_LIMITS, ...limits };
   const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
   const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -138,9 +170,12 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
   const marks: number[] = [];
   const memo = new Map<number, PyValue>();
   const skipped = new Set<string>();
+  const unsafe = new Map<string, UnsafeGlobal>();
   const tupleKeys = new Map<string, PyTuple>();
   let pos = 0;
   let ops = 0;
+  /** Where the current opcode starts, for naming an unsafe global's position. */
+  let opAt = 0;
 
   const fail = (what: string): never => {
     throw new PickleError(`${source}: ${what} (at byte ${pos}); the pickle is corrupt or not written by torch.save`);
@@ -205,10 +240,15 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
     if (!memo.has(idx)) fail(`reads memo entry ${idx}, which was never stored`);
     push(memo.get(idx)!);
   };
-  const global = (module: string, name: string): PyGlobal | Placeholder => {
+  const global = (module: string, name: string, opcode: UnsafeGlobal['opcode']): PyGlobal | Placeholder => {
     // Control characters would break one-line messages that list skipped names.
     const full = [...`${module}.${name}`].map((c) => (c < ' ' || c === '\x7f' ? '?' : c)).join('');
     if (KNOWN.has(full)) return new PyGlobal(full);
+    if (isUnsafeGlobal(module, name) && !unsafe.has(full)) {
+      const found: UnsafeGlobal = { global: full, offset: opAt, opcode };
+      if (!opts.allowUnsafe) throw new UnsafePickleError(source, found);
+      unsafe.set(full, found);
+    }
     skipped.add(full);
     return new Placeholder(full);
   };
@@ -241,6 +281,7 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
   for (;;) {
     if (++ops > lim.maxOps) fail(`more than ${lim.maxOps} operations`);
     if (pos >= data.length) fail('ends without a STOP opcode');
+    opAt = pos;
     const op = data[pos++]!;
     switch (op) {
       case 0x80: { // PROTO
@@ -251,7 +292,7 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
       case 0x95: need(8); break; // FRAME: a length hint only
       case 0x2e: { // STOP
         if (stack.length !== 1 || marks.length !== 0) fail(`STOP with ${stack.length} items on the stack`);
-        return { value: stack[0]!, skipped: [...skipped], end: pos };
+        return { value: stack[0]!, skipped: [...skipped], unsafe: [...unsafe.values()], end: pos };
       }
       case 0x28: // MARK
         if (marks.length >= lim.maxMarks) fail(`more than ${lim.maxMarks} nested MARKs`);
@@ -365,14 +406,14 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
       }
       case 0x63: { // GLOBAL "module\nname\n"
         const module = line();
-        push(global(module, line()));
+        push(global(module, line(), 'GLOBAL'));
         break;
       }
       case 0x93: { // STACK_GLOBAL
         const name = pop();
         const module = pop();
         if (typeof module !== 'string' || typeof name !== 'string') fail('STACK_GLOBAL needs two strings');
-        push(global(module as string, name as string));
+        push(global(module as string, name as string, 'STACK_GLOBAL'));
         break;
       }
       case 0x52: { // REDUCE
@@ -405,7 +446,7 @@ export function unpickle(data: Uint8Array, source = 'pickle', limits: Partial<Un
       }
       case 0x69: { // INST "module\nname\n": MARK args... -> instance
         const module = line();
-        const g = global(module, line());
+        const g = global(module, line(), 'INST');
         push(apply(g, new PyTuple(popMark())));
         break;
       }

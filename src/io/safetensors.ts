@@ -59,11 +59,13 @@ const INCOMPLETE = 'the file is incomplete, re-download or re-save it';
 /** Read N from the 8-byte prefix and check it against the bytes available after it. */
 function headerLength(prefix: Uint8Array, available: number, source: string): number {
   if (prefix.length < 8) {
-    fail(source, `truncated: ${prefix.length} bytes, shorter than the 8-byte header length; ${INCOMPLETE}`);
+    fail(source, `too short to be a safetensors file: ${prefix.length} bytes, shorter than the 8-byte header length; ${INCOMPLETE}`);
   }
+  // The smallest header, "{}", takes 2 bytes.
+  if (available < 2) fail(source, `too short to be a safetensors file: ${prefix.length} bytes, a header length and no header; ${INCOMPLETE}`);
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_BYTES)) {
-    fail(source, `header length ${n} bytes exceeds the ${MAX_HEADER_BYTES}-byte limit; ${NOT_SAFETENSORS}`);
+    fail(source, `impossible header length: ${n} bytes exceeds the ${MAX_HEADER_BYTES}-byte limit${n > BigInt(available) ? ` and the ${available} bytes the file has after it` : ''}; ${NOT_SAFETENSORS}`);
   }
   const len = Number(n);
   if (len > available) {

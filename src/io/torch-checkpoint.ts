@@ -8,7 +8,7 @@
 import { allocate, DTYPE_BYTES, numel as countOf, type DType, type HostData, type HostTensor } from '../engine/host-tensor.js';
 import { bytesSource, fileSource, quote, ZipReader, type ByteSource, type ZipEntry } from './zip.js';
 import {
-  PyDict, PyList, PyTuple, StorageRef, TensorRef, unpickle, type PyValue, type UnpickleLimits,
+  PyDict, PyList, PyTuple, StorageRef, TensorRef, unpickle, type PyValue, type UnpickleLimits, type UnsafeGlobal,
 } from './pickle.js';
 import { readLegacyArchive } from './torch-legacy.js';
 
@@ -17,6 +17,8 @@ export interface TorchCheckpoint {
   tensors: Map<string, HostTensor>;
   /** Globals the pickle names that were stood in for and never loaded, e.g. "pytorch_lightning....ModelCheckpoint". */
   skipped: string[];
+  /** Known-dangerous globals read past with allowUnsafePickle, each with where it sits: "os.system (archive/data.pkl, GLOBAL at byte 2)". */
+  unsafe: string[];
   /** The top-level key the state dict sat under ("state_dict" for Lightning, "model", "module"), if any. */
   nestedUnder?: string;
 }
@@ -25,6 +27,33 @@ export interface TorchReadOptions {
   /** Check every zip entry's CRC-32 (default true). */
   verifyCrc?: boolean;
   limits?: Partial<UnpickleLimits>;
+  /**
+   * Read a pickle that names a known-dangerous global (os.system, builtins.eval ...) instead of refusing it with an
+   * UnsafePickleError. Nothing runs either way; the globals are listed in `unsafe`.
+   */
+  allowUnsafePickle?: boolean;
+}
+
+/** What readers do when their options do not say whether to read a pickle naming a dangerous global. */
+export interface UnsafePickleDefault {
+  allow: boolean;
+  /** Told once per file read past such globals on this default, e.g. to print a warning. */
+  warn?: (message: string) => void;
+}
+
+let unsafeDefault: UnsafePickleDefault = { allow: false };
+
+/**
+ * Set the default for readers not told explicitly (readTorchCheckpoint, loadAnyCheckpoint and all that open checkpoints
+ * through them). The CLI sets it from --allow-unsafe-pickle for the one command it runs, and resets it after, so the flag
+ * reaches every checkpoint a command opens without each model loader passing it on.
+ */
+export function setUnsafePickleDefault(d: UnsafePickleDefault): void {
+  unsafeDefault = d;
+}
+
+export function unsafePickleAllowedByDefault(): boolean {
+  return unsafeDefault.allow;
 }
 
 /** Top-level keys a state dict is commonly nested under, in the order they are tried. */
@@ -69,22 +98,34 @@ export function sniffTorchFormat(head: Uint8Array): 'zip' | 'legacy' | 'pickle' 
   // The oldest (tar) format: "ustar" at offset 257.
   if (head.length >= 262 && String.fromCharCode(...head.subarray(257, 262)) === 'ustar') return 'legacy';
   if (head[0] === 0x80 && head.length > 1 && head[1]! >= 2 && head[1]! <= 5) return 'pickle';
-  if (head.length >= 9 && head[8] === 0x7b && head[5] === 0 && head[6] === 0 && head[7] === 0) return 'safetensors';
+  // A JSON header after the 8-byte length, whatever the length says (an impossible one is the safetensors reader's to name).
+  if (head.length >= 9 && head[8] === 0x7b) return 'safetensors';
   return 'unknown';
 }
 
 function readFromSource(source: ByteSource, opts: TorchReadOptions): TorchCheckpoint {
+  const checkpoint = readUnchecked(source, { ...opts, allowUnsafePickle: opts.allowUnsafePickle ?? unsafeDefault.allow });
+  if (opts.allowUnsafePickle === undefined && checkpoint.unsafe.length > 0) {
+    unsafeDefault.warn?.(`warning: ${source.name} is hostile: its pickle references ${checkpoint.unsafe.join(', ')}, which torch.load would run; `
+      + 'read anyway (--allow-unsafe-pickle), running nothing. Do not open it with PyTorch');
+  }
+  return checkpoint;
+}
+
+function readUnchecked(source: ByteSource, opts: TorchReadOptions): TorchCheckpoint {
   const name = source.name;
   const fail = (what: string): never => {
     throw new Error(`${name}: ${what}`);
   };
   const kind = sniffTorchFormat(source.read(0, Math.min(source.size, 512)));
   if (kind === 'legacy') {
-    const legacy = readLegacyArchive(source, opts.limits);
-    return tensorsOf(legacy.value, legacy.skipped, false, (s) => legacy.storageBytes(s), false, source.size, fail);
+    const legacy = readLegacyArchive(source, opts.limits, { allowUnsafe: opts.allowUnsafePickle ?? false });
+    const unsafe = legacy.unsafe.map((u) => describeUnsafe(u, `data pickle from byte ${legacy.dataStart}`));
+    return tensorsOf(legacy.value, legacy.skipped, unsafe, false, (s) => legacy.storageBytes(s), false, source.size, fail);
   }
   if (kind === 'pickle') fail('a bare pickle, not a torch.save zip archive; re-save it with torch.save(state_dict, path) on PyTorch >= 1.6');
   if (kind === 'safetensors') fail('this is a safetensors file, not a PyTorch checkpoint; read it as safetensors');
+  if (kind === 'unknown' && /\.safetensors$/i.test(name)) fail(`named .safetensors but not readable as one (${source.size} bytes); read it as safetensors to see what is wrong`);
   if (kind === 'unknown') fail('not a PyTorch checkpoint (no zip signature); pass a file written by torch.save');
 
   const zip = ZipReader.open(source, { verifyCrc: opts.verifyCrc ?? true });
@@ -102,7 +143,10 @@ function readFromSource(source: ByteSource, opts: TorchReadOptions): TorchCheckp
     bigEndian = text === 'big';
   }
 
-  const { value, skipped } = unpickle(zip.read(pkls[0]!, MAX_PICKLE_BYTES), `${name} (${pkls[0]!.name})`, opts.limits);
+  const member = pkls[0]!.name;
+  const unpickled = unpickle(zip.read(pkls[0]!, MAX_PICKLE_BYTES), `${name} (${member})`, opts.limits, { allowUnsafe: opts.allowUnsafePickle ?? false });
+  const { value, skipped } = unpickled;
+  const unsafe = unpickled.unsafe.map((u) => describeUnsafe(u, member));
   const storageBytes = (storage: StorageRef, user: string): Uint8Array => {
     const entryName = `${root}data/${storage.key}`;
     const entry: ZipEntry | undefined = zip.get(entryName);
@@ -113,12 +157,16 @@ function readFromSource(source: ByteSource, opts: TorchReadOptions): TorchCheckp
     }
     return zip.read(entry!, want);
   };
-  return tensorsOf(value, skipped, isTorchScript, storageBytes, bigEndian, source.size, fail);
+  return tensorsOf(value, skipped, unsafe, isTorchScript, storageBytes, bigEndian, source.size, fail);
+}
+
+function describeUnsafe(u: UnsafeGlobal, member: string): string {
+  return `${u.global} (${member}, ${u.opcode} at byte ${u.offset})`;
 }
 
 /** The state dict's tensors, each storage's `numel` elements (exactly their bytes) coming from `storageBytes`. */
 function tensorsOf(
-  value: PyValue, skipped: string[], isTorchScript: boolean, storageBytes: (storage: StorageRef, user: string) => Uint8Array,
+  value: PyValue, skipped: string[], unsafe: string[], isTorchScript: boolean, storageBytes: (storage: StorageRef, user: string) => Uint8Array,
   bigEndian: boolean, fileSize: number, fail: (what: string) => never,
 ): TorchCheckpoint {
   const { refs, nestedUnder } = findStateDict(value, fail);
@@ -129,7 +177,7 @@ function tensorsOf(
   }
 
   const tensors = materialize(storageBytes, refs, bigEndian, fileSize, fail);
-  return nestedUnder === undefined ? { tensors, skipped } : { tensors, skipped, nestedUnder };
+  return nestedUnder === undefined ? { tensors, skipped, unsafe } : { tensors, skipped, unsafe, nestedUnder };
 }
 
 function hasDirectTensor(d: PyDict): boolean {

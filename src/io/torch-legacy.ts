@@ -10,6 +10,7 @@ import type { ByteSource } from './zip.js';
 import { quote } from './zip.js';
 import {
   PickleError, PyDict, PyList, PySet, PyTuple, StorageRef, TensorRef, unpickle, type PyValue, type Unpickled, type UnpickleLimits,
+  type UnpickleOptions, type UnsafeGlobal,
 } from './pickle.js';
 
 export const LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6cn;
@@ -19,6 +20,10 @@ export interface LegacyArchive {
   /** The main object (usually a state dict), storages as StorageRef and tensors as TensorRef. */
   value: PyValue;
   skipped: string[];
+  /** Known-dangerous globals of the data pickle (only with allowUnsafe; else it is refused), offsets from that pickle's start. */
+  unsafe: UnsafeGlobal[];
+  /** Where the data pickle starts in the file. */
+  dataStart: number;
   /** The `numel` elements of a storage the pickle named, exactly as many bytes as they take. */
   storageBytes(storage: StorageRef): Uint8Array;
 }
@@ -31,7 +36,7 @@ export class LegacyFormatError extends Error {
   override name = 'LegacyFormatError';
 }
 
-export function readLegacyArchive(source: ByteSource, limits?: Partial<UnpickleLimits>): LegacyArchive {
+export function readLegacyArchive(source: ByteSource, limits?: Partial<UnpickleLimits>, opts: UnpickleOptions = {}): LegacyArchive {
   const name = source.name;
   const fail = (what: string): never => {
     throw new LegacyFormatError(`${name}: ${what}; the legacy PyTorch file is corrupt or truncated`);
@@ -43,7 +48,7 @@ export function readLegacyArchive(source: ByteSource, limits?: Partial<UnpickleL
 
   let at = 0;
   const next = (what: string): Unpickled => {
-    const r = pickleAt(source, at, `${name} (${what})`, limits);
+    const r = pickleAt(source, at, `${name} (${what} pickle, from byte ${at})`, limits, opts);
     at += r.end;
     return r;
   };
@@ -57,6 +62,7 @@ export function readLegacyArchive(source: ByteSource, limits?: Partial<UnpickleL
   if ((sysInfo as PyDict).map.get('little_endian') === false) {
     throw new LegacyFormatError(`${name}: written on a big-endian machine by an old PyTorch; re-save it on a little-endian one`);
   }
+  const dataStart = at;
   const main = next('data');
   const keyList = next('storage keys').value;
   if (!(keyList instanceof PyList) || !keyList.items.every((k) => typeof k === 'string')) fail('the storage key list is not a list of strings');
@@ -85,6 +91,8 @@ export function readLegacyArchive(source: ByteSource, limits?: Partial<UnpickleL
   return {
     value: main.value,
     skipped: main.skipped,
+    unsafe: main.unsafe,
+    dataStart,
     storageBytes(storage) {
       const loc = located.get(storage.key);
       const want = storage.numel * DTYPE_BYTES[storage.dtype];
@@ -95,12 +103,12 @@ export function readLegacyArchive(source: ByteSource, limits?: Partial<UnpickleL
 }
 
 /** One pickle starting at `offset`, read through windows that grow until it fits or the file ends. */
-function pickleAt(source: ByteSource, offset: number, label: string, limits?: Partial<UnpickleLimits>): Unpickled {
+function pickleAt(source: ByteSource, offset: number, label: string, limits?: Partial<UnpickleLimits>, opts: UnpickleOptions = {}): Unpickled {
   if (offset >= source.size) throw new LegacyFormatError(`${label}: the file ends here; the legacy PyTorch file is truncated`);
   for (let window = FIRST_WINDOW; ; window *= 8) {
     const n = Math.min(window, source.size - offset);
     try {
-      return unpickle(source.read(offset, n), label, limits);
+      return unpickle(source.read(offset, n), label, limits, opts);
     } catch (err) {
       // A pickle cut by the window fails like a truncated one: only the whole rest of the file is final.
       if (!(err instanceof PickleError) || n === source.size - offset) throw err;
