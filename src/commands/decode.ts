@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
-import { LIMITS, integerFlag, maxMemoryFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, maxMemoryFlag, unsafePickleFlags } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';
@@ -20,6 +20,7 @@ export default class Decode extends LdmCommand<typeof Decode> {
   ];
   static override strict = false;
   static override flags = {
+    ...unsafePickleFlags,
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'The autoencoder checkpoint that encoded the latents.' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .png file for a single input).' }),
     tile: integerFlag({ min: 1, max: LIMITS.side, summary: 'Decode images larger than this many pixels a side in overlapping tiles of this size.' }),

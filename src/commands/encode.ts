@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
-import { LIMITS, integerFlag, maxMemoryFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, maxMemoryFlag, unsafePickleFlags } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';
@@ -23,6 +23,7 @@ export default class Encode extends LdmCommand<typeof Encode> {
   ];
   static override strict = false;
   static override flags = {
+    ...unsafePickleFlags,
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'Autoencoder checkpoint (ldm train-ae writes model.safetensors), or an LDM checkpoint.' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .safetensors file for a single input image).' }),
     pad: Flags.option({ options: ['replicate', 'reflect'] as const, default: 'replicate' as const, summary: 'How images are padded to a multiple of f.' })(),

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Args, Flags } from '@oclif/core';
-import { LIMITS, integerFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseDatasetSpec } from '../data/sources.js';
@@ -131,6 +131,7 @@ export default class EvalFid extends LdmCommand<typeof EvalFid> {
     b: Args.string({ required: true, description: 'Side B: the same forms.' }),
   };
   static override flags = {
+    ...unsafePickleFlags,
     network: Flags.option({ options: NETWORKS, summary: 'Feature network (default: what --weights holds: an ldm classifier checkpoint, else Inception).' })(),
     weights: Flags.string({ char: 'w', summary: `Weights of the network: pytorch-fid's ${FID_WEIGHTS_FILE} (or .safetensors), or a classifier checkpoint.` }),
     kid: Flags.boolean({ summary: 'Also the Kernel Inception Distance.' }),

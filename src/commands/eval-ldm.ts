@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { LIMITS, integerFlag, numberFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { openDataset } from '../data/sources.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
@@ -28,6 +28,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
     '<%= config.bin %> eval-ldm --ckpt runs/shapes-semantic/model.safetensors --data "shapes:heldout?size=64" --conditions 50',
   ];
   static override flags = {
+    ...unsafePickleFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (runs/<name>/model.safetensors).' }),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
     'refiner-below': integerFlag({ min: 1, max: 100_000, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),

@@ -1,5 +1,5 @@
 import { Args, Flags } from '@oclif/core';
-import { LIMITS, integerFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import { EXPORT_PARTS, exportOnnx, type ExportResult } from '../pipelines/export-onnx.js';
 
@@ -17,6 +17,7 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
     ckpt: Args.string({ required: true, description: 'Checkpoint (ldm .safetensors, reference .ckpt, diffusers folder).' }),
   };
   static override flags = {
+    ...unsafePickleFlags,
     output: Flags.string({ char: 'o', required: true, summary: 'The .onnx file to write.' }),
     part: Flags.option({ options: EXPORT_PARTS, summary: 'encoder or decoder (autoencoders; default decoder), unet (diffusion models).' })(),
     batch: integerFlag({ min: 1, max: LIMITS.batch, default: 1, summary: 'Batch size baked into the graph.' }),

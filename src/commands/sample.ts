@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { LIMITS, integerFlag, maxMemoryFlag, numberFlag } from '../cli/flags.js';
+import { LIMITS, integerFlag, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -22,6 +22,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     '<%= config.bin %> sample --ckpt sem.safetensors --map labels.png --height 64 --width 64 -o out/',
   ];
   static override flags = {
+    ...unsafePickleFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm).' }),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
     'refiner-below': integerFlag({ min: 1, max: 100_000, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
