@@ -8,6 +8,8 @@ import { Command, Errors, Flags, type Interfaces } from '@oclif/core';
 import { BACKEND_NAMES } from '../engine/executor.js';
 import { createProgress, type Progress, type ProgressOptions } from './progress.js';
 import { errorMessage, exitCodeOf, formatError } from './errors.js';
+import { KEEP_PROFILE } from './flags.js';
+import { setKeepProfile } from '../io/colour-profile.js';
 import { integerFlag } from './flags.js';
 import { checkOutputPath, type OutputKind } from '../io/output-path.js';
 import { setUnsafePickleDefault } from '../io/torch-checkpoint.js';
@@ -56,6 +58,8 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
     });
     this.flags = flags as LdmFlags<T>;
     this.args = args as LdmArgs<T>;
+    // Set for every command (false without the flag), so one run's --keep-profile never leaks into the next in-process.
+    setKeepProfile((flags as Record<string, unknown>)[KEEP_PROFILE] === true);
     // Commands that open checkpoints take --allow-unsafe-pickle; it reaches every reader they call, for this run only.
     if ((flags as Record<string, unknown>)[ALLOW_UNSAFE_PICKLE] === true) {
       setUnsafePickleDefault({ allow: true, warn: (m) => { if (!this.jsonEnabled()) process.stderr.write(`${m}\n`); } });

@@ -85,3 +85,14 @@ export const unsafePickleFlags = {
     summary: 'Read PyTorch checkpoints whose pickle calls os.system, eval and the like (refused by default); ldm still runs none of it.',
   }),
 };
+
+/**
+ * --keep-profile, for every command that reads images. LdmCommand makes it the default of every image read for the
+ * command's run (io/colour-profile.ts setKeepProfile).
+ */
+export const KEEP_PROFILE = 'keep-profile';
+export const keepProfileFlags = {
+  [KEEP_PROFILE]: Flags.boolean({
+    summary: 'Read images that carry an ICC profile (Adobe RGB, Display P3...) as their stored values, as the reference implementation does, instead of converting them to sRGB.',
+  }),
+};

@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
 import { LIMITS, integerFlag, maxMemoryFlag, unsafePickleFlags } from '../cli/flags.js';
@@ -23,6 +24,7 @@ export default class Encode extends LdmCommand<typeof Encode> {
   ];
   static override strict = false;
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'Autoencoder checkpoint (ldm train-ae writes model.safetensors), or an LDM checkpoint.' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .safetensors file for a single input image).' }),

@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { inspectCheckpoint } from '../io/checkpoint.js';
@@ -31,6 +32,7 @@ export default class EvalAe extends LdmCommand<typeof EvalAe> {
     '<%= config.bin %> eval-ae --ckpt ae.safetensors --data ./photos --per-image',
   ];
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     ckpt: Flags.string({ aliases: ['ae'], required: true, summary: 'Autoencoder checkpoint (or an LDM checkpoint: its first stage).' }),
     data: Flags.string({ char: 'd', required: true, summary: 'Data source: fashion-mnist[:test], shapes:heldout, idx:..., or a folder.' }),

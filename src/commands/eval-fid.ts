@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseDatasetSpec } from '../data/sources.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -131,6 +132,7 @@ export default class EvalFid extends LdmCommand<typeof EvalFid> {
     b: Args.string({ required: true, description: 'Side B: the same forms.' }),
   };
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     network: Flags.option({ options: NETWORKS, summary: 'Feature network (default: what --weights holds: an ldm classifier checkpoint, else Inception).' })(),
     weights: Flags.string({ char: 'w', summary: `Weights of the network: pytorch-fid's ${FID_WEIGHTS_FILE} (or .safetensors), or a classifier checkpoint.` }),

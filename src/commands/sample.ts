@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import { LIMITS, integerFlag, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import type { Progress } from '../cli/progress.js';
@@ -22,6 +23,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     '<%= config.bin %> sample --ckpt sem.safetensors --map labels.png --height 64 --width 64 -o out/',
   ];
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm).' }),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),

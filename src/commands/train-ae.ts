@@ -2,6 +2,7 @@ import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LIMITS, integerFlag, lrScheduleFlag, timeLimitFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { dumpConfig, loadConfig, parseConfig } from '../config/load.js';
@@ -30,6 +31,7 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
     '<%= config.bin %> train-ae --config kl-f8-small --data ./photos --init runs/old/model.safetensors --run finetune',
   ];
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     config: Flags.string({ char: 'c', required: true, summary: 'Config: a zoo name (ldm zoo --kind autoencoder) or a YAML file.' }),
     data: Flags.string({ char: 'd', summary: 'Training data: fashion-mnist, shapes, idx:..., or a folder of images. Overrides data.source.' }),

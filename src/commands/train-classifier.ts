@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import { LIMITS, integerFlag, numberFlag } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -19,6 +20,7 @@ export default class TrainClassifier extends LdmCommand<typeof TrainClassifier> 
     '<%= config.bin %> train-classifier --data ./labelled-images -o domain.safetensors --epochs 10 --size 32',
   ];
   static override flags = {
+    ...keepProfileFlags,
     data: Flags.string({ char: 'd', required: true, summary: 'Labelled training images: fashion-mnist:train, idx:<images>,<labels>, or a folder of class subfolders.' }),
     test: Flags.string({ summary: 'Labelled test images (default: the source\'s test split, or a held-out 10% of --data).' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Checkpoint to write (.safetensors).' }),

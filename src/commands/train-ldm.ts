@@ -2,6 +2,7 @@ import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LIMITS, integerFlag, lrScheduleFlag, timeLimitFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { RunDir } from '../io/run-dir.js';
@@ -21,6 +22,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
     '<%= config.bin %> train-ldm --config shapes-txt2img --ae ae.safetensors --init old.safetensors --run finetune',
   ];
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     config: Flags.string({ char: 'c', required: true, summary: 'Config: a zoo name (ldm zoo --kind ldm) or a YAML file.' }),
     ae: Flags.string({ summary: 'First stage: an autoencoder checkpoint, or "pixel" (f=1). Overrides first_stage; --resume takes the run\'s own.' }),

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { keepProfileFlags } from '../cli/flags.js';
 import { outputKindFor } from '../io/output-path.js';
 import { LIMITS, integerFlag, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
@@ -28,6 +29,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
   ];
   static override strict = false;
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     ckpt: Flags.string({ summary: 'Super-resolution LDM checkpoint (ldm train-ldm --config sr-x4-... writes one).' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .png file for a single input image).' }),

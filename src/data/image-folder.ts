@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { HostTensor } from '../engine/host-tensor.js';
 import { probeImage, readImage } from '../io/image.js';
+import { keepProfileByDefault } from '../io/colour-profile.js';
 import { Rng } from '../util/random.js';
 import { CacheFile, LruCache, cacheKey, tensorBytes, writeCacheFile, type CacheDtype, type CacheEntry, type CacheStats } from './cache.js';
 import type { Dataset, Sample } from './dataset.js';
@@ -36,6 +37,8 @@ export interface ImageFolderOptions {
   filter?: ResizeFilter;
   /** Output channels; by default 1 when every image is grayscale, else 3. */
   channels?: 1 | 3;
+  /** Keep the stored values of files with an ICC profile instead of converting to sRGB (default: io/colour-profile's). */
+  keepProfile?: boolean;
   /**
    * Random horizontal flip with probability 0.5, drawn after this data set's own caches. Do not also give the
    * DataLoader a cache for this data set: it would keep the first flip of each image.
@@ -184,7 +187,9 @@ export class ImageFolderDataset implements Dataset {
     this.skipped = init.skipped;
   }
 
-  static async open(root: string, opts: ImageFolderOptions = {}): Promise<ImageFolderDataset> {
+  static async open(root: string, options: ImageFolderOptions = {}): Promise<ImageFolderDataset> {
+    // Fixed at open, so the cache key and every later decode agree.
+    const opts: ImageFolderOptions = { ...options, keepProfile: options.keepProfile ?? keepProfileByDefault() };
     const warn = opts.onWarning ?? ((m: string) => console.warn(m));
     const absRoot = path.resolve(root);
     const st = await fsp.stat(absRoot).catch(() => undefined);
@@ -337,7 +342,7 @@ async function probeAll(
 
 /** The deterministic part of loading: decode, channels, resize + centre crop. */
 async function decode(file: string, channels: number, opts: ImageFolderOptions): Promise<HostTensor> {
-  let image = await readImage(file, { channels: channels as 1 | 3 });
+  let image = await readImage(file, { channels: channels as 1 | 3, keepProfile: opts.keepProfile ?? false });
   if (opts.size !== undefined) {
     image = centerCrop(resizeShorterSide(image, opts.size, opts.filter ?? 'bilinear'), opts.size, opts.size);
   }
@@ -354,6 +359,8 @@ async function cacheFilePath(root: string, files: readonly FileEntry[], opts: Im
   const key = cacheKey({
     version: 1, root, files: stats,
     size: opts.size ?? null, filter: opts.filter ?? 'bilinear', channels: opts.channels ?? null, dtype: opts.cacheDtype ?? 'uint8',
+    // Only when set, so the caches made before the option stay valid.
+    ...(opts.keepProfile ? { keepProfile: true } : {}),
   });
   return path.join(opts.cacheDir!, `images-${key.slice(0, 32)}.ldmcache`);
 }

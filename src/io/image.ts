@@ -4,17 +4,24 @@
  * Values: images are [C, H, W] float32 in [-1, 1]. An 8-bit sample v reads as v / 127.5 - 1 and x writes as
  * round((x + 1) / 2 * 255) clamped to [0, 255] (16-bit: 65535 in place of 255), so a write/read round trip
  * moves a value by at most half a step (1/255 at 8 bits, 1/65535 at 16).
+ *
+ * Colour: a file with an embedded ICC profile (Adobe RGB, Display P3...) is converted to sRGB on read, the space
+ * the models are trained in. The reference implementation (PIL) reads the stored values instead; `keepProfile`
+ * (the CLI's --keep-profile, through io/colour-profile) does the same.
  */
 import sharp from 'sharp';
 import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import { assertWritable, writeFileAtomic, type WriteOptions } from './atomic.js';
 import { convertChannels } from '../data/transforms.js';
+import { keepProfileByDefault } from './colour-profile.js';
 
 export type ImageInput = string | Uint8Array;
 
 export interface ReadImageOptions {
   /** Convert to this many channels; by default grayscale files give 1 and colour files 3. */
   channels?: 1 | 3;
+  /** Return the stored values of a file with an ICC profile instead of converting them to sRGB (default: io/colour-profile's). */
+  keepProfile?: boolean;
 }
 
 export interface ImageWithAlpha {
@@ -97,11 +104,15 @@ export async function readImageWithAlpha(input: ImageInput, opts: ReadImageOptio
   let sixteen: boolean;
   try {
     const img = sharp(input);
+    // Without conversion from the embedded profile: the stored values, as PIL reads them.
+    if (opts.keepProfile ?? keepProfileByDefault()) img.keepIccProfile();
     const meta = await img.metadata();
     sixteen = meta.depth === 'ushort';
     const grey = (meta.channels ?? 3) <= 2;
     // Forcing the colour space keeps grey files 1-channel, turns CMYK into sRGB, and keeps 16-bit values unscaled.
     const space = grey ? (sixteen ? 'grey16' : 'b-w') : sixteen ? 'rgb16' : 'srgb';
+    // sharp turns a 16-bit RGB file with a profile into Display P3 (its 16-bit processing space); on to sRGB from there.
+    if (sixteen && !grey && meta.icc && !(opts.keepProfile ?? keepProfileByDefault())) img.withIccProfile('srgb', { attach: false });
     ({ data, info } = await img
       .autoOrient()
       .toColourspace(space)

@@ -33,6 +33,7 @@ import { randomCrops } from '../data/degrade.js';
 import { toUint8 } from '../io/image.js';
 import type { Batch, Dataset } from '../data/dataset.js';
 import type { FirstStage } from '../models/first-stage.js';
+import { keepProfileByDefault } from '../io/colour-profile.js';
 
 const FORMAT = '1';
 
@@ -109,7 +110,11 @@ export async function pruneLatentCaches(dir: string, keep: number): Promise<stri
 export function latentCacheKey(firstStageFingerprint: string, data: LatentDataSpec): string {
   const { source, size, channels, limit, lowres, crops, keepImages } = data;
   // The SR fields enter the key only when set, so the keys (and files) of other data stay what they were.
-  const extra = { ...(crops ? { crops: { perImage: crops.perImage, seed: crops.seed, flip: crops.flip } } : {}), ...(keepImages ? { keepImages } : {}) };
+  const extra = {
+    ...(crops ? { crops: { perImage: crops.perImage, seed: crops.seed, flip: crops.flip } } : {}), ...(keepImages ? { keepImages } : {}),
+    // --keep-profile reads other pixels from the same files.
+    ...(keepProfileByDefault() ? { keepProfile: true } : {}),
+  };
   return cacheKey({ format: FORMAT, firstStage: firstStageFingerprint, data: { source, size, channels, limit: limit ?? null, lowres: lowres ?? false, ...extra } });
 }
 
