@@ -1,9 +1,8 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { keepProfileFlags } from '../cli/flags.js';
 import { outputKindFor } from '../io/output-path.js';
 import type { Progress } from '../cli/progress.js';
-import { LIMITS, integerFlag, maxMemoryFlag, unsafePickleFlags } from '../cli/flags.js';
+import { integerFlag, keepProfileFlags, LIMITS, maxMemoryFlag, unsafePickleFlags } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { openFirstStage } from '../models/first-stage.js';

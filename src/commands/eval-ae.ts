@@ -1,7 +1,6 @@
 import { Flags } from '@oclif/core';
-import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
+import { integerFlag, keepProfileFlags, LIMITS, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
-import { keepProfileFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { inspectCheckpoint } from '../io/checkpoint.js';

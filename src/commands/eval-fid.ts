@@ -1,9 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Args, Flags } from '@oclif/core';
-import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
+import { integerFlag, keepProfileFlags, LIMITS, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
-import { keepProfileFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseDatasetSpec } from '../data/sources.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';

@@ -1,8 +1,7 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
-import { LIMITS, integerFlag, lrScheduleFlag, timeLimitFlag, unsafePickleFlags } from '../cli/flags.js';
+import { integerFlag, keepProfileFlags, LIMITS, lrScheduleFlag, timeLimitFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
-import { keepProfileFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { dumpConfig, loadConfig, parseConfig } from '../config/load.js';

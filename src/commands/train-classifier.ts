@@ -1,7 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { keepProfileFlags } from '../cli/flags.js';
-import { LIMITS, integerFlag, numberFlag } from '../cli/flags.js';
+import { integerFlag, keepProfileFlags, LIMITS, numberFlag } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { assertWritable } from '../io/atomic.js';
