@@ -149,6 +149,14 @@ test('reference LatentDiffusion configs map by conditioning: class (cin256-v2), 
   assert.equal(layout.config.model === 'ldm' && layout.config.conditioning.type, 'text');
   assert.deepEqual(layout.config.model === 'ldm' && layout.config.conditioning.text, { dim: 512, depth: 4, heads: 8, dim_head: 64, max_len: 92 });
   assert.ok(layout.notes.some((n) => /vocab_size 8192.*no tokenizer/.test(n)));
+
+  // SD 2.x's UNet settings: linear projections kept, use_fp16 (a run-time cast) dropped with a note, legacy accepted.
+  const sd2 = readReferenceConfig(ldmYaml({
+    extra: '    conditioning_key: crossattn', unet: `${CLASS_UNET}\n        use_linear_in_transformer: true\n        use_fp16: true\n        legacy: false`,
+    cond: '\n      target: ldm.modules.encoders.modules.ClassEmbedder\n      params: {n_classes: 10, embed_dim: 512}',
+  }), 'sd2-like.yaml');
+  assert.equal(sd2.config.model === 'ldm' && sd2.config.unet.use_linear_in_transformer, true);
+  assert.ok(sd2.notes.some((n) => /use_fp16: true .* dropped; ldm runs it in float32/.test(n)));
 });
 
 test('parts ldm does not implement are refused by name, one line each', (t) => {
@@ -162,8 +170,8 @@ test('parts ldm does not implement are refused by name, one line each', (t) => {
     extra: '    conditioning_key: crossattn', unet: `${CLASS_UNET}\n        use_linear_in_transformer: true`,
     cond: '\n      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder',
   }), 'sd.yaml')).split('\n');
+  // use_linear_in_transformer (SD 2.x's Linear proj_in / proj_out) is implemented; only the text encoder is refused here.
   assert.deepEqual(clip, [
-    'sd.yaml: model.params.unet_config.params.use_linear_in_transformer: linear projections in the transformer (Stable Diffusion 2) are not implemented; ldm uses 1x1 convolutions',
     "sd.yaml: model.params.cond_stage_config.target: text encoder ldm.modules.encoders.modules.FrozenCLIPEmbedder is not implemented; ldm's own TransformerEmbedder is (and ClassEmbedder for class labels)",
   ]);
 

@@ -22,6 +22,8 @@ import { UNetModel } from '../src/models/unet/unet.js';
 import { parseUNetConfig, type UNetConfigInput } from '../src/models/unet/config.js';
 import { BENCH_UNET_CONFIG } from '../src/models/unet/bench-config.js';
 import { ClassEmbedder } from '../src/models/class-embedder.js';
+import { ATTENTION_SCORE_BYTES, attend, attentionChunkRows } from '../src/models/unet/attention.js';
+import { grad } from '../src/engine/autodiff.js';
 
 const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const executor = new OnnxExecutor({ threads: 1 });
@@ -326,4 +328,63 @@ test('a few training steps of UNet + class embedder lower the denoising loss', a
   await trainer.dispose();
   assert.ok(losses.every(Number.isFinite));
   assert.ok(losses.at(-1)! < 0.9 * losses[0]!, `loss went ${losses.map((l) => l.toFixed(4)).join(' -> ')}`);
+});
+
+test('attention over many tokens runs in chunks of queries sized from a memory bound, with the same values and gradients', async () => {
+  // SD 1.x at 64x64 latents: 4096 tokens, 8 heads, a batch of 2 (guidance): 1 GiB of scores, so 256 rows at a time.
+  assert.equal(attentionChunkRows(2, 8, 4096, ATTENTION_SCORE_BYTES), 256);
+  assert.equal(attentionChunkRows(2, 8, 4096, 1), 1, 'at least one row');
+  const rng = new Rng(11);
+  const [b, lq, lk, heads, d] = [2, 37, 29, 3, 8];
+  const feeds = {
+    q: float32([b, lq, heads * d], rng.normalArray(b * lq * heads * d)),
+    k: float32([b, lk, heads * d], rng.normalArray(b * lk * heads * d)),
+    v: float32([b, lk, heads * d], rng.normalArray(b * lk * heads * d)),
+    r: float32([b, lq, heads * d], rng.normalArray(b * lq * heads * d)),
+  };
+  const run = async (bytes: number) => {
+    const g = new Graph();
+    const outs = trace(g, () => {
+      const [q, k, v] = (['q', 'k', 'v'] as const).map((n) => o.input(n, feeds[n].shape)) as [Tensor, Tensor, Tensor];
+      const y = attend(q, k, v, heads, bytes);
+      const [dq, dk, dv] = grad(o.sum(o.mul(y, o.input('r', feeds.r.shape))), [q, k, v]) as [Tensor, Tensor, Tensor];
+      return { y, dq, dk, dv };
+    });
+    const program = await executor.compile(g, outs);
+    try {
+      return { nodes: g.nodes.length, out: await program.run(feeds) };
+    } finally {
+      await program.dispose();
+    }
+  };
+  const rowBytes = 4 * b * heads * lk;
+  assert.equal(attentionChunkRows(b, heads, lk, 5 * rowBytes + 1), 5);
+  const whole = await run(Infinity);
+  const chunked = await run(5 * rowBytes); // 8 chunks: 7 of 5 rows and one of 2
+  assert.ok(chunked.nodes > whole.nodes + 7 * 4, `the chunked graph has ${chunked.nodes} nodes, the whole one ${whole.nodes}`);
+  for (const n of ['y', 'dq', 'dk', 'dv']) {
+    const a = toFloat32(whole.out[n]!);
+    const c = toFloat32(chunked.out[n]!);
+    const scale = a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const worst = a.reduce((m, v, i) => Math.max(m, Math.abs(v - c[i]!)), 0) / scale;
+    assert.ok(worst <= 1e-6, `${n}: chunked vs whole differ by ${worst} of the largest value`);
+  }
+});
+
+test('use_linear_in_transformer: proj_in / proj_out are Linear [inner, C] / [C, inner], and need the spatial transformer', () => {
+  const base: UNetConfigInput = {
+    in_channels: 4, out_channels: 4, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [1],
+    num_head_channels: 16, use_spatial_transformer: true, context_dim: 8,
+  };
+  const shapes = (cfg: UNetConfigInput) => new Map(new UNetModel(parseUNetConfig(cfg)).namedParameters().map(([n, p]) => [n, p.shape]));
+  const conv = shapes(base);
+  const linear = shapes({ ...base, use_linear_in_transformer: true });
+  assert.deepEqual([...linear.keys()], [...conv.keys()], 'the same names');
+  assert.deepEqual(conv.get('middle_block.1.proj_in.weight'), [64, 64, 1, 1]);
+  assert.deepEqual(linear.get('middle_block.1.proj_in.weight'), [64, 64]);
+  assert.deepEqual(linear.get('input_blocks.1.1.proj_out.weight'), [32, 32]);
+  const differ = [...conv].filter(([n, s]) => JSON.stringify(linear.get(n)) !== JSON.stringify(s)).map(([n]) => n.replace(/^.*\.(proj_(in|out)\.weight)$/, '$1'));
+  assert.deepEqual([...new Set(differ)], ['proj_in.weight', 'proj_out.weight']);
+  assert.throws(() => parseUNetConfig({ ...base, use_spatial_transformer: false, context_dim: undefined, use_linear_in_transformer: true }),
+    /unet config: use_linear_in_transformer: linear projections belong to the spatial transformer: set use_spatial_transformer: true/);
 });

@@ -278,8 +278,9 @@ function unetFrom(unetConfig: unknown, ctx: Context): Obj {
   const out: Obj = {};
   for (const [k, v] of Object.entries(paramsOf(unetConfig))) {
     if (k in UNET_DEFAULTS && (v === UNET_DEFAULTS[k] || v === null)) continue;
-    if (k === 'use_linear_in_transformer') {
-      ctx.problems.add(`model.params.unet_config.params.${k}`, 'linear projections in the transformer (Stable Diffusion 2) are not implemented; ldm uses 1x1 convolutions');
+    if (k === 'use_fp16' && v === true) {
+      // SD 2.x's inference YAMLs set it; it only casts the blocks to float16 at run time.
+      ctx.notes.push('unet_config use_fp16: true (the reference runs the UNet in float16) is dropped; ldm runs it in float32');
       continue;
     }
     out[k] = v;
@@ -511,9 +512,10 @@ export interface HeadsConfig {
 /**
  * A UNet config from reference-named weights (`input_blocks.*`, `middle_block.*`, `output_blocks.*`). The attention
  * heads are not in the shapes: pass them (from a YAML) or get an error saying so. `contextDim` settles a
- * cross-attention width equal to the channels, which the shapes cannot tell from self-attention.
+ * cross-attention width equal to the channels, which the shapes cannot tell from self-attention. Stable Diffusion's
+ * UNets are recognised without heads (see stableDiffusionHeads); `notes` then says which heads were taken.
  */
-export function inferUNetConfig(params: Params, heads: HeadsConfig | undefined, contextDim?: number): UNetConfig {
+export function inferUNetConfig(params: Params, heads: HeadsConfig | undefined, contextDim?: number, notes?: string[]): UNetConfig {
   const convIn = shapeOf(params, 'input_blocks.0.0.weight');
   const mc = convIn[0]!;
   const outputs = indices(params, 'output_blocks.');
@@ -552,17 +554,33 @@ export function inferUNetConfig(params: Params, heads: HeadsConfig | undefined, 
   if (params.has('label_emb.0.0.weight')) cfg.adm_in_channels = shapeOf(params, 'label_emb.0.0.weight')[1]!;
   if (spatial) {
     cfg.transformer_depth = indices(params, 'middle_block.1.transformer_blocks.').length;
+    // SD 2.x: proj_in is a Linear [inner, C] over the tokens rather than a 1x1 conv [inner, C, 1, 1].
+    if (shapeOf(params, 'middle_block.1.proj_in.weight').length === 2) cfg.use_linear_in_transformer = true;
     const mid = mc * channelMult[levels - 1]!;
     const kIn = shapeOf(params, 'middle_block.1.transformer_blocks.0.attn2.to_k.weight')[1]!;
     if (contextDim !== undefined) cfg.context_dim = contextDim;
     else if (kIn !== mid) cfg.context_dim = kIn;
   }
+  if (!heads || (heads.num_heads === undefined && heads.num_head_channels === undefined)) heads = stableDiffusionHeads(cfg, notes);
   if (!heads || (heads.num_heads === undefined && heads.num_head_channels === undefined)) {
     throw new Error(`the UNet weights do not record its attention heads (num_heads or num_head_channels); ${passConfigHint()}`);
   }
   if (heads.num_heads !== undefined && heads.num_heads !== -1) cfg.num_heads = heads.num_heads;
   if (heads.num_head_channels !== undefined && heads.num_head_channels !== -1) cfg.num_head_channels = heads.num_head_channels;
   return parseUNetConfig(cfg, 'UNet config read from the weights');
+}
+
+/**
+ * The heads of a Stable Diffusion UNet, which its shapes do not record, told by its text context: model_channels 320
+ * cross-attending to 768-wide CLIP ViT-L tokens is SD 1.x (v1-inference.yaml: num_heads 8); to 1024-wide OpenCLIP
+ * ViT-H tokens, SD 2.x (v2-inference*.yaml, inpainting and unCLIP too: num_head_channels 64). Anything else: undefined.
+ */
+function stableDiffusionHeads(cfg: UNetConfigInput, notes?: string[]): HeadsConfig | undefined {
+  if (cfg.model_channels !== 320 || !cfg.use_spatial_transformer) return undefined;
+  const sd = cfg.context_dim === 768 ? { heads: { num_heads: 8 }, what: 'SD 1.x: num_heads 8' }
+    : cfg.context_dim === 1024 ? { heads: { num_head_channels: 64 }, what: 'SD 2.x: num_head_channels 64' } : undefined;
+  if (sd) notes?.push(`the UNet's heads are not in its weights; model_channels 320 with a ${cfg.context_dim}-wide context is Stable Diffusion's (${sd.what})`);
+  return sd?.heads;
 }
 
 export interface InferredSchedule {

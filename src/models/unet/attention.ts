@@ -25,14 +25,38 @@ function splitHeads(x: Tensor, heads: number, keys = false): Tensor {
 }
 
 /**
- * Scaled dot-product attention of queries q [B, Lq, h*d] (already scaled by d^-0.5) over keys k and values v
- * [B, Lk, h*d]: softmax(q k^T) v per head, heads merged back -> [B, Lq, h*d].
+ * Default bound on one block of attention scores ([B, heads, rows, Lk] float32), 64 MiB. A 64x64 latent has 4096
+ * tokens: its full scores for a batch of 2 with 8 heads are 1 GiB, so they are computed 256 query rows at a time.
  */
-export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number): Tensor {
+export const ATTENTION_SCORE_BYTES = 64 * 2 ** 20;
+
+/** Query rows per chunk so that one block of scores [B, heads, rows, Lk] (float32) fits in `maxScoreBytes` (at least 1). */
+export function attentionChunkRows(batch: number, heads: number, lk: number, maxScoreBytes: number): number {
+  return Math.max(1, Math.floor(maxScoreBytes / (4 * batch * heads * lk)));
+}
+
+/** softmax(q k^T) v for queries q [B, L, h*d] against keys kh [B, h, d, Lk] and values vh [B, h, Lk, d] -> [B, L, h*d]. */
+function attendHeads(q: Tensor, kh: Tensor, vh: Tensor, heads: number): Tensor {
   const [b, lq, inner] = q.shape as [number, number, number];
-  const weights = o.softmax(o.matmul(splitHeads(q, heads), splitHeads(k, heads, true)), -1); // [B, h, Lq, Lk]
-  const out = o.matmul(weights, splitHeads(v, heads)); // [B, h, Lq, d]
+  const weights = o.softmax(o.matmul(splitHeads(q, heads), kh), -1); // [B, h, Lq, Lk]
+  const out = o.matmul(weights, vh); // [B, h, Lq, d]
   return heads === 1 ? o.reshape(out, [b, lq, inner]) : o.reshape(o.transpose(out, [0, 2, 1, 3]), [b, lq, inner]);
+}
+
+/**
+ * Scaled dot-product attention of queries q [B, Lq, h*d] (already scaled by d^-0.5) over keys k and values v
+ * [B, Lk, h*d]: softmax(q k^T) v per head, heads merged back -> [B, Lq, h*d]. When the scores [B, h, Lq, Lk] would
+ * exceed `maxScoreBytes`, the queries are taken in chunks of rows (each row's softmax is over keys only, so the
+ * chunks are exact), and only one chunk's scores need exist at a time.
+ */
+export function attend(q: Tensor, k: Tensor, v: Tensor, heads: number, maxScoreBytes = ATTENTION_SCORE_BYTES): Tensor {
+  const [b, lq] = q.shape as [number, number, number];
+  const kh = splitHeads(k, heads, true);
+  const vh = splitHeads(v, heads);
+  const rows = attentionChunkRows(b, heads, k.shape[1]!, maxScoreBytes);
+  if (rows >= lq) return attendHeads(q, kh, vh, heads);
+  const sizes = Array.from({ length: Math.ceil(lq / rows) }, (_, i) => Math.min(rows, lq - i * rows));
+  return o.concat(o.split(q, sizes, 1).map((qc) => attendHeads(qc, kh, vh, heads)), 1);
 }
 
 /** CrossAttention: `to_q`, `to_k`, `to_v` (no bias), `to_out.0` (with bias); self-attention without a context. */
@@ -42,6 +66,8 @@ export class CrossAttention extends Module {
   readonly toV: Linear;
   readonly toOut: Linear;
   private readonly scale: number;
+  /** Bound on one block of attention scores; larger score matrices are computed in chunks of queries (see attend). */
+  maxScoreBytes = ATTENTION_SCORE_BYTES;
 
   constructor(queryDim: number, readonly contextDim: number | undefined, readonly heads: number, readonly dimHead: number) {
     super();
@@ -61,7 +87,7 @@ export class CrossAttention extends Module {
       const q = project(x, this.toQ.weight.t, this.scale);
       const k = project(c, this.toK.weight.t);
       const v = project(c, this.toV.weight.t);
-      return this.toOut.forward(attend(q, k, v, this.heads));
+      return this.toOut.forward(attend(q, k, v, this.heads, this.maxScoreBytes));
     });
   }
 }
@@ -115,13 +141,16 @@ export class BasicTransformerBlock extends Module {
   }
 }
 
-/** A 1x1 convolution stored as PyTorch stores it (Conv2d [out, in, 1, 1] or Conv1d [out, in, 1]), applied as a matmul. */
+/**
+ * A 1x1 convolution stored as PyTorch stores it (Conv2d [out, in, 1, 1] or Conv1d [out, in, 1]), or a Linear over
+ * tokens ([out, in]: dims 0), applied as a matmul: the same maths in each layout.
+ */
 class Pointwise extends Module {
   readonly weight: Param;
   readonly bias: Param;
-  constructor(readonly inChannels: number, readonly outChannels: number, dims: 1 | 2, zeroInit = false) {
+  constructor(readonly inChannels: number, readonly outChannels: number, dims: 0 | 1 | 2, zeroInit = false) {
     super();
-    const shape = dims === 2 ? [outChannels, inChannels, 1, 1] : [outChannels, inChannels, 1];
+    const shape = [outChannels, inChannels, ...new Array<number>(dims).fill(1)];
     this.weight = this.param('weight', shape, zeroInit ? zeros : kaimingUniform);
     this.bias = this.param('bias', [outChannels], zeroInit ? zeros : biasUniform(inChannels));
   }
@@ -135,7 +164,10 @@ class Pointwise extends Module {
 /**
  * SpatialTransformer: GroupNorm (eps 1e-6), `proj_in` 1x1 conv to tokens [B, HW, inner], `transformer_blocks`,
  * `proj_out` 1x1 conv (zero-initialised) back to [B, C, H, W], residual. The 1x1 convs run as matmuls that read
- * and write the channel-major layout directly, so no separate token transposes are needed.
+ * and write the channel-major layout directly, so no separate token transposes are needed. With `linear`
+ * (use_linear_in_transformer, SD 2.x) proj_in / proj_out are Linear layers over the tokens: the same products, with
+ * weights [inner, C] and [C, inner]. (The reference builds that proj_out as Linear(C, inner), which only runs because
+ * its UNet always has inner == C; the shape is the same.)
  */
 export class SpatialTransformer extends Module implements UNetLayer {
   readonly norm: GroupNorm;
@@ -143,14 +175,15 @@ export class SpatialTransformer extends Module implements UNetLayer {
   readonly blocks: BasicTransformerBlock[] = [];
   readonly projOut: Pointwise;
 
-  constructor(readonly channels: number, heads: number, dimHead: number, depth: number, readonly contextDim?: number, normGroups = 32) {
+  constructor(readonly channels: number, heads: number, dimHead: number, depth: number, readonly contextDim?: number, normGroups = 32, linear = false) {
     super();
     const inner = heads * dimHead;
+    const dims = linear ? 0 : 2;
     this.norm = this.add('norm', new GroupNorm(normGroups, channels, 1e-6));
-    this.projIn = this.add('proj_in', new Pointwise(channels, inner, 2));
+    this.projIn = this.add('proj_in', new Pointwise(channels, inner, dims));
     const list = this.add('transformer_blocks', new Slots());
     for (let i = 0; i < depth; i++) this.blocks.push(list.put(i, new BasicTransformerBlock(inner, heads, dimHead, contextDim)));
-    this.projOut = this.add('proj_out', new Pointwise(inner, channels, 2, true));
+    this.projOut = this.add('proj_out', new Pointwise(inner, channels, dims, true));
   }
 
   forward(x: Tensor, cond: Cond): Tensor {

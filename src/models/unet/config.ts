@@ -26,6 +26,12 @@ export const UNetConfigSchema = strict(
     num_head_channels: headCount('a positive number of channels per head, or -1 to use num_heads').default(-1),
     use_spatial_transformer: bool().default(false),
     transformer_depth: posInt().default(1),
+    /**
+     * SpatialTransformer's proj_in / proj_out are Linear layers over the tokens ([inner, C]) instead of 1x1 convolutions
+     * ([inner, C, 1, 1]), as in Stable Diffusion 2.x: the same maths, other weight shapes. Optional so that configs
+     * without it stay as written.
+     */
+    use_linear_in_transformer: bool().optional(),
     /** Width of the cross-attention context tokens; without it a spatial transformer's attn2 is self-attention. */
     context_dim: posInt().optional(),
     /** Class-conditional through the time embedding (the reference's "adm" key). */
@@ -143,6 +149,9 @@ export function unetProblems(cfg: UNetConfig): Problem[] {
     if (attnWidths.some((c) => c % by !== 0)) {
       out.push({ path: [key], message: `attention layers have ${attnWidths.join(', ')} channels, which ${key} ${by} does not divide; choose a common divisor` });
     }
+  }
+  if (cfg.use_linear_in_transformer && !cfg.use_spatial_transformer) {
+    out.push({ path: ['use_linear_in_transformer'], message: 'linear projections belong to the spatial transformer: set use_spatial_transformer: true, or remove use_linear_in_transformer' });
   }
   if (cfg.context_dim !== undefined && !cfg.use_spatial_transformer) {
     out.push({ path: ['context_dim'], message: 'cross-attention context needs use_spatial_transformer: true' });

@@ -4,4 +4,4 @@ export type { UNetConfig, UNetConfigInput } from './config.js';
 export { UNetModel } from './unet.js';
 export { BENCH_UNET_CONFIG, BENCH_BATCH } from './bench-config.js';
 export { timestepEmbedding, ResBlock, Downsample, Upsample, TimestepEmbedSequential, type Cond } from './layers.js';
-export { SpatialTransformer, BasicTransformerBlock, CrossAttention, AttentionBlock, FeedForward, attend } from './attention.js';
+export { SpatialTransformer, BasicTransformerBlock, CrossAttention, AttentionBlock, FeedForward, attend, attentionChunkRows, ATTENTION_SCORE_BYTES } from './attention.js';

@@ -11,7 +11,7 @@ import type { Tensor } from '../../engine/graph.js';
 import { float32 } from '../../engine/host-tensor.js';
 import { attentionHeads, sizeMultiple, type UNetConfig } from './config.js';
 import { Downsample, ResBlock, Slots, TimestepEmbedSequential, Upsample, timestepEmbedding, type Cond } from './layers.js';
-import { AttentionBlock, SpatialTransformer } from './attention.js';
+import { AttentionBlock, CrossAttention, SpatialTransformer } from './attention.js';
 
 export class UNetModel extends Module {
   readonly timeIn: Linear;
@@ -48,7 +48,7 @@ export class UNetModel extends Module {
     const attention = (ch: number) => {
       const { heads, dimHead } = attentionHeads(cfg, ch);
       return cfg.use_spatial_transformer
-        ? new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, normGroups)
+        ? new SpatialTransformer(ch, heads, dimHead, cfg.transformer_depth, cfg.context_dim, normGroups, cfg.use_linear_in_transformer ?? false)
         : new AttentionBlock(ch, heads, normGroups);
     };
 
@@ -101,6 +101,15 @@ export class UNetModel extends Module {
     const out = this.add('out', new Slots());
     this.outNorm = out.put(0, new GroupNorm(normGroups, ch));
     this.outConv = out.put(2, new Conv2d(mc, cfg.out_channels * patch, 3, { padding: 1, init: 'zero' }));
+  }
+
+  /**
+   * Bound every cross- and self-attention's score block to `bytes` (default ATTENTION_SCORE_BYTES, 64 MiB): larger
+   * score matrices are computed in chunks of queries. Changes memory and graph size, not results.
+   */
+  limitAttentionScores(bytes: number): this {
+    for (const m of this.modules()) if (m instanceof CrossAttention) m.maxScoreBytes = bytes;
+    return this;
   }
 
   /**
