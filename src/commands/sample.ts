@@ -1,12 +1,11 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { keepProfileFlags } from '../cli/flags.js';
-import { LIMITS, integerFlag, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
-import { memoryLimit } from '../util/memory-budget.js';
+import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { sampleToFiles } from '../pipelines/sample.js';
+import { memoryLimit } from '../util/memory-budget.js';
 
 export default class Sample extends LdmCommand<typeof Sample> {
   static override summary = 'Draw images from a latent diffusion checkpoint: unconditional, by class, by prompt, from a label map; img2img and inpainting.';

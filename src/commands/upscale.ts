@@ -1,14 +1,13 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
-import { keepProfileFlags } from '../cli/flags.js';
 import { outputKindFor } from '../io/output-path.js';
-import { LIMITS, integerFlag, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
-import { memoryLimit } from '../util/memory-budget.js';
+import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { Executor } from '../engine/executor.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
+import { memoryLimit } from '../util/memory-budget.js';
 import { COLOR_FIXES, UPSCALE_METHODS, upscaleFiles, type UpscaleFilesResult } from '../pipelines/upscale.js';
 
 export default class Upscale extends LdmCommand<typeof Upscale> {
