@@ -139,7 +139,7 @@ test('train an SR LDM on a photo folder, then upscale a folder with it (pixel sp
   assert.ok(near < 8 && far > 4 * near, `mean |diff| from the bicubic image, of 255: strength 0.01 ${near.toFixed(2)}, from noise ${far.toFixed(2)}`);
   assert.deepEqual(byName(JSON.parse(k!.stdout) as UpscaleFilesResult)['wide.png']!.size, [28, 40], 'f=4 tiles from the encoded bicubic image');
   assert.notEqual(h!.code, 0);
-  assert.match(h!.stdout, /--strength must be in \(0, 1\], got 1.5/);
+  assert.match(h!.stdout, /--strength must be above 0 and at most 1, got 1.5/);
 
   // --color-fix wavelet (the default): the untrained model's colours are replaced by bicubic's low band (per-channel means of 28x40;
   // not exact, as the output is clamped to the 8-bit range after the fix).
