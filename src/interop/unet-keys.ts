@@ -23,7 +23,8 @@ function resblock(b: KeyMapBuilder, ours: string, theirs: string, cin: number, c
 
 function attention(b: KeyMapBuilder, cfg: UNetKeyConfig, ours: string, theirs: string, channels: number): void {
   if (cfg.use_spatial_transformer) {
-    // SpatialTransformer and diffusers' Transformer2DModel (use_linear_projection false) share every name.
+    // SpatialTransformer and diffusers' Transformer2DModel share every name; with use_linear_in_transformer /
+    // use_linear_projection (SD 2.x) both hold proj_in / proj_out as Linear [inner, C], so the map is the same.
     const same = (name: string) => b.layer(`${ours}.${name}`, `${theirs}.${name}`);
     same('norm');
     same('proj_in');
