@@ -20,9 +20,9 @@ import { loadConfig } from '../src/config/load.js';
 import type { AutoencoderConfig } from '../src/config/schema.js';
 import { openDataset } from '../src/data/sources.js';
 import { RunDir } from '../src/io/run-dir.js';
-import { openFirstStage } from '../src/models/first-stage.js';
+import { openFirstStage } from '../src/checkpoint/first-stage-checkpoint.js';
 import { evaluateReconstruction, type EvalResult } from '../src/pipelines/autoencode.js';
-import { trainAutoencoder, type TrainAutoencoderResult } from '../src/training/autoencoder.js';
+import { trainAutoencoder, type TrainAutoencoderResult } from '../src/training/train-autoencoder.js';
 import { table, writeResults } from './util.js';
 
 const args = process.argv.slice(2);

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { selectBackend } from '../src/engine/backend.js';
-import { upscaleFiles, type ColorFix, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale.js';
+import { upscaleFiles, type ColorFix, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale/upscale-files.js';
 import type { SamplerName } from '../src/diffusion/samplers.js';
 import { table, writeResults } from './util.js';
 

@@ -42,38 +42,43 @@ export * from './diffusion/schedule.js';
 export * from './diffusion/prediction.js';
 export * from './diffusion/timestep-sampling.js';
 export * from './diffusion/samplers.js';
-export * from './diffusion/sample.js';
+export * from './diffusion/sampling-loop.js';
 
 // Models.
 export * as autoencoder from './models/autoencoder/index.js';
 export { UNetModel } from './models/unet/unet.js';
-export { parseUNetConfig, type UNetConfig } from './models/unet/config.js';
+export { parseUNetConfig, type UNetConfig } from './config/unet-config.js';
 export { Tokenizer } from './models/tokenizer.js';
 export { TextEncoder } from './models/text-encoder.js';
 export { ClassEmbedder } from './models/class-embedder.js';
-export { LatentDiffusion, readLdmCheckpoint, writeLdmCheckpoint } from './models/ldm.js';
-export { openFirstStage, PixelFirstStage, type FirstStage } from './models/first-stage.js';
+export { LatentDiffusion } from './models/latent-diffusion.js';
+export { readLdmCheckpoint, writeLdmCheckpoint } from './checkpoint/ldm-checkpoint.js';
+export { openFirstStage } from './checkpoint/first-stage-checkpoint.js';
+export { PixelFirstStage, type FirstStage } from './models/first-stage.js';
 export { FidInceptionV3, inceptionNetwork } from './models/inception.js';
 export { DomainClassifier, loadClassifier, saveClassifier } from './models/classifier.js';
 
 // Training, pipelines, metrics, interop.
-export { trainAutoencoder, type TrainAutoencoderOptions } from './training/autoencoder.js';
-export { trainLdm, resolveLdmConfig, type TrainLdmOptions } from './training/ldm.js';
+export { trainAutoencoder, type TrainAutoencoderOptions } from './training/train-autoencoder.js';
+export { trainLdm, resolveLdmConfig, type TrainLdmOptions } from './training/train-ldm.js';
 export * as autoencode from './pipelines/autoencode.js';
-export { generate, sampleToFiles, Denoiser } from './pipelines/sample.js';
+export { generate } from './sampling/generate.js';
+export { sampleToFiles } from './pipelines/sample-files.js';
+export { Denoiser } from './sampling/denoiser.js';
 export { exportOnnx, traceForExport } from './pipelines/export-onnx.js';
 export {
   evaluateClassModel, evaluateShapesPrompts, evaluateSemanticMaps, centreCrop, type ConditionalEvalResult, type JudgedModel,
 } from './pipelines/conditional-eval.js';
-export { quickstart, QUICKSTART_PROMPTS, type QuickstartOptions, type QuickstartResult } from './pipelines/quickstart.js';
-export { upscaleFiles, UPSCALE_METHODS, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaledFile, type UpscaleMethod } from './pipelines/upscale.js';
+export { quickstart, QUICKSTART_PROMPTS, type QuickstartOptions, type QuickstartResult } from './training/quickstart.js';
+export { upscaleFiles, UPSCALE_METHODS, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaledFile, type UpscaleMethod } from './pipelines/upscale/upscale-files.js';
 export { loadSrModel, srScaleOf, upscaleWithModel, tilePlan, type SrModel, type ModelUpscaleOptions } from './pipelines/upscale/model.js';
 export { upscaleClassical, downscaleClassical, resizeClassical, CLASSICAL_METHODS, type ClassicalMethod } from './pipelines/upscale/classical.js';
 export { tileGrid, tilesOf, tileWeight, TileBlend, seamRatio, seamRatios } from './pipelines/upscale/tiles.js';
 export { compareToReference, findReference, type SrMetrics } from './pipelines/upscale/reference.js';
 export { waveletColorFix, waveletLevels, COLOR_FIXES, type ColorFix } from './pipelines/upscale/color-fix.js';
 export { highFrequencyRatio, highFrequencyPower, luma, dft2 } from './metrics/high-frequency.js';
-export { degrade, downscale, gaussianBlur, addNoise, srCondition, randomCrops, SrDataSchema, type SrDataConfig } from './data/degrade.js';
+export { degrade, downscale, gaussianBlur, addNoise, srCondition, randomCrops } from './data/degrade.js';
+export { SrDataSchema, type SrDataConfig } from './config/sr-data-config.js';
 export { compareFactors, type CompareFactorsOptions, type CompareFactorsResult } from './study/run.js';
 export { renderReport, type RenderedReport } from './study/report.js';
 export { loadStudy, type StudyPlan, type FactorFigures, type CheckpointFigures } from './study/figures.js';
@@ -81,6 +86,7 @@ export { chartPng, chartSvg, type ChartSpec } from './study/charts.js';
 export * as metrics from './metrics/evaluate.js';
 export { frechetDistance } from './metrics/fid.js';
 export { trainClassifier } from './metrics/train-classifier.js';
-export { loadAnyCheckpoint } from './interop/load-any.js';
-export { convertCheckpoint } from './interop/convert.js';
+export { loadAnyCheckpoint } from './checkpoint/load-any.js';
+export { convertCheckpoint } from './checkpoint/convert.js';
+export { referenceConfigReader } from './checkpoint/reference-config.js';
 export { readTorchCheckpoint } from './io/torch-checkpoint.js';

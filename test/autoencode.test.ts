@@ -16,7 +16,8 @@ import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { readImage, writePng, probeImage } from '../src/io/image.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
-import { PixelFirstStage, openFirstStage, type FirstStage } from '../src/models/first-stage.js';
+import { PixelFirstStage, type FirstStage } from '../src/models/first-stage.js';
+import { openFirstStage } from '../src/checkpoint/first-stage-checkpoint.js';
 import type { Dataset } from '../src/data/dataset.js';
 import { ShapesDataset } from '../src/data/shapes.js';
 import { Rng } from '../src/util/random.js';
@@ -281,7 +282,7 @@ test('evaluation on shapes data: the checker reads exact reconstructions as thei
 
 const built = path.join(root, 'dist', 'commands', 'encode.js');
 before(() => {
-  const srcs = ['src/commands/encode.ts', 'src/commands/decode.ts', 'src/commands/eval-ae.ts', 'src/commands/train-ae.ts', 'src/pipelines/autoencode.ts', 'src/training/autoencoder.ts'];
+  const srcs = ['src/commands/encode.ts', 'src/commands/decode.ts', 'src/commands/eval-ae.ts', 'src/commands/train-ae.ts', 'src/pipelines/autoencode.ts', 'src/training/train-autoencoder.ts'];
   const newest = Math.max(...srcs.map((s) => fs.statSync(path.join(root, s)).mtimeMs));
   if (!fs.existsSync(built) || fs.statSync(built).mtimeMs < newest) {
     spawnSync(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: root, stdio: 'ignore' });

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { NoiseSchedule, makeBetas } from '../src/diffusion/schedule.js';
 import { createSampler, spacedTimesteps, SAMPLER_NAMES, type SamplerName } from '../src/diffusion/samplers.js';
-import { sampleLatents, guide, type ModelFn } from '../src/diffusion/sample.js';
+import { sampleLatents, guide, type ModelFn } from '../src/diffusion/sampling-loop.js';
 import { toPrediction, trainingTarget } from '../src/diffusion/prediction.js';
 import { Rng } from '../src/util/random.js';
 

@@ -8,7 +8,7 @@ import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { loadConfig } from '../src/config/load.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { UNetModel } from '../src/models/unet/unet.js';
-import { parseUNetConfig } from '../src/models/unet/config.js';
+import { parseUNetConfig } from '../src/config/unet-config.js';
 import { exportOnnx, traceForExport } from '../src/pipelines/export-onnx.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, hostTensor } from '../src/engine/host-tensor.js';

@@ -7,9 +7,8 @@ import { float32, int32, type HostTensor } from '../src/engine/host-tensor.js';
 import {
   encodeGrid, encodePng, gridLayout, makeGrid, probeImage, quantize8, readImage, readImageWithAlpha, saveGrid, writePng,
 } from '../src/io/image.js';
-import {
-  centerCrop, compose, convertChannels, crop, flipHorizontal, pad, padTo, randomCrop, randomFlip, resize, resizeShorterSide,
-} from '../src/data/transforms.js';
+import { centerCrop, compose, crop, flipHorizontal, pad, padTo, randomCrop, randomFlip, resize, resizeShorterSide } from '../src/data/transforms.js';
+import { convertChannels } from '../src/io/image.js';
 import { Rng } from '../src/util/random.js';
 import { tempDir } from './helpers/temp-dir.js';
 

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { float32 } from '../src/engine/host-tensor.js';
-import { resizeBilinearImage } from '../src/metrics/input-resize.js';
+import { resizeBilinearImage } from '../src/models/input-resize.js';
 import { FIXTURE_DIR } from './helpers/engine.js';
 
 interface Case { name: string; antialias: boolean; shape: [number, number, number]; size: [number, number]; input: number[]; output: number[] }

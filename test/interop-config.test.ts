@@ -13,14 +13,14 @@ import { float32, type HostTensor } from '../src/engine/host-tensor.js';
 import { readTorchCheckpoint } from '../src/io/torch-checkpoint.js';
 import { splitPrefix } from '../src/io/checkpoint.js';
 import { ConfigError, loadConfig, parseConfig } from '../src/config/load.js';
-import { parseUNetConfig, type UNetConfigInput } from '../src/models/unet/config.js';
+import { parseUNetConfig, type UNetConfigInput } from '../src/config/unet-config.js';
 import { makeBetas } from '../src/diffusion/schedule.js';
 import {
-  fromReferenceConfig, inferAutoencoderConfig, inferSchedule, inferUNetConfig, readReferenceConfig,
-} from '../src/interop/reference-config.js';
+  fromReferenceConfig, inferAutoencoderConfig, inferSchedule, inferUNetConfig, readReferenceConfig, referenceConfigReader,
+} from '../src/checkpoint/reference-config.js';
 import {
   autoencoderFromDiffusers, autoencoderToDiffusers, schedulerFromDiffusers, schedulerToDiffusers, unetFromDiffusers, unetToDiffusers,
-} from '../src/interop/diffusers.js';
+} from '../src/checkpoint/diffusers.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 const REF = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'interop-ref');
@@ -119,8 +119,9 @@ test('the fixture YAMLs map to our autoencoder and ldm configs, and loadConfig a
   assert.equal(ldm.firstStage?.regularizer, 'vq');
   assert.equal(ldm.firstStage?.regularizer === 'vq' && ldm.firstStage.n_embed, 16);
 
-  assert.deepEqual(loadConfig(path.join(REF, 'ldm.yaml')).config, ldm.config, 'loadConfig takes reference YAMLs through the same mapping');
-  assert.throws(() => loadConfig(path.join(REF, 'ldm.yaml'), 'autoencoder'), /this is a "ldm" config, but a "autoencoder" config is needed/);
+  assert.deepEqual(loadConfig(path.join(REF, 'ldm.yaml'), undefined, { foreign: referenceConfigReader }).config, ldm.config, 'loadConfig takes reference YAMLs through the same mapping');
+  assert.throws(() => loadConfig(path.join(REF, 'ldm.yaml')), /model: got a mapping/, 'config/ alone reads only ldm configs: the reader comes from the checkpoint layer');
+  assert.throws(() => loadConfig(path.join(REF, 'ldm.yaml'), 'autoencoder', { foreign: referenceConfigReader }), /this is a "ldm" config, but a "autoencoder" config is needed/);
 });
 
 test('reference LatentDiffusion configs map by conditioning: class (cin256-v2), concat (bsr_sr), unconditional, TransformerEmbedder', () => {
@@ -196,8 +197,8 @@ test('parts ldm does not implement are refused by name, one line each', (t) => {
   const dir = tempDir(t, 'ldm-refcfg-');
   const file = path.join(dir, 'bert.yaml');
   fs.writeFileSync(file, fs.readFileSync(path.join(REF, 'ldm.yaml'), 'utf8').replace('ldm.modules.encoders.modules.ClassEmbedder', 'ldm.modules.encoders.modules.BERTEmbedder'));
-  assert.throws(() => loadConfig(file), /cond_stage_config\.target: text encoder ldm\.modules\.encoders\.modules\.BERTEmbedder is not implemented/);
-  assert.throws(() => parseConfig('model:\n  target: [1]\n', 'bad.yaml'), /model: got a mapping/);
+  assert.throws(() => loadConfig(file, undefined, { foreign: referenceConfigReader }), /cond_stage_config\.target: text encoder ldm\.modules\.encoders\.modules\.BERTEmbedder is not implemented/);
+  assert.throws(() => parseConfig('model:\n  target: [1]\n', 'bad.yaml', { foreign: referenceConfigReader }), /model: got a mapping/);
 });
 
 test('configs read from reference weights: the autoencoder entirely, the UNet but its heads, the schedule from betas', async () => {

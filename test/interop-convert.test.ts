@@ -15,10 +15,10 @@ import { readTorchCheckpoint } from '../src/io/torch-checkpoint.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
-import { parseUNetConfig } from '../src/models/unet/config.js';
+import { parseUNetConfig } from '../src/config/unet-config.js';
 import { TextEncoder } from '../src/models/text-encoder.js';
-import { convertCheckpoint } from '../src/interop/convert.js';
-import { loadAnyCheckpoint } from '../src/interop/load-any.js';
+import { convertCheckpoint } from '../src/checkpoint/convert.js';
+import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
 import { assertSameTensors } from './helpers/tensors.js';
 import { sharedTempDir, tempDir } from './helpers/temp-dir.js';
 

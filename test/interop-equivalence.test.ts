@@ -18,7 +18,7 @@ import { splitPrefix } from '../src/io/checkpoint.js';
 import { AutoencoderKL, VQModel, buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { UNetModel } from '../src/models/unet/unet.js';
 import { ClassEmbedder } from '../src/models/class-embedder.js';
-import { loadAnyCheckpoint, type AnyCheckpoint } from '../src/interop/load-any.js';
+import { loadAnyCheckpoint, type AnyCheckpoint } from '../src/checkpoint/load-any.js';
 
 const FIX = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const REF = path.join(FIX, 'interop-ref');

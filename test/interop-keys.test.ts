@@ -2,10 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AutoencoderKL, VQModel } from '../src/models/autoencoder/index.js';
 import { UNetModel } from '../src/models/unet/unet.js';
-import { parseUNetConfig, type UNetConfigInput } from '../src/models/unet/config.js';
+import { parseUNetConfig, type UNetConfigInput } from '../src/config/unet-config.js';
 import {
   autoencoderKeyMap, compareKeys, fromDiffusers, theirKeys, toDiffusers, unetKeyMap, type KeyMap,
-} from '../src/interop/keymaps.js';
+} from '../src/checkpoint/diffusers-key-maps.js';
 import { floatToHalf, type HostTensor } from '../src/engine/host-tensor.js';
 import type { Module } from '../src/engine/module.js';
 

@@ -16,11 +16,11 @@ import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { splitPrefix } from '../src/io/checkpoint.js';
-import { toFloat32Params } from '../src/interop/load-any.js';
-import { inferAutoencoderConfig, inferUNetConfig } from '../src/interop/reference-config.js';
+import { toFloat32Params } from '../src/checkpoint/load-any.js';
+import { inferAutoencoderConfig, inferUNetConfig } from '../src/checkpoint/reference-config.js';
 import { UNetModel } from '../src/models/unet/unet.js';
 import { attentionChunkRows } from '../src/models/unet/attention.js';
-import { parseUNetConfig, type UNetConfigInput } from '../src/models/unet/config.js';
+import { parseUNetConfig, type UNetConfigInput } from '../src/config/unet-config.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { CLIP_TEXT_PREFIX, ClipTextModel, OpenClipTextModel, clipTextConfigFromWeights } from '../src/models/clip-text-encoder.js';
 

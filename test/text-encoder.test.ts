@@ -11,7 +11,7 @@ import { BOS, EOS, PAD, Tokenizer, UNK, captionWords } from '../src/models/token
 import { TextEncoder } from '../src/models/text-encoder.js';
 import { ClassEmbedder } from '../src/models/class-embedder.js';
 import { createConditioner } from '../src/models/conditioning.js';
-import type { ConditioningConfig } from '../src/config/ldm.js';
+import type { ConditioningConfig } from '../src/config/ldm-config.js';
 
 const CORPUS = ['A red circle on the left.', 'a blue square, top right', 'Two red squares', 'the blue circle is small'];
 

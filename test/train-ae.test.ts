@@ -15,10 +15,11 @@ import type { Dataset } from '../src/data/dataset.js';
 import { loadCheckpoint } from '../src/io/checkpoint.js';
 import { RunDir } from '../src/io/run-dir.js';
 import { Rng } from '../src/util/random.js';
-import { scaleFromLatents, trainAutoencoder, type AEStepReport } from '../src/training/autoencoder.js';
+import { scaleFromLatents, trainAutoencoder, type AEStepReport } from '../src/training/train-autoencoder.js';
 import { isDue, scheduledLr, TimeBudget } from '../src/training/common.js';
 import { isEncodingParam } from '../src/models/autoencoder/index.js';
-import { PixelFirstStage, checkSameLatentSpace, openFirstStage } from '../src/models/first-stage.js';
+import { PixelFirstStage, checkSameLatentSpace } from '../src/models/first-stage.js';
+import { openFirstStage } from '../src/checkpoint/first-stage-checkpoint.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 const executor = new OnnxExecutor({ threads: 2 });

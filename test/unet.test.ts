@@ -19,7 +19,7 @@ import type { Feeds } from '../src/engine/executor.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
-import { parseUNetConfig, type UNetConfigInput } from '../src/models/unet/config.js';
+import { parseUNetConfig, type UNetConfigInput } from '../src/config/unet-config.js';
 import { BENCH_UNET_CONFIG } from '../src/models/unet/bench-config.js';
 import { ClassEmbedder } from '../src/models/class-embedder.js';
 import { ATTENTION_SCORE_BYTES, attend, attentionChunkRows } from '../src/models/unet/attention.js';

@@ -13,7 +13,7 @@ import { validateConfig } from '../src/config/load.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { saveCheckpoint } from '../src/io/checkpoint.js';
 import { Rng } from '../src/util/random.js';
-import type { UpscaleFilesResult } from '../src/pipelines/upscale.js';
+import type { UpscaleFilesResult } from '../src/pipelines/upscale/upscale-files.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 async function photo(file: string, w: number, h: number, seed: number, channels: 1 | 3 | 4 = 3): Promise<void> {

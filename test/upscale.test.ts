@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import { runCommands } from './helpers/commands.js';
-import type { UpscaleFilesResult } from '../src/pipelines/upscale.js';
+import type { UpscaleFilesResult } from '../src/pipelines/upscale/upscale-files.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 /** An RGB test picture: smooth colour and a bright square at the top left (to check orientation). */

@@ -1,8 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { ALLOW_UNSAFE_PICKLE, unsafePickleFlags } from '../cli/flags.js';
-import { MODEL_PARTS } from '../interop/load-any.js';
-import { CONVERT_STAGES, TARGET_DTYPES, TARGET_FORMATS, convertCheckpoint, summarizeNames, type ConvertResult } from '../interop/convert.js';
+import { MODEL_PARTS } from '../checkpoint/model-content.js';
+import { CONVERT_STAGES, TARGET_DTYPES, TARGET_FORMATS, convertCheckpoint, summarizeNames, type ConvertResult } from '../checkpoint/convert.js';
 
 export default class Convert extends LdmCommand<typeof Convert> {
   static override summary = 'Convert a checkpoint to an ldm checkpoint or a diffusers folder.';

@@ -5,7 +5,7 @@ import type { Progress } from '../cli/progress.js';
 import { integerFlag, keepProfileFlags, LIMITS, maxMemoryFlag, unsafePickleFlags } from '../cli/flags.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
-import { openFirstStage } from '../models/first-stage.js';
+import { openFirstStage } from '../checkpoint/first-stage-checkpoint.js';
 import { defaultOverlap, encodeFiles } from '../pipelines/autoencode.js';
 
 export default class Encode extends LdmCommand<typeof Encode> {

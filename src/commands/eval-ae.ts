@@ -6,14 +6,15 @@ import { parseBackend, selectBackend } from '../engine/backend.js';
 import { inspectCheckpoint } from '../io/checkpoint.js';
 import { validateConfig } from '../config/load.js';
 import { openDataset, parseDatasetSpec } from '../data/sources.js';
-import { openFirstStage } from '../models/first-stage.js';
+import { openFirstStage } from '../checkpoint/first-stage-checkpoint.js';
 import { evaluateReconstruction } from '../pipelines/autoencode.js';
+import { referenceConfigReader } from '../checkpoint/reference-config.js';
 
 /** train.image_size of an autoencoder checkpoint's config: the side training padded small images to. */
 async function trainedSize(file: string): Promise<number | undefined> {
   const info = await inspectCheckpoint(file);
   if (info.kind !== 'autoencoder') return undefined;
-  const cfg = validateConfig(info.config, `${file} (ldm.config)`);
+  const cfg = validateConfig(info.config, `${file} (ldm.config)`, { foreign: referenceConfigReader });
   return cfg.model === 'autoencoder' ? cfg.train.image_size : undefined;
 }
 

@@ -10,7 +10,7 @@ import type { Executor } from '../engine/executor.js';
 import { assertWritable } from '../io/atomic.js';
 import { readSafetensorsHeader } from '../io/safetensors.js';
 import { evaluate, loadSide, reportLines, type EvalReport, type Side } from '../metrics/evaluate.js';
-import type { FeatureNetwork } from '../metrics/features.js';
+import type { FeatureNetwork } from '../models/feature-network.js';
 import { frechetDistance } from '../metrics/fid.js';
 import { executorGram } from '../metrics/gram.js';
 import { isStatsFile, loadStats, saveStats } from '../metrics/stats.js';

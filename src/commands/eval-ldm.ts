@@ -7,11 +7,11 @@ import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 import { classifierNetworkFromFile } from '../models/classifier.js';
-import { readLdmCheckpoint, withFirstStage } from '../models/ldm.js';
+import { readLdmCheckpoint, withFirstStage } from '../checkpoint/ldm-checkpoint.js';
 import {
   evaluateClassModel, evaluateSemanticMaps, evaluateShapesPrompts, type ConditionalEvalOptions, type ConditionalEvalResult,
 } from '../pipelines/conditional-eval.js';
-import { openRefiner, readLines } from '../pipelines/sample.js';
+import { openRefiner, readLines } from '../pipelines/sample-files.js';
 
 export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   static override summary = 'Score how well a conditional LDM follows its condition: class accuracy, prompt accuracy on shapes, label-map fidelity.';

@@ -5,6 +5,7 @@ import { LdmCommand } from '../cli/base-command.js';
 import { configDirs, listZoo } from '../config/load.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { describeRun } from '../io/run-dir.js';
+import { referenceConfigReader } from '../checkpoint/reference-config.js';
 
 const require = createRequire(import.meta.url);
 
@@ -57,7 +58,7 @@ export default class Info extends LdmCommand<typeof Info> {
       ),
       configs: configDirs(),
       runs: process.env.LDM_RUNS_DIR ?? `${process.cwd()}/runs`,
-      ...(this.flags.zoo ? { zoo: listZoo().map((e) => ({ name: e.name, kind: e.kind, summary: e.summary })) } : {}),
+      ...(this.flags.zoo ? { zoo: listZoo({ foreign: referenceConfigReader }).map((e) => ({ name: e.name, kind: e.kind, summary: e.summary })) } : {}),
     };
     await sel.executor.dispose();
     this.result(info, (v) => {

@@ -3,7 +3,7 @@ import { LIMITS, integerFlag } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
-import { QUICKSTART_CONFIGS, quickstart } from '../pipelines/quickstart.js';
+import { QUICKSTART_CONFIGS, quickstart } from '../training/quickstart.js';
 
 export default class Quickstart extends LdmCommand<typeof Quickstart> {
   static override summary = 'Train a tiny autoencoder and a tiny text-to-image LDM on the built-in shapes, then sample and check a grid (about 10 minutes on 2 cores).';

@@ -4,7 +4,7 @@ import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, unsaf
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
-import { sampleToFiles } from '../pipelines/sample.js';
+import { sampleToFiles } from '../pipelines/sample-files.js';
 import { memoryLimit } from '../util/memory-budget.js';
 
 export default class Sample extends LdmCommand<typeof Sample> {

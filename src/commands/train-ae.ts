@@ -7,7 +7,8 @@ import { parseBackend, selectBackend } from '../engine/backend.js';
 import { dumpConfig, loadConfig, parseConfig } from '../config/load.js';
 import { summarizeAutoencoder, type AutoencoderConfig } from '../config/schema.js';
 import { RunDir } from '../io/run-dir.js';
-import { checkDecoderOnlyInit, trainAutoencoder } from '../training/autoencoder.js';
+import { checkDecoderOnlyInit, trainAutoencoder } from '../training/train-autoencoder.js';
+import { referenceConfigReader } from '../checkpoint/reference-config.js';
 
 /** The config without train.steps, which --steps may change between a run and its resume. */
 function comparable(cfg: AutoencoderConfig): string {
@@ -51,7 +52,7 @@ export default class TrainAe extends LdmCommand<typeof TrainAe> {
 
   async run(): Promise<void> {
     const f = this.flags;
-    const loaded = loadConfig(f.config, 'autoencoder');
+    const loaded = loadConfig(f.config, 'autoencoder', { foreign: referenceConfigReader });
     const config: AutoencoderConfig = f.steps !== undefined ? { ...loaded.config, train: { ...loaded.config.train, steps: f.steps } } : loaded.config;
     const data = f.data ?? config.data?.source;
     if (data === undefined) throw new Error(`config ${config.name} names no data source; pass --data (fashion-mnist, shapes, or a folder of images)`);

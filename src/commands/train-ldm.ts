@@ -5,8 +5,8 @@ import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { RunDir } from '../io/run-dir.js';
-import { openFirstStage } from '../models/first-stage.js';
-import { resolveLdmConfig, trainLdm } from '../training/ldm.js';
+import { openFirstStage } from '../checkpoint/first-stage-checkpoint.js';
+import { resolveLdmConfig, trainLdm } from '../training/train-ldm.js';
 
 export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
   static override summary = 'Train a latent diffusion model on a data set encoded once by a first-stage autoencoder.';

@@ -8,7 +8,7 @@ import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { Executor } from '../engine/executor.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { memoryLimit } from '../util/memory-budget.js';
-import { COLOR_FIXES, UPSCALE_METHODS, upscaleFiles, type UpscaleFilesResult } from '../pipelines/upscale.js';
+import { COLOR_FIXES, UPSCALE_METHODS, upscaleFiles, type UpscaleFilesResult } from '../pipelines/upscale/upscale-files.js';
 
 export default class Upscale extends LdmCommand<typeof Upscale> {
   static override summary = 'Upscale images (files or whole folders) with a super-resolution LDM, or bicubic/Lanczos; optionally score them against originals.';

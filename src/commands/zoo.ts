@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { listZoo, type ZooEntry } from '../config/load.js';
+import { referenceConfigReader } from '../checkpoint/reference-config.js';
 
 export default class Zoo extends LdmCommand<typeof Zoo> {
   static override summary = 'List the model zoo: the configs that commands accept by name.';
@@ -13,7 +14,7 @@ export default class Zoo extends LdmCommand<typeof Zoo> {
   };
 
   async run(): Promise<void> {
-    const entries = listZoo().filter((e) => this.flags.kind === undefined || e.kind === this.flags.kind);
+    const entries = listZoo({ foreign: referenceConfigReader }).filter((e) => this.flags.kind === undefined || e.kind === this.flags.kind);
     this.result(entries, (list) => formatZoo(list, this.flags.paths));
   }
 }

@@ -11,9 +11,20 @@ import { show } from './fields.js';
 import { ConfigError, formatIssues, locate, type SourceMap } from './issues.js';
 import { configSchemas, isModelKind, modelKinds, summarizeConfig, type LdmConfig, type ModelKind } from './schema.js';
 import { didYouMean } from './suggest.js';
-import { fromReferenceConfig, isReferenceConfig } from '../interop/reference-config.js';
 
 export { ConfigError } from './issues.js';
+
+/**
+ * Reads a config written in another format as ours, or returns undefined when `data` is not in that format. config/
+ * knows only ldm's own format; the checkpoint layer passes the reference's (checkpoint/reference-config.ts's
+ * referenceConfigReader: model.target YAMLs), so reading one never needs an import from above.
+ */
+export type ForeignConfigReader = (data: unknown, file: string) => LdmConfig | undefined;
+
+export interface ConfigReadOptions {
+  /** Also accept configs this reader maps onto ours. */
+  foreign?: ForeignConfigReader;
+}
 
 export interface LoadedConfig<C extends LdmConfig = LdmConfig> {
   readonly config: C;
@@ -42,11 +53,11 @@ export function configDirs(): string[] {
 }
 
 /** Load a config by file path or zoo name; `kind` demands a model kind (e.g. 'autoencoder'). */
-export function loadConfig<K extends ModelKind>(ref: string, kind: K): LoadedConfig<Extract<LdmConfig, { model: K }>>;
-export function loadConfig(ref: string): LoadedConfig;
-export function loadConfig(ref: string, kind?: ModelKind): LoadedConfig {
+export function loadConfig<K extends ModelKind>(ref: string, kind: K, opts?: ConfigReadOptions): LoadedConfig<Extract<LdmConfig, { model: K }>>;
+export function loadConfig(ref: string, kind?: undefined, opts?: ConfigReadOptions): LoadedConfig;
+export function loadConfig(ref: string, kind?: ModelKind, opts: ConfigReadOptions = {}): LoadedConfig {
   const file = resolveConfigRef(ref);
-  const config = parseConfig(fs.readFileSync(file, 'utf8'), displayPath(file));
+  const config = parseConfig(fs.readFileSync(file, 'utf8'), displayPath(file), opts);
   if (kind !== undefined && config.model !== kind) {
     throw new ConfigError([`${displayPath(file)}: model: this is a "${config.model}" config, but a "${kind}" config is needed here`]);
   }
@@ -67,7 +78,7 @@ export function resolveConfigRef(ref: string): string {
 }
 
 /** Parse and validate YAML text; `file` names the source in messages. */
-export function parseConfig(text: string, file: string): LdmConfig {
+export function parseConfig(text: string, file: string, opts: ConfigReadOptions = {}): LdmConfig {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
   if (doc.errors.length > 0) {
@@ -78,13 +89,14 @@ export function parseConfig(text: string, file: string): LdmConfig {
     const what = first.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
     throw new ConfigError([`${file}:${pos.line}:${pos.col}: YAML syntax error: ${what}`]);
   }
-  return validateConfig(doc.toJS(), file, { doc, lines });
+  return validateConfig(doc.toJS(), file, { ...opts, source: { doc, lines } });
 }
 
 /** Validate an already-parsed object (e.g. a config stored in a checkpoint). */
-export function validateConfig(data: unknown, file: string, source?: SourceMap): LdmConfig {
-  // The reference's own YAML (model.target + model.params) maps onto ours.
-  if (isReferenceConfig(data)) return fromReferenceConfig(data, file);
+export function validateConfig(data: unknown, file: string, opts: ConfigReadOptions & { source?: SourceMap } = {}): LdmConfig {
+  const foreign = opts.foreign?.(data, file);
+  if (foreign !== undefined) return foreign;
+  const source = opts.source;
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new ConfigError([`${file}: expected a mapping of config keys, got ${show(data)}`]);
   }
@@ -100,11 +112,11 @@ export function validateConfig(data: unknown, file: string, source?: SourceMap):
 }
 
 /** Every config in the zoo folders, sorted by kind then name; shadowed duplicates are left out. */
-export function listZoo(): ZooEntry[] {
+export function listZoo(opts: ConfigReadOptions = {}): ZooEntry[] {
   const entries: ZooEntry[] = [];
   for (const [name, file] of zooFiles()) {
     const text = fs.readFileSync(file, 'utf8');
-    const config = parseConfig(text, displayPath(file));
+    const config = parseConfig(text, displayPath(file), opts);
     const first = text.split('\n').find((l) => l.trim() !== '');
     const description = first?.trim().startsWith('#') ? first.trim().replace(/^#+\s*/, '') : '';
     entries.push({ name, kind: config.model, path: file, summary: summarizeConfig(config), description });

@@ -3,8 +3,8 @@
  * schema module, one entry in `configSchemas` and one case in `summarizeConfig`.
  */
 import type * as z from 'zod';
-import { AutoencoderConfigSchema, summarizeAutoencoder } from './autoencoder.js';
-import { LatentDiffusionConfigSchema, summarizeLdm } from './ldm.js';
+import { AutoencoderConfigSchema, summarizeAutoencoder } from './autoencoder-config.js';
+import { LatentDiffusionConfigSchema, summarizeLdm } from './ldm-config.js';
 
 export {
   AutoencoderConfigSchema,
@@ -13,10 +13,10 @@ export {
   latentShape,
   levelResolutions,
   summarizeAutoencoder,
-} from './autoencoder.js';
-export type { AutoencoderConfig, AutoencoderConfigInput, KLAutoencoderConfig, VQAutoencoderConfig } from './autoencoder.js';
-export { LatentDiffusionConfigSchema, CONDITIONING_TYPES, concatChannels, ldmLearningRate, summarizeLdm } from './ldm.js';
-export type { LatentDiffusionConfig, LatentDiffusionConfigInput, ConditioningConfig, ConditioningType } from './ldm.js';
+} from './autoencoder-config.js';
+export type { AutoencoderConfig, AutoencoderConfigInput, KLAutoencoderConfig, VQAutoencoderConfig } from './autoencoder-config.js';
+export { LatentDiffusionConfigSchema, CONDITIONING_TYPES, concatChannels, ldmLearningRate, summarizeLdm } from './ldm-config.js';
+export type { LatentDiffusionConfig, LatentDiffusionConfigInput, ConditioningConfig, ConditioningType } from './ldm-config.js';
 
 export const configSchemas = {
   autoencoder: AutoencoderConfigSchema,

@@ -6,6 +6,7 @@
 import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Rng } from '../util/random.js';
 import type { Sample } from './dataset.js';
+import { convertChannels } from '../io/image.js';
 
 export type ResizeFilter = 'nearest' | 'bilinear' | 'bicubic' | 'area';
 
@@ -102,29 +103,6 @@ export function centredPadding(h: number, w: number, targetH: number, targetW: n
   const top = Math.floor(dh / 2);
   const left = Math.floor(dw / 2);
   return { top, bottom: dh - top, left, right: dw - left };
-}
-
-/**
- * 1 -> 3 repeats the grey plane; 3 -> 1 takes luma with the ITU-R 601 weights PIL's convert('L') uses
- * (a weighted mean, so it works directly on [-1, 1] values).
- */
-export function convertChannels(t: HostTensor, channels: 1 | 3): HostTensor {
-  const p = planes(t);
-  if (t.dtype !== 'float32') throw new Error('channel conversion applies to images, not label maps');
-  if (p.c === channels) return t;
-  const hw = p.h * p.w;
-  const src = p.data as Float32Array;
-  const out = new Float32Array(channels * hw);
-  if (p.c === 1 && channels === 3) {
-    out.set(src, 0);
-    out.set(src, hw);
-    out.set(src, 2 * hw);
-  } else if (p.c === 3 && channels === 1) {
-    for (let i = 0; i < hw; i++) out[i] = 0.299 * src[i]! + 0.587 * src[hw + i]! + 0.114 * src[2 * hw + i]!;
-  } else {
-    throw new Error(`cannot convert a ${p.c}-channel image to ${channels} channels; images must have 1 or 3 channels`);
-  }
-  return hostTensor('float32', [channels, p.h, p.w], out);
 }
 
 // Separable resampling as PIL does it: the filter is widened by the scale when shrinking, so downscaling

@@ -12,7 +12,6 @@
 import sharp from 'sharp';
 import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import { assertWritable, writeFileAtomic, type WriteOptions } from './atomic.js';
-import { convertChannels } from '../data/transforms.js';
 import { keepProfileByDefault } from './colour-profile.js';
 
 export type ImageInput = string | Uint8Array;
@@ -410,4 +409,41 @@ export async function encodeGrid(batch: HostTensor, opts: SaveGridOptions = {}):
 export async function saveGrid(file: string, batch: HostTensor, opts: SaveGridOptions = {}): Promise<void> {
   await assertWritable(file, opts);
   await writeFileAtomic(file, await encodeGrid(batch, opts), opts);
+}
+
+/**
+ * 1 -> 3 repeats the grey plane; 3 -> 1 takes luma with the ITU-R 601 weights PIL's convert('L') uses
+ * (a weighted mean, so it works directly on [-1, 1] values).
+ */
+export function convertChannels(t: HostTensor, channels: 1 | 3): HostTensor {
+  // The checks and messages of data/transforms.ts's planes(), which label maps ([H, W] int32) also pass.
+  if (t.dtype === 'int32' && t.shape.length === 2) throw new Error('channel conversion applies to images, not label maps');
+  if (t.dtype !== 'float32' || t.shape.length !== 3) {
+    throw new Error(`expected a float32 [C, H, W] image or an int32 [H, W] label map, got ${t.dtype} [${t.shape.join(', ')}]`);
+  }
+  const p = { c: t.shape[0]!, h: t.shape[1]!, w: t.shape[2]!, data: t.data as Float32Array };
+  if (p.c === channels) return t;
+  const hw = p.h * p.w;
+  const src = p.data as Float32Array;
+  const out = new Float32Array(channels * hw);
+  if (p.c === 1 && channels === 3) {
+    out.set(src, 0);
+    out.set(src, hw);
+    out.set(src, 2 * hw);
+  } else if (p.c === 3 && channels === 1) {
+    for (let i = 0; i < hw; i++) out[i] = 0.299 * src[i]! + 0.587 * src[hw + i]! + 0.114 * src[2 * hw + i]!;
+  } else {
+    throw new Error(`cannot convert a ${p.c}-channel image to ${channels} channels; images must have 1 or 3 channels`);
+  }
+  return hostTensor('float32', [channels, p.h, p.w], out);
+}
+
+/** Bytes of reading an 8- or 16-bit image file into float32 planes: sharp's interleaved buffer and the planes. */
+export function imageReadBytes(h: number, w: number, fileChannels: number, bitDepth: 8 | 16, channels: number): number {
+  return h * w * (fileChannels * (bitDepth / 8) + 4 * Math.max(channels, fileChannels));
+}
+
+/** Bytes of writing a [C, H, W] float image as a PNG: the quantised planes, their interleaved copy and the PNG itself. */
+export function pngWriteBytes(c: number, h: number, w: number, bitDepth: 8 | 16 = 8): number {
+  return Math.ceil(3.1 * c * h * w * (bitDepth / 8));
 }

@@ -5,7 +5,8 @@
  */
 import type { Executor } from '../engine/executor.js';
 import { openDataset, type OpenDatasetOptions } from '../data/sources.js';
-import { extractFeatures, type FeatureNetwork, type Features } from './features.js';
+import { extractFeatures, type Features } from './features.js';
+import type { FeatureNetwork } from '../models/feature-network.js';
 import { featureRows, isStatsFile, loadStats, statistics, type FeatureStats } from './stats.js';
 import { frechetDistance } from './fid.js';
 import { kid, type KidOptions } from './kid.js';

@@ -11,8 +11,8 @@ import { checkWeights, Module } from '../engine/module.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 import type { WriteOptions } from '../io/atomic.js';
 import { loadCheckpoint, saveCheckpoint } from '../io/checkpoint.js';
-import type { FeatureNetwork, FeatureOutputs } from '../metrics/features.js';
-import type { NetworkInput } from '../metrics/input-resize.js';
+import type { FeatureNetwork, FeatureOutputs } from './feature-network.js';
+import type { NetworkInput } from './input-resize.js';
 
 export const CLASSIFIER_KIND = 'classifier';
 

@@ -15,7 +15,7 @@ import { Module } from '../engine/module.js';
 import type { Tensor } from '../engine/graph.js';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { resize } from '../data/transforms.js';
-import type { ConditioningConfig, ConditioningType } from '../config/ldm.js';
+import type { ConditioningConfig, ConditioningType } from '../config/ldm-config.js';
 import { ClassEmbedder } from './class-embedder.js';
 import { TextEncoder } from './text-encoder.js';
 import { CaptionLayout } from './caption-layout.js';

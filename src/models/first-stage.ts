@@ -13,17 +13,7 @@ import { bindParams, checkWeights } from '../engine/module.js';
 import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
-import { splitPrefix, type LoadedCheckpoint } from '../io/checkpoint.js';
-import { validateConfig } from '../config/load.js';
-import { AutoencoderKL, VQModel, buildAutoencoder, isEncodingParam, type Autoencoder, type DDConfig } from './autoencoder/index.js';
-import { loadAnyCheckpoint } from '../interop/load-any.js';
-
-/** Metadata key of an autoencoder (or LDM) checkpoint holding the latent scale factor. */
-export const SCALE_FACTOR_KEY = 'ldm.scale_factor';
-/** Metadata key of an LDM checkpoint describing its embedded first stage (JSON FirstStageSpec). */
-export const FIRST_STAGE_KEY = 'ldm.first_stage';
-/** Where an LDM checkpoint nests the first stage's weights, as the reference. */
-export const FIRST_STAGE_PREFIX = 'first_stage_model.';
+import { VQModel, isEncodingParam, type Autoencoder, type DDConfig } from './autoencoder/index.js';
 
 export type FirstStageSpec =
   | { kind: 'pixel'; channels: number }
@@ -183,75 +173,6 @@ export class AutoencoderFirstStage implements FirstStage {
   }
 }
 
-function buildFromSpec(spec: Extract<FirstStageSpec, { kind: 'autoencoder' }>): Autoencoder {
-  return spec.regularizer === 'kl'
-    ? new AutoencoderKL({ embed_dim: spec.embed_dim, ddconfig: spec.ddconfig })
-    : new VQModel({ embed_dim: spec.embed_dim, n_embed: spec.n_embed ?? 0, ddconfig: spec.ddconfig });
-}
-
-function parseScale(file: string, metadata: Record<string, string>): number | undefined {
-  const v = metadata[SCALE_FACTOR_KEY];
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!(n > 0) || !Number.isFinite(n)) throw new Error(`${file}: ${SCALE_FACTOR_KEY} metadata "${v}" is not a positive number; re-save the checkpoint`);
-  return n;
-}
-
-/** The first stage an LDM checkpoint embeds (its ldm.first_stage spec and first_stage_model.* weights). */
-export function firstStageFromLdm(ckpt: Pick<LoadedCheckpoint, 'params' | 'metadata'>, file: string, executor: Executor): FirstStage {
-  const raw = ckpt.metadata[FIRST_STAGE_KEY];
-  if (raw === undefined) throw new Error(`${file}: the LDM checkpoint does not record its first stage (${FIRST_STAGE_KEY}); it is damaged or not an ldm checkpoint`);
-  let spec: FirstStageSpec;
-  try {
-    spec = JSON.parse(raw) as FirstStageSpec;
-  } catch {
-    throw new Error(`${file}: ${FIRST_STAGE_KEY} metadata is not valid JSON; the checkpoint is corrupt`);
-  }
-  if (spec.kind === 'pixel') return new PixelFirstStage(spec.channels);
-  if (spec.kind !== 'autoencoder') throw new Error(`${file}: unknown first stage kind ${JSON.stringify((spec as { kind: unknown }).kind)}`);
-  const weights = splitPrefix(ckpt.params, FIRST_STAGE_PREFIX);
-  return new AutoencoderFirstStage(buildFromSpec(spec), weights, executor, parseScale(file, ckpt.metadata), spec.source ?? file);
-}
-
-/**
- * `pixel` (with the image channels) or a checkpoint: an autoencoder checkpoint (kind "autoencoder"; its `loss.*`
- * weights are ignored), or an LDM checkpoint, whose embedded first stage is taken.
- */
-export async function openFirstStage(ref: string, opts: { executor: Executor; channels?: number }): Promise<FirstStage> {
-  if (ref === 'pixel') return new PixelFirstStage(opts.channels ?? 3);
-  // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
-  const ckpt = await loadAnyCheckpoint(ref).catch((err: unknown) => {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new Error(`first stage checkpoint ${ref} not found; give an autoencoder checkpoint (ldm train-ae writes one) or "pixel"`);
-    const kind = /: a "(\w+)" checkpoint;/.exec((err as Error).message)?.[1];
-    if (kind) throw new Error(`${ref} is a "${kind}" checkpoint; the first stage must be an autoencoder checkpoint (or "pixel")`);
-    throw err;
-  });
-  if (ckpt.kind === 'ldm') return firstStageFromLdm(ckpt, ref, opts.executor);
-  if (ckpt.kind !== 'autoencoder') {
-    throw new Error(`${ref} is a "${ckpt.kind}" checkpoint; the first stage must be an autoencoder checkpoint (or "pixel")`);
-  }
-  const config = validateConfig(ckpt.config, `${ref} (ldm.config)`);
-  if (config.model !== 'autoencoder') throw new Error(`${ref}: its config is a "${config.model}" config, not an autoencoder's`);
-  const model = buildAutoencoder(config);
-  const names = new Set(model.namedParameters().map(([n]) => n));
-  const weights = new Map([...ckpt.params].filter(([n]) => names.has(n)));
-  if (weights.size === 0) {
-    const nested = splitPrefix(ckpt.params, FIRST_STAGE_PREFIX);
-    for (const [n, t] of nested) if (names.has(n)) weights.set(n, t);
-  }
-  let stage: AutoencoderFirstStage;
-  try {
-    stage = new AutoencoderFirstStage(model, weights, opts.executor, parseScale(ref, ckpt.metadata), ref);
-  } catch (err) {
-    throw new Error(`${ref}: ${(err as Error).message}; the checkpoint does not match its own config`);
-  }
-  if (opts.channels !== undefined && opts.channels !== stage.imageChannels) {
-    throw new Error(`${ref} encodes ${stage.imageChannels}-channel images, but ${opts.channels} channels were asked for; set data.channels to ${stage.imageChannels}`);
-  }
-  return stage;
-}
-
 /**
  * `replacement` in place of `current` for an LDM trained on `current`'s latents: allowed when the two encode alike,
  * that is the same architecture and identical encoding weights (an autoencoder fine-tuned with train.decoder_only).
@@ -267,4 +188,45 @@ export function checkSameLatentSpace(current: FirstStage, replacement: FirstStag
   if (enc(current) !== enc(replacement)) {
     throw new Error(`${ref} encodes differently from the autoencoder this LDM was trained on (other encoder weights), so its decoder expects other latents; fine-tune one with train.decoder_only and --init`);
   }
+}
+
+// ---------------------------------------------------------------- memory
+
+/**
+ * Feature maps alive at once at the widest level of a ResnetBlock run (input, norm, swish, conv, skip): an upper
+ * bound; onnxruntime reuses buffers, so measured peaks sit below it (see firstStageRunBytes).
+ */
+const LIVE_MAPS = 6;
+/** [n, n] attention matrices alive at once (scores and softmax); about 1.2 measured for kl-f4-small at 512x512. */
+const LIVE_ATTENTION = 2;
+
+/** Bytes of a model's weights as a run holds them: the host copy, the executor's and the file read (3.1x measured for kl-f8). */
+export function weightBytes(params: ReadonlyMap<string, HostTensor>): number {
+  let n = 0;
+  for (const t of params.values()) n += t.data.byteLength;
+  return 3.5 * n;
+}
+
+/**
+ * Peak bytes the first stage takes to encode or decode a batch of n images of h x w pixels in one call: weights,
+ * the feature maps of its widest level, and the vanilla attention matrices ((h w / 4^level)^2 floats, which is
+ * what grows fastest: 17 GB for one 1024x1024 image through kl-f4-small's mid-block).
+ */
+export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: number): number {
+  const spec = stage.spec;
+  if (spec.kind === 'pixel') return 2 * n * spec.channels * h * w * 4;
+  const dd = spec.ddconfig;
+  const levels = dd.ch_mult.length;
+  let widest = n * Math.max(dd.in_channels, dd.out_ch) * h * w;
+  let attention = 0;
+  for (let i = 0; i < levels; i++) {
+    const px = Math.ceil(h / 2 ** i) * Math.ceil(w / 2 ** i);
+    // A level also sees its neighbours' widths (the encoder's input, the decoder's upsampled input).
+    const ch = dd.ch * Math.max(dd.ch_mult[i]!, dd.ch_mult[i - 1] ?? 0, dd.ch_mult[i + 1] ?? 0);
+    widest = Math.max(widest, n * ch * px);
+    const vanilla = (dd.attn_type ?? 'vanilla') === 'vanilla';
+    if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, n * px * px);
+    if (vanilla && i === levels - 1) attention = Math.max(attention, n * px * px); // the mid-block
+  }
+  return weightBytes(stage.params()) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
 }

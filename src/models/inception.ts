@@ -12,8 +12,8 @@ import { checkWeights, kaimingUniform, Module, type Param } from '../engine/modu
 import { toFloat32, float32, type HostTensor } from '../engine/host-tensor.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { readTorchCheckpoint } from '../io/torch-checkpoint.js';
-import type { FeatureNetwork, FeatureOutputs } from '../metrics/features.js';
-import type { NetworkInput } from '../metrics/input-resize.js';
+import type { FeatureNetwork, FeatureOutputs } from './feature-network.js';
+import type { NetworkInput } from './input-resize.js';
 
 export const INCEPTION_SIZE = 299;
 export const INCEPTION_CLASSES = 1008;

@@ -12,14 +12,14 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { assertWritable, writeFileAtomic } from '../io/atomic.js';
-import { probeImage, readImage, writePng } from '../io/image.js';
+import { convertChannels, imageReadBytes, pngWriteBytes, probeImage, readImage, writePng } from '../io/image.js';
 import { readSafetensors, readSafetensorsHeader, writeSafetensors } from '../io/safetensors.js';
 import { encodeNpy } from '../metrics/npz.js';
 import { MetricMeans, psnr, ssim, toPixels } from '../metrics/reconstruction.js';
 import { codebookUsage, type CodebookUsage } from '../models/autoencoder/index.js';
-import type { FirstStage } from '../models/first-stage.js';
+import { firstStageRunBytes, type FirstStage } from '../models/first-stage.js';
 import type { Dataset, Sample } from '../data/dataset.js';
-import { centredPadding, convertChannels, crop, pad } from '../data/transforms.js';
+import { centredPadding, crop, pad } from '../data/transforms.js';
 import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
 import { parseCaption } from '../data/shapes.js';
 import { checkSample } from '../data/shapes-checker.js';
@@ -198,55 +198,6 @@ export async function decodeLatentImage(stage: FirstStage, latent: HostTensor, o
 }
 
 // ---------------------------------------------------------------- memory
-
-/**
- * Feature maps alive at once at the widest level of a ResnetBlock run (input, norm, swish, conv, skip): an upper
- * bound; onnxruntime reuses buffers, so measured peaks sit below it (see firstStageRunBytes).
- */
-const LIVE_MAPS = 6;
-/** [n, n] attention matrices alive at once (scores and softmax); about 1.2 measured for kl-f4-small at 512x512. */
-const LIVE_ATTENTION = 2;
-
-/** Bytes of a model's weights as a run holds them: the host copy, the executor's and the file read (3.1x measured for kl-f8). */
-export function weightBytes(params: ReadonlyMap<string, HostTensor>): number {
-  let n = 0;
-  for (const t of params.values()) n += t.data.byteLength;
-  return 3.5 * n;
-}
-
-/**
- * Peak bytes the first stage takes to encode or decode a batch of n images of h x w pixels in one call: weights,
- * the feature maps of its widest level, and the vanilla attention matrices ((h w / 4^level)^2 floats, which is
- * what grows fastest: 17 GB for one 1024x1024 image through kl-f4-small's mid-block).
- */
-export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: number): number {
-  const spec = stage.spec;
-  if (spec.kind === 'pixel') return 2 * n * spec.channels * h * w * 4;
-  const dd = spec.ddconfig;
-  const levels = dd.ch_mult.length;
-  let widest = n * Math.max(dd.in_channels, dd.out_ch) * h * w;
-  let attention = 0;
-  for (let i = 0; i < levels; i++) {
-    const px = Math.ceil(h / 2 ** i) * Math.ceil(w / 2 ** i);
-    // A level also sees its neighbours' widths (the encoder's input, the decoder's upsampled input).
-    const ch = dd.ch * Math.max(dd.ch_mult[i]!, dd.ch_mult[i - 1] ?? 0, dd.ch_mult[i + 1] ?? 0);
-    widest = Math.max(widest, n * ch * px);
-    const vanilla = (dd.attn_type ?? 'vanilla') === 'vanilla';
-    if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, n * px * px);
-    if (vanilla && i === levels - 1) attention = Math.max(attention, n * px * px); // the mid-block
-  }
-  return weightBytes(stage.params()) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
-}
-
-/** Bytes of reading an 8- or 16-bit image file into float32 planes: sharp's interleaved buffer and the planes. */
-export function imageReadBytes(h: number, w: number, fileChannels: number, bitDepth: 8 | 16, channels: number): number {
-  return h * w * (fileChannels * (bitDepth / 8) + 4 * Math.max(channels, fileChannels));
-}
-
-/** Bytes of writing a [C, H, W] float image as a PNG: the quantised planes, their interleaved copy and the PNG itself. */
-export function pngWriteBytes(c: number, h: number, w: number, bitDepth: 8 | 16 = 8): number {
-  return Math.ceil(3.1 * c * h * w * (bitDepth / 8));
-}
 
 /** What encoding one image takes: its size, the source file's channels and depth, and the tile (none: whole). */
 export interface EncodeMemoryInput {

@@ -8,10 +8,12 @@ import { float32, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import { checkLabelMap, checkSample } from '../data/shapes-checker.js';
 import { requireShapesCaptions } from '../data/shapes.js';
-import { FeatureRunner, type FeatureNetwork } from '../metrics/features.js';
-import type { LoadedLdm } from '../models/ldm.js';
+import { FeatureRunner } from '../metrics/features.js';
+import type { FeatureNetwork } from '../models/feature-network.js';
+import type { LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
 import type { SamplerName } from '../diffusion/samplers.js';
-import { Denoiser, generate, type Refiner, type SampleCondition } from './sample.js';
+import { Denoiser } from '../sampling/denoiser.js';
+import { generate, type Refiner, type SampleCondition } from '../sampling/generate.js';
 
 export interface ConditionalEvalOptions {
   /** Samples per condition. */

@@ -8,11 +8,11 @@ import { bindParams, checkWeights, type Module } from '../engine/module.js';
 import { splitPrefix } from '../io/checkpoint.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { lowerToOnnx } from '../engine/onnx/lower.js';
-import { loadAnyCheckpoint } from '../interop/load-any.js';
+import { loadAnyCheckpoint } from '../checkpoint/load-any.js';
 import { buildAutoencoder } from '../models/autoencoder/index.js';
 import { UNetModel } from '../models/unet/unet.js';
-import type { UNetConfig } from '../models/unet/config.js';
-import { sizeMultiple } from '../models/unet/config.js';
+import type { UNetConfig } from '../config/unet-config.js';
+import { sizeMultiple } from '../config/unet-config.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 
 export const EXPORT_PARTS = ['encoder', 'decoder', 'unet'] as const;

@@ -6,10 +6,10 @@
 import type { Executor } from '../engine/executor.js';
 import { Trainer } from '../engine/trainer.js';
 import { float32 } from '../engine/host-tensor.js';
-import { INPUT_T, INPUT_TARGET, INPUT_X, LatentDiffusion } from '../models/ldm.js';
+import { INPUT_T, INPUT_TARGET, INPUT_X, LatentDiffusion } from '../models/latent-diffusion.js';
 import type { FirstStage } from '../models/first-stage.js';
-import type { LatentDiffusionConfig } from '../config/ldm.js';
-import { Denoiser } from '../pipelines/sample.js';
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { Denoiser } from '../sampling/denoiser.js';
 import { Rng } from '../util/random.js';
 import type { Calibration } from './figures.js';
 

@@ -5,9 +5,10 @@
  */
 import { loadConfig, validateConfig } from '../config/load.js';
 import { downsamplingFactor, type AutoencoderConfig } from '../config/schema.js';
-import type { LatentDiffusionConfig } from '../config/ldm.js';
-import { sizeMultiple } from '../models/unet/config.js';
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { sizeMultiple } from '../config/unet-config.js';
 import type { Budget } from './figures.js';
+import { referenceConfigReader } from '../checkpoint/reference-config.js';
 
 export const ALL_FACTORS = [1, 2, 4, 8, 16, 32] as const;
 /** The study's LDM config in the zoo (configs/study/study-unet.yaml). */
@@ -99,7 +100,7 @@ export function aeConfigFor(f: number, o: { ref?: string; fashion: boolean; chan
       }
     }
   }
-  const { config: base, path: file } = loadConfig(ref, 'autoencoder');
+  const { config: base, path: file } = loadConfig(ref, 'autoencoder', { foreign: referenceConfigReader });
   if (downsamplingFactor(base) !== f) throw new Error(`--ae ${f}=${ref}: that config downsamples by f = ${downsamplingFactor(base)}, not ${f}`);
   const steps = o.steps ?? base.train.steps;
   const discStart = Math.max(0, Math.round((base.loss.disc_start * steps) / base.train.steps));
@@ -127,7 +128,7 @@ export function ldmConfigFor(base: LatentDiffusionConfig, o: { factor: number; l
 }
 
 export function loadStudyLdmConfig(ref: string): { config: LatentDiffusionConfig; file: string } {
-  const { config, path: file } = loadConfig(ref, 'ldm');
+  const { config, path: file } = loadConfig(ref, 'ldm', { foreign: referenceConfigReader });
   if (config.conditioning.type !== 'none') {
     throw new Error(`${file}: the factor study trains unconditional models; use a config with conditioning type none (e.g. ${DEFAULT_LDM_CONFIG})`);
   }

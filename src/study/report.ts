@@ -9,7 +9,7 @@ import { writeFileAtomic } from '../io/atomic.js';
 import { checkpointSteps, loadStudy, type FactorFigures, type StudyPlan } from './figures.js';
 import { writeChart, type ChartSpec, type LinePoint } from './charts.js';
 import { describeUnet } from './plan.js';
-import type { LatentDiffusionConfig } from '../config/ldm.js';
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 
 export interface RenderedReport {
   markdown: string;

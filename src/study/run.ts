@@ -19,20 +19,24 @@ import type { Dataset } from '../data/dataset.js';
 import { RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
 import { latentShape, type AutoencoderConfig } from '../config/schema.js';
-import type { LatentDiffusionConfig } from '../config/ldm.js';
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 import { validateConfig } from '../config/load.js';
-import { PixelFirstStage, openFirstStage, type FirstStage } from '../models/first-stage.js';
-import { readLdmCheckpoint } from '../models/ldm.js';
+import { PixelFirstStage, type FirstStage } from '../models/first-stage.js';
+import { openFirstStage } from '../checkpoint/first-stage-checkpoint.js';
+import { readLdmCheckpoint } from '../checkpoint/ldm-checkpoint.js';
 import { classifierNetworkFromFile, saveClassifier } from '../models/classifier.js';
 import { inceptionNetwork } from '../models/inception.js';
-import { extractFeatures, type FeatureNetwork } from '../metrics/features.js';
+import { extractFeatures } from '../metrics/features.js';
+import type { FeatureNetwork } from '../models/feature-network.js';
 import { loadStats, saveStats, statistics, type FeatureStats } from '../metrics/stats.js';
 import { frechetDistance } from '../metrics/fid.js';
 import { trainClassifier } from '../metrics/train-classifier.js';
 import { evaluateReconstruction } from '../pipelines/autoencode.js';
-import { Denoiser, enlargeForGrid, generate } from '../pipelines/sample.js';
-import { trainAutoencoder } from '../training/autoencoder.js';
-import { trainLdm } from '../training/ldm.js';
+import { Denoiser } from '../sampling/denoiser.js';
+import { enlargeForGrid } from '../sampling/grid.js';
+import { generate } from '../sampling/generate.js';
+import { trainAutoencoder } from '../training/train-autoencoder.js';
+import { trainLdm } from '../training/train-ldm.js';
 import {
   STUDY_FORMAT, checkpointSteps, factorDir, readFigures, readPlan, writeFigures, writePlan,
   type Budget, type CheckpointFigures, type FactorFigures, type FirstStageFigures, type StudyPlan,

@@ -13,12 +13,11 @@ import type { Module } from '../engine/module.js';
 import { checkShape } from '../engine/module.js';
 import type { Trainer, TrainerState } from '../engine/trainer.js';
 import { loadCheckpoint, saveCheckpoint } from '../io/checkpoint.js';
+import { WEIGHTS_META } from '../checkpoint/metadata-keys.js';
 import type { CheckpointRef, RunDir } from '../io/run-dir.js';
 
 export const OPTIM_PREFIX = 'optim.';
 export const OPTIM_META = 'ldm.optim';
-/** Metadata saying which weights a file holds: 'raw' (the trained ones) or 'ema'. */
-export const WEIGHTS_META = 'ldm.weights';
 
 export interface SaveTrainingOptions {
   step: number;

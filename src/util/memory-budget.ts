@@ -6,7 +6,7 @@
  * The limit is --max-memory (a size such as 4G or 800M) or, by default, DEFAULT_MEMORY_SHARE of os.totalmem(). The
  * estimates are upper bounds: each counts every buffer of its pipeline as alive at once (the garbage collector may
  * keep a dead one until the next allocation) plus PROCESS_BASE_BYTES for Node, onnxruntime and sharp themselves;
- * the owners of the sizes (pipelines/autoencode.ts, pipelines/upscale, pipelines/sample.ts) add them up.
+ * the owners of the sizes (pipelines/autoencode.ts, pipelines/upscale, sampling/generate.ts) add them up.
  */
 import * as os from 'node:os';
 

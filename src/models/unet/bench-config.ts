@@ -5,7 +5,7 @@
  * The peer names its parameters its own way (conv_in, down, mid, up); this config builds the reference layout,
  * whose keys and shapes test/fixtures/unet-bench-keys.json lists.
  */
-import { parseUNetConfig, type UNetConfig } from './config.js';
+import { parseUNetConfig, type UNetConfig } from '../../config/unet-config.js';
 
 export const BENCH_UNET_CONFIG: UNetConfig = parseUNetConfig(
   {

@@ -1,6 +1,6 @@
 /** The denoising UNet: config, model and the benchmark configuration. */
-export { UNetConfigSchema, parseUNetConfig, attentionHeads, levelRates, sizeMultiple, unetProblems } from './config.js';
-export type { UNetConfig, UNetConfigInput } from './config.js';
+export { UNetConfigSchema, parseUNetConfig, attentionHeads, levelRates, sizeMultiple, unetProblems } from '../../config/unet-config.js';
+export type { UNetConfig, UNetConfigInput } from '../../config/unet-config.js';
 export { UNetModel } from './unet.js';
 export { BENCH_UNET_CONFIG, BENCH_BATCH } from './bench-config.js';
 export { timestepEmbedding, ResBlock, Downsample, Upsample, TimestepEmbedSequential, type Cond } from './layers.js';

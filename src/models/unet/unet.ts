@@ -9,7 +9,7 @@ import { Conv2d, Embedding, GroupNorm, Linear, silu } from '../../engine/nn.js';
 import { Module } from '../../engine/module.js';
 import type { Tensor } from '../../engine/graph.js';
 import { float32 } from '../../engine/host-tensor.js';
-import { attentionHeads, sizeMultiple, type UNetConfig } from './config.js';
+import { attentionHeads, sizeMultiple, type UNetConfig } from '../../config/unet-config.js';
 import { Downsample, ResBlock, Slots, TimestepEmbedSequential, Upsample, timestepEmbedding, type Cond } from './layers.js';
 import { AttentionBlock, CrossAttention, SpatialTransformer } from './attention.js';
 

@@ -3,10 +3,10 @@
  * and its PNG; with the model also its latent canvases, one batch of UNet tiles and one decoder tile. Upper bounds
  * (util/memory-budget.ts); measured against peak RSS in the issue #46 note.
  */
-import type { ImageInfo } from '../../io/image.js';
+import { imageReadBytes, pngWriteBytes, type ImageInfo } from '../../io/image.js';
 import { PROCESS_BASE_BYTES } from '../../util/memory-budget.js';
-import { firstStageRunBytes, imageReadBytes, pngWriteBytes, weightBytes } from '../autoencode.js';
-import { unetRunBytes } from '../sample.js';
+import { firstStageRunBytes, weightBytes } from '../../models/first-stage.js';
+import { unetRunBytes } from '../../sampling/generate.js';
 import type { ClassicalMethod } from './classical.js';
 import { tilePlan, type SrModel } from './model.js';
 

@@ -4,9 +4,9 @@
  * the reference LatentDiffusion YAML where one exists (linear_start, parameterization, scale_factor, scale_lr).
  */
 import * as z from 'zod';
-import { UNetConfigSchema, sizeMultiple } from '../models/unet/config.js';
+import { UNetConfigSchema, sizeMultiple } from './unet-config.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
-import { SrDataSchema, srProblems } from '../data/degrade.js';
+import { SrDataSchema, srProblems } from './sr-data-config.js';
 import { bool, expecting, fraction, nonNegInt, nonNegNum, oneOf, posInt, posNum, strict, text } from './fields.js';
 
 export const CONDITIONING_TYPES = ['none', 'class', 'text', 'concat', 'semantic'] as const;

@@ -12,22 +12,21 @@
  * evaluation inputs from HR photos.
  */
 import { promises as fsp } from 'node:fs';
-import type { Executor } from '../engine/executor.js';
-import type { HostTensor } from '../engine/host-tensor.js';
-import { probeImage, readImage, readImageWithAlpha, resampleImage, writePngWithAlpha } from '../io/image.js';
-import { convertChannels } from '../data/transforms.js';
-import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
-import type { SamplerName } from '../diffusion/samplers.js';
-import { checkOutputs, planJobs, type FileJob } from './autoencode.js';
-import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './upscale/classical.js';
-import { checkModelStrength, loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './upscale/model.js';
-import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './upscale/reference.js';
-import { DEFAULT_COLOR_FIX, type ColorFix } from './upscale/color-fix.js';
-import { upscaleMemoryBytes } from './upscale/memory.js';
-import { checkMemory, type MemoryLimit } from '../util/memory-budget.js';
+import type { Executor } from '../../engine/executor.js';
+import type { HostTensor } from '../../engine/host-tensor.js';
+import { convertChannels, probeImage, readImage, readImageWithAlpha, resampleImage, writePngWithAlpha } from '../../io/image.js';
+import { IMAGE_EXTENSIONS } from '../../data/image-folder.js';
+import type { SamplerName } from '../../diffusion/samplers.js';
+import { checkOutputs, planJobs, type FileJob } from '../autoencode.js';
+import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './classical.js';
+import { checkModelStrength, loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './model.js';
+import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './reference.js';
+import { DEFAULT_COLOR_FIX, type ColorFix } from './color-fix.js';
+import { upscaleMemoryBytes } from './memory.js';
+import { checkMemory, type MemoryLimit } from '../../util/memory-budget.js';
 
-export { CLASSICAL_METHODS, type ClassicalMethod } from './upscale/classical.js';
-export { COLOR_FIXES, type ColorFix } from './upscale/color-fix.js';
+export { CLASSICAL_METHODS, type ClassicalMethod } from './classical.js';
+export { COLOR_FIXES, type ColorFix } from './color-fix.js';
 
 export const UPSCALE_METHODS = ['model', 'bicubic', 'lanczos'] as const;
 export type UpscaleMethod = (typeof UPSCALE_METHODS)[number];

@@ -16,23 +16,27 @@ import type { Dataset } from '../data/dataset.js';
 import { trainingTarget } from '../diffusion/prediction.js';
 import { TimestepSampler } from '../diffusion/timestep-sampling.js';
 import { dumpConfig, loadConfig, validateConfig } from '../config/load.js';
-import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm.js';
+import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import { checkpointStepOf, type RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
-import {
-  LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, LDM_KEYS, checkFirstStageFits, ldmCheckpointParts, ldmFromCheckpoint, type LoadedLdm,
-} from '../models/ldm.js';
+import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, checkFirstStageFits } from '../models/latent-diffusion.js';
+import { LDM_KEYS } from '../checkpoint/metadata-keys.js';
+import { ldmCheckpointParts, ldmFromCheckpoint, type LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
 import { Tokenizer } from '../models/tokenizer.js';
 import type { Conditions } from '../models/conditioning.js';
 import type { FirstStage } from '../models/first-stage.js';
-import { Denoiser, enlargeForGrid, generate, type SampleCondition } from '../pipelines/sample.js';
+import { Denoiser } from '../sampling/denoiser.js';
+import { enlargeForGrid } from '../sampling/grid.js';
+import { generate, type SampleCondition } from '../sampling/generate.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
-import { degradeBatch, type SrDataConfig } from '../data/degrade.js';
+import { degradeBatch } from '../data/degrade.js';
+import type { SrDataConfig } from '../config/sr-data-config.js';
 import { upscaleClassical } from '../pipelines/upscale/classical.js';
 import {
   StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, type LrSchedule,
 } from './common.js';
-import { loadAnyCheckpoint } from '../interop/load-any.js';
+import { loadAnyCheckpoint } from '../checkpoint/load-any.js';
+import { referenceConfigReader } from '../checkpoint/reference-config.js';
 
 /** The trainer's name in checkpoints (optim.ldm.*). */
 const TRAINER = 'ldm';
@@ -412,7 +416,7 @@ function checkData(cfg: LatentDiffusionConfig, cache: LatentCache): void {
 
 /** A config by zoo name or file, with the command line's overrides (first stage, data source, steps), validated again. */
 export function resolveLdmConfig(ref: string, o: { ae?: string; data?: string; steps?: number } = {}): LatentDiffusionConfig {
-  const { config, path: file } = loadConfig(ref, 'ldm');
+  const { config, path: file } = loadConfig(ref, 'ldm', { foreign: referenceConfigReader });
   const merged = {
     ...config,
     ...(o.ae !== undefined ? { first_stage: o.ae } : {}),

@@ -2,7 +2,7 @@
  * diffusers folders: a pipeline (`model_index.json` + one folder per component) or one model folder (`config.json` +
  * `diffusion_pytorch_model.safetensors`), read and written. Configs map both ways: AutoencoderKL / VQModel <->
  * our autoencoder configs, UNet2DConditionModel (spatial transformers) / UNet2DModel (legacy attention) <-> our UNet
- * configs, a scheduler config <-> our schedule and parameterization. Weights go through the key maps of keymaps.ts.
+ * configs, a scheduler config <-> our schedule and parameterization. Weights go through the key maps of diffusers-key-maps.ts.
  * What diffusers has no place for (our training settings, the reference's class and text encoders) travels in
  * `_ldm*` entries and ldm's own `cond_stage` component, so ldm -> diffusers -> ldm is exact.
  */
@@ -13,15 +13,16 @@ import { randomBytes } from 'node:crypto';
 import type { HostTensor } from '../engine/host-tensor.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { addPrefix, mergeParams, splitPrefix } from '../io/checkpoint.js';
-import { autoencoderKeyMap, fromDiffusers, toDiffusers, unetKeyMap } from './keymaps.js';
-import { attentionHeads, parseUNetConfig, type UNetConfig, type UNetConfigInput } from '../models/unet/config.js';
-import type { LatentDiffusionConfig } from '../config/ldm.js';
+import { autoencoderKeyMap, fromDiffusers, toDiffusers, unetKeyMap } from './diffusers-key-maps.js';
+import { attentionHeads, parseUNetConfig, type UNetConfig, type UNetConfigInput } from '../config/unet-config.js';
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 import type { DDConfig } from '../models/autoencoder/encoder.js';
-import type { AutoencoderConfig } from '../config/autoencoder.js';
+import type { AutoencoderConfig } from '../config/autoencoder-config.js';
 import { validateConfig } from '../config/load.js';
-import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, type FirstStageSpec } from '../models/first-stage.js';
-import { autoencoderConfigFrom, ldmConfigFrom, type AutoencoderArch, type InferredSchedule } from './reference-config.js';
-import type { CondStageConfig, ModelContent, ModelPart } from './load-any.js';
+import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY } from './metadata-keys.js';
+import type { FirstStageSpec } from '../models/first-stage.js';
+import { autoencoderConfigFrom, ldmConfigFrom, referenceConfigReader, type AutoencoderArch, type InferredSchedule } from './reference-config.js';
+import type { CondStageConfig, ModelContent, ModelPart } from './model-content.js';
 
 export const WEIGHTS_FILE = 'diffusion_pytorch_model.safetensors';
 export const MODEL_INDEX = 'model_index.json';
@@ -588,7 +589,7 @@ async function readModelFolder(dir: string, notes: string[]): Promise<DiffusersR
     const { arch, scaleFactor } = autoencoderFromDiffusers(m.className, m.config, where);
     let config: AutoencoderConfig;
     if (stored !== undefined) {
-      const v = validateConfig(stored, `${where} (${LDM_CONFIG_KEY})`);
+      const v = validateConfig(stored, `${where} (${LDM_CONFIG_KEY})`, { foreign: referenceConfigReader });
       if (v.model !== 'autoencoder') fail(where, `${LDM_CONFIG_KEY} is a "${v.model}" config, not an autoencoder's`);
       config = v;
     } else {
@@ -688,7 +689,7 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
   let step = 0;
   let metadata: Record<string, string> = {};
   if (ldm) {
-    const v = validateConfig(ldm.config, `${indexFile} (${LDM_PIPELINE_KEY}.config)`);
+    const v = validateConfig(ldm.config, `${indexFile} (${LDM_PIPELINE_KEY}.config)`, { foreign: referenceConfigReader });
     if (v.model !== 'ldm') fail(indexFile, `${LDM_PIPELINE_KEY}.config is a "${v.model}" config, not an ldm one`);
     config = v;
     step = stepOf(ldm.step);

@@ -6,8 +6,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { toFloat32, toHalf, type HostTensor } from '../engine/host-tensor.js';
 import { saveCheckpoint, splitPrefix } from '../io/checkpoint.js';
-import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, fingerprintParams } from '../models/first-stage.js';
-import { loadAnyCheckpoint, type CheckpointKind, type LoadAnyOptions, type ModelContent, type SourceFormat } from './load-any.js';
+import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX } from './metadata-keys.js';
+import { fingerprintParams } from '../models/first-stage.js';
+import { loadAnyCheckpoint, type LoadAnyOptions } from './load-any.js';
+import type { CheckpointKind, ModelContent, SourceFormat } from './model-content.js';
 import { firstStageSpecOf, writeDiffusers } from './diffusers.js';
 
 export const TARGET_FORMATS = ['ldm', 'diffusers'] as const;

@@ -18,16 +18,16 @@ import { UNetModel } from '../src/models/unet/unet.js';
 import { BENCH_UNET_CONFIG, BENCH_BATCH } from '../src/models/unet/bench-config.js';
 import { DEFAULT_SCHEDULE, NoiseSchedule } from '../src/diffusion/schedule.js';
 import { createSampler } from '../src/diffusion/samplers.js';
-import { sampleLatents, type ModelFn } from '../src/diffusion/sample.js';
+import { sampleLatents, type ModelFn } from '../src/diffusion/sampling-loop.js';
 import { trainingTarget } from '../src/diffusion/prediction.js';
 import { listZoo, loadConfig, type ZooEntry } from '../src/config/load.js';
-import { ldmLearningRate, type LatentDiffusionConfig } from '../src/config/ldm.js';
-import { downsamplingFactor, type AutoencoderConfig } from '../src/config/autoencoder.js';
-import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X } from '../src/models/ldm.js';
+import { ldmLearningRate, type LatentDiffusionConfig } from '../src/config/ldm-config.js';
+import { downsamplingFactor, type AutoencoderConfig } from '../src/config/autoencoder-config.js';
+import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X } from '../src/models/latent-diffusion.js';
 import type { Conditions } from '../src/models/conditioning.js';
 import { Tokenizer } from '../src/models/tokenizer.js';
 import { COLOURS, POSITIONS, SHAPE_KINDS, SIZES, makeCaption } from '../src/data/shapes.js';
-import { Denoiser } from '../src/pipelines/sample.js';
+import { Denoiser } from '../src/sampling/denoiser.js';
 import { runPeer, table, timeIt, writeResults, type PeerResult } from './util.js';
 
 const quick = process.argv.slice(2).includes('--quick');
@@ -112,7 +112,7 @@ results.reference = {
   schedule: DEFAULT_SCHEDULE,
   guidance: 'none',
   rounds,
-  note: 'ours: the DDIM sampler through sampleLatents (src/diffusion/sample.ts), the UNet compiled once with constant weights; '
+  note: 'ours: the DDIM sampler through sampleLatents (src/diffusion/sampling-loop.ts), the UNet compiled once with constant weights; '
     + 'timesteps are the reference\'s range(0, T, T/S) + 1, the peer\'s without the +1 (same number of model calls). Best of the rounds.',
   ours: { backend: executor.name, threads, seconds_per_batch: oursRuns, best_seconds: oursBest, images_per_s: oursIps },
   peer: { runs: peerRuns, best_1_thread: peerBest(1), best_2_threads: peerBest(2), best_images_per_s: bestPeer, skipped: [...peerSkipped] },

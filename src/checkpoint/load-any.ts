@@ -17,48 +17,23 @@ import { readTorchCheckpoint, sniffTorchFormat, unsafePickleAllowedByDefault } f
 import { fileSource, ZipReader } from '../io/zip.js';
 import { PyDict, unpickle } from '../io/pickle.js';
 import { ConfigError, loadConfig, resolveConfigRef, validateConfig } from '../config/load.js';
-import type { AutoencoderConfig } from '../config/autoencoder.js';
-import type { ConditioningConfig, LatentDiffusionConfig } from '../config/ldm.js';
-import { parseUNetConfig, type UNetConfig } from '../models/unet/config.js';
+import type { AutoencoderConfig } from '../config/autoencoder-config.js';
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { parseUNetConfig, type UNetConfig } from '../config/unet-config.js';
 import { UNetModel } from '../models/unet/unet.js';
 import { CaptionLayout, LAYOUT_MODULE } from '../models/caption-layout.js';
 import { buildAutoencoder } from '../models/autoencoder/index.js';
 import { ClassEmbedder } from '../models/class-embedder.js';
 import { TextEncoder } from '../models/text-encoder.js';
-import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, fingerprintParams, type FirstStageSpec } from '../models/first-stage.js';
-import { autoencoderKeyMap, fromDiffusers, unetKeyMap } from './keymaps.js';
+import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY } from './metadata-keys.js';
+import { fingerprintParams, type FirstStageSpec } from '../models/first-stage.js';
+import { autoencoderKeyMap, fromDiffusers, unetKeyMap } from './diffusers-key-maps.js';
 import {
   autoencoderConfigFrom, inferAutoencoderConfig, inferConditioning, inferSchedule, inferUNetConfig, isReferenceConfig, ldmConfigFrom,
-  passConfigHint, readReferenceConfig, type ReferenceModel,
+  passConfigHint, readReferenceConfig, referenceConfigReader, type ReferenceModel,
 } from './reference-config.js';
 import { archOfSpec, firstStageSpecOf, readDiffusers } from './diffusers.js';
-
-export type CheckpointKind = 'autoencoder' | 'ldm' | 'unet' | 'cond_stage';
-export const MODEL_PARTS = ['first_stage', 'unet', 'cond_stage'] as const;
-/** A part of a latent diffusion model: its autoencoder, its UNet or its condition encoder. */
-export type ModelPart = (typeof MODEL_PARTS)[number];
-export type SourceFormat = 'ldm' | 'torch' | 'safetensors' | 'diffusers';
-
-/** A cond stage on its own: how the model is conditioned and the context width it feeds the UNet. */
-export interface CondStageConfig {
-  conditioning: ConditioningConfig;
-  context_dim: number;
-}
-
-interface Common {
-  /** Our parameter names: autoencoder `encoder.*`...; ldm `model.diffusion_model.*`, `cond_stage_model.*`, `first_stage_model.*`; unet and cond stage bare. */
-  params: Map<string, HostTensor>;
-  step: number;
-  /** The further metadata an ldm checkpoint of this kind carries (ldm.first_stage, ldm.scale_factor, ...); not ldm.format/kind/config/step. */
-  metadata: Record<string, string>;
-}
-
-export type ModelContent = Common & (
-  | { kind: 'autoencoder'; config: AutoencoderConfig }
-  | { kind: 'ldm'; config: LatentDiffusionConfig }
-  | { kind: 'unet'; config: UNetConfig }
-  | { kind: 'cond_stage'; config: CondStageConfig }
-);
+import type { CondStageConfig, ModelContent, ModelPart, SourceFormat } from './model-content.js';
 
 export interface SourceReport {
   readonly path: string;
@@ -210,7 +185,7 @@ async function fromLdmCheckpoint(file: string, notes: string[]): Promise<ModelCo
   switch (ckpt.kind) {
     case 'autoencoder':
     case 'ldm': {
-      const config = validateConfig(ckpt.config, where);
+      const config = validateConfig(ckpt.config, where, { foreign: referenceConfigReader });
       if (config.model !== ckpt.kind) throw new Error(`${file}: a "${ckpt.kind}" checkpoint with a "${config.model}" config; the checkpoint is corrupt`);
       let params = ckpt.params;
       const opt = [...params.keys()].filter((k) => k.startsWith(OPTIMIZER_PREFIX));
@@ -243,7 +218,7 @@ function readGiven(ref: string): Given {
     data = undefined; // loadConfig reports YAML errors with positions
   }
   if (isReferenceConfig(data)) return { reference: readReferenceConfig(data, ref) };
-  return { ours: loadConfig(ref).config };
+  return { ours: loadConfig(ref, undefined, { foreign: referenceConfigReader }).config };
 }
 
 function givenLdm(g: Given | undefined): { config: LatentDiffusionConfig; firstStage?: AutoencoderConfig; scaleFactor?: number } | undefined {

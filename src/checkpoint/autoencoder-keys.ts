@@ -2,7 +2,7 @@
  * Key map for the first-stage autoencoders (reference AutoencoderKL and VQModel) <-> diffusers AutoencoderKL and
  * VQModel, generated from the config the same way both models build their layers.
  */
-import { KeyMapBuilder, type KeyMap } from './keymap.js';
+import { KeyMapBuilder, type KeyMap } from './key-rules.js';
 
 /** The config fields the key names depend on (an AutoencoderConfig, or the models' KL/VQ configs). */
 export interface AutoencoderKeyConfig {

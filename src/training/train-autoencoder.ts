@@ -30,9 +30,9 @@ import { buildAutoencoder, codebookUsage, isEncodingParam, reseedDeadCodes, type
 import {
   AE_INPUTS, AE_OPTIMIZER, LPIPSWithDiscriminator, aeStepFeeds, buildAELoss, discriminatorStep, generatorStep, type AELoss, type AEStepOutput,
 } from '../models/ae-loss.js';
-import { SCALE_FACTOR_KEY } from '../models/first-stage.js';
+import { SCALE_FACTOR_KEY } from '../checkpoint/metadata-keys.js';
 import { MetricMeans, psnr, ssim, toPixels } from '../metrics/reconstruction.js';
-import { loadAnyCheckpoint } from '../interop/load-any.js';
+import { loadAnyCheckpoint } from '../checkpoint/load-any.js';
 import {
   StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, withPrefix,
   withoutPrefix, type LrSchedule,

@@ -1,106 +1,21 @@
 /**
- * The trained part of a latent diffusion model, with the reference's parameter names: the UNet under
- * `model.diffusion_model.` and the condition encoder under `cond_stage_model.` (our caption layout head, which the
- * reference lacks, under `cond_layout_model.`). The first stage is frozen and lives outside
- * (src/models/first-stage.ts); the noise schedule and the loss target are host-side maths.
+ * LDM checkpoint files: what makes one sample on its own (the model's weights, the first stage under
+ * `first_stage_model.`, the scale factor, tokenizer, class names, seed), written and read back, from any format
+ * load-any reads. The model itself is models/latent-diffusion.ts.
  */
-import * as o from '../engine/ops.js';
-import { mseLoss } from '../engine/nn.js';
-import { Module, checkWeights } from '../engine/module.js';
-import type { Tensor } from '../engine/graph.js';
+import { checkWeights } from '../engine/module.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import { addPrefix, mergeParams, saveCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
-import { WEIGHTS_META } from '../training/common.js';
 import { validateConfig } from '../config/load.js';
-import { NoiseSchedule } from '../diffusion/schedule.js';
-import type { Parameterization } from '../diffusion/prediction.js';
-import type { LatentDiffusionConfig } from '../config/ldm.js';
-import { UNetModel, sizeMultiple } from './unet/index.js';
-import { Slots } from './unet/layers.js';
-import { createConditioner, type Conditioner } from './conditioning.js';
-import { LAYOUT_MODULE } from './caption-layout.js';
-import { Tokenizer } from './tokenizer.js';
-import {
-  FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY, checkSameLatentSpace, firstStageFromLdm, openFirstStage, type FirstStage,
-} from './first-stage.js';
-import { loadAnyCheckpoint } from '../interop/load-any.js';
-
-/** Feed names of a denoising call / training step. */
-export const INPUT_X = 'x';
-export const INPUT_T = 't';
-export const INPUT_TARGET = 'target';
-
-export class LatentDiffusion extends Module {
-  readonly unet: UNetModel;
-  readonly conditioner: Conditioner;
-  readonly schedule: NoiseSchedule;
-  readonly parameterization: Parameterization;
-
-  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Tokenizer } = {}) {
-    super();
-    this.unet = this.add('model', new Slots()).put('diffusion_model', new UNetModel(config.unet));
-    this.conditioner = createConditioner(config.conditioning, config.unet.context_dim, opts.tokenizer);
-    if (this.conditioner.module) this.add('cond_stage_model', this.conditioner.module);
-    if (this.conditioner.layout) this.add(LAYOUT_MODULE, this.conditioner.layout);
-    const s = config.schedule;
-    this.schedule = new NoiseSchedule({ schedule: s.schedule, timesteps: s.timesteps, linearStart: s.linear_start, linearEnd: s.linear_end });
-    this.parameterization = config.parameterization;
-  }
-
-  /** Channels of the latent it denoises (= the first stage's). */
-  get latentChannels(): number {
-    return this.config.unet.out_channels;
-  }
-
-  /** Latent sides must be multiples of this. */
-  get sizeMultiple(): number {
-    return sizeMultiple(this.config.unet);
-  }
-
-  /** The model output (eps, x0 or v) for z_t [N, C, h, w] at timesteps t [N], given the condition inputs. */
-  forward(x: Tensor, t: Tensor, cond: Readonly<Record<string, Tensor>>): Tensor {
-    const { context, concat, pooled } = this.conditioner.apply(cond, x.shape[2]!, x.shape[3]!);
-    const input = concat ? o.concat([x, concat], 1) : x;
-    return this.unet.forward(input, t, context, this.config.unet.adm_in_channels !== undefined ? pooled : undefined);
-  }
-
-  /** The simple loss: MSE between the output and the parameterisation's target (fed as `target`). */
-  loss(inputs: Readonly<Record<string, Tensor>>): Tensor {
-    return mseLoss(this.forward(inputs[INPUT_X]!, inputs[INPUT_T]!, inputs), inputs[INPUT_TARGET]!);
-  }
-
-  /** Throw a one-line error when a first stage or image size does not fit this model. */
-  checkFirstStage(stage: FirstStage, imageHeight?: number, imageWidth = imageHeight): void {
-    checkFirstStageFits(this.config, stage, imageHeight, imageWidth);
-  }
-}
-
-/** The first stage's latents fit the UNet (channels), and the image size divides by f x 2^(levels-1). */
-export function checkFirstStageFits(config: LatentDiffusionConfig, stage: FirstStage, imageHeight?: number, imageWidth = imageHeight): void {
-  const latent = config.unet.out_channels;
-  if (stage.latentChannels !== latent) {
-    throw new Error(`the first stage gives ${stage.latentChannels}-channel latents but unet.out_channels is ${latent}; `
-      + `set unet.out_channels to ${stage.latentChannels} and in_channels to ${stage.latentChannels + config.unet.in_channels - latent}`);
-  }
-  if (imageHeight === undefined || imageWidth === undefined) return;
-  const mult = sizeMultiple(config.unet);
-  const m = stage.factor * mult;
-  if (imageHeight % m || imageWidth % m) {
-    throw new Error(`image size ${imageHeight}x${imageWidth} must be a multiple of ${m} (first stage f=${stage.factor} x UNet 2^(levels-1)=${mult})`);
-  }
-}
-
-// ---------------------------------------------------------------- checkpoints
-
-/** Metadata keys of LDM checkpoints besides the ldm.* ones every checkpoint has (and ldm.weights, as training/common.ts). */
-export const LDM_KEYS = {
-  tokenizer: 'ldm.tokenizer',
-  classNames: 'ldm.class_names',
-  labelMapClasses: 'ldm.label_map_classes',
-  /** The training run's seed: a resume continues with it. */
-  seed: 'ldm.seed',
-} as const;
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { LatentDiffusion } from '../models/latent-diffusion.js';
+import { Tokenizer } from '../models/tokenizer.js';
+import { checkSameLatentSpace, type FirstStage } from '../models/first-stage.js';
+import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHTS_META } from './metadata-keys.js';
+import { firstStageFromLdm, openFirstStage } from './first-stage-checkpoint.js';
+import { loadAnyCheckpoint } from './load-any.js';
+import { referenceConfigReader } from './reference-config.js';
 
 /** Everything that makes an LDM file sample on its own. */
 export interface LdmCheckpointContent {
@@ -165,7 +80,7 @@ export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor
   if (ckpt.kind !== 'ldm') {
     throw new Error(`${file} is a "${ckpt.kind}" checkpoint, not a latent diffusion model; give a checkpoint written by ldm train-ldm`);
   }
-  const cfg = validateConfig(ckpt.config, `${file} (ldm.config)`);
+  const cfg = validateConfig(ckpt.config, `${file} (ldm.config)`, { foreign: referenceConfigReader });
   if (cfg.model !== 'ldm') throw new Error(`${file}: its config is a "${cfg.model}" config, not an ldm one; the checkpoint is corrupt`);
   const tokJson = ckpt.metadata[LDM_KEYS.tokenizer];
   const tokenizer = tokJson === undefined ? undefined : Tokenizer.fromJSON(tokJson);

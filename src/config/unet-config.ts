@@ -3,8 +3,8 @@
  * field, so a reference YAML block translates line by line. `parseUNetConfig` validates and fills defaults.
  */
 import * as z from 'zod';
-import { bool, expecting, listOf, posInt, strict } from '../../config/fields.js';
-import { formatIssues } from '../../config/issues.js';
+import { bool, expecting, listOf, posInt, strict } from './fields.js';
+import { formatIssues } from './issues.js';
 
 /** -1 means "not set", as in the reference (one of num_heads / num_head_channels must be set). */
 const headCount = (what: string) => z.int(expecting(what)).refine((v) => v === -1 || v > 0, expecting(what));

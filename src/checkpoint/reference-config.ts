@@ -7,10 +7,11 @@
 import * as path from 'node:path';
 import { toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { ConfigError, formatIssues } from '../config/issues.js';
-import { AutoencoderConfigSchema, type AutoencoderConfig } from '../config/autoencoder.js';
-import { LatentDiffusionConfigSchema, type LatentDiffusionConfig } from '../config/ldm.js';
+import { AutoencoderConfigSchema, type AutoencoderConfig } from '../config/autoencoder-config.js';
+import { LatentDiffusionConfigSchema, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import type { LdmConfig } from '../config/schema.js';
-import { parseUNetConfig, type UNetConfig, type UNetConfigInput } from '../models/unet/config.js';
+import type { ForeignConfigReader } from '../config/load.js';
+import { parseUNetConfig, type UNetConfig, type UNetConfigInput } from '../config/unet-config.js';
 import { makeBetas, type BetaSchedule } from '../diffusion/schedule.js';
 import { show } from '../config/fields.js';
 import type { DDConfig } from '../models/autoencoder/encoder.js';
@@ -118,6 +119,9 @@ export function readReferenceConfig(data: unknown, file: string): ReferenceModel
 export function fromReferenceConfig(data: unknown, file: string): LdmConfig {
   return readReferenceConfig(data, file).config;
 }
+
+/** config/load.ts's reader for the reference's YAML: `loadConfig(ref, kind, { foreign: referenceConfigReader })`. */
+export const referenceConfigReader: ForeignConfigReader = (data, file) => (isReferenceConfig(data) ? fromReferenceConfig(data, file) : undefined);
 
 interface Context {
   readonly root: Obj;

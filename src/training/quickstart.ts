@@ -7,18 +7,20 @@ import path from 'node:path';
 import type { Executor } from '../engine/executor.js';
 import { float32 } from '../engine/host-tensor.js';
 import { loadConfig } from '../config/load.js';
-import type { AutoencoderConfig } from '../config/autoencoder.js';
+import type { AutoencoderConfig } from '../config/autoencoder-config.js';
 import { checkSample } from '../data/shapes-checker.js';
 import { requireShapesCaptions } from '../data/shapes.js';
 import { RunDir } from '../io/run-dir.js';
 import { fileExists } from '../io/atomic.js';
 import { saveGrid } from '../io/image.js';
-import { openFirstStage } from '../models/first-stage.js';
-import { readLdmCheckpoint } from '../models/ldm.js';
-import { trainAutoencoder, type AEStepReport } from '../training/autoencoder.js';
-import { resolveLdmConfig, trainLdm } from '../training/ldm.js';
+import { openFirstStage } from '../checkpoint/first-stage-checkpoint.js';
+import { readLdmCheckpoint } from '../checkpoint/ldm-checkpoint.js';
+import { trainAutoencoder, type AEStepReport } from './train-autoencoder.js';
+import { resolveLdmConfig, trainLdm } from './train-ldm.js';
 import type { StepResult } from '../engine/trainer.js';
-import { Denoiser, enlargeForGrid, generate } from './sample.js';
+import { Denoiser } from '../sampling/denoiser.js';
+import { enlargeForGrid } from '../sampling/grid.js';
+import { generate } from '../sampling/generate.js';
 
 /**
  * One prompt per kind, in the shapes captions' grammar. Both stages train on the large centred shapes only (place and

@@ -1,0 +1,226 @@
+/**
+ * `ldm sample`'s files: the checkpoint (or its EMA file) and a refiner opened, prompts, classes, label maps and images
+ * read, every output path checked before sampling, then the PNGs and a labelled grid written. The sampling itself is
+ * src/sampling/.
+ */
+import path from 'node:path';
+import { promises as fsp } from 'node:fs';
+import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
+import type { Executor } from '../engine/executor.js';
+import type { SamplerName } from '../diffusion/samplers.js';
+import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
+import { assertWritable } from '../io/atomic.js';
+import { readImage, saveGrid, writePng } from '../io/image.js';
+import type { MemoryLimit } from '../util/memory-budget.js';
+import { Denoiser } from '../sampling/denoiser.js';
+import { generate, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
+import { enlargeForGrid } from '../sampling/grid.js';
+
+export interface SampleFilesOptions {
+  ckpt: string;
+  /** A refiner checkpoint for the low-noise steps, and the timestep below which it takes over (default its max_timestep). */
+  refiner?: string;
+  refinerBelow?: number;
+  /** Decode (and encode --init-image) with this autoencoder: one sharing the checkpoint's encoder (train.decoder_only). */
+  ae?: string;
+  outDir: string;
+  executor: Executor;
+  /** Prompts (text models), one condition each. */
+  prompts?: readonly string[];
+  /** A file of prompts, one a line (blank lines skipped). */
+  promptsFile?: string;
+  /** Class indices or names (class models). */
+  classes?: readonly string[];
+  /** PNG of label indices (semantic models): the grey value of each pixel is its class. */
+  map?: string;
+  /** Condition image (concat models). */
+  condImage?: string;
+  initImage?: string;
+  strength?: number;
+  mask?: string;
+  negativePrompt?: string;
+  n: number;
+  steps?: number;
+  sampler?: SamplerName;
+  eta?: number;
+  guidance?: number;
+  seed: number;
+  height?: number;
+  width?: number;
+  batchSize?: number;
+  /** Sample with the trained (raw) weights even when an EMA file sits beside the checkpoint. */
+  noEma?: boolean;
+  force?: boolean;
+  /** File name prefix of the individual images (default "sample"). */
+  prefix?: string;
+  onStep?: GenerateOptions['onStep'];
+  /** Called once the model is loaded, before sampling. */
+  onLoaded?: (ldm: LoadedLdm) => void;
+  /** Called once per warning (a prompt cut to the text encoder's context, words it does not know), before sampling. */
+  onWarning?: (message: string) => void;
+  /** Peak memory allowed (see generate). */
+  memoryLimit?: MemoryLimit;
+}
+
+export interface SampleFilesResult {
+  ckpt: string;
+  weights: 'raw' | 'ema';
+  images: string[];
+  grid: string;
+  n: number;
+  height: number;
+  width: number;
+  seed: number;
+  steps: number;
+  sampler: SamplerName;
+  guidance: number;
+  /** The refiner and the timestep below which it ran, when one was given. */
+  refiner?: { ckpt: string; below: number };
+  /** What onWarning was told. */
+  warnings: string[];
+  seconds: number;
+}
+
+/** The EMA file beside a run's main checkpoint (step-N.ema.safetensors), used unless noEma. */
+async function weightsFile(ckpt: string, noEma: boolean): Promise<string> {
+  if (noEma || ckpt.endsWith('.ema.safetensors') || !ckpt.endsWith('.safetensors')) return ckpt;
+  const ema = ckpt.replace(/\.safetensors$/, '.ema.safetensors');
+  return (await fsp.stat(ema).then((s) => s.isFile()).catch(() => false)) ? ema : ckpt;
+}
+
+/**
+ * Open `file` as the refiner of `base`: checked to continue its trajectories, taking over below `below` (default: the
+ * refiner's train.max_timestep, the range it was trained on). Dispose the result's denoiser and first stage.
+ */
+export async function openRefiner(
+  file: string, base: LoadedLdm, executor: Executor, below?: number,
+): Promise<{ ldm: LoadedLdm; refiner: Refiner }> {
+  const ldm = await readLdmCheckpoint(await weightsFile(file, false), executor);
+  try {
+    checkRefiner(base, ldm, file);
+    const T = base.config.schedule.timesteps;
+    const at = below ?? ldm.config.train.max_timestep;
+    if (at === undefined) throw new Error(`${file} was trained on every timestep, so where it takes over is not known; give --refiner-below (e.g. 250)`);
+    if (!Number.isInteger(at) || at < 1 || at > T) throw new Error(`the refiner's switch must be a timestep in 1..${T}, got ${at}`);
+    return { ldm, refiner: { model: ldm.model, denoiser: new Denoiser(ldm.model, executor, () => ldm.params, 'const'), below: at } };
+  } catch (err) {
+    await ldm.firstStage.dispose();
+    throw err;
+  }
+}
+
+/** A class given as an index or a name. */
+export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'config'>): number {
+  const k = ldm.config.conditioning.num_classes ?? 0;
+  const names = ldm.classNames ?? [];
+  const byName = names.findIndex((n) => n.toLowerCase() === value.trim().toLowerCase());
+  if (byName >= 0) return byName;
+  if (!/^\d+$/.test(value.trim())) {
+    throw new Error(`class "${value}" is neither an index in 0..${k - 1} nor a class name${names.length ? ` (${names.join(', ')})` : ''}`);
+  }
+  const i = Number(value);
+  if (i >= k) throw new Error(`class ${i} is outside 0..${k - 1}, the classes this model was trained on`);
+  return i;
+}
+
+export async function readLines(file: string): Promise<string[]> {
+  const text = await fsp.readFile(file, 'utf8').catch(() => {
+    throw new Error(`prompts file ${file} not found; give a text file with one prompt a line`);
+  });
+  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '');
+  if (lines.length === 0) throw new Error(`prompts file ${file} has no prompts; write one a line`);
+  return lines;
+}
+
+async function readLabelMap(file: string, classes: number): Promise<HostTensor> {
+  const img = await readImage(file, { channels: 1 });
+  const [, h, w] = img.shape as [number, number, number];
+  const src = img.data as Float32Array;
+  const out = new Int32Array(h * w);
+  for (let i = 0; i < out.length; i++) {
+    const v = Math.round((src[i]! + 1) * 127.5);
+    if (v >= classes) throw new Error(`${file}: pixel value ${v} is not a class; a label map holds class indices 0..${classes - 1} as grey values`);
+    out[i] = v;
+  }
+  return hostTensor('int32', [h, w], out);
+}
+
+/** `ldm sample`: load, check every output path, generate, write PNGs and a labelled grid. */
+export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
+  const started = Date.now();
+  const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
+  let ldm = await readLdmCheckpoint(file, opts.executor);
+  opts.onLoaded?.(ldm);
+  const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
+  let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
+  try {
+    if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor);
+    if (opts.refiner !== undefined) refined = await openRefiner(opts.refiner, ldm, opts.executor, opts.refinerBelow);
+    const conditions: SampleCondition[] = [];
+    const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];
+    for (const p of prompts) conditions.push({ prompt: p, name: p });
+    for (const c of opts.classes ?? []) {
+      if (ldm.model.conditioner.type !== 'class') throw new Error(`this model is ${ldm.model.conditioner.type === 'none' ? 'unconditional' : `${ldm.model.conditioner.type}-conditioned`}; --class needs a class-conditional model`);
+      const label = parseClass(c, ldm);
+      conditions.push({ label, name: ldm.classNames?.[label] ?? String(label) });
+    }
+    if (opts.map) {
+      const k = ldm.config.conditioning.num_classes ?? 256;
+      conditions.push({ map: await readLabelMap(opts.map, k), name: path.basename(opts.map) });
+    }
+    if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
+    const init = opts.initImage
+      ? { image: await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }), strength: opts.strength ?? (opts.mask ? 1 : 0.75) }
+      : undefined;
+    const mask = opts.mask ? await readImage(opts.mask, { channels: 1 }).then((m) => float32(m.shape, (m.data as Float32Array).map((v) => (v + 1) / 2))) : undefined;
+
+    const total = (conditions.length || 1) * opts.n;
+    const prefix = opts.prefix ?? 'sample';
+    const files = Array.from({ length: total }, (_, i) => path.join(opts.outDir, `${prefix}-${String(i).padStart(5, '0')}.png`));
+    const grid = path.join(opts.outDir, `${prefix}-grid.png`);
+    for (const f of [...files, grid]) await assertWritable(f, { force: opts.force });
+
+    const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
+    for (const w of warnings) opts.onWarning?.(w);
+    const s = ldm.config.sample;
+    const gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, denoiser, {
+      n: opts.n,
+      conditions,
+      steps: opts.steps ?? s.steps,
+      sampler: opts.sampler ?? s.sampler,
+      eta: opts.eta ?? s.eta,
+      guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
+      seed: opts.seed,
+      ...(opts.negativePrompt !== undefined ? { negativePrompt: opts.negativePrompt } : {}),
+      ...(opts.height !== undefined ? { height: opts.height } : {}),
+      ...(opts.width !== undefined ? { width: opts.width } : {}),
+      ...(opts.batchSize !== undefined ? { batchSize: opts.batchSize } : {}),
+      ...(init ? { init } : {}),
+      ...(mask ? { mask } : {}),
+      ...(opts.onStep ? { onStep: opts.onStep } : {}),
+      ...(refined ? { refiner: refined.refiner } : {}),
+      ...(opts.memoryLimit ? { memoryLimit: opts.memoryLimit } : {}),
+    });
+    const [, ch, H, W] = gen.images.shape as [number, number, number, number];
+    await fsp.mkdir(opts.outDir, { recursive: true });
+    const per = ch * H * W;
+    for (let i = 0; i < total; i++) {
+      const one = float32([ch, H, W], (gen.images.data as Float32Array).subarray(i * per, (i + 1) * per));
+      await writePng(files[i]!, one, { force: opts.force });
+    }
+    const labelled = gen.labels.some((l) => l !== '');
+    await saveGrid(grid, enlargeForGrid(gen.images), { nrow: Math.min(8, Math.max(opts.n, Math.ceil(Math.sqrt(total)))), force: opts.force, ...(labelled ? { labels: gen.labels } : {}) });
+    return {
+      ckpt: file, weights: ldm.weights, images: files, grid, n: total, height: H, width: W, seed: opts.seed,
+      steps: opts.steps ?? s.steps, sampler: opts.sampler ?? s.sampler, guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
+      ...(refined ? { refiner: { ckpt: refined.ldm.file, below: refined.refiner.below } } : {}),
+      warnings,
+      seconds: (Date.now() - started) / 1000,
+    };
+  } finally {
+    await denoiser.dispose();
+    await ldm.firstStage.dispose();
+    await refined?.refiner.denoiser.dispose();
+    await refined?.ldm.firstStage.dispose();
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * The LDM's denoiser compiled once per batch shape (weights baked in as constants for `ldm sample`, fed as inputs
+ * for the grids written during training), with classifier-free guidance as one batched call of conditional and
+ * unconditional halves.
+ */
+import { Graph, trace } from '../engine/graph.js';
+import * as o from '../engine/ops.js';
+import { bindParams } from '../engine/module.js';
+import { float32, type HostTensor } from '../engine/host-tensor.js';
+import type { Executor, Program } from '../engine/executor.js';
+import { ProgramCache } from '../engine/program-cache.js';
+import type { ModelFn } from '../diffusion/sampling-loop.js';
+import { concatFeeds, type CondFeeds } from '../models/conditioning.js';
+import { INPUT_T, INPUT_X, type LatentDiffusion } from '../models/latent-diffusion.js';
+
+/**
+ * The LDM's denoiser on an executor. `const` bakes `params` into each compiled program (fastest, for sampling
+ * runs); `input` feeds them every call, so one program serves changing weights (grids during training).
+ */
+export class Denoiser {
+  private readonly programs = new ProgramCache();
+
+  constructor(
+    readonly model: LatentDiffusion,
+    private readonly executor: Executor,
+    private readonly params: () => ReadonlyMap<string, HostTensor>,
+    readonly mode: 'const' | 'input' = 'const',
+  ) {
+    model.eval();
+  }
+
+  private program(shape: readonly number[]): Promise<Program> {
+    return this.programs.get(shape.join(','), () => {
+      const [n, , h, w] = shape as [number, number, number, number];
+      const g = new Graph();
+      bindParams(g, this.model, this.mode === 'const' ? this.params() : undefined, this.mode);
+      const out = trace(g, () => {
+        const x = o.input(INPUT_X, shape);
+        const t = o.input(INPUT_T, [n]);
+        return this.model.forward(x, t, this.model.conditioner.inputs(n, h, w));
+      });
+      return this.executor.compile(g, { out });
+    });
+  }
+
+  /** Model output for x ([N, C, h, w] flattened) at per-sample timesteps, given condition feeds for N samples. */
+  async predict(x: Float32Array, shape: readonly number[], t: readonly number[], cond: CondFeeds): Promise<Float32Array> {
+    const program = await this.program(shape);
+    const feeds: Record<string, HostTensor> = { ...cond, [INPUT_X]: float32(shape, x), [INPUT_T]: float32([t.length], t) };
+    if (this.mode === 'input') for (const [n, v] of this.params()) feeds[n] = v;
+    return (await program.run(feeds)).out!.data as Float32Array;
+  }
+
+  /** The sampling loop's model function: guided calls run conditional and unconditional halves as one batch. */
+  modelFn(shape: readonly number[], cond: CondFeeds, uncond: CondFeeds): ModelFn {
+    const n = shape[0]!;
+    const doubled = [2 * n, ...shape.slice(1)];
+    const both = concatFeeds(cond, uncond);
+    return async (x, t, guided) => {
+      if (!guided) return { cond: await this.predict(x, shape, t, cond) };
+      const xx = new Float32Array(2 * x.length);
+      xx.set(x);
+      xx.set(x, x.length);
+      const out = await this.predict(xx, doubled, [...t, ...t], both);
+      return { cond: out.subarray(0, x.length), uncond: out.subarray(x.length) };
+    };
+  }
+
+  async dispose(): Promise<void> {
+    await this.programs.dispose();
+  }
+}

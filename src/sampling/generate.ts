@@ -1,0 +1,301 @@
+/**
+ * Sampling from a latent diffusion model: the one sampling loop (sampleLatents) driving a Denoiser
+ * (sampling/denoiser.ts) for plain sampling, img2img, inpainting and a refiner's low-noise steps, with
+ * classifier-free guidance; then the first stage decodes. Its peak memory is estimated and checked first.
+ *
+ * Inpainting masks: white (>= 0.5) marks what to regenerate, black what to keep. A latent position is kept only
+ * when every pixel of its f x f block is kept, so the regenerated area never shrinks.
+ */
+import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { Rng } from '../util/random.js';
+import { createSampler, type SamplerName } from '../diffusion/samplers.js';
+import { sampleLatents } from '../diffusion/sampling-loop.js';
+import type { CondFeeds, Conditions } from '../models/conditioning.js';
+import type { LatentDiffusion } from '../models/latent-diffusion.js';
+import { firstStageRunBytes, type FirstStage } from '../models/first-stage.js';
+import { resize } from '../data/transforms.js';
+import { attentionHeads, type UNetConfig } from '../config/unet-config.js';
+import { PROCESS_BASE_BYTES, checkMemory, memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
+import { pngWriteBytes } from '../io/image.js';
+import type { Denoiser } from './denoiser.js';
+
+/** One condition: each gets `n` images. */
+export interface SampleCondition {
+  /** Text models. */
+  prompt?: string;
+  /** Class models. */
+  label?: number;
+  /** Semantic models: class indices [H, W] (int32) at image size. */
+  map?: HostTensor;
+  /** Concat models: the condition image [C, H, W] in [-1, 1]. */
+  image?: HostTensor;
+  /** Caption under its images in the grid. */
+  name: string;
+}
+
+/** What `generate` needs: the model, its weights, first stage and scale (a LoadedLdm has them all). */
+export interface LdmParts {
+  model: LatentDiffusion;
+  firstStage: FirstStage;
+  scaleFactor: number;
+  /** Training image side: the default output size. */
+  imageSize: number;
+}
+
+export interface GenerateOptions {
+  /** Images per condition (or in all, for an unconditional model). */
+  n: number;
+  /** One entry per condition; none: unconditional samples. */
+  conditions?: readonly SampleCondition[];
+  steps: number;
+  sampler: SamplerName;
+  eta?: number;
+  /** Classifier-free guidance scale; 1 = the conditional model alone. */
+  guidance?: number;
+  /** Text models: the unconditional branch of guidance uses this prompt instead of the empty one. */
+  negativePrompt?: string;
+  seed: number;
+  height?: number;
+  width?: number;
+  /** Images per model call (default min(total, 8)); guidance doubles the batch the model sees. */
+  batchSize?: number;
+  /** img2img: start from this image [C, H, W] noised `strength` (0, 1] of the way. */
+  init?: { image: HostTensor; strength: number };
+  /** Inpainting, with init.image: [1, H, W] or [H, W] in [0, 1], white (>= 0.5) = regenerate, black = keep. */
+  mask?: HostTensor;
+  /** After each denoising call of a batch. */
+  onStep?: (p: SampleProgress) => void;
+  /** A second model for the low-noise end (timesteps below `below`), as SDXL's refiner and eDiff-I's expert denoisers. */
+  refiner?: Refiner;
+  /** Peak memory allowed (default: util/memory-budget.ts's share of the machine); a larger request is refused before allocating. */
+  memoryLimit?: MemoryLimit;
+}
+
+/** The refiner of a sampling run: its model, its denoiser and the timestep below which it takes over. */
+export interface Refiner {
+  model: LatentDiffusion;
+  denoiser: Denoiser;
+  below: number;
+}
+
+export interface SampleProgress {
+  /** Images finished before this batch, images in it, images in all. */
+  done: number;
+  batch: number;
+  total: number;
+  /** Denoising call just made (0-based) and calls per batch. */
+  call: number;
+  calls: number;
+}
+
+export interface Generated {
+  /** [N, C, H, W] in [-1, 1]. */
+  images: HostTensor;
+  /** The final (scaled) latents [N, c, h, w], before decoding. */
+  latents: HostTensor;
+  /** Per image: the name of its condition. */
+  labels: string[];
+  /** Latent positions kept from the init image (1) when inpainting, per sample [c * h * w]. */
+  keepMask?: Float32Array;
+}
+
+function sizeOf(t: HostTensor): [number, number] {
+  const s = t.shape;
+  return [s[s.length - 2]!, s[s.length - 1]!];
+}
+
+/** Keep mask in latent space from a pixel mask (white = regenerate): kept only where the whole f x f block is kept. */
+export function latentKeepMask(mask: HostTensor, factor: number, channels: number): Float32Array {
+  const [H, W] = sizeOf(mask);
+  const m = toFloat32(mask);
+  const h = H / factor;
+  const w = W / factor;
+  const out = new Float32Array(channels * h * w);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      let keep = 1;
+      for (let dy = 0; dy < factor && keep; dy++) for (let dx = 0; dx < factor; dx++) if (m[(y * factor + dy) * W + x * factor + dx]! >= 0.5) keep = 0;
+      for (let c = 0; c < channels; c++) out[(c * h + y) * w + x] = keep;
+    }
+  }
+  return out;
+}
+
+function conditionsOf(list: readonly SampleCondition[], imageH: number, imageW: number): Conditions {
+  const first = list[0]!;
+  if (first.prompt !== undefined) return { captions: list.map((c) => c.prompt ?? '') };
+  if (first.label !== undefined) return { labels: Int32Array.from(list, (c) => c.label ?? -1) };
+  if (first.map !== undefined) {
+    const per = imageH * imageW;
+    const data = new Int32Array(list.length * per);
+    list.forEach((c, i) => data.set(resize(c.map!, imageH, imageW, 'nearest').data as Int32Array, i * per));
+    return { labelMaps: hostTensor('int32', [list.length, imageH, imageW], data) };
+  }
+  if (first.image !== undefined) {
+    const [ch, ih, iw] = first.image.shape as [number, number, number];
+    const data = new Float32Array(list.length * ch * ih * iw);
+    list.forEach((c, i) => data.set(toFloat32(c.image!), i * ch * ih * iw));
+    return { images: float32([list.length, ch, ih, iw], data) };
+  }
+  return {};
+}
+
+/** Check a request against the model with one-line errors before any work. */
+function checkRequest(parts: LdmParts, opts: GenerateOptions, conds: readonly SampleCondition[]): void {
+  const type = parts.model.conditioner.type;
+  const need: Record<string, keyof SampleCondition | undefined> = { none: undefined, class: 'label', text: 'prompt', semantic: 'map', concat: 'image' };
+  const field = need[type];
+  const given = conds.flatMap((c) => (['prompt', 'label', 'map', 'image'] as const).filter((k) => c[k] !== undefined));
+  if (field === undefined && given.length) {
+    throw new Error(`this model is unconditional: it takes no ${given[0] === 'label' ? 'class' : given[0]}; sample it without one`);
+  }
+  if (field !== undefined) {
+    const what = { label: 'a class (--class)', prompt: 'a prompt (--prompt or --prompts)', map: 'a label map (--map)', image: 'a condition image (--cond-image)' }[field as 'label'];
+    if (conds.length === 0) throw new Error(`this ${type}-conditioned model needs ${what}`);
+    const wrong = given.find((k) => k !== field);
+    if (wrong) throw new Error(`this ${type}-conditioned model takes ${what}, not ${wrong === 'label' ? 'a class' : `a ${wrong}`}`);
+  }
+  if ((opts.guidance ?? 1) !== 1 && type === 'none') throw new Error('guidance needs a conditional model; this one is unconditional, use --guidance 1');
+  if (opts.negativePrompt !== undefined && type !== 'text') throw new Error('a negative prompt needs a text-conditioned model');
+  if (!Number.isInteger(opts.n) || opts.n < 1) throw new Error(`n must be a positive integer, got ${opts.n}`);
+  if (opts.mask && !opts.init) throw new Error('inpainting needs the image to inpaint: give --init-image with --mask');
+}
+
+/** UNet feature maps alive at once at its widest level, besides the skips it keeps for the up path (an upper bound). */
+const UNET_LIVE_MAPS = 6;
+/** [heads, n, n] attention matrices alive at once: scores and softmax. */
+const UNET_LIVE_ATTENTION = 2;
+
+/**
+ * Peak bytes of one UNet call on n latents of h x w: the skip connections of every level (num_res_blocks + 1 each),
+ * the widest level's maps (the up path concatenates a skip, so twice its width) and the self-attention matrices.
+ */
+export function unetRunBytes(u: UNetConfig, n: number, h: number, w: number): number {
+  let skips = 0;
+  let widest = 0;
+  let attention = 0;
+  u.channel_mult.forEach((m, i) => {
+    const px = Math.ceil(h / 2 ** i) * Math.ceil(w / 2 ** i);
+    const ch = u.model_channels * Math.max(m, u.channel_mult[i + 1] ?? 0);
+    skips += (u.num_res_blocks + 1) * u.model_channels * m * px;
+    widest = Math.max(widest, 2 * ch * px);
+    if (u.attention_resolutions.includes(2 ** i)) attention = Math.max(attention, attentionHeads(u, u.model_channels * m).heads * px * px);
+  });
+  return 4 * n * (skips + UNET_LIVE_MAPS * widest + UNET_LIVE_ATTENTION * attention);
+}
+
+/**
+ * Estimated peak bytes of `generate` and writing its images: the latents and images of all samples (with the grid's
+ * copies), one batch through the UNet (twice the batch with guidance) and through the first stage's decoder.
+ */
+export function sampleMemoryBytes(
+  parts: Pick<LdmParts, 'model' | 'firstStage'>, x: { total: number; batch: number; guided: boolean; height: number; width: number },
+): number {
+  const fs = parts.firstStage;
+  const C = fs.imageChannels;
+  const f = fs.factor;
+  const h = Math.ceil(x.height / f);
+  const w = Math.ceil(x.width / f);
+  const latents = x.total * parts.model.latentChannels * h * w * 4;
+  const images = x.total * C * x.height * x.width * 4;
+  return PROCESS_BASE_BYTES + 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1)
+    + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w)
+    + firstStageRunBytes(fs, x.batch, x.height, x.width) + x.batch * C * x.height * x.width * 4;
+}
+
+/** Draw images. Reproducible from the seed on one executor: noise comes from one Rng, batch after batch. */
+export async function generate(parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions): Promise<Generated> {
+  const conds = opts.conditions ?? [];
+  checkRequest(parts, opts, conds);
+  const { model, firstStage: fs, scaleFactor } = parts;
+  const firstMap = conds[0]?.map;
+  const firstImg = conds[0]?.image;
+  const [defH, defW] = opts.init ? sizeOf(opts.init.image)
+    : firstMap ? sizeOf(firstMap)
+      : firstImg && model.conditioner.type === 'concat' ? sizeOf(firstImg).map((s) => s * fs.factor) as [number, number]
+        : [parts.imageSize, parts.imageSize];
+  const H = opts.height ?? defH;
+  const W = opts.width ?? defW;
+  model.checkFirstStage(fs, H, W);
+  const f = fs.factor;
+  const c = model.latentChannels;
+  const h = H / f;
+  const w = W / f;
+  const per = c * h * w;
+
+  const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
+  const total = list.length;
+  const bs = Math.max(1, Math.min(opts.batchSize ?? 8, total));
+  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: (opts.guidance ?? 1) !== 1, height: H, width: W }), opts.memoryLimit ?? memoryLimit(),
+    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, or raise --max-memory');
+
+  let initLatent: Float32Array | undefined;
+  let keep: Float32Array | undefined;
+  if (opts.init) {
+    const img = opts.init.image;
+    if (img.shape.length !== 3 || img.shape[0] !== fs.imageChannels) {
+      throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${img.shape.join(', ')}]`);
+    }
+    const sized = resize(img, H, W, 'bicubic');
+    const z = await fs.encode(float32([1, ...sized.shape], toFloat32(sized)));
+    initLatent = (z.data as Float32Array).map((v) => v * scaleFactor);
+    if (opts.mask) {
+      const [mh, mw] = sizeOf(opts.mask);
+      const m = mh === H && mw === W ? opts.mask : resize(float32([1, mh, mw], toFloat32(opts.mask)), H, W, 'nearest');
+      keep = latentKeepMask(m, f, c);
+    }
+  }
+
+  const rng = new Rng(opts.seed);
+  const guidance = opts.guidance ?? 1;
+  const latents = new Float32Array(total * per);
+  for (let start = 0; start < total; start += bs) {
+    const chunk = list.slice(start, start + bs);
+    const n = chunk.length;
+    const shape = [n, c, h, w];
+    // Each model (base, refiner) encodes the chunk's conditions with its own encoder.
+    const given = conds.length ? conditionsOf(chunk, H, W) : undefined;
+    const feedsFor = (m: LatentDiffusion): [CondFeeds, CondFeeds] => {
+      const cf = m.conditioner.feeds(given, n, h, w);
+      return [cf, guidance !== 1 ? m.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : cf];
+    };
+    const sampler = createSampler(opts.sampler, model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
+    const repeat = (x: Float32Array) => {
+      const out = new Float32Array(n * per);
+      for (let i = 0; i < n; i++) out.set(x, i * per);
+      return out;
+    };
+    const x0 = initLatent ? repeat(initLatent) : undefined;
+    const useInit = x0 && (!keep || opts.init!.strength < 1);
+    let fn = denoiser.modelFn(shape, ...feedsFor(model));
+    const ref = opts.refiner;
+    if (ref) {
+      // Every sample of a call shares its timestep.
+      const [baseFn, refineFn] = [fn, ref.denoiser.modelFn(shape, ...feedsFor(ref.model))];
+      fn = (x, t, guided) => (t[0]! < ref.below ? refineFn : baseFn)(x, t, guided);
+    }
+    const z = await sampleLatents({
+      shape, model: fn, schedule: model.schedule, sampler, parameterization: model.parameterization,
+      guidance, rng,
+      ...(useInit ? { init: { x0: x0!, strength: opts.init!.strength } } : {}),
+      ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
+      onStep: (call, calls) => opts.onStep?.({ done: start, batch: n, total, call, calls }),
+    });
+    latents.set(z, start * per);
+  }
+
+  const images = new Float32Array(total * fs.imageChannels * H * W);
+  for (let start = 0; start < total; start += bs) {
+    const n = Math.min(bs, total - start);
+    const z = latents.subarray(start * per, (start + n) * per).map((v) => v / scaleFactor);
+    const img = await fs.decode(float32([n, c, h, w], z));
+    const d = img.data as Float32Array;
+    for (let j = 0; j < d.length; j++) images[start * fs.imageChannels * H * W + j] = Math.max(-1, Math.min(1, d[j]!));
+  }
+  return {
+    images: float32([total, fs.imageChannels, H, W], images),
+    latents: float32([total, c, h, w], latents),
+    labels: list.map((x) => x.name),
+    ...(keep ? { keepMask: keep } : {}),
+  };
+}
