@@ -24,7 +24,7 @@ import type { Batch, Dataset } from '../data/dataset.js';
 import { openDataset } from '../data/sources.js';
 import { effectiveLearningRate, type AutoencoderConfig } from '../config/schema.js';
 import { dumpConfig } from '../config/load.js';
-import type { RunDir } from '../io/run-dir.js';
+import type { CheckpointRef, RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
 import { buildAutoencoder, codebookUsage, isEncodingParam, reseedDeadCodes, type Autoencoder, type CodebookUsage } from '../models/autoencoder/index.js';
 import {
@@ -244,7 +244,7 @@ async function loadImages(ds: Dataset, count: number): Promise<HostTensor> {
   return stackImages(ds, Int32Array.from({ length: Math.min(count, ds.size) }, (_, i) => i));
 }
 
-// ---------------------------------------------------------------- the loop
+// ---------------------------------------------------------------- setup and resume
 
 /** train.decoder_only keeps an encoder, so a fresh run needs the autoencoder to take it from (--init). */
 export function checkDecoderOnlyInit(config: AutoencoderConfig, init: string | undefined, resuming: boolean): void {
@@ -253,8 +253,39 @@ export function checkDecoderOnlyInit(config: AutoencoderConfig, init: string | u
   }
 }
 
-export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<TrainAutoencoderResult> {
-  const { config, run, executor } = opts;
+/** What the phases of one run share: its data, the two players and the settings every step reads. */
+interface AESession {
+  readonly opts: TrainAutoencoderOptions;
+  readonly config: AutoencoderConfig;
+  readonly run: RunDir;
+  readonly note: (message: string) => void;
+  readonly seed: number;
+  readonly total: number;
+  readonly batchSize: number;
+  readonly train: Dataset;
+  readonly val: Dataset;
+  readonly model: Autoencoder;
+  readonly loss: AELoss;
+  readonly baseLr: number;
+  readonly schedule: LrSchedule;
+  /** The players' optimizer settings: the loop sets their lr every step. */
+  readonly genOpt: AdamWConfig;
+  readonly discOpt: AdamWConfig;
+  readonly gen: Trainer;
+  readonly disc: Trainer;
+  readonly probe: AutoencoderProbe;
+  /** The run's newest complete checkpoint when it resumes. */
+  readonly latest: CheckpointRef | undefined;
+  /** Validation, the scale factor and model.safetensors use the EMA weights when the config keeps them. */
+  readonly useEma: boolean;
+  /** VQ: the codebook size (0 for KL) and how often dead codes are re-seeded (0: never). */
+  readonly nEmbed: number;
+  readonly reseedEvery: number;
+}
+
+/** The data split, the model and its loss, their starting weights (fresh or --init) and the two trainers. */
+async function setUpAutoencoder(opts: TrainAutoencoderOptions): Promise<AESession> {
+  const { config, run } = opts;
   const note = opts.note ?? (() => undefined);
   const seed = opts.seed ?? 0;
   const total = opts.steps ?? config.train.steps;
@@ -270,239 +301,321 @@ export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<T
   const model = buildAutoencoder(config);
   const loss = buildAELoss(config);
   const baseLr = effectiveLearningRate(config);
-  const schedule = opts.lrSchedule ?? 'constant';
   const genOpt: AdamWConfig = { lr: baseLr, ...AE_OPTIMIZER };
   const discOpt: AdamWConfig = { lr: baseLr, ...AE_OPTIMIZER };
-  const initRng = new Rng(mixSeed(seed, 0x1a17));
-  let genParams = model.initialize(initRng);
-  let discParams = loss.initialize(initRng);
-
   const latest = run.resumed ? await run.latestCheckpoint() : undefined;
   const decoderOnly = config.train.decoder_only === true;
   checkDecoderOnlyInit(config, opts.init, latest !== undefined);
-  if (opts.init && !latest) {
-    // Ours or imported: reference .ckpt and diffusers folders load through the same reader as every --ckpt.
-    const ck = await loadAnyCheckpoint(opts.init).catch((err: unknown) => {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`--init checkpoint ${opts.init} not found`);
-      throw err;
-    });
-    if (ck.kind !== 'autoencoder') throw new Error(`--init ${opts.init} is a "${ck.kind}" checkpoint; fine-tuning needs an autoencoder checkpoint`);
-    const g = initFrom(model, ck.params, genParams, opts.init);
-    if (g.missing.length > 0) throw new Error(`--init ${opts.init} lacks ${g.missing.length} autoencoder weights (${g.missing.slice(0, 3).join(', ')}); it is not a ${config.name} checkpoint`);
-    genParams = g.params;
-    const d = initFrom(loss, withoutPrefix(ck.params, LOSS_PREFIX), discParams, opts.init);
-    if (d.loaded > 0 && d.missing.length === 0) discParams = d.params;
-    note(`initialised from ${opts.init} (autoencoder${d.loaded > 0 && d.missing.length === 0 ? ' and discriminator' : '; fresh discriminator'})`);
-  } else if (opts.init) {
-    note(`--init ${opts.init} is ignored: resuming ${run.dir} from step ${latest!.step}`);
-  }
+  const start = await startingWeights(opts, model, loss, seed, latest, note);
+  const { gen, disc } = twoPlayers(opts, model, loss, { gen: start.gen, disc: start.disc }, { gen: genOpt, disc: discOpt }, decoderOnly);
+  return {
+    opts, config, run, note, seed, total, batchSize, train, val, model, loss, baseLr, schedule: opts.lrSchedule ?? 'constant', genOpt, discOpt,
+    gen, disc, probe: new AutoencoderProbe(opts.executor, model), latest, useEma: gen.ema !== undefined,
+    nEmbed: model.kind === 'vq' ? model.nEmbed : 0,
+    // A frozen codebook is part of the kept latent space: no re-seeding when only the decoder trains.
+    reseedEvery: decoderOnly ? 0 : (opts.reseedEvery ?? 100),
+  };
+}
 
+/** Fresh weights from the seed, or for a fresh run --init's autoencoder (and its discriminator, when that fits). */
+async function startingWeights(
+  opts: TrainAutoencoderOptions, model: Autoencoder, loss: AELoss, seed: number, latest: CheckpointRef | undefined, note: (m: string) => void,
+): Promise<{ gen: Map<string, HostTensor>; disc: Map<string, HostTensor> }> {
+  const initRng = new Rng(mixSeed(seed, 0x1a17));
+  const fresh = { gen: model.initialize(initRng), disc: loss.initialize(initRng) };
+  const init = opts.init;
+  if (init === undefined) return fresh;
+  if (latest) {
+    note(`--init ${init} is ignored: resuming ${opts.run.dir} from step ${latest.step}`);
+    return fresh;
+  }
+  // Ours or imported: reference .ckpt and diffusers folders load through the same reader as every --ckpt.
+  const ck = await loadAnyCheckpoint(init).catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`--init checkpoint ${init} not found`);
+    throw err;
+  });
+  if (ck.kind !== 'autoencoder') throw new Error(`--init ${init} is a "${ck.kind}" checkpoint; fine-tuning needs an autoencoder checkpoint`);
+  const g = initFrom(model, ck.params, fresh.gen, init);
+  if (g.missing.length > 0) throw new Error(`--init ${init} lacks ${g.missing.length} autoencoder weights (${g.missing.slice(0, 3).join(', ')}); it is not a ${opts.config.name} checkpoint`);
+  const d = initFrom(loss, withoutPrefix(ck.params, LOSS_PREFIX), fresh.disc, init);
+  const withDisc = d.loaded > 0 && d.missing.length === 0;
+  note(`initialised from ${init} (autoencoder${withDisc ? ' and discriminator' : '; fresh discriminator'})`);
+  return { gen: g.params, disc: withDisc ? d.params : fresh.disc };
+}
+
+/** The autoencoder's and the discriminator's trainers, each seeing the other's current weights as frozen inputs. */
+function twoPlayers(
+  opts: TrainAutoencoderOptions, model: Autoencoder, loss: AELoss,
+  params: { gen: Map<string, HostTensor>; disc: Map<string, HostTensor> }, optim: { gen: AdamWConfig; disc: AdamWConfig }, decoderOnly: boolean,
+): { gen: Trainer; disc: Trainer } {
+  const { config, executor } = opts;
   const holder: { gen?: Trainer; disc?: Trainer } = {};
   const fullGen = generatorStep(model, loss);
   const reconGen = reconstructionStep(model, loss);
-  holder.gen = new Trainer({
-    executor, module: model, params: genParams, optimizer: genOpt, ...(config.train.ema_decay !== undefined ? { emaDecay: config.train.ema_decay } : {}),
+  const gen = new Trainer({
+    executor, module: model, params: params.gen, optimizer: optim.gen, ...(config.train.ema_decay !== undefined ? { emaDecay: config.train.ema_decay } : {}),
     loss: (inputs) => (inputs[AE_INPUTS.discFactor] ? fullGen(inputs) : reconGen(inputs)),
     frozen: [{ module: loss, values: () => holder.disc!.params }],
     ...(decoderOnly ? { trainable: (name: string) => !isEncodingParam(name) } : {}),
   });
-  holder.disc = new Trainer({
-    executor, module: loss, params: discParams, optimizer: discOpt, loss: discriminatorStep(model, loss),
+  const disc = new Trainer({
+    executor, module: loss, params: params.disc, optimizer: optim.disc, loss: discriminatorStep(model, loss),
     frozen: [{ module: model, values: () => holder.gen!.params }],
   });
-  const gen = holder.gen;
-  const disc = holder.disc;
-  const probe = new AutoencoderProbe(executor, model);
-  const cfgJson = config as unknown;
+  holder.gen = gen;
+  holder.disc = disc;
+  return { gen, disc };
+}
 
-  let startStep = 0;
-  if (latest) {
-    const ck = await loadTrainingCheckpoint(latest);
-    if (ck.kind !== 'autoencoder') throw new Error(`${latest.path} is a "${ck.kind}" checkpoint; this run folder belongs to another command`);
-    const aeParams = new Map([...ck.params].filter(([k]) => !k.startsWith(LOSS_PREFIX)));
-    gen.restore(aeParams, optimizerState(ck, 'gen', latest.path), ck.ema);
-    disc.restore(withoutPrefix(ck.params, LOSS_PREFIX), optimizerState(ck, 'disc', latest.path));
-    startStep = ck.step;
-    await run.rewindLog(startStep);
-    note(`resuming ${run.dir} from step ${startStep}`);
-  } else if (run.resumed) {
-    await run.rewindLog(0);
-    note(`${run.dir} has no complete checkpoint; starting from step 0`);
+/** Both players from the run's newest checkpoint, the log rewound to it; the step to start from (0 for a fresh run). */
+async function resumeAutoencoder(s: AESession): Promise<number> {
+  const { latest, run, note } = s;
+  if (!latest) {
+    if (run.resumed) {
+      await run.rewindLog(0);
+      note(`${run.dir} has no complete checkpoint; starting from step 0`);
+    }
+    return 0;
   }
+  const ck = await loadTrainingCheckpoint(latest);
+  if (ck.kind !== 'autoencoder') throw new Error(`${latest.path} is a "${ck.kind}" checkpoint; this run folder belongs to another command`);
+  const aeParams = new Map([...ck.params].filter(([k]) => !k.startsWith(LOSS_PREFIX)));
+  s.gen.restore(aeParams, optimizerState(ck, 'gen', latest.path), ck.ema);
+  s.disc.restore(withoutPrefix(ck.params, LOSS_PREFIX), optimizerState(ck, 'disc', latest.path));
+  await run.rewindLog(ck.step);
+  note(`resuming ${run.dir} from step ${ck.step}`);
+  return ck.step;
+}
 
-  // Only now does the run folder get files: a start that fails on its data or --init leaves none, so a retry needs no --force.
-  await run.writeConfig(opts.configText ?? dumpConfig(config, `${config.name}: written by ldm train-ae`));
+export async function trainAutoencoder(opts: TrainAutoencoderOptions): Promise<TrainAutoencoderResult> {
+  const s = await setUpAutoencoder(opts);
+  try {
+    const startStep = await resumeAutoencoder(s);
+    // Only now does the run folder get files: a start that fails on its data or --init leaves none, so a retry needs no --force.
+    await s.run.writeConfig(opts.configText ?? dumpConfig(s.config, `${s.config.name}: written by ldm train-ae`));
+    const loop = await trainSteps(s, startStep);
+    return await finishAutoencoder(s, loop);
+  } finally {
+    await s.probe.dispose();
+    await s.gen.dispose();
+    await s.disc.dispose();
+  }
+}
 
-  const loader = new DataLoader(train, { batchSize, seed, dropLast: true, startEpoch: Math.floor(startStep / Math.floor(train.size / batchSize)) });
+// ---------------------------------------------------------------- the loop
+
+/** What the loop carries from step to step and hands to the last phase. */
+interface AELoop {
+  readonly startStep: number;
+  step: number;
+  stopped: 'steps' | 'time';
+  /** A time-boxed run switched the discriminator on before disc_start. */
+  ganByTime: boolean;
+  /** VQ: code counts since the last re-seed, the usage then, and codes re-seeded so far. */
+  usageCounts: Float64Array<ArrayBuffer>;
+  lastUsage?: CodebookUsage;
+  reseeded: number;
+  lastLosses: Record<string, number>;
+  validation?: ValidationReport;
+  saved?: { path: string; emaPath?: string };
+  readonly rate: StepRate;
+  /** When the loop started: the log's and the result's times count from it. */
+  readonly t0: number;
+}
+
+/** Steps from `startStep` to the last (or to the time limit), logging, validating and checkpointing as due. */
+async function trainSteps(s: AESession, startStep: number): Promise<AELoop> {
+  const { opts, config, train, batchSize, total } = s;
+  const loader = new DataLoader(train, { batchSize, seed: s.seed, dropLast: true, startEpoch: Math.floor(startStep / Math.floor(train.size / batchSize)) });
   const skip = startStep % loader.batchesPerEpoch;
   const batches = loader.batches();
-  for (let i = 0; i < skip; i++) await batches.next();
-
-  const valSet = await loadImages(val, opts.valImages ?? 256);
-  const budget = new TimeBudget(opts.timeLimit);
-  const rate = new StepRate();
-  const t0 = Date.now();
-  const valEvery = opts.valEvery ?? config.train.val_every;
-  const ckptEvery = opts.ckptEvery ?? config.train.ckpt_every;
-  const keep = opts.keep ?? 3;
-  const isVq = model.kind === 'vq';
-  const nEmbed = model.kind === 'vq' ? model.nEmbed : 0;
-  // A frozen codebook is part of the kept latent space: no re-seeding when only the decoder trains.
-  const reseedEvery = decoderOnly ? 0 : (opts.reseedEvery ?? 100);
-  let usageCounts = new Float64Array(nEmbed);
-  let lastUsage: CodebookUsage | undefined;
-  let reseededTotal = 0;
-  let logMeans = new MetricMeans();
-  let lastLosses: Record<string, number> = {};
-  let validation: ValidationReport | undefined;
-  let step = startStep;
-  let stopped: 'steps' | 'time' = 'steps';
-  const ganAtTime = opts.ganAtTime ?? 0.9;
-  let ganByTime = false;
-  let lastBatch: Batch | undefined;
-  const useEma = gen.ema !== undefined;
-  const weightsNow = () => (useEma ? gen.emaParams() : gen.params);
-
-  const validate = async (): Promise<ValidationReport> => {
-    const params = weightsNow();
-    const means = new MetricMeans();
-    const counts = new Float64Array(nEmbed);
-    const recons: HostTensor[] = [];
-    const n = valSet.shape[0]!;
-    const show = Math.min(8, n);
-    for (let s = 0; s < n; s += batchSize) {
-      const x = sliceBatch(valSet, s, Math.min(n, s + batchSize));
-      const r = await probe.reconstruct(params, x);
-      // The grid's reconstructions may span several batches when a batch holds fewer than it shows.
-      if (s < show) recons.push(sliceBatch(r.recon, 0, Math.min(x.shape[0]!, show - s)));
-      if (r.indices && isVq) codebookUsage(r.indices, nEmbed, counts);
-      const per = x.data.length / x.shape[0]!;
-      for (let i = 0; i < x.shape[0]!; i++) {
-        const img = (t: HostTensor) => float32(t.shape.slice(1), (t.data as Float32Array).subarray(i * per, (i + 1) * per));
-        const a = toPixels(img(x));
-        const b = toPixels(img(r.recon));
-        means.add({ psnr: psnr(a, b), ...(a.height >= 11 && a.width >= 11 ? { ssim: ssim(a, b) } : {}) });
-      }
-    }
-    const grid = run.samplePath(step);
-    await saveGrid(grid, concatRows([sliceBatch(valSet, 0, show), ...recons]), { nrow: show, force: true });
-    const m = means.means();
-    const rep: ValidationReport = { step, images: n, psnr: m.psnr!, ssim: m.ssim ?? NaN, weights: useEma ? 'ema' : 'raw', grid };
-    if (isVq) {
-      const u = codebookUsage(float32([0]), nEmbed, counts);
-      rep.codebook = { perplexity: u.perplexity, usedFraction: u.usedFraction };
-    }
-    await run.appendLog({ step, validation: { psnr: rep.psnr, ssim: rep.ssim, weights: rep.weights, ...(rep.codebook ?? {}) } });
-    return rep;
-  };
-
-  const checkpoint = async (extra: Record<string, string> = {}) => saveTrainingCheckpoint(run, {
-    step, kind: 'autoencoder', config: cfgJson, params: new Map([...gen.params, ...withPrefix(disc.params, LOSS_PREFIX)]),
-    trainers: { gen, disc }, ...(gen.ema ? { ema: gen.emaParams() } : {}), extra, keep,
-  });
-
-  let saved: { path: string; emaPath?: string } | undefined;
   try {
-    while (step < total) {
+    for (let i = 0; i < skip; i++) await batches.next();
+    const valSet = await loadImages(s.val, opts.valImages ?? 256);
+    const budget = new TimeBudget(opts.timeLimit);
+    const st: AELoop = {
+      startStep, step: startStep, stopped: 'steps', ganByTime: false, usageCounts: new Float64Array(s.nEmbed), reseeded: 0, lastLosses: {},
+      rate: new StepRate(), t0: Date.now(),
+    };
+    const valEvery = opts.valEvery ?? config.train.val_every;
+    const ckptEvery = opts.ckptEvery ?? config.train.ckpt_every;
+    let logMeans = new MetricMeans();
+    while (st.step < total) {
       const { value: batch } = await batches.next();
-      lastBatch = batch as Batch;
-      const progress = Math.max(step / total, budget.fraction());
-      genOpt.lr = discOpt.lr = scheduledLr(baseLr, schedule, progress);
-      const rng = new Rng(mixSeed(seed, step, 0x5eed));
-      const feeds = aeStepFeeds(model, loss, lastBatch.images, step, rng);
-      if (!ganByTime && budget.limited && step < loss.discStart && budget.fraction() >= ganAtTime) {
-        ganByTime = true;
-        note(`step ${step}: ${Math.round(100 * ganAtTime)}% of the time limit used before disc_start ${loss.discStart}; the discriminator switches on now`);
-      }
-      const gan = step >= loss.discStart || ganByTime;
-      if (!gan) delete feeds[AE_INPUTS.discFactor];
-      else feeds[AE_INPUTS.discFactor] = float32([], [loss.discFactor]);
-      const g: StepResult = await gen.stepOn(feeds);
-      const fields: Record<string, number> = { ...g.metrics, loss: g.loss, lr: g.lr };
-      if (gan) {
-        const d = await disc.stepOn(feeds);
-        Object.assign(fields, d.metrics);
-      }
-      step++;
-      rate.tick();
-      if (isVq && g.outputs.indices) codebookUsage(g.outputs.indices, nEmbed, usageCounts);
-      if (isVq && reseedEvery > 0 && step % reseedEvery === 0) {
-        lastUsage = codebookUsage(float32([0]), nEmbed, usageCounts);
-        if (step < 0.9 * total) {
-          const params = gen.params;
-          const h = await probe.latents(params, lastBatch.images);
-          const { codebook, reseeded } = reseedDeadCodes(params.get(CODEBOOK)!, usageCounts, h, rng, { noise: 0.01 });
-          if (reseeded.length > 0) {
-            // The trainer hands out views of its buffers: new values go back in through restore (moments kept).
-            params.set(CODEBOOK, codebook);
-            const ema = gen.ema;
-            if (ema) {
-              const e = Float32Array.from(toFloat32(ema.get(CODEBOOK)!));
-              const c = codebook.data as Float32Array;
-              const d = model.embedDim;
-              for (const k of reseeded) e.set(c.subarray(k * d, (k + 1) * d), k * d);
-              ema.set(CODEBOOK, float32(codebook.shape, e));
-            }
-            gen.restore(params, gen.state(), ema);
-            reseededTotal += reseeded.length;
-          }
-        }
-        usageCounts = new Float64Array(nEmbed);
-      }
-      if (lastUsage) Object.assign(fields, { perplexity: lastUsage.perplexity, used: lastUsage.usedFraction });
-      lastLosses = fields;
+      const fields = await takeStep(s, st, (batch as Batch).images, budget);
       logMeans.add(fields);
-      opts.onStep?.({ step, total, fields });
-      if (budget.exceeded() && step < total) stopped = 'time';
-      const last = stopped === 'time' ? step : total;
-      if (isDue(step, 10, last)) {
-        await run.appendLog({ step, losses: logMeans.means(), lr: fields.lr, time: (Date.now() - t0) / 1000 });
+      opts.onStep?.({ step: st.step, total, fields });
+      if (budget.exceeded() && st.step < total) st.stopped = 'time';
+      const last = st.stopped === 'time' ? st.step : total;
+      if (isDue(st.step, 10, last)) {
+        await s.run.appendLog({ step: st.step, losses: logMeans.means(), lr: fields.lr, time: (Date.now() - st.t0) / 1000 });
         logMeans = new MetricMeans();
       }
-      if (isDue(step, valEvery, last)) {
-        validation = await validate();
-        opts.onValidation?.(validation);
+      if (isDue(st.step, valEvery, last)) {
+        st.validation = await validate(s, valSet, st.step);
+        opts.onValidation?.(st.validation);
       }
-      if (step < last && isDue(step, ckptEvery, last)) saved = await checkpoint();
-      if (stopped === 'time') break;
+      if (st.step < last && isDue(st.step, ckptEvery, last)) st.saved = await saveCheckpoint(s, st.step);
+      if (st.stopped === 'time') break;
     }
-    if (stopped === 'time') note(`time limit reached after step ${step} of ${total}`);
-
-    // Scale factor from the weights the model file gets.
-    const finalParams = weightsNow();
-    const scaleSet = await loadImages(train, opts.scaleImages ?? 512);
-    const parts: Float32Array[] = [];
-    const n = scaleSet.shape[0]!;
-    const noiseRng = new Rng(mixSeed(seed, 0x5ca1e));
-    for (let s = 0; s < n; s += batchSize) {
-      const x = sliceBatch(scaleSet, s, Math.min(n, s + batchSize));
-      const shape = model.latentShape(x.shape);
-      const noise = model.kind === 'kl' ? float32(shape, noiseRng.normalArray(shape.reduce((a, b) => a * b, 1))) : undefined;
-      parts.push((await probe.latents(finalParams, x, noise)).data as Float32Array);
-    }
-    const all = new Float32Array(parts.reduce((s, p) => s + p.length, 0));
-    let off = 0;
-    for (const p of parts) {
-      all.set(p, off);
-      off += p.length;
-    }
-    const scaleFactor = scaleFromLatents(all);
-    const extra = { [SCALE_FACTOR_KEY]: String(scaleFactor) };
-    saved = await checkpoint(extra);
-    const modelPath = path.join(run.dir, 'model.safetensors');
-    await exportModel(modelPath, { kind: 'autoencoder', config: cfgJson, params: finalParams, step, weights: useEma ? 'ema' : 'raw', extra });
-    await run.appendLog({ step, scale_factor: scaleFactor, model: modelPath });
-    const sps = rate.perSecond();
-    return {
-      run: run.dir, startStep, step, stopped, checkpoint: saved.path, ...(saved.emaPath ? { ema: saved.emaPath } : {}), model: modelPath,
-      modelWeights: useEma ? 'ema' : 'raw', scaleFactor, lr: baseLr, ...(sps !== undefined ? { stepsPerSecond: sps } : {}),
-      seconds: (Date.now() - t0) / 1000, lastLosses, ...(validation ? { validation } : {}),
-      ...(isVq ? { codebook: { perplexity: lastUsage?.perplexity ?? NaN, usedFraction: lastUsage?.usedFraction ?? NaN, reseeded: reseededTotal } } : {}),
-    };
+    if (st.stopped === 'time') s.note(`time limit reached after step ${st.step} of ${total}`);
+    return st;
   } finally {
     await batches.return(undefined);
-    await probe.dispose();
-    await gen.dispose();
-    await disc.dispose();
   }
+}
+
+/** One step of both players on `images` (the discriminator from disc_start on); VQ also tracks code usage. The step's fields. */
+async function takeStep(s: AESession, st: AELoop, images: HostTensor, budget: TimeBudget): Promise<Record<string, number>> {
+  const { model, loss, total } = s;
+  const step = st.step;
+  const progress = Math.max(step / total, budget.fraction());
+  s.genOpt.lr = s.discOpt.lr = scheduledLr(s.baseLr, s.schedule, progress);
+  const rng = new Rng(mixSeed(s.seed, step, 0x5eed));
+  const feeds = aeStepFeeds(model, loss, images, step, rng);
+  const ganAtTime = s.opts.ganAtTime ?? 0.9;
+  if (!st.ganByTime && budget.limited && step < loss.discStart && budget.fraction() >= ganAtTime) {
+    st.ganByTime = true;
+    s.note(`step ${step}: ${Math.round(100 * ganAtTime)}% of the time limit used before disc_start ${loss.discStart}; the discriminator switches on now`);
+  }
+  const gan = step >= loss.discStart || st.ganByTime;
+  if (!gan) delete feeds[AE_INPUTS.discFactor];
+  else feeds[AE_INPUTS.discFactor] = float32([], [loss.discFactor]);
+  const g: StepResult = await s.gen.stepOn(feeds);
+  const fields: Record<string, number> = { ...g.metrics, loss: g.loss, lr: g.lr };
+  if (gan) {
+    const d = await s.disc.stepOn(feeds);
+    Object.assign(fields, d.metrics);
+  }
+  st.step++;
+  st.rate.tick();
+  if (model.kind === 'vq') await trackCodebook(s, st, g.outputs.indices, images, rng);
+  if (st.lastUsage) Object.assign(fields, { perplexity: st.lastUsage.perplexity, used: st.lastUsage.usedFraction });
+  st.lastLosses = fields;
+  return fields;
+}
+
+/** VQ: counts the codes this step chose; every reseedEvery steps reports usage and, before 90% of training, re-seeds dead codes. */
+async function trackCodebook(s: AESession, st: AELoop, indices: HostTensor | undefined, images: HostTensor, rng: Rng): Promise<void> {
+  if (indices) codebookUsage(indices, s.nEmbed, st.usageCounts);
+  if (s.reseedEvery <= 0 || st.step % s.reseedEvery !== 0) return;
+  st.lastUsage = codebookUsage(float32([0]), s.nEmbed, st.usageCounts);
+  if (st.step < 0.9 * s.total) st.reseeded += await reseedCodebook(s, st.usageCounts, images, rng);
+  st.usageCounts = new Float64Array(s.nEmbed);
+}
+
+/** Codes no batch chose since the last count, moved to this batch's encoder outputs (EMA too); how many moved. */
+async function reseedCodebook(s: AESession, counts: Float64Array<ArrayBuffer>, images: HostTensor, rng: Rng): Promise<number> {
+  const { gen } = s;
+  const params = gen.params;
+  const h = await s.probe.latents(params, images);
+  const { codebook, reseeded } = reseedDeadCodes(params.get(CODEBOOK)!, counts, h, rng, { noise: 0.01 });
+  if (reseeded.length === 0) return 0;
+  // The trainer hands out views of its buffers: new values go back in through restore (moments kept).
+  params.set(CODEBOOK, codebook);
+  const ema = gen.ema;
+  if (ema) {
+    const e = Float32Array.from(toFloat32(ema.get(CODEBOOK)!));
+    const c = codebook.data as Float32Array;
+    const d = s.model.embedDim;
+    for (const k of reseeded) e.set(c.subarray(k * d, (k + 1) * d), k * d);
+    ema.set(CODEBOOK, float32(codebook.shape, e));
+  }
+  gen.restore(params, gen.state(), ema);
+  return reseeded.length;
+}
+
+// ---------------------------------------------------------------- checkpoints, validation grids and the model file
+
+/** The weights validation, the scale factor and model.safetensors use: EMA when kept, else the trained ones. */
+function weightsNow(s: AESession): Map<string, HostTensor> {
+  return s.useEma ? s.gen.emaParams() : s.gen.params;
+}
+
+function saveCheckpoint(s: AESession, step: number, extra: Record<string, string> = {}): Promise<{ path: string; emaPath?: string }> {
+  const { gen, disc } = s;
+  return saveTrainingCheckpoint(s.run, {
+    step, kind: 'autoencoder', config: s.config as unknown, params: new Map([...gen.params, ...withPrefix(disc.params, LOSS_PREFIX)]),
+    trainers: { gen, disc }, ...(gen.ema ? { ema: gen.emaParams() } : {}), extra, keep: s.opts.keep ?? 3,
+  });
+}
+
+/** PSNR/SSIM (and VQ code usage) of the held-out images, a grid of them over their reconstructions, logged. */
+async function validate(s: AESession, valSet: HostTensor, step: number): Promise<ValidationReport> {
+  const { batchSize, nEmbed } = s;
+  const isVq = s.model.kind === 'vq';
+  const params = weightsNow(s);
+  const means = new MetricMeans();
+  const counts = new Float64Array(nEmbed);
+  const recons: HostTensor[] = [];
+  const n = valSet.shape[0]!;
+  const show = Math.min(8, n);
+  for (let i0 = 0; i0 < n; i0 += batchSize) {
+    const x = sliceBatch(valSet, i0, Math.min(n, i0 + batchSize));
+    const r = await s.probe.reconstruct(params, x);
+    // The grid's reconstructions may span several batches when a batch holds fewer than it shows.
+    if (i0 < show) recons.push(sliceBatch(r.recon, 0, Math.min(x.shape[0]!, show - i0)));
+    if (r.indices && isVq) codebookUsage(r.indices, nEmbed, counts);
+    const per = x.data.length / x.shape[0]!;
+    for (let i = 0; i < x.shape[0]!; i++) {
+      const img = (t: HostTensor) => float32(t.shape.slice(1), (t.data as Float32Array).subarray(i * per, (i + 1) * per));
+      const a = toPixels(img(x));
+      const b = toPixels(img(r.recon));
+      means.add({ psnr: psnr(a, b), ...(a.height >= 11 && a.width >= 11 ? { ssim: ssim(a, b) } : {}) });
+    }
+  }
+  const grid = s.run.samplePath(step);
+  await saveGrid(grid, concatRows([sliceBatch(valSet, 0, show), ...recons]), { nrow: show, force: true });
+  const m = means.means();
+  const rep: ValidationReport = { step, images: n, psnr: m.psnr!, ssim: m.ssim ?? NaN, weights: s.useEma ? 'ema' : 'raw', grid };
+  if (isVq) {
+    const u = codebookUsage(float32([0]), nEmbed, counts);
+    rep.codebook = { perplexity: u.perplexity, usedFraction: u.usedFraction };
+  }
+  await s.run.appendLog({ step, validation: { psnr: rep.psnr, ssim: rep.ssim, weights: rep.weights, ...(rep.codebook ?? {}) } });
+  return rep;
+}
+
+/** The latent scale factor of `params`: 1 / std of the latents of the first training images (KL: seeded posterior samples). */
+async function measureScaleFactor(s: AESession, params: ReadonlyMap<string, HostTensor>): Promise<number> {
+  const { model, batchSize } = s;
+  const scaleSet = await loadImages(s.train, s.opts.scaleImages ?? 512);
+  const parts: Float32Array[] = [];
+  const n = scaleSet.shape[0]!;
+  const noiseRng = new Rng(mixSeed(s.seed, 0x5ca1e));
+  for (let i = 0; i < n; i += batchSize) {
+    const x = sliceBatch(scaleSet, i, Math.min(n, i + batchSize));
+    const shape = model.latentShape(x.shape);
+    const noise = model.kind === 'kl' ? float32(shape, noiseRng.normalArray(shape.reduce((a, b) => a * b, 1))) : undefined;
+    parts.push((await s.probe.latents(params, x, noise)).data as Float32Array);
+  }
+  const all = new Float32Array(parts.reduce((sum, p) => sum + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    all.set(p, off);
+    off += p.length;
+  }
+  return scaleFromLatents(all);
+}
+
+/** After the last step: the scale factor into a final checkpoint and model.safetensors, and the run's result. */
+async function finishAutoencoder(s: AESession, st: AELoop): Promise<TrainAutoencoderResult> {
+  const { run } = s;
+  const { step } = st;
+  const finalParams = weightsNow(s);
+  const scaleFactor = await measureScaleFactor(s, finalParams);
+  const extra = { [SCALE_FACTOR_KEY]: String(scaleFactor) };
+  const saved = await saveCheckpoint(s, step, extra);
+  const modelPath = path.join(run.dir, 'model.safetensors');
+  const weights = s.useEma ? 'ema' : 'raw';
+  await exportModel(modelPath, { kind: 'autoencoder', config: s.config as unknown, params: finalParams, step, weights, extra });
+  await run.appendLog({ step, scale_factor: scaleFactor, model: modelPath });
+  const sps = st.rate.perSecond();
+  const { lastUsage } = st;
+  return {
+    run: run.dir, startStep: st.startStep, step, stopped: st.stopped, checkpoint: saved.path, ...(saved.emaPath ? { ema: saved.emaPath } : {}), model: modelPath,
+    modelWeights: weights, scaleFactor, lr: s.baseLr, ...(sps !== undefined ? { stepsPerSecond: sps } : {}),
+    seconds: (Date.now() - st.t0) / 1000, lastLosses: st.lastLosses, ...(st.validation ? { validation: st.validation } : {}),
+    ...(s.model.kind === 'vq' ? { codebook: { perplexity: lastUsage?.perplexity ?? NaN, usedFraction: lastUsage?.usedFraction ?? NaN, reseeded: st.reseeded } } : {}),
+  };
 }
