@@ -8,9 +8,11 @@ import type { HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import { addPrefix, mergeParams, saveCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
 import { validateConfig } from '../config/load.js';
-import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { isClipText, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { Tokenizer } from '../models/tokenizer.js';
+import { ClipTokenizer } from '../models/clip-tokenizer.js';
+import { CLIP_TOKENIZER_MISSING } from '../models/conditioning.js';
 import { checkSameLatentSpace, type FirstStage } from '../models/first-stage.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHTS_META } from './metadata-keys.js';
 import { firstStageFromLdm, openFirstStage } from './first-stage-checkpoint.js';
@@ -75,8 +77,11 @@ function jsonList(file: string, metadata: Record<string, string>, key: string): 
   throw new Error(`${file}: ${key} metadata is not a JSON list of strings; the checkpoint is corrupt`);
 }
 
-/** The LDM in a checkpoint already read (kind "ldm"); entries that are not the model's (optimizer state) are left out. */
-export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor: Executor): LoadedLdm {
+/**
+ * The LDM in a checkpoint already read (kind "ldm"); entries that are not the model's (optimizer state) are left out.
+ * `clipTokenizer`: the tokenizer of a Stable Diffusion checkpoint, which carries none.
+ */
+export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor: Executor, clipTokenizer?: ClipTokenizer): LoadedLdm {
   if (ckpt.kind !== 'ldm') {
     throw new Error(`${file} is a "${ckpt.kind}" checkpoint, not a latent diffusion model; give a checkpoint written by ldm train-ldm`);
   }
@@ -84,7 +89,8 @@ export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor
   if (cfg.model !== 'ldm') throw new Error(`${file}: its config is a "${cfg.model}" config, not an ldm one; the checkpoint is corrupt`);
   const tokJson = ckpt.metadata[LDM_KEYS.tokenizer];
   const tokenizer = tokJson === undefined ? undefined : Tokenizer.fromJSON(tokJson);
-  const model = new LatentDiffusion(cfg, { tokenizer });
+  const clip = isClipText(cfg.conditioning.text);
+  const model = new LatentDiffusion(cfg, { tokenizer: clip ? clipTokenizer : tokenizer });
   const names = new Set(model.namedParameters().map(([n]) => n));
   const params = new Map([...ckpt.params].filter(([n]) => names.has(n)));
   try {
@@ -111,14 +117,29 @@ export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor
   };
 }
 
+export interface ReadLdmOptions {
+  /** A Stable Diffusion checkpoint's tokenizer: a folder with vocab.json and merges.txt, or CLIP's merges file. */
+  tokenizer?: string;
+  /** The parameterization, where the file does not say (SD 2.x: eps or v). */
+  prediction?: 'eps' | 'v';
+}
+
 /** Read an LDM checkpoint: model, weights, first stage, tokenizer; one-line errors for anything else. */
-export async function readLdmCheckpoint(file: string, executor: Executor): Promise<LoadedLdm> {
+export async function readLdmCheckpoint(file: string, executor: Executor, opts: ReadLdmOptions = {}): Promise<LoadedLdm> {
+  // Read first: a missing or broken tokenizer is reported before a multi-gigabyte checkpoint is.
+  const clipTokenizer = opts.tokenizer !== undefined ? ClipTokenizer.load(opts.tokenizer) : undefined;
   // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
-  const ckpt = await loadAnyCheckpoint(file).catch((err: unknown) => {
+  const ckpt = await loadAnyCheckpoint(file, opts.prediction ? { prediction: opts.prediction } : {}).catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes them under runs/<name>/)`);
     throw err;
   });
-  return ldmFromCheckpoint(ckpt, file, executor);
+  const ldm = ldmFromCheckpoint(ckpt, file, executor, clipTokenizer);
+  // Everything that reads an LDM this way encodes prompts, so a Stable Diffusion file without its tokenizer stops here.
+  if (isClipText(ldm.config.conditioning.text) && !clipTokenizer) {
+    await ldm.firstStage.dispose();
+    throw new Error(CLIP_TOKENIZER_MISSING);
+  }
+  return ldm;
 }
 
 /**

@@ -18,13 +18,14 @@ import { fileSource, ZipReader } from '../io/zip.js';
 import { PyDict, unpickle } from '../io/pickle.js';
 import { ConfigError, loadConfig, resolveConfigRef, validateConfig } from '../config/load.js';
 import type { AutoencoderConfig } from '../config/autoencoder-config.js';
-import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { isClipText, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import { parseUNetConfig, type UNetConfig } from '../config/unet-config.js';
 import { UNetModel } from '../models/unet/unet.js';
 import { CaptionLayout, LAYOUT_MODULE } from '../models/caption-layout.js';
 import { buildAutoencoder } from '../models/autoencoder/index.js';
 import { ClassEmbedder } from '../models/class-embedder.js';
 import { TextEncoder } from '../models/text-encoder.js';
+import { createConditioner } from '../models/conditioning.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY } from './metadata-keys.js';
 import { fingerprintParams, type FirstStageSpec } from '../models/first-stage.js';
 import { autoencoderKeyMap, fromDiffusers, unetKeyMap } from './diffusers-key-maps.js';
@@ -64,6 +65,13 @@ export interface LoadAnyOptions {
    * refused. Default: the process default (setUnsafePickleDefault: the CLI's --allow-unsafe-pickle), else false.
    */
   allowUnsafePickle?: boolean;
+  /**
+   * What the model predicts, where the weights do not say (a checkpoint without a config): SD 2.x files are eps
+   * (512-base) or v (768-v) models alike. With a config, the config's is kept.
+   */
+  prediction?: 'eps' | 'v';
+  /** The UNet's attention heads, where neither the weights nor a config give them (Stable Diffusion's are known). */
+  heads?: { num_heads?: number; num_head_channels?: number };
 }
 
 const UNET_PREFIX = 'model.diffusion_model.';
@@ -71,6 +79,10 @@ const COND_PREFIX = 'cond_stage_model.';
 const EMA_PREFIX = 'model_ema.';
 const OPTIMIZER_PREFIX = 'optimizer.';
 const WEIGHTS_KEY = 'ldm.weights';
+/** Stable Diffusion's fixed settings (v1-inference.yaml, v2-inference*.yaml): latent scale, schedule, 512 / 8 latents. */
+const SD_SCALE_FACTOR = 0.18215;
+const SD_SCHEDULE = { schedule: 'linear' as const, timesteps: 1000, linear_start: 0.00085, linear_end: 0.012 };
+const SD_LATENT_SIZE = 64;
 
 /**
  * Load any supported checkpoint as our model. Throws one-line errors naming what is missing (e.g. a reference
@@ -346,14 +358,22 @@ function fromReferenceTensors(
     if (first.size === 0) return undefined;
     return ldm?.firstStage ?? givenAutoencoder(given) ?? inferAutoencoderConfig(first, `${name}-first-stage`, notes);
   };
+  // Stable Diffusion (a CLIP / OpenCLIP text encoder): its fixed scale factor, schedule and heads, which its files do not hold.
+  const sdText = ldm ? undefined : cond.size > 0 ? inferConditioning(cond, { in_channels: 0, out_channels: 0 }, []).conditioning.text : undefined;
+  const sd = sdText && typeof sdText === 'object' && 'encoder' in sdText ? (sdText.encoder === 'clip' ? 'sd1' : 'sd2') : undefined;
   const scaleFactor = (): number => {
     const s = scaleFromBuffer ?? ldm?.scaleFactor;
     if (s !== undefined) return s;
+    if (sd) {
+      notes.push(`Stable Diffusion's latent scale factor ${SD_SCALE_FACTOR} is used (its files do not hold one)`);
+      return SD_SCALE_FACTOR;
+    }
     notes.push('the scale factor is neither in the weights nor in a config: 1.0 (the reference default) is used; kl-f8 LDMs use 0.18215: give the config to ldm convert --config');
     return 1;
   };
   const conditioningOf = (unetCfg: Pick<UNetConfig, 'in_channels' | 'out_channels'>) => (ldm ? { conditioning: ldm.config.conditioning, contextDim: ldm.config.unet.context_dim } : inferConditioning(cond, unetCfg, notes));
-  const unetConfig = (contextDim?: number): UNetConfig => ldm?.config.unet ?? inferUNetConfig(unet, undefined, contextDim);
+  const sdHeads = sd === 'sd1' ? { num_heads: 8 } : undefined;
+  const unetConfig = (contextDim?: number): UNetConfig => ldm?.config.unet ?? inferUNetConfig(unet, opts.heads ?? sdHeads, contextDim, notes);
 
   if (opts.part === 'first_stage') {
     const config = firstStageConfig();
@@ -386,13 +406,20 @@ function fromReferenceTensors(
       notes.push(`the checkpoint's betas (${fromBetas.schedule} ${fromBetas.linear_start}..${fromBetas.linear_end}, ${fromBetas.timesteps} steps) differ from the config's schedule; the config's is kept`);
     }
     if (scaleFromBuffer !== undefined && config.scale_factor !== scaleFromBuffer) config = { ...config, scale_factor: scaleFromBuffer };
+    if (opts.prediction && opts.prediction !== config.parameterization) {
+      notes.push(`parameterization ${opts.prediction} as given, not the config's ${config.parameterization}`);
+      config = { ...config, parameterization: opts.prediction };
+    }
   } else {
-    if (!fromBetas) notes.push('no betas buffer of a known schedule: the reference default (linear 0.0015..0.0195, 1000 steps) is used');
-    notes.push('parameterization is not in the weights: eps (the reference default) is assumed');
+    const fallback = sd ? SD_SCHEDULE : { schedule: 'linear' as const, timesteps: 1000, linear_start: 0.0015, linear_end: 0.0195 };
+    if (!fromBetas) notes.push(`no betas buffer of a known schedule: ${sd ? "Stable Diffusion's" : 'the reference default'} (linear ${fallback.linear_start}..${fallback.linear_end}, 1000 steps) is used`);
+    if (opts.prediction) notes.push(`parameterization ${opts.prediction}, as given`);
+    else if (sd === 'sd2') notes.push('parameterization is not in the weights: eps is assumed; SD 2.x 768-v models (v2-inference-v.yaml, 2.0-v, 2.1-768) predict v: pass --prediction v for them, or their samples come out as noise');
+    else notes.push('parameterization is not in the weights: eps (the reference default) is assumed');
     config = ldmConfigFrom({
-      name, unet: uCfg, conditioning: c.conditioning,
-      schedule: fromBetas ?? { schedule: 'linear', timesteps: 1000, linear_start: 0.0015, linear_end: 0.0195 },
-      parameterization: 'eps', scaleFactor: scale,
+      name, unet: sd && uCfg.image_size === undefined ? { ...uCfg, image_size: SD_LATENT_SIZE } : uCfg, conditioning: c.conditioning,
+      schedule: fromBetas ?? fallback,
+      parameterization: opts.prediction ?? 'eps', scaleFactor: scale,
       firstStage: aeConfig ? { factor: 2 ** (aeConfig.ddconfig.ch_mult.length - 1), channels: aeConfig.ddconfig.in_channels } : { pixel: uCfg.out_channels },
     }, notes);
   }
@@ -447,6 +474,8 @@ export function toFloat32Params(params: ReadonlyMap<string, HostTensor>): Map<st
 function condModule(c: CondStageConfig, params: ReadonlyMap<string, HostTensor>, prefix: string): Module | undefined {
   const cond = c.conditioning;
   if (cond.type === 'class') return new ClassEmbedder(cond.num_classes ?? 0, c.context_dim);
+  // Stable Diffusion's CLIP encoders record their vocabulary size; no tokenizer is needed to check their weights.
+  if (cond.type === 'text' && cond.text && isClipText(cond.text)) return createConditioner(cond, c.context_dim).module;
   if (cond.type === 'text' && cond.text) {
     const vocab = params.get(`${prefix}transformer.token_emb.weight`)?.shape[0] ?? 1;
     const t = cond.text;

@@ -15,6 +15,7 @@ import { parseUNetConfig, type UNetConfig, type UNetConfigInput } from '../confi
 import { makeBetas, type BetaSchedule } from '../diffusion/schedule.js';
 import { show } from '../config/fields.js';
 import type { DDConfig } from '../models/autoencoder/encoder.js';
+import { clipTextConfigFromWeights } from '../models/clip-text-encoder.js';
 
 export const TARGETS = {
   autoencoderKL: 'ldm.models.autoencoder.AutoencoderKL',
@@ -684,6 +685,30 @@ export function ldmConfigFrom(p: LdmParts, notes: string[]): LatentDiffusionConf
 }
 
 /**
+ * Stable Diffusion's frozen text encoders by their key names (prefix `cond_stage_model.` removed): HF CLIPTextModel
+ * under `transformer.text_model.` (SD 1.x) or open_clip's text tower under `model.` (SD 2.x, penultimate layer).
+ * Heads are width / 64 as in both released encoders (at least 1, for reduced test models).
+ */
+function stableDiffusionText(cond: Params, notes: string[]): { conditioning: Obj; contextDim: number } | undefined {
+  const kind = cond.has('transformer.text_model.embeddings.token_embedding.weight') ? 'sd1' : cond.has('model.token_embedding.weight') ? 'sd2' : undefined;
+  if (!kind) return undefined;
+  const prefix = kind === 'sd1' ? 'transformer.' : 'model.';
+  const shapes = new Map([...cond].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
+  const c = clipTextConfigFromWeights(kind, shapes, 1);
+  const heads = Math.max(1, Math.floor(c.width / 64));
+  notes.push(kind === 'sd1'
+    ? `Stable Diffusion 1.x: the text encoder is CLIP's (HF CLIPTextModel, ${c.layers} layers of ${c.width}, ${heads} heads)`
+    : `Stable Diffusion 2.x: the text encoder is OpenCLIP's (${c.layers} layers of ${c.width}, ${heads} heads, the penultimate layer)`);
+  return {
+    conditioning: {
+      type: 'text',
+      text: { encoder: kind === 'sd1' ? 'clip' : 'open_clip', vocab_size: c.vocabSize, dim: c.width, depth: c.layers, heads, dim_head: c.width / heads, max_len: c.maxLen },
+    },
+    contextDim: c.width,
+  };
+}
+
+/**
  * The conditioning a reference LatentDiffusion's `cond_stage_model.*` weights imply (prefix removed): a ClassEmbedder
  * (`embedding.weight`) or a TransformerEmbedder (`transformer.*`, x-transformers' default 8 heads of 64); none or
  * concat when there are none, from the UNet's extra input channels.
@@ -694,6 +719,8 @@ export function inferConditioning(cond: Params, unet: Pick<UNetConfig, 'in_chann
     notes.push(`ClassEmbedder row ${emb.shape[0]! - 1} (the last) is taken as the unconditional class, as in cin256-v2`);
     return { conditioning: { type: 'class', num_classes: emb.shape[0]! - 1 }, contextDim: emb.shape[1]! };
   }
+  const clip = stableDiffusionText(cond, notes);
+  if (clip) return clip;
   const tok = cond.get('transformer.token_emb.weight');
   if (tok) {
     const dim = tok.shape[1]!;

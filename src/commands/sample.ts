@@ -20,11 +20,14 @@ export default class Sample extends LdmCommand<typeof Sample> {
     '<%= config.bin %> sample --ckpt txt.safetensors --prompt "a blue square" --init-image in.png --strength 0.6 -o out/',
     '<%= config.bin %> sample --ckpt txt.safetensors --prompt "a blue square" --init-image in.png --mask mask.png -o out/',
     '<%= config.bin %> sample --ckpt sem.safetensors --map labels.png --height 64 --width 64 -o out/',
+    '<%= config.bin %> sample --ckpt sd15.safetensors --tokenizer clip-vit-large-patch14/tokenizer --prompt "an astronaut riding a horse" --steps 20 --guidance 7.5 --height 512 --width 512 -o out/',
   ];
   static override flags = {
     ...keepProfileFlags,
     ...unsafePickleFlags,
-    ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm).' }),
+    ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm), a reference .ckpt or a Stable Diffusion 1.x / 2.x single file.' }),
+    tokenizer: Flags.string({ summary: 'Stable Diffusion single files: the CLIP tokenizer, a folder with vocab.json and merges.txt (a diffusers tokenizer/ folder) or bpe_simple_vocab_16e6.txt.gz.' }),
+    prediction: Flags.option({ options: ['eps', 'v'] as const, summary: 'What the model predicts, where the file does not say: SD 2.x 768-v models are v.' })(),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
     'refiner-below': integerFlag({ min: 1, max: 100_000, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
     ae: Flags.string({ summary: 'Decode with this autoencoder instead of the checkpoint\'s: one whose decoder was fine-tuned from it (train-ae with train.decoder_only).' }),
@@ -62,6 +65,8 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
+        ...(f.tokenizer !== undefined ? { tokenizer: f.tokenizer } : {}),
+        ...(f.prediction !== undefined ? { prediction: f.prediction } : {}),
         memoryLimit: memoryLimit(f['max-memory']),
         ...(f.ae !== undefined ? { ae: f.ae } : {}),
         ...(f.refiner !== undefined ? { refiner: f.refiner } : {}),

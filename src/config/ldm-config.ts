@@ -12,7 +12,24 @@ import { bool, expecting, fraction, nonNegInt, nonNegNum, oneOf, posInt, posNum,
 export const CONDITIONING_TYPES = ['none', 'class', 'text', 'concat', 'semantic'] as const;
 export type ConditioningType = (typeof CONDITIONING_TYPES)[number];
 
+/**
+ * The text encoder: ldm's own jointly trained `transformer` (the reference's TransformerEmbedder), or Stable
+ * Diffusion's frozen ones read from a checkpoint: `clip` (SD 1.x, HF CLIPTextModel) and `open_clip` (SD 2.x, the
+ * penultimate layer); those take CLIP's BPE tokenizer from the user's files, not from the checkpoint.
+ */
+export const TEXT_ENCODERS = ['transformer', 'clip', 'open_clip'] as const;
+export type TextEncoderKind = (typeof TEXT_ENCODERS)[number];
+
+/** Stable Diffusion's CLIP / OpenCLIP encoder: frozen, read from a checkpoint, tokenized by the user's CLIP BPE files. */
+export function isClipText(text: { encoder?: TextEncoderKind | undefined } | undefined): boolean {
+  return text?.encoder === 'clip' || text?.encoder === 'open_clip';
+}
+
 const TextSchema = strict({
+  /** Absent: `transformer` (so configs of ldm's own text models stay as they were). */
+  encoder: oneOf(TEXT_ENCODERS).optional(),
+  /** clip / open_clip: rows of the token embedding (49408 for the released models), which the tokenizer must match. */
+  vocab_size: posInt().optional(),
   /** Token width, = unet.context_dim. */
   dim: posInt(),
   depth: posInt(),

@@ -15,11 +15,14 @@ import { Module } from '../engine/module.js';
 import type { Tensor } from '../engine/graph.js';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { resize } from '../data/transforms.js';
-import type { ConditioningConfig, ConditioningType } from '../config/ldm-config.js';
+import { isClipText, type ConditioningConfig, type ConditioningType } from '../config/ldm-config.js';
 import { ClassEmbedder } from './class-embedder.js';
 import { TextEncoder } from './text-encoder.js';
 import { CaptionLayout } from './caption-layout.js';
-import type { Tokenizer } from './tokenizer.js';
+import { Tokenizer } from './tokenizer.js';
+import { ClipTokenizer } from './clip-tokenizer.js';
+import { ClipTextModel, OpenClipTextModel } from './clip-text-encoder.js';
+import { Slots } from './unet/layers.js';
 
 /** A batch's conditions on the host: one entry per sample in whichever field the conditioning reads. */
 export interface Conditions {
@@ -209,6 +212,76 @@ class TextConditioning implements Conditioner {
   }
 }
 
+/** Where a Stable Diffusion tokenizer comes from, for the error when none was given. */
+export const CLIP_TOKENIZER_MISSING = 'this Stable Diffusion checkpoint carries no tokenizer: give one with --tokenizer <folder or file>, '
+  + "a folder holding vocab.json and merges.txt (a diffusers model's tokenizer/ folder, e.g. openai/clip-vit-large-patch14's) "
+  + "or openai/CLIP's bpe_simple_vocab_16e6.txt.gz";
+
+/**
+ * Stable Diffusion's frozen text encoders (models/clip-text-encoder.ts) behind CLIP's BPE: SD 1.x pads with the end
+ * token (HF CLIPTokenizer), SD 2.x with 0 (open_clip.tokenize). The tokenizer is the user's, given separately; without
+ * one the model still loads (its weights can be checked or converted), and encoding a prompt throws.
+ */
+class ClipTextConditioning implements Conditioner {
+  readonly type = 'text' as const;
+  readonly concatChannels = 0;
+  /** The cond_stage_model: the encoder under the checkpoint's name for it (`transformer.` SD 1.x, `model.` SD 2.x). */
+  readonly module: Slots;
+  readonly encoder: ClipTextModel | OpenClipTextModel;
+  private readonly maxLen: number;
+
+  constructor(readonly tokenizer: ClipTokenizer | undefined, text: NonNullable<ConditioningConfig['text']>) {
+    const vocabSize = text.vocab_size ?? tokenizer?.vocabSize;
+    if (vocabSize === undefined) throw new Error(CLIP_TOKENIZER_MISSING);
+    if (tokenizer && tokenizer.vocabSize !== vocabSize) {
+      throw new Error(`the tokenizer has ${tokenizer.vocabSize} tokens but the text encoder's embedding has ${vocabSize} rows; give the tokenizer of this model`);
+    }
+    this.maxLen = text.max_len;
+    const cfg = { vocabSize, maxLen: text.max_len, width: text.dim, layers: text.depth, heads: text.heads };
+    this.module = new Slots();
+    this.encoder = text.encoder === 'open_clip'
+      ? this.module.put('model', new OpenClipTextModel(cfg, { layer: 'penultimate' }))
+      : this.module.put('transformer', new ClipTextModel(cfg));
+  }
+
+  private tokens(texts: readonly string[]): CondFeeds {
+    if (!this.tokenizer) throw new Error(CLIP_TOKENIZER_MISSING);
+    const padding = this.encoder instanceof OpenClipTextModel ? 'zero' : 'eos';
+    return { [COND_TOKENS]: this.tokenizer.encodeBatch(texts, padding, this.maxLen) };
+  }
+
+  feeds(c: Conditions | undefined, n: number): CondFeeds {
+    if (!c) return this.nullFeeds(n);
+    const captions = need(c.captions, 'prompts');
+    checkCount('prompts', captions.length, n);
+    return this.tokens(captions);
+  }
+
+  nullFeeds(n: number, _h = 0, _w = 0, negative = ''): CondFeeds {
+    return this.tokens(new Array<string>(n).fill(negative));
+  }
+
+  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
+    return { context: this.encoder.forward(inputs[COND_TOKENS]!) };
+  }
+
+  inputs(n: number): Record<string, Tensor> {
+    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.maxLen], 'int32') };
+  }
+
+  promptWarnings(prompts: readonly string[], negative?: string): string[] {
+    if (!this.tokenizer) return [];
+    const keep = this.maxLen - 2;
+    const texts = [...new Set(prompts)].map((text) => ({ text, what: 'prompt' }));
+    if (negative !== undefined && negative !== '') texts.push({ text: negative, what: 'negative prompt' });
+    const cut = texts.map((t) => ({ ...t, tokens: this.tokenizer!.encode(t.text).length })).filter((t) => t.tokens > keep);
+    if (cut.length === 0) return [];
+    const each = cut.slice(0, 3).map((r) => `${r.what} "${clip(r.text)}" has ${r.tokens}, so its last ${r.tokens - keep} are dropped`);
+    if (cut.length > 3) each.push(`and ${cut.length - 3} more prompts lose tokens`);
+    return [`the text encoder reads ${keep} tokens of a prompt (${this.maxLen} less the start and end tokens); ${each.join('; ')}`];
+  }
+}
+
 /** A prompt short enough for a one-line message. */
 function clip(text: string, max = 40): string {
   return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
@@ -289,14 +362,18 @@ class SemanticConditioning extends MapConditioning {
 }
 
 /** The conditioner a config describes; text needs the tokenizer (built from captions or read from a checkpoint). */
-export function createConditioner(cfg: ConditioningConfig, contextDim: number | undefined, tokenizer?: Tokenizer): Conditioner {
+export function createConditioner(cfg: ConditioningConfig, contextDim: number | undefined, tokenizer?: Tokenizer | ClipTokenizer): Conditioner {
   switch (cfg.type) {
     case 'none':
       return new NoConditioning();
     case 'class':
       return new ClassConditioning(cfg.num_classes!, contextDim!);
     case 'text':
-      if (!tokenizer) throw new Error('a text-conditioned model needs its tokenizer: build it from the captions or load it from the checkpoint');
+      if (cfg.text && isClipText(cfg.text)) {
+        if (tokenizer instanceof Tokenizer) throw new Error(`a ${cfg.text.encoder} text encoder reads CLIP's BPE tokens, not ldm's own tokenizer`);
+        return new ClipTextConditioning(tokenizer, cfg.text);
+      }
+      if (!(tokenizer instanceof Tokenizer)) throw new Error('a text-conditioned model needs its tokenizer: build it from the captions or load it from the checkpoint');
       return new TextConditioning(tokenizer, cfg.text!);
     case 'concat':
       return new ConcatConditioning(cfg.channels!);

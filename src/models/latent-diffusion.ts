@@ -17,6 +17,7 @@ import { Slots } from './unet/layers.js';
 import { createConditioner, type Conditioner } from './conditioning.js';
 import { LAYOUT_MODULE } from './caption-layout.js';
 import type { Tokenizer } from './tokenizer.js';
+import type { ClipTokenizer } from './clip-tokenizer.js';
 import type { FirstStage } from './first-stage.js';
 
 /** Feed names of a denoising call / training step. */
@@ -30,7 +31,8 @@ export class LatentDiffusion extends Module {
   readonly schedule: NoiseSchedule;
   readonly parameterization: Parameterization;
 
-  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Tokenizer } = {}) {
+  /** `tokenizer`: ldm's own for its text models; CLIP's BPE for Stable Diffusion's (conditioning.text.encoder clip / open_clip). */
+  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Tokenizer | ClipTokenizer } = {}) {
     super();
     this.unet = this.add('model', new Slots()).put('diffusion_model', new UNetModel(config.unet));
     this.conditioner = createConditioner(config.conditioning, config.unet.context_dim, opts.tokenizer);

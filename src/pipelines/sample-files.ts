@@ -18,6 +18,10 @@ import { enlargeForGrid } from '../sampling/grid.js';
 
 export interface SampleFilesOptions {
   ckpt: string;
+  /** A Stable Diffusion checkpoint's tokenizer (folder with vocab.json and merges.txt, or CLIP's merges file). */
+  tokenizer?: string;
+  /** What the model predicts, where the file does not say (SD 2.x: eps or v). */
+  prediction?: 'eps' | 'v';
   /** A refiner checkpoint for the low-noise steps, and the timestep below which it takes over (default its max_timestep). */
   refiner?: string;
   refinerBelow?: number;
@@ -149,7 +153,10 @@ async function readLabelMap(file: string, classes: number): Promise<HostTensor> 
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
-  let ldm = await readLdmCheckpoint(file, opts.executor);
+  let ldm = await readLdmCheckpoint(file, opts.executor, {
+    ...(opts.tokenizer !== undefined ? { tokenizer: opts.tokenizer } : {}),
+    ...(opts.prediction !== undefined ? { prediction: opts.prediction } : {}),
+  });
   opts.onLoaded?.(ldm);
   const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
   let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
