@@ -36,7 +36,7 @@ import { Denoiser } from '../sampling/denoiser.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 import { generate } from '../sampling/generate.js';
 import { trainAutoencoder } from '../training/train-autoencoder.js';
-import { trainLdm } from '../training/train-ldm.js';
+import { trainLdm, type TrainLdmResult } from '../training/train-ldm.js';
 import {
   STUDY_FORMAT, checkpointSteps, factorDir, readFigures, readPlan, writeFigures, writePlan,
   type Budget, type CheckpointFigures, type FactorFigures, type FirstStageFigures, type StudyPlan,
@@ -124,50 +124,85 @@ function head(images: HostTensor, k: number): HostTensor {
 
 export async function compareFactors(o: CompareFactorsOptions): Promise<CompareFactorsResult> {
   const started = performance.now();
+  const st = await openStudy(o);
+  const fid = await studyFid(st);
+  const plan = await writeStudyPlan(st, fid);
+  const stages = new Map<number, { stage: FirstStage; ref: string }>();
+  try {
+    const { figures, wasComplete } = await firstStages(st, plan, stages);
+    if (plan.ldmSteps === undefined) await fitStepsToBudget(st, plan, fid, stages, figures);
+    const total = plan.ldmSteps!;
+    const steps = checkpointSteps(st.checkpoints, total);
+    if (steps.length === 0) throw new Error(`no checkpoint falls within ${total} steps; give --checkpoints steps up to ${total}`);
+    // 3. The LDMs, all factors to each checkpoint in turn.
+    for (const c of steps) {
+      let worked = false;
+      for (const f of st.factors) {
+        const fig = figures.get(f)!;
+        if (fig.checkpoints.some((k) => k.step === c)) continue;
+        worked = true;
+        await trainSegment(st, fid, { factor: f, fig, stage: stages.get(f)!, step: c, total, steps });
+      }
+      if (worked) await renderReport(st.out);
+    }
+    const report = await renderReport(st.out);
+    return {
+      out: st.out, ldmSteps: total, checkpoints: steps,
+      factors: st.factors.map((f) => {
+        const fig = figures.get(f)!;
+        const last = fig.checkpoints[fig.checkpoints.length - 1];
+        return {
+          factor: f, status: wasComplete.has(f) ? 'skipped' as const : 'trained' as const, steps: last?.step ?? 0,
+          ...(last ? { fid: last.fid } : {}), ...(fig.firstStage?.psnr !== undefined ? { psnr: fig.firstStage.psnr } : {}),
+        };
+      }),
+      report,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    for (const { stage } of stages.values()) await stage.dispose();
+  }
+}
+
+// ---------------------------------------------------------------- setup and resume
+
+/** What a study is, from its study.json when it resumes and from the options otherwise, checked against each other. */
+interface Study {
+  readonly o: CompareFactorsOptions;
+  readonly out: string;
+  readonly note: (message: string) => void;
+  readonly progress: (o: { total: number; label: string }) => Progress;
+  /** The plan of the study being resumed. */
+  readonly before: StudyPlan | undefined;
+  readonly base: LatentDiffusionConfig;
+  readonly baseFile: string;
+  readonly size: number;
+  readonly seed: number;
+  readonly data: string;
+  readonly fashion: boolean;
+  readonly trainData: Dataset;
+  readonly channels: number;
+  readonly factors: number[];
+  readonly budget: Budget;
+  readonly checkpoints: StudyPlan['checkpoints'];
+  readonly fidReference: string;
+}
+
+async function openStudy(o: CompareFactorsOptions): Promise<Study> {
   const note = o.note ?? (() => undefined);
-  const progress = o.progress ?? (() => silentProgress);
   const out = o.out;
   await fsp.mkdir(out, { recursive: true });
   const before = await readPlan(out);
   if (!before && (await fsp.readdir(out)).length > 0) {
     throw new Error(`${out} is not empty and holds no study.json; give compare-factors an empty or new folder (or the folder of a study to resume)`);
   }
-
-  // The LDM config: the one the study started with, whatever the zoo holds now.
-  let base: LatentDiffusionConfig;
-  let baseFile: string;
-  if (before) {
-    base = validateConfig(before.ldmConfig.config, `${out}/study.json (ldmConfig)`) as LatentDiffusionConfig;
-    baseFile = before.ldmConfig.file;
-    if (o.ldmConfig !== undefined && o.ldmConfig !== before.ldmConfig.ref) {
-      throw new Error(`${out} was started with --ldm-config ${before.ldmConfig.ref}; resume with it, or start another study in a new folder`);
-    }
-  } else {
-    const loaded = loadStudyLdmConfig(o.ldmConfig ?? DEFAULT_LDM_CONFIG);
-    base = loaded.config;
-    baseFile = loaded.file;
-  }
+  const { base, baseFile } = studyLdmConfig(o, before);
   const size = before?.size ?? o.size ?? base.data.size;
   const seed = before?.seed ?? o.seed ?? 0;
   const data = o.data;
-  const spec = parseDatasetSpec(data);
-  const fashion = spec.kind === 'fashion-mnist';
+  const fashion = parseDatasetSpec(data).kind === 'fashion-mnist';
   const trainData = await openDataset(data, { size, split: 'train' });
-  const channels = trainData.channels;
-
-  // Factors: explicit ones must fit; the default is every one that does.
-  let factors: number[];
-  if (o.factors) {
-    for (const f of o.factors) if (!factorFits(f, size, base.unet)) throw new Error(unfitMessage(f, size, base.unet));
-    factors = [...o.factors];
-  } else if (before) {
-    factors = before.factors;
-  } else {
-    factors = ALL_FACTORS.filter((f) => factorFits(f, size, base.unet));
-    const left = ALL_FACTORS.filter((f) => !factors.includes(f));
-    if (left.length) note(`leaving out f = ${left.join(', ')}: ${unfitMessage(left[0]!, size, base.unet)}`);
-  }
-
+  const factors = studyFactors(o, before, size, base, note);
   const budget: Budget = o.budget ?? before?.budget ?? { kind: 'steps', steps: base.train.steps };
   const checkpoints = o.checkpoints ?? before?.checkpoints ?? { count: 4 };
   if (budget.kind === 'minutes' && 'steps' in checkpoints) {
@@ -183,209 +218,271 @@ export async function compareFactors(o: CompareFactorsOptions): Promise<CompareF
     clash('--checkpoints', before.checkpoints, checkpoints);
     if (o.aeSteps !== undefined) clash('--ae-steps', before.aeSteps, o.aeSteps);
   }
-
-  // The feature network and the reference statistics, made once.
   const fidReference = before?.fid.reference ?? o.fidReference ?? (fashion ? `fashion-mnist:test${data.includes('?') ? data.slice(data.indexOf('?')) : ''}` : data);
-  let fidKind: 'classifier' | 'inception';
+  return {
+    o, out, note, progress: o.progress ?? (() => silentProgress), before, base, baseFile, size, seed, data, fashion, trainData,
+    channels: trainData.channels, factors, budget, checkpoints, fidReference,
+  };
+}
+
+/** The LDM config: the one the study started with, whatever the zoo holds now. */
+function studyLdmConfig(o: CompareFactorsOptions, before: StudyPlan | undefined): { base: LatentDiffusionConfig; baseFile: string } {
+  if (!before) {
+    const loaded = loadStudyLdmConfig(o.ldmConfig ?? DEFAULT_LDM_CONFIG);
+    return { base: loaded.config, baseFile: loaded.file };
+  }
+  const base = validateConfig(before.ldmConfig.config, `${o.out}/study.json (ldmConfig)`) as LatentDiffusionConfig;
+  if (o.ldmConfig !== undefined && o.ldmConfig !== before.ldmConfig.ref) {
+    throw new Error(`${o.out} was started with --ldm-config ${before.ldmConfig.ref}; resume with it, or start another study in a new folder`);
+  }
+  return { base, baseFile: before.ldmConfig.file };
+}
+
+/** Factors: explicit ones must fit; the default is every one that does (or the resumed study's). */
+function studyFactors(o: CompareFactorsOptions, before: StudyPlan | undefined, size: number, base: LatentDiffusionConfig, note: (m: string) => void): number[] {
+  if (o.factors) {
+    for (const f of o.factors) if (!factorFits(f, size, base.unet)) throw new Error(unfitMessage(f, size, base.unet));
+    return [...o.factors];
+  }
+  if (before) return before.factors;
+  const factors = ALL_FACTORS.filter((f) => factorFits(f, size, base.unet));
+  const left = ALL_FACTORS.filter((f) => !factors.includes(f));
+  if (left.length) note(`leaving out f = ${left.join(', ')}: ${unfitMessage(left[0]!, size, base.unet)}`);
+  return factors;
+}
+
+/** The FID's feature network and reference statistics, made once per study, with what making them cost. */
+interface StudyFid {
+  readonly kind: 'classifier' | 'inception';
+  readonly weights: string;
+  readonly network: FeatureNetwork;
+  readonly refStats: FeatureStats;
+  readonly referenceImages: number;
+  readonly classifierSeconds: number;
+  readonly referenceSeconds: number;
+  readonly samples: number;
+  readonly sampleSteps: number;
+}
+
+async function studyFid(st: Study): Promise<StudyFid> {
+  const { o, before, out } = st;
+  let kind: 'classifier' | 'inception';
   let weights: string;
   let classifierSeconds = before?.fid.classifierSeconds ?? 0;
   if (before) {
-    fidKind = before.fid.kind;
+    kind = before.fid.kind;
     weights = before.fid.weights;
   } else if (o.inception !== undefined) {
-    fidKind = 'inception';
+    kind = 'inception';
     weights = o.inception;
   } else {
-    fidKind = 'classifier';
+    kind = 'classifier';
     weights = o.classifier ?? path.join(out, 'classifier.safetensors');
-    if (o.classifier === undefined && !(await isFileOrDir(weights))) {
-      const epochs = o.classifierEpochs ?? 2;
-      note(`training the domain classifier for the FID on ${data} (${epochs} epochs; pass --classifier to reuse one)`);
-      const t0 = performance.now();
-      let bar: Progress | undefined;
-      const r = await trainClassifier({
-        data, executor: o.executor, epochs, seed,
-        onStep: (p) => {
-          bar ??= progress({ total: epochs * p.stepsPerEpoch, label: 'classifier step' });
-          bar.update(p.epoch * p.stepsPerEpoch + p.step, { loss: p.loss, acc: p.accuracy });
-        },
-      }).catch((err: unknown) => {
-        throw new Error(`training the FID classifier failed: ${(err as Error).message}; pass --classifier <checkpoint> or --inception <weights>`);
-      }).finally(() => bar?.stop());
-      await saveClassifier(weights, r.config, r.weights, r.info, { force: true });
-      classifierSeconds = (performance.now() - t0) / 1000;
-      note(`classifier: test accuracy ${(100 * r.testAccuracy).toFixed(1)}% on ${r.testCount} images; ${weights}`);
-    }
+    if (o.classifier === undefined && !(await isFileOrDir(weights))) classifierSeconds = await trainStudyClassifier(st, weights);
   }
   if (!(await isFileOrDir(weights))) throw new Error(`feature network weights ${weights} not found; check --classifier / --inception`);
-  const network: FeatureNetwork = fidKind === 'classifier' ? await classifierNetworkFromFile(weights) : await inceptionNetwork(weights);
-  const refFile = path.join(out, 'fid-reference.npz');
-  let refStats: FeatureStats;
-  let referenceSeconds = before?.fid.referenceSeconds ?? 0;
+  const network: FeatureNetwork = kind === 'classifier' ? await classifierNetworkFromFile(weights) : await inceptionNetwork(weights);
   const referenceImages = before?.fid.referenceImages ?? o.referenceImages ?? 10000;
-  if (await isFileOrDir(refFile)) {
-    refStats = await loadStats(refFile);
-    if (refStats.network !== undefined && refStats.network !== network.name) {
-      throw new Error(`${refFile} was computed with ${refStats.network}, not ${network.name}; delete it to recompute`);
-    }
-  } else {
-    const t0 = performance.now();
-    const ref = await openDataset(fidReference, { size, channels });
-    let bar: Progress | undefined;
-    const feats = await extractFeatures(network, ref, {
-      executor: o.executor, batchSize: 100, limit: referenceImages,
-      onProgress: (done, total) => {
-        bar ??= progress({ total: total ?? done, label: 'reference image' });
-        bar.update(done);
-      },
-    }).finally(() => bar?.stop());
-    refStats = statistics(feats.features, network.name);
-    await saveStats(refFile, refStats, { force: true });
-    referenceSeconds = (performance.now() - t0) / 1000;
-  }
+  const ref = await referenceStats(st, network, referenceImages);
+  return {
+    kind, weights, network, refStats: ref.stats, referenceImages, classifierSeconds, referenceSeconds: ref.seconds ?? before?.fid.referenceSeconds ?? 0,
+    samples: before?.fid.samples ?? o.fidSamples ?? 500, sampleSteps: before?.fid.sampleSteps ?? o.sampleSteps ?? st.base.sample.steps,
+  };
+}
 
-  const sampleSteps = before?.fid.sampleSteps ?? o.sampleSteps ?? base.sample.steps;
-  const fidSamples = before?.fid.samples ?? o.fidSamples ?? 500;
+/** The domain classifier whose features the FID uses, trained on the study's data into `weights`; the seconds it took. */
+async function trainStudyClassifier(st: Study, weights: string): Promise<number> {
+  const { o, data, seed } = st;
+  const epochs = o.classifierEpochs ?? 2;
+  st.note(`training the domain classifier for the FID on ${data} (${epochs} epochs; pass --classifier to reuse one)`);
+  const t0 = performance.now();
+  let bar: Progress | undefined;
+  const r = await trainClassifier({
+    data, executor: o.executor, epochs, seed,
+    onStep: (p) => {
+      bar ??= st.progress({ total: epochs * p.stepsPerEpoch, label: 'classifier step' });
+      bar.update(p.epoch * p.stepsPerEpoch + p.step, { loss: p.loss, acc: p.accuracy });
+    },
+  }).catch((err: unknown) => {
+    throw new Error(`training the FID classifier failed: ${(err as Error).message}; pass --classifier <checkpoint> or --inception <weights>`);
+  }).finally(() => bar?.stop());
+  await saveClassifier(weights, r.config, r.weights, r.info, { force: true });
+  const seconds = (performance.now() - t0) / 1000;
+  st.note(`classifier: test accuracy ${(100 * r.testAccuracy).toFixed(1)}% on ${r.testCount} images; ${weights}`);
+  return seconds;
+}
+
+/** The reference images' feature statistics: fid-reference.npz when made before (seconds undefined), else computed and saved. */
+async function referenceStats(st: Study, network: FeatureNetwork, limit: number): Promise<{ stats: FeatureStats; seconds?: number }> {
+  const refFile = path.join(st.out, 'fid-reference.npz');
+  if (await isFileOrDir(refFile)) {
+    const stats = await loadStats(refFile);
+    if (stats.network !== undefined && stats.network !== network.name) {
+      throw new Error(`${refFile} was computed with ${stats.network}, not ${network.name}; delete it to recompute`);
+    }
+    return { stats };
+  }
+  const t0 = performance.now();
+  const ref = await openDataset(st.fidReference, { size: st.size, channels: st.channels });
+  let bar: Progress | undefined;
+  const feats = await extractFeatures(network, ref, {
+    executor: st.o.executor, batchSize: 100, limit,
+    onProgress: (done, total) => {
+      bar ??= st.progress({ total: total ?? done, label: 'reference image' });
+      bar.update(done);
+    },
+  }).finally(() => bar?.stop());
+  const stats = statistics(feats.features, network.name);
+  await saveStats(refFile, stats, { force: true });
+  return { stats, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** study.json as this invocation leaves it before any model trains: the resumed plan, with new factors added. */
+async function writeStudyPlan(st: Study, fid: StudyFid): Promise<StudyPlan> {
+  const { o, before, budget, factors, size, channels, data, base } = st;
   const plan: StudyPlan = {
     format: STUDY_FORMAT,
     created: before?.created ?? new Date().toISOString(),
     data, size, channels,
     factors: [...new Set([...(before?.factors ?? []), ...factors])].sort((a, b) => a - b),
-    budget, checkpoints,
+    budget, checkpoints: st.checkpoints,
     ...(before?.ldmSteps !== undefined ? { ldmSteps: before.ldmSteps } : budget.kind === 'steps' ? { ldmSteps: budget.steps } : {}),
-    ldmConfig: before?.ldmConfig ?? { ref: o.ldmConfig ?? DEFAULT_LDM_CONFIG, name: base.name, file: baseFile, config: base },
+    ldmConfig: before?.ldmConfig ?? { ref: o.ldmConfig ?? DEFAULT_LDM_CONFIG, name: base.name, file: st.baseFile, config: base },
     fid: {
-      network: network.name, weights, kind: fidKind, reference: fidReference, referenceImages: refStats.count ?? referenceImages,
-      samples: fidSamples, sampler: 'ddim', sampleSteps, classifierSeconds, referenceSeconds,
+      network: fid.network.name, weights: fid.weights, kind: fid.kind, reference: st.fidReference, referenceImages: fid.refStats.count ?? fid.referenceImages,
+      samples: fid.samples, sampler: 'ddim', sampleSteps: fid.sampleSteps, classifierSeconds: fid.classifierSeconds, referenceSeconds: fid.referenceSeconds,
     },
     ...(before?.aeSteps !== undefined ? { aeSteps: before.aeSteps } : o.aeSteps !== undefined ? { aeSteps: o.aeSteps } : {}),
-    seed,
+    seed: st.seed,
     ...(before?.calibration ? { calibration: before.calibration } : {}),
     ...(before?.spentBeforeLdm !== undefined ? { spentBeforeLdm: before.spentBeforeLdm } : {}),
   };
-  await writePlan(out, plan);
-  note(`study ${out}: f = ${factors.join(', ')} at ${size}x${size}x${channels}; ${plan.ldmSteps !== undefined ? `${plan.ldmSteps} LDM steps each` : `budget ${budget.kind === 'minutes' ? `${budget.minutes} min` : ''}`}; FID by ${network.name}`);
+  await writePlan(st.out, plan);
+  st.note(`study ${st.out}: f = ${factors.join(', ')} at ${size}x${size}x${channels}; ${plan.ldmSteps !== undefined ? `${plan.ldmSteps} LDM steps each` : `budget ${budget.kind === 'minutes' ? `${budget.minutes} min` : ''}`}; FID by ${fid.network.name}`);
+  return plan;
+}
 
-  const stages = new Map<number, { stage: FirstStage; ref: string }>();
+// ---------------------------------------------------------------- the loop: first stages, the step count, LDM segments
+
+/** 1. Every factor's first stage (into `stages`, which the caller disposes), its figures read back or measured now. */
+async function firstStages(
+  st: Study, plan: StudyPlan, stages: Map<number, { stage: FirstStage; ref: string }>,
+): Promise<{ figures: Map<number, FactorFigures>; wasComplete: Set<number> }> {
   const figures = new Map<number, FactorFigures>();
   const wasComplete = new Set<number>();
-  try {
-    // 1. First stages.
-    for (const f of factors) {
-      const fig: FactorFigures = (await readFigures(out, f)) ?? { factor: f, checkpoints: [], complete: false };
-      if (fig.complete && fig.firstStage) wasComplete.add(f);
-      figures.set(f, fig);
-      const r = await firstStageOf(f, fig, { ...o, size, channels, fashion, seed, note, progress, fidReference, aeSteps: plan.aeSteps });
-      stages.set(f, r);
-      if (!fig.firstStage) {
-        fig.firstStage = r.figures!;
-        await writeFigures(out, fig);
-      }
+  const { o, out, size, channels, fashion, seed, note, progress, fidReference } = st;
+  for (const f of st.factors) {
+    const fig: FactorFigures = (await readFigures(out, f)) ?? { factor: f, checkpoints: [], complete: false };
+    if (fig.complete && fig.firstStage) wasComplete.add(f);
+    figures.set(f, fig);
+    const r = await firstStageOf(f, fig, { ...o, size, channels, fashion, seed, note, progress, fidReference, aeSteps: plan.aeSteps });
+    stages.set(f, r);
+    if (!fig.firstStage) {
+      fig.firstStage = r.figures!;
+      await writeFigures(out, fig);
     }
-
-    // 2. The step count, when the budget is in minutes: from measured costs and what is left.
-    if (plan.ldmSteps === undefined) {
-      const b = budget as Extract<Budget, { kind: 'minutes' }>;
-      const segments = (checkpoints as { count: number }).count;
-      let spent = classifierSeconds + referenceSeconds
-        + [...figures.values()].reduce((s, fg) => s + (fg.firstStage?.trainSeconds ?? 0) + (fg.firstStage?.evalSeconds ?? 0), 0);
-      note(`measuring each factor's step and sampling time to fit ${b.minutes} minutes (${(spent / 60).toFixed(1)} spent so far)`);
-      const t0 = performance.now();
-      const cal = [];
-      for (const f of factors) {
-        const { stage, ref } = stages.get(f)!;
-        const cfg = ldmConfigFor(base, { factor: f, latentChannels: stage.latentChannels, firstStage: ref, data, size, steps: 1 });
-        cal.push(await calibrateFactor({
-          config: cfg, firstStage: stage, executor: o.executor, size, dataCount: trainData.size, samples: fidSamples, sampleBatch: SAMPLE_BATCH, sampleSteps,
-        }));
-      }
-      spent += (performance.now() - t0) / 1000;
-      const steps = stepsForBudget(b.minutes * 60 - spent, cal, segments);
-      const costs = cal.map((c) => `f=${c.factor} ${c.stepSeconds.toFixed(2)} s/step, ${c.evalSeconds.toFixed(0)} s/evaluation`).join('; ');
-      if (steps < segments) {
-        throw new Error(`--budget ${b.minutes}m leaves no time for LDM training (${(spent / 60).toFixed(1)} min spent; ${costs}); give more minutes, fewer factors or fewer --ae-steps`);
-      }
-      plan.ldmSteps = steps;
-      plan.calibration = cal;
-      plan.spentBeforeLdm = spent;
-      await writePlan(out, plan);
-      note(`${steps} LDM steps per factor fit the budget (${costs})`);
-    }
-    const total = plan.ldmSteps;
-    const steps = checkpointSteps(checkpoints, total);
-    if (steps.length === 0) throw new Error(`no checkpoint falls within ${total} steps; give --checkpoints steps up to ${total}`);
-
-    // 3. The LDMs, all factors to each checkpoint in turn.
-    for (const c of steps) {
-      let worked = false;
-      for (const f of factors) {
-        const fig = figures.get(f)!;
-        if (fig.checkpoints.some((k) => k.step === c)) continue;
-        worked = true;
-        const { stage, ref } = stages.get(f)!;
-        const cfg = ldmConfigFor(base, { factor: f, latentChannels: stage.latentChannels, firstStage: ref, data, size, steps: c });
-        const fdir = factorDir(out, f);
-        const run = await RunDir.create(fdir, 'ldm', { resume: true, warn: note });
-        note(`f = ${f}: training the LDM to step ${c} of ${total}`);
-        let bar: Progress | undefined;
-        let enc: Progress | undefined;
-        const res = await trainLdm({
-          config: cfg, run, executor: o.executor, firstStage: stage, cacheDir: path.join(out, '.cache'), seed,
-          note: (m) => {
-            const shown = bar ?? enc;
-            if (shown) shown.log(m);
-            else note(m);
-          },
-          onEncode: (done, n) => {
-            enc ??= progress({ total: n, label: `f=${f} encode image` });
-            enc.update(done);
-            if (done === n) enc.stop();
-          },
-          onStep: (r, n) => {
-            bar ??= progress({ total: n, label: `f=${f} step` });
-            bar.update(r.step, { loss: r.loss });
-          },
-        }).finally(() => {
-          bar?.stop();
-          enc?.stop();
-        });
-        const prev = fig.checkpoints[fig.checkpoints.length - 1];
-        const { params, ...point } = await scoreCheckpoint({
-          run, step: c, stage, executor: o.executor, size, network, refStats, samples: fidSamples, sampleSteps, seed, out, factor: f, progress,
-        });
-        const checkpoint: CheckpointFigures = {
-          ...point,
-          trainSeconds: (prev?.trainSeconds ?? 0) + res.seconds,
-          ...(res.stepsPerSecond !== undefined ? { trainImagesPerSecond: res.stepsPerSecond * cfg.train.batch_size * cfg.train.grad_accum } : {}),
-          ...(res.loss !== undefined ? { loss: res.loss } : {}),
-        };
-        fig.ldm = { run: path.relative(out, run.dir), params, batchSize: cfg.train.batch_size * cfg.train.grad_accum, scaleFactor: res.scaleFactor };
-        fig.checkpoints = [...fig.checkpoints.filter((k) => k.step !== c), checkpoint].sort((a, b) => a.step - b.step);
-        fig.complete = steps.every((s) => fig.checkpoints.some((k) => k.step === s));
-        await writeFigures(out, fig);
-        note(`f = ${f}, step ${c}: FID ${checkpoint.fid.toFixed(2)}, ${checkpoint.sampleImagesPerSecond.toFixed(1)} samples/s`
-          + (checkpoint.trainImagesPerSecond !== undefined ? `, ${checkpoint.trainImagesPerSecond.toFixed(1)} training images/s` : ''));
-      }
-      if (worked) await renderReport(out);
-    }
-    const report = await renderReport(out);
-    return {
-      out, ldmSteps: total, checkpoints: steps,
-      factors: factors.map((f) => {
-        const fig = figures.get(f)!;
-        const last = fig.checkpoints[fig.checkpoints.length - 1];
-        return {
-          factor: f, status: wasComplete.has(f) ? 'skipped' as const : 'trained' as const, steps: last?.step ?? 0,
-          ...(last ? { fid: last.fid } : {}), ...(fig.firstStage?.psnr !== undefined ? { psnr: fig.firstStage.psnr } : {}),
-        };
-      }),
-      report,
-      seconds: (performance.now() - started) / 1000,
-    };
-  } finally {
-    for (const { stage } of stages.values()) await stage.dispose();
   }
+  return { figures, wasComplete };
 }
+
+/** 2. A budget in minutes becomes one step count, from each factor's measured costs and the time already spent. */
+async function fitStepsToBudget(
+  st: Study, plan: StudyPlan, fid: StudyFid, stages: ReadonlyMap<number, { stage: FirstStage; ref: string }>, figures: ReadonlyMap<number, FactorFigures>,
+): Promise<void> {
+  const b = st.budget as Extract<Budget, { kind: 'minutes' }>;
+  const segments = (st.checkpoints as { count: number }).count;
+  let spent = fid.classifierSeconds + fid.referenceSeconds
+    + [...figures.values()].reduce((s, fg) => s + (fg.firstStage?.trainSeconds ?? 0) + (fg.firstStage?.evalSeconds ?? 0), 0);
+  st.note(`measuring each factor's step and sampling time to fit ${b.minutes} minutes (${(spent / 60).toFixed(1)} spent so far)`);
+  const t0 = performance.now();
+  const cal = [];
+  for (const f of st.factors) {
+    const { stage, ref } = stages.get(f)!;
+    const cfg = ldmConfigFor(st.base, { factor: f, latentChannels: stage.latentChannels, firstStage: ref, data: st.data, size: st.size, steps: 1 });
+    cal.push(await calibrateFactor({
+      config: cfg, firstStage: stage, executor: st.o.executor, size: st.size, dataCount: st.trainData.size, samples: fid.samples, sampleBatch: SAMPLE_BATCH,
+      sampleSteps: fid.sampleSteps,
+    }));
+  }
+  spent += (performance.now() - t0) / 1000;
+  const steps = stepsForBudget(b.minutes * 60 - spent, cal, segments);
+  const costs = cal.map((c) => `f=${c.factor} ${c.stepSeconds.toFixed(2)} s/step, ${c.evalSeconds.toFixed(0)} s/evaluation`).join('; ');
+  if (steps < segments) {
+    throw new Error(`--budget ${b.minutes}m leaves no time for LDM training (${(spent / 60).toFixed(1)} min spent; ${costs}); give more minutes, fewer factors or fewer --ae-steps`);
+  }
+  plan.ldmSteps = steps;
+  plan.calibration = cal;
+  plan.spentBeforeLdm = spent;
+  await writePlan(st.out, plan);
+  st.note(`${steps} LDM steps per factor fit the budget (${costs})`);
+}
+
+/** One factor's LDM segment: trained (or resumed) to checkpoint `step`, scored, and its figures written. */
+interface Segment {
+  readonly factor: number;
+  readonly fig: FactorFigures;
+  readonly stage: { stage: FirstStage; ref: string };
+  readonly step: number;
+  readonly total: number;
+  /** Every checkpoint of the study: the factor is complete when it has them all. */
+  readonly steps: readonly number[];
+}
+
+/** 3. Trains factor f's LDM to the segment's checkpoint, scores it and records the figures. */
+async function trainSegment(st: Study, fid: StudyFid, seg: Segment): Promise<void> {
+  const { out, note } = st;
+  const { factor: f, fig, step: c } = seg;
+  const { stage, ref } = seg.stage;
+  const cfg = ldmConfigFor(st.base, { factor: f, latentChannels: stage.latentChannels, firstStage: ref, data: st.data, size: st.size, steps: c });
+  const run = await RunDir.create(factorDir(out, f), 'ldm', { resume: true, warn: note });
+  note(`f = ${f}: training the LDM to step ${c} of ${seg.total}`);
+  const res = await trainFactorLdm(st, f, cfg, run, stage);
+  const prev = fig.checkpoints[fig.checkpoints.length - 1];
+  const { params, ...point } = await scoreCheckpoint({
+    run, step: c, stage, executor: st.o.executor, size: st.size, network: fid.network, refStats: fid.refStats, samples: fid.samples,
+    sampleSteps: fid.sampleSteps, seed: st.seed, out, factor: f, progress: st.progress,
+  });
+  const checkpoint: CheckpointFigures = {
+    ...point,
+    trainSeconds: (prev?.trainSeconds ?? 0) + res.seconds,
+    ...(res.stepsPerSecond !== undefined ? { trainImagesPerSecond: res.stepsPerSecond * cfg.train.batch_size * cfg.train.grad_accum } : {}),
+    ...(res.loss !== undefined ? { loss: res.loss } : {}),
+  };
+  fig.ldm = { run: path.relative(out, run.dir), params, batchSize: cfg.train.batch_size * cfg.train.grad_accum, scaleFactor: res.scaleFactor };
+  fig.checkpoints = [...fig.checkpoints.filter((k) => k.step !== c), checkpoint].sort((a, b) => a.step - b.step);
+  fig.complete = seg.steps.every((s) => fig.checkpoints.some((k) => k.step === s));
+  await writeFigures(out, fig);
+  note(`f = ${f}, step ${c}: FID ${checkpoint.fid.toFixed(2)}, ${checkpoint.sampleImagesPerSecond.toFixed(1)} samples/s`
+    + (checkpoint.trainImagesPerSecond !== undefined ? `, ${checkpoint.trainImagesPerSecond.toFixed(1)} training images/s` : ''));
+}
+
+/** trainLdm for factor f, its notes and progress through the study's bars (encoding first, then steps). */
+async function trainFactorLdm(st: Study, f: number, cfg: LatentDiffusionConfig, run: RunDir, stage: FirstStage): Promise<TrainLdmResult> {
+  let bar: Progress | undefined;
+  let enc: Progress | undefined;
+  return trainLdm({
+    config: cfg, run, executor: st.o.executor, firstStage: stage, cacheDir: path.join(st.out, '.cache'), seed: st.seed,
+    note: (m) => {
+      const shown = bar ?? enc;
+      if (shown) shown.log(m);
+      else st.note(m);
+    },
+    onEncode: (done, n) => {
+      enc ??= st.progress({ total: n, label: `f=${f} encode image` });
+      enc.update(done);
+      if (done === n) enc.stop();
+    },
+    onStep: (r, n) => {
+      bar ??= st.progress({ total: n, label: `f=${f} step` });
+      bar.update(r.step, { loss: r.loss });
+    },
+  }).finally(() => {
+    bar?.stop();
+    enc?.stop();
+  });
+}
+
+// ---------------------------------------------------------------- first stages
 
 interface FirstStageContext {
   data: string;

@@ -17,7 +17,7 @@ import { trainingTarget } from '../diffusion/prediction.js';
 import { TimestepSampler } from '../diffusion/timestep-sampling.js';
 import { dumpConfig, loadConfig, validateConfig } from '../config/load.js';
 import { ldmLearningRate, type LatentDiffusionConfig } from '../config/ldm-config.js';
-import { checkpointStepOf, type RunDir } from '../io/run-dir.js';
+import { checkpointStepOf, type CheckpointRef, type RunDir } from '../io/run-dir.js';
 import { saveGrid } from '../io/image.js';
 import { LatentDiffusion, INPUT_T, INPUT_TARGET, INPUT_X, checkFirstStageFits } from '../models/latent-diffusion.js';
 import { LDM_KEYS } from '../checkpoint/metadata-keys.js';
@@ -179,45 +179,131 @@ function sameModel(a: LatentDiffusionConfig, b: LatentDiffusionConfig): boolean 
 /** Train (or resume, or fine-tune) an LDM in `run`; returns where the weights went and how fast it ran. */
 export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const started = Date.now();
+  const s = await setUpLdm(opts);
+  let loop: LdmLoop;
+  try {
+    const startStep = await resumeLdm(s);
+    loop = await trainLdmSteps(s, startStep, started);
+  } finally {
+    await s.trainer.dispose();
+    await s.denoiser?.dispose();
+  }
+  return finishLdm(s, loop, started);
+}
+
+// ---------------------------------------------------------------- setup and resume
+
+/** A resumed run's checkpoint: the model with its first-stage record, the optimizer state and the EMA weights. */
+interface LdmResume {
+  readonly ldm: LoadedLdm;
+  readonly state: TrainerState;
+  readonly ema?: ReadonlyMap<string, HostTensor>;
+}
+
+/** What the phases of one run share: the cached data, the model, its trainer and what its checkpoints record. */
+interface LdmSession {
+  readonly opts: TrainLdmOptions;
+  readonly cfg: LatentDiffusionConfig;
+  readonly run: RunDir;
+  readonly executor: Executor;
+  readonly firstStage: FirstStage;
+  readonly note: (message: string) => void;
+  /** The run's newest complete checkpoint, when it resumes, and what it holds. */
+  readonly latest: CheckpointRef | undefined;
+  readonly resume: LdmResume | undefined;
+  readonly seed: number;
+  readonly cache: LatentCache;
+  readonly sr: SrDataConfig | undefined;
+  readonly model: LatentDiffusion;
+  readonly tokenizer: Tokenizer | undefined;
+  readonly scaleFactor: number;
+  readonly lr: number;
+  /** The trainer reads optimizer.lr at every step: the loop's schedule sets it. */
+  readonly optimizer: { lr: number; weightDecay: number; clipNorm: number; warmupSteps: number };
+  readonly trainer: Trainer;
+  /** Made for the first sample grid; disposed with the trainer. */
+  denoiser?: Denoiser;
+  readonly samples: string[];
+}
+
+/** Inputs checked, the weights' start (resume, --init or fresh) read before any encoding, the latent cache, the model and its trainer. */
+async function setUpLdm(opts: TrainLdmOptions): Promise<LdmSession> {
   const { config: cfg, run, executor, firstStage } = opts;
   const note = opts.note ?? (() => undefined);
   const tc = cfg.train;
-
-  const channels = cfg.data.channels ?? firstStage.imageChannels;
-  if (channels !== firstStage.imageChannels) {
-    throw new Error(`data.channels is ${channels} but the first stage takes ${firstStage.imageChannels}-channel images; set data.channels to ${firstStage.imageChannels}`);
-  }
-  const source = cfg.data.source;
-  const sr = cfg.data.sr;
-  if (source === undefined && !opts.dataset) throw new Error('no training data: set data.source in the config or pass --data');
-  checkFirstStageFits(cfg, firstStage, cfg.data.size);
-
-  // Where the weights start: a resumed run's last checkpoint, a fine-tuning init, or fresh. Checked before any encoding.
+  const channels = checkLdmInputs(opts);
   const latest = run.resumed ? await run.latestCheckpoint() : undefined;
-  let resume: { ldm: LoadedLdm; state: TrainerState; ema?: ReadonlyMap<string, HostTensor> } | undefined;
-  if (latest) {
-    if (opts.init) note(`--init ${opts.init} is ignored: the run resumes from ${latest.path}`);
-    const tr = await loadTrainingCheckpoint(latest);
-    const ldm = ldmFromCheckpoint(tr, latest.path, executor);
-    await ldm.firstStage.dispose();
-    if (!sameModel(ldm.config, cfg)) {
-      throw new Error(`${latest.path} holds a model of another config (unet, conditioning, schedule or parameterization differ); resume with the config the run started with`);
-    }
-    if (ldm.firstStage.fingerprint !== firstStage.fingerprint) {
-      throw new Error(`${latest.path} was trained on another first stage; resume with the autoencoder the run started with`);
-    }
-    resume = { ldm, state: optimizerState(tr, TRAINER, latest.path), ...(tr.ema ? { ema: tr.ema } : {}) };
-  }
+  const resume = latest ? await readResume(opts, latest, note) : undefined;
   const init = !latest && opts.init ? await readInit(opts.init) : undefined;
   // Data order, noise and dropout follow the seed: a resumed run must keep its own.
   const seed = resume?.ldm.seed ?? opts.seed ?? 0;
   if (resume && opts.seed !== undefined && opts.seed !== seed) note(`--seed ${opts.seed} is ignored: the run continues with its seed ${seed}`);
+  const cache = await openTrainingCache(opts, channels, note);
 
+  const text = cfg.conditioning.text;
+  const initTokenizer = init?.metadata[LDM_KEYS.tokenizer];
+  const tokenizer = cfg.conditioning.type !== 'text' ? undefined
+    : resume?.ldm.tokenizer ?? (initTokenizer !== undefined ? Tokenizer.fromJSON(initTokenizer)
+      : Tokenizer.fromCorpus(cache.captions ?? [], { maxLen: text!.max_len, maxWords: text!.max_words }));
+  const model = new LatentDiffusion(cfg, { tokenizer });
+  const scaleFactor = resume?.ldm.scaleFactor ?? resolveScale(cfg, firstStage, cache);
+  const lr = ldmLearningRate(cfg);
+  let params = resume?.ldm.params ?? model.initialize(new Rng(mixSeed(seed, 0x1417)));
+  if (init) {
+    const g = initFrom(model, init.params, params, opts.init!);
+    if (g.loaded === 0) throw new Error(`${opts.init} holds none of this model's weights; --init needs an LDM checkpoint of a similar model`);
+    note(`--init: ${g.loaded} weights from ${opts.init}${g.missing.length ? `, ${g.missing.length} new (${g.missing.slice(0, 3).join(', ')}${g.missing.length > 3 ? ', ...' : ''})` : ''}`);
+    params = g.params;
+  }
+  const emaDecay = tc.ema_decay > 0 ? tc.ema_decay : undefined;
+  const optimizer = { lr, weightDecay: tc.weight_decay, clipNorm: tc.clip_norm, warmupSteps: tc.warmup };
+  const trainer = new Trainer({
+    executor, module: model, params, optimizer,
+    ...(emaDecay !== undefined ? { emaDecay } : {}),
+    loss: (inputs) => ({ loss: model.loss(inputs) }),
+  });
+  return {
+    opts, cfg, run, executor, firstStage, note, latest, resume, seed, cache, sr: cfg.data.sr, model, tokenizer, scaleFactor, lr, optimizer, trainer,
+    samples: [],
+  };
+}
+
+/** The data and the first stage agree on channels, there is data, and the first stage fits the image size; the channels. */
+function checkLdmInputs(opts: TrainLdmOptions): number {
+  const { config: cfg, firstStage } = opts;
+  const channels = cfg.data.channels ?? firstStage.imageChannels;
+  if (channels !== firstStage.imageChannels) {
+    throw new Error(`data.channels is ${channels} but the first stage takes ${firstStage.imageChannels}-channel images; set data.channels to ${firstStage.imageChannels}`);
+  }
+  if (cfg.data.source === undefined && !opts.dataset) throw new Error('no training data: set data.source in the config or pass --data');
+  checkFirstStageFits(cfg, firstStage, cfg.data.size);
+  return channels;
+}
+
+/** The checkpoint a resumed run goes on from: refused when it holds another model or was trained on another first stage. */
+async function readResume(opts: TrainLdmOptions, latest: CheckpointRef, note: (m: string) => void): Promise<LdmResume> {
+  if (opts.init) note(`--init ${opts.init} is ignored: the run resumes from ${latest.path}`);
+  const tr = await loadTrainingCheckpoint(latest);
+  const ldm = ldmFromCheckpoint(tr, latest.path, opts.executor);
+  await ldm.firstStage.dispose();
+  if (!sameModel(ldm.config, opts.config)) {
+    throw new Error(`${latest.path} holds a model of another config (unet, conditioning, schedule or parameterization differ); resume with the config the run started with`);
+  }
+  if (ldm.firstStage.fingerprint !== opts.firstStage.fingerprint) {
+    throw new Error(`${latest.path} was trained on another first stage; resume with the autoencoder the run started with`);
+  }
+  return { ldm, state: optimizerState(tr, TRAINER, latest.path), ...(tr.ema ? { ema: tr.ema } : {}) };
+}
+
+/** The data set's latents (encoded once, then reused), with what the conditioning reads; checked against it. */
+async function openTrainingCache(opts: TrainLdmOptions, channels: number, note: (m: string) => void): Promise<LatentCache> {
+  const cfg = opts.config;
+  const sr = cfg.data.sr;
   const cache = await openLatentCache({
     dir: opts.cacheDir,
-    firstStage,
+    firstStage: opts.firstStage,
     data: {
-      source: source ?? opts.dataset!.name, size: cfg.data.size, channels,
+      source: cfg.data.source ?? opts.dataset!.name, size: cfg.data.size, channels,
       ...(cfg.data.limit !== undefined ? { limit: cfg.data.limit } : {}),
       ...(cfg.conditioning.type === 'concat' && !sr ? { lowres: true } : {}),
       ...(sr ? { crops: { perImage: sr.crops_per_image, seed: sr.crop_seed, flip: sr.flip }, keepImages: true } : {}),
@@ -227,84 +313,41 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   });
   note(cache.reused ? `latent cache: reusing ${cache.file} (${cache.count} latents)` : `latent cache: encoded ${cache.count} images into ${cache.file}`);
   checkData(cfg, cache);
+  return cache;
+}
 
-  const text = cfg.conditioning.text;
-  const initTokenizer = init?.metadata[LDM_KEYS.tokenizer];
-  const tokenizer = cfg.conditioning.type !== 'text' ? undefined
-    : resume?.ldm.tokenizer ?? (initTokenizer !== undefined ? Tokenizer.fromJSON(initTokenizer)
-      : Tokenizer.fromCorpus(cache.captions ?? [], { maxLen: text!.max_len, maxWords: text!.max_words }));
-  const model = new LatentDiffusion(cfg, { tokenizer });
-  const [, , lh, lw] = cache.latents.shape as [number, number, number, number];
-  const scaleFactor = resume?.ldm.scaleFactor ?? resolveScale(cfg, firstStage, cache);
-  const lr = ldmLearningRate(cfg);
-
-  let params = resume?.ldm.params ?? model.initialize(new Rng(mixSeed(seed, 0x1417)));
-  if (init) {
-    const g = initFrom(model, init.params, params, opts.init!);
-    if (g.loaded === 0) throw new Error(`${opts.init} holds none of this model's weights; --init needs an LDM checkpoint of a similar model`);
-    note(`--init: ${g.loaded} weights from ${opts.init}${g.missing.length ? `, ${g.missing.length} new (${g.missing.slice(0, 3).join(', ')}${g.missing.length > 3 ? ', ...' : ''})` : ''}`);
-    params = g.params;
-  }
-  const emaDecay = tc.ema_decay > 0 ? tc.ema_decay : undefined;
-  // The trainer reads optimizer.lr at every step: the schedule below sets it.
-  const optimizer = { lr, weightDecay: tc.weight_decay, clipNorm: tc.clip_norm, warmupSteps: tc.warmup };
-  const trainer = new Trainer({
-    executor, module: model, params, optimizer,
-    ...(emaDecay !== undefined ? { emaDecay } : {}),
-    loss: (inputs) => ({ loss: model.loss(inputs) }),
-  });
+/** The trainer restored from the resumed checkpoint (log rewound to it) and the run's config written; the step to start from. */
+async function resumeLdm(s: LdmSession): Promise<number> {
+  const { resume, run, trainer, note, cfg } = s;
   if (resume) {
     trainer.restore(resume.ldm.params, resume.state, resume.ema);
     await run.rewindLog(resume.ldm.step);
     note(`resuming ${run.dir} from step ${resume.ldm.step}`);
   }
   const startStep = trainer.step;
+  if (startStep >= cfg.train.steps) note(`the run is already at step ${startStep} of ${cfg.train.steps}; raise --steps to train further`);
+  await run.writeConfig(dumpConfig(cfg, `${cfg.name}: resolved config of this run (seed ${s.seed})`));
+  return startStep;
+}
+
+// ---------------------------------------------------------------- the loop
+
+/** What the loop leaves for the last phase. */
+interface LdmLoop {
+  readonly startStep: number;
+  /** The last step's result; undefined when no step was taken. */
+  readonly last: StepResult | undefined;
+  /** The newest checkpoint this invocation wrote. */
+  readonly saved: { path: string; emaPath?: string } | undefined;
+  readonly stopped: TrainLdmResult['stopped'];
+  readonly rate: StepRate;
+}
+
+/** Steps to train.steps (or the time limit), logging, checkpointing and writing sample grids as due. */
+async function trainLdmSteps(s: LdmSession, startStep: number, started: number): Promise<LdmLoop> {
+  const { cfg, model, trainer, run, note, opts } = s;
+  const tc = cfg.train;
   const total = tc.steps;
-  if (startStep >= total) note(`the run is already at step ${startStep} of ${total}; raise --steps to train further`);
-  await run.writeConfig(dumpConfig(cfg, `${cfg.name}: resolved config of this run (seed ${seed})`));
-
-  const content = {
-    firstStage, scaleFactor, seed, ...(tokenizer ? { tokenizer } : {}),
-    ...(cache.classNames ? { classNames: cache.classNames } : {}), ...(cache.labelMapClasses ? { labelMapClasses: cache.labelMapClasses } : {}),
-  };
-  const parts = (weights: ReadonlyMap<string, HostTensor>) => ldmCheckpointParts({ ...content, params: weights });
-  const save = (step: number) => saveTrainingCheckpoint(run, {
-    step, kind: 'ldm', config: cfg, params: parts(trainer.params).params, trainers: { [TRAINER]: trainer },
-    ...(trainer.ema ? { ema: parts(trainer.emaParams()).params } : {}), extra: parts(new Map()).extra, keep: tc.keep_checkpoints,
-  });
-
-  const samples: string[] = [];
-  let denoiser: Denoiser | undefined;
-  const writeSamples = async (step: number): Promise<void> => {
-    denoiser ??= new Denoiser(model, executor, () => trainer.emaParams(), 'input');
-    const s = cfg.sample;
-    const first = Int32Array.from({ length: Math.min(s.n, cache.count) }, (_, i) => i);
-    const srImages = sr ? (await srConditions(cache, sr, first, new Rng(mixSeed(seed, 0x9d1)))).images : undefined;
-    const conds = gridConditions(model, cache, s.n, srImages);
-    const parts = { model, firstStage, scaleFactor, imageSize: cfg.data.size };
-    const request = { steps: s.steps, sampler: s.sampler, eta: s.eta, seed };
-    let images: HostTensor;
-    let labels: string[];
-    if (sr && s.strength < 1) {
-      // As `ldm upscale` samples it: each crop from its own bicubic upscale, noised to sample.strength.
-      const made = [];
-      for (const c of conds) {
-        const image = firstStage.factor === 1 ? c.image! : await upscaleClassical(c.image!, firstStage.factor, 'bicubic');
-        made.push(await generate(parts, denoiser, { ...request, n: 1, conditions: [c], init: { image, strength: s.strength } }));
-      }
-      images = concatRows(made.map((g) => g.images));
-      labels = made.flatMap((g) => g.labels);
-    } else {
-      ({ images, labels } = await generate(parts, denoiser, { ...request, n: conds.length ? 1 : s.n, conditions: conds, guidance: conds.length ? s.guidance : 1 }));
-    }
-    const file = run.samplePath(step);
-    await saveGrid(file, enlargeForGrid(images), { force: true, nrow: Math.min(8, labels.length), ...(conds.length ? { labels } : {}), onWarning: note });
-    samples.push(file);
-  };
-
-  const B = tc.batch_size * tc.grad_accum;
-  const N = cache.count;
-  const per = cache.latents.data.length / N;
   const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, {
     gamma: tc.min_snr_gamma, uniform: tc.min_snr_uniform, start: tc.min_snr_start,
     ...(tc.max_timestep !== undefined ? { limit: tc.max_timestep } : {}),
@@ -316,73 +359,132 @@ export async function trainLdm(opts: TrainLdmOptions): Promise<TrainLdmResult> {
   const budget = new TimeBudget(opts.timeLimit);
   const schedule = opts.lrSchedule ?? 'constant';
   let stopped: TrainLdmResult['stopped'] = 'steps';
-  try {
-    while (trainer.step < total) {
-      const step = trainer.step;
-      if (budget.exceeded()) {
-        stopped = 'time';
-        note(`time limit reached at step ${step}; resume with --resume to go on`);
-        if (last && !isDue(step, tc.ckpt_every, total)) saved = await save(step);
-        if (last && tc.sample_every !== undefined && !isDue(step, tc.sample_every, total)) await writeSamples(step);
-        break;
-      }
-      const progress = Math.max(step / total, budget.fraction());
-      optimizer.lr = scheduledLr(lr, schedule, progress);
-      const rng = new Rng(mixSeed(seed, 0x57e9, step));
-      const idx = batchIndices(step, B, N, seed);
-      const z0 = (takeRows(cache.latents, idx).data as Float32Array).map((v) => v * scaleFactor);
-      const t = Array.from({ length: B }, () => timesteps.draw(rng, progress));
-      const eps = rng.normalArray(B * per);
-      const abar = t.map((x) => model.schedule.abar(x));
-      const drop = Array.from({ length: B }, () => rng.uniform() < cfg.conditioning.dropout);
-      const shape = [B, ...cache.latents.shape.slice(1)];
-      const feeds: Record<string, HostTensor> = {
-        // SR: the degradation draws from its own stream, so the other draws of a step stay as without it.
-        ...model.conditioner.feeds(sr ? await srConditions(cache, sr, idx, new Rng(mixSeed(seed, 0x5e6, step))) : gatherConditions(cache, idx), B, lh, lw, drop),
-        [INPUT_X]: float32(shape, model.schedule.qSample(z0, eps, t)),
-        [INPUT_T]: float32([B], t),
-        [INPUT_TARGET]: float32(shape, trainingTarget(model.parameterization, z0, eps, abar)),
-      };
-      last = await trainer.stepOn(feeds);
-      rate.tick();
-      window.push(last.loss);
-      opts.onStep?.(last, total);
-      if (isDue(last.step, tc.log_every, total)) {
-        const mean = window.reduce((a, b) => a + b, 0) / window.length;
-        await run.appendLog({ step: last.step, losses: { loss: mean }, lr: last.lr, grad_norm: last.gradNorm, time: (Date.now() - started) / 1000 });
-        window = [];
-      }
-      if (isDue(last.step, tc.ckpt_every, total)) saved = await save(last.step);
-      if (tc.sample_every !== undefined && isDue(last.step, tc.sample_every, total)) await writeSamples(last.step);
+  while (trainer.step < total) {
+    const step = trainer.step;
+    if (budget.exceeded()) {
+      stopped = 'time';
+      note(`time limit reached at step ${step}; resume with --resume to go on`);
+      if (last && !isDue(step, tc.ckpt_every, total)) saved = await saveLdmCheckpoint(s, step);
+      if (last && tc.sample_every !== undefined && !isDue(step, tc.sample_every, total)) await writeSamples(s, step);
+      break;
     }
-  } finally {
-    await trainer.dispose();
-    await denoiser?.dispose();
+    const progress = Math.max(step / total, budget.fraction());
+    s.optimizer.lr = scheduledLr(s.lr, schedule, progress);
+    last = await trainer.stepOn(await stepFeeds(s, step, progress, timesteps));
+    rate.tick();
+    window.push(last.loss);
+    opts.onStep?.(last, total);
+    if (isDue(last.step, tc.log_every, total)) {
+      const mean = window.reduce((a, b) => a + b, 0) / window.length;
+      await run.appendLog({ step: last.step, losses: { loss: mean }, lr: last.lr, grad_norm: last.gradNorm, time: (Date.now() - started) / 1000 });
+      window = [];
+    }
+    if (isDue(last.step, tc.ckpt_every, total)) saved = await saveLdmCheckpoint(s, last.step);
+    if (tc.sample_every !== undefined && isDue(last.step, tc.sample_every, total)) await writeSamples(s, last.step);
   }
-  // The file to hand on: EMA weights when the run keeps them, one file that samples on its own. A resume re-exports
-  // a model that does not hold this step (an export killed midway left the older one).
+  return { startStep, last, saved, stopped, rate };
+}
+
+/** Step `step`'s batch, timesteps, noise and condition dropout, all drawn from Rng(seed, step): the model's feeds. */
+async function stepFeeds(s: LdmSession, step: number, progress: number, timesteps: TimestepSampler): Promise<Record<string, HostTensor>> {
+  const { cfg, cache, model, seed, sr, scaleFactor } = s;
+  const B = cfg.train.batch_size * cfg.train.grad_accum;
+  const per = cache.latents.data.length / cache.count;
+  const [, , lh, lw] = cache.latents.shape as [number, number, number, number];
+  const rng = new Rng(mixSeed(seed, 0x57e9, step));
+  const idx = batchIndices(step, B, cache.count, seed);
+  const z0 = (takeRows(cache.latents, idx).data as Float32Array).map((v) => v * scaleFactor);
+  const t = Array.from({ length: B }, () => timesteps.draw(rng, progress));
+  const eps = rng.normalArray(B * per);
+  const abar = t.map((x) => model.schedule.abar(x));
+  const drop = Array.from({ length: B }, () => rng.uniform() < cfg.conditioning.dropout);
+  const shape = [B, ...cache.latents.shape.slice(1)];
+  return {
+    // SR: the degradation draws from its own stream, so the other draws of a step stay as without it.
+    ...model.conditioner.feeds(sr ? await srConditions(cache, sr, idx, new Rng(mixSeed(seed, 0x5e6, step))) : gatherConditions(cache, idx), B, lh, lw, drop),
+    [INPUT_X]: float32(shape, model.schedule.qSample(z0, eps, t)),
+    [INPUT_T]: float32([B], t),
+    [INPUT_TARGET]: float32(shape, trainingTarget(model.parameterization, z0, eps, abar)),
+  };
+}
+
+// ---------------------------------------------------------------- checkpoints, sample grids and the model file
+
+/** The model's checkpoint tensors and metadata for `weights`: the first stage, scale factor, seed, tokenizer and class names ride along. */
+function checkpointParts(s: LdmSession, weights: ReadonlyMap<string, HostTensor>): ReturnType<typeof ldmCheckpointParts> {
+  const { firstStage, scaleFactor, seed, tokenizer, cache } = s;
+  return ldmCheckpointParts({
+    firstStage, scaleFactor, seed, ...(tokenizer ? { tokenizer } : {}),
+    ...(cache.classNames ? { classNames: cache.classNames } : {}), ...(cache.labelMapClasses ? { labelMapClasses: cache.labelMapClasses } : {}),
+    params: weights,
+  });
+}
+
+function saveLdmCheckpoint(s: LdmSession, step: number): Promise<{ path: string; emaPath?: string }> {
+  const { trainer, cfg } = s;
+  return saveTrainingCheckpoint(s.run, {
+    step, kind: 'ldm', config: cfg, params: checkpointParts(s, trainer.params).params, trainers: { [TRAINER]: trainer },
+    ...(trainer.ema ? { ema: checkpointParts(s, trainer.emaParams()).params } : {}), extra: checkpointParts(s, new Map()).extra, keep: cfg.train.keep_checkpoints,
+  });
+}
+
+/** A grid of samples from the EMA weights at `step`, with the config's sample settings, into samples/. */
+async function writeSamples(session: LdmSession, step: number): Promise<void> {
+  const { cfg, cache, sr, seed, model, executor, trainer, firstStage, scaleFactor, run, note } = session;
+  const denoiser = (session.denoiser ??= new Denoiser(model, executor, () => trainer.emaParams(), 'input'));
+  const s = cfg.sample;
+  const first = Int32Array.from({ length: Math.min(s.n, cache.count) }, (_, i) => i);
+  const srImages = sr ? (await srConditions(cache, sr, first, new Rng(mixSeed(seed, 0x9d1)))).images : undefined;
+  const conds = gridConditions(model, cache, s.n, srImages);
+  const parts = { model, firstStage, scaleFactor, imageSize: cfg.data.size };
+  const request = { steps: s.steps, sampler: s.sampler, eta: s.eta, seed };
+  let images: HostTensor;
+  let labels: string[];
+  if (sr && s.strength < 1) {
+    // As `ldm upscale` samples it: each crop from its own bicubic upscale, noised to sample.strength.
+    const made = [];
+    for (const c of conds) {
+      const image = firstStage.factor === 1 ? c.image! : await upscaleClassical(c.image!, firstStage.factor, 'bicubic');
+      made.push(await generate(parts, denoiser, { ...request, n: 1, conditions: [c], init: { image, strength: s.strength } }));
+    }
+    images = concatRows(made.map((g) => g.images));
+    labels = made.flatMap((g) => g.labels);
+  } else {
+    ({ images, labels } = await generate(parts, denoiser, { ...request, n: conds.length ? 1 : s.n, conditions: conds, guidance: conds.length ? s.guidance : 1 }));
+  }
+  const file = run.samplePath(step);
+  await saveGrid(file, enlargeForGrid(images), { force: true, nrow: Math.min(8, labels.length), ...(conds.length ? { labels } : {}), onWarning: note });
+  session.samples.push(file);
+}
+
+/**
+ * After the loop: model.safetensors (EMA weights when kept, one file that samples on its own) and the run's result. A
+ * resume re-exports a model that does not hold this step (an export killed midway left the older one).
+ */
+async function finishLdm(s: LdmSession, loop: LdmLoop, started: number): Promise<TrainLdmResult> {
+  const { run, trainer, cfg, cache, latest } = s;
   const modelFile = run.modelPath;
-  if (trainer.step > startStep || (await checkpointStepOf(modelFile)) !== trainer.step) {
-    const final = parts(trainer.ema ? trainer.emaParams() : trainer.params);
+  if (trainer.step > loop.startStep || (await checkpointStepOf(modelFile)) !== trainer.step) {
+    const final = checkpointParts(s, trainer.ema ? trainer.emaParams() : trainer.params);
     await exportModel(modelFile, { kind: 'ldm', config: cfg, params: final.params, step: trainer.step, weights: trainer.ema ? 'ema' : 'raw', extra: final.extra });
   }
-  const latestNow = saved ?? (latest ? { path: latest.path, ...(latest.emaPath ? { emaPath: latest.emaPath } : {}) } : undefined);
-  const stepsPerSecond = rate.perSecond();
+  const latestNow = loop.saved ?? (latest ? { path: latest.path, ...(latest.emaPath ? { emaPath: latest.emaPath } : {}) } : undefined);
+  const stepsPerSecond = loop.rate.perSecond();
   return {
     run: run.dir,
-    startStep,
+    startStep: loop.startStep,
     step: trainer.step,
-    ...(last ? { loss: last.loss } : {}),
+    ...(loop.last ? { loss: loop.last.loss } : {}),
     model: modelFile,
     ...(latestNow ? { checkpoint: latestNow.path } : {}),
     ...(latestNow?.emaPath ? { ema: latestNow.emaPath } : {}),
-    scaleFactor,
-    lr,
+    scaleFactor: s.scaleFactor,
+    lr: s.lr,
     cache: { file: cache.file, reused: cache.reused, count: cache.count },
-    samples,
+    samples: s.samples,
     ...(stepsPerSecond !== undefined ? { stepsPerSecond } : {}),
     seconds: (Date.now() - started) / 1000,
-    stopped,
+    stopped: loop.stopped,
   };
 }
 
