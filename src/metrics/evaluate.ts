@@ -1,7 +1,7 @@
 /**
- * What `ldm eval-fid A B` does, as a library: each side is a statistics file (.npz) or any data set spec (image
- * folder, fashion-mnist, ...) turned into features; FID always, KID / precision-recall / Inception Score on
- * request. Every report names the feature network that produced its numbers.
+ * The scores of two sides (eval-fid.ts runs them for `ldm eval-fid`): each side is a statistics file (.npz) or any
+ * data set spec (image folder, fashion-mnist, ...) turned into features; FID always, KID / precision-recall /
+ * Inception Score on request. Every report names the feature network that produced its numbers.
  */
 import type { Executor } from '../engine/executor.js';
 import { openDataset, type OpenDatasetOptions } from '../data/sources.js';
