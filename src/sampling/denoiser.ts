@@ -14,19 +14,30 @@ import { concatFeeds, type CondFeeds } from '../models/conditioning.js';
 import { INPUT_T, INPUT_X, type LatentDiffusion } from '../models/latent-diffusion.js';
 
 /**
+ * ONNX keeps a model in one protobuf, which cannot exceed 2 GiB; weights past this size are fed as inputs instead of
+ * baked in (Stable Diffusion's UNet is 3.4 GB of float32). The margin leaves room for the graph itself.
+ */
+export const MAX_BAKED_WEIGHT_BYTES = 1.5 * 2 ** 30;
+
+/**
  * The LDM's denoiser on an executor. `const` bakes `params` into each compiled program (fastest, for sampling
- * runs); `input` feeds them every call, so one program serves changing weights (grids during training).
+ * runs), unless they are too large for one ONNX model; `input` feeds them every call, so one program serves changing
+ * weights (grids during training).
  */
 export class Denoiser {
   private readonly programs = new ProgramCache();
+  /** How the weights reach the program: `const` asked for, and small enough to bake. */
+  readonly mode: 'const' | 'input';
 
   constructor(
     readonly model: LatentDiffusion,
     private readonly executor: Executor,
     private readonly params: () => ReadonlyMap<string, HostTensor>,
-    readonly mode: 'const' | 'input' = 'const',
+    mode: 'const' | 'input' = 'const',
+    maxBakedBytes = MAX_BAKED_WEIGHT_BYTES,
   ) {
     model.eval();
+    this.mode = mode === 'const' && weightBytes(params()) > maxBakedBytes ? 'input' : mode;
   }
 
   private program(shape: readonly number[]): Promise<Program> {
@@ -69,4 +80,10 @@ export class Denoiser {
   async dispose(): Promise<void> {
     await this.programs.dispose();
   }
+}
+
+function weightBytes(params: ReadonlyMap<string, HostTensor>): number {
+  let bytes = 0;
+  for (const t of params.values()) bytes += t.data.byteLength;
+  return bytes;
 }
