@@ -70,7 +70,7 @@ async function prepareReference(ex: Executor): Promise<{ sample: (steps: number)
   return {
     sample: async (steps) => {
       const t0 = performance.now();
-      await sampleLatents({ shape, model, schedule, sampler: createSampler('ddim', schedule, { steps, eta: 0 }), parameterization: 'eps', rng: new Rng(1) });
+      await sampleLatents({ shape, model, schedule, sampler: createSampler('ddim', schedule, { steps, eta: 0 }), parameterization: 'eps', guidance: 1, rng: new Rng(1) });
       return (performance.now() - t0) / 1000;
     },
     dispose: () => program.dispose(),

@@ -14,7 +14,9 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { selectBackend } from '../src/engine/backend.js';
-import { upscaleFiles, type ColorFix, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale/upscale-files.js';
+import { upscaleFiles, type ColorFix, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale/upscale-files.js';
+import type { UpscaleOverrides } from '../src/pipelines/upscale/model.js';
+import { definedOnly } from '../src/util/defined.js';
 import type { SamplerName } from '../src/diffusion/samplers.js';
 import { table, writeResults } from './util.js';
 
@@ -61,17 +63,14 @@ try {
 console.log(`wrote ${await writeResults(a.out, results)}`);
 
 /** The model's sampling flags as upscaleFiles options (--steps is the photo table's; --large has --large-steps). */
-function modelOptions(): Partial<UpscaleFilesOptions> {
-  return {
-    ...(a.steps !== undefined ? { steps: Number(a.steps) } : {}),
-    ...(a.sampler !== undefined ? { sampler: a.sampler as SamplerName } : {}),
-    ...(a.strength !== undefined ? { strength: Number(a.strength) } : {}),
-    ...(a.eta !== undefined ? { eta: Number(a.eta) } : {}),
-    ...(a['color-fix'] !== undefined ? { colorFix: a['color-fix'] as ColorFix } : {}),
+function modelOptions(): UpscaleOverrides {
+  const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  return definedOnly({
+    steps: num(a.steps), sampler: a.sampler as SamplerName | undefined, strength: num(a.strength), eta: num(a.eta),
+    colorFix: a['color-fix'] as ColorFix | undefined,
     // Default: the checkpoint's sample.tile, else its training crop (slow on whole photos for a pixel-space model).
-    ...(a.tile !== undefined ? { tile: Number(a.tile) } : {}),
-    ...(a['tile-batch'] !== undefined ? { tileBatch: Number(a['tile-batch']) } : {}),
-  };
+    tile: num(a.tile), tileBatch: num(a['tile-batch']),
+  });
 }
 
 /** The model, bicubic and Lanczos on the photos' x4-downscaled versions, and the issue's targets. */
@@ -86,7 +85,7 @@ async function photoTable(photos: string): Promise<void> {
       console.error(`${method}...`);
       runs[method] = await upscaleFiles({
         inputs: [lr], outDir: path.join(work, method), method, seed, reference: photos,
-        ...(method === 'model' ? { ckpt: a.ckpt, executor, ...modelOptions() } : {}),
+        ...(method === 'model' ? { ckpt: a.ckpt, executor, settings: modelOptions() } : {}),
       });
     }
   } finally {

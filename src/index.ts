@@ -62,7 +62,8 @@ export { DomainClassifier, loadClassifier, saveClassifier } from './models/class
 export { trainAutoencoder, type TrainAutoencoderOptions } from './training/train-autoencoder.js';
 export { trainLdm, resolveLdmConfig, type TrainLdmOptions } from './training/train-ldm.js';
 export * as autoencode from './pipelines/autoencode.js';
-export { generate } from './sampling/generate.js';
+export { generate, sampleInputs } from './sampling/generate.js';
+export { resolveSampleSettings, type SampleSettings, type SampleOverrides } from './sampling/sample-settings.js';
 export { sampleToFiles } from './pipelines/sample-files.js';
 export { Denoiser } from './sampling/denoiser.js';
 export { exportOnnx, traceForExport } from './pipelines/export-onnx.js';
@@ -71,7 +72,7 @@ export {
 } from './pipelines/conditional-eval.js';
 export { quickstart, QUICKSTART_PROMPTS, type QuickstartOptions, type QuickstartResult } from './training/quickstart.js';
 export { upscaleFiles, UPSCALE_METHODS, type UpscaleFilesOptions, type UpscaleFilesResult, type UpscaledFile, type UpscaleMethod } from './pipelines/upscale/upscale-files.js';
-export { loadSrModel, srScaleOf, upscaleWithModel, tilePlan, type SrModel, type ModelUpscaleOptions } from './pipelines/upscale/model.js';
+export { loadSrModel, srScaleOf, upscaleWithModel, resolveUpscaleSettings, tilePlan, type SrModel, type ModelUpscaleOptions, type UpscaleSettings, type UpscaleOverrides } from './pipelines/upscale/model.js';
 export { upscaleClassical, downscaleClassical, resizeClassical, CLASSICAL_METHODS, type ClassicalMethod } from './pipelines/upscale/classical.js';
 export { tileGrid, tilesOf, tileWeight, TileBlend, seamRatio, seamRatios } from './pipelines/upscale/tiles.js';
 export { compareToReference, findReference, type SrMetrics } from './pipelines/upscale/reference.js';

@@ -18,7 +18,7 @@ import {
 } from '../src/pipelines/conditional-eval.js';
 
 const executor = new OnnxExecutor({ threads: 1 });
-const opts = { n: 3, steps: 2, sampler: 'ddim' as const, guidance: 2, seed: 1 };
+const opts = { n: 3, settings: { steps: 2, sampler: 'ddim' as const, guidance: 2 }, seed: 1 };
 
 function model(over: Partial<LatentDiffusionConfigInput>, channels: number, size: number, tokenizer?: Tokenizer): JudgedModel {
   const config = LatentDiffusionConfigSchema.parse({

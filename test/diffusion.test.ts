@@ -122,7 +122,7 @@ for (const name of SAMPLER_NAMES) {
     const n = 4000;
     const x = await sampleLatents({
       shape: [n, 1, 1, 1], model: mixtureModel(sched), schedule: sched,
-      sampler: createSampler(name, sched, { steps: STEPS[name], eta: 0 }), rng: new Rng(7),
+      sampler: createSampler(name, sched, { steps: STEPS[name], eta: 0 }), guidance: 1, rng: new Rng(7),
     });
     const st = clusterStats(x);
     MIX.forEach((c, k) => {
@@ -138,7 +138,7 @@ for (const name of SAMPLER_NAMES) {
 test('a sampler with a wrong model does not reproduce the mixture (the check can fail)', async () => {
   const sched = new NoiseSchedule();
   const wrong: ModelFn = async (x) => ({ cond: new Float32Array(x.length) });
-  const x = await sampleLatents({ shape: [2000, 1, 1, 1], model: wrong, schedule: sched, sampler: createSampler('ddim', sched, { steps: 20 }), rng: new Rng(1) });
+  const x = await sampleLatents({ shape: [2000, 1, 1, 1], model: wrong, schedule: sched, sampler: createSampler('ddim', sched, { steps: 20 }), guidance: 1, rng: new Rng(1) });
   const st = clusterStats(x);
   assert.ok(Math.abs(st[0]!.m - MIX[0]!.mu) > 0.05 || Math.abs(st[1]!.sd / MIX[1]!.sd - 1) > 0.12);
 });
@@ -154,7 +154,7 @@ test('guidance 1 equals the conditional prediction; other scales extrapolate', (
 test('a seed reproduces a sample; another seed changes it', async () => {
   const sched = new NoiseSchedule();
   const run = (seed: number, name: SamplerName) => sampleLatents({ shape: [16, 1, 1, 1], model: mixtureModel(sched), schedule: sched,
-    sampler: createSampler(name, sched, { steps: 10, eta: 1 }), rng: new Rng(seed) });
+    sampler: createSampler(name, sched, { steps: 10, eta: 1 }), guidance: 1, rng: new Rng(seed) });
   for (const name of SAMPLER_NAMES) {
     assert.deepEqual([...(await run(5, name))], [...(await run(5, name))]);
     assert.notDeepEqual([...(await run(5, name))], [...(await run(6, name))]);
@@ -171,13 +171,13 @@ test('inpainting keeps the known region and img2img starts part-way', async () =
     calls++;
     return mixtureModel(sched)(x, t, false);
   };
-  const x = await sampleLatents({ shape: [n, 4, 1, 1], model, schedule: sched, sampler: createSampler('ddim', sched, { steps: 20 }), rng: new Rng(2), inpaint: { x0: known, mask } });
+  const x = await sampleLatents({ shape: [n, 4, 1, 1], model, schedule: sched, sampler: createSampler('ddim', sched, { steps: 20 }), guidance: 1, rng: new Rng(2), inpaint: { x0: known, mask } });
   for (let i = 0; i < n; i++) {
     assert.equal(x[i * 4]!, known[i * 4]!);
     assert.equal(x[i * 4 + 1]!, known[i * 4 + 1]!);
   }
   assert.equal(calls, 20);
   calls = 0;
-  await sampleLatents({ shape: [n, 4, 1, 1], model, schedule: sched, sampler: createSampler('ddim', sched, { steps: 20 }), rng: new Rng(2), init: { x0: known, strength: 0.5 } });
+  await sampleLatents({ shape: [n, 4, 1, 1], model, schedule: sched, sampler: createSampler('ddim', sched, { steps: 20 }), guidance: 1, rng: new Rng(2), init: { x0: known, strength: 0.5 } });
   assert.equal(calls, 10);
 });

@@ -15,7 +15,9 @@ import { Tokenizer } from '../src/models/tokenizer.js';
 import { COND_CONCAT, COND_LABELS, COND_TOKENS } from '../src/models/conditioning.js';
 import { Denoiser } from '../src/sampling/denoiser.js';
 import { enlargeForGrid } from '../src/sampling/grid.js';
-import { generate, latentKeepMask, type GenerateOptions, type LdmParts } from '../src/sampling/generate.js';
+import { generate, latentKeepMask, sampleInputs, type GenerateOptions, type LdmParts } from '../src/sampling/generate.js';
+import { resolveSampleSettings, type SampleOverrides } from '../src/sampling/sample-settings.js';
+import { definedOnly } from '../src/util/defined.js';
 import { parseClass } from '../src/pipelines/sample-files.js';
 import { sampleLatents } from '../src/diffusion/sampling-loop.js';
 import { createSampler } from '../src/diffusion/samplers.js';
@@ -43,7 +45,14 @@ const tokenizer = Tokenizer.fromCorpus(['bright left', 'bright right'], { maxLen
 const textModel = build({ unet: XATTN, conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 } } }, tokenizer);
 const plainModel = build({});
 
-const base: GenerateOptions = { n: 2, steps: 4, sampler: 'ddim', seed: 7 };
+const base = { n: 2, steps: 4, sampler: 'ddim' as const, seed: 7 };
+
+/** A request with its settings resolved as `ldm sample` resolves them: these overrides over the model's sample section. */
+function req(parts: LdmParts, r: Omit<GenerateOptions, 'settings'> & SampleOverrides): GenerateOptions {
+  const { steps, sampler, eta, guidance, strength, height, width, batchSize, ...request } = r;
+  const overrides = definedOnly({ steps, sampler, eta, guidance, strength, height, width, batchSize });
+  return { ...request, settings: resolveSampleSettings(parts.model.config.sample, overrides, sampleInputs(parts, request)) };
+}
 
 function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
@@ -54,7 +63,7 @@ function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 test('guidance: the batched call\'s conditional half is the conditional path, so scale 1 gives the conditional model\'s samples', async () => {
   const { parts, denoiser } = classModel;
   const conditions = [{ label: 1, name: 'left' }];
-  const plain = await generate(parts, denoiser, { ...base, conditions, guidance: 1 });
+  const plain = await generate(parts, denoiser, req(parts, { ...base, conditions, guidance: 1 }));
 
   // The same loop, but every call batched with the unconditional half (as guidance runs it), guided with scale 1.
   const shape = [2, 1, 8, 8];
@@ -73,7 +82,7 @@ test('guidance: the batched call\'s conditional half is the conditional path, so
   assert.ok(maxDiff(batched, plain.latents.data as Float32Array) < 1e-5, `batched vs plain differ by ${maxDiff(batched, plain.latents.data as Float32Array)}`);
   assert.ok(uncondDiffers > 1e-4, 'the null class gives another prediction');
 
-  const guided = await generate(parts, denoiser, { ...base, conditions, guidance: 4 });
+  const guided = await generate(parts, denoiser, req(parts, { ...base, conditions, guidance: 4 }));
   assert.ok(maxDiff(guided.latents.data as Float32Array, plain.latents.data as Float32Array) > 1e-4, 'guidance 4 changes the samples');
   assert.deepEqual(plain.labels, ['left', 'left']);
 });
@@ -81,16 +90,16 @@ test('guidance: the batched call\'s conditional half is the conditional path, so
 test('a seed reproduces its images; another seed gives others; batches split the same way', async () => {
   const { parts, denoiser } = textModel;
   const conditions = [{ prompt: 'bright left', name: 'a' }, { prompt: 'bright right', name: 'b' }];
-  const a = await generate(parts, denoiser, { ...base, conditions, guidance: 2, negativePrompt: 'right' });
-  const b = await generate(parts, denoiser, { ...base, conditions, guidance: 2, negativePrompt: 'right' });
-  const c = await generate(parts, denoiser, { ...base, conditions, guidance: 2, negativePrompt: 'right', seed: 8 });
+  const a = await generate(parts, denoiser, req(parts, { ...base, conditions, guidance: 2, negativePrompt: 'right' }));
+  const b = await generate(parts, denoiser, req(parts, { ...base, conditions, guidance: 2, negativePrompt: 'right' }));
+  const c = await generate(parts, denoiser, req(parts, { ...base, conditions, guidance: 2, negativePrompt: 'right', seed: 8 }));
   assert.deepEqual(a.images.shape, [4, 1, 8, 8]);
   assert.deepEqual(a.images.data, b.images.data);
   assert.ok(maxDiff(a.images.data as Float32Array, c.images.data as Float32Array) > 1e-3);
   assert.ok((a.images.data as Float32Array).every((v) => v >= -1 && v <= 1), 'images are clamped to [-1, 1]');
-  const single = await generate(parts, denoiser, { ...base, conditions, guidance: 2, negativePrompt: 'right', batchSize: 1 });
+  const single = await generate(parts, denoiser, req(parts, { ...base, conditions, guidance: 2, negativePrompt: 'right', batchSize: 1 }));
   assert.ok(maxDiff(a.images.data as Float32Array, single.images.data as Float32Array) < 1e-5, 'one image a call gives the same images');
-  const noNeg = await generate(parts, denoiser, { ...base, conditions, guidance: 2 });
+  const noNeg = await generate(parts, denoiser, req(parts, { ...base, conditions, guidance: 2 }));
   assert.ok(maxDiff(a.images.data as Float32Array, noNeg.images.data as Float32Array) > 1e-5, 'the negative prompt is the unconditional branch');
 });
 
@@ -105,7 +114,7 @@ test('inpainting keeps the known region exactly (in latent space) and regenerate
   const init = initImage();
   const mask = new Float32Array(64);
   for (let y = 0; y < 8; y++) for (let x = 0; x < 3; x++) mask[y * 8 + x] = 1; // white = regenerate the left 3 columns
-  const gen = await generate(parts, denoiser, { ...base, init: { image: init, strength: 1 }, mask: float32([1, 8, 8], mask) });
+  const gen = await generate(parts, denoiser, req(parts, { ...base, init, strength: 1, mask: float32([1, 8, 8], mask) }));
   const z = gen.latents.data as Float32Array;
   const src = init.data as Float32Array;
   for (let i = 0; i < 2; i++) {
@@ -127,7 +136,7 @@ test('img2img: a small strength stays near the init image, strength 1 does not',
   const { parts, denoiser } = plainModel;
   const init = initImage();
   const dist = async (strength: number) => {
-    const g = await generate(parts, denoiser, { ...base, n: 1, steps: 10, init: { image: init, strength } });
+    const g = await generate(parts, denoiser, req(parts, { ...base, n: 1, steps: 10, init, strength }));
     let s = 0;
     (g.images.data as Float32Array).forEach((v, j) => (s += (v - (init.data as Float32Array)[j]!) ** 2));
     return s / 64;
@@ -139,10 +148,10 @@ test('img2img: a small strength stays near the init image, strength 1 does not',
 
 test('larger outputs than the training size: any size the model divides', async () => {
   const { parts, denoiser } = plainModel;
-  const g = await generate(parts, denoiser, { ...base, n: 1, height: 16, width: 24 });
+  const g = await generate(parts, denoiser, req(parts, { ...base, n: 1, height: 16, width: 24 }));
   assert.deepEqual(g.images.shape, [1, 1, 16, 24]);
   const twoLevel = build({ unet: { ...UNET, channel_mult: [1, 1] } });
-  await assert.rejects(generate(twoLevel.parts, twoLevel.denoiser, { ...base, height: 9 }), /image size 9x8 must be a multiple of 2/);
+  await assert.rejects(generate(twoLevel.parts, twoLevel.denoiser, req(twoLevel.parts, { ...base, height: 9 })), /image size 9x8 must be a multiple of 2/);
 });
 
 test('conditioning feeds: labels, tokens, one-hot label maps resized by nearest, condition images, null conditions', () => {
@@ -162,13 +171,13 @@ test('conditioning feeds: labels, tokens, one-hot label maps resized by nearest,
 });
 
 test('requests that do not fit the model fail with one clear line', async () => {
-  await assert.rejects(generate(plainModel.parts, plainModel.denoiser, { ...base, conditions: [{ prompt: 'a red circle', name: '' }] }), /^Error: this model is unconditional: it takes no prompt; sample it without one$/);
-  await assert.rejects(generate(plainModel.parts, plainModel.denoiser, { ...base, guidance: 3 }), /guidance needs a conditional model/);
-  await assert.rejects(generate(textModel.parts, textModel.denoiser, { ...base }), /this text-conditioned model needs a prompt \(--prompt or --prompts\)/);
-  await assert.rejects(generate(textModel.parts, textModel.denoiser, { ...base, conditions: [{ label: 1, name: '' }] }), /takes a prompt \(--prompt or --prompts\), not a class/);
-  await assert.rejects(generate(classModel.parts, classModel.denoiser, { ...base, conditions: [{ label: 1, name: '' }], negativePrompt: 'x' }), /negative prompt needs a text-conditioned model/);
-  await assert.rejects(generate(classModel.parts, classModel.denoiser, { ...base, conditions: [{ label: 5, name: '' }] }), /class 5 is outside 0\.\.1/);
-  await assert.rejects(generate(plainModel.parts, plainModel.denoiser, { ...base, mask: float32([1, 8, 8]) }), /inpainting needs the image to inpaint/);
+  await assert.rejects(generate(plainModel.parts, plainModel.denoiser, req(plainModel.parts, { ...base, conditions: [{ prompt: 'a red circle', name: '' }] })), /^Error: this model is unconditional: it takes no prompt; sample it without one$/);
+  await assert.rejects(generate(plainModel.parts, plainModel.denoiser, req(plainModel.parts, { ...base, guidance: 3 })), /guidance needs a conditional model/);
+  await assert.rejects(generate(textModel.parts, textModel.denoiser, req(textModel.parts, { ...base })), /this text-conditioned model needs a prompt \(--prompt or --prompts\)/);
+  await assert.rejects(generate(textModel.parts, textModel.denoiser, req(textModel.parts, { ...base, conditions: [{ label: 1, name: '' }] })), /takes a prompt \(--prompt or --prompts\), not a class/);
+  await assert.rejects(generate(classModel.parts, classModel.denoiser, req(classModel.parts, { ...base, conditions: [{ label: 1, name: '' }], negativePrompt: 'x' })), /negative prompt needs a text-conditioned model/);
+  await assert.rejects(generate(classModel.parts, classModel.denoiser, req(classModel.parts, { ...base, conditions: [{ label: 5, name: '' }] })), /class 5 is outside 0\.\.1/);
+  await assert.rejects(generate(plainModel.parts, plainModel.denoiser, req(plainModel.parts, { ...base, mask: float32([1, 8, 8]) })), /inpainting needs the image to inpaint/);
   const ldm = { config: classModel.parts.model.config, classNames: ['right', 'left'] };
   assert.equal(parseClass('left', ldm), 1);
   assert.equal(parseClass('0', ldm), 0);
@@ -189,16 +198,16 @@ test('a caption-layout model samples at its size and beyond it, and the layout c
   const text = { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 };
   const m = build({ unet: { ...XATTN, in_channels: 3 }, conditioning: { type: 'text', text: { ...text, layout: { channels: 2, frequencies: 3 } } } }, tokenizer);
   const conditions = [{ prompt: 'bright left', name: 'a' }, { prompt: 'bright right', name: 'b' }];
-  const small = await generate(m.parts, m.denoiser, { ...base, conditions, guidance: 2 });
+  const small = await generate(m.parts, m.denoiser, req(m.parts, { ...base, conditions, guidance: 2 }));
   assert.deepEqual(small.images.shape, [4, 1, 8, 8]);
-  const large = await generate(m.parts, m.denoiser, { ...base, conditions, guidance: 2, height: 16, width: 16 });
+  const large = await generate(m.parts, m.denoiser, req(m.parts, { ...base, conditions, guidance: 2, height: 16, width: 16 }));
   assert.deepEqual(large.images.shape, [4, 1, 16, 16]);
   assert.ok((large.images.data as Float32Array).every(Number.isFinite));
   // Cut the cross-attention's reach (its proj_out to zero): the prompt still changes the samples, through the layout.
   const params = new Map(m.params);
   for (const [n, w] of params) if (/proj_out\.weight$/.test(n)) params.set(n, float32(w.shape, new Float32Array(w.data.length)));
   const noXattn = new Denoiser(m.parts.model, executor, () => params);
-  const one = async (prompt: string) => (await generate(m.parts, noXattn, { ...base, n: 1, conditions: [{ prompt, name: prompt }], guidance: 1 })).images.data as Float32Array;
+  const one = async (prompt: string) => (await generate(m.parts, noXattn, req(m.parts, { ...base, n: 1, conditions: [{ prompt, name: prompt }], guidance: 1 }))).images.data as Float32Array;
   assert.ok(maxDiff(await one('bright left'), await one('bright right')) > 1e-3, 'left and right differ without cross-attention');
 });
 
@@ -206,7 +215,7 @@ test('a refiner takes the steps below its switch: none below 0, all below T, and
   const text = { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 };
   const a = build({ unet: XATTN, conditioning: { type: 'text', text } }, tokenizer);
   const b = build({ unet: { ...XATTN, model_channels: 64 }, conditioning: { type: 'text', text } }, tokenizer);
-  const opts: GenerateOptions = { ...base, steps: 6, conditions: [{ prompt: 'bright left', name: 'l' }], guidance: 2 };
+  const opts = req(a.parts, { ...base, steps: 6, conditions: [{ prompt: 'bright left', name: 'l' }], guidance: 2 });
   const run = async (below?: number) => (await generate(a.parts, a.denoiser, {
     ...opts, ...(below !== undefined ? { refiner: { model: b.parts.model, denoiser: b.denoiser, below } } : {}),
   })).latents.data as Float32Array;

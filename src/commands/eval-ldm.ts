@@ -12,6 +12,7 @@ import {
   evaluateClassModel, evaluateSemanticMaps, evaluateShapesPrompts, type ConditionalEvalOptions, type ConditionalEvalResult,
 } from '../pipelines/conditional-eval.js';
 import { openRefiner, readLines } from '../pipelines/sample-files.js';
+import { definedOnly } from '../util/defined.js';
 
 export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   static override summary = 'Score how well a conditional LDM follows its condition: class accuracy, prompt accuracy on shapes, label-map fidelity.';
@@ -58,8 +59,8 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
       if (refined) this.note(`refiner ${refined.ldm.file}: step ${refined.ldm.step}, below timestep ${refined.refiner.below}`);
       this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights, ${ldm.model.conditioner.type}-conditioned; backend ${sel.executor.description}; seed ${seed}`);
       const opts: ConditionalEvalOptions = {
-        n: f.n, steps: f.steps, sampler: f.sampler, guidance: f.guidance, seed,
-        ...(f['batch-size'] !== undefined ? { batchSize: f['batch-size'] } : {}),
+        n: f.n, seed,
+        settings: definedOnly({ steps: f.steps, sampler: f.sampler, guidance: f.guidance, batchSize: f['batch-size'] }),
         ...(refined ? { refiner: refined.refiner } : {}),
         onProgress: (done, total) => {
           bar ??= this.progress({ total, label: 'condition' });

@@ -6,6 +6,7 @@ import { parseBackend, selectBackend } from '../engine/backend.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { sampleToFiles } from '../pipelines/sample-files.js';
 import { memoryLimit } from '../util/memory-budget.js';
+import { definedOnly } from '../util/defined.js';
 
 export default class Sample extends LdmCommand<typeof Sample> {
   static override summary = 'Draw images from a latent diffusion checkpoint: unconditional, by class, by prompt, from a label map; img2img and inpainting.';
@@ -65,28 +66,17 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
-        ...(f.tokenizer !== undefined ? { tokenizer: f.tokenizer } : {}),
-        ...(f.prediction !== undefined ? { prediction: f.prediction } : {}),
         memoryLimit: memoryLimit(f['max-memory']),
-        ...(f.ae !== undefined ? { ae: f.ae } : {}),
-        ...(f.refiner !== undefined ? { refiner: f.refiner } : {}),
-        ...(f['refiner-below'] !== undefined ? { refinerBelow: f['refiner-below'] } : {}),
-        ...(f.prompt ? { prompts: f.prompt } : {}),
-        ...(f.prompts !== undefined ? { promptsFile: f.prompts } : {}),
-        ...(f.negative !== undefined ? { negativePrompt: f.negative } : {}),
-        ...(f.class ? { classes: f.class } : {}),
-        ...(f.map !== undefined ? { map: f.map } : {}),
-        ...(f['cond-image'] !== undefined ? { condImage: f['cond-image'] } : {}),
-        ...(f.steps !== undefined ? { steps: f.steps } : {}),
-        ...(f.sampler !== undefined ? { sampler: f.sampler } : {}),
-        ...(f.eta !== undefined ? { eta: f.eta } : {}),
-        ...(f.guidance !== undefined ? { guidance: f.guidance } : {}),
-        ...(f.height !== undefined ? { height: f.height } : {}),
-        ...(f.width !== undefined ? { width: f.width } : {}),
-        ...(f['batch-size'] !== undefined ? { batchSize: f['batch-size'] } : {}),
-        ...(f['init-image'] !== undefined ? { initImage: f['init-image'] } : {}),
-        ...(f.strength !== undefined ? { strength: f.strength } : {}),
-        ...(f.mask !== undefined ? { mask: f.mask } : {}),
+        ...definedOnly({
+          tokenizer: f.tokenizer, prediction: f.prediction,
+          ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,
+          classes: f.class, map: f.map, condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
+        }),
+        // Unset flags stay absent: the checkpoint's sample section and the request decide them (resolveSampleSettings).
+        settings: definedOnly({
+          steps: f.steps, sampler: f.sampler, eta: f.eta, guidance: f.guidance, height: f.height, width: f.width,
+          batchSize: f['batch-size'], strength: f.strength,
+        }),
         onLoaded: (ldm) => this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights; backend ${sel.executor.description}; seed ${seed}`),
         onWarning: (m) => this.warning(m),
         onStep: (p) => {

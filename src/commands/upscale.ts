@@ -8,6 +8,7 @@ import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { Executor } from '../engine/executor.js';
 import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { memoryLimit } from '../util/memory-budget.js';
+import { definedOnly } from '../util/defined.js';
 import { COLOR_FIXES, UPSCALE_METHODS, upscaleFiles, type UpscaleFilesResult } from '../pipelines/upscale/upscale-files.js';
 
 export default class Upscale extends LdmCommand<typeof Upscale> {
@@ -71,18 +72,12 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
         inputs, outDir: f.out, method, seed: f.seed ?? 0, downscale: f.downscale,
         skipExisting: f['skip-existing'], force: f.force,
         memoryLimit: memoryLimit(f['max-memory']),
-        ...(f.ckpt !== undefined ? { ckpt: f.ckpt } : {}),
-        ...(executor ? { executor } : {}),
-        ...(f.scale !== undefined ? { scale: f.scale } : {}),
-        ...(f.steps !== undefined ? { steps: f.steps } : {}),
-        ...(f.sampler !== undefined ? { sampler: f.sampler } : {}),
-        ...(f.eta !== undefined ? { eta: f.eta } : {}),
-        ...(f.strength !== undefined ? { strength: f.strength } : {}),
-        ...(f['color-fix'] !== undefined ? { colorFix: f['color-fix'] } : {}),
-        ...(f.tile !== undefined ? { tile: f.tile } : {}),
-        ...(f['tile-overlap'] !== undefined ? { overlap: f['tile-overlap'] } : {}),
-        ...(f['tile-batch'] !== undefined ? { tileBatch: f['tile-batch'] } : {}),
-        ...(f.reference !== undefined ? { reference: f.reference } : {}),
+        ...definedOnly({ ckpt: f.ckpt, executor, scale: f.scale, reference: f.reference }),
+        // Unset flags stay absent: the checkpoint's sample section and the model decide them (resolveUpscaleSettings).
+        settings: definedOnly({
+          steps: f.steps, sampler: f.sampler, eta: f.eta, strength: f.strength, colorFix: f['color-fix'],
+          tile: f.tile, overlap: f['tile-overlap'], tileBatch: f['tile-batch'],
+        }),
         onImageStart: (_i, total) => {
           bar ??= this.progress({ total, label: 'image' });
           inner?.stop();

@@ -23,8 +23,8 @@ export interface SampleOptions {
   schedule: NoiseSchedule;
   sampler: Sampler;
   parameterization?: Parameterization;
-  /** Classifier-free guidance scale s: out = uncond + s (cond - uncond). 1 (default) is the plain conditional model. */
-  guidance?: number;
+  /** Classifier-free guidance scale s: out = uncond + s (cond - uncond). 1 is the plain conditional model. */
+  guidance: number;
   rng: Rng;
   /** Image-to-image (SDEdit): start from this clean latent, noised to the level `strength` of the way up. */
   init?: { x0: Float32Array; strength: number };
@@ -65,8 +65,7 @@ function replaceKnown(x: Float32Array, known: Float32Array, mask: Float32Array):
 export async function sampleLatents(o: SampleOptions): Promise<Float32Array> {
   const size = o.shape.reduce((a, b) => a * b, 1);
   const n = o.shape[0]!;
-  const { sampler, schedule: sched, rng } = o;
-  const guidance = o.guidance ?? 1;
+  const { sampler, schedule: sched, rng, guidance } = o;
   const param = o.parameterization ?? 'eps';
   const calls = sampler.timesteps.length;
   let start = 0;

@@ -11,22 +11,16 @@ import { requireShapesCaptions } from '../data/shapes.js';
 import { FeatureRunner } from '../metrics/features.js';
 import type { FeatureNetwork } from '../models/feature-network.js';
 import type { LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
-import type { SamplerName } from '../diffusion/samplers.js';
 import { Denoiser } from '../sampling/denoiser.js';
-import { generate, type Refiner, type SampleCondition } from '../sampling/generate.js';
+import { generate, sampleInputs, type Refiner, type SampleCondition } from '../sampling/generate.js';
+import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 
 export interface ConditionalEvalOptions {
   /** Samples per condition. */
   n: number;
-  steps: number;
-  sampler: SamplerName;
-  eta?: number;
-  guidance: number;
+  /** The settings chosen (steps, sampler, guidance ...); the checkpoint's sample section fills the rest. */
+  settings: SampleOverrides;
   seed: number;
-  /** Images per model call. */
-  batchSize?: number;
-  height?: number;
-  width?: number;
   /** Conditions done and in all, after each one. */
   onProgress?: (done: number, total: number) => void;
   /** A refiner for the low-noise steps (openRefiner). */
@@ -64,14 +58,12 @@ async function sampleAndJudge(
   const scores: ConditionScore[] = [];
   try {
     for (let c = 0; c < conditions.length; c++) {
-      const gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, denoiser, {
-        n: opts.n, conditions: [conditions[c]!], steps: opts.steps, sampler: opts.sampler, guidance: opts.guidance,
+      const parts = { ...ldm, imageSize: ldm.config.data.size };
+      const request = { n: opts.n, conditions: [conditions[c]!] };
+      const gen = await generate(parts, denoiser, {
+        ...request, settings: resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs(parts, request)),
         // A seed per condition: conditions sampled alone draw the same noise as they would in one batch of all.
         seed: opts.seed + c,
-        ...(opts.eta !== undefined ? { eta: opts.eta } : {}),
-        ...(opts.batchSize !== undefined ? { batchSize: opts.batchSize } : {}),
-        ...(opts.height !== undefined ? { height: opts.height } : {}),
-        ...(opts.width !== undefined ? { width: opts.width } : {}),
         ...(opts.refiner ? { refiner: opts.refiner } : {}),
       });
       const [n, ch, H, W] = gen.images.shape as [number, number, number, number];

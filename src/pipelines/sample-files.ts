@@ -12,8 +12,10 @@ import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm } from 
 import { assertWritable } from '../io/atomic.js';
 import { readImage, saveGrid, writePng } from '../io/image.js';
 import type { MemoryLimit } from '../util/memory-budget.js';
+import { definedOnly } from '../util/defined.js';
 import { Denoiser } from '../sampling/denoiser.js';
-import { generate, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
+import { generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
+import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 
 export interface SampleFilesOptions {
@@ -40,18 +42,12 @@ export interface SampleFilesOptions {
   /** Condition image (concat models). */
   condImage?: string;
   initImage?: string;
-  strength?: number;
   mask?: string;
   negativePrompt?: string;
   n: number;
-  steps?: number;
-  sampler?: SamplerName;
-  eta?: number;
-  guidance?: number;
+  /** The settings given (steps, sampler, guidance, size, strength ...); the checkpoint's sample section fills the rest. */
+  settings: SampleOverrides;
   seed: number;
-  height?: number;
-  width?: number;
-  batchSize?: number;
   /** Sample with the trained (raw) weights even when an EMA file sits beside the checkpoint. */
   noEma?: boolean;
   force?: boolean;
@@ -153,10 +149,7 @@ async function readLabelMap(file: string, classes: number): Promise<HostTensor> 
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
-  let ldm = await readLdmCheckpoint(file, opts.executor, {
-    ...(opts.tokenizer !== undefined ? { tokenizer: opts.tokenizer } : {}),
-    ...(opts.prediction !== undefined ? { prediction: opts.prediction } : {}),
-  });
+  let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({ tokenizer: opts.tokenizer, prediction: opts.prediction }));
   opts.onLoaded?.(ldm);
   const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
   let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
@@ -176,9 +169,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       conditions.push({ map: await readLabelMap(opts.map, k), name: path.basename(opts.map) });
     }
     if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
-    const init = opts.initImage
-      ? { image: await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }), strength: opts.strength ?? (opts.mask ? 1 : 0.75) }
-      : undefined;
+    const init = opts.initImage ? await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }) : undefined;
     const mask = opts.mask ? await readImage(opts.mask, { channels: 1 }).then((m) => float32(m.shape, (m.data as Float32Array).map((v) => (v + 1) / 2))) : undefined;
 
     const total = (conditions.length || 1) * opts.n;
@@ -189,24 +180,12 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
 
     const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
     for (const w of warnings) opts.onWarning?.(w);
-    const s = ldm.config.sample;
-    const gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, denoiser, {
-      n: opts.n,
-      conditions,
-      steps: opts.steps ?? s.steps,
-      sampler: opts.sampler ?? s.sampler,
-      eta: opts.eta ?? s.eta,
-      guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
-      seed: opts.seed,
-      ...(opts.negativePrompt !== undefined ? { negativePrompt: opts.negativePrompt } : {}),
-      ...(opts.height !== undefined ? { height: opts.height } : {}),
-      ...(opts.width !== undefined ? { width: opts.width } : {}),
-      ...(opts.batchSize !== undefined ? { batchSize: opts.batchSize } : {}),
-      ...(init ? { init } : {}),
-      ...(mask ? { mask } : {}),
-      ...(opts.onStep ? { onStep: opts.onStep } : {}),
-      ...(refined ? { refiner: refined.refiner } : {}),
-      ...(opts.memoryLimit ? { memoryLimit: opts.memoryLimit } : {}),
+    const parts = { ...ldm, imageSize: ldm.config.data.size };
+    const request = definedOnly({ n: opts.n, conditions, init, mask });
+    const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs(parts, request));
+    const gen = await generate(parts, denoiser, {
+      ...request, settings, seed: opts.seed,
+      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit }),
     });
     const [, ch, H, W] = gen.images.shape as [number, number, number, number];
     await fsp.mkdir(opts.outDir, { recursive: true });
@@ -219,7 +198,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     await saveGrid(grid, enlargeForGrid(gen.images), { nrow: Math.min(8, Math.max(opts.n, Math.ceil(Math.sqrt(total)))), force: opts.force, ...(labelled ? { labels: gen.labels } : {}) });
     return {
       ckpt: file, weights: ldm.weights, images: files, grid, n: total, height: H, width: W, seed: opts.seed,
-      steps: opts.steps ?? s.steps, sampler: opts.sampler ?? s.sampler, guidance: opts.guidance ?? (conditions.length ? s.guidance : 1),
+      steps: settings.steps, sampler: settings.sampler, guidance: settings.guidance,
       ...(refined ? { refiner: { ckpt: refined.ldm.file, below: refined.refiner.below } } : {}),
       warnings,
       seconds: (Date.now() - started) / 1000,

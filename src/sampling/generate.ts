@@ -8,7 +8,7 @@
  */
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { Rng } from '../util/random.js';
-import { createSampler, type SamplerName } from '../diffusion/samplers.js';
+import { createSampler } from '../diffusion/samplers.js';
 import { sampleLatents } from '../diffusion/sampling-loop.js';
 import type { CondFeeds, Conditions } from '../models/conditioning.js';
 import type { LatentDiffusion } from '../models/latent-diffusion.js';
@@ -18,6 +18,7 @@ import { attentionHeads, type UNetConfig } from '../config/unet-config.js';
 import { PROCESS_BASE_BYTES, checkMemory, memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
 import { pngWriteBytes } from '../io/image.js';
 import type { Denoiser } from './denoiser.js';
+import type { SampleInputs, SampleSettings } from './sample-settings.js';
 
 /** One condition: each gets `n` images. */
 export interface SampleCondition {
@@ -47,20 +48,13 @@ export interface GenerateOptions {
   n: number;
   /** One entry per condition; none: unconditional samples. */
   conditions?: readonly SampleCondition[];
-  steps: number;
-  sampler: SamplerName;
-  eta?: number;
-  /** Classifier-free guidance scale; 1 = the conditional model alone. */
-  guidance?: number;
+  /** Complete, from resolveSampleSettings (sample-settings.ts) with sampleInputs of this request. */
+  settings: SampleSettings;
   /** Text models: the unconditional branch of guidance uses this prompt instead of the empty one. */
   negativePrompt?: string;
   seed: number;
-  height?: number;
-  width?: number;
-  /** Images per model call (default min(total, 8)); guidance doubles the batch the model sees. */
-  batchSize?: number;
-  /** img2img: start from this image [C, H, W] noised `strength` (0, 1] of the way. */
-  init?: { image: HostTensor; strength: number };
+  /** img2img: start from this image [C, H, W] noised settings.strength (0, 1] of the way. */
+  init?: HostTensor;
   /** Inpainting, with init.image: [1, H, W] or [H, W] in [0, 1], white (>= 0.5) = regenerate, black = keep. */
   mask?: HostTensor;
   /** After each denoising call of a batch. */
@@ -155,7 +149,7 @@ function checkRequest(parts: LdmParts, opts: GenerateOptions, conds: readonly Sa
     const wrong = given.find((k) => k !== field);
     if (wrong) throw new Error(`this ${type}-conditioned model takes ${what}, not ${wrong === 'label' ? 'a class' : `a ${wrong}`}`);
   }
-  if ((opts.guidance ?? 1) !== 1 && type === 'none') throw new Error('guidance needs a conditional model; this one is unconditional, use --guidance 1');
+  if (opts.settings.guidance !== 1 && type === 'none') throw new Error('guidance needs a conditional model; this one is unconditional, use --guidance 1');
   if (opts.negativePrompt !== undefined && type !== 'text') throw new Error('a negative prompt needs a text-conditioned model');
   if (!Number.isInteger(opts.n) || opts.n < 1) throw new Error(`n must be a positive integer, got ${opts.n}`);
   if (opts.mask && !opts.init) throw new Error('inpainting needs the image to inpaint: give --init-image with --mask');
@@ -203,19 +197,27 @@ export function sampleMemoryBytes(
     + firstStageRunBytes(fs, x.batch, x.height, x.width) + x.batch * C * x.height * x.width * 4;
 }
 
+/** What a request gives resolveSampleSettings to default from: its conditions, images in all, mask, and its inputs' size. */
+export function sampleInputs(
+  parts: Pick<LdmParts, 'model' | 'firstStage' | 'imageSize'>,
+  request: Pick<GenerateOptions, 'n' | 'conditions' | 'init' | 'mask'>,
+): SampleInputs {
+  const conds = request.conditions ?? [];
+  const firstMap = conds[0]?.map;
+  const firstImg = conds[0]?.image;
+  const size = request.init ? sizeOf(request.init)
+    : firstMap ? sizeOf(firstMap)
+      : firstImg && parts.model.conditioner.type === 'concat' ? sizeOf(firstImg).map((s) => s * parts.firstStage.factor) as [number, number]
+        : [parts.imageSize, parts.imageSize] as const;
+  return { conditions: conds.length, total: (conds.length || 1) * request.n, mask: request.mask !== undefined, size };
+}
+
 /** Draw images. Reproducible from the seed on one executor: noise comes from one Rng, batch after batch. */
 export async function generate(parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions): Promise<Generated> {
   const conds = opts.conditions ?? [];
   checkRequest(parts, opts, conds);
   const { model, firstStage: fs, scaleFactor } = parts;
-  const firstMap = conds[0]?.map;
-  const firstImg = conds[0]?.image;
-  const [defH, defW] = opts.init ? sizeOf(opts.init.image)
-    : firstMap ? sizeOf(firstMap)
-      : firstImg && model.conditioner.type === 'concat' ? sizeOf(firstImg).map((s) => s * fs.factor) as [number, number]
-        : [parts.imageSize, parts.imageSize];
-  const H = opts.height ?? defH;
-  const W = opts.width ?? defW;
+  const { height: H, width: W, batchSize: bs, guidance, strength } = opts.settings;
   model.checkFirstStage(fs, H, W);
   const f = fs.factor;
   const c = model.latentChannels;
@@ -225,14 +227,13 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
 
   const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
   const total = list.length;
-  const bs = Math.max(1, Math.min(opts.batchSize ?? 8, total));
-  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: (opts.guidance ?? 1) !== 1, height: H, width: W }), opts.memoryLimit ?? memoryLimit(),
+  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: guidance !== 1, height: H, width: W }), opts.memoryLimit ?? memoryLimit(),
     `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, or raise --max-memory');
 
   let initLatent: Float32Array | undefined;
   let keep: Float32Array | undefined;
   if (opts.init) {
-    const img = opts.init.image;
+    const img = opts.init;
     if (img.shape.length !== 3 || img.shape[0] !== fs.imageChannels) {
       throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${img.shape.join(', ')}]`);
     }
@@ -247,7 +248,6 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
   }
 
   const rng = new Rng(opts.seed);
-  const guidance = opts.guidance ?? 1;
   const latents = new Float32Array(total * per);
   for (let start = 0; start < total; start += bs) {
     const chunk = list.slice(start, start + bs);
@@ -259,14 +259,14 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
       const cf = m.conditioner.feeds(given, n, h, w);
       return [cf, guidance !== 1 ? m.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : cf];
     };
-    const sampler = createSampler(opts.sampler, model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
+    const sampler = createSampler(opts.settings.sampler, model.schedule, { steps: opts.settings.steps, eta: opts.settings.eta });
     const repeat = (x: Float32Array) => {
       const out = new Float32Array(n * per);
       for (let i = 0; i < n; i++) out.set(x, i * per);
       return out;
     };
     const x0 = initLatent ? repeat(initLatent) : undefined;
-    const useInit = x0 && (!keep || opts.init!.strength < 1);
+    const useInit = x0 && (!keep || strength < 1);
     let fn = denoiser.modelFn(shape, ...feedsFor(model));
     const ref = opts.refiner;
     if (ref) {
@@ -277,7 +277,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     const z = await sampleLatents({
       shape, model: fn, schedule: model.schedule, sampler, parameterization: model.parameterization,
       guidance, rng,
-      ...(useInit ? { init: { x0: x0!, strength: opts.init!.strength } } : {}),
+      ...(useInit ? { init: { x0: x0!, strength } } : {}),
       ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
       onStep: (call, calls) => opts.onStep?.({ done: start, batch: n, total, call, calls }),
     });

@@ -34,7 +34,8 @@ import { trainClassifier } from '../metrics/train-classifier.js';
 import { evaluateReconstruction } from '../pipelines/autoencode.js';
 import { Denoiser } from '../sampling/denoiser.js';
 import { enlargeForGrid } from '../sampling/grid.js';
-import { generate } from '../sampling/generate.js';
+import { generate, sampleInputs } from '../sampling/generate.js';
+import { resolveSampleSettings } from '../sampling/sample-settings.js';
 import { trainAutoencoder } from '../training/train-autoencoder.js';
 import { trainLdm, type TrainLdmResult } from '../training/train-ldm.js';
 import {
@@ -615,8 +616,11 @@ async function scoreCheckpoint(o: ScoreOptions): Promise<Omit<CheckpointFigures,
   let bar: Progress | undefined;
   try {
     const t0 = performance.now();
-    const gen = await generate({ model: ldm.model, firstStage: o.stage, scaleFactor: ldm.scaleFactor, imageSize: o.size }, denoiser, {
-      n: o.samples, steps: o.sampleSteps, sampler: 'ddim', seed: o.seed, batchSize: SAMPLE_BATCH,
+    const parts = { model: ldm.model, firstStage: o.stage, scaleFactor: ldm.scaleFactor, imageSize: o.size };
+    const request = { n: o.samples };
+    const settings = resolveSampleSettings(ldm.config.sample, { steps: o.sampleSteps, sampler: 'ddim', batchSize: SAMPLE_BATCH }, sampleInputs(parts, request));
+    const gen = await generate(parts, denoiser, {
+      ...request, settings, seed: o.seed,
       onStep: (p) => {
         bar ??= o.progress({ total: p.total, label: `f=${o.factor} sample` });
         if (p.call === p.calls - 1) bar.update(p.done + p.batch);

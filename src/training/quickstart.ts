@@ -20,7 +20,8 @@ import { resolveLdmConfig, trainLdm } from './train-ldm.js';
 import type { StepResult } from '../engine/trainer.js';
 import { Denoiser } from '../sampling/denoiser.js';
 import { enlargeForGrid } from '../sampling/grid.js';
-import { generate } from '../sampling/generate.js';
+import { generate, sampleInputs } from '../sampling/generate.js';
+import { resolveSampleSettings } from '../sampling/sample-settings.js';
 
 /**
  * One prompt per kind, in the shapes captions' grammar. Both stages train on the large centred shapes only (place and
@@ -110,12 +111,13 @@ export async function quickstart(opts: QuickstartOptions): Promise<QuickstartRes
   const n = opts.n ?? 4;
   const ldm = await readLdmCheckpoint(ldmModel, executor);
   const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');
-  const s = ldm.config.sample;
   opts.onStage?.('sample', prompts.length * n);
   let gen;
   try {
-    gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, denoiser, {
-      n, conditions: prompts.map((p) => ({ prompt: p, name: p })), steps: s.steps, sampler: s.sampler, eta: s.eta, guidance: s.guidance, seed,
+    const parts = { ...ldm, imageSize: ldm.config.data.size };
+    const request = { n, conditions: prompts.map((p) => ({ prompt: p, name: p })) };
+    gen = await generate(parts, denoiser, {
+      ...request, seed, settings: resolveSampleSettings(ldm.config.sample, {}, sampleInputs(parts, request)),
       onStep: (p) => { if (p.call + 1 === p.calls) opts.onProgress?.(p.done + p.batch); },
     });
   } finally {

@@ -27,7 +27,8 @@ import type { Conditions } from '../models/conditioning.js';
 import type { FirstStage } from '../models/first-stage.js';
 import { Denoiser } from '../sampling/denoiser.js';
 import { enlargeForGrid } from '../sampling/grid.js';
-import { generate, type SampleCondition } from '../sampling/generate.js';
+import { generate, sampleInputs, type GenerateOptions, type SampleCondition } from '../sampling/generate.js';
+import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
 import { degradeBatch } from '../data/degrade.js';
 import type { SrDataConfig } from '../config/sr-data-config.js';
@@ -437,20 +438,22 @@ async function writeSamples(session: LdmSession, step: number): Promise<void> {
   const srImages = sr ? (await srConditions(cache, sr, first, new Rng(mixSeed(seed, 0x9d1)))).images : undefined;
   const conds = gridConditions(model, cache, s.n, srImages);
   const parts = { model, firstStage, scaleFactor, imageSize: cfg.data.size };
-  const request = { steps: s.steps, sampler: s.sampler, eta: s.eta, seed };
+  const draw = (request: Pick<GenerateOptions, 'n' | 'conditions' | 'init'>, overrides: SampleOverrides = {}) => generate(parts, denoiser, {
+    ...request, seed, settings: resolveSampleSettings(s, overrides, sampleInputs(parts, request)),
+  });
   let images: HostTensor;
   let labels: string[];
   if (sr && s.strength < 1) {
-    // As `ldm upscale` samples it: each crop from its own bicubic upscale, noised to sample.strength.
+    // As `ldm upscale` samples it: each crop from its own bicubic upscale, noised to sample.strength, unguided.
     const made = [];
     for (const c of conds) {
       const image = firstStage.factor === 1 ? c.image! : await upscaleClassical(c.image!, firstStage.factor, 'bicubic');
-      made.push(await generate(parts, denoiser, { ...request, n: 1, conditions: [c], init: { image, strength: s.strength } }));
+      made.push(await draw({ n: 1, conditions: [c], init: image }, { strength: s.strength, guidance: 1 }));
     }
     images = concatRows(made.map((g) => g.images));
     labels = made.flatMap((g) => g.labels);
   } else {
-    ({ images, labels } = await generate(parts, denoiser, { ...request, n: conds.length ? 1 : s.n, conditions: conds, guidance: conds.length ? s.guidance : 1 }));
+    ({ images, labels } = await draw({ n: conds.length ? 1 : s.n, conditions: conds }));
   }
   const file = run.samplePath(step);
   await saveGrid(file, enlargeForGrid(images), { force: true, nrow: Math.min(8, labels.length), ...(conds.length ? { labels } : {}), onWarning: note });

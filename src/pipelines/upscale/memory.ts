@@ -8,7 +8,7 @@ import { PROCESS_BASE_BYTES } from '../../util/memory-budget.js';
 import { firstStageRunBytes, weightBytes } from '../../models/first-stage.js';
 import { unetRunBytes } from '../../sampling/generate.js';
 import type { ClassicalMethod } from './classical.js';
-import { tilePlan, type SrModel } from './model.js';
+import { tilePlan, type SrModel, type UpscaleSettings } from './model.js';
 
 /**
  * Float32 copies of the output alive at once with the model: the bicubic canvas (and its padded copy), the blended
@@ -21,12 +21,8 @@ export interface UpscaleMemoryPlan {
   /** Output over input side (downscale: the shrink factor). */
   scale: number;
   downscale?: boolean;
-  model?: SrModel;
-  tile?: number;
-  overlap?: number;
-  tileBatch?: number;
-  /** Model: SDEdit start below 1 encodes the bicubic canvas in tiles too. */
-  strength?: number;
+  /** Method model: the model and the settings every image runs with (a strength below 1 encodes the bicubic canvas too). */
+  sr?: { model: SrModel; settings: UpscaleSettings };
 }
 
 /** Estimated peak bytes of upscaling (or downscaling) one image of `info`'s size. */
@@ -39,14 +35,14 @@ export function upscaleMemoryBytes(info: Pick<ImageInfo, 'width' | 'height' | 'c
   const read = imageReadBytes(h, w, C + A, info.bitDepth, C);
   const write = pngWriteBytes(C + A, H, W, info.bitDepth) + A * 2 * H * W * 4; // and the alpha plane's bicubic resize
   const input = 2 * C * h * w * 4; // a crop or padded copy, and a grey image's three channels
-  if (plan.method !== 'model' || !plan.model) {
+  if (plan.method !== 'model' || !plan.sr) {
     // bicubic: the horizontal pass then the output; lanczos: 16-bit copies in and out through libvips, then float32.
     const resize = plan.method === 'bicubic' ? C * (h * W + H * W) * 4 : C * (h * w * 4 + H * W * 8);
     return PROCESS_BASE_BYTES + read + input + resize + write;
   }
-  const m = plan.model;
+  const { model: m, settings } = plan.sr;
   const f = m.ldm.firstStage.factor;
-  const t = tilePlan(m, plan);
+  const t = tilePlan(m, settings);
   const T = t.tile * f;
   // The canvas is at least one tile a side (pipelines/upscale/model.ts pads it up).
   const CH = Math.max(H, T);
@@ -55,6 +51,6 @@ export function upscaleMemoryBytes(info: Pick<ImageInfo, 'width' | 'height' | 'c
   const latents = 8 * c * (CH / f) * (CW / f) * 4; // noise, x, the blend and the sampler's state
   const batch = Math.min(t.tileBatch, Math.ceil(CH / T) * Math.ceil(CW / T) * 4);
   const unet = unetRunBytes(m.ldm.config.unet, batch, t.tile, t.tile) + 3 * batch * m.ldm.config.unet.in_channels * t.tile * t.tile * 4;
-  const stage = firstStageRunBytes(m.ldm.firstStage, 1, T, T) * ((plan.strength ?? 1) < 1 ? 2 : 1);
+  const stage = firstStageRunBytes(m.ldm.firstStage, 1, T, T) * (settings.strength < 1 ? 2 : 1);
   return PROCESS_BASE_BYTES + weightBytes(m.ldm.params) + read + input + MODEL_OUTPUT_COPIES * C * CH * CW * 4 + latents + unet + stage + write;
 }

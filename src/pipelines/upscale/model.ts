@@ -72,25 +72,33 @@ export async function loadSrModel(file: string, executor: Executor): Promise<SrM
   };
 }
 
-export interface ModelUpscaleOptions {
+/** The settings of a model upscale, complete (resolveUpscaleSettings): what `ldm upscale` reports and every image runs with. */
+export interface UpscaleSettings {
   steps: number;
   sampler: SamplerName;
-  /** DDIM eta; 0 (default) is deterministic. */
-  eta?: number;
-  seed: number;
+  /** DDIM eta; 0 is deterministic and seamless across tiles. */
+  eta: number;
   /**
    * In (0, 1]: start from the bicubic upscale's encoding noised this far up (SDEdit) instead of from pure noise (1, the
    * paper's way). The bicubic image anchors the low frequencies and only that share of the steps runs.
    */
-  strength?: number;
-  /** Low frequencies from the bicubic upscale (wavelet, the default) or as decoded (none); see color-fix.ts. */
-  colorFix?: ColorFix;
-  /** Tile side in output pixels (a multiple of f x 2^(UNet levels - 1)); default the training crop. */
-  tile?: number;
-  /** Output pixels shared by neighbouring tiles (a multiple of f); default a quarter of the tile. */
-  overlap?: number;
-  /** Tiles per UNet call; default about 4096 latent cells a call. */
-  tileBatch?: number;
+  strength: number;
+  /** Low frequencies from the bicubic upscale (wavelet) or as decoded (none); see color-fix.ts. */
+  colorFix: ColorFix;
+  /** Tile side in output pixels (a multiple of f x 2^(UNet levels - 1)). */
+  tile: number;
+  /** Output pixels shared by neighbouring tiles (a multiple of f). */
+  overlap: number;
+  /** Tiles per UNet call. */
+  tileBatch: number;
+}
+
+/** What a caller chooses; the checkpoint's sample section and the model fill the rest. */
+export type UpscaleOverrides = Partial<UpscaleSettings>;
+
+export interface ModelUpscaleOptions {
+  settings: UpscaleSettings;
+  seed: number;
   /** After each denoising step of the image. */
   onStep?: (step: number, steps: number) => void;
 }
@@ -112,18 +120,34 @@ export function checkModelStrength(m: SrModel, strength: number): void {
   }
 }
 
-/** Check and default the tile options against the model: sides in output pixels -> latent cells. */
-export function tilePlan(m: SrModel, opts: Pick<ModelUpscaleOptions, 'tile' | 'overlap' | 'tileBatch'>): TilePlan {
+/**
+ * The complete settings: each override, else the checkpoint's sample section (steps, sampler, eta, strength, tile),
+ * else the model's (the training crop as tile, a quarter of it shared, about 4096 latent cells a call, the wavelet
+ * colour fix); checked against the model once, before any image.
+ */
+export function resolveUpscaleSettings(m: SrModel, overrides: UpscaleOverrides): UpscaleSettings {
+  const s = m.ldm.config.sample;
   const f = m.ldm.firstStage.factor;
   const mult = m.ldm.model.sizeMultiple;
-  const tile = opts.tile ?? m.defaultTile;
-  const overlap = opts.overlap ?? defaultOverlap(tile, f);
+  const tile = overrides.tile ?? m.defaultTile;
+  const overlap = overrides.overlap ?? defaultOverlap(tile, f);
   checkTile({ size: tile, overlap }, f);
   if ((tile / f) % mult !== 0) throw new Error(`--tile ${tile} must be a multiple of ${f * mult} (f=${f} x the UNet's 2^(levels-1)=${mult})`);
   const t = tile / f;
-  const tileBatch = opts.tileBatch ?? Math.max(1, Math.floor(4096 / (t * t)));
+  const tileBatch = overrides.tileBatch ?? Math.max(1, Math.floor(4096 / (t * t)));
   if (!Number.isInteger(tileBatch) || tileBatch < 1) throw new Error(`--tile-batch must be a positive integer, got ${tileBatch}`);
-  return { tile: t, overlap: overlap / f, tileBatch };
+  const strength = overrides.strength ?? s.strength;
+  checkModelStrength(m, strength);
+  return {
+    steps: overrides.steps ?? s.steps, sampler: overrides.sampler ?? s.sampler, eta: overrides.eta ?? s.eta, strength,
+    colorFix: overrides.colorFix ?? DEFAULT_COLOR_FIX, tile, overlap, tileBatch,
+  };
+}
+
+/** The tiles of resolved settings in latent cells. */
+export function tilePlan(m: SrModel, settings: Pick<UpscaleSettings, 'tile' | 'overlap' | 'tileBatch'>): TilePlan {
+  const f = m.ldm.firstStage.factor;
+  return { tile: settings.tile / f, overlap: settings.overlap / f, tileBatch: settings.tileBatch };
 }
 
 function gcd(a: number, b: number): number {
@@ -148,7 +172,8 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   const f = stage.factor;
   const [C, h, w] = image.shape as [number, number, number];
   if (image.shape.length !== 3 || C !== m.channels) throw new Error(`the model takes ${m.channels}-channel images, got [${image.shape.join(', ')}]`);
-  const plan = tilePlan(m, opts);
+  const { settings } = opts;
+  const plan = tilePlan(m, settings);
   const T = plan.tile;
 
   // Whole latent cells: pad the input (bottom/right, replicated) until side * S divides by f; cropped off at the end.
@@ -186,10 +211,8 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
     }
     return { cond: blend.result() };
   };
-  const sampler = createSampler(opts.sampler, ldm.model.schedule, { steps: opts.steps, eta: opts.eta ?? 0 });
-  const strength = opts.strength ?? m.ldm.config.sample.strength;
-  checkModelStrength(m, strength);
-  const colorFix = opts.colorFix ?? DEFAULT_COLOR_FIX;
+  const sampler = createSampler(settings.sampler, ldm.model.schedule, { steps: settings.steps, eta: settings.eta });
+  const { strength, colorFix } = settings;
   const tileOpt = { size: T * f, overlap: plan.overlap * f };
   // The canvas in pixels as bicubic sees it, padded as the condition was: the start of --strength, the colour reference.
   const bicubic = strength < 1 || colorFix !== 'none'
@@ -202,7 +225,7 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   }
   const z = await sampleLatents({
     shape: [1, c, H, W], model, schedule: ldm.model.schedule, sampler, parameterization: ldm.model.parameterization,
-    rng: new Rng(opts.seed), ...(init ? { init } : {}),
+    guidance: 1, rng: new Rng(opts.seed), ...(init ? { init } : {}),
     ...(opts.onStep ? { onStep: (i: number, calls: number) => opts.onStep!(i + 1, calls) } : {}),
   });
   for (let i = 0; i < z.length; i++) z[i] = z[i]! / ldm.scaleFactor;

@@ -16,12 +16,10 @@ import type { Executor } from '../../engine/executor.js';
 import type { HostTensor } from '../../engine/host-tensor.js';
 import { convertChannels, probeImage, readImage, readImageWithAlpha, resampleImage, writePngWithAlpha } from '../../io/image.js';
 import { IMAGE_EXTENSIONS } from '../../data/image-folder.js';
-import type { SamplerName } from '../../diffusion/samplers.js';
 import { checkOutputs, planJobs, type FileJob } from '../autoencode.js';
 import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './classical.js';
-import { checkModelStrength, loadSrModel, tilePlan, upscaleWithModel, type SrModel } from './model.js';
+import { loadSrModel, resolveUpscaleSettings, upscaleWithModel, type SrModel, type UpscaleOverrides, type UpscaleSettings } from './model.js';
 import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './reference.js';
-import { DEFAULT_COLOR_FIX, type ColorFix } from './color-fix.js';
 import { upscaleMemoryBytes } from './memory.js';
 import { checkMemory, type MemoryLimit } from '../../util/memory-budget.js';
 
@@ -42,18 +40,9 @@ export interface UpscaleFilesOptions {
   scale?: number;
   /** Shrink by `scale` instead (bicubic or lanczos): evaluation inputs from HR originals. */
   downscale?: boolean;
-  steps?: number;
-  sampler?: SamplerName;
-  eta?: number;
   seed: number;
-  /** method model: start from the bicubic upscale noised this far, in (0, 1] (see upscale/model.ts); default 1. */
-  strength?: number;
-  /** method model: low frequencies from the bicubic upscale (wavelet, the default) or as decoded (none); see upscale/color-fix.ts. */
-  colorFix?: ColorFix;
-  /** Model tiles, in output pixels (see upscale/model.ts). */
-  tile?: number;
-  overlap?: number;
-  tileBatch?: number;
+  /** method model: the settings given (steps, strength, tiles ...); the checkpoint fills the rest (resolveUpscaleSettings). */
+  settings?: UpscaleOverrides;
   /** Leave images whose output exists alone (still evaluated with `reference`). */
   skipExisting?: boolean;
   force?: boolean;
@@ -88,7 +77,10 @@ export interface UpscaledFile {
   metrics?: SrMetrics;
 }
 
-export interface UpscaleFilesResult {
+/** Method model: the settings it ran with (tile in output pixels). */
+type ModelRunSettings = Partial<Pick<UpscaleSettings, 'steps' | 'sampler' | 'strength' | 'tile' | 'colorFix'>>;
+
+export interface UpscaleFilesResult extends ModelRunSettings {
   method: UpscaleMethod;
   /** downscale: shrink factor; else the upscaling factor. */
   scale: number;
@@ -96,13 +88,7 @@ export interface UpscaleFilesResult {
   ckpt?: string;
   /** The model's own factor (method model). */
   modelScale?: number;
-  steps?: number;
-  sampler?: SamplerName;
   seed?: number;
-  strength?: number;
-  /** Model tile side in output pixels. */
-  tile?: number;
-  colorFix?: ColorFix;
   files: UpscaledFile[];
   written: number;
   skipped: number;
@@ -126,7 +112,7 @@ async function exists(file: string): Promise<boolean> {
 type Transform = (rgb: HostTensor) => Promise<{ image: HostTensor; seam?: number; seamAllLines?: number }>;
 
 /** Resolve the scale and make the image transform; loads the model for method model. */
-async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; model?: SrModel; tile?: number }> {
+async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; sr?: { model: SrModel; settings: UpscaleSettings } }> {
   const method = opts.method;
   if (opts.downscale) {
     if (method === 'model') throw new Error('--downscale makes low-resolution inputs with a classical filter; use --method bicubic (the SR training degradation) or lanczos');
@@ -148,27 +134,17 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
       throw new Error(`${opts.ckpt} upscales x${native} (its first stage has f=${model.ldm.firstStage.factor} and it was trained on x${native} pairs); `
         + `--scale ${scale} is beyond it: use --scale ${native} or less (smaller scales resample its output down), or --method bicubic|lanczos`);
     }
-    const tile = tilePlan(model, opts).tile * model.ldm.firstStage.factor;
-    if (opts.strength !== undefined) checkModelStrength(model, opts.strength);
-    const cfg = model.ldm.config.sample;
+    const settings = resolveUpscaleSettings(model, opts.settings ?? {});
     const transform: Transform = async (rgb) => {
       const [c, h, w] = rgb.shape as [number, number, number];
       const x = c === model.channels ? rgb : convertChannels(rgb, model.channels as 1 | 3);
-      const r = await upscaleWithModel(model, x, {
-        steps: opts.steps ?? cfg.steps, sampler: opts.sampler ?? cfg.sampler, eta: opts.eta ?? cfg.eta, seed: opts.seed,
-        ...(opts.tile !== undefined ? { tile: opts.tile } : {}),
-        ...(opts.overlap !== undefined ? { overlap: opts.overlap } : {}),
-        ...(opts.tileBatch !== undefined ? { tileBatch: opts.tileBatch } : {}),
-        ...(opts.strength !== undefined ? { strength: opts.strength } : {}),
-        ...(opts.colorFix !== undefined ? { colorFix: opts.colorFix } : {}),
-        ...(opts.onStep ? { onStep: opts.onStep } : {}),
-      });
+      const r = await upscaleWithModel(model, x, { settings, seed: opts.seed, ...(opts.onStep ? { onStep: opts.onStep } : {}) });
       let y = r.image;
       if (scale !== native) y = await resampleImage(y, Math.max(1, Math.round(h * scale)), Math.max(1, Math.round(w * scale)), 'lanczos3');
       // Grey in, grey out; a grey model gives grey whatever came in.
       return { image: c === 1 && model.channels === 3 ? convertChannels(y, 1) : y, ...(r.seam !== undefined ? { seam: r.seam, seamAllLines: r.seamAllLines! } : {}) };
     };
-    return { scale, transform, model, tile };
+    return { scale, transform, sr: { model, settings } };
   } catch (err) {
     await model.dispose();
     throw err;
@@ -179,18 +155,16 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
  * Refuse the run when any image (its size from the header) would need more than the limit; headers that do not read
  * are left to the per-file report.
  */
-async function checkUpscaleMemory(jobs: readonly FileJob[], opts: UpscaleFilesOptions, limit: MemoryLimit, scale: number, model?: SrModel): Promise<void> {
+async function checkUpscaleMemory(
+  jobs: readonly FileJob[], opts: UpscaleFilesOptions, limit: MemoryLimit, scale: number, sr?: { model: SrModel; settings: UpscaleSettings },
+): Promise<void> {
   for (const job of jobs) {
     const info = await probeImage(job.input).catch(() => undefined);
     if (!info) continue;
-    const estimate = upscaleMemoryBytes(info, {
-      method: opts.method, scale, downscale: opts.downscale ?? false, ...(model ? { model } : {}),
-      ...(opts.tile !== undefined ? { tile: opts.tile } : {}), ...(opts.overlap !== undefined ? { overlap: opts.overlap } : {}),
-      ...(opts.tileBatch !== undefined ? { tileBatch: opts.tileBatch } : {}), ...(opts.strength !== undefined ? { strength: opts.strength } : {}),
-    });
+    const estimate = upscaleMemoryBytes(info, { method: opts.method, scale, downscale: opts.downscale ?? false, ...(sr ? { sr } : {}) });
     const out = opts.downscale ? `down x${scale}` : `x${scale} to ${Math.round(info.width * scale)}x${Math.round(info.height * scale)}`;
     checkMemory(estimate, limit, `${opts.downscale ? 'downscaling' : 'upscaling'} ${job.rel} (${info.width}x${info.height}, ${out}, ${opts.method})`,
-      model ? 'pass a smaller --tile or --tile-batch, split the image, or raise --max-memory' : 'use a smaller --scale, split the image, or raise --max-memory');
+      sr ? 'pass a smaller --tile or --tile-batch, split the image, or raise --max-memory' : 'use a smaller --scale, split the image, or raise --max-memory');
   }
 }
 
@@ -204,11 +178,11 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
     if (opts.downscale) throw new Error('--reference compares upscaled outputs with their originals; it does not apply to --downscale');
     if (!(await fsp.stat(opts.reference).then((s) => s.isDirectory(), () => false))) throw new Error(`--reference ${opts.reference} is not a folder; give the folder of high-resolution originals`);
   }
-  const { transform, scale, model, tile } = await makeTransform(opts);
+  const { transform, scale, sr } = await makeTransform(opts);
   const note = opts.note ?? (() => undefined);
   const files: UpscaledFile[] = [];
   try {
-    if (opts.memoryLimit) await checkUpscaleMemory(jobs, opts, opts.memoryLimit, scale, model);
+    if (opts.memoryLimit) await checkUpscaleMemory(jobs, opts, opts.memoryLimit, scale, sr);
     for (const [i, job] of jobs.entries()) {
       const t0 = Date.now();
       const file: UpscaledFile = { input: job.input, output: job.output, status: 'written' };
@@ -250,15 +224,15 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
       opts.onImage?.(i + 1, jobs.length, file);
     }
   } finally {
-    await model?.dispose();
+    await sr?.model.dispose();
   }
   const evaluated = files.flatMap((f) => (f.metrics ? [f.metrics] : []));
   const count = (s: UpscaledFile['status']) => files.filter((f) => f.status === s).length;
   return {
     method: opts.method, scale, downscale: opts.downscale ?? false,
-    ...(model ? {
-      ckpt: opts.ckpt!, modelScale: model.scale, steps: opts.steps ?? model.ldm.config.sample.steps,
-      sampler: opts.sampler ?? model.ldm.config.sample.sampler, seed: opts.seed, strength: opts.strength ?? model.ldm.config.sample.strength, tile, colorFix: opts.colorFix ?? DEFAULT_COLOR_FIX,
+    ...(sr ? {
+      ckpt: opts.ckpt!, modelScale: sr.model.scale, steps: sr.settings.steps, sampler: sr.settings.sampler, seed: opts.seed,
+      strength: sr.settings.strength, tile: sr.settings.tile, colorFix: sr.settings.colorFix,
     } : {}),
     files, written: count('written'), skipped: count('skipped'), failed: count('failed'), unscored: files.filter((f) => f.referenceError !== undefined).length,
     ...(opts.reference !== undefined && evaluated.length ? { metrics: { ...meanMetrics(evaluated), convention: METRIC_CONVENTION } } : {}),
