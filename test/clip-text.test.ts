@@ -13,6 +13,7 @@ import * as o from '../src/engine/ops.js';
 import { bindParams, checkWeights, type Module } from '../src/engine/module.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import { relErr } from './helpers/tensors.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { CLIP_MAX_LEN, ClipTokenizer, cleanClipText } from '../src/models/clip-tokenizer.js';
 import { ClipTextModel, OpenClipTextModel, clipTextConfigFromWeights, type ClipTextKind } from '../src/models/clip-text-encoder.js';
@@ -101,19 +102,6 @@ async function runEncoder(model: Module & { forward(t: o.Tensor): o.Tensor }, we
   const out = trace(g, () => model.forward(o.input('tokens', tokens.shape, 'int64')));
   const program = await new OnnxExecutor({ threads: 1 }).compile(g, { out });
   return toFloat32((await program.run({ tokens })).out!);
-}
-
-/** max |ours - reference| relative to max |reference|. */
-function relErr(got: Float32Array, want: HostTensor): number {
-  const ref = toFloat32(want);
-  assert.equal(got.length, ref.length);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(got[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return diff / scale;
 }
 
 function config(kind: ClipTextKind, f: Fixture) {

@@ -14,6 +14,7 @@ import { bindParams } from '../src/engine/module.js';
 import { splitPrefix } from '../src/io/checkpoint.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import { relErr } from './helpers/tensors.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { readImage } from '../src/io/image.js';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
@@ -48,19 +49,6 @@ async function sd2File(dir: string): Promise<string> {
   const file = path.join(dir, 'sd2.safetensors');
   await writeSafetensors(file, sd2);
   return file;
-}
-
-/** max |ours - reference| relative to max |reference|. */
-function relErr(got: Float32Array, want: HostTensor): number {
-  const ref = toFloat32(want);
-  assert.equal(got.length, ref.length);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(got[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return diff / scale;
 }
 
 async function open(file: string, opts: Parameters<typeof loadAnyCheckpoint>[1], executor: OnnxExecutor): Promise<LoadedLdm> {

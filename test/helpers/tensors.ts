@@ -1,6 +1,6 @@
 /** Tensor comparisons shared by the checkpoint reader and converter tests. */
 import assert from 'node:assert/strict';
-import type { HostTensor } from '../../src/engine/host-tensor.js';
+import { toFloat32, type HostTensor } from '../../src/engine/host-tensor.js';
 
 export function rawBytes(t: HostTensor): Uint8Array {
   return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
@@ -16,4 +16,17 @@ export function assertSameTensors(got: ReadonlyMap<string, HostTensor>, want: Re
     assert.equal(g.data.constructor, w.data.constructor, `${what}: ${k} array type`);
     assert.ok(Buffer.from(rawBytes(g)).equals(Buffer.from(rawBytes(w))), `${what}: ${k} values`);
   }
+}
+
+/** max |ours - reference| relative to max |reference|. */
+export function relErr(got: Float32Array, want: HostTensor): number {
+  const ref = toFloat32(want);
+  assert.equal(got.length, ref.length);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < ref.length; i++) {
+    diff = Math.max(diff, Math.abs(got[i]! - ref[i]!));
+    scale = Math.max(scale, Math.abs(ref[i]!));
+  }
+  return diff / scale;
 }
