@@ -18,6 +18,7 @@ import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHT
 import { firstStageFromLdm, openFirstStage } from './first-stage-checkpoint.js';
 import { loadAnyCheckpoint } from './load-any.js';
 import { referenceConfigReader } from './reference-config.js';
+import { definedOnly } from '../util/defined.js';
 
 /** Everything that makes an LDM file sample on its own. */
 export interface LdmCheckpointContent {
@@ -122,6 +123,10 @@ export interface ReadLdmOptions {
   tokenizer?: string;
   /** The parameterization, where the file does not say (SD 2.x: eps or v). */
   prediction?: 'eps' | 'v';
+  /** A reference YAML (v1-inference.yaml ...) or an ldm config, for checkpoints that do not carry their own. */
+  config?: string;
+  /** Single files holding both sets of weights: the EMA ones (model_ema.*). */
+  ema?: boolean;
 }
 
 /** Read an LDM checkpoint: model, weights, first stage, tokenizer; one-line errors for anything else. */
@@ -129,7 +134,7 @@ export async function readLdmCheckpoint(file: string, executor: Executor, opts: 
   // Read first: a missing or broken tokenizer is reported before a multi-gigabyte checkpoint is.
   const clipTokenizer = opts.tokenizer !== undefined ? ClipTokenizer.load(opts.tokenizer) : undefined;
   // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
-  const ckpt = await loadAnyCheckpoint(file, opts.prediction ? { prediction: opts.prediction } : {}).catch((err: unknown) => {
+  const ckpt = await loadAnyCheckpoint(file, definedOnly({ prediction: opts.prediction, config: opts.config, ema: opts.ema })).catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes them under runs/<name>/)`);
     throw err;
   });

@@ -233,7 +233,9 @@ function readGiven(ref: string): Given {
   return { ours: loadConfig(ref, undefined, { foreign: referenceConfigReader }).config };
 }
 
-function givenLdm(g: Given | undefined): { config: LatentDiffusionConfig; firstStage?: AutoencoderConfig; scaleFactor?: number } | undefined {
+type GivenLdm = { config: LatentDiffusionConfig; firstStage?: AutoencoderConfig; scaleFactor?: number };
+
+function givenLdm(g: Given | undefined): GivenLdm | undefined {
   if (!g) return undefined;
   if ('reference' in g) {
     const r = g.reference;
@@ -241,6 +243,27 @@ function givenLdm(g: Given | undefined): { config: LatentDiffusionConfig; firstS
     return { config: r.config, ...(r.firstStage ? { firstStage: r.firstStage } : {}), ...(r.scaleFactor !== undefined ? { scaleFactor: r.scaleFactor } : {}) };
   }
   return g.ours.model === 'ldm' ? { config: g.ours, ...(typeof g.ours.scale_factor === 'number' ? { scaleFactor: g.ours.scale_factor } : {}) } : undefined;
+}
+
+/**
+ * A reference YAML names Stable Diffusion's CLIP / OpenCLIP text encoder (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)
+ * but not its sizes: they come from the cond_stage_model.* weights, which must be of the kind the YAML names and as
+ * wide as its UNet's context_dim.
+ */
+function clipTextFromWeights(g: GivenLdm, cond: ReadonlyMap<string, HostTensor>, file: string): GivenLdm {
+  const text = g.config.conditioning.text;
+  if (!text || !isClipText(text) || cond.size === 0) return g;
+  const fromWeights = inferConditioning(cond, { in_channels: 0, out_channels: 0 }, []);
+  const found = fromWeights.conditioning.text as LatentDiffusionConfig['conditioning']['text'];
+  const label = (e: string | undefined) => (e === 'clip' ? 'CLIP (FrozenCLIPEmbedder, SD 1.x)' : e === 'open_clip' ? 'OpenCLIP (FrozenOpenCLIPEmbedder, SD 2.x)' : 'no CLIP text encoder');
+  if (found?.encoder !== text.encoder) {
+    throw new Error(`${file}: the config's text encoder is ${label(text.encoder)}, but the cond_stage_model.* weights are ${label(found?.encoder)}; give the YAML made for this checkpoint`);
+  }
+  const ctx = g.config.unet.context_dim;
+  if (ctx !== undefined && ctx !== fromWeights.contextDim) {
+    throw new Error(`${file}: the config's unet_config context_dim ${ctx} differs from the text encoder's width ${fromWeights.contextDim ?? '?'} in the weights; give the YAML made for this checkpoint`);
+  }
+  return { ...g, config: { ...g.config, conditioning: { ...g.config.conditioning, text: found } } };
 }
 
 function givenAutoencoder(g: Given | undefined): AutoencoderConfig | undefined {
@@ -335,8 +358,8 @@ function fromReferenceTensors(
   }
 
   // A reference LatentDiffusion.
-  const ldm = givenLdm(given);
-  if (given && !ldm && opts.part !== 'first_stage') {
+  const givenModel = givenLdm(given);
+  if (given && !givenModel && opts.part !== 'first_stage') {
     throw new Error(`--config ${opts.config ?? ''} is an autoencoder config, but the checkpoint is a latent diffusion model; `
       + 'give its LatentDiffusion YAML, or add --part first_stage');
   }
@@ -351,6 +374,7 @@ function fromReferenceTensors(
   }
   const first = take(FIRST_STAGE_PREFIX);
   const cond = take(COND_PREFIX);
+  const ldm = givenModel && clipTextFromWeights(givenModel, cond, file);
   const bufferScale = tensors.get('scale_factor');
   const scaleFromBuffer = bufferScale && numel(bufferScale.shape) === 1 ? toFloat32(bufferScale)[0] : undefined;
 

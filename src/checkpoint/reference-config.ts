@@ -29,6 +29,8 @@ export const TARGETS = {
   transformerEmbedder: 'ldm.modules.encoders.modules.TransformerEmbedder',
   bertEmbedder: 'ldm.modules.encoders.modules.BERTEmbedder',
   spatialRescaler: 'ldm.modules.encoders.modules.SpatialRescaler',
+  frozenClip: 'ldm.modules.encoders.modules.FrozenCLIPEmbedder',
+  frozenOpenClip: 'ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder',
   identity: 'torch.nn.Identity',
 } as const;
 
@@ -349,6 +351,7 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
       problems.add(`${at}.target`, `text encoder ${target} is not implemented; ldm's own TransformerEmbedder is`);
       return { conditioning: {} };
     }
+    if (target === TARGETS.frozenClip || target === TARGETS.frozenOpenClip) return frozenClipFrom(target, cp, num(unet, 'context_dim'), ctx);
     const what = /clip|t5|bert|text/i.test(target) ? 'text encoder' : 'cond stage';
     problems.add(`${at}.target`, `${what} ${target} is not implemented; ldm's own TransformerEmbedder is (and ClassEmbedder for class labels)`);
     return { conditioning: {} };
@@ -367,6 +370,30 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
   }
   problems.add(`${at}.target`, `cond stage ${target} is not implemented for concat conditioning; ldm implements ${TARGETS.identity}`);
   return { conditioning: {} };
+}
+
+/**
+ * Stable Diffusion's frozen text encoders (v1-inference.yaml's FrozenCLIPEmbedder, v2-inference*.yaml's
+ * FrozenOpenCLIPEmbedder). The YAML names a pretrained model, not its sizes: the released ViT-L/14 and ViT-H/14 sizes
+ * stand here, and the loader takes the real ones from the checkpoint's cond_stage_model.* weights. No contextDim is
+ * given, so a YAML whose widths were edited (a reduced or custom model) is checked against the weights, not these.
+ */
+function frozenClipFrom(target: string, cp: Obj, contextDim: number | undefined, ctx: Context): Conditioning {
+  const at = 'model.params.cond_stage_config.params';
+  const open = target === TARGETS.frozenOpenClip;
+  const layer = cp.layer ?? 'last';
+  const want = open ? 'penultimate' : 'last';
+  if (layer !== want) {
+    ctx.problems.add(`${at}.layer`, `${show(layer)} is not implemented for ${open ? 'FrozenOpenCLIPEmbedder' : 'FrozenCLIPEmbedder'}; ldm takes the ${want} layer${open ? ' (as v2-inference*.yaml)' : ''}`);
+  }
+  if (cp.max_length !== undefined && cp.max_length !== 77) ctx.problems.add(`${at}.max_length`, `${show(cp.max_length)} is not implemented; ldm's CLIP tokenizer gives 77 tokens`);
+  const arch = open ? (typeof cp.arch === 'string' ? cp.arch : 'ViT-H-14') : (typeof cp.version === 'string' ? cp.version : 'openai/clip-vit-large-patch14');
+  ctx.notes.push(`${open ? `OpenCLIP ${arch}` : `CLIP ${arch}`}: the text encoder's sizes are read from the checkpoint's cond_stage_model.* weights; its tokenizer comes from --tokenizer`);
+  // The UNet's context_dim is the encoder's width (a YAML with edited widths included); heads of 64 as both released.
+  const dim = contextDim ?? (open ? 1024 : 768);
+  const heads = Math.max(1, Math.floor(dim / 64));
+  const text = { encoder: open ? 'open_clip' : 'clip', vocab_size: 49408, dim, depth: open ? 24 : 12, heads, dim_head: dim / heads, max_len: 77 };
+  return { conditioning: { type: 'text', text } };
 }
 
 const SCHEDULES: readonly string[] = ['linear', 'cosine', 'sqrt_linear'];

@@ -28,6 +28,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     ...unsafePickleFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm), a reference .ckpt or a Stable Diffusion 1.x / 2.x single file.' }),
     tokenizer: Flags.string({ summary: 'Stable Diffusion single files: the CLIP tokenizer, a folder with vocab.json and merges.txt (a diffusers tokenizer/ folder) or bpe_simple_vocab_16e6.txt.gz.' }),
+    config: Flags.string({ summary: 'The checkpoint\'s reference YAML (v1-inference.yaml, v2-inference.yaml, v2-inference-v.yaml) or an ldm config, for a .ckpt or single file that carries none; its parameterization and schedule are used.' }),
     prediction: Flags.option({ options: ['eps', 'v'] as const, summary: 'What the model predicts, where the file does not say: SD 2.x 768-v models are v.' })(),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
     'refiner-below': integerFlag({ min: 1, max: 100_000, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
@@ -68,7 +69,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
         memoryLimit: memoryLimit(f['max-memory']),
         ...definedOnly({
-          tokenizer: f.tokenizer, prediction: f.prediction,
+          tokenizer: f.tokenizer, prediction: f.prediction, config: f.config,
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,
           classes: f.class, map: f.map, condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
         }),

@@ -24,6 +24,10 @@ export interface SampleFilesOptions {
   tokenizer?: string;
   /** What the model predicts, where the file does not say (SD 2.x: eps or v). */
   prediction?: 'eps' | 'v';
+  /** The checkpoint's reference YAML (v1-inference.yaml, v2-inference*.yaml) or ldm config, where the file carries none. */
+  config?: string;
+  /** Single files holding both sets of weights (model_ema.*): sample from the EMA ones. */
+  ema?: boolean;
   /** A refiner checkpoint for the low-noise steps, and the timestep below which it takes over (default its max_timestep). */
   refiner?: string;
   refinerBelow?: number;
@@ -149,7 +153,7 @@ async function readLabelMap(file: string, classes: number): Promise<HostTensor> 
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
-  let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({ tokenizer: opts.tokenizer, prediction: opts.prediction }));
+  let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({ tokenizer: opts.tokenizer, prediction: opts.prediction, config: opts.config, ema: opts.ema }));
   opts.onLoaded?.(ldm);
   const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
   let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
