@@ -365,12 +365,17 @@ function fromReferenceTensors(
   }
   const live = splitPrefix(tensors, UNET_PREFIX);
   let unet: Map<string, HostTensor>;
-  if (opts.ema) {
+  const hasEma = [...tensors.keys()].some((k) => k.startsWith(EMA_PREFIX));
+  const takeEma = opts.ema === true && hasEma;
+  if (opts.ema && !hasEma && live.size > 0) {
+    notes.push('no separate EMA weights (model_ema.*): the file\'s model.diffusion_model.* weights are used (a pruned EMA-only file holds its EMA weights there)');
+  }
+  if (takeEma) {
     unet = emaParams(tensors, live, file);
     for (const k of tensors.keys()) if (k.startsWith(EMA_PREFIX)) taken.add(k);
   } else {
     unet = take(UNET_PREFIX);
-    if ([...tensors.keys()].some((k) => k.startsWith(EMA_PREFIX))) notes.push('the checkpoint also holds EMA weights (model_ema.*); pass --ema to take them instead');
+    if (hasEma) notes.push('the checkpoint also holds EMA weights (model_ema.*); pass --ema to take them instead');
   }
   const first = take(FIRST_STAGE_PREFIX);
   const cond = take(COND_PREFIX);
@@ -454,7 +459,7 @@ function fromReferenceTensors(
     }
     : { kind: 'pixel', channels: config.data.channels ?? uCfg.out_channels };
   const params = mergeParams(addPrefix(unet, UNET_PREFIX), addPrefix(cond, COND_PREFIX), addPrefix(first, FIRST_STAGE_PREFIX));
-  const metadata = { [FIRST_STAGE_KEY]: JSON.stringify(spec), [SCALE_FACTOR_KEY]: String(scale), [WEIGHTS_KEY]: opts.ema ? 'ema' : 'raw' };
+  const metadata = { [FIRST_STAGE_KEY]: JSON.stringify(spec), [SCALE_FACTOR_KEY]: String(scale), [WEIGHTS_KEY]: takeEma ? 'ema' : 'raw' };
   return { model: { kind: 'ldm', config, params, step, metadata }, unused: rest() };
 }
 

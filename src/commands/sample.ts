@@ -52,7 +52,10 @@ export default class Sample extends LdmCommand<typeof Sample> {
     strength: numberFlag({ min: 0, above: true, max: 1, summary: 'img2img: how far to noise the init image, in (0, 1] (default 0.75; 1 with --mask).' }),
     mask: Flags.string({ summary: 'Inpainting mask PNG, with --init-image: white = regenerate, black = keep.' }),
     prefix: Flags.string({ default: 'sample', summary: 'File name prefix.' }),
-    ema: Flags.boolean({ default: true, allowNo: true, summary: 'Use the EMA weights beside a run checkpoint when present.' }),
+    ema: Flags.boolean({
+      allowNo: true,
+      summary: 'EMA weights: a run checkpoint\'s EMA file beside it (used unless --no-ema); a single file holding both sets (model_ema.*): only with --ema.',
+    }),
     force: Flags.boolean({ summary: 'Overwrite existing images.' }),
     'max-memory': maxMemoryFlag(),
   };
@@ -66,7 +69,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     let inner: Progress | undefined;
     try {
       const res = await sampleToFiles({
-        ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: !f.ema, prefix: f.prefix,
+        ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: f.ema === false, ema: f.ema === true, prefix: f.prefix,
         memoryLimit: memoryLimit(f['max-memory']),
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config,
