@@ -57,6 +57,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
       summary: 'EMA weights: a run checkpoint\'s EMA file beside it (used unless --no-ema); a single file holding both sets (model_ema.*): only with --ema.',
     }),
     force: Flags.boolean({ summary: 'Overwrite existing images.' }),
+    'low-memory': Flags.boolean({ summary: 'One network held at a time: Stable Diffusion\'s text encoder is freed before the UNet runs, the UNet before the VAE decodes.' }),
     'max-memory': maxMemoryFlag(),
   };
 
@@ -70,7 +71,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: f.ema === false, ema: f.ema === true, prefix: f.prefix,
-        memoryLimit: memoryLimit(f['max-memory']),
+        memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'],
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config,
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,

@@ -32,10 +32,11 @@ export class LatentDiffusion extends Module {
   readonly parameterization: Parameterization;
 
   /** `tokenizer`: ldm's own for its text models; CLIP's BPE for Stable Diffusion's (conditioning.text.encoder clip / open_clip). */
-  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Tokenizer | ClipTokenizer } = {}) {
+  /** `conditioner`: one made elsewhere (text contexts computed beforehand: models/text-context-cache.ts) instead of the config's. */
+  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Tokenizer | ClipTokenizer; conditioner?: Conditioner } = {}) {
     super();
     this.unet = this.add('model', new Slots()).put('diffusion_model', new UNetModel(config.unet));
-    this.conditioner = createConditioner(config.conditioning, config.unet.context_dim, opts.tokenizer);
+    this.conditioner = opts.conditioner ?? createConditioner(config.conditioning, config.unet.context_dim, opts.tokenizer);
     if (this.conditioner.module) this.add('cond_stage_model', this.conditioner.module);
     if (this.conditioner.layout) this.add(LAYOUT_MODULE, this.conditioner.layout);
     const s = config.schedule;

@@ -17,6 +17,11 @@ import { Denoiser } from '../sampling/denoiser.js';
 import { generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
 import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 import { enlargeForGrid } from '../sampling/grid.js';
+import { isClipText } from '../config/ldm-config.js';
+import { LatentDiffusion } from '../models/latent-diffusion.js';
+import { precomputeTextContexts } from '../models/text-context-cache.js';
+
+const COND_STAGE_PREFIX = 'cond_stage_model.';
 
 export interface SampleFilesOptions {
   ckpt: string;
@@ -64,6 +69,11 @@ export interface SampleFilesOptions {
   onWarning?: (message: string) => void;
   /** Peak memory allowed (see generate). */
   memoryLimit?: MemoryLimit;
+  /**
+   * Hold one network at a time: a CLIP / OpenCLIP text encoder encodes the prompts first and is freed (program and
+   * weights) before the UNet runs, and the UNet is freed before the first stage decodes.
+   */
+  lowMemory?: boolean;
 }
 
 export interface SampleFilesResult {
@@ -155,7 +165,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
   let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({ tokenizer: opts.tokenizer, prediction: opts.prediction, config: opts.config, ema: opts.ema }));
   opts.onLoaded?.(ldm);
-  const denoiser = new Denoiser(ldm.model, opts.executor, () => ldm.params, 'const');
+  let denoiser: Denoiser | undefined;
   let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
   try {
     if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor);
@@ -184,12 +194,30 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
 
     const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
     for (const w of warnings) opts.onWarning?.(w);
-    const parts = { ...ldm, imageSize: ldm.config.data.size };
+    let model = ldm.model;
+    if (opts.lowMemory && !refined && isClipText(ldm.config.conditioning.text)) {
+      // Every text the run encodes: the prompts, and the negative (or empty) one of guidance and unconditional samples.
+      const pre = await precomputeTextContexts(ldm.model.conditioner, ldm.params, [...prompts, opts.negativePrompt ?? '', ''], opts.executor);
+      for (const k of [...ldm.params.keys()]) if (k.startsWith(COND_STAGE_PREFIX)) ldm.params.delete(k);
+      model = new LatentDiffusion(ldm.config, { conditioner: pre });
+    }
+    const unet = new Denoiser(model, opts.executor, () => ldm.params, 'const');
+    denoiser = unet;
+    const parts = { ...ldm, model, imageSize: ldm.config.data.size };
     const request = definedOnly({ n: opts.n, conditions, init, mask });
     const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs(parts, request));
-    const gen = await generate(parts, denoiser, {
+    // --low-memory: the UNet's programs and weights go before the decoder's are made.
+    const beforeDecode = opts.lowMemory
+      ? async () => {
+        await unet.dispose();
+        await refined?.refiner.denoiser.dispose();
+        ldm.params.clear();
+        refined?.ldm.params.clear();
+      }
+      : undefined;
+    const gen = await generate(parts, unet, {
       ...request, settings, seed: opts.seed,
-      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit }),
+      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit, beforeDecode }),
     });
     const [, ch, H, W] = gen.images.shape as [number, number, number, number];
     await fsp.mkdir(opts.outDir, { recursive: true });
@@ -208,7 +236,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       seconds: (Date.now() - started) / 1000,
     };
   } finally {
-    await denoiser.dispose();
+    await denoiser?.dispose();
     await ldm.firstStage.dispose();
     await refined?.refiner.denoiser.dispose();
     await refined?.ldm.firstStage.dispose();

@@ -61,6 +61,8 @@ export interface GenerateOptions {
   onStep?: (p: SampleProgress) => void;
   /** A second model for the low-noise end (timesteps below `below`), as SDXL's refiner and eDiff-I's expert denoisers. */
   refiner?: Refiner;
+  /** Called once every latent is sampled, before the first stage decodes (ldm sample --low-memory frees the UNet there). */
+  beforeDecode?: () => Promise<void>;
   /** Peak memory allowed (default: util/memory-budget.ts's share of the machine); a larger request is refused before allocating. */
   memoryLimit?: MemoryLimit;
 }
@@ -284,6 +286,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     latents.set(z, start * per);
   }
 
+  await opts.beforeDecode?.();
   const images = new Float32Array(total * fs.imageChannels * H * W);
   for (let start = 0; start < total; start += bs) {
     const n = Math.min(bs, total - start);

@@ -1,0 +1,76 @@
+/**
+ * `ldm sample --low-memory` (sampleToFiles lowMemory) on the reduced SD 1.x fixture: the text encoder runs in a program
+ * of its own that is gone (with its weights) before the UNet's first call, and the UNet's program is gone before the
+ * VAE decodes; the image is the one sampled without it. Programs are watched through an executor that records which
+ * ones are alive at each run.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { OnnxExecutor } from '../src/engine/onnx/executor.js';
+import type { Executor, Program } from '../src/engine/executor.js';
+import { readSafetensors } from '../src/io/safetensors.js';
+import { sampleToFiles } from '../src/pipelines/sample-files.js';
+import { tempDir } from './helpers/temp-dir.js';
+
+const DIR = path.join(import.meta.dirname, 'fixtures', 'sd-pipeline');
+const VOCAB = path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer');
+
+/** An executor that names each program by its inputs and logs, at every run, which programs are alive. */
+function watched(inner: OnnxExecutor): { executor: Executor; runs: { kind: string; alive: string[] }[] } {
+  const alive = new Set<{ kind: string }>();
+  const runs: { kind: string; alive: string[] }[] = [];
+  const kindOf = (p: Program): string =>
+    p.inputNames.includes('t') ? 'unet' : p.inputNames.includes('cond.tokens') ? 'text' : 'first-stage';
+  const wrap = (p: Program): Program => {
+    const me = { kind: kindOf(p) };
+    alive.add(me);
+    return {
+      inputNames: p.inputNames, outputNames: p.outputNames,
+      run: (feeds) => {
+        runs.push({ kind: me.kind, alive: [...alive].map((a) => a.kind).sort() });
+        return p.run(feeds);
+      },
+      dispose: async () => {
+        alive.delete(me);
+        await p.dispose();
+      },
+    };
+  };
+  const executor: Executor = {
+    name: inner.name, description: inner.description,
+    compile: async (g, outs) => wrap(await inner.compile(g, outs)),
+    compileStep: async (g, spec) => wrap(await inner.compileStep(g, spec)),
+    dispose: () => inner.dispose(),
+  };
+  return { executor, runs };
+}
+
+test('--low-memory: the text encoder is freed before the UNet runs and the UNet before the VAE decodes; same image', async (t) => {
+  const dir = tempDir(t, 'sd-lowmem-');
+  const m = (await readSafetensors(path.join(DIR, 'sd1-expected.safetensors'))).metadata;
+  const inner = new OnnxExecutor({ threads: 1 });
+  try {
+    const run = async (name: string, lowMemory: boolean) => {
+      const w = watched(inner);
+      await sampleToFiles({
+        ckpt: path.join(DIR, 'sd1.safetensors'), tokenizer: VOCAB, outDir: path.join(dir, name), executor: w.executor, n: 1, seed: Number(m.seed),
+        prompts: [m.prompt!], negativePrompt: m.negative_prompt!, lowMemory,
+        settings: { steps: 3, sampler: 'ddim', eta: 0, guidance: 7.5, height: 64, width: 64 },
+      });
+      return w.runs;
+    };
+    const low = await run('low', true);
+    const plain = await run('plain', false);
+    // With --low-memory every run has its program alone: text, then the UNet's steps, then the decoder.
+    assert.deepEqual([...new Set(low.map((r) => r.kind))], ['text', 'unet', 'first-stage']);
+    for (const r of low) assert.deepEqual(r.alive, [r.kind], `${r.kind} ran beside ${r.alive.join(', ')}`);
+    // Without it the UNet program (which holds the text encoder) is still alive when the decoder runs.
+    assert.ok(plain.some((r) => r.kind === 'first-stage' && r.alive.includes('unet')), JSON.stringify(plain));
+    assert.ok(!plain.some((r) => r.kind === 'text'));
+    assert.deepEqual(fs.readFileSync(path.join(dir, 'low', 'sample-00000.png')), fs.readFileSync(path.join(dir, 'plain', 'sample-00000.png')));
+  } finally {
+    await inner.dispose();
+  }
+});
