@@ -121,6 +121,7 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
         format = 'safetensors';
         const { tensors } = await readSafetensors(file);
         const r = fromTensors(tensors, file, 0, opts, notes);
+        tensors.clear(); // the model holds what it uses; this frame would otherwise keep every read tensor to the end
         model = r.model;
         unused = r.unused;
       }
@@ -131,13 +132,16 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
       skipped.push(...ckpt.skipped);
       unsafe.push(...ckpt.unsafe);
       const r = fromTensors(ckpt.tensors, file, torchStep(file, allowUnsafePickle), opts, notes);
+      ckpt.tensors.clear();
       model = r.model;
       unused = r.unused;
     }
   }
   if (opts.config !== undefined && (format === 'ldm' || format === 'diffusers')) notes.push(`--config is not used: ${format} checkpoints record their own config`);
   model = selectPart(model, opts.part, file, notes);
-  if ((opts.dtype ?? 'float32') === 'float32') model = { ...model, params: toFloat32Params(model.params) } as ModelContent;
+  // The map was made for this load alone: widening in place lets each float16 tensor go as its float32 copy is made,
+  // so a 2 GB fp16 file peaks near its 4 GB in float32, not at both.
+  if ((opts.dtype ?? 'float32') === 'float32') widenInPlace(model.params as Map<string, HostTensor>);
   const checked = checkModel(model, file);
   unused.push(...checked.unused);
   return { ...checked.model, source: { path: file, format, skipped, unsafe, unused, notes } };
@@ -489,6 +493,12 @@ export function selectPart(m: ModelContent, part: ModelPart | undefined, file: s
 }
 
 // ---------------------------------------------------------------- dtype and checks
+
+function widenInPlace(params: Map<string, HostTensor>): void {
+  for (const [k, t] of params) {
+    if (t.dtype === 'float16' || t.dtype === 'bfloat16' || t.dtype === 'float64') params.set(k, { dtype: 'float32', shape: t.shape, data: toFloat32(t) });
+  }
+}
 
 /** float16 / bfloat16 / float64 tensors as float32 (others untouched). */
 export function toFloat32Params(params: ReadonlyMap<string, HostTensor>): Map<string, HostTensor> {
