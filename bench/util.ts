@@ -35,7 +35,7 @@ export function table(rows: Record<string, string | number>[]): string {
 }
 
 export const PEER = path.resolve(import.meta.dirname, '..', '..', 'shared', 'peers', 'torch_unet_step.py');
-const PY = '/usr/bin/python3';
+export const PY = '/usr/bin/python3';
 
 export interface PeerResult {
   threads: number;
