@@ -31,11 +31,11 @@ test('commands that take an autoencoder checkpoint read a reference Lightning .c
   await fromDiffusers.dispose();
 });
 
-test('a reference LDM .ckpt opened the way sample opens it (no --config there) names the command that takes its YAML', async () => {
+test('a reference LDM .ckpt opened without its YAML names the flag and the command that take it', async () => {
   const ckpt = path.join(FIX, 'interop-ref', 'ldm.ckpt');
   await assert.rejects(readLdmCheckpoint(ckpt, new OnnxExecutor({ threads: 1 })), (err: Error) => {
     assert.equal(err.message, `${ckpt}: the UNet weights do not record its attention heads (num_heads or num_head_channels); `
-      + `give its reference YAML (or an ldm config) to ldm convert: ldm convert ${ckpt} <out>.safetensors --config <yaml>, then use <out>.safetensors`);
+      + `give its reference YAML (or an ldm config): ldm sample --config <yaml>, or once for every command, ldm convert ${ckpt} <out>.safetensors --config <yaml>, then use <out>.safetensors`);
     return true;
   });
 });

@@ -167,13 +167,14 @@ test('parts ldm does not implement are refused by name, one line each', (t) => {
   }), 'txt2img.yaml'));
   assert.equal(bert, "txt2img.yaml: model.params.cond_stage_config.target: text encoder ldm.modules.encoders.modules.BERTEmbedder is not implemented; ldm's own TransformerEmbedder is");
 
-  const clip = errorOf(() => fromReferenceConfig(ldmYaml({
+  const t5 = errorOf(() => fromReferenceConfig(ldmYaml({
     extra: '    conditioning_key: crossattn', unet: `${CLASS_UNET}\n        use_linear_in_transformer: true`,
-    cond: '\n      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder',
+    cond: '\n      target: ldm.modules.encoders.modules.FrozenT5Embedder',
   }), 'sd.yaml')).split('\n');
-  // use_linear_in_transformer (SD 2.x's Linear proj_in / proj_out) is implemented; only the text encoder is refused here.
-  assert.deepEqual(clip, [
-    "sd.yaml: model.params.cond_stage_config.target: text encoder ldm.modules.encoders.modules.FrozenCLIPEmbedder is not implemented; ldm's own TransformerEmbedder is (and ClassEmbedder for class labels)",
+  // use_linear_in_transformer (SD 2.x's Linear proj_in / proj_out) and SD's CLIP encoders are implemented; T5 is refused.
+  assert.deepEqual(t5, [
+    'sd.yaml: model.params.cond_stage_config.target: text encoder ldm.modules.encoders.modules.FrozenT5Embedder is not implemented; '
+    + 'ldm implements TransformerEmbedder, FrozenCLIPEmbedder and FrozenOpenCLIPEmbedder (and ClassEmbedder for class labels)',
   ]);
 
   assert.match(errorOf(() => fromReferenceConfig(ldmYaml({ cond: '__is_first_stage__' }), 'inpaint.yaml')),
@@ -220,7 +221,7 @@ test('configs read from reference weights: the autoencoder entirely, the UNet bu
   if (ref.model !== 'ldm') return;
   const { image_size: _, ...withoutSize } = ref.unet;
   assert.deepEqual(inferUNetConfig(unet, { num_heads: 2 }, 32), withoutSize);
-  assert.throws(() => inferUNetConfig(unet, undefined), /do not record its attention heads \(num_heads or num_head_channels\); give its reference YAML \(or an ldm config\) to ldm convert: ldm convert <checkpoint> <out>\.safetensors --config <yaml>/);
+  assert.throws(() => inferUNetConfig(unet, undefined), /do not record its attention heads \(num_heads or num_head_channels\); give its reference YAML \(or an ldm config\): ldm sample --config <yaml>, or once for every command, ldm convert <checkpoint> <out>\.safetensors --config <yaml>/);
   // Without the cond stage's width, a cross-attention context as wide as the channels looks like self-attention.
   assert.equal(inferUNetConfig(unet, { num_heads: 2 }).context_dim, undefined);
   // generative-models' label_emb.0.0 (Linear from the pooled vector) gives adm_in_channels.

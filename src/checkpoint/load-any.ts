@@ -401,7 +401,7 @@ function fromReferenceTensors(
       notes.push(`Stable Diffusion's latent scale factor ${SD_SCALE_FACTOR} is used (its files do not hold one)`);
       return SD_SCALE_FACTOR;
     }
-    notes.push('the scale factor is neither in the weights nor in a config: 1.0 (the reference default) is used; kl-f8 LDMs use 0.18215: give the config to ldm convert --config');
+    notes.push('the scale factor is neither in the weights nor in a config: 1.0 (the reference default) is used; kl-f8 LDMs use 0.18215: give the config with --config (ldm sample, ldm convert)');
     return 1;
   };
   const conditioningOf = (unetCfg: Pick<UNetConfig, 'in_channels' | 'out_channels'>) => (ldm ? { conditioning: ldm.config.conditioning, contextDim: ldm.config.unet.context_dim } : inferConditioning(cond, unetCfg, notes));
@@ -528,7 +528,7 @@ function condModule(c: CondStageConfig, params: ReadonlyMap<string, HostTensor>,
  * tensor or a wrong shape means the config does not describe these weights.
  */
 function checkConfigHint(file: string): string {
-  return `check the config given to ldm convert ${file} --config`;
+  return `check the config given with --config for ${file}`;
 }
 
 function checkModel(m: ModelContent, file: string): { model: ModelContent; unused: string[] } {

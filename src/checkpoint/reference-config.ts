@@ -353,7 +353,7 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
     }
     if (target === TARGETS.frozenClip || target === TARGETS.frozenOpenClip) return frozenClipFrom(target, cp, num(unet, 'context_dim'), ctx);
     const what = /clip|t5|bert|text/i.test(target) ? 'text encoder' : 'cond stage';
-    problems.add(`${at}.target`, `${what} ${target} is not implemented; ldm's own TransformerEmbedder is (and ClassEmbedder for class labels)`);
+    problems.add(`${at}.target`, `${what} ${target} is not implemented; ldm implements TransformerEmbedder, FrozenCLIPEmbedder and FrozenOpenCLIPEmbedder (and ClassEmbedder for class labels)`);
     return { conditioning: {} };
   }
   // concat: the condition is appended to z_t.
@@ -463,11 +463,11 @@ function ldmFrom(params: Obj, target: string, ctx: Context): { config: Obj; firs
 }
 
 /**
- * What to do when the weights do not say enough. Only `ldm convert` (and export-onnx) take a reference YAML: sample,
- * encode and the rest read checkpoints without --config, so the hint names the command that works.
+ * What to do when the weights do not say enough. `ldm sample`, `ldm convert` and export-onnx take a reference YAML;
+ * encode, upscale and the rest do not, so the hint also names the conversion that serves them all.
  */
 export function passConfigHint(file = '<checkpoint>'): string {
-  return `give its reference YAML (or an ldm config) to ldm convert: ldm convert ${file} <out>.safetensors --config <yaml>, then use <out>.safetensors`;
+  return `give its reference YAML (or an ldm config): ldm sample --config <yaml>, or once for every command, ldm convert ${file} <out>.safetensors --config <yaml>, then use <out>.safetensors`;
 }
 
 // ---------------------------------------------------------------- configs from tensor shapes
