@@ -57,7 +57,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
       summary: 'EMA weights: a run checkpoint\'s EMA file beside it (used unless --no-ema); a single file holding both sets (model_ema.*): only with --ema.',
     }),
     force: Flags.boolean({ summary: 'Overwrite existing images.' }),
-    'low-memory': Flags.boolean({ summary: 'One network held at a time: Stable Diffusion\'s text encoder is freed before the UNet runs, the UNet before the VAE decodes.' }),
+    'low-memory': Flags.boolean({ summary: 'One network held at a time: the UNet is freed before the VAE decodes (Stable Diffusion\'s text encoder is always freed before the UNet runs).' }),
     'max-memory': maxMemoryFlag(),
   };
 

@@ -1,6 +1,6 @@
 /**
- * Text contexts computed once, before the UNet runs: `ldm sample --low-memory` encodes every prompt (and the negative
- * or empty one) with the text encoder in a program of its own, disposes it and drops the encoder's weights, then
+ * Text contexts computed once, before the UNet runs: `ldm sample` on Stable Diffusion encodes every prompt (and the
+ * negative or empty one) with the frozen text encoder in a program of its own, disposes it and drops its weights, then
  * samples with a conditioner that feeds those context tokens to the UNet instead of tokens through the encoder. So the
  * text encoder (SD 2.x's is 1.4 GB in float32) and the UNet are never held at once.
  */

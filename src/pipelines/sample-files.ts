@@ -195,8 +195,9 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
     for (const w of warnings) opts.onWarning?.(w);
     let model = ldm.model;
-    if (opts.lowMemory && !refined && isClipText(ldm.config.conditioning.text)) {
-      // Every text the run encodes: the prompts, and the negative (or empty) one of guidance and unconditional samples.
+    if (!refined && isClipText(ldm.config.conditioning.text)) {
+      // SD's frozen text encoder runs once per text, not inside every UNet call, and its weights go before the UNet
+      // runs. Every text the run encodes: the prompts, and the negative (or empty) one of guidance and unconditional samples.
       const pre = await precomputeTextContexts(ldm.model.conditioner, ldm.params, [...prompts, opts.negativePrompt ?? '', ''], opts.executor);
       for (const k of [...ldm.params.keys()]) if (k.startsWith(COND_STAGE_PREFIX)) ldm.params.delete(k);
       model = new LatentDiffusion(ldm.config, { conditioner: pre });
