@@ -37,6 +37,13 @@ export function int32(shape: readonly number[], data?: Int32Array | readonly num
   return hostTensor('int32', shape, arr);
 }
 
+/** Bytes the tensors' data take as held (a float16 tensor at 2 bytes an element): weights, caches. */
+export function hostBytes(tensors: Iterable<HostTensor>): number {
+  let bytes = 0;
+  for (const t of tensors) bytes += t.data.byteLength;
+  return bytes;
+}
+
 /** Bytes per element of each dtype, as stored in safetensors and ONNX. */
 export const DTYPE_BYTES: Readonly<Record<DType, number>> = {
   float32: 4, float64: 8, float16: 2, bfloat16: 2, int8: 1, uint8: 1, int16: 2, int32: 4, int64: 8, bool: 1,

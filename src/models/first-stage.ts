@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { Graph, trace, type Tensor } from '../engine/graph.js';
 import * as o from '../engine/ops.js';
 import { bindParams, checkWeights } from '../engine/module.js';
-import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
+import { hostBytes, hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
 import { VQModel, isEncodingParam, type Autoencoder, type DDConfig } from './autoencoder/index.js';
@@ -200,11 +200,9 @@ const LIVE_MAPS = 6;
 /** [n, n] attention matrices alive at once (scores and softmax); about 1.2 measured for kl-f4-small at 512x512. */
 const LIVE_ATTENTION = 2;
 
-/** Bytes of a model's weights as a run holds them: the host copy, the executor's and the file read (3.1x measured for kl-f8). */
-export function weightBytes(params: ReadonlyMap<string, HostTensor>): number {
-  let n = 0;
-  for (const t of params.values()) n += t.data.byteLength;
-  return 3.5 * n;
+/** Estimated bytes of a model's weights as a run holds them: the host copy, the executor's and the file read (3.1x measured for kl-f8). */
+export function heldWeightBytes(params: ReadonlyMap<string, HostTensor>): number {
+  return 3.5 * hostBytes(params.values());
 }
 
 /**
@@ -228,5 +226,5 @@ export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: n
     if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, n * px * px);
     if (vanilla && i === levels - 1) attention = Math.max(attention, n * px * px); // the mid-block
   }
-  return weightBytes(stage.params()) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
+  return heldWeightBytes(stage.params()) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
 }

@@ -6,7 +6,7 @@
 import { Graph, trace } from '../engine/graph.js';
 import * as o from '../engine/ops.js';
 import { bindParams } from '../engine/module.js';
-import { float32, type HostTensor } from '../engine/host-tensor.js';
+import { float32, hostBytes, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
 import type { ModelFn } from '../diffusion/sampling-loop.js';
@@ -37,7 +37,7 @@ export class Denoiser {
     maxBakedBytes = MAX_BAKED_WEIGHT_BYTES,
   ) {
     model.eval();
-    this.mode = mode === 'const' && weightBytes(params()) > maxBakedBytes ? 'input' : mode;
+    this.mode = mode === 'const' && hostBytes(params().values()) > maxBakedBytes ? 'input' : mode;
   }
 
   private program(shape: readonly number[]): Promise<Program> {
@@ -80,10 +80,4 @@ export class Denoiser {
   async dispose(): Promise<void> {
     await this.programs.dispose();
   }
-}
-
-function weightBytes(params: ReadonlyMap<string, HostTensor>): number {
-  let bytes = 0;
-  for (const t of params.values()) bytes += t.data.byteLength;
-  return bytes;
 }
