@@ -6,7 +6,7 @@
  * - the VAE decode of one 64x64 latent to 512x512;
  * - the CLIP ViT-L/14 text encoder on the prompt and the empty prompt (ours only: the reference runs HF transformers);
  * - seconds per image for 20 steps: text encode + 20 guided UNet steps + decode, the measured parts summed.
- * The UNet runs as `ldm sample --low-memory` runs it: on context tokens encoded beforehand (models/text-context-cache.ts).
+ * The UNet runs as `ldm sample` runs SD: on context tokens encoded beforehand (models/text-context-cache.ts).
  * The peer needs Debian's python3-torch and a checkout of CompVis/stable-diffusion (--ref DIR or LDM_SD_REF); without
  * them ours is reported alone, with the reason.
  * Writes bench/results/sd.json (with --quick: sd-quick.json) and prints a table.
@@ -238,7 +238,7 @@ results.unet_ratio = ratio(peerUnet, unet.seconds);
 results.vae_ratio = ratio(peerDecode, decode.seconds);
 results.target_unet_ratio = 1.5;
 results.note = `ours: fp32, random weights, median of up to ${REPS} runs after one that compiles; the UNet on context tokens encoded beforehand `
-  + '(as ldm sample --low-memory runs it), its weights baked in or fed as inputs as the Denoiser decides (over 1.5 GiB: fed). '
+  + '(as ldm sample runs it), its weights baked in or fed as inputs as the Denoiser decides (over 1.5 GiB: fed). '
   + 'peer: the unmodified reference modules with their own initialisation under torch.no_grad, median of 2 runs after one, at 1 and 2 threads; best taken. '
   + `ratio = peer seconds / ours. seconds per image = text encode + ${STEPS} guided UNet steps + decode (measured parts summed; sampler arithmetic not included).`;
 const file = await writeResults(quick ? 'sd-quick' : 'sd', results);
