@@ -82,5 +82,5 @@ test('--allow-unsafe-pickle reaches every loader a command calls: a hostile auto
     setUnsafePickleDefault({ allow: false });
   }
   assert.equal(warnings.length, 1, warnings.join('\n'));
-  assert.match(warnings[0]!, /^warning: \S*kl-hostile\.ckpt is hostile: its pickle references posix\.system \(kl\/data\.pkl, GLOBAL at byte \d+\)/);
+  assert.match(warnings[0]!, /^\S*kl-hostile\.ckpt is hostile: its pickle references posix\.system \(kl\/data\.pkl, GLOBAL at byte \d+\)/);
 });

@@ -9,10 +9,10 @@ import { BACKEND_NAMES } from '../engine/executor.js';
 import { createProgress, type Progress, type ProgressOptions } from './progress.js';
 import { errorMessage, exitCodeOf, formatError } from './errors.js';
 import { KEEP_PROFILE } from './flags.js';
-import { setKeepProfile } from '../io/colour-profile.js';
+import { keepProfileByDefault, setKeepProfile } from '../io/colour-profile.js';
 import { integerFlag } from './flags.js';
 import { checkOutputPath, type OutputKind } from '../io/output-path.js';
-import { setUnsafePickleDefault } from '../io/torch-checkpoint.js';
+import { setUnsafePickleDefault, unsafePickleDefault, type UnsafePickleDefault } from '../io/torch-checkpoint.js';
 import { ALLOW_UNSAFE_PICKLE } from './flags.js';
 
 export type LdmFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof LdmCommand)['baseFlags'] & T['flags']>;
@@ -46,8 +46,12 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
 
   protected flags!: LdmFlags<T>;
   protected args!: LdmArgs<T>;
+  /** The process-wide defaults this run replaces, put back in finally (a library caller may have set its own). */
+  private savedDefaults?: { keepProfile: boolean; unsafePickle: UnsafePickleDefault };
 
   override async init(): Promise<void> {
+    // Saved before anything can fail: finally runs after a failed init too.
+    this.savedDefaults = { keepProfile: keepProfileByDefault(), unsafePickle: unsafePickleDefault() };
     await super.init();
     const { args, flags } = await this.parse({
       flags: this.ctor.flags,
@@ -58,12 +62,9 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
     });
     this.flags = flags as LdmFlags<T>;
     this.args = args as LdmArgs<T>;
-    // Set for every command (false without the flag), so one run's --keep-profile never leaks into the next in-process.
+    // Both reach every image read / checkpoint reader the command calls, for this run only (finally restores them).
     setKeepProfile((flags as Record<string, unknown>)[KEEP_PROFILE] === true);
-    // Commands that open checkpoints take --allow-unsafe-pickle; it reaches every reader they call, for this run only.
-    if ((flags as Record<string, unknown>)[ALLOW_UNSAFE_PICKLE] === true) {
-      setUnsafePickleDefault({ allow: true, warn: (m) => { if (!this.jsonEnabled()) process.stderr.write(`${m}\n`); } });
-    }
+    setUnsafePickleDefault({ allow: (flags as Record<string, unknown>)[ALLOW_UNSAFE_PICKLE] === true, warn: (m) => this.warning(m) });
   }
 
   /**
@@ -100,7 +101,11 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
   }
 
   protected override async finally(err: Error | undefined): Promise<unknown> {
-    setUnsafePickleDefault({ allow: false });
+    if (this.savedDefaults !== undefined) {
+      setKeepProfile(this.savedDefaults.keepProfile);
+      setUnsafePickleDefault(this.savedDefaults.unsafePickle);
+      this.savedDefaults = undefined;
+    }
     return super.finally(err);
   }
 

@@ -1,6 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { ALLOW_UNSAFE_PICKLE, unsafePickleFlags } from '../cli/flags.js';
+import { hostilePickleMessage } from '../io/torch-checkpoint.js';
 import { MODEL_PARTS } from '../checkpoint/model-content.js';
 import { CONVERT_STAGES, TARGET_DTYPES, TARGET_FORMATS, convertCheckpoint, summarizeNames, type ConvertResult } from '../checkpoint/convert.js';
 
@@ -46,14 +47,12 @@ export default class Convert extends LdmCommand<typeof Convert> {
       bar.update(CONVERT_STAGES, { stage: 'done' });
       return res;
     }).finally(() => bar.stop());
-    // Loud: past --quiet, as the input is an attack on whoever opens it with PyTorch.
-    if (r.unsafe.length > 0 && !this.jsonEnabled()) {
-      process.stderr.write(`warning: ${r.input} is hostile: its pickle references ${r.unsafe.join(', ')}, which torch.load would run; `
-        + `converted anyway (--${ALLOW_UNSAFE_PICKLE}), running nothing. Do not open the input with PyTorch\n`);
-    }
+    // Loud: past --quiet and --json, as the input is an attack on whoever opens it with PyTorch.
+    if (r.unsafe.length > 0) this.warning(hostilePickleMessage(r.input, r.unsafe, 'converted'));
     if (r.skipped.length > 0) this.note(`skipped by the unpickler (never imported or run): ${r.skipped.join(', ')}`);
     if (r.unused.length > 0) this.note(`unused tensors (${r.unused.length}): ${summarizeNames(r.unused)}`);
     for (const n of r.notes) this.note(`note: ${n}`);
+    for (const w of r.warnings) this.warning(w);
     this.result(r, formatResult);
   }
 }

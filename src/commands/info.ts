@@ -33,7 +33,7 @@ export default class Info extends LdmCommand<typeof Info> {
   async run(): Promise<void> {
     if (this.args.run !== undefined) {
       const r = await describeRun(this.args.run);
-      if (r.model.problem !== undefined) process.stderr.write(`warning: ${r.model.problem}\n`);
+      if (r.model.problem !== undefined) this.warning(r.model.problem);
       this.result(r, (v) => [
         `run: ${v.dir}${v.config ? '' : ' (no config.yaml)'}`,
         `checkpoints: ${v.checkpoints.length ? `${v.checkpoints.length}, newest step ${v.model.checkpointStep ?? `${v.checkpoints[0]} (incomplete)`}` : 'none'}`,

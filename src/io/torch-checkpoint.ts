@@ -37,7 +37,7 @@ export interface TorchReadOptions {
 /** What readers do when their options do not say whether to read a pickle naming a dangerous global. */
 export interface UnsafePickleDefault {
   allow: boolean;
-  /** Told once per file read past such globals on this default, e.g. to print a warning. */
+  /** Told once per file read past such globals on this default (the message has no `warning:` prefix), e.g. to print a warning. */
   warn?: (message: string) => void;
 }
 
@@ -54,6 +54,20 @@ export function setUnsafePickleDefault(d: UnsafePickleDefault): void {
 
 export function unsafePickleAllowedByDefault(): boolean {
   return unsafeDefault.allow;
+}
+
+/** The default now in force, so that whoever sets another for a while can put this one back. */
+export function unsafePickleDefault(): UnsafePickleDefault {
+  return unsafeDefault;
+}
+
+/**
+ * The warning (without a `warning:` prefix) for a checkpoint read past dangerous globals: `done` says what was
+ * done with it anyway ("read", "converted").
+ */
+export function hostilePickleMessage(name: string, unsafe: readonly string[], done: string): string {
+  return `${name} is hostile: its pickle references ${unsafe.join(', ')}, which torch.load would run; `
+    + `${done} anyway (--allow-unsafe-pickle), running nothing. Do not open it with PyTorch`;
 }
 
 /** Top-level keys a state dict is commonly nested under, in the order they are tried. */
@@ -106,8 +120,7 @@ export function sniffTorchFormat(head: Uint8Array): 'zip' | 'legacy' | 'pickle' 
 function readFromSource(source: ByteSource, opts: TorchReadOptions): TorchCheckpoint {
   const checkpoint = readUnchecked(source, { ...opts, allowUnsafePickle: opts.allowUnsafePickle ?? unsafeDefault.allow });
   if (opts.allowUnsafePickle === undefined && checkpoint.unsafe.length > 0) {
-    unsafeDefault.warn?.(`warning: ${source.name} is hostile: its pickle references ${checkpoint.unsafe.join(', ')}, which torch.load would run; `
-      + 'read anyway (--allow-unsafe-pickle), running nothing. Do not open it with PyTorch');
+    unsafeDefault.warn?.(hostilePickleMessage(source.name, checkpoint.unsafe, 'read'));
   }
   return checkpoint;
 }
