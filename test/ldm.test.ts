@@ -23,6 +23,9 @@ import { openLatentCache, latentScale, pruneLatentCaches } from '../src/training
 import { batchIndices, trainLdm } from '../src/training/train-ldm.js';
 import type { Dataset, Sample } from '../src/data/dataset.js';
 import { tempDir } from './helpers/temp-dir.js';
+import sharp from 'sharp';
+import { ImageFolderDataset } from '../src/data/image-folder.js';
+import { setKeepProfile } from '../src/io/colour-profile.js';
 
 const executor = new OnnxExecutor({ threads: 1 });
 
@@ -145,6 +148,41 @@ test('the latent cache is encoded once, reused across runs, and replaced when th
   assert.ok(warnings.some((w) => /unreadable/.test(w)), warnings.join('\n'));
   await ae1.dispose();
   await ae2.dispose();
+});
+
+test('the latent cache follows the data set\'s own --keep-profile choice; data that is no image folder keeps its key', async (t) => {
+  const root = tempDir(t, 'ldm-test-');
+  const images = path.join(root, 'images');
+  fs.mkdirSync(images);
+  for (let i = 0; i < 4; i++) {
+    await sharp(Buffer.alloc(8 * 8, 40 * i), { raw: { width: 8, height: 8, channels: 1 } }).png().toFile(path.join(images, `${i}.png`));
+  }
+  const cacheDir = path.join(root, 'cache');
+  const notes: string[] = [];
+  const train = async (name: string, dataset: Dataset): Promise<void> => {
+    await trainLdm({
+      config: config({ data: { source: undefined, size: 8 } }, { steps: 1, ckpt_every: 100 }), run: await RunDir.create(root, name),
+      executor, firstStage: new PixelFirstStage(1), cacheDir, dataset, seed: 1, note: (m) => notes.push(m),
+    });
+  };
+  const lastCacheNote = (): string => notes.filter((n) => n.startsWith('latent cache:')).at(-1)!;
+  // A library caller opens the folder keeping profiles, with the process default (--keep-profile) off.
+  await train('srgb', await ImageFolderDataset.open(images, { size: 8, channels: 1, onWarning: () => {} }));
+  assert.match(lastCacheNote(), /encoded 4 images/);
+  await train('kept', await ImageFolderDataset.open(images, { size: 8, channels: 1, keepProfile: true, onWarning: () => {} }));
+  assert.match(lastCacheNote(), /encoded 4 images/, 'profile-kept pixels get their own cache');
+  await train('srgb-again', await ImageFolderDataset.open(images, { size: 8, channels: 1, onWarning: () => {} }));
+  assert.match(lastCacheNote(), /reusing/);
+
+  await train('toy', toyData(8));
+  const toyFile = lastCacheNote().split(' into ')[1];
+  setKeepProfile(true);
+  try {
+    await train('toy-kept', toyData(8));
+  } finally {
+    setKeepProfile(false);
+  }
+  assert.equal(lastCacheNote(), `latent cache: reusing ${toyFile} (8 latents)`, '--keep-profile does not change data read without colour profiles');
 });
 
 test('the latent cache folder keeps the most recently used files: a reuse counts as use, the oldest go on a write', async (t) => {

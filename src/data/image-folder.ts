@@ -187,6 +187,11 @@ export class ImageFolderDataset implements Dataset {
     this.skipped = init.skipped;
   }
 
+  /** Whether images are read as stored, their ICC profile not applied (fixed at open). */
+  get keepProfile(): boolean {
+    return this.opts.keepProfile ?? false;
+  }
+
   static async open(root: string, options: ImageFolderOptions = {}): Promise<ImageFolderDataset> {
     // Fixed at open, so the cache key and every later decode agree.
     const opts: ImageFolderOptions = { ...options, keepProfile: options.keepProfile ?? keepProfileByDefault() };

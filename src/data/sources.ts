@@ -38,6 +38,8 @@ export interface OpenDatasetOptions {
   readonly flip?: boolean;
   /** Cache folder for decoded images (folders only). */
   readonly cacheDir?: string;
+  /** Read images as stored, not converted to sRGB (folders only; default: the process default, --keep-profile). */
+  readonly keepProfile?: boolean;
 }
 
 function formsHint(): string {
@@ -163,6 +165,7 @@ export async function openDataset(spec: string, opts: OpenDatasetOptions = {}): 
       if (opts.seed !== undefined) folderOpts.seed = opts.seed;
       if (opts.flip !== undefined) folderOpts.flip = opts.flip;
       if (opts.cacheDir !== undefined) folderOpts.cacheDir = opts.cacheDir;
+      if (opts.keepProfile !== undefined) folderOpts.keepProfile = opts.keepProfile;
       return ImageFolderDataset.open(p.path, folderOpts);
     }
   }

@@ -33,7 +33,7 @@ import { randomCrops } from '../data/degrade.js';
 import { toUint8 } from '../io/image.js';
 import type { Batch, Dataset } from '../data/dataset.js';
 import type { FirstStage } from '../models/first-stage.js';
-import { keepProfileByDefault } from '../io/colour-profile.js';
+import { ImageFolderDataset } from '../data/image-folder.js';
 
 const FORMAT = '1';
 
@@ -49,6 +49,13 @@ export interface LatentDataSpec {
   readonly crops?: { readonly perImage: number; readonly seed: number; readonly flip: boolean };
   /** Also keep the encoded images themselves as 8-bit pixels (super-resolution degrades them every step). */
   readonly keepImages?: boolean;
+  /** An image folder read with its ICC profiles not applied (other pixels from the same files); see datasetKeepsProfile. */
+  readonly keepProfile?: boolean;
+}
+
+/** LatentDataSpec.keepProfile of an opened data set: only image folders read colour profiles at all. */
+export function datasetKeepsProfile(ds: Dataset): boolean {
+  return ds instanceof ImageFolderDataset && ds.keepProfile;
 }
 
 export interface LatentCache {
@@ -108,12 +115,11 @@ export async function pruneLatentCaches(dir: string, keep: number): Promise<stri
 
 /** The key: first-stage fingerprint + data spec + format. */
 export function latentCacheKey(firstStageFingerprint: string, data: LatentDataSpec): string {
-  const { source, size, channels, limit, lowres, crops, keepImages } = data;
+  const { source, size, channels, limit, lowres, crops, keepImages, keepProfile } = data;
   // The SR fields enter the key only when set, so the keys (and files) of other data stay what they were.
   const extra = {
     ...(crops ? { crops: { perImage: crops.perImage, seed: crops.seed, flip: crops.flip } } : {}), ...(keepImages ? { keepImages } : {}),
-    // --keep-profile reads other pixels from the same files.
-    ...(keepProfileByDefault() ? { keepProfile: true } : {}),
+    ...(keepProfile ? { keepProfile: true } : {}),
   };
   return cacheKey({ format: FORMAT, firstStage: firstStageFingerprint, data: { source, size, channels, limit: limit ?? null, lowres: lowres ?? false, ...extra } });
 }
@@ -272,7 +278,9 @@ export async function openLatentCache(opts: OpenLatentCacheOptions): Promise<Lat
 
   const { data } = opts;
   // Crops are cut from the images at their own resolution, so the source is opened without a size.
-  let ds = opts.dataset ?? (await openDataset(data.source, data.crops ? { channels: data.channels } : { size: data.size, channels: data.channels }));
+  // Opened as the spec (and so the key) says, whatever the process default of --keep-profile.
+  const keepProfile = data.keepProfile ?? false;
+  let ds = opts.dataset ?? (await openDataset(data.source, data.crops ? { channels: data.channels, keepProfile } : { size: data.size, channels: data.channels, keepProfile }));
   if (data.crops) ds = randomCrops(ds, { size: data.size, ...data.crops });
   if (data.limit !== undefined && data.limit < ds.size) ds = subset(ds, Int32Array.from({ length: data.limit }, (_, i) => i), `${ds.name}[:${data.limit}]`);
   const enc = await encodeAll(ds, opts, key);

@@ -29,7 +29,9 @@ import { Denoiser } from '../sampling/denoiser.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 import { generate, sampleInputs, type GenerateOptions, type SampleCondition } from '../sampling/generate.js';
 import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
-import { latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
+import { datasetKeepsProfile, latentScale, openLatentCache, type LatentCache } from './latent-cache.js';
+import { parseDatasetSpec } from '../data/sources.js';
+import { keepProfileByDefault } from '../io/colour-profile.js';
 import { degradeBatch } from '../data/degrade.js';
 import type { SrDataConfig } from '../config/sr-data-config.js';
 import { upscaleClassical } from '../pipelines/upscale/classical.js';
@@ -305,6 +307,9 @@ async function openTrainingCache(opts: TrainLdmOptions, channels: number, note: 
     firstStage: opts.firstStage,
     data: {
       source: cfg.data.source ?? opts.dataset!.name, size: cfg.data.size, channels,
+      // Opened here only when no data set was given, and then with the process default (--keep-profile) where it is a folder.
+      ...((opts.dataset ? datasetKeepsProfile(opts.dataset) : keepProfileByDefault() && parseDatasetSpec(cfg.data.source!).kind === 'folder')
+        ? { keepProfile: true } : {}),
       ...(cfg.data.limit !== undefined ? { limit: cfg.data.limit } : {}),
       ...(cfg.conditioning.type === 'concat' && !sr ? { lowres: true } : {}),
       ...(sr ? { crops: { perImage: sr.crops_per_image, seed: sr.crop_seed, flip: sr.flip }, keepImages: true } : {}),
