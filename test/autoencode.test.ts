@@ -7,6 +7,8 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import { syncBuiltinESMExports } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
@@ -208,6 +210,25 @@ test('encode picks tiles itself when the whole image would not fit the memory li
     /^MemoryLimitError: encoding big\.png \(96x128\) even in \d+-pixel tiles needs about \d+ MiB of memory \(estimated peak\), above the limit of 100 MiB \(--max-memory 100 MiB\); raise --max-memory/);
   assert.equal(fs.existsSync(path.join(dir, 'none')), false);
   await stage.dispose();
+});
+
+test('encodeFiles without a memory limit applies the default one, as generate does', async (t) => {
+  const dir = tempDir(t, 'ldm-autoencode-');
+  const stage = await openFirstStage(await tinyCheckpoint(dir), { executor });
+  await writePng(path.join(dir, 'big.png'), randomImage(new Rng(4), 3, 128, 96));
+  // A machine of 200 MiB: the default limit (a share of it) is below what this image needs even in tiles.
+  const totalmem = os.totalmem;
+  os.totalmem = () => 200 * 2 ** 20;
+  syncBuiltinESMExports();
+  try {
+    await assert.rejects(encodeFiles(stage, [path.join(dir, 'big.png')], path.join(dir, 'lat')),
+      /^MemoryLimitError: encoding big\.png \(96x128\) even in \d+-pixel tiles needs about \d+ MiB of memory \(estimated peak\), above the limit of 100 MiB \(the default, 50% of this machine's 200 MiB\)/);
+  } finally {
+    os.totalmem = totalmem;
+    syncBuiltinESMExports();
+    await stage.dispose();
+  }
+  assert.equal(fs.existsSync(path.join(dir, 'lat')), false);
 });
 
 test('VQ encode stores code indices that match the latent', async (t) => {

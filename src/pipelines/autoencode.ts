@@ -23,7 +23,7 @@ import { centredPadding, crop, pad } from '../data/transforms.js';
 import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
 import { parseCaption } from '../data/shapes.js';
 import { checkSample } from '../data/shapes-checker.js';
-import { MemoryLimitError, PROCESS_BASE_BYTES, checkMemory, formatBytes, type MemoryLimit } from '../util/memory-budget.js';
+import { MemoryLimitError, PROCESS_BASE_BYTES, checkMemory, formatBytes, memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
 
 export const LATENT_FORMAT = 'ldm-latent/1';
 export const LATENT_KEYS = {
@@ -414,7 +414,7 @@ export interface EncodeFilesOptions extends EncodeOptions {
   /** VQ: store the nearest code of each position as `indices`. */
   indices?: boolean;
   onFile?: (done: number, total: number, job: FileJob) => void;
-  /** Peak memory allowed (see util/memory-budget.ts): images that need more are tiled, or refused before any work. */
+  /** Peak memory allowed (see util/memory-budget.ts; default memoryLimit()): images that need more are tiled, or refused before any work. */
   memoryLimit?: MemoryLimit;
   /** Says when an image is tiled because it would not fit whole. */
   note?: (message: string) => void;
@@ -451,19 +451,16 @@ export async function encodeFiles(stage: FirstStage, inputs: readonly string[], 
   await checkOutputs(outputs, opts.force ?? false);
   const padMode = opts.pad ?? 'replicate';
   // Every image's tiles are chosen from its header before any is read, so a refusal leaves nothing half-done.
+  const limit = opts.memoryLimit ?? memoryLimit();
   const tiles: (TileOptions | undefined)[] = [];
   for (const job of jobs) {
-    if (!opts.memoryLimit) {
-      tiles.push(opts.tile);
-      continue;
-    }
     const info = await probeImage(job.input);
     const what = `encoding ${job.rel} (${info.width}x${info.height})`;
     const estimate = (tile?: TileOptions) => encodeMemoryBytes(stage, {
       height: info.height, width: info.width, fileChannels: info.channels + (info.hasAlpha ? 1 : 0), bitDepth: info.bitDepth, ...(tile ? { tile } : {}),
     });
-    const d = decideTiles(stage, what, estimate, Math.max(info.height, info.width), opts.memoryLimit, opts.tile);
-    if (d.auto) opts.note?.(autoTileNote(`encode ${job.rel} (${info.width}x${info.height})`, d, opts.memoryLimit));
+    const d = decideTiles(stage, what, estimate, Math.max(info.height, info.width), limit, opts.tile);
+    if (d.auto) opts.note?.(autoTileNote(`encode ${job.rel} (${info.width}x${info.height})`, d, limit));
     tiles.push(d.tile);
   }
   const done: EncodedFile[] = [];
@@ -530,7 +527,7 @@ export interface DecodeFilesOptions extends DecodeOptions {
   /** Keep the padded size instead of cropping to the recorded original size. */
   noCrop?: boolean;
   onFile?: (done: number, total: number, job: FileJob) => void;
-  /** Peak memory allowed (see util/memory-budget.ts): latents that need more are decoded in tiles, or refused before any work. */
+  /** Peak memory allowed (see util/memory-budget.ts; default memoryLimit()): latents that need more are decoded in tiles, or refused before any work. */
   memoryLimit?: MemoryLimit;
   /** Says when a latent is tiled because it would not fit whole. */
   note?: (message: string) => void;
@@ -547,18 +544,19 @@ export async function decodeFiles(stage: FirstStage, inputs: readonly string[], 
   const jobs = await planJobs(inputs, out, ['.safetensors'], '.png');
   await checkOutputs(jobs.map((j) => j.output), opts.force ?? false);
   // Tiles from each file's header, before any decoding; an unreadable header is left to readLatentFile's message.
+  const limit = opts.memoryLimit ?? memoryLimit();
   const tiles: (TileOptions | undefined)[] = [];
   for (const job of jobs) {
-    const shape = opts.memoryLimit ? await readSafetensorsHeader(job.input).then((hd) => hd.entries.find((e) => e.name === 'latent')?.shape, () => undefined) : undefined;
-    if (!opts.memoryLimit || !shape || shape.length < 3) {
+    const shape = await readSafetensorsHeader(job.input).then((hd) => hd.entries.find((e) => e.name === 'latent')?.shape, () => undefined);
+    if (!shape || shape.length < 3) {
       tiles.push(opts.tile);
       continue;
     }
     const [c, h, w] = shape.slice(-3) as [number, number, number];
     const f = stage.factor;
     const what = `decoding ${job.rel} (${w * f}x${h * f})`;
-    const d = decideTiles(stage, what, (tile) => decodeMemoryBytes(stage, [c, h, w], tile), Math.max(h, w) * f, opts.memoryLimit, opts.tile);
-    if (d.auto) opts.note?.(autoTileNote(`decode ${job.rel} (${w * f}x${h * f})`, d, opts.memoryLimit));
+    const d = decideTiles(stage, what, (tile) => decodeMemoryBytes(stage, [c, h, w], tile), Math.max(h, w) * f, limit, opts.tile);
+    if (d.auto) opts.note?.(autoTileNote(`decode ${job.rel} (${w * f}x${h * f})`, d, limit));
     tiles.push(d.tile);
   }
   const done: DecodedFile[] = [];

@@ -21,7 +21,7 @@ import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod
 import { loadSrModel, resolveUpscaleSettings, upscaleWithModel, type SrModel, type UpscaleOverrides, type UpscaleSettings } from './model.js';
 import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './reference.js';
 import { upscaleMemoryBytes } from './memory.js';
-import { checkMemory, type MemoryLimit } from '../../util/memory-budget.js';
+import { checkMemory, memoryLimit, type MemoryLimit } from '../../util/memory-budget.js';
 
 export { CLASSICAL_METHODS, type ClassicalMethod } from './classical.js';
 export { COLOR_FIXES, type ColorFix } from './color-fix.js';
@@ -54,7 +54,7 @@ export interface UpscaleFilesOptions {
   onImageStart?: (index: number, total: number, job: FileJob) => void;
   onStep?: (step: number, steps: number) => void;
   note?: (message: string) => void;
-  /** Peak memory allowed (util/memory-budget.ts): an image that needs more refuses the run before any image is read. */
+  /** Peak memory allowed (util/memory-budget.ts; default memoryLimit()): an image that needs more refuses the run before any image is read. */
   memoryLimit?: MemoryLimit;
 }
 
@@ -182,7 +182,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
   const note = opts.note ?? (() => undefined);
   const files: UpscaledFile[] = [];
   try {
-    if (opts.memoryLimit) await checkUpscaleMemory(jobs, opts, opts.memoryLimit, scale, sr);
+    await checkUpscaleMemory(jobs, opts, opts.memoryLimit ?? memoryLimit(), scale, sr);
     for (const [i, job] of jobs.entries()) {
       const t0 = Date.now();
       const file: UpscaledFile = { input: job.input, output: job.output, status: 'written' };
