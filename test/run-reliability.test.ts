@@ -14,6 +14,10 @@ import { RunDir } from '../src/io/run-dir.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/io/checkpoint.js';
 import { LatentDiffusionConfigSchema } from '../src/config/ldm-config.js';
 import { PixelFirstStage } from '../src/models/first-stage.js';
+import { LatentDiffusion } from '../src/models/latent-diffusion.js';
+import { Rng } from '../src/util/random.js';
+import { writeLdmCheckpoint } from '../src/checkpoint/ldm-checkpoint.js';
+import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
 import { openLatentCache } from '../src/training/latent-cache.js';
 import { trainLdm } from '../src/training/train-ldm.js';
 import type { Dataset } from '../src/data/dataset.js';
@@ -99,4 +103,32 @@ test('commands: a start that fails on bad data can be retried without --force; i
   assert.match(info!.stderr, /warning: .*model\.safetensors holds step 4, but the run's newest checkpoint is step 8/);
   assert.match(info!.stdout, /checkpoints: 2, newest step 8/);
   assert.match(info!.stdout, /model: .*model\.safetensors \(step 4\)/);
+});
+
+test('a stale run model read as a checkpoint: the loader returns the problem as a warning (no stderr of its own); ldm sample prints it', async (t) => {
+  const root = tempDir(t, 'ldm-stale-model-');
+  const run = await RunDir.create(path.join(root, 'runs'), 'stale');
+  const cfg = LatentDiffusionConfigSchema.parse({
+    model: 'ldm', name: 'stale', first_stage: 'pixel', data: { size: 8 }, train: { batch_size: 1, lr: 1, steps: 8 }, sample: { steps: 1 },
+    unet: { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32 },
+  });
+  const params = new LatentDiffusion(cfg).initialize(new Rng(1));
+  for (const [file, step] of [[run.checkpointPath(4), 4], [run.checkpointPath(8), 8], [run.modelPath, 4]] as const) {
+    await writeLdmCheckpoint(file, { config: cfg, params, firstStage: new PixelFirstStage(3), scaleFactor: 1, step, weights: 'raw' });
+  }
+  const written: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array) => written.push(String(chunk)) > 0) as typeof process.stderr.write;
+  let loaded;
+  try {
+    loaded = await loadAnyCheckpoint(run.modelPath);
+  } finally {
+    process.stderr.write = write;
+  }
+  assert.deepEqual(written, [], 'the loader wrote to stderr itself');
+  assert.equal(loaded.source.warnings.length, 1, loaded.source.warnings.join('\n'));
+  assert.match(loaded.source.warnings[0]!, /model\.safetensors holds step 4, but the run's newest checkpoint is step 8/);
+  const [sample] = runCommands(root, [{ command: 'sample', args: ['--ckpt', run.modelPath, '--n', '1', '-o', path.join(root, 'out'), '--json'] }]);
+  assert.equal(sample!.code, 0, sample!.stderr);
+  assert.match(sample!.stderr, /^warning: .*model\.safetensors holds step 4, but the run's newest checkpoint is step 8/m);
 });

@@ -21,7 +21,7 @@ import { sharedTempDir } from './helpers/temp-dir.js';
 const dir = sharedTempDir('ldm-sample-cmd-');
 const UNET = { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32 };
 
-async function checkpoint(name: string, over: Partial<LatentDiffusionConfigInput>, tokenizer?: Tokenizer): Promise<string> {
+async function checkpoint(name: string, over: Partial<LatentDiffusionConfigInput>, tokenizer?: Tokenizer, weights: 'raw' | 'ema' = 'ema'): Promise<string> {
   const cfg = LatentDiffusionConfigSchema.parse({
     model: 'ldm', name, first_stage: 'pixel', unet: UNET, train: { batch_size: 1, lr: 1, steps: 1 }, data: { size: 8 },
     sample: { steps: 3 }, ...over,
@@ -32,7 +32,7 @@ async function checkpoint(name: string, over: Partial<LatentDiffusionConfigInput
   for (const [n, w] of params) if ((w.data as Float32Array).every((v) => v === 0)) params.set(n, float32(w.shape, rng.normalArray(w.data.length, 0.05)));
   const file = path.join(dir, `${name}.safetensors`);
   await writeLdmCheckpoint(file, {
-    config: cfg, params, firstStage: new PixelFirstStage(3), scaleFactor: 1, step: 7, weights: 'ema',
+    config: cfg, params, firstStage: new PixelFirstStage(3), scaleFactor: 1, step: 7, weights,
     ...(tokenizer ? { tokenizer } : {}), ...(cfg.conditioning.type === 'class' ? { classNames: ['round', 'square'] } : {}),
   });
   return file;
@@ -100,6 +100,30 @@ test('ldm sample warns once per run about a prompt cut to the text encoder\'s co
   assert.match(lines[1]!, /^warning: words not in the tokenizer's vocabulary, .*: "fox" becomes <unk>/);
   assert.equal(json.code, 0, json.stderr);
   assert.deepEqual((JSON.parse(json.stdout) as { warnings: string[] }).warnings, lines.map((l) => l.replace(/^warning: /, '')));
+});
+
+test('ldm sample refuses --tokenizer, --config, a different --prediction and --ema where the checkpoint cannot take them', async () => {
+  const raw = await checkpoint('uncond-raw', {}, undefined, 'raw');
+  const out = path.join(dir, 'refused-flags');
+  const q = ['--n', '1', '--steps', '1', '-o', out, '--quiet'];
+  const vocab = path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer');
+  const cases: [string[], RegExp][] = [
+    [['--ckpt', await text, '--prompt', 'a red circle', '--tokenizer', vocab], /^Error: --tokenizer is for Stable Diffusion's CLIP text encoders, and \S*text\.safetensors has none: its text encoder carries its own tokenizer; leave --tokenizer out$/],
+    [['--ckpt', await uncond, '--tokenizer', vocab], /^Error: --tokenizer .* it is unconditional; leave --tokenizer out$/],
+    [['--ckpt', await uncond, '--config', 'v1-inference.yaml'], /^Error: --config is not used with \S*uncond\.safetensors: an ldm checkpoint records its own config; leave --config out$/],
+    [['--ckpt', await uncond, '--prediction', 'v'], /^Error: --prediction v does not apply to \S*uncond\.safetensors: an ldm checkpoint records its parameterization \(eps\); leave --prediction out$/],
+    [['--ckpt', raw, '--ema'], /^Error: --ema: \S*uncond-raw\.safetensors holds the trained \(raw\) weights, and no EMA file/],
+  ];
+  const results = ldm(cases.map(([args]) => ({ args: [...args, ...q], watch: out })));
+  results.forEach((r, i) => {
+    assert.notEqual(r.code, 0, `${cases[i]![0].join(' ')} was accepted`);
+    assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr.trimEnd(), cases[i]![1]);
+  });
+  assert.equal(fs.existsSync(out), false);
+  // What the checkpoint records, given again, is no conflict.
+  const [same] = ldm([{ args: ['--ckpt', await uncond, '--prediction', 'eps', '--ema', ...q] }]);
+  assert.equal(same!.code, 0, same!.stderr);
 });
 
 test('ldm sample refuses numeric flags outside their range with one line naming the flag, exit 2, and no output', async () => {

@@ -75,3 +75,19 @@ test('SD single file with model_ema.*: --ema samples the EMA weights, no flag th
   assert.ok(levels[1]! > 10, `plain weights gave the EMA image (${levels[1]} levels from it)`);
   assert.ok(levels[2]! <= 1.01 && levels[3]! <= 1.01, `EMA-only file: ${levels[2]} / ${levels[3]} levels`);
 });
+
+test('ldm sample prints the loader\'s notes, and --ema on an EMA-only file says which weights it used', async (t) => {
+  const dir = tempDir(t, 'sd-notes-');
+  const pruned = path.join(DIR, 'sd1.safetensors');
+  const out = path.join(dir, 'out');
+  const [r] = runCommands(dir, [{
+    command: 'sample',
+    args: ['--ckpt', pruned, '--ema', '--tokenizer', VOCAB, '--prompt', 'a cat', '--steps', '1', '--guidance', '1', '--height', '64', '--width', '64', '--n', '1', '-o', out],
+  }]);
+  assert.equal(r!.code, 0, r!.stderr);
+  assert.match(r!.stderr, /sd1\.safetensors: step 0, its only weights \(no separate EMA set; a pruned file keeps its EMA ones\)/);
+  assert.doesNotMatch(r!.stderr, /raw weights/);
+  assert.match(r!.stderr, /^note: no separate EMA weights \(model_ema\.\*\)/m);
+  assert.match(r!.stderr, /^note: Stable Diffusion's latent scale factor 0\.18215 is used/m);
+  assert.match(r!.stderr, /^note: parameterization is not in the weights: eps/m);
+});

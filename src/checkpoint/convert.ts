@@ -49,6 +49,8 @@ export interface ConvertResult {
   unsafe: string[];
   unused: string[];
   notes: string[];
+  /** What the user should act on (a run's model older than its newest checkpoint); the command prints them as warnings. */
+  warnings: string[];
 }
 
 /** The format an output path implies when --to is not given. */
@@ -116,6 +118,7 @@ export async function convertCheckpoint(input: string, output: string, opts: Con
     unsafe: source.unsafe,
     unused: source.unused,
     notes: source.notes,
+    warnings: source.warnings,
   };
 }
 

@@ -16,7 +16,7 @@ import { CLIP_TOKENIZER_MISSING } from '../models/conditioning.js';
 import { checkSameLatentSpace, type FirstStage } from '../models/first-stage.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHTS_META } from './metadata-keys.js';
 import { firstStageFromLdm, openFirstStage } from './first-stage-checkpoint.js';
-import { loadAnyCheckpoint } from './load-any.js';
+import { loadAnyCheckpoint, type SourceReport } from './load-any.js';
 import { referenceConfigReader } from './reference-config.js';
 import { definedOnly } from '../util/defined.js';
 
@@ -64,6 +64,10 @@ export interface LoadedLdm extends LdmCheckpointContent {
   model: LatentDiffusion;
   /** The module's weights, checked against it. */
   params: Map<string, HostTensor>;
+  /** What the loader inferred, assumed or dropped (SD 2.x's parameterization, the scale factor ...), one line each. */
+  notes: readonly string[];
+  /** What the user should act on (a run's model older than its newest checkpoint), one line each. */
+  warnings: readonly string[];
 }
 
 function jsonList(file: string, metadata: Record<string, string>, key: string): string[] | undefined {
@@ -82,7 +86,9 @@ function jsonList(file: string, metadata: Record<string, string>, key: string): 
  * The LDM in a checkpoint already read (kind "ldm"); entries that are not the model's (optimizer state) are left out.
  * `clipTokenizer`: the tokenizer of a Stable Diffusion checkpoint, which carries none.
  */
-export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor: Executor, clipTokenizer?: ClipTokenizer): LoadedLdm {
+export function ldmFromCheckpoint(
+  ckpt: LoadedCheckpoint & { source?: Pick<SourceReport, 'notes' | 'warnings'> }, file: string, executor: Executor, clipTokenizer?: ClipTokenizer,
+): LoadedLdm {
   if (ckpt.kind !== 'ldm') {
     throw new Error(`${file} is a "${ckpt.kind}" checkpoint, not a latent diffusion model; give a checkpoint written by ldm train-ldm`);
   }
@@ -111,6 +117,8 @@ export function ldmFromCheckpoint(ckpt: LoadedCheckpoint, file: string, executor
     firstStage: firstStageFromLdm(ckpt, file, executor),
     scaleFactor: scale,
     step: ckpt.step,
+    notes: ckpt.source?.notes ?? [],
+    warnings: ckpt.source?.warnings ?? [],
     ...(tokenizer ? { tokenizer } : {}),
     ...(classNames ? { classNames } : {}),
     ...(labelMapClasses ? { labelMapClasses } : {}),
@@ -139,6 +147,11 @@ export async function readLdmCheckpoint(file: string, executor: Executor, opts: 
     throw err;
   });
   const ldm = ldmFromCheckpoint(ckpt, file, executor, clipTokenizer);
+  if (clipTokenizer && !isClipText(ldm.config.conditioning.text)) {
+    await ldm.firstStage.dispose();
+    const own = ldm.config.conditioning.type === 'text' ? 'its text encoder carries its own tokenizer' : `it is ${ldm.config.conditioning.type === 'none' ? 'unconditional' : `${ldm.config.conditioning.type}-conditioned`}`;
+    throw new Error(`--tokenizer is for Stable Diffusion's CLIP text encoders, and ${file} has none: ${own}; leave --tokenizer out`);
+  }
   // Everything that reads an LDM this way encodes prompts, so a Stable Diffusion file without its tokenizer stops here.
   if (isClipText(ldm.config.conditioning.text) && !clipTokenizer) {
     await ldm.firstStage.dispose();

@@ -26,7 +26,7 @@ import { buildAutoencoder } from '../models/autoencoder/index.js';
 import { ClassEmbedder } from '../models/class-embedder.js';
 import { TextEncoder } from '../models/text-encoder.js';
 import { createConditioner } from '../models/conditioning.js';
-import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY } from './metadata-keys.js';
+import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHTS_META } from './metadata-keys.js';
 import { fingerprintParams, type FirstStageSpec } from '../models/first-stage.js';
 import { autoencoderKeyMap, fromDiffusers, unetKeyMap } from './diffusers-key-maps.js';
 import {
@@ -47,6 +47,8 @@ export interface SourceReport {
   readonly unused: string[];
   /** What was inferred, assumed or dropped, one line each. */
   readonly notes: string[];
+  /** What the user should act on (a run's model.safetensors older than its newest checkpoint), one line each; the caller prints them. */
+  readonly warnings: string[];
 }
 
 export type AnyCheckpoint = ModelContent & { readonly source: SourceReport };
@@ -78,7 +80,6 @@ const UNET_PREFIX = 'model.diffusion_model.';
 const COND_PREFIX = 'cond_stage_model.';
 const EMA_PREFIX = 'model_ema.';
 const OPTIMIZER_PREFIX = 'optimizer.';
-const WEIGHTS_KEY = 'ldm.weights';
 /** Stable Diffusion's fixed settings (v1-inference.yaml, v2-inference*.yaml): latent scale, schedule, 512 / 8 latents. */
 const SD_SCALE_FACTOR = 0.18215;
 const SD_SCHEDULE = { schedule: 'linear' as const, timesteps: 1000, linear_start: 0.00085, linear_end: 0.012 };
@@ -90,6 +91,7 @@ const SD_LATENT_SIZE = 64;
  */
 export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {}): Promise<AnyCheckpoint> {
   const notes: string[] = [];
+  const warnings: string[] = [];
   const skipped: string[] = [];
   const unsafe: string[] = [];
   let unused: string[] = [];
@@ -110,7 +112,7 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
       const dir = path.dirname(file);
       if (Object.hasOwn(header.metadata, 'ldm.format')) {
         format = 'ldm';
-        await warnIfStaleRunModel(file);
+        await warnIfStaleRunModel(file, (problem) => warnings.push(problem));
         model = await fromLdmCheckpoint(file, notes);
       } else if (fs.existsSync(path.join(dir, 'config.json')) && !opts.config) {
         format = 'diffusers';
@@ -137,14 +139,14 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
       unused = r.unused;
     }
   }
-  if (opts.config !== undefined && (format === 'ldm' || format === 'diffusers')) notes.push(`--config is not used: ${format} checkpoints record their own config`);
+  if (format === 'ldm' || format === 'diffusers') refuseRecorded(model, format, file, opts);
   model = selectPart(model, opts.part, file, notes);
   // The map was made for this load alone: widening in place lets each float16 tensor go as its float32 copy is made,
   // so a 2 GB fp16 file peaks near its 4 GB in float32, not at both.
   if ((opts.dtype ?? 'float32') === 'float32') widenInPlace(model.params as Map<string, HostTensor>);
   const checked = checkModel(model, file);
   unused.push(...checked.unused);
-  return { ...checked.model, source: { path: file, format, skipped, unsafe, unused, notes } };
+  return { ...checked.model, source: { path: file, format, skipped, unsafe, unused, notes, warnings } };
 }
 
 function statOf(file: string): fs.Stats {
@@ -218,6 +220,23 @@ async function fromLdmCheckpoint(file: string, notes: string[]): Promise<ModelCo
       return { kind: 'cond_stage', config: ckpt.config as CondStageConfig, params: ckpt.params, ...common };
     default:
       throw new Error(`${file}: a "${ckpt.kind}" checkpoint; ldm converts autoencoder, ldm, unet and cond_stage checkpoints`);
+  }
+}
+
+/**
+ * ldm checkpoints and diffusers folders record their config, parameterization and which weights they hold: a
+ * --config, a different --prediction or an --ema they cannot honour is refused rather than ignored.
+ */
+function refuseRecorded(model: ModelContent, format: 'ldm' | 'diffusers', file: string, opts: LoadAnyOptions): void {
+  const what = format === 'ldm' ? 'an ldm checkpoint' : 'a diffusers folder';
+  if (opts.config !== undefined) throw new Error(`--config is not used with ${file}: ${what} records its own config; leave --config out`);
+  if (opts.prediction !== undefined && model.kind === 'ldm' && model.config.parameterization !== opts.prediction) {
+    throw new Error(`--prediction ${opts.prediction} does not apply to ${file}: ${what} records its parameterization (${model.config.parameterization}); leave --prediction out`);
+  }
+  if (opts.ema && model.kind === 'ldm' && model.metadata[WEIGHTS_META] !== 'ema') {
+    throw new Error(format === 'ldm'
+      ? `--ema: ${file} holds the trained (raw) weights, and no EMA file (.ema.safetensors) was found for it; give the EMA checkpoint, or leave --ema out`
+      : `--ema: ${file} is a diffusers folder, which holds one set of weights; leave --ema out`);
   }
 }
 
@@ -463,7 +482,7 @@ function fromReferenceTensors(
     }
     : { kind: 'pixel', channels: config.data.channels ?? uCfg.out_channels };
   const params = mergeParams(addPrefix(unet, UNET_PREFIX), addPrefix(cond, COND_PREFIX), addPrefix(first, FIRST_STAGE_PREFIX));
-  const metadata = { [FIRST_STAGE_KEY]: JSON.stringify(spec), [SCALE_FACTOR_KEY]: String(scale), [WEIGHTS_KEY]: takeEma ? 'ema' : 'raw' };
+  const metadata = { [FIRST_STAGE_KEY]: JSON.stringify(spec), [SCALE_FACTOR_KEY]: String(scale), [WEIGHTS_META]: takeEma ? 'ema' : 'raw' };
   return { model: { kind: 'ldm', config, params, step, metadata }, unused: rest() };
 }
 
@@ -488,7 +507,7 @@ export function selectPart(m: ModelContent, part: ModelPart | undefined, file: s
   if (part === 'unet') return { kind: 'unet', config: m.config.unet, params: splitPrefix(m.params, UNET_PREFIX), step: m.step, metadata: {} };
   const c = m.config.conditioning;
   if (c.type !== 'class' && c.type !== 'text') throw new Error(`--part cond_stage: ${file} is conditioned by ${c.type}, which has no trained encoder`);
-  const keep = Object.fromEntries(Object.entries(m.metadata).filter(([k]) => k === 'ldm.tokenizer' || k === 'ldm.class_names'));
+  const keep = Object.fromEntries(Object.entries(m.metadata).filter(([k]) => k === LDM_KEYS.tokenizer || k === LDM_KEYS.classNames));
   return { kind: 'cond_stage', config: { conditioning: c, context_dim: m.config.unet.context_dim ?? 0 }, params: splitPrefix(m.params, COND_PREFIX), step: m.step, metadata: keep };
 }
 
@@ -523,14 +542,14 @@ function condModule(c: CondStageConfig, params: ReadonlyMap<string, HostTensor>,
   return undefined;
 }
 
-/**
- * Keep exactly the tensors the model has, each with the shape the config gives; the rest are `unused`. A missing
- * tensor or a wrong shape means the config does not describe these weights.
- */
 function checkConfigHint(file: string): string {
   return `check the config given with --config for ${file}`;
 }
 
+/**
+ * Keep exactly the tensors the model has, each with the shape the config gives; the rest are `unused`. A missing
+ * tensor or a wrong shape means the config does not describe these weights.
+ */
 function checkModel(m: ModelContent, file: string): { model: ModelContent; unused: string[] } {
   const parts: [string, Module][] = [];
   switch (m.kind) {

@@ -82,7 +82,13 @@ export default class Sample extends LdmCommand<typeof Sample> {
           steps: f.steps, sampler: f.sampler, eta: f.eta, guidance: f.guidance, height: f.height, width: f.width,
           batchSize: f['batch-size'], strength: f.strength,
         }),
-        onLoaded: (ldm) => this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights; backend ${sel.executor.description}; seed ${seed}`),
+        onLoaded: (ldm) => {
+          // --ema on a file without a separate EMA set (a pruned SD file) samples the one set it has: say so, not "raw".
+          const weights = ldm.weights === 'ema' ? 'EMA weights' : f.ema === true ? 'its only weights (no separate EMA set; a pruned file keeps its EMA ones)' : 'raw weights';
+          this.note(`${ldm.file}: step ${ldm.step}, ${weights}; backend ${sel.executor.description}; seed ${seed}`);
+          for (const n of ldm.notes) this.note(`note: ${n}`);
+          for (const w of ldm.warnings) this.warning(w);
+        },
         onWarning: (m) => this.warning(m),
         onStep: (p) => {
           bar ??= this.progress({ total: p.total, label: 'image' });
