@@ -15,6 +15,15 @@ import { toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { readImage } from '../src/io/image.js';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
+import { readReferenceConfig } from '../src/checkpoint/reference-config.js';
+import type { LatentDiffusionConfig } from '../src/config/ldm-config.js';
+import { float32 } from '../src/engine/host-tensor.js';
+import { OnnxExecutor } from '../src/engine/onnx/executor.js';
+import { buildAutoencoder } from '../src/models/autoencoder/index.js';
+import { AutoencoderFirstStage } from '../src/models/first-stage.js';
+import { ClipTokenizer } from '../src/models/clip-tokenizer.js';
+import { LatentDiffusion } from '../src/models/latent-diffusion.js';
+import { sampleMemoryBytes } from '../src/sampling/generate.js';
 import { runCommands } from './helpers/commands.js';
 import { tempDir } from './helpers/temp-dir.js';
 
@@ -153,4 +162,22 @@ test('--config v2-inference-v.yaml / v2-inference.yaml (widths edited): OpenCLIP
     y.model.params.cond_stage_config = { target: 'ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder' };
   });
   await assert.rejects(loadAnyCheckpoint(file, { config: last }), /cond_stage_config\.params\.layer: "last" is not implemented/);
+});
+
+test('the sampling estimate for SD 1.5 at 512x512 with guidance covers the measured peak RSS (8.65 GB), weights included', async () => {
+  const ref = readReferenceConfig(V1_INFERENCE, 'v1-inference.yaml');
+  const model = new LatentDiffusion(ref.config as LatentDiffusionConfig, { tokenizer: ClipTokenizer.load(path.join(import.meta.dirname, 'fixtures', 'clip-text', 'bpe_simple_vocab_16e6.txt.gz')) });
+  const ae = buildAutoencoder(ref.firstStage!);
+  // Zero-filled weights: only their sizes count (untouched pages cost no memory).
+  const weights = new Map(ae.namedParameters().map(([n, p]) => [n, float32(p.shape)]));
+  const executor = new OnnxExecutor({ threads: 1 });
+  try {
+    const firstStage = new AutoencoderFirstStage(ae, weights, executor, ref.scaleFactor);
+    const bytes = sampleMemoryBytes({ model, firstStage }, { total: 1, batch: 1, guided: true, height: 512, width: 512 });
+    // Measured: ldm sample on the SD-1.5 fp16 file, 512x512, 20 steps, guidance 7.5 peaked at 8.65 GB RSS.
+    assert.ok(bytes >= 8.65e9, `estimate ${(bytes / 1e9).toFixed(2)} GB is below the measured 8.65 GB`);
+    assert.ok(bytes < 16e9, `estimate ${(bytes / 1e9).toFixed(2)} GB is far above the measured 8.65 GB`);
+  } finally {
+    await executor.dispose();
+  }
 });

@@ -75,3 +75,28 @@ test('SD\'s text encoder runs once and is freed before the UNet; --low-memory al
     await inner.dispose();
   }
 });
+
+test('SD sampling over the memory limit is refused before the text encoder is compiled or run', async (t) => {
+  const dir = tempDir(t, 'sd-memcheck-');
+  const inner = new OnnxExecutor({ threads: 1 });
+  const compiled: string[] = [];
+  const executor: Executor = {
+    name: inner.name, description: inner.description,
+    compile: (g, outs) => {
+      compiled.push('compile');
+      return inner.compile(g, outs);
+    },
+    compileStep: (g, spec) => inner.compileStep(g, spec),
+    dispose: () => inner.dispose(),
+  };
+  try {
+    await assert.rejects(sampleToFiles({
+      ckpt: path.join(DIR, 'sd1.safetensors'), tokenizer: VOCAB, outDir: path.join(dir, 'out'), executor, n: 1, seed: 1, prompts: ['a cat'],
+      memoryLimit: { bytes: 64 * 2 ** 20, source: '--max-memory 64 MiB' }, settings: { steps: 2, guidance: 7.5, height: 64, width: 64 },
+    }), /needs about .* above the limit of 64 MiB/);
+    assert.deepEqual(compiled, [], 'a program was compiled before the memory check');
+    assert.equal(fs.existsSync(path.join(dir, 'out')), false);
+  } finally {
+    await inner.dispose();
+  }
+});

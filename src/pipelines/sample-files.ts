@@ -14,7 +14,7 @@ import { readImage, saveGrid, writePng } from '../io/image.js';
 import type { MemoryLimit } from '../util/memory-budget.js';
 import { definedOnly } from '../util/defined.js';
 import { Denoiser } from '../sampling/denoiser.js';
-import { generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
+import { checkSampleMemory, generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
 import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 import { isClipText } from '../config/ldm-config.js';
@@ -194,6 +194,10 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
 
     const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
     for (const w of warnings) opts.onWarning?.(w);
+    const request = definedOnly({ n: opts.n, conditions, init, mask });
+    const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request));
+    // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
+    checkSampleMemory(ldm, settings, total, opts.memoryLimit);
     let model = ldm.model;
     if (!refined && isClipText(ldm.config.conditioning.text)) {
       // SD's frozen text encoder runs once per text, not inside every UNet call, and its weights go before the UNet
@@ -205,8 +209,6 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     const unet = new Denoiser(model, opts.executor, () => ldm.params, 'const');
     denoiser = unet;
     const parts = { ...ldm, model, imageSize: ldm.config.data.size };
-    const request = definedOnly({ n: opts.n, conditions, init, mask });
-    const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs(parts, request));
     // --low-memory: the UNet's programs and weights go before the decoder's are made.
     const beforeDecode = opts.lowMemory
       ? async () => {

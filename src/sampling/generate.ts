@@ -6,7 +6,7 @@
  * Inpainting masks: white (>= 0.5) marks what to regenerate, black what to keep. A latent position is kept only
  * when every pixel of its f x f block is kept, so the regenerated area never shrinks.
  */
-import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { float32, hostTensor, numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { Rng } from '../util/random.js';
 import { createSampler } from '../diffusion/samplers.js';
 import { sampleLatents } from '../diffusion/sampling-loop.js';
@@ -15,6 +15,7 @@ import type { LatentDiffusion } from '../models/latent-diffusion.js';
 import { firstStageRunBytes, type FirstStage } from '../models/first-stage.js';
 import { resize } from '../data/transforms.js';
 import { attentionHeads, type UNetConfig } from '../config/unet-config.js';
+import { ATTENTION_SCORE_BYTES } from '../models/unet/attention.js';
 import { PROCESS_BASE_BYTES, checkMemory, memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
 import { pngWriteBytes } from '../io/image.js';
 import type { Denoiser } from './denoiser.js';
@@ -161,10 +162,23 @@ function checkRequest(parts: LdmParts, opts: GenerateOptions, conds: readonly Sa
 const UNET_LIVE_MAPS = 6;
 /** [heads, n, n] attention matrices alive at once: scores and softmax. */
 const UNET_LIVE_ATTENTION = 2;
+/**
+ * Copies of the model's weights a sampling run holds: the host copy (float32, however the file stored them) and the
+ * executor's (baked constants, or the inputs fed every call).
+ */
+const WEIGHT_COPIES = 2;
+
+/** float32 bytes of a model's weights (its UNet and condition encoder; the first stage is counted on its own). */
+export function modelWeightBytes(model: Pick<LatentDiffusion, 'namedParameters'>): number {
+  let n = 0;
+  for (const [, p] of model.namedParameters()) n += numel(p.shape);
+  return 4 * n;
+}
 
 /**
  * Peak bytes of one UNet call on n latents of h x w: the skip connections of every level (num_res_blocks + 1 each),
- * the widest level's maps (the up path concatenates a skip, so twice its width) and the self-attention matrices.
+ * the widest level's maps (the up path concatenates a skip, so twice its width) and the self-attention scores, which
+ * models/unet/attention.ts computes a chunk of query rows at a time, each chunk within ATTENTION_SCORE_BYTES.
  */
 export function unetRunBytes(u: UNetConfig, n: number, h: number, w: number): number {
   let skips = 0;
@@ -175,14 +189,20 @@ export function unetRunBytes(u: UNetConfig, n: number, h: number, w: number): nu
     const ch = u.model_channels * Math.max(m, u.channel_mult[i + 1] ?? 0);
     skips += (u.num_res_blocks + 1) * u.model_channels * m * px;
     widest = Math.max(widest, 2 * ch * px);
-    if (u.attention_resolutions.includes(2 ** i)) attention = Math.max(attention, attentionHeads(u, u.model_channels * m).heads * px * px);
+    if (u.attention_resolutions.includes(2 ** i)) {
+      const heads = attentionHeads(u, u.model_channels * m).heads;
+      // One chunk of scores [n, heads, rows, px]: at most the bound, but never less than one query row.
+      const scores = Math.min(4 * n * heads * px * px, Math.max(ATTENTION_SCORE_BYTES, 4 * n * heads * px));
+      attention = Math.max(attention, scores);
+    }
   });
-  return 4 * n * (skips + UNET_LIVE_MAPS * widest + UNET_LIVE_ATTENTION * attention);
+  return 4 * n * (skips + UNET_LIVE_MAPS * widest) + UNET_LIVE_ATTENTION * attention;
 }
 
 /**
- * Estimated peak bytes of `generate` and writing its images: the latents and images of all samples (with the grid's
- * copies), one batch through the UNet (twice the batch with guidance) and through the first stage's decoder.
+ * Estimated peak bytes of `generate` and writing its images: the model's weights (UNet and text encoder, host and
+ * executor copies), the latents and images of all samples (with the grid's copies), one batch through the UNet (twice
+ * the batch with guidance) and through the first stage's decoder (its weights included).
  */
 export function sampleMemoryBytes(
   parts: Pick<LdmParts, 'model' | 'firstStage'>, x: { total: number; batch: number; guided: boolean; height: number; width: number },
@@ -194,9 +214,21 @@ export function sampleMemoryBytes(
   const w = Math.ceil(x.width / f);
   const latents = x.total * parts.model.latentChannels * h * w * 4;
   const images = x.total * C * x.height * x.width * 4;
-  return PROCESS_BASE_BYTES + 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1)
+  return PROCESS_BASE_BYTES + WEIGHT_COPIES * modelWeightBytes(parts.model) + 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1)
     + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w)
     + firstStageRunBytes(fs, x.batch, x.height, x.width) + x.batch * C * x.height * x.width * 4;
+}
+
+/**
+ * Refuse a request whose estimated peak (sampleMemoryBytes) exceeds the limit, with a one-line error; call it before
+ * any model work (ldm sample runs it before the text encoder).
+ */
+export function checkSampleMemory(
+  parts: Pick<LdmParts, 'model' | 'firstStage'>, settings: Pick<SampleSettings, 'height' | 'width' | 'batchSize' | 'guidance'>, total: number, limit?: MemoryLimit,
+): void {
+  const { height: H, width: W, batchSize: bs } = settings;
+  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: settings.guidance !== 1, height: H, width: W }), limit ?? memoryLimit(),
+    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, or raise --max-memory');
 }
 
 /** What a request gives resolveSampleSettings to default from: its conditions, images in all, mask, and its inputs' size. */
@@ -229,8 +261,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
 
   const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
   const total = list.length;
-  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: guidance !== 1, height: H, width: W }), opts.memoryLimit ?? memoryLimit(),
-    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, or raise --max-memory');
+  checkSampleMemory(parts, opts.settings, total, opts.memoryLimit);
 
   let initLatent: Float32Array | undefined;
   let keep: Float32Array | undefined;
