@@ -86,7 +86,7 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
   for (const [i, [h, w]] of ([[8, 8], [12, 10], [6, 9], [16, 16]] as const).entries()) {
     await writePng(path.join(mixed, `m${i}.png`), float32([1, h, w], new Rng(10 + i).uniformArray(h * w, -1, 1)));
   }
-  const [trained, refused, human, json, fromStats, self, fromRun, noWeights, exists, wrongDim, kidStats, bothStats, mixedSizes] = ldm([
+  const [trained, refused, human, json, fromStats, self, fromRun, noWeights, exists, wrongDim, kidStats, bothStats, mixedSizes, mixedHuman] = ldm([
     { command: 'train-classifier', args: [...train, '--quiet'] },
     { command: 'train-classifier', args: [...train, '--quiet'] },
     { command: 'eval-fid', args: [a, b, ...common, '--save-stats', statsA] },
@@ -100,7 +100,8 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
     { command: 'eval-fid', args: [statsA, b, ...common, '--kid'] },
     { command: 'eval-fid', args: [statsA, statsB, '--json'] },
     { command: 'eval-fid', args: [mixed, b, ...common, '--json', '--batch-size', '3'] },
-  ]) as CallResult[] & { length: 13 };
+    { command: 'eval-fid', args: [mixed, b, ...common, '--batch-size', '3'] },
+  ]) as CallResult[] & { length: 14 };
 
   assert.equal(trained!.code, 0, trained!.stderr);
   const acc = /^test accuracy ([\d.]+)% on 96 images of .*labelled\n/.exec(trained!.stdout);
@@ -125,7 +126,8 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
   assert.equal(line, `FID ${fid.toFixed(4)}  [${network.name}]`);
   assert.match(human!.stdout, /^A: .*a \(40 images\)\nB: .*b \(40 images\)\n/);
   assert.match(human!.stdout, /saved the statistics of A to .*a\.npz\n$/);
-  assert.match(human!.stdout, /\nimages of another size resized bilinear to 8x8 \(align_corners=False, antialiased when shrinking\), the classifier's training size\n/);
+  // Every image is at the network's 8x8 input: nothing was resized, so nothing says so.
+  assert.doesNotMatch(human!.stdout, /resized/);
 
   assert.equal(json!.code, 0, json!.stderr);
   const j = JSON.parse(json!.stdout) as FidJson;
@@ -138,6 +140,7 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
   assert.ok(j.precision! >= 0 && j.precision! <= 1 && j.recall! >= 0 && j.recall! <= 1);
   assert.ok(j.inceptionScore!.a!.mean >= 1 && j.inceptionScore!.b!.mean >= 1);
   assert.equal(j.savedStats!.b, statsB);
+  assert.equal((j as FidJson & { resize?: string }).resize, undefined);
 
   // Saved statistics load back and stand in for their side.
   const saved = await loadStats(statsA);
@@ -170,6 +173,8 @@ test('train-classifier then eval-fid: FID with the network named, JSON, saved st
   const mj = JSON.parse(mixedSizes!.stdout) as FidJson & { resize?: string };
   assert.equal(mj.a.count, 4);
   assert.match(mj.resize!, /^bilinear to 8x8 /);
+  assert.equal(mixedHuman!.code, 0, mixedHuman!.stderr);
+  assert.match(mixedHuman!.stdout, /\nimages of another size resized bilinear to 8x8 \(align_corners=False, antialiased when shrinking\), the classifier's training size\n/);
   const ex2 = new OnnxExecutor({ threads: 1 });
   const sideM = await loadSide(mixed, { network, executor: ex2, batchSize: 1 });
   await ex2.dispose();

@@ -48,7 +48,7 @@ export interface EvalFidOptions {
 export interface EvalFidResult extends EvalReport {
   /** The executor's description, when images were run through the network. */
   readonly backend?: string;
-  /** How images of another size than the network's input were resized. */
+  /** How images of another size than the network's input were resized; absent when every image had the input's size. */
   readonly resize?: string;
   readonly savedStats?: { readonly a?: string; readonly b?: string };
 }
@@ -248,8 +248,8 @@ export async function evalFid(o: EvalFidOptions): Promise<EvalFidResult> {
       ...report,
       warnings: [...warnings, ...report.warnings],
       ...(io.executor ? { backend: io.executor.description } : {}),
-      // Images of another size than the network's input (photos of mixed sizes too) are resized so, one by one.
-      ...(network && io.executor ? { resize: network.input.description } : {}),
+      // Only when some image came at another size than the network's input (photos of mixed sizes too): resized so, one by one.
+      ...(network && (a.features?.resized ?? 0) + (b.features?.resized ?? 0) > 0 ? { resize: network.input.description } : {}),
       ...(savedStats.a !== undefined || savedStats.b !== undefined ? { savedStats } : {}),
     };
   } finally {

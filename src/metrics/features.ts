@@ -29,6 +29,8 @@ export interface Features {
   readonly logits?: HostTensor;
   readonly count: number;
   readonly network: string;
+  /** How many images came at another size than the network's input, and so were resized (by the stacking or the network). */
+  readonly resized?: number;
 }
 
 export type ImageSource = Dataset | HostTensor | AsyncIterable<HostTensor>;
@@ -46,8 +48,9 @@ function isTensor(s: ImageSource): s is HostTensor {
  * does); a batch of mixed sizes is first brought to the network's input size image by image, with the network's
  * own resize, so every image's features are the ones it would get alone.
  */
-function stackSamples(samples: readonly Sample[], input: NetworkInput): HostTensor {
+function stackSamples(samples: readonly Sample[], input: NetworkInput, tally: ResizeTally): HostTensor {
   const first = samples[0]!.image;
+  tally.resized += samples.filter((s) => s.image.shape[1] !== input.height || s.image.shape[2] !== input.width).length;
   const same = (t: HostTensor) => t.shape.length === first.shape.length && t.shape.every((d, k) => d === first.shape[k]);
   const images = samples.every((s) => same(s.image)) ? samples.map((s) => s.image) : samples.map((s) => resizeToInput(s.image, input));
   const c = first.shape[0]!;
@@ -62,7 +65,7 @@ function stackSamples(samples: readonly Sample[], input: NetworkInput): HostTens
 }
 
 /** A data set's images in order, `batchSize` at a time, the next batch loading while this one runs. */
-async function* datasetStacks(ds: Dataset, batchSize: number, limit: number | undefined, input: NetworkInput): AsyncGenerator<HostTensor> {
+async function* datasetStacks(ds: Dataset, batchSize: number, limit: number | undefined, input: NetworkInput, tally: ResizeTally): AsyncGenerator<HostTensor> {
   const n = Math.min(ds.size, limit ?? Infinity);
   const load = (start: number): Promise<Sample[]> => Promise.all(Array.from({ length: Math.min(batchSize, n - start) }, (_, k) => ds.get(start + k)));
   let next = n > 0 ? load(0) : undefined;
@@ -70,7 +73,7 @@ async function* datasetStacks(ds: Dataset, batchSize: number, limit: number | un
     for (let start = 0; start < n; start += batchSize) {
       const samples = await next!;
       next = start + batchSize < n ? load(start + batchSize) : undefined;
-      yield stackSamples(samples, input);
+      yield stackSamples(samples, input, tally);
     }
   } finally {
     // Stopped early (an error downstream): the batch in flight must not become an unhandled rejection.
@@ -79,22 +82,29 @@ async function* datasetStacks(ds: Dataset, batchSize: number, limit: number | un
 }
 
 /** Stacks of images from any source: a tensor is one stack, a data set yields batches in order. */
-function stacksOf(source: ImageSource, batchSize: number, limit: number | undefined, input: NetworkInput): AsyncIterable<HostTensor> {
+function stacksOf(source: ImageSource, batchSize: number, limit: number | undefined, input: NetworkInput, tally: ResizeTally): AsyncIterable<HostTensor> {
   if (isTensor(source)) return (async function* () { yield source; })();
-  if (isDataset(source)) return datasetStacks(source, batchSize, limit, input);
+  if (isDataset(source)) return datasetStacks(source, batchSize, limit, input, tally);
   return source;
 }
 
+/** Images seen at another size than the network's input. */
+interface ResizeTally {
+  resized: number;
+}
+
 /** Batches of at most `batchSize` images [B, C, H, W], `limit` images in all. */
-async function* batchesOf(source: ImageSource, batchSize: number, limit: number | undefined, input: NetworkInput): AsyncGenerator<HostTensor> {
+async function* batchesOf(source: ImageSource, batchSize: number, limit: number | undefined, input: NetworkInput, tally: ResizeTally): AsyncGenerator<HostTensor> {
   let seen = 0;
-  for await (const t of stacksOf(source, batchSize, limit, input)) {
+  for await (const t of stacksOf(source, batchSize, limit, input, tally)) {
     if (t.shape.length !== 4 || t.dtype !== 'float32') throw new Error(`images must be float32 [N, C, H, W], got ${t.dtype} [${t.shape.join(', ')}]`);
     const rest = t.shape.slice(1);
     const per = numel(rest);
     for (let i = 0; i < t.shape[0]!; i += batchSize) {
       const b = Math.min(batchSize, t.shape[0]! - i, (limit ?? Infinity) - seen);
       if (b <= 0) return;
+      // Data sets were counted as they were stacked; stacks given as they are, here.
+      if (!isDataset(source) && (rest[1] !== input.height || rest[2] !== input.width)) tally.resized += b;
       yield hostTensor('float32', [b, ...rest], (t.data as Float32Array).subarray(i * per, (i + b) * per));
       seen += b;
     }
@@ -156,8 +166,9 @@ export async function extractFeatures(network: FeatureNetwork, source: ImageSour
   const feats: Float32Array[] = [];
   const logits: Float32Array[] = [];
   let count = 0;
+  const tally: ResizeTally = { resized: 0 };
   try {
-    for await (const batch of batchesOf(source, batchSize, opts.limit, network.input)) {
+    for await (const batch of batchesOf(source, batchSize, opts.limit, network.input, tally)) {
       const r = await runner.run(batch, batchSize);
       feats.push(r.features);
       if (r.logits) logits.push(r.logits);
@@ -176,7 +187,7 @@ export async function extractFeatures(network: FeatureNetwork, source: ImageSour
     off += f.length;
   }
   const out: { -readonly [K in keyof Features]: Features[K] } = {
-    features: hostTensor('float32', [count, d], all), count, network: network.name,
+    features: hostTensor('float32', [count, d], all), count, network: network.name, resized: tally.resized,
   };
   if (logits.length) {
     const k = logits[0]!.length / (feats[0]!.length / d);
