@@ -567,7 +567,7 @@ function aeTiming(log: readonly { step: number; time?: unknown }[], config: Auto
 
 async function trainFirstStage(f: number, config: AutoencoderConfig, c: FirstStageContext): Promise<string> {
   const run = await RunDir.create(factorDir(c.out, f), 'ae', { resume: true, warn: c.note });
-  const done = path.join(run.dir, 'model.safetensors');
+  const done = run.modelPath;
   const latest = await run.latestCheckpoint();
   if (latest && latest.step >= config.train.steps && (await isFileOrDir(done))) return done;
   const [lc, lh, lw] = latentShape(config, c.size);

@@ -77,7 +77,7 @@ export async function quickstart(opts: QuickstartOptions): Promise<QuickstartRes
   const aeConfig = loadConfig(QUICKSTART_CONFIGS.autoencoder, 'autoencoder').config as AutoencoderConfig;
   const aeSteps = opts.aeSteps ?? aeConfig.train.steps;
   const aeRun = await stageRun(opts.outDir, 'autoencoder');
-  const aeModel = path.join(aeRun.dir, 'model.safetensors');
+  const aeModel = aeRun.modelPath;
   // A finished autoencoder is not opened again: re-exporting it would be wasted work.
   if (((await aeRun.latestCheckpoint())?.step ?? -1) >= aeSteps && (await fileExists(aeModel))) {
     note(`autoencoder: done (${aeModel})`);

@@ -9,7 +9,6 @@
  * epoch order, so a resumed run takes the steps an uninterrupted one would. After the last step the latent scale
  * factor (1 / std of latents over a sample of the training data) goes into the checkpoints' `ldm.scale_factor`.
  */
-import path from 'node:path';
 import * as o from '../engine/ops.js';
 import { Graph, trace, type Tensor } from '../engine/graph.js';
 import { bindParams } from '../engine/module.js';
@@ -606,7 +605,7 @@ async function finishAutoencoder(s: AESession, st: AELoop): Promise<TrainAutoenc
   const scaleFactor = await measureScaleFactor(s, finalParams);
   const extra = { [SCALE_FACTOR_KEY]: String(scaleFactor) };
   const saved = await saveCheckpoint(s, step, extra);
-  const modelPath = path.join(run.dir, 'model.safetensors');
+  const modelPath = run.modelPath;
   const weights = s.useEma ? 'ema' : 'raw';
   await exportModel(modelPath, { kind: 'autoencoder', config: s.config as unknown, params: finalParams, step, weights, extra });
   await run.appendLog({ step, scale_factor: scaleFactor, model: modelPath });
