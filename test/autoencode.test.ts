@@ -222,7 +222,7 @@ test('encodeFiles without a memory limit applies the default one, as generate do
   syncBuiltinESMExports();
   try {
     await assert.rejects(encodeFiles(stage, [path.join(dir, 'big.png')], path.join(dir, 'lat')),
-      /^MemoryLimitError: encoding big\.png \(96x128\) even in \d+-pixel tiles needs about \d+ MiB of memory \(estimated peak\), above the limit of 100 MiB \(the default, 50% of this machine's 200 MiB\)/);
+      /^MemoryLimitError: encoding big\.png \(96x128\) even in \d+-pixel tiles needs about \d+ MiB of memory \(estimated peak\), above the limit of 150 MiB \(the default, 75% of this machine's 200 MiB\)/);
   } finally {
     os.totalmem = totalmem;
     syncBuiltinESMExports();

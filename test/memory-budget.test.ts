@@ -31,7 +31,7 @@ test('sizes: 4G, 800M, 1.5GiB, 512k and plain bytes parse; nonsense is refused i
 test('the default limit is the stated share of the machine; the flag overrides it; over the limit is one line', () => {
   const d = memoryLimit(undefined, 16 * GiB);
   assert.equal(d.bytes, 16 * GiB * DEFAULT_MEMORY_SHARE);
-  assert.match(d.source, /default, 50% of this machine's 16\.0 GiB/);
+  assert.match(d.source, /default, 75% of this machine's 16\.0 GiB/);
   const given = memoryLimit(800 * MiB);
   assert.equal(given.bytes, 800 * MiB);
   checkMemory(800 * MiB, given, 'x', 'y');
@@ -84,7 +84,7 @@ test('a 16000x16000 PNG: upscale --method bicubic and encode refuse it from the 
     smallLimit: measured(dir, 'upscale', ['--method', 'bicubic', small, '-o', path.join(dir, 'small-up.png'), '--max-memory', '200M']),
   };
   assert.equal(calls.upscale.code, 1, calls.upscale.stderr);
-  assert.match(calls.upscale.stderr, /^Error: upscaling big\.png \(16000x16000, x4 to 64000x64000, bicubic\) needs about [\d.]+ GiB of memory \(estimated peak\), above the limit of [\d.]+ [GM]iB \(the default, 50% of this machine's .*\); use a smaller --scale, split the image, or raise --max-memory$/);
+  assert.match(calls.upscale.stderr, /^Error: upscaling big\.png \(16000x16000, x4 to 64000x64000, bicubic\) needs about [\d.]+ GiB of memory \(estimated peak\), above the limit of [\d.]+ [GM]iB \(the default, 75% of this machine's .*\); use a smaller --scale, split the image, or raise --max-memory$/);
   assert.equal(calls.encode.code, 1, calls.encode.stderr);
   assert.match(calls.encode.stderr, /^Error: encoding big\.png \(16000x16000\) even in \d+-pixel tiles needs about [\d.]+ GiB of memory \(estimated peak\), above the limit of 1\.0 GiB \(--max-memory 1\.0 GiB\); raise --max-memory, or give a smaller image$/);
   assert.equal(calls.smallLimit.code, 1, calls.smallLimit.stderr);
