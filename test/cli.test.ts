@@ -90,6 +90,7 @@ test('numeric flags out of range are refused before any work: one line naming th
     [['upscale', 'in.png', '-o', out, '--scale', '-2'], '--scale must be above 0 and at most 32, got -2'],
     [['eval-fid', 'a', 'b', '--batch-size', '100000'], '--batch-size must be between 1 and 4096, got 100000'],
     [['eval-ldm', '--ckpt', 'x.safetensors', '--guidance', '1000'], '--guidance must be between 0 and 100, got 1000'],
+    [['encode', 'in.png', '--ckpt', 'x.safetensors', '-o', out, '--max-memory', 'lots'], '--max-memory must be a memory size such as 4G, 800M or 1.5GiB, got "lots"'],
   ];
   for (const [args, message] of cases) {
     const r = ldm(args);

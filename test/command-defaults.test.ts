@@ -9,6 +9,8 @@ import { keepProfileByDefault, setKeepProfile } from '../src/io/colour-profile.j
 import { setUnsafePickleDefault, unsafePickleAllowedByDefault, unsafePickleDefault } from '../src/io/torch-checkpoint.js';
 import Encode from '../src/commands/encode.js';
 import Zoo from '../src/commands/zoo.js';
+import CompareFactors from '../src/commands/compare-factors.js';
+import { KEEP_PROFILE } from '../src/cli/flags.js';
 import { writePng } from '../src/io/image.js';
 import { float32 } from '../src/engine/host-tensor.js';
 
@@ -85,4 +87,9 @@ test('the hostile-pickle warning of --allow-unsafe-pickle reaches stderr under -
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /^warning: \S*kl-hostile\.ckpt is hostile: its pickle references posix\.system .*read anyway \(--allow-unsafe-pickle\), running nothing\. Do not open it with PyTorch$/m);
   assert.equal(unsafePickleAllowedByDefault(), false);
+});
+
+test('compare-factors, which reads image folders, takes --keep-profile like the other commands that read images', () => {
+  assert.ok(KEEP_PROFILE in CompareFactors.flags);
+  assert.ok(KEEP_PROFILE in Encode.flags);
 });

@@ -71,7 +71,13 @@ export const lrScheduleFlag = () => Flags.option({
 
 /** --max-memory: a size such as 4G or 800M (bytes), for the commands that estimate their peak memory (util/memory-budget.ts). */
 export const maxMemoryFlag = () => Flags.custom<number>({
-  parse: async (s) => parseByteSize(s),
+  parse: async (s, _ctx, flag) => {
+    try {
+      return parseByteSize(s);
+    } catch {
+      throw new Errors.CLIError(`--${flag.name} must be a memory size such as 4G, 800M or 1.5GiB, got "${s}"`);
+    }
+  },
   summary: `Refuse (or tile) work whose estimated peak memory is above this size, e.g. 4G or 800M (default ${DEFAULT_MEMORY_SHARE * 100}% of the machine's memory).`,
 })();
 

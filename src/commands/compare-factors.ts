@@ -1,5 +1,5 @@
 import { Flags } from '@oclif/core';
-import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, keepProfileFlags, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -22,6 +22,7 @@ export default class CompareFactors extends LdmCommand<typeof CompareFactors> {
     '<%= config.bin %> compare-factors --data ./photos --factors 2,4,8 --ae 4=runs/kl4/model.safetensors --inception pt_inception-2015-12-05-6726825d.pth -o photos-study',
   ];
   static override flags = {
+    ...keepProfileFlags,
     ...unsafePickleFlags,
     data: Flags.string({ char: 'd', required: true, summary: 'Training data: fashion-mnist, a folder of images, idx:..., shapes.' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Study folder (created; an existing study there is resumed).' }),
