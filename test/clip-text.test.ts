@@ -18,6 +18,8 @@ import { readSafetensors } from '../src/io/safetensors.js';
 import { CLIP_MAX_LEN, ClipTokenizer, cleanClipText } from '../src/models/clip-tokenizer.js';
 import { ClipTextModel, OpenClipTextModel, clipTextConfigFromWeights, type ClipTextKind } from '../src/models/clip-text-encoder.js';
 import { tempDir } from './helpers/temp-dir.js';
+import { createConditioner } from '../src/models/conditioning.js';
+import type { ConditioningConfig } from '../src/config/ldm-config.js';
 
 const DIR = path.join(import.meta.dirname, 'fixtures', 'clip-text');
 const IDS = JSON.parse(fs.readFileSync(path.join(DIR, 'tokenizer-ids.json'), 'utf8')) as {
@@ -49,6 +51,20 @@ test('CLIP tokenizer: over-long prompts keep 75 tokens and the end token; the em
   assert.equal(ids[76], tok.eos);
   assert.deepEqual(tok.tokenize('', 'zero'), [tok.bos, tok.eos, ...Array<number>(75).fill(0)]);
   assert.equal(cleanClipText('  \u201cA\u00a0\uff26\ufb01ne\u201d &amp;amp; Caf\u0065\u0301\t'), '"a ffine" & café');
+});
+
+test('CLIP conditioning warns of cut prompts in the words of ldm\'s own text encoder', () => {
+  const tok = ClipTokenizer.load(path.join(DIR, 'bpe_simple_vocab_16e6.txt.gz'));
+  const text = { encoder: 'clip', dim: 8, depth: 1, heads: 2, max_len: 8 };
+  const cond = createConditioner({ type: 'text', text } as ConditioningConfig, 8, tok);
+  const long = 'one two three four five six seven eight';
+  assert.equal(tok.encode(long).length, 8);
+  assert.deepEqual(cond.promptWarnings!([long, 'one two', long]), [
+    `the text encoder reads 6 tokens of a prompt (max_len 8 less the start and end tokens); prompt "${long}" has 8, so its last 2 are dropped`,
+  ]);
+  assert.deepEqual(cond.promptWarnings!(['one two'], 'one two three four five six seven'), [
+    'the text encoder reads 6 tokens of a prompt (max_len 8 less the start and end tokens); negative prompt "one two three four five six seven" has 7, so its last token is dropped',
+  ]);
 });
 
 test('CLIP tokenizer: a diffusers tokenizer/ folder (vocab.json + merges.txt) gives the reference ids', (t) => {

@@ -64,7 +64,7 @@ test('tokenizer report and prompt warnings: tokens cut past the context and word
   // Four samples of the same two prompts: one warning of each kind, naming the count and the words.
   const warnings = cond.promptWarnings!([long, 'red zebra', long, 'red zebra']);
   assert.deepEqual(warnings, [
-    `the text encoder reads 6 tokens of a prompt (max_len 8 less <bos> and <eos>); prompt "${long}" has 8, so its last 2 ("red square") are dropped`,
+    `the text encoder reads 6 tokens of a prompt (max_len 8 less the start and end tokens); prompt "${long}" has 8, so its last 2 ("red square") are dropped`,
     'words not in the tokenizer\'s vocabulary, which the model was not trained on as words: "zebra" becomes <unk> (a character it has never seen)',
   ]);
   assert.deepEqual(cond.promptWarnings!(['a red circle', 'the blue square'], ''), [], 'nothing to say about known, short prompts');

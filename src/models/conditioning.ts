@@ -187,16 +187,10 @@ class TextConditioning implements Conditioner {
   }
 
   promptWarnings(prompts: readonly string[], negative?: string): string[] {
-    const texts = [...new Set(prompts)].map((text) => ({ text, what: 'prompt' }));
-    if (negative !== undefined && negative !== '') texts.push({ text: negative, what: 'negative prompt' });
-    const reports = texts.map((t) => ({ ...t, ...this.tokenizer.report(t.text) }));
+    const reports = promptTexts(prompts, negative).map((t) => ({ ...t, ...this.tokenizer.report(t.text) }));
     const out: string[] = [];
-    const cut = reports.filter((r) => r.dropped > 0);
-    if (cut.length > 0) {
-      const each = cut.slice(0, 3).map((r) => `${r.what} "${clip(r.text)}" has ${r.tokens}, so its last ${r.dropped === 1 ? 'token' : r.dropped} ("${clip(r.droppedText)}") ${r.dropped === 1 ? 'is' : 'are'} dropped`);
-      if (cut.length > 3) each.push(`and ${cut.length - 3} more prompts lose tokens`);
-      out.push(`the text encoder reads ${this.tokenizer.maxLen - 2} tokens of a prompt (max_len ${this.tokenizer.maxLen} less <bos> and <eos>); ${each.join('; ')}`);
-    }
+    const cut = truncationWarning(reports.filter((r) => r.dropped > 0), this.tokenizer.maxLen);
+    if (cut !== undefined) out.push(cut);
     const unknown = new Map<string, boolean>();
     for (const r of reports) for (const u of r.unknownWords) unknown.set(u.word, u.unk);
     if (unknown.size > 0) {
@@ -272,14 +266,29 @@ class ClipTextConditioning implements Conditioner {
   promptWarnings(prompts: readonly string[], negative?: string): string[] {
     if (!this.tokenizer) return [];
     const keep = this.maxLen - 2;
-    const texts = [...new Set(prompts)].map((text) => ({ text, what: 'prompt' }));
-    if (negative !== undefined && negative !== '') texts.push({ text: negative, what: 'negative prompt' });
-    const cut = texts.map((t) => ({ ...t, tokens: this.tokenizer!.encode(t.text).length })).filter((t) => t.tokens > keep);
-    if (cut.length === 0) return [];
-    const each = cut.slice(0, 3).map((r) => `${r.what} "${clip(r.text)}" has ${r.tokens}, so its last ${r.tokens - keep} are dropped`);
-    if (cut.length > 3) each.push(`and ${cut.length - 3} more prompts lose tokens`);
-    return [`the text encoder reads ${keep} tokens of a prompt (${this.maxLen} less the start and end tokens); ${each.join('; ')}`];
+    const counted = promptTexts(prompts, negative).map((t) => ({ ...t, tokens: this.tokenizer!.encode(t.text).length }));
+    const cut = truncationWarning(counted.filter((t) => t.tokens > keep).map((t) => ({ ...t, dropped: t.tokens - keep })), this.maxLen);
+    return cut === undefined ? [] : [cut];
   }
+}
+
+/** The distinct prompts of a batch, then the negative prompt, each with what it is called in a warning. */
+function promptTexts(prompts: readonly string[], negative?: string): { text: string; what: string }[] {
+  const texts = [...new Set(prompts)].map((text) => ({ text, what: 'prompt' }));
+  if (negative !== undefined && negative !== '') texts.push({ text: negative, what: 'negative prompt' });
+  return texts;
+}
+
+/**
+ * The warning for prompts longer than the text encoder reads (`maxLen` with the start and end tokens), naming up to
+ * three of them and, where known, the text they lose; undefined when none is cut.
+ */
+function truncationWarning(cut: readonly { text: string; what: string; tokens: number; dropped: number; droppedText?: string }[], maxLen: number): string | undefined {
+  if (cut.length === 0) return undefined;
+  const each = cut.slice(0, 3).map((r) => `${r.what} "${clip(r.text)}" has ${r.tokens}, so its last ${r.dropped === 1 ? 'token' : r.dropped}`
+    + `${r.droppedText !== undefined ? ` ("${clip(r.droppedText)}")` : ''} ${r.dropped === 1 ? 'is' : 'are'} dropped`);
+  if (cut.length > 3) each.push(`and ${cut.length - 3} more prompts lose tokens`);
+  return `the text encoder reads ${maxLen - 2} tokens of a prompt (max_len ${maxLen} less the start and end tokens); ${each.join('; ')}`;
 }
 
 /** A prompt short enough for a one-line message. */
