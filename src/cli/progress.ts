@@ -4,21 +4,10 @@
  * `step 120/1000 loss=0.0312 3.4 it/s eta 4m18s`, one per N steps or 2 s. Nothing with --quiet or --json.
  */
 import cliProgress from 'cli-progress';
+import type { Progress, ProgressFields } from '../util/progress.js';
 
-export type ProgressFields = Record<string, number | string>;
-
-export interface Progress {
-  /** Set the position (steps done, 0..total) and merge in the latest named values (loss, lr, ...). */
-  update(step: number, fields?: ProgressFields): void;
-  /** One more step done. */
-  increment(fields?: ProgressFields): void;
-  /** A nested bar (e.g. steps within the current image); stop it before the next one. */
-  inner(opts: { total: number; label?: string }): Progress;
-  /** Print a line above the bars without breaking them (nothing when quiet). */
-  log(line: string): void;
-  /** Finish: the outermost bar's stop ends the display (and prints its last state when piped). */
-  stop(): void;
-}
+// The interface lives in util/, so the library (metrics, study) takes a Progress without reaching up into cli/.
+export type { Progress, ProgressFields } from '../util/progress.js';
 
 export type ProgressStream = NodeJS.WritableStream & { isTTY?: boolean };
 

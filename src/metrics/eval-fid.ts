@@ -9,7 +9,7 @@ import type { Executor } from '../engine/executor.js';
 import { assertWritable } from '../io/atomic.js';
 import { checkOutputPath } from '../io/output-path.js';
 import { readSafetensorsHeader } from '../io/safetensors.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../util/progress.js';
 import { parseDatasetSpec } from '../data/sources.js';
 import type { FeatureNetwork } from '../models/feature-network.js';
 import { CLASSIFIER_KIND, classifierNetworkFromFile } from '../models/classifier.js';

@@ -13,7 +13,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { Executor } from '../engine/executor.js';
 import { float32, type HostTensor } from '../engine/host-tensor.js';
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../util/progress.js';
 import { openDataset, parseDatasetSpec } from '../data/sources.js';
 import type { Dataset } from '../data/dataset.js';
 import { RunDir } from '../io/run-dir.js';
