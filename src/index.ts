@@ -58,7 +58,7 @@ export { PixelFirstStage, type FirstStage } from './models/first-stage.js';
 export { FidInceptionV3, inceptionNetwork } from './models/inception.js';
 export { DomainClassifier, loadClassifier, saveClassifier } from './models/classifier.js';
 
-// Training, pipelines, metrics, interop.
+// Training, pipelines, metrics, checkpoints.
 export { trainAutoencoder, type TrainAutoencoderOptions } from './training/train-autoencoder.js';
 export { trainLdm, resolveLdmConfig, type TrainLdmOptions } from './training/train-ldm.js';
 export * as autoencode from './pipelines/autoencode.js';

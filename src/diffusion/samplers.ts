@@ -1,6 +1,6 @@
 /**
  * Samplers as small objects, diffusers-style: a list of model-call timesteps and a pure-ish `step` from the
- * model's prediction at call i to the next sample. The one loop that calls the model lives in sample.ts.
+ * model's prediction at call i to the next sample. The one loop that calls the model lives in sampling-loop.ts.
  */
 import type { NoiseSchedule } from './schedule.js';
 import type { Prediction } from './prediction.js';
