@@ -27,6 +27,7 @@ import {
   LATENT_KEYS, decodeFiles, decodeLatentImage, encodeFiles, encodeImage, evaluateReconstruction, nearestCodes, padEdges, padToMultiple, tileStarts,
 } from '../src/pipelines/autoencode.js';
 import { tempDir } from './helpers/temp-dir.js';
+import { DEFAULT_MEMORY_SHARE } from '../src/util/memory-budget.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const executor = new OnnxExecutor({ threads: 2 });
@@ -216,13 +217,14 @@ test('encodeFiles without a memory limit applies the default one, as generate do
   const dir = tempDir(t, 'ldm-autoencode-');
   const stage = await openFirstStage(await tinyCheckpoint(dir), { executor });
   await writePng(path.join(dir, 'big.png'), randomImage(new Rng(4), 3, 128, 96));
-  // A machine of 200 MiB: the default limit (a share of it) is below what this image needs even in tiles.
+  // A machine whose default share is 100 MiB: below what this image needs even in tiles.
   const totalmem = os.totalmem;
-  os.totalmem = () => 200 * 2 ** 20;
+  const machine = Math.round((100 * 2 ** 20) / DEFAULT_MEMORY_SHARE);
+  os.totalmem = () => machine;
   syncBuiltinESMExports();
   try {
     await assert.rejects(encodeFiles(stage, [path.join(dir, 'big.png')], path.join(dir, 'lat')),
-      /^MemoryLimitError: encoding big\.png \(96x128\) even in \d+-pixel tiles needs about \d+ MiB of memory \(estimated peak\), above the limit of 150 MiB \(the default, 75% of this machine's 200 MiB\)/);
+      /^MemoryLimitError: encoding big\.png \(96x128\) even in \d+-pixel tiles needs about \d+ MiB of memory \(estimated peak\), above the limit of 100 MiB \(the default, \d+% of this machine's \d+ MiB\)/);
   } finally {
     os.totalmem = totalmem;
     syncBuiltinESMExports();
