@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { float32 } from '../src/engine/host-tensor.js';
+import { writePng } from '../src/io/image.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { RunDir } from '../src/io/run-dir.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/io/checkpoint.js';
@@ -128,7 +129,15 @@ test('a stale run model read as a checkpoint: the loader returns the problem as 
   assert.deepEqual(written, [], 'the loader wrote to stderr itself');
   assert.equal(loaded.source.warnings.length, 1, loaded.source.warnings.join('\n'));
   assert.match(loaded.source.warnings[0]!, /model\.safetensors holds step 4, but the run's newest checkpoint is step 8/);
-  const [sample] = runCommands(root, [{ command: 'sample', args: ['--ckpt', run.modelPath, '--n', '1', '-o', path.join(root, 'out'), '--json'] }]);
-  assert.equal(sample!.code, 0, sample!.stderr);
-  assert.match(sample!.stderr, /^warning: .*model\.safetensors holds step 4, but the run's newest checkpoint is step 8/m);
+  await writePng(path.join(root, 'in.png'), float32([3, 8, 8], new Float32Array(192).fill(0.5)));
+  const results = runCommands(root, [
+    { command: 'sample', args: ['--ckpt', run.modelPath, '--n', '1', '-o', path.join(root, 'out'), '--json'] },
+    // The other readers of a model: the first stage of encode (an LDM's embedded one) and export-onnx.
+    { command: 'encode', args: ['--ckpt', run.modelPath, path.join(root, 'in.png'), '-o', path.join(root, 'lat')] },
+    { command: 'export-onnx', args: [run.modelPath, '-o', path.join(root, 'unet.onnx')] },
+  ]);
+  for (const r of results) {
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /^warning: .*model\.safetensors holds step 4, but the run's newest checkpoint is step 8/m);
+  }
 });

@@ -45,7 +45,9 @@ export function firstStageFromLdm(ckpt: Pick<LoadedCheckpoint, 'params' | 'metad
  * `pixel` (with the image channels) or a checkpoint: an autoencoder checkpoint (kind "autoencoder"; its `loss.*`
  * weights are ignored), or an LDM checkpoint, whose embedded first stage is taken.
  */
-export async function openFirstStage(ref: string, opts: { executor: Executor; channels?: number }): Promise<FirstStage> {
+export async function openFirstStage(
+  ref: string, opts: { executor: Executor; channels?: number; onWarning?: (message: string) => void },
+): Promise<FirstStage> {
   if (ref === 'pixel') return new PixelFirstStage(opts.channels ?? 3);
   // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
   const ckpt = await loadAnyCheckpoint(ref).catch((err: unknown) => {
@@ -55,6 +57,7 @@ export async function openFirstStage(ref: string, opts: { executor: Executor; ch
     if (kind) throw new Error(`${ref} is a "${kind}" checkpoint; the first stage must be an autoencoder checkpoint (or "pixel")`);
     throw err;
   });
+  for (const w of ckpt.source.warnings) opts.onWarning?.(w);
   if (ckpt.kind === 'ldm') return firstStageFromLdm(ckpt, ref, opts.executor);
   if (ckpt.kind !== 'autoencoder') {
     throw new Error(`${ref} is a "${ckpt.kind}" checkpoint; the first stage must be an autoencoder checkpoint (or "pixel")`);

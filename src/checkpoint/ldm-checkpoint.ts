@@ -164,8 +164,8 @@ export async function readLdmCheckpoint(file: string, executor: Executor, opts: 
  * The LDM with another autoencoder as its first stage: one that shares the embedded one's encoder (a decoder
  * fine-tuned with train.decoder_only), so samples decode through the new decoder. The embedded stage is disposed.
  */
-export async function withFirstStage(ldm: LoadedLdm, ref: string, executor: Executor): Promise<LoadedLdm> {
-  const stage = await openFirstStage(ref, { executor });
+export async function withFirstStage(ldm: LoadedLdm, ref: string, executor: Executor, onWarning?: (message: string) => void): Promise<LoadedLdm> {
+  const stage = await openFirstStage(ref, definedOnly({ executor, onWarning }));
   try {
     checkSameLatentSpace(ldm.firstStage, stage, ref);
   } catch (err) {

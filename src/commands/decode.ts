@@ -38,7 +38,7 @@ export default class Decode extends LdmCommand<typeof Decode> {
     if (inputs.length === 0) throw new Error('no inputs given; pass latent files or folders, e.g. ldm decode latents/ --ckpt ae.safetensors --out recon/');
     await this.checkOutput(f.out, await outputKindFor(f.out, inputs, '.png'));
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
-    const stage = await openFirstStage(f.ckpt, { executor: sel.executor });
+    const stage = await openFirstStage(f.ckpt, { executor: sel.executor, onWarning: (w) => this.warning(w) });
     let bar: Progress | undefined;
     try {
       const tile = f.tile === undefined ? undefined : { size: f.tile, overlap: f['tile-overlap'] ?? defaultOverlap(f.tile, stage.factor) };

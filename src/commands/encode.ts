@@ -43,7 +43,7 @@ export default class Encode extends LdmCommand<typeof Encode> {
     if (inputs.length === 0) throw new Error('no inputs given; pass image files or folders, e.g. ldm encode photos/ --ckpt ae.safetensors --out latents/');
     await this.checkOutput(f.out, await outputKindFor(f.out, inputs, '.safetensors'));
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
-    const stage = await openFirstStage(f.ckpt, { executor: sel.executor });
+    const stage = await openFirstStage(f.ckpt, { executor: sel.executor, onWarning: (w) => this.warning(w) });
     let bar: Progress | undefined;
     try {
       const tile = f.tile === undefined ? undefined : { size: f.tile, overlap: f['tile-overlap'] ?? defaultOverlap(f.tile, stage.factor) };

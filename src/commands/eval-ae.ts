@@ -49,7 +49,7 @@ export default class EvalAe extends LdmCommand<typeof EvalAe> {
     const split = f.split ?? (parseDatasetSpec(f.data).kind === 'fashion-mnist' ? 'test' : undefined);
     const data = await openDataset(f.data, split !== undefined ? { split } : {});
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
-    const stage = await openFirstStage(f.ckpt, { executor: sel.executor });
+    const stage = await openFirstStage(f.ckpt, { executor: sel.executor, onWarning: (w) => this.warning(w) });
     let bar: Progress | undefined;
     try {
       const res = await evaluateReconstruction(stage, data, {

@@ -32,7 +32,7 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
     const f = this.flags;
     await this.checkOutput(f.output, 'file', '--output');
     const r = await exportOnnx(this.args.ckpt, f.output, {
-      batch: f.batch, contextTokens: f['context-tokens'], force: f.force,
+      batch: f.batch, contextTokens: f['context-tokens'], force: f.force, onWarning: (w) => this.warning(w),
       ...(f.part ? { part: f.part } : {}), ...(f.height ? { height: f.height } : {}), ...(f.width ? { width: f.width } : {}),
       ...(f.config ? { config: f.config } : {}),
     });

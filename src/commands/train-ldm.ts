@@ -48,7 +48,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
     }
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     this.note(`backend: ${sel.executor.description}`);
-    const firstStage = await openFirstStage(cfg.first_stage, { executor: sel.executor, ...(cfg.data.channels !== undefined ? { channels: cfg.data.channels } : {}) });
+    const firstStage = await openFirstStage(cfg.first_stage, { executor: sel.executor, onWarning: (w) => this.warning(w), ...(cfg.data.channels !== undefined ? { channels: cfg.data.channels } : {}) });
     const run = await RunDir.create(f['runs-dir'], runName, { resume: f.resume, force: f.force });
     let encode: Progress | undefined;
     let steps: Progress | undefined;

@@ -30,6 +30,8 @@ export interface ExportOptions {
   /** A config for checkpoints whose weights do not say everything (reference .ckpt). */
   config?: string;
   force?: boolean;
+  /** Told what the checkpoint's reader warns about (e.g. a run's model older than its newest checkpoint). */
+  onWarning?: (message: string) => void;
 }
 
 export interface ExportedInput {
@@ -55,6 +57,7 @@ function bound(graph: Graph, module: Module, params: ReadonlyMap<string, HostTen
 /** Trace the chosen part with its weights as constants; returns the graph and its named inputs and outputs. */
 export async function traceForExport(ckptPath: string, opts: ExportOptions = {}): Promise<{ graph: Graph; outputs: Record<string, Tensor>; kind: string; part: ExportPart }> {
   const ckpt = await loadAnyCheckpoint(ckptPath, opts.config ? { config: opts.config } : {});
+  for (const w of ckpt.source.warnings) opts.onWarning?.(w);
   const n = opts.batch ?? 1;
   const graph = new Graph();
   if (ckpt.kind === 'autoencoder') {

@@ -168,7 +168,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
   let denoiser: Denoiser | undefined;
   let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
   try {
-    if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor);
+    if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor, opts.onWarning);
     if (opts.refiner !== undefined) refined = await openRefiner(opts.refiner, ldm, opts.executor, opts.refinerBelow);
     const conditions: SampleCondition[] = [];
     const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];

@@ -334,6 +334,7 @@ async function startingWeights(
     throw err;
   });
   if (ck.kind !== 'autoencoder') throw new Error(`--init ${init} is a "${ck.kind}" checkpoint; fine-tuning needs an autoencoder checkpoint`);
+  for (const w of ck.source.warnings) note(`warning: ${w}`);
   const g = initFrom(model, ck.params, fresh.gen, init);
   if (g.missing.length > 0) throw new Error(`--init ${init} lacks ${g.missing.length} autoencoder weights (${g.missing.slice(0, 3).join(', ')}); it is not a ${opts.config.name} checkpoint`);
   const d = initFrom(loss, withoutPrefix(ck.params, LOSS_PREFIX), fresh.disc, init);

@@ -9,7 +9,6 @@
 import type { Executor } from '../engine/executor.js';
 import { Trainer, type StepResult, type TrainerState } from '../engine/trainer.js';
 import { concatRows, float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
-import { type LoadedCheckpoint } from '../io/checkpoint.js';
 import { Rng } from '../util/random.js';
 import { mixSeed } from '../data/loader.js';
 import type { Dataset } from '../data/dataset.js';
@@ -38,7 +37,7 @@ import { upscaleClassical } from '../pipelines/upscale/classical.js';
 import {
   StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, type LrSchedule,
 } from './common.js';
-import { loadAnyCheckpoint } from '../checkpoint/load-any.js';
+import { loadAnyCheckpoint, type AnyCheckpoint } from '../checkpoint/load-any.js';
 import { referenceConfigReader } from '../checkpoint/reference-config.js';
 
 /** The trainer's name in checkpoints (optim.ldm.*). */
@@ -238,6 +237,7 @@ async function setUpLdm(opts: TrainLdmOptions): Promise<LdmSession> {
   const latest = run.resumed ? await run.latestCheckpoint() : undefined;
   const resume = latest ? await readResume(opts, latest, note) : undefined;
   const init = !latest && opts.init ? await readInit(opts.init) : undefined;
+  for (const w of init?.source.warnings ?? []) note(`warning: ${w}`);
   // Data order, noise and dropout follow the seed: a resumed run must keep its own.
   const seed = resume?.ldm.seed ?? opts.seed ?? 0;
   if (resume && opts.seed !== undefined && opts.seed !== seed) note(`--seed ${opts.seed} is ignored: the run continues with its seed ${seed}`);
@@ -497,7 +497,7 @@ async function finishLdm(s: LdmSession, loop: LdmLoop, started: number): Promise
 }
 
 /** The --init checkpoint: an LDM one (its weights go through initFrom, so a similar model fine-tunes too). */
-async function readInit(file: string): Promise<LoadedCheckpoint> {
+async function readInit(file: string): Promise<AnyCheckpoint> {
   // Ours or imported: reference .ckpt and diffusers folders load through the same reader as every --ckpt.
   const ck = await loadAnyCheckpoint(file).catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`--init checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes runs/<name>/model.safetensors)`);
