@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml, stringify } from 'yaml';
 import { toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
-import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import { readSafetensors } from '../src/io/safetensors.js';
 import { readImage } from '../src/io/image.js';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
 import { readReferenceConfig } from '../src/checkpoint/reference-config.js';
@@ -25,6 +25,7 @@ import { ClipTokenizer } from '../src/models/clip-tokenizer.js';
 import { LatentDiffusion } from '../src/models/latent-diffusion.js';
 import { sampleMemoryBytes } from '../src/sampling/generate.js';
 import { runCommands } from './helpers/commands.js';
+import { sd2File } from './helpers/sd-fixtures.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 const DIR = path.join(import.meta.dirname, 'fixtures', 'sd-pipeline');
@@ -80,16 +81,6 @@ function v2Yaml(name: string, dir: string): string {
   return reducedYaml(parseYaml(fs.readFileSync(path.join(CONFIGS, name), 'utf8')), dir, name, (y) => {
     y.model.params.unet_config.params.num_head_channels = 8;
   });
-}
-
-/** sd2.safetensors leaves out the autoencoder it shares with sd1: the whole file. */
-async function sd2File(dir: string): Promise<string> {
-  const sd1 = (await readSafetensors(path.join(DIR, 'sd1.safetensors'))).tensors;
-  const sd2 = (await readSafetensors(path.join(DIR, 'sd2.safetensors'))).tensors;
-  for (const [k, v] of sd1) if (k.startsWith('first_stage_model.')) sd2.set(k, v);
-  const file = path.join(dir, 'sd2.safetensors');
-  await writeSafetensors(file, sd2);
-  return file;
 }
 
 function clippedImage(t: HostTensor): Float32Array {

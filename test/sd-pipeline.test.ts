@@ -15,7 +15,7 @@ import { splitPrefix } from '../src/io/checkpoint.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { relErr } from './helpers/tensors.js';
-import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import { readSafetensors } from '../src/io/safetensors.js';
 import { readImage } from '../src/io/image.js';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
 import { ldmFromCheckpoint, type LoadedLdm } from '../src/checkpoint/ldm-checkpoint.js';
@@ -26,6 +26,7 @@ import { sampleLatents } from '../src/diffusion/sampling-loop.js';
 import { createSampler } from '../src/diffusion/samplers.js';
 import { Rng } from '../src/util/random.js';
 import { runCommands } from './helpers/commands.js';
+import { sd2File } from './helpers/sd-fixtures.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 const DIR = path.join(import.meta.dirname, 'fixtures', 'sd-pipeline');
@@ -39,16 +40,6 @@ interface Expected {
 async function expected(name: 'sd1' | 'sd2'): Promise<Expected> {
   const { tensors, metadata } = await readSafetensors(path.join(DIR, `${name}-expected.safetensors`));
   return { t: tensors, meta: metadata };
-}
-
-/** sd2.safetensors leaves out the autoencoder it shares with sd1 (to keep the fixtures small): the whole file. */
-async function sd2File(dir: string): Promise<string> {
-  const sd1 = (await readSafetensors(path.join(DIR, 'sd1.safetensors'))).tensors;
-  const sd2 = (await readSafetensors(path.join(DIR, 'sd2.safetensors'))).tensors;
-  for (const [k, v] of sd1) if (k.startsWith('first_stage_model.')) sd2.set(k, v);
-  const file = path.join(dir, 'sd2.safetensors');
-  await writeSafetensors(file, sd2);
-  return file;
 }
 
 async function open(file: string, opts: Parameters<typeof loadAnyCheckpoint>[1], executor: OnnxExecutor): Promise<LoadedLdm> {
