@@ -14,6 +14,7 @@ import type { Dataset, Sample } from '../src/data/dataset.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
 import { extractFeatures } from '../src/metrics/features.js';
 import { FidInceptionV3, inceptionFromWeights, inceptionNetwork, readInceptionWeights } from '../src/models/inception.js';
+import { relErr } from './helpers/tensors.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 const executor = new OnnxExecutor({ threads: 2 });
@@ -22,20 +23,6 @@ const OUTPUT = /^(input|features|logits)\./;
 
 function weightsOnly(): Map<string, HostTensor> {
   return new Map([...fixture.tensors].filter(([k]) => !OUTPUT.test(k) && !k.endsWith('num_batches_tracked')));
-}
-
-/** max |a - b| / max |b|. */
-function relErr(a: HostTensor, b: HostTensor): number {
-  const x = toFloat32(a);
-  const y = toFloat32(b);
-  assert.equal(x.length, y.length);
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < y.length; i++) {
-    d = Math.max(d, Math.abs(x[i]! - y[i]!));
-    m = Math.max(m, Math.abs(y[i]!));
-  }
-  return d / m;
 }
 
 test('full width: every pytorch-fid state-dict key with its shape, nothing else', () => {

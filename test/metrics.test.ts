@@ -26,6 +26,7 @@ import { extractFeatures } from '../src/metrics/features.js';
 import type { FeatureNetwork } from '../src/models/feature-network.js';
 import { evaluate, loadSide, reportLines } from '../src/metrics/evaluate.js';
 import { writePng } from '../src/io/image.js';
+import { relErr } from './helpers/tensors.js';
 import { tempDir } from './helpers/temp-dir.js';
 
 const st = await loadFixture('metrics-reference.safetensors');
@@ -42,16 +43,6 @@ const f64 = (name: string): Float64Array => t(name).data as Float64Array;
 const rel = (a: number, b: number): number => Math.abs(a - b) / Math.abs(b);
 const executor = new OnnxExecutor({ threads: 1 });
 
-function maxRel(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / m;
-}
-
 function indexLists(name: string): Int32Array[] {
   const x = t(name);
   const [s, m] = x.shape as [number, number];
@@ -63,8 +54,8 @@ test('statistics equal numpy mean and cov (ddof 1)', () => {
   assert.equal(s.dim, 64);
   assert.equal(s.count, 400);
   assert.equal(s.network, 'net');
-  assert.ok(maxRel(s.mu, f64('fid.mu_a')) < 1e-13, 'mu');
-  assert.ok(maxRel(s.sigma, f64('fid.sigma_a')) < 1e-12, 'sigma');
+  assert.ok(relErr(s.mu, f64('fid.mu_a')) < 1e-13, 'mu');
+  assert.ok(relErr(s.sigma, f64('fid.sigma_a')) < 1e-12, 'sigma');
 });
 
 test('FID with more samples than dims equals pytorch-fid (scipy sqrtm) to 1e-6, without warnings', () => {
@@ -113,7 +104,7 @@ test('KID on the fixture subsets equals torch-fidelity mmd2 to 1e-6', async () =
   const r = await kid(featureRows(t('kid.a')), featureRows(t('kid.b')), { indices });
   assert.equal(r.subsets, 5);
   assert.equal(r.subsetSize, ref.kid.subset_size);
-  assert.ok(maxRel(r.values, ref.kid.values) < 1e-6, `values ${[...r.values]} vs ${ref.kid.values}`);
+  assert.ok(relErr(r.values, ref.kid.values) < 1e-6, `values ${[...r.values]} vs ${ref.kid.values}`);
   assert.ok(rel(r.mean, ref.kid.mean) < 1e-6, `mean ${r.mean} vs ${ref.kid.mean}`);
   assert.ok(rel(r.std, ref.kid.std) < 1e-6, `std ${r.std} vs ${ref.kid.std}`);
   assert.match(r.arithmetic, /float64/);
@@ -154,8 +145,8 @@ test('precision and recall (k = 3) equal the numpy reference, in any block size 
     const r = await precisionRecall(real, fake, { k: 3, block });
     assert.equal(r.precision, ref.prc.precision);
     assert.equal(r.recall, ref.prc.recall);
-    assert.ok(maxRel(r.radiiReal, f64('prc.radii_real')) < 1e-12);
-    assert.ok(maxRel(r.radiiFake, f64('prc.radii_fake')) < 1e-12);
+    assert.ok(relErr(r.radiiReal, f64('prc.radii_real')) < 1e-12);
+    assert.ok(relErr(r.radiiFake, f64('prc.radii_fake')) < 1e-12);
   }
   const backend = executorGram(executor, 64);
   try {
@@ -170,7 +161,7 @@ test('precision and recall (k = 3) equal the numpy reference, in any block size 
 
 test('Inception Score equals the torch-fidelity formula over ordered splits', () => {
   const r = inceptionScore(featureRows(t('is.logits')), { splits: ref.is.splits });
-  assert.ok(maxRel(r.scores, ref.is.scores) < 1e-12);
+  assert.ok(relErr(r.scores, ref.is.scores) < 1e-12);
   assert.ok(rel(r.mean, ref.is.mean) < 1e-12);
   assert.ok(rel(r.std, ref.is.std) < 1e-10);
   // Confident, evenly spread predictions score the number of classes; one class everywhere scores 1.
@@ -252,7 +243,7 @@ test('linear algebra: eigenvalues of a known spectrum, pivoted Cholesky ranks, c
   assert.equal(pivotedCholesky(g, n).rank, 5);
   const { mu, sigma } = meanAndCovariance({ data: Float64Array.of(1, 2, 3, 5, 5, 7), rows: 3, cols: 2 });
   assert.deepEqual([...mu], [3, 14 / 3]);
-  assert.ok(maxRel(sigma, [4, 5, 5, 6.333333333333333]) < 1e-15);
+  assert.ok(relErr(sigma, [4, 5, 5, 6.333333333333333]) < 1e-15);
 });
 
 function householderPair(rng: Rng, n: number): Float64Array {

@@ -18,15 +18,17 @@ export function assertSameTensors(got: ReadonlyMap<string, HostTensor>, want: Re
   }
 }
 
-/** max |ours - reference| relative to max |reference|. */
-export function relErr(got: Float32Array, want: HostTensor): number {
-  const ref = toFloat32(want);
-  assert.equal(got.length, ref.length);
+const values = (t: ArrayLike<number> | HostTensor): ArrayLike<number> => ('dtype' in t ? toFloat32(t) : t);
+
+/** max |ours - reference| relative to max |reference|, over tensors or plain arrays of the same length. */
+export function relErr(got: ArrayLike<number> | HostTensor, want: ArrayLike<number> | HostTensor): number {
+  const [a, b] = [values(got), values(want)];
+  assert.equal(a.length, b.length);
   let diff = 0;
   let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(got[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
+  for (let i = 0; i < b.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
   }
   return diff / scale;
 }
