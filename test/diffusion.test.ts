@@ -181,3 +181,15 @@ test('inpainting keeps the known region and img2img starts part-way', async () =
   await sampleLatents({ shape: [n, 4, 1, 1], model, schedule: sched, sampler: createSampler('ddim', sched, { steps: 20 }), guidance: 1, rng: new Rng(2), init: { x0: known, strength: 0.5 } });
   assert.equal(calls, 10);
 });
+
+test('diffusers timestep spacings: leading with steps_offset, trailing and linspace (numpy rounding)', () => {
+  // Expected values printed by numpy with diffusers' DDIMScheduler.set_timesteps formulas.
+  assert.deepEqual(spacedTimesteps(1000, 10, 'leading', 1), [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]);
+  assert.deepEqual(spacedTimesteps(1000, 10, 'leading', 0).slice(0, 2), [0, 100]);
+  assert.deepEqual(spacedTimesteps(1000, 3, 'trailing'), [332, 666, 999]);
+  assert.deepEqual(spacedTimesteps(1000, 7, 'trailing').slice(-4), [570, 713, 856, 999]);
+  assert.deepEqual(spacedTimesteps(1000, 3, 'linspace'), [0, 500, 999]);
+  assert.deepEqual(spacedTimesteps(1000, 7, 'linspace').slice(-4), [500, 666, 832, 999]);
+  assert.deepEqual(spacedTimesteps(1000, 50, 'linspace').slice(-4), [938, 958, 979, 999]);
+  assert.deepEqual(spacedTimesteps(1000, 10, 'uniform'), spacedTimesteps(1000, 10, 'leading', 1));
+});

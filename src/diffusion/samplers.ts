@@ -8,7 +8,12 @@ import type { Rng } from '../util/random.js';
 
 export const SAMPLER_NAMES = ['ddpm', 'ddim', 'plms', 'dpmpp-2m'] as const;
 export type SamplerName = (typeof SAMPLER_NAMES)[number];
-export type Spacing = 'uniform' | 'quad';
+/**
+ * How the model-call timesteps are spread over 0..T-1. `uniform` and `quad` are the reference's DDIM choices;
+ * `leading`, `trailing` and `linspace` are diffusers' `timestep_spacing` (leading with steps_offset 1 is uniform).
+ */
+export const SPACINGS = ['uniform', 'quad', 'leading', 'trailing', 'linspace'] as const;
+export type Spacing = (typeof SPACINGS)[number];
 
 export interface Sampler {
   readonly name: SamplerName;
@@ -29,6 +34,8 @@ export interface SamplerOptions {
   /** DDIM: 0 deterministic, 1 DDPM-like. */
   eta?: number;
   spacing?: Spacing;
+  /** diffusers' steps_offset, added to `leading` timesteps (SD's scheduler configs say 1). */
+  stepsOffset?: number;
 }
 
 /** img2img strength: in (0, 1]; `name` is how the caller's user spells it (e.g. a flag). */
@@ -36,18 +43,37 @@ export function checkStrength(strength: number, name = 'strength'): void {
   if (!(strength > 0 && strength <= 1)) throw new Error(`${name} must be in (0, 1], got ${strength}`);
 }
 
-/** The reference's DDIM timesteps: range(0, T, T // S) + 1, or quadratic; ascending. */
-export function spacedTimesteps(T: number, steps: number, spacing: Spacing = 'uniform'): number[] {
+/**
+ * Model-call timesteps, ascending and distinct: the reference's DDIM range(0, T, T // S) + 1 (`uniform`) or its
+ * quadratic spacing, or diffusers' leading (range(0, T, T // S) + steps_offset), trailing
+ * (round(arange(T, 0, -T / S)) - 1) and linspace (round(linspace(0, T - 1, S))).
+ */
+export function spacedTimesteps(T: number, steps: number, spacing: Spacing = 'uniform', stepsOffset = 0): number[] {
   if (!Number.isInteger(steps) || steps < 1 || steps > T) throw new Error(`steps must be an integer in 1..${T}, got ${steps}`);
-  let ts: number[];
-  if (spacing === 'uniform') {
-    const c = Math.floor(T / steps);
-    ts = Array.from({ length: steps }, (_, i) => i * c);
-  } else {
-    const top = Math.sqrt(T * 0.8);
-    ts = Array.from({ length: steps }, (_, i) => Math.floor(((top * i) / Math.max(steps - 1, 1)) ** 2));
+  const ts = rawTimesteps(T, steps, spacing, stepsOffset);
+  return [...new Set(ts.map((t) => Math.max(0, Math.min(t, T - 1))))].sort((a, b) => a - b);
+}
+
+function rawTimesteps(T: number, steps: number, spacing: Spacing, stepsOffset: number): number[] {
+  const range = Array.from({ length: steps }, (_, i) => i);
+  switch (spacing) {
+    case 'uniform': return range.map((i) => i * Math.floor(T / steps) + 1);
+    case 'quad': {
+      const top = Math.sqrt(T * 0.8);
+      return range.map((i) => Math.floor(((top * i) / Math.max(steps - 1, 1)) ** 2) + 1);
+    }
+    case 'leading': return range.map((i) => i * Math.floor(T / steps) + stepsOffset);
+    case 'trailing': return range.map((i) => roundHalfEven(T - (i * T) / steps) - 1);
+    case 'linspace': return range.map((i) => roundHalfEven(steps > 1 ? (i * (T - 1)) / (steps - 1) : 0));
   }
-  return [...new Set(ts.map((t) => Math.min(t + 1, T - 1)))];
+}
+
+/** numpy's round: halves to even, so linspace and trailing timesteps match diffusers'. */
+export function roundHalfEven(x: number): number {
+  const f = Math.floor(x);
+  const d = x - f;
+  if (Math.abs(d - 0.5) > 1e-9) return Math.round(x);
+  return f % 2 === 0 ? f : f + 1;
 }
 
 function axpby(a: number, x: Float32Array, b: number, y: Float32Array): Float32Array {
@@ -91,7 +117,7 @@ export class DdimSampler extends Base implements Sampler {
   protected readonly finalLevel = 0;
   constructor(sched: NoiseSchedule, protected readonly opts: SamplerOptions) {
     super(sched);
-    this.timesteps = spacedTimesteps(sched.T, opts.steps, opts.spacing).reverse();
+    this.timesteps = spacedTimesteps(sched.T, opts.steps, opts.spacing, opts.stepsOffset).reverse();
   }
 
   protected levels(): readonly number[] {
@@ -227,7 +253,7 @@ export class DpmSolverPP2MSampler extends Base implements Sampler {
   constructor(sched: NoiseSchedule, opts: SamplerOptions) {
     super(sched);
     // The reference's DDIM spacing, ending at t = 1: a last jump to clean from a high noise level shrinks the spread.
-    this.timesteps = spacedTimesteps(sched.T, opts.steps, opts.spacing).reverse();
+    this.timesteps = spacedTimesteps(sched.T, opts.steps, opts.spacing, opts.stepsOffset).reverse();
   }
 
   protected levels(): readonly number[] {

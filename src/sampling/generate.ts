@@ -292,7 +292,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
       const cf = m.conditioner.feeds(given, n, h, w);
       return [cf, guidance !== 1 ? m.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : cf];
     };
-    const sampler = createSampler(opts.settings.sampler, model.schedule, { steps: opts.settings.steps, eta: opts.settings.eta });
+    const sampler = createSampler(opts.settings.sampler, model.schedule, { steps: opts.settings.steps, eta: opts.settings.eta, spacing: opts.settings.spacing, stepsOffset: opts.settings.stepsOffset });
     const repeat = (x: Float32Array) => {
       const out = new Float32Array(n * per);
       for (let i = 0; i < n; i++) out.set(x, i * per);

@@ -3,7 +3,7 @@
  * `sample:` section, with the rules that depend on the request. `generate` and the sampling loop below it take the
  * complete object and apply no defaults of their own.
  */
-import type { SamplerName } from '../diffusion/samplers.js';
+import type { SamplerName, Spacing } from '../diffusion/samplers.js';
 import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 
 export interface SampleSettings {
@@ -11,6 +11,10 @@ export interface SampleSettings {
   sampler: SamplerName;
   /** DDIM eta: 0 deterministic, 1 DDPM-like. */
   eta: number;
+  /** How the model-call timesteps are spread: the reference's `uniform`, or a diffusers scheduler's spacing. */
+  spacing: Spacing;
+  /** diffusers' steps_offset, for `leading` spacing. */
+  stepsOffset: number;
   /** Classifier-free guidance scale; 1 = the conditional model alone. */
   guidance: number;
   /** img2img: how far the init image is noised, in (0, 1]. */
@@ -55,6 +59,8 @@ export function resolveSampleSettings(
     steps: overrides.steps ?? sample.steps,
     sampler: overrides.sampler ?? sample.sampler,
     eta: overrides.eta ?? sample.eta,
+    spacing: overrides.spacing ?? 'uniform',
+    stepsOffset: overrides.stepsOffset ?? 0,
     guidance: overrides.guidance ?? (inputs.conditions > 0 ? sample.guidance : 1),
     strength: overrides.strength ?? (inputs.mask ? 1 : DEFAULT_STRENGTH),
     height: overrides.height ?? height,
