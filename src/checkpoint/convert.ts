@@ -24,6 +24,8 @@ export interface ConvertOptions extends Omit<LoadAnyOptions, 'dtype'> {
   dtype?: TargetDtype;
   /** Replace an existing output. */
   force?: boolean;
+  /** Stable Diffusion to diffusers: the CLIP tokenizer folder (vocab.json, merges.txt) copied into tokenizer/. */
+  tokenizer?: string;
   /** Told as each stage starts (0 read, 1 cast and check, 2 write), for a progress display. */
   onStage?: (index: number, stage: 'read' | 'cast' | 'write') => void;
 }
@@ -86,6 +88,7 @@ export async function convertCheckpoint(input: string, output: string, opts: Con
   const to = opts.to ?? defaultTarget(output);
   if (fs.existsSync(output) && !opts.force) throw new Error(`${output} already exists; pass --force to overwrite it`);
   if (to === 'ldm' && fs.existsSync(output) && fs.statSync(output).isDirectory()) throw new Error(`${output} is a folder; an ldm checkpoint is one .safetensors file`);
+  if (opts.tokenizer !== undefined && to !== 'diffusers') throw new Error('--tokenizer is copied into a diffusers folder\'s tokenizer/; an ldm checkpoint carries no CLIP tokenizer: leave --tokenizer out (ldm sample takes it)');
   opts.onStage?.(0, 'read');
   const loaded = await loadAnyCheckpoint(input, { ...opts, dtype: 'keep' });
   opts.onStage?.(1, 'cast');
@@ -105,7 +108,7 @@ export async function convertCheckpoint(input: string, output: string, opts: Con
     await saveCheckpoint(output, { kind: model.kind, config: model.config, params: model.params, step: model.step, extra: model.metadata }, { force: opts.force ?? false });
     files = [output];
   } else {
-    files = await writeDiffusers(output, model, { force: opts.force ?? false });
+    files = await writeDiffusers(output, model, { force: opts.force ?? false, notes: source.notes, ...(opts.tokenizer !== undefined ? { tokenizer: opts.tokenizer } : {}) });
   }
   return {
     input, output, from: source.format, to, kind: model.kind,

@@ -21,10 +21,22 @@ import type { AutoencoderConfig } from '../config/autoencoder-config.js';
 import { validateConfig } from '../config/load.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, SCALE_FACTOR_KEY } from './metadata-keys.js';
 import type { FirstStageSpec } from '../models/first-stage.js';
-import { autoencoderConfigFrom, ldmConfigFrom, referenceConfigReader, type AutoencoderArch, type InferredSchedule } from './reference-config.js';
+import { autoencoderConfigFrom, classRows, ldmConfigFrom, referenceConfigReader, type AutoencoderArch, type InferredSchedule } from './reference-config.js';
 import type { CondStageConfig, ModelContent, ModelPart } from './model-content.js';
+import type { Spacing } from '../diffusion/samplers.js';
+import { isClipText } from '../config/ldm-config.js';
+import { inferConditioning } from './reference-config.js';
+import { readTorchCheckpoint } from '../io/torch-checkpoint.js';
+import { ClipTokenizer } from '../models/clip-tokenizer.js';
+import {
+  SD2_LAST_BLOCK_FILE, textEncoderConfig, textEncoderFromDiffusers, textEncoderKind, textEncoderToDiffusers, tokenizerConfig, type SdTextKind,
+} from './clip-text-keys.js';
 
 export const WEIGHTS_FILE = 'diffusion_pytorch_model.safetensors';
+/** transformers' weights file (text_encoder/). */
+export const TEXT_WEIGHTS_FILE = 'model.safetensors';
+/** Where a diffusers folder's files come from, for errors naming a missing one. */
+const FOLDER_HINT = 'diffusers folders are downloaded whole (huggingface-cli download <repo> --local-dir <folder>, or the repo\'s files page), or written by ldm convert';
 export const MODEL_INDEX = 'model_index.json';
 export const SCHEDULER_FILE = 'scheduler_config.json';
 /** The diffusers version whose config fields we write. */
@@ -205,7 +217,7 @@ export function unetToDiffusers(cfg: UNetConfig): { className: string; config: J
         transformer_layers_per_block: cfg.transformer_depth,
         attention_head_dim: heads,
         num_attention_heads: null,
-        use_linear_projection: false,
+        use_linear_projection: cfg.use_linear_in_transformer ?? false,
         upcast_attention: false,
       },
     };
@@ -239,7 +251,8 @@ export function unetFromDiffusers(className: string, cfg: Json, where: string): 
   requireValues(cfg, where, {
     center_input_sample: false, flip_sin_to_cos: true, freq_shift: 0, downsample_padding: 1, mid_block_scale_factor: 1, act_fn: 'silu',
     norm_num_groups: 32, norm_eps: 1e-5, class_embed_type: null, time_embedding_type: 'positional', dropout: 0,
-    only_cross_attention: false, use_linear_projection: false, addition_embed_type: null, encoder_hid_dim: null, time_cond_proj_dim: null,
+    only_cross_attention: false, addition_embed_type: null, dual_cross_attention: false, attention_type: 'default',
+    resnet_skip_time_act: false, resnet_out_scale_factor: 1, timestep_post_act: null, mid_block_only_cross_attention: null, encoder_hid_dim: null, time_cond_proj_dim: null,
     conv_in_kernel: 3, conv_out_kernel: 3, time_embedding_dim: null, add_attention: true, attn_norm_num_groups: null,
     mid_block_type: spatial ? 'UNetMidBlock2DCrossAttn' : 'UNetMidBlock2D', class_embeddings_concat: false, cross_attention_norm: null,
   });
@@ -282,6 +295,8 @@ export function unetFromDiffusers(className: string, cfg: Json, where: string): 
     use_scale_shift_norm: shift === 'scale_shift',
     resblock_updown: resnetUpdown ?? false,
     use_spatial_transformer: spatial,
+    // SD 2.x: Linear proj_in / proj_out; upcast_attention (SD 2.1) changes nothing in ldm's float32 attention.
+    ...(spatial && cfg.use_linear_projection === true ? { use_linear_in_transformer: true } : {}),
   };
   const sample = Array.isArray(cfg.sample_size) ? (cfg.sample_size[0] as unknown) : cfg.sample_size;
   if (typeof sample === 'number') out.image_size = sample;
@@ -322,7 +337,13 @@ const BETA_FROM_DIFFUSERS: Readonly<Record<string, InferredSchedule['schedule']>
 const PREDICTION_TO = { eps: 'epsilon', v: 'v_prediction', x0: 'sample' } as const;
 const PREDICTION_FROM: Readonly<Record<string, 'eps' | 'v' | 'x0'>> = { epsilon: 'eps', v_prediction: 'v', sample: 'x0' };
 
-export function schedulerToDiffusers(s: LatentDiffusionConfig['schedule'], parameterization: LatentDiffusionConfig['parameterization']): Json {
+/** diffusers' timestep spacings; ldm's uniform and quad have none, and are written as leading with steps_offset 1 (SD's). */
+const DIFFUSERS_SPACINGS: readonly Spacing[] = ['leading', 'trailing', 'linspace'];
+
+export function schedulerToDiffusers(
+  s: LatentDiffusionConfig['schedule'], parameterization: LatentDiffusionConfig['parameterization'], sample?: Partial<LatentDiffusionConfig['sample']>,
+): Json {
+  const spacing = sample?.spacing !== undefined && DIFFUSERS_SPACINGS.includes(sample.spacing) ? sample.spacing : undefined;
   return {
     _class_name: 'DDIMScheduler',
     _diffusers_version: DIFFUSERS_VERSION,
@@ -334,12 +355,18 @@ export function schedulerToDiffusers(s: LatentDiffusionConfig['schedule'], param
     prediction_type: PREDICTION_TO[parameterization],
     clip_sample: false,
     set_alpha_to_one: false,
-    steps_offset: 1,
-    timestep_spacing: 'leading',
+    steps_offset: spacing ? sample?.steps_offset ?? 0 : 1,
+    timestep_spacing: spacing ?? 'leading',
   };
 }
 
-export function schedulerFromDiffusers(cfg: Json, where: string): { schedule: InferredSchedule; parameterization: 'eps' | 'v' | 'x0' } {
+/** What a scheduler config says about sampling: its timestep spacing (diffusers' default leading) and steps_offset (default 0). */
+export interface SchedulerSampling {
+  spacing: Spacing;
+  steps_offset: number;
+}
+
+export function schedulerFromDiffusers(cfg: Json, where: string): { schedule: InferredSchedule; parameterization: 'eps' | 'v' | 'x0'; sampling: SchedulerSampling } {
   if (cfg.trained_betas !== undefined && cfg.trained_betas !== null) fail(where, 'trained_betas (explicit betas) are not implemented; ldm builds betas from beta_schedule');
   const beta = String(cfg.beta_schedule ?? 'linear');
   const schedule = BETA_FROM_DIFFUSERS[beta];
@@ -347,8 +374,12 @@ export function schedulerFromDiffusers(cfg: Json, where: string): { schedule: In
   const pred = String(cfg.prediction_type ?? 'epsilon');
   const parameterization = PREDICTION_FROM[pred];
   if (!parameterization) fail(where, `prediction_type ${JSON.stringify(pred)} is not implemented; ldm implements ${Object.keys(PREDICTION_FROM).join(', ')}`);
+  if (cfg.rescale_betas_zero_snr === true) fail(where, 'rescale_betas_zero_snr is not implemented; ldm samples with the betas of beta_schedule');
+  const spacing = String(cfg.timestep_spacing ?? 'leading');
+  if (!(DIFFUSERS_SPACINGS as readonly string[]).includes(spacing)) fail(where, `timestep_spacing ${JSON.stringify(spacing)} is not implemented; ldm implements ${DIFFUSERS_SPACINGS.join(', ')}`);
   const num = (k: string, d: number) => (typeof cfg[k] === 'number' ? (cfg[k] as number) : d);
   return {
+    sampling: { spacing: spacing as Spacing, steps_offset: int(cfg, 'steps_offset', where, 0) },
     schedule: { schedule, timesteps: int(cfg, 'num_train_timesteps', where, 1000), linear_start: num('beta_start', 1e-4), linear_end: num('beta_end', 0.02) },
     parameterization,
   };
@@ -359,7 +390,10 @@ export function schedulerFromDiffusers(cfg: Json, where: string): { schedule: In
 /** Our cond_stage component: the reference class's name and its cond_stage_config params. */
 export function condStageToDiffusers(c: CondStageConfig, vocabSize?: number): { className: string; config: Json } {
   const cond = c.conditioning;
-  if (cond.type === 'class') return { className: 'ClassEmbedder', config: { n_classes: (cond.num_classes ?? 0) + 1, embed_dim: c.context_dim, key: 'class_label' } };
+  if (cond.type === 'class') {
+    const rows = (cond.num_classes ?? 0) + (cond.null_class === false ? 0 : 1);
+    return { className: 'ClassEmbedder', config: { n_classes: rows, embed_dim: c.context_dim, key: 'class_label' } };
+  }
   if (cond.type === 'text' && cond.text) {
     return {
       className: 'TransformerEmbedder',
@@ -371,7 +405,8 @@ export function condStageToDiffusers(c: CondStageConfig, vocabSize?: number): { 
 
 export function condStageFromDiffusers(className: string, cfg: Json, where: string): { conditioning: Json; contextDim: number } {
   if (className === 'ClassEmbedder') {
-    return { conditioning: { type: 'class', num_classes: int(cfg, 'n_classes', where) - 1 }, contextDim: int(cfg, 'embed_dim', where) };
+    // The reference's n_classes, as its YAML reads (ldm's own folders carry their config, which is used instead).
+    return { conditioning: classRows(int(cfg, 'n_classes', where), []), contextDim: int(cfg, 'embed_dim', where) };
   }
   if (className === 'TransformerEmbedder') {
     const dim = int(cfg, 'n_embed', where);
@@ -390,7 +425,7 @@ async function readJson(file: string): Promise<Json> {
   try {
     text = await fsp.readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${file} not found; a diffusers folder needs it`);
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${file} not found; a diffusers folder needs it: ${FOLDER_HINT}`);
     throw err;
   }
   let v: unknown;
@@ -410,17 +445,41 @@ export interface DiffusersModel {
   readonly params: Map<string, HostTensor>;
 }
 
-/** A model folder: config.json + diffusion_pytorch_model.safetensors (a .bin is refused: re-save with safetensors). */
-export async function readDiffusersModel(dir: string): Promise<DiffusersModel> {
-  const config = await readJson(path.join(dir, 'config.json'));
-  const className = typeof config._class_name === 'string' ? config._class_name : '';
-  const file = path.join(dir, WEIGHTS_FILE);
-  if (!fs.existsSync(file)) {
-    const bin = fs.readdirSync(dir).find((f) => f.endsWith('.bin'));
-    throw new Error(`${dir}: no ${WEIGHTS_FILE}${bin ? ` (${bin} is a pickle ldm does not read; save with safe_serialization=True)` : ''}`);
+/**
+ * The weights file of a model folder: `<base>.safetensors`, its `.fp16` variant, or the `.bin` pickles (read by
+ * ldm's restricted unpickler, nothing run); a sharded `<base>.safetensors.index.json` lists its shards.
+ */
+export function weightsFileOf(dir: string, base: string): string | undefined {
+  for (const suffix of ['.safetensors', '.safetensors.index.json', '.fp16.safetensors', '.fp16.safetensors.index.json', '.bin', '.fp16.bin']) {
+    const f = path.join(dir, base + suffix);
+    if (fs.existsSync(f)) return f;
   }
-  const { tensors } = await readSafetensors(file);
-  return { className, config, params: tensors };
+  return undefined;
+}
+
+async function readWeights(file: string): Promise<Map<string, HostTensor>> {
+  if (file.endsWith('.bin')) return (await readTorchCheckpoint(file)).tensors;
+  if (!file.endsWith('.index.json')) return (await readSafetensors(file)).tensors;
+  const index = await readJson(file);
+  const map = isObj(index.weight_map) ? index.weight_map : fail(file, 'weight_map must map tensor names to shard files');
+  const out = new Map<string, HostTensor>();
+  for (const shard of [...new Set(Object.values(map).map(String))]) {
+    const f = path.join(path.dirname(file), shard);
+    if (!fs.existsSync(f)) throw new Error(`${f} not found: ${path.basename(file)} lists it as a shard; ${FOLDER_HINT}`);
+    for (const [k, t] of (await readSafetensors(f)).tensors) out.set(k, t);
+  }
+  return out;
+}
+
+/** A model folder: config.json + its weights (`base`: diffusion_pytorch_model, or model for transformers' text_encoder/). */
+export async function readDiffusersModel(dir: string, base = 'diffusion_pytorch_model'): Promise<DiffusersModel> {
+  if (!fs.existsSync(dir)) throw new Error(`${dir}/ not found: ${MODEL_INDEX} names it as a component; ${FOLDER_HINT}`);
+  const config = await readJson(path.join(dir, 'config.json'));
+  const className = typeof config._class_name === 'string' ? config._class_name
+    : Array.isArray(config.architectures) && typeof config.architectures[0] === 'string' ? config.architectures[0] : '';
+  const file = weightsFileOf(dir, base);
+  if (!file) throw new Error(`${path.join(dir, `${base}.safetensors`)} not found (nor its .fp16.safetensors or .bin variants): the ${path.basename(dir)} weights are missing; ${FOLDER_HINT}`);
+  return { className, config, params: await readWeights(file) };
 }
 
 async function writeJson(file: string, value: Json): Promise<void> {
@@ -464,14 +523,22 @@ function textVocab(params: ReadonlyMap<string, HostTensor>, prefix: string): num
  * Write a model as diffusers: an autoencoder, UNet or cond stage as one model folder; an LDM as a pipeline folder
  * (vae/ or vqvae/, unet/, scheduler/, cond_stage/ and model_index.json). `dir` must not exist, or be replaced (`force`).
  */
-export async function writeDiffusers(dir: string, m: ModelContent, opts: { force?: boolean } = {}): Promise<string[]> {
+export interface WriteDiffusersOptions {
+  force?: boolean;
+  /** A Stable Diffusion model's CLIP tokenizer (a folder with vocab.json and merges.txt), copied into tokenizer/. */
+  tokenizer?: string;
+  /** What the folder leaves out, one line each. */
+  notes?: string[];
+}
+
+export async function writeDiffusers(dir: string, m: ModelContent, opts: WriteDiffusersOptions = {}): Promise<string[]> {
   if (fs.existsSync(dir) && !opts.force) throw new Error(`${dir} already exists; pass --force to overwrite it`);
   const parent = path.dirname(path.resolve(dir));
   await fsp.mkdir(parent, { recursive: true });
   const tmp = path.join(parent, `.${path.basename(dir)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const written: string[] = [];
   try {
-    await writeContent(tmp, m, written);
+    await writeContent(tmp, m, written, opts);
     if (fs.existsSync(dir)) {
       const old = `${tmp}.old`;
       await fsp.rename(dir, old);
@@ -493,7 +560,7 @@ export async function writeDiffusers(dir: string, m: ModelContent, opts: { force
   return written.map((w) => path.join(dir, w));
 }
 
-async function writeContent(dir: string, m: ModelContent, written: string[]): Promise<void> {
+async function writeContent(dir: string, m: ModelContent, written: string[], opts: WriteDiffusersOptions): Promise<void> {
   // Our step and metadata (scale factor, tokenizer...) ride along in config.json.
   const stepped = { _ldm_step: m.step, [LDM_METADATA_KEY]: m.metadata };
   switch (m.kind) {
@@ -519,14 +586,15 @@ async function writeContent(dir: string, m: ModelContent, written: string[]): Pr
       return;
     }
     case 'ldm':
-      await writePipeline(dir, m.config, m.params, m.step, m.metadata, written);
+      await writePipeline(dir, m.config, m.params, m.step, m.metadata, written, opts);
   }
 }
 
 async function writePipeline(
   dir: string, cfg: LatentDiffusionConfig, params: ReadonlyMap<string, HostTensor>, step: number, metadata: Record<string, string>, written: string[],
+  opts: WriteDiffusersOptions,
 ): Promise<void> {
-  const components: Record<string, [string, string]> = {};
+  const components: Record<string, [string, string] | [null, null]> = {};
   const spec = firstStageSpecOf(metadata);
   const arch = spec?.kind === 'autoencoder' ? archOfSpec(spec) : undefined;
   const scale = metadata[SCALE_FACTOR_KEY] !== undefined ? Number(metadata[SCALE_FACTOR_KEY]) : undefined;
@@ -545,24 +613,92 @@ async function writePipeline(
   components.unet = ['diffusers', unet.className];
   written.push('unet/config.json', `unet/${WEIGHTS_FILE}`);
   await fsp.mkdir(path.join(dir, 'scheduler'), { recursive: true });
-  await writeJson(path.join(dir, 'scheduler', SCHEDULER_FILE), schedulerToDiffusers(cfg.schedule, cfg.parameterization));
+  await writeJson(path.join(dir, 'scheduler', SCHEDULER_FILE), schedulerToDiffusers(cfg.schedule, cfg.parameterization, cfg.sample));
   components.scheduler = ['diffusers', 'DDIMScheduler'];
   written.push(`scheduler/${SCHEDULER_FILE}`);
   const cond = splitPrefix(params, COND_PREFIX);
-  if (cond.size > 0) {
+  const sd = sdTextKind(cfg);
+  if (sd) {
+    await writeTextEncoder(dir, sd, cfg, cond, written);
+    components.text_encoder = ['transformers', 'CLIPTextModel'];
+    if (opts.tokenizer !== undefined) {
+      await copyTokenizer(opts.tokenizer, path.join(dir, 'tokenizer'), sd, written);
+      components.tokenizer = ['transformers', 'CLIPTokenizer'];
+    } else {
+      components.tokenizer = [null, null];
+      opts.notes?.push('no --tokenizer: the folder has no tokenizer/ (ldm sample then needs --tokenizer; diffusers needs tokenizer= when loading it)');
+    }
+    Object.assign(components, { feature_extractor: [null, null], safety_checker: [null, null] });
+  } else if (cond.size > 0) {
     const c = condStageToDiffusers({ conditioning: cfg.conditioning, context_dim: cfg.unet.context_dim ?? 0 }, textVocab(cond, ''));
     await writeModel(path.join(dir, 'cond_stage'), c.className, c.config, cond);
     components.cond_stage = [LDM_LIBRARY, c.className];
     written.push('cond_stage/config.json', `cond_stage/${WEIGHTS_FILE}`);
   }
-  const className = !arch && cfg.conditioning.type === 'none' ? 'DDPMPipeline' : 'LDMPipeline';
+  const className = sd ? (cfg.unet.in_channels === 9 ? 'StableDiffusionInpaintPipeline' : 'StableDiffusionPipeline')
+    : !arch && cfg.conditioning.type === 'none' ? 'DDPMPipeline' : 'LDMPipeline';
   await writeJson(path.join(dir, MODEL_INDEX), {
     _class_name: className,
     _diffusers_version: DIFFUSERS_VERSION,
     ...Object.fromEntries(Object.entries(components).sort(([a], [b]) => a.localeCompare(b))),
+    ...(sd ? { requires_safety_checker: false } : {}),
     [LDM_PIPELINE_KEY]: { config: cfg, step, metadata },
   });
   written.push(MODEL_INDEX);
+}
+
+/** Stable Diffusion's text encoder kind of an LDM config (CLIP: SD 1.x, OpenCLIP: SD 2.x), or undefined. */
+function sdTextKind(cfg: LatentDiffusionConfig): SdTextKind | undefined {
+  const t = cfg.conditioning.text;
+  return t && isClipText(t) ? (t.encoder === 'clip' ? 'sd1' : 'sd2') : undefined;
+}
+
+function torchDtype(params: ReadonlyMap<string, HostTensor>): string {
+  const d = params.values().next().value?.dtype;
+  return d === 'float16' ? 'float16' : d === 'bfloat16' ? 'bfloat16' : 'float32';
+}
+
+/** text_encoder/: transformers' CLIPTextModel (config.json, model.safetensors), plus SD 2.x's last block for ldm. */
+async function writeTextEncoder(dir: string, kind: SdTextKind, cfg: LatentDiffusionConfig, cond: ReadonlyMap<string, HostTensor>, written: string[]): Promise<void> {
+  const text = cfg.conditioning.text!;
+  const { params, extra } = textEncoderToDiffusers(kind, cond);
+  const fc1 = params.get('text_model.encoder.layers.0.mlp.fc1.weight') ?? extra.get(`transformer.resblocks.0.mlp.c_fc.weight`);
+  const out = path.join(dir, 'text_encoder');
+  await fsp.mkdir(out, { recursive: true });
+  await writeJson(path.join(out, 'config.json'), textEncoderConfig(kind, text, fc1?.shape[0] ?? 4 * text.dim, torchDtype(params)));
+  await writeSafetensors(path.join(out, TEXT_WEIGHTS_FILE), params, { format: 'pt' });
+  written.push('text_encoder/config.json', `text_encoder/${TEXT_WEIGHTS_FILE}`);
+  if (extra.size > 0) {
+    await writeSafetensors(path.join(out, SD2_LAST_BLOCK_FILE), extra, { format: 'pt' });
+    written.push(`text_encoder/${SD2_LAST_BLOCK_FILE}`);
+  }
+}
+
+/** tokenizer/: the user's CLIP vocab.json and merges.txt (checked by loading them), and the tokenizer configs. */
+async function copyTokenizer(from: string, to: string, kind: SdTextKind, written: string[]): Promise<void> {
+  ClipTokenizer.load(from);
+  const stat = fs.statSync(from);
+  const base = stat.isDirectory() ? from : path.dirname(from);
+  const src = stat.isDirectory() && !fs.existsSync(path.join(from, 'vocab.json')) ? path.join(from, 'tokenizer') : base;
+  if (!fs.existsSync(path.join(src, 'vocab.json')) || !fs.existsSync(path.join(src, 'merges.txt'))) {
+    throw new Error(`--tokenizer ${from}: a diffusers tokenizer/ needs vocab.json and merges.txt; give the folder holding them (bpe_simple_vocab_16e6.txt.gz has no vocab.json)`);
+  }
+  await fsp.mkdir(to, { recursive: true });
+  for (const name of ['vocab.json', 'merges.txt']) {
+    await fsp.copyFile(path.join(src, name), path.join(to, name));
+    written.push(`tokenizer/${name}`);
+  }
+  const cfg = tokenizerConfig(kind);
+  const defaults: Record<string, Json> = {
+    'tokenizer_config.json': cfg,
+    'special_tokens_map.json': Object.fromEntries(['bos_token', 'eos_token', 'pad_token', 'unk_token'].map((k) => [k, cfg[k]])),
+  };
+  for (const [name, value] of Object.entries(defaults)) {
+    const have = path.join(src, name);
+    if (fs.existsSync(have)) await fsp.copyFile(have, path.join(to, name));
+    else await writeJson(path.join(to, name), value);
+    written.push(`tokenizer/${name}`);
+  }
 }
 
 export interface DiffusersRead {
@@ -618,14 +754,54 @@ function component(index: Json, classes: readonly string[]): { name: string; cla
   return undefined;
 }
 
-/** A pipeline's text encoder ldm does not implement (CLIPTextModel, LDMBertModel...), as an error message. */
+/** Stable Diffusion's text encoder as a pipeline holds it: transformers' CLIPTextModel. */
+const SD_TEXT_CLASSES = ['CLIPTextModel'];
+
+/** A pipeline's text encoder ldm does not implement (CLIPTextModelWithProjection, LDMBertModel...), as an error message. */
 function foreignTextEncoder(index: Json): string | undefined {
   for (const [name, v] of Object.entries(index)) {
     if (name.startsWith('_') || !Array.isArray(v)) continue;
     const cls = String(v[1]);
+    if (SD_TEXT_CLASSES.includes(cls)) continue;
     if (/Text|Bert|CLIP|T5/i.test(cls) && !/Tokenizer/i.test(cls)) return `text encoder ${cls} (${name}/) is not implemented; ldm's own TransformerEmbedder is`;
   }
   return undefined;
+}
+
+/**
+ * An ldm-written folder's config, unless its scheduler_config.json was edited since (it differs from the one ldm
+ * writes for that config): then the scheduler's prediction type and timestep spacing rule, as in diffusers.
+ */
+async function editedScheduler(cfg: LatentDiffusionConfig, file: string, notes: string[]): Promise<LatentDiffusionConfig> {
+  if (!fs.existsSync(file)) return cfg;
+  const have = await readJson(file);
+  const wrote = schedulerToDiffusers(cfg.schedule, cfg.parameterization, cfg.sample);
+  const keys = ['prediction_type', 'timestep_spacing', 'steps_offset', 'beta_schedule', 'beta_start', 'beta_end', 'num_train_timesteps'];
+  if (keys.every((k) => JSON.stringify(have[k] ?? null) === JSON.stringify(wrote[k] ?? null))) return cfg;
+  const s = schedulerFromDiffusers(have, file);
+  notes.push(`${file} differs from the config ldm wrote with it: its prediction_type, schedule and timestep spacing are used`);
+  return { ...cfg, schedule: { ...cfg.schedule, ...s.schedule }, parameterization: s.parameterization, sample: { ...cfg.sample, ...s.sampling } };
+}
+
+/**
+ * A pipeline's CLIPTextModel as Stable Diffusion's text encoder: weights under our names (after `cond_stage_model.`),
+ * the conditioning they make (heads from config.json) and what was left unused.
+ */
+async function readSdTextEncoder(dir: string, name: string, notes: string[]): Promise<{ params: Map<string, HostTensor>; conditioning: Json; contextDim: number; unused: string[] }> {
+  const folder = path.join(dir, name);
+  const m = await readDiffusersModel(folder, 'model');
+  const { kind, heads } = textEncoderKind(m.config, path.join(folder, 'config.json'));
+  const lastBlock = path.join(folder, SD2_LAST_BLOCK_FILE);
+  const extra = kind === 'sd2' && fs.existsSync(lastBlock) ? (await readSafetensors(lastBlock)).tensors : undefined;
+  const r = textEncoderFromDiffusers(kind, m.params, extra);
+  if (kind === 'sd2' && r.zeroBlock) {
+    notes.push(`${name}/ is SD 2.x's OpenCLIP text encoder without its last block (diffusers keeps the layers up to the penultimate one, which SD 2.x reads): ldm's OpenCLIP encoder gets a zero last block, never run`);
+  }
+  const inferred = inferConditioning(r.params, { in_channels: 0, out_channels: 0 }, notes);
+  const text = (inferred.conditioning.text ?? {}) as Json;
+  const dim = int(text, 'dim', folder);
+  if (dim % heads !== 0) fail(path.join(folder, 'config.json'), `num_attention_heads ${heads} does not divide hidden_size ${dim}`);
+  return { params: r.params, conditioning: { ...inferred.conditioning, text: { ...text, heads, dim_head: dim / heads } }, contextDim: dim, unused: r.unused.map((u) => `${name}/${u}`) };
 }
 
 /**
@@ -642,6 +818,7 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
   const ae = component(index, AE_CLASSES);
   const un = component(index, UNET_CLASSES);
   const condEntry = Object.entries(index).find(([k, v]) => !k.startsWith('_') && Array.isArray(v) && v[0] === LDM_LIBRARY);
+  const sdText = component(index, SD_TEXT_CLASSES);
   const foreignText = foreignTextEncoder(index);
 
   if (opts.part === 'first_stage') {
@@ -654,6 +831,11 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
   if (opts.part === 'unet') {
     if (!un) fail(indexFile, 'the pipeline has no UNet (UNet2DConditionModel or UNet2DModel) component');
     return readModelFolder(path.join(dir, un.name), opts.notes);
+  }
+  if (opts.part === 'cond_stage' && sdText && !condEntry) {
+    const t = await readSdTextEncoder(dir, sdText.name, opts.notes);
+    const config = { conditioning: t.conditioning, context_dim: t.contextDim } as unknown as CondStageConfig;
+    return { model: { kind: 'cond_stage', config, params: t.params, step: 0, metadata: {} }, unused: t.unused };
   }
   if (opts.part === 'cond_stage') {
     if (!condEntry) fail(indexFile, foreignText ?? 'the pipeline has no cond stage');
@@ -681,6 +863,11 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
     const c = await readDiffusersModel(path.join(dir, condEntry[0]));
     condInfo = condStageFromDiffusers(c.className, c.config, path.join(dir, condEntry[0], 'config.json'));
     condParams = c.params;
+  } else if (sdText) {
+    const t = await readSdTextEncoder(dir, sdText.name, opts.notes);
+    condInfo = { conditioning: t.conditioning, contextDim: t.contextDim };
+    condParams = t.params;
+    unused.push(...t.unused);
   } else if (foreignText) {
     fail(indexFile, foreignText);
   }
@@ -691,15 +878,15 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
   if (ldm) {
     const v = validateConfig(ldm.config, `${indexFile} (${LDM_PIPELINE_KEY}.config)`, { foreign: referenceConfigReader });
     if (v.model !== 'ldm') fail(indexFile, `${LDM_PIPELINE_KEY}.config is a "${v.model}" config, not an ldm one`);
-    config = v;
+    config = await editedScheduler(v, path.join(dir, 'scheduler', SCHEDULER_FILE), opts.notes);
     step = stepOf(ldm.step);
     metadata = metadataOf(ldm.metadata);
   } else {
     const unetCfg = unetFromDiffusers(un.className, unetRead.config, path.join(dir, un.name, 'config.json'));
     const schedFile = path.join(dir, 'scheduler', SCHEDULER_FILE);
-    const { schedule, parameterization } = fs.existsSync(schedFile)
+    const { schedule, parameterization, sampling } = fs.existsSync(schedFile)
       ? schedulerFromDiffusers(await readJson(schedFile), schedFile)
-      : (opts.notes.push('no scheduler/ folder: the reference default schedule is used'), { schedule: { schedule: 'linear' as const, timesteps: 1000, linear_start: 0.0015, linear_end: 0.0195 }, parameterization: 'eps' as const });
+      : (opts.notes.push('no scheduler/ folder: the reference default schedule is used'), { schedule: { schedule: 'linear' as const, timesteps: 1000, linear_start: 0.0015, linear_end: 0.0195 }, parameterization: 'eps' as const, sampling: undefined });
     // diffusers' LDMPipeline decodes VQ latents unscaled; KL pipelines scale by the VAE's scaling_factor.
     const scale = arch?.regularizer === 'vq' ? 1 : diffusersScale ?? (arch ? 0.18215 : 1);
     config = ldmConfigFrom({
@@ -711,6 +898,8 @@ export async function readDiffusers(dir: string, opts: { part?: ModelPart; notes
       scaleFactor: scale,
       firstStage: arch ? { factor: 2 ** (arch.ddconfig.ch_mult.length - 1), channels: arch.ddconfig.in_channels } : { pixel: unetCfg.out_channels },
     }, opts.notes);
+    // The scheduler's timestep spacing is how the model is meant to be sampled: it rides in the config's sample section.
+    if (sampling) config = { ...config, sample: { ...config.sample, ...sampling } };
     metadata[SCALE_FACTOR_KEY] = String(scale);
   }
   const unetMapped = fromDiffusers(unetRead.params, unetKeyMap(config.unet));

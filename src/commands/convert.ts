@@ -15,6 +15,8 @@ export default class Convert extends LdmCommand<typeof Convert> {
     '<%= config.bin %> convert model.ckpt model.safetensors --config cin256-v2.yaml',
     '<%= config.bin %> convert model.ckpt vae.safetensors --part first_stage',
     '<%= config.bin %> convert model.safetensors model-diffusers --to diffusers --dtype f16',
+    '<%= config.bin %> convert v1-5-pruned-emaonly.safetensors sd15-diffusers --tokenizer clip-vit-large-patch14/tokenizer',
+    '<%= config.bin %> convert sd15-diffusers sd15.safetensors',
   ];
   static override args = {
     input: Args.string({ required: true, description: 'Checkpoint file or diffusers folder to read.' }),
@@ -27,6 +29,7 @@ export default class Convert extends LdmCommand<typeof Convert> {
     part: Flags.option({ options: MODEL_PARTS, summary: 'Convert only this part of a latent diffusion model.' })(),
     config: Flags.string({ summary: 'The reference YAML (model.target ...) or an ldm config, for what the weights do not say.' }),
     ema: Flags.boolean({ summary: 'Take the EMA weights (model_ema.*) of a reference checkpoint.' }),
+    tokenizer: Flags.string({ summary: 'Stable Diffusion to diffusers: the CLIP tokenizer folder (vocab.json, merges.txt) to copy into tokenizer/.' }),
     force: Flags.boolean({ summary: 'Overwrite the output if it exists.' }),
   };
 
@@ -40,6 +43,7 @@ export default class Convert extends LdmCommand<typeof Convert> {
       ...(f.dtype ? { dtype: f.dtype } : {}),
       ...(f.part ? { part: f.part } : {}),
       ...(f.config ? { config: f.config } : {}),
+      ...(f.tokenizer ? { tokenizer: f.tokenizer } : {}),
       ema: f.ema,
       force: f.force,
       allowUnsafePickle: f[ALLOW_UNSAFE_PICKLE],

@@ -5,7 +5,7 @@
  */
 import * as z from 'zod';
 import { UNetConfigSchema, sizeMultiple } from './unet-config.js';
-import { SAMPLER_NAMES } from '../diffusion/samplers.js';
+import { SAMPLER_NAMES, SPACINGS } from '../diffusion/samplers.js';
 import { SrDataSchema, srProblems } from './sr-data-config.js';
 import { bool, expecting, fraction, nonNegInt, nonNegNum, oneOf, posInt, posNum, strict, text } from './fields.js';
 
@@ -126,6 +126,10 @@ const SampleSchema = strict({
   sampler: oneOf(SAMPLER_NAMES).default('ddim'),
   eta: nonNegNum().default(0),
   guidance: nonNegNum().default(1),
+  /** How sampling spreads its timesteps (absent: uniform); a diffusers folder's scheduler_config.json sets it. */
+  spacing: oneOf(SPACINGS).optional(),
+  /** diffusers' steps_offset for `leading` spacing (absent: 0). */
+  steps_offset: nonNegInt().optional(),
   /** Super-resolution: start from the bicubic upscale noised this far, in (0, 1] (`ldm upscale --strength`'s default). */
   strength: z.number(expecting('a number in (0, 1]')).positive(expecting('a number in (0, 1]')).max(1, expecting('a number in (0, 1]')).default(1),
   /** Super-resolution: model tile side in output pixels (`ldm upscale --tile`'s default; absent: the training crop). */
