@@ -5,6 +5,7 @@ import { createSampler, spacedTimesteps, SAMPLER_NAMES, type SamplerName } from 
 import { sampleLatents, guide, type ModelFn } from '../src/diffusion/sampling-loop.js';
 import { toPrediction, trainingTarget } from '../src/diffusion/prediction.js';
 import { Rng } from '../src/util/random.js';
+import { DiscreteSigmas } from '../src/diffusion/sigma-schedule.js';
 
 test('schedules match their closed forms', () => {
   const lin = makeBetas({ schedule: 'linear', timesteps: 1000, linearStart: 0.0015, linearEnd: 0.0195 });
@@ -80,11 +81,14 @@ const MIX = [
 ];
 
 function mixtureModel(sched: NoiseSchedule): ModelFn {
+  // The sigma samplers call at fractional timesteps: abar there from the log-sigma interpolation.
+  const ds = new DiscreteSigmas(sched);
+  const abarAt = (t: number) => (Number.isInteger(t) ? sched.abar(t) : 1 / (1 + ds.tToSigma(t) ** 2));
   return async (x, t) => {
     const out = new Float32Array(x.length);
     const per = x.length / t.length;
     for (let j = 0; j < x.length; j++) {
-      const a = sched.abar(t[Math.floor(j / per)]!);
+      const a = abarAt(t[Math.floor(j / per)]!);
       const sa = Math.sqrt(a);
       let num = 0;
       let den = 0;
@@ -114,7 +118,10 @@ function clusterStats(xs: Float32Array) {
   });
 }
 
-const STEPS: Record<SamplerName, number> = { ddpm: 200, ddim: 50, plms: 50, 'dpmpp-2m': 25 };
+const STEPS: Record<SamplerName, number> = {
+  ddpm: 200, ddim: 50, plms: 50, 'dpmpp-2m': 25, euler: 50, 'euler-a': 100, heun: 20, dpm2: 50, 'dpm2-a': 50,
+  'dpmpp-2s-a': 50, 'dpmpp-sde': 100, 'dpmpp-2m-sde': 200, lms: 25, unipc: 20,
+};
 
 for (const name of SAMPLER_NAMES) {
   test(`${name} with the exact eps of a Gaussian mixture reproduces its weights, means and spreads`, async () => {

@@ -60,6 +60,11 @@ const ConditioningSchema = strict({
   /** concat: channels of the condition image appended to z_t. */
   channels: posInt().optional(),
   text: TextSchema.optional(),
+  /**
+   * text: Stable Diffusion's inpainting models (LatentInpaintDiffusion, conditioning_key hybrid): the UNet also takes
+   * the mask at latent size and the masked image's scaled latent (1 + latent channels), appended to z_t in that order.
+   */
+  inpaint: bool().optional(),
   /** Probability of training a sample without its condition (null class, empty prompt, zero map): classifier-free guidance. */
   dropout: fraction().default(0.1),
 });
@@ -237,9 +242,10 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
   } else if (c.text) {
     out.push({ path: ['conditioning', 'text'], message: `only text conditioning has a text encoder; remove text or set type: text` });
   }
-  const extra = concatChannels(c);
+  const extra = concatChannels(c) + (c.inpaint ? u.out_channels + 1 : 0);
+  if (c.inpaint && c.type !== 'text') out.push({ path: ['conditioning', 'inpaint'], message: `only text models (Stable Diffusion inpainting) take inpaint; remove it for ${c.type}` });
   if (u.in_channels !== u.out_channels + extra) {
-    const what = c.type === 'text' ? 'caption layout' : 'condition';
+    const what = c.inpaint ? 'mask and masked-image latent' : c.type === 'text' ? 'caption layout' : 'condition';
     const why = extra ? `out_channels ${u.out_channels} latent channels + ${extra} ${what} channels` : `out_channels ${u.out_channels} (the latent channels)`;
     out.push({ path: ['unet', 'in_channels'], message: `${u.in_channels} should be ${u.out_channels + extra}: ${why}` });
   }

@@ -1,79 +1,35 @@
 /**
- * Samplers as small objects, diffusers-style: a list of model-call timesteps and a pure-ish `step` from the
- * model's prediction at call i to the next sample. The one loop that calls the model lives in sampling-loop.ts.
+ * The samplers: the reference's DDPM, DDIM and PLMS on the model's timesteps (here), k-diffusion's sigma samplers
+ * (k-samplers.ts) and UniPC (unipc.ts), made by name with createSampler. The one loop that calls the model lives in
+ * sampling-loop.ts; names and aliases in sampler-names.ts; sigma schedules in sigma-schedule.ts.
  */
 import type { NoiseSchedule } from './schedule.js';
 import type { Prediction } from './prediction.js';
 import type { Rng } from '../util/random.js';
+import { checkStrength, type Sampler } from './sampler.js';
+import { SAMPLER_NAMES, isSigmaSampler, scheduleError, type SamplerName, type SigmaSamplerName } from './sampler-names.js';
+import { spacedTimesteps, type Spacing } from './spacing.js';
+import { DiscreteSigmas, samplerSigmas, type SigmaSchedule } from './sigma-schedule.js';
+import {
+  Dpm2AncestralSampler, Dpm2Sampler, DpmPP2MSampler, DpmPP2MSdeSampler, DpmPP2SAncestralSampler, DpmPPSdeSampler,
+  EulerAncestralSampler, EulerSampler, HeunSampler, LmsSampler, type SigmaSampler,
+} from './k-samplers.js';
+import { UniPCSampler } from './unipc.js';
 
-export const SAMPLER_NAMES = ['ddpm', 'ddim', 'plms', 'dpmpp-2m'] as const;
-export type SamplerName = (typeof SAMPLER_NAMES)[number];
-/**
- * How the model-call timesteps are spread over 0..T-1. `uniform` and `quad` are the reference's DDIM choices;
- * `leading`, `trailing` and `linspace` are diffusers' `timestep_spacing` (leading with steps_offset 1 is uniform).
- */
-export const SPACINGS = ['uniform', 'quad', 'leading', 'trailing', 'linspace'] as const;
-export type Spacing = (typeof SPACINGS)[number];
-
-export interface Sampler {
-  readonly name: SamplerName;
-  /** Timesteps at which the model is called, in call order (PLMS calls twice at its second timestep). */
-  readonly timesteps: readonly number[];
-  /** Advance from call i's sample x with the model's prediction there. */
-  step(pred: Prediction, i: number, x: Float32Array, rng: Rng): Float32Array;
-  /** The noise level (timestep; -1 = clean) the sample returned by step i is at. */
-  levelAfter(i: number): number;
-  /** The first call index when starting from a partly noised image (img2img strength in (0, 1]). */
-  startIndex(strength: number): number;
-  /** Forget multistep history: called by the loop before the first step. */
-  reset(): void;
-}
+export { SAMPLER_NAMES, type SamplerName } from './sampler-names.js';
+export { SPACINGS, spacedTimesteps, roundHalfEven, type Spacing } from './spacing.js';
+export { checkStrength, type Sampler } from './sampler.js';
 
 export interface SamplerOptions {
   steps: number;
-  /** DDIM: 0 deterministic, 1 DDPM-like. */
+  /** DDIM: 0 deterministic, 1 DDPM-like. (The ancestral and SDE sigma samplers use k-diffusion's eta 1.) */
   eta?: number;
+  /** Default: `uniform` for DDIM and PLMS, k-diffusion's `linspace` for the sigma samplers. */
   spacing?: Spacing;
   /** diffusers' steps_offset, added to `leading` timesteps (SD's scheduler configs say 1). */
   stepsOffset?: number;
-}
-
-/** img2img strength: in (0, 1]; `name` is how the caller's user spells it (e.g. a flag). */
-export function checkStrength(strength: number, name = 'strength'): void {
-  if (!(strength > 0 && strength <= 1)) throw new Error(`${name} must be in (0, 1], got ${strength}`);
-}
-
-/**
- * Model-call timesteps, ascending and distinct: the reference's DDIM range(0, T, T // S) + 1 (`uniform`) or its
- * quadratic spacing, or diffusers' leading (range(0, T, T // S) + steps_offset), trailing
- * (round(arange(T, 0, -T / S)) - 1) and linspace (round(linspace(0, T - 1, S))).
- */
-export function spacedTimesteps(T: number, steps: number, spacing: Spacing = 'uniform', stepsOffset = 0): number[] {
-  if (!Number.isInteger(steps) || steps < 1 || steps > T) throw new Error(`steps must be an integer in 1..${T}, got ${steps}`);
-  const ts = rawTimesteps(T, steps, spacing, stepsOffset);
-  return [...new Set(ts.map((t) => Math.max(0, Math.min(t, T - 1))))].sort((a, b) => a - b);
-}
-
-function rawTimesteps(T: number, steps: number, spacing: Spacing, stepsOffset: number): number[] {
-  const range = Array.from({ length: steps }, (_, i) => i);
-  switch (spacing) {
-    case 'uniform': return range.map((i) => i * Math.floor(T / steps) + 1);
-    case 'quad': {
-      const top = Math.sqrt(T * 0.8);
-      return range.map((i) => Math.floor(((top * i) / Math.max(steps - 1, 1)) ** 2) + 1);
-    }
-    case 'leading': return range.map((i) => i * Math.floor(T / steps) + stepsOffset);
-    case 'trailing': return range.map((i) => roundHalfEven(T - (i * T) / steps) - 1);
-    case 'linspace': return range.map((i) => roundHalfEven(steps > 1 ? (i * (T - 1)) / (steps - 1) : 0));
-  }
-}
-
-/** numpy's round: halves to even, so linspace and trailing timesteps match diffusers'. */
-export function roundHalfEven(x: number): number {
-  const f = Math.floor(x);
-  const d = x - f;
-  if (Math.abs(d - 0.5) > 1e-9) return Math.round(x);
-  return f % 2 === 0 ? f : f + 1;
+  /** Sigma samplers only: how the sigmas are spread (default: by `spacing`). */
+  schedule?: SigmaSchedule;
 }
 
 function axpby(a: number, x: Float32Array, b: number, y: Float32Array): Float32Array {
@@ -101,6 +57,10 @@ abstract class Base {
   }
 
   reset(): void {}
+
+  abarAt(i: number): number {
+    return this.sched.abar(this.timesteps[i]!);
+  }
 
   startIndex(strength: number): number {
     checkStrength(strength);
@@ -242,63 +202,29 @@ function combine(coefs: readonly number[], xs: readonly Float32Array[]): Float32
   return out;
 }
 
-/** DPM-Solver++(2M) (Lu et al. 2022) in x0 form, first order at the start and the last step. */
-export class DpmSolverPP2MSampler extends Base implements Sampler {
-  readonly name: SamplerName = 'dpmpp-2m';
-  readonly timesteps: number[];
-  protected readonly finalLevel = -1;
-  private prevX0: Float32Array | undefined;
-  private prevH: number | undefined;
+const SIGMA_CLASSES: Record<SigmaSamplerName, new (name: SigmaSamplerName, ds: DiscreteSigmas, sigmas: readonly number[]) => SigmaSampler> = {
+  euler: EulerSampler, 'euler-a': EulerAncestralSampler, heun: HeunSampler, dpm2: Dpm2Sampler, 'dpm2-a': Dpm2AncestralSampler,
+  'dpmpp-2m': DpmPP2MSampler, 'dpmpp-2s-a': DpmPP2SAncestralSampler, 'dpmpp-sde': DpmPPSdeSampler, 'dpmpp-2m-sde': DpmPP2MSdeSampler,
+  lms: LmsSampler, unipc: UniPCSampler,
+};
 
-  constructor(sched: NoiseSchedule, opts: SamplerOptions) {
-    super(sched);
-    // The reference's DDIM spacing, ending at t = 1: a last jump to clean from a high noise level shrinks the spread.
-    this.timesteps = spacedTimesteps(sched.T, opts.steps, opts.spacing, opts.stepsOffset).reverse();
-  }
-
-  protected levels(): readonly number[] {
-    return this.timesteps;
-  }
-
-  private lambda(t: number): number {
-    const a = this.sched.abar(t);
-    return 0.5 * Math.log(a / (1 - a));
-  }
-
-  override reset(): void {
-    this.prevX0 = undefined;
-    this.prevH = undefined;
-  }
-
-  step(pred: Prediction, i: number, x: Float32Array): Float32Array {
-    const s = this.timesteps[i]!;
-    const t = this.levelAfter(i);
-    let d = pred.x0;
-    if (t < 0) {
-      // To the clean sample: sigma_t = 0, so x_t = D; the final step stays first order.
-      this.prevX0 = undefined;
-      return d;
-    }
-    const ss = Math.sqrt(1 - this.sched.abar(s));
-    const at = Math.sqrt(this.sched.abar(t));
-    const st = Math.sqrt(1 - this.sched.abar(t));
-    const h = this.lambda(t) - this.lambda(s);
-    if (this.prevX0 && this.prevH !== undefined) {
-      const r = this.prevH / h;
-      d = axpby(1 + 1 / (2 * r), pred.x0, -1 / (2 * r), this.prevX0);
-    }
-    this.prevX0 = pred.x0;
-    this.prevH = h;
-    return axpby(st / ss, x, -at * (Math.exp(-h) - 1), d);
-  }
+/** A sigma sampler on explicit sigmas (descending, ending in 0): for tests against k-diffusion and custom schedules. */
+export function createSigmaSampler(name: SigmaSamplerName, sched: NoiseSchedule, sigmas: readonly number[]): SigmaSampler {
+  return new SIGMA_CLASSES[name](name, new DiscreteSigmas(sched), sigmas);
 }
 
 export function createSampler(name: SamplerName, sched: NoiseSchedule, opts: SamplerOptions): Sampler {
+  const schedule = opts.schedule ?? 'default';
+  if (isSigmaSampler(name)) {
+    const ds = new DiscreteSigmas(sched);
+    const sigmas = samplerSigmas(ds, opts.steps, { schedule, spacing: opts.spacing ?? 'linspace', stepsOffset: opts.stepsOffset ?? 0 });
+    return new SIGMA_CLASSES[name](name, ds, sigmas);
+  }
+  if (schedule !== 'default') throw new Error(scheduleError(name, schedule));
   switch (name) {
     case 'ddim': return new DdimSampler(sched, opts);
     case 'ddpm': return new DdpmSampler(sched, opts);
     case 'plms': return new PlmsSampler(sched, opts);
-    case 'dpmpp-2m': return new DpmSolverPP2MSampler(sched, opts);
     default: throw new Error(`unknown sampler '${String(name)}'; use one of ${SAMPLER_NAMES.join(', ')}`);
   }
 }

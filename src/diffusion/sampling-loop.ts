@@ -4,7 +4,7 @@
  */
 import type { Rng } from '../util/random.js';
 import type { NoiseSchedule } from './schedule.js';
-import type { Sampler } from './samplers.js';
+import type { Sampler } from './sampler.js';
 import { toPrediction, type Parameterization } from './prediction.js';
 
 /** Model outputs for the conditional branch, and the unconditional one when guidance asks for it. */
@@ -25,6 +25,8 @@ export interface SampleOptions {
   parameterization?: Parameterization;
   /** Classifier-free guidance scale s: out = uncond + s (cond - uncond). 1 is the plain conditional model. */
   guidance: number;
+  /** Guidance rescale phi in [0, 1] (Lin et al. 2023, diffusers' rescale_noise_cfg); 0 or absent: none. */
+  guidanceRescale?: number;
   rng: Rng;
   /** Image-to-image (SDEdit): start from this clean latent, noised to the level `strength` of the way up. */
   init?: { x0: Float32Array; strength: number };
@@ -34,19 +36,40 @@ export interface SampleOptions {
   onStep?: (i: number, calls: number, t: number) => void;
 }
 
-export function guide(out: ModelOutputs, scale: number): Float32Array {
+/**
+ * Classifier-free guidance: uncond + scale (cond - uncond); with `rescale` phi > 0, each sample's guided output is
+ * blended with itself scaled to the conditional output's standard deviation (diffusers' rescale_noise_cfg, std with
+ * Bessel's correction as torch's), which keeps high guidance from over-exposing.
+ */
+export function guide(out: ModelOutputs, scale: number, rescale = 0, n = 1): Float32Array {
   if (scale === 1 || !out.uncond) return out.cond;
   const r = new Float32Array(out.cond.length);
   const u = out.uncond;
   for (let j = 0; j < r.length; j++) r[j] = u[j]! + scale * (out.cond[j]! - u[j]!);
+  if (rescale > 0) {
+    const per = r.length / n;
+    for (let i = 0; i < n; i++) {
+      const [a, b] = [i * per, (i + 1) * per];
+      const f = std(out.cond.subarray(a, b)) / std(r.subarray(a, b));
+      for (let j = a; j < b; j++) r[j] = rescale * f * r[j]! + (1 - rescale) * r[j]!;
+    }
+  }
   return r;
 }
 
-function noised(x0: Float32Array, level: number, sched: NoiseSchedule, rng: Rng): Float32Array {
-  if (level < 0) return x0;
-  const a = sched.abar(level);
-  const sa = Math.sqrt(a);
-  const sb = Math.sqrt(1 - a);
+function std(x: Float32Array): number {
+  let m = 0;
+  for (const v of x) m += v;
+  m /= x.length;
+  let s = 0;
+  for (const v of x) s += (v - m) ** 2;
+  return Math.sqrt(s / Math.max(x.length - 1, 1));
+}
+
+function noised(x0: Float32Array, abar: number, rng: Rng): Float32Array {
+  if (abar >= 1) return x0;
+  const sa = Math.sqrt(abar);
+  const sb = Math.sqrt(1 - abar);
   const out = new Float32Array(x0.length);
   for (let j = 0; j < out.length; j++) out[j] = sa * x0[j]! + sb * rng.normal();
   return out;
@@ -65,7 +88,7 @@ function replaceKnown(x: Float32Array, known: Float32Array, mask: Float32Array):
 export async function sampleLatents(o: SampleOptions): Promise<Float32Array> {
   const size = o.shape.reduce((a, b) => a * b, 1);
   const n = o.shape[0]!;
-  const { sampler, schedule: sched, rng, guidance } = o;
+  const { sampler, rng, guidance } = o;
   const param = o.parameterization ?? 'eps';
   const calls = sampler.timesteps.length;
   let start = 0;
@@ -73,7 +96,7 @@ export async function sampleLatents(o: SampleOptions): Promise<Float32Array> {
   if (o.init) {
     if (o.init.x0.length !== size) throw new Error(`init latent has ${o.init.x0.length} values, the sample needs ${size}`);
     start = sampler.startIndex(o.init.strength);
-    x = noised(o.init.x0, sampler.timesteps[start]!, sched, rng);
+    x = noised(o.init.x0, sampler.abarAt(start), rng);
   } else {
     x = rng.normalArray(size);
   }
@@ -81,10 +104,11 @@ export async function sampleLatents(o: SampleOptions): Promise<Float32Array> {
   sampler.reset();
   for (let i = start; i < calls; i++) {
     const t = sampler.timesteps[i]!;
-    if (o.inpaint) replaceKnown(x, noised(o.inpaint.x0, t, sched, rng), o.inpaint.mask);
+    const abar = sampler.abarAt(i);
+    if (o.inpaint) replaceKnown(x, noised(o.inpaint.x0, abar, rng), o.inpaint.mask);
     const ts = new Array<number>(n).fill(t);
-    const out = guide(await o.model(x, ts, guidance !== 1), guidance);
-    const pred = toPrediction(out, x, ts.map((v) => sched.abar(v)), param);
+    const out = guide(await o.model(x, ts, guidance !== 1), guidance, o.guidanceRescale ?? 0, n);
+    const pred = toPrediction(out, x, new Array<number>(n).fill(abar), param);
     x = sampler.step(pred, i, x, rng);
     o.onStep?.(i - start, calls - start, t);
   }

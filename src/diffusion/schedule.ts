@@ -48,15 +48,25 @@ export class NoiseSchedule {
   readonly alphasCumprod: Float64Array;
   readonly T: number;
 
-  constructor(readonly cfg: ScheduleConfig = DEFAULT_SCHEDULE) {
-    this.betas = makeBetas(cfg);
-    this.T = cfg.timesteps;
+  /** `betas` replaces the config's (a rescaled schedule, see sigma-schedule.ts); the config still names its origin. */
+  constructor(readonly cfg: ScheduleConfig = DEFAULT_SCHEDULE, betas?: Float64Array) {
+    this.betas = betas ?? makeBetas(cfg);
+    this.T = this.betas.length;
     this.alphasCumprod = new Float64Array(this.T);
     let p = 1;
     for (let i = 0; i < this.T; i++) {
       p *= 1 - this.betas[i]!;
       this.alphasCumprod[i] = p;
     }
+  }
+
+  /** The schedule whose cumulative alphas are `abar` (betas recovered from their ratios). */
+  static fromAlphasCumprod(cfg: ScheduleConfig, abar: Float64Array): NoiseSchedule {
+    const betas = abar.map((a, i) => 1 - a / (i === 0 ? 1 : abar[i - 1]!));
+    const s = new NoiseSchedule(cfg, betas);
+    // Keep the given values exactly rather than their re-multiplied betas.
+    s.alphasCumprod.set(abar);
+    return s;
   }
 
   abar(t: number): number {
