@@ -23,6 +23,7 @@ export const TARGETS = {
   vqInterface: 'ldm.models.autoencoder.VQModelInterface',
   tamingVQ: 'taming.models.vqgan.VQModel',
   latentDiffusion: 'ldm.models.diffusion.ddpm.LatentDiffusion',
+  latentInpaint: 'ldm.models.diffusion.ddpm.LatentInpaintDiffusion',
   ddpm: 'ldm.models.diffusion.ddpm.DDPM',
   unet: 'ldm.modules.diffusionmodules.openaimodel.UNetModel',
   classEmbedder: 'ldm.modules.encoders.modules.ClassEmbedder',
@@ -106,7 +107,7 @@ export function readReferenceConfig(data: unknown, file: string): ReferenceModel
     problems.throwIfAny();
     return { target, config: validated(AutoencoderConfigSchema, ae, file) as AutoencoderConfig, notes };
   }
-  if (target === TARGETS.latentDiffusion || target === TARGETS.ddpm) {
+  if (target === TARGETS.latentDiffusion || target === TARGETS.latentInpaint || target === TARGETS.ddpm) {
     const out = ldmFrom(params, target, ctx);
     problems.throwIfAny();
     const config = validated(LatentDiffusionConfigSchema, out.config, file) as LatentDiffusionConfig;
@@ -309,6 +310,7 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
   if (key === undefined || key === null) key = params.concat_mode === false ? 'crossattn' : 'concat';
   if (cond === '__is_unconditional__') return { conditioning: { type: 'none' } };
   const at = 'model.params.cond_stage_config';
+  if (targetOf(ctx.root.model) === TARGETS.latentInpaint) return inpaintConditioningFrom(params, key, unet, ctx);
   if (cond === '__is_first_stage__') {
     problems.add(at, 'a condition encoded by the first stage (__is_first_stage__, the reference inpainting model) is not implemented; '
       + "ldm's concat conditioning appends the condition image resized to the latent size");
@@ -373,6 +375,28 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
 }
 
 /**
+ * Stable Diffusion's inpainting models (v2-inpainting-inference.yaml, SD 1.5-inpainting's v1 config):
+ * LatentInpaintDiffusion, hybrid: a frozen CLIP / OpenCLIP text encoder cross-attended, and its concat_keys
+ * (mask, masked_image) appended to z_t.
+ */
+function inpaintConditioningFrom(params: Obj, key: unknown, unet: Obj, ctx: Context): Conditioning {
+  const { problems } = ctx;
+  if (key !== 'hybrid') problems.add('model.params.conditioning_key', `${show(key)} with LatentInpaintDiffusion is not implemented; ldm implements hybrid (the text cross-attended, the mask and masked image concatenated)`);
+  const keys = params.concat_keys ?? ['mask', 'masked_image'];
+  if (JSON.stringify(keys) !== JSON.stringify(['mask', 'masked_image']) || (params.masked_image_key ?? 'masked_image') !== 'masked_image') {
+    problems.add('model.params.concat_keys', `${show(keys)} is not implemented; ldm implements LatentInpaintDiffusion's default [mask, masked_image]`);
+  }
+  const cond = params.cond_stage_config;
+  const target = targetOf(cond);
+  if (target !== TARGETS.frozenClip && target !== TARGETS.frozenOpenClip) {
+    problems.add('model.params.cond_stage_config.target', `${show(target)} is not implemented for LatentInpaintDiffusion; ldm implements FrozenCLIPEmbedder and FrozenOpenCLIPEmbedder`);
+    return { conditioning: {} };
+  }
+  const c = frozenClipFrom(target, paramsOf(cond), num(unet, 'context_dim'), ctx);
+  return { ...c, conditioning: { ...c.conditioning, inpaint: true } };
+}
+
+/**
  * Stable Diffusion's frozen text encoders (v1-inference.yaml's FrozenCLIPEmbedder, v2-inference*.yaml's
  * FrozenOpenCLIPEmbedder). The YAML names a pretrained model, not its sizes: the released ViT-L/14 and ViT-H/14 sizes
  * stand here, and the loader takes the real ones from the checkpoint's cond_stage_model.* weights. No contextDim is
@@ -403,7 +427,7 @@ function ldmFrom(params: Obj, target: string, ctx: Context): { config: Obj; firs
   const unet = unetFrom(params.unet_config, ctx);
   let firstStage: AutoencoderConfig | undefined;
   let factor = 1;
-  if (target === TARGETS.latentDiffusion) {
+  if (target === TARGETS.latentDiffusion || target === TARGETS.latentInpaint) {
     const fsTarget = targetOf(params.first_stage_config);
     if (fsTarget === undefined || !AE_TARGETS.includes(fsTarget)) {
       problems.add('model.params.first_stage_config.target', `${fsTarget === undefined ? 'missing' : `first stage ${fsTarget} is not implemented`}; ldm implements ${AE_TARGETS.join(', ')}`);
@@ -747,6 +771,10 @@ export function inferConditioning(cond: Params, unet: Pick<UNetConfig, 'in_chann
     return { conditioning: { type: 'class', num_classes: emb.shape[0]! - 1 }, contextDim: emb.shape[1]! };
   }
   const clip = stableDiffusionText(cond, notes);
+  if (clip && unet.out_channels > 0 && unet.in_channels === 2 * unet.out_channels + 1) {
+    notes.push(`Stable Diffusion inpainting: the UNet takes ${unet.in_channels} channels (the latent, the mask and the masked image's latent); sample it with --init-image and --mask`);
+    return { ...clip, conditioning: { ...clip.conditioning, inpaint: true } };
+  }
   if (clip) return clip;
   const tok = cond.get('transformer.token_emb.weight');
   if (tok) {

@@ -4,7 +4,7 @@
  */
 import type { Rng } from '../util/random.js';
 import type { NoiseSchedule } from './schedule.js';
-import type { Sampler } from './sampler.js';
+import { checkStrength, type Sampler } from './sampler.js';
 import { toPrediction, type Parameterization } from './prediction.js';
 
 /** Model outputs for the conditional branch, and the unconditional one when guidance asks for it. */
@@ -28,8 +28,12 @@ export interface SampleOptions {
   /** Guidance rescale phi in [0, 1] (Lin et al. 2023, diffusers' rescale_noise_cfg); 0 or absent: none. */
   guidanceRescale?: number;
   rng: Rng;
-  /** Image-to-image (SDEdit): start from this clean latent, noised to the level `strength` of the way up. */
-  init?: { x0: Float32Array; strength: number };
+  /**
+   * Image-to-image (SDEdit): start from this clean latent, noised to the level `strength` of the way up. `reference`:
+   * as the reference's scripts/img2img.py with DDIM (DDIMSampler.stochastic_encode then decode): floor(strength x
+   * steps) calls, the latent noised to the level one step above the first call's (pure noise at strength 1).
+   */
+  init?: { x0: Float32Array; strength: number; reference?: boolean };
   /** Inpainting: where mask = 1 the sample is the (noised) known latent at every step; mask broadcast per sample. */
   inpaint?: { x0: Float32Array; mask: Float32Array };
   /** Called after each model call (i counts from 0 to calls - 1). */
@@ -75,6 +79,20 @@ function noised(x0: Float32Array, abar: number, rng: Rng): Float32Array {
   return out;
 }
 
+function noisedBy(x0: Float32Array, abar: number, noise: Float32Array): Float32Array {
+  const sa = Math.sqrt(abar);
+  const sb = Math.sqrt(1 - abar);
+  return noise.map((e, j) => sa * x0[j]! + sb * e);
+}
+
+/** The reference img2img's first call: t_enc = int(strength x steps) calls run, the last ones; none is an error. */
+function referenceStart(strength: number, calls: number): number {
+  checkStrength(strength);
+  const run = Math.floor(strength * calls); // Python's int() of the same double product
+  if (run < 1) throw new Error(`strength ${strength} with ${calls} steps runs no denoising step (int(strength x steps) = 0, as the reference's img2img); raise the strength or the steps`);
+  return calls - run;
+}
+
 function replaceKnown(x: Float32Array, known: Float32Array, mask: Float32Array): void {
   const per = mask.length;
   for (let j = 0; j < x.length; j++) {
@@ -95,8 +113,13 @@ export async function sampleLatents(o: SampleOptions): Promise<Float32Array> {
   let x: Float32Array;
   if (o.init) {
     if (o.init.x0.length !== size) throw new Error(`init latent has ${o.init.x0.length} values, the sample needs ${size}`);
-    start = sampler.startIndex(o.init.strength);
-    x = noised(o.init.x0, sampler.abarAt(start), rng);
+    if (o.init.reference) {
+      start = referenceStart(o.init.strength, calls);
+      x = start === 0 ? rng.normalArray(size) : noisedBy(o.init.x0, sampler.abarAt(start - 1), rng.normalArray(size));
+    } else {
+      start = sampler.startIndex(o.init.strength);
+      x = noised(o.init.x0, sampler.abarAt(start), rng);
+    }
   } else {
     x = rng.normalArray(size);
   }

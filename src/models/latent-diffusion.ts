@@ -24,6 +24,8 @@ import type { FirstStage } from './first-stage.js';
 export const INPUT_X = 'x';
 export const INPUT_T = 't';
 export const INPUT_TARGET = 'target';
+/** Stable Diffusion inpainting models (conditioning.inpaint): the mask and masked image's latent [N, 1 + c, h, w]. */
+export const INPUT_INPAINT = 'cond.inpaint';
 
 export class LatentDiffusion extends Module {
   readonly unet: UNetModel;
@@ -54,10 +56,21 @@ export class LatentDiffusion extends Module {
     return sizeMultiple(this.config.unet);
   }
 
-  /** The model output (eps, x0 or v) for z_t [N, C, h, w] at timesteps t [N], given the condition inputs. */
+  /** Channels of the inpainting condition (mask, masked image's latent) fed as INPUT_INPAINT; 0 for other models. */
+  get inpaintChannels(): number {
+    return this.config.conditioning.inpaint ? this.latentChannels + 1 : 0;
+  }
+
+  /**
+   * The model output (eps, x0 or v) for z_t [N, C, h, w] at timesteps t [N], given the condition inputs. An inpainting
+   * model appends INPUT_INPAINT after z_t (the reference's hybrid c_concat), declared here when `cond` lacks it.
+   */
   forward(x: Tensor, t: Tensor, cond: Readonly<Record<string, Tensor>>): Tensor {
-    const { context, concat, pooled } = this.conditioner.apply(cond, x.shape[2]!, x.shape[3]!);
-    const input = concat ? o.concat([x, concat], 1) : x;
+    const [n, , h, w] = x.shape as [number, number, number, number];
+    const { context, concat, pooled } = this.conditioner.apply(cond, h, w);
+    const inpaint = this.inpaintChannels ? [cond[INPUT_INPAINT] ?? o.input(INPUT_INPAINT, [n, this.inpaintChannels, h, w])] : [];
+    const parts = [x, ...inpaint, ...(concat ? [concat] : [])];
+    const input = parts.length > 1 ? o.concat(parts, 1) : x;
     return this.unet.forward(input, t, context, this.config.unet.adm_in_channels !== undefined ? pooled : undefined);
   }
 

@@ -11,7 +11,9 @@ import { Rng } from '../util/random.js';
 import { createSampler } from '../diffusion/samplers.js';
 import { sampleLatents } from '../diffusion/sampling-loop.js';
 import type { CondFeeds, Conditions } from '../models/conditioning.js';
-import type { LatentDiffusion } from '../models/latent-diffusion.js';
+import { INPUT_INPAINT, type LatentDiffusion } from '../models/latent-diffusion.js';
+import { isClipText } from '../config/ldm-config.js';
+import { sdInpaintCondition } from './sd-inpaint.js';
 import { firstStageRunBytes, type FirstStage } from '../models/first-stage.js';
 import { resize } from '../data/transforms.js';
 import { attentionHeads, type UNetConfig } from '../config/unet-config.js';
@@ -115,6 +117,13 @@ export function latentKeepMask(mask: HostTensor, factor: number, channels: numbe
       for (let c = 0; c < channels; c++) out[(c * h + y) * w + x] = keep;
     }
   }
+  return out;
+}
+
+/** `x` repeated n times, one after another. */
+function repeatEach(x: Float32Array, n: number): Float32Array {
+  const out = new Float32Array(n * x.length);
+  for (let i = 0; i < n; i++) out.set(x, i * x.length);
   return out;
 }
 
@@ -273,12 +282,16 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     const sized = resize(img, H, W, 'bicubic');
     const z = await fs.encode(float32([1, ...sized.shape], toFloat32(sized)));
     initLatent = (z.data as Float32Array).map((v) => v * scaleFactor);
-    if (opts.mask) {
+    if (opts.mask && !model.inpaintChannels) {
       const [mh, mw] = sizeOf(opts.mask);
       const m = mh === H && mw === W ? opts.mask : resize(float32([1, mh, mw], toFloat32(opts.mask)), H, W, 'nearest');
       keep = latentKeepMask(m, f, c);
     }
   }
+  // Stable Diffusion inpainting models regenerate the masked area from their concatenated condition (sd-inpaint.ts).
+  const sdInpaint = model.inpaintChannels ? await sdInpaintCondition(parts, opts.init, opts.mask, H, W) : undefined;
+  // Stable Diffusion's img2img with DDIM follows the reference's scripts/img2img.py (see sampleLatents' init).
+  const referenceInit = isClipText(model.config.conditioning.text) && opts.settings.sampler === 'ddim';
 
   const rng = new Rng(opts.seed);
   const latents = new Float32Array(total * per);
@@ -289,8 +302,10 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     // Each model (base, refiner) encodes the chunk's conditions with its own encoder.
     const given = conds.length ? conditionsOf(chunk, H, W) : undefined;
     const feedsFor = (m: LatentDiffusion): [CondFeeds, CondFeeds] => {
-      const cf = m.conditioner.feeds(given, n, h, w);
-      return [cf, guidance !== 1 ? m.conditioner.nullFeeds(n, h, w, opts.negativePrompt) : cf];
+      // An inpainting model's unconditional branch keeps the mask and masked image (the reference's uc_full).
+      const extra: CondFeeds = m.inpaintChannels && sdInpaint ? { [INPUT_INPAINT]: float32([n, m.inpaintChannels, h, w], repeatEach(sdInpaint, n)) } : {};
+      const cf = { ...m.conditioner.feeds(given, n, h, w), ...extra };
+      return [cf, guidance !== 1 ? { ...m.conditioner.nullFeeds(n, h, w, opts.negativePrompt), ...extra } : cf];
     };
     const sampler = createSampler(opts.settings.sampler, model.schedule, { steps: opts.settings.steps, eta: opts.settings.eta, spacing: opts.settings.spacing, stepsOffset: opts.settings.stepsOffset });
     const repeat = (x: Float32Array) => {
@@ -299,7 +314,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
       return out;
     };
     const x0 = initLatent ? repeat(initLatent) : undefined;
-    const useInit = x0 && (!keep || strength < 1);
+    const useInit = x0 && (!(keep || sdInpaint) || strength < 1);
     let fn = denoiser.modelFn(shape, ...feedsFor(model));
     const ref = opts.refiner;
     if (ref) {
@@ -310,7 +325,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     const z = await sampleLatents({
       shape, model: fn, schedule: model.schedule, sampler, parameterization: model.parameterization,
       guidance, rng,
-      ...(useInit ? { init: { x0: x0!, strength } } : {}),
+      ...(useInit ? { init: { x0: x0!, strength, reference: referenceInit } } : {}),
       ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
       onStep: (call, calls) => opts.onStep?.({ done: start, batch: n, total, call, calls }),
     });
