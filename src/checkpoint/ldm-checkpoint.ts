@@ -18,6 +18,8 @@ import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHT
 import { firstStageFromLdm, openFirstStage } from './first-stage-checkpoint.js';
 import { loadAnyCheckpoint, type SourceReport } from './load-any.js';
 import { referenceConfigReader } from './reference-config.js';
+import { mergeLoras, readLora, type LoraSpec } from './lora.js';
+import { addEmbeddings, readEmbedding, type EmbeddingSpec } from './embeddings.js';
 import { definedOnly } from '../util/defined.js';
 
 /** Everything that makes an LDM file sample on its own. */
@@ -135,17 +137,45 @@ export interface ReadLdmOptions {
   config?: string;
   /** Single files holding both sets of weights: the EMA ones (model_ema.*). */
   ema?: boolean;
+  /** LoRAs merged into the weights and textual-inversion embeddings added, before the model is built. */
+  adapters?: ModelAdapters;
+  /** Told of what the user should know but need not act on now (a partly applied LoRA). */
+  onWarning?: (message: string) => void;
+}
+
+/** What `--lora`, `--lora-partial` and `--embedding` ask for. */
+export interface ModelAdapters {
+  /** LoRA files and their scales (`--lora <file>[:<scale>]`). */
+  loras?: readonly LoraSpec[];
+  /** LoRA modules that match no layer are warned about, not refused. */
+  loraPartial?: boolean;
+  /** Textual-inversion embeddings and the prompt words that stand for them (`--embedding <file>[:<token>]`). */
+  embeddings?: readonly EmbeddingSpec[];
 }
 
 /** Read an LDM checkpoint: model, weights, first stage, tokenizer; one-line errors for anything else. */
 export async function readLdmCheckpoint(file: string, executor: Executor, opts: ReadLdmOptions = {}): Promise<LoadedLdm> {
   // Read first: a missing or broken tokenizer is reported before a multi-gigabyte checkpoint is.
   const clipTokenizer = opts.tokenizer !== undefined ? ClipTokenizer.load(opts.tokenizer) : undefined;
+  const loras = await Promise.all((opts.adapters?.loras ?? []).map(async (spec) => ({ lora: await readLora(spec.file), scale: spec.scale })));
+  const embeddings = await Promise.all((opts.adapters?.embeddings ?? []).map(readEmbedding));
   // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
   const ckpt = await loadAnyCheckpoint(file, definedOnly({ prediction: opts.prediction, config: opts.config, ema: opts.ema })).catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`checkpoint ${file} not found; give an LDM checkpoint (ldm train-ldm writes them under runs/<name>/)`);
     throw err;
   });
+  if ((loras.length > 0 || embeddings.length > 0) && ckpt.kind !== 'ldm') {
+    throw new Error(`--lora and --embedding apply to latent diffusion models; ${file} is a "${ckpt.kind}" checkpoint`);
+  }
+  if (loras.length > 0 && ckpt.kind === 'ldm') {
+    const reports = mergeLoras(ckpt.params, ckpt.config, loras, definedOnly({ partial: opts.adapters?.loraPartial, onWarning: opts.onWarning }));
+    for (const r of reports) ckpt.source.notes.push(`LoRA ${r.file} (${r.format}, scale ${r.scale}): merged into ${r.applied} layers`);
+  }
+  if (embeddings.length > 0 && ckpt.kind === 'ldm') {
+    if (!(clipTokenizer instanceof ClipTokenizer)) throw new Error(`--embedding applies to Stable Diffusion's CLIP text encoders, read with --tokenizer; ${file} ${isClipText(ckpt.config.conditioning.text) ? 'needs --tokenizer' : 'has none'}`);
+    ckpt.config = addEmbeddings(ckpt.params, ckpt.config, clipTokenizer, embeddings);
+    for (const e of embeddings) ckpt.source.notes.push(`embedding ${e.file}: "${e.token}" stands for ${e.vectors.shape[0]} token vector(s)`);
+  }
   const ldm = ldmFromCheckpoint(ckpt, file, executor, clipTokenizer);
   if (clipTokenizer && !isClipText(ldm.config.conditioning.text)) {
     await ldm.firstStage.dispose();

@@ -16,6 +16,7 @@ import { makeBetas, type BetaSchedule } from '../diffusion/schedule.js';
 import { show } from '../config/fields.js';
 import type { DDConfig } from '../models/autoencoder/encoder.js';
 import { clipTextConfigFromWeights } from '../models/clip-text-encoder.js';
+import { BERT_VOCAB_SIZE } from '../models/wordpiece-tokenizer.js';
 
 export const TARGETS = {
   autoencoderKL: 'ldm.models.autoencoder.AutoencoderKL',
@@ -293,7 +294,23 @@ function unetFrom(unetConfig: unknown, ctx: Context): Obj {
     }
     out[k] = v;
   }
+  dropUnreachedAttention(out, ctx.notes);
   return out;
+}
+
+/**
+ * The reference's UNet gives a level attention when its running downsampling rate is listed, so a rate beyond its
+ * last level (bsr_sr lists 16 with 4 levels: rates 1 to 8) is never reached and builds nothing: dropped, with a note.
+ */
+function dropUnreachedAttention(unet: Obj, notes: string[]): void {
+  const rates = unet.attention_resolutions;
+  const mult = Array.isArray(unet.channel_mult) ? unet.channel_mult : [1, 2, 4, 8];
+  if (!Array.isArray(rates)) return;
+  const reached = mult.map((_, i) => 2 ** i);
+  const unreached = rates.filter((r) => typeof r === 'number' && !reached.includes(r));
+  if (unreached.length === 0) return;
+  unet.attention_resolutions = rates.filter((r) => !unreached.includes(r));
+  notes.push(`unet_config attention_resolutions ${unreached.join(', ')} ignored: with ${mult.length} levels the UNet reaches rates ${reached.join(', ')} only, and the reference builds no attention for the others`);
 }
 
 interface Conditioning {
@@ -311,11 +328,7 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
   if (cond === '__is_unconditional__') return { conditioning: { type: 'none' } };
   const at = 'model.params.cond_stage_config';
   if (targetOf(ctx.root.model) === TARGETS.latentInpaint) return inpaintConditioningFrom(params, key, unet, ctx);
-  if (cond === '__is_first_stage__') {
-    problems.add(at, 'a condition encoded by the first stage (__is_first_stage__, the reference inpainting model) is not implemented; '
-      + "ldm's concat conditioning appends the condition image resized to the latent size");
-    return { conditioning: {} };
-  }
+  if (cond === '__is_first_stage__') return firstStageCondition(params, unet, ctx);
   if (key === 'hybrid' || key === 'adm') {
     problems.add('model.params.conditioning_key', key === 'adm'
       ? 'adm (class labels added to the time embedding) is not implemented for latent diffusion; ldm cross-attends a ClassEmbedder token'
@@ -343,15 +356,15 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
   };
   if (key === 'crossattn') {
     if (target === TARGETS.classEmbedder) {
-      const n = num(cp, 'n_classes', 1000);
-      notes.push(`ClassEmbedder row ${n - 1} (the last of n_classes ${n}) is the unconditional class, as in cin256-v2; the model has ${n - 1} classes`);
-      return { conditioning: { type: 'class', num_classes: n - 1 }, ...(typeof cp.embed_dim === 'number' ? { contextDim: cp.embed_dim } : {}) };
+      return { conditioning: classRows(num(cp, 'n_classes', 1000), notes), ...(typeof cp.embed_dim === 'number' ? { contextDim: cp.embed_dim } : {}) };
     }
     if (target === TARGETS.transformerEmbedder) return text();
     if (target === TARGETS.bertEmbedder) {
-      if (cp.use_tokenizer === false) return text();
-      problems.add(`${at}.target`, `text encoder ${target} is not implemented; ldm's own TransformerEmbedder is`);
-      return { conditioning: {} };
+      if (cp.use_tokenizer === false) {
+        problems.add(`${at}.params.use_tokenizer`, layoutRefusal(cp, params.cond_stage_key));
+        return { conditioning: {} };
+      }
+      return bertFrom(cp, ctx);
     }
     if (target === TARGETS.frozenClip || target === TARGETS.frozenOpenClip) return frozenClipFrom(target, cp, num(unet, 'context_dim'), ctx);
     const what = /clip|t5|bert|text/i.test(target) ? 'text encoder' : 'cond stage';
@@ -362,16 +375,89 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
   const channels = (num(unet, 'in_channels') ?? 0) - (num(unet, 'out_channels') ?? 0);
   if (target === TARGETS.identity) return { conditioning: { type: 'concat', channels } };
   if (target === TARGETS.spatialRescaler) {
-    if (cp.out_channels !== undefined && cp.out_channels !== null) {
-      problems.add(`${at}.params.out_channels`, 'a SpatialRescaler with a learned channel_mapper is not implemented; '
-        + "ldm's semantic conditioning appends the one-hot label map, its concat conditioning the resized image");
-      return { conditioning: {} };
-    }
+    if (cp.out_channels !== undefined && cp.out_channels !== null) return spatialRescalerFrom(cp, channels, ctx);
     notes.push('the SpatialRescaler condition is resized to the latent size by ldm\'s own resize (concat conditioning)');
     return { conditioning: { type: 'concat', channels } };
   }
   problems.add(`${at}.target`, `cond stage ${target} is not implemented for concat conditioning; ldm implements ${TARGETS.identity}`);
   return { conditioning: {} };
+}
+
+/**
+ * A reference ClassEmbedder's `rows`: 1001 is ImageNet's 1000 classes and the "no label" row 1000 that cin256-v2
+ * trained by label dropout and its sampling script guides with; any other count is that many classes and no null row
+ * (cin256 and cin-ldm-vq-f8: 1000), so no guidance, and no label dropout to train.
+ */
+export function classRows(rows: number, notes: string[]): Obj {
+  if (rows === IMAGENET_WITH_NULL) {
+    notes.push(`ClassEmbedder n_classes ${rows}: ImageNet's ${rows - 1} classes, and row ${rows - 1} is the unconditional class (as cin256-v2 samples it)`);
+    return { type: 'class', num_classes: rows - 1 };
+  }
+  notes.push(`ClassEmbedder n_classes ${rows}: ${rows} classes and no unconditional row (as cin256), so classifier-free guidance is not possible`);
+  return { type: 'class', num_classes: rows, null_class: false, dropout: 0 };
+}
+
+const IMAGENET_WITH_NULL = 1001;
+
+/**
+ * The reference's BERTEmbedder (use_tokenizer, the default): its TransformerWrapper behind HF's bert-base-uncased
+ * tokenizer, which ldm reads from the user's vocab.txt (vocab_size rows, 30522 for the released models).
+ */
+function bertFrom(cp: Obj, ctx: Context): Conditioning {
+  const vocab = num(cp, 'vocab_size', BERT_VOCAB_SIZE);
+  const maxLen = num(cp, 'max_seq_len', 77);
+  if (typeof cp.embedding_dropout === 'number' && cp.embedding_dropout !== 0) ctx.notes.push(`BERTEmbedder embedding_dropout ${cp.embedding_dropout} only acts in training; dropped`);
+  ctx.notes.push(`BERTEmbedder: ${cp.n_layer} layers of ${cp.n_embed} behind bert-base-uncased's WordPiece tokenizer (vocab_size ${vocab}, ${maxLen} tokens); give its vocab.txt with --tokenizer`);
+  return {
+    conditioning: { type: 'text', text: { encoder: 'bert', vocab_size: vocab, dim: cp.n_embed, depth: cp.n_layer, heads: 8, dim_head: 64, max_len: maxLen } },
+    ...(typeof cp.n_embed === 'number' ? { contextDim: cp.n_embed } : {}),
+  };
+}
+
+/** Why a BERTEmbedder fed tokens from the data pipeline (layout2img-openimages256) is refused. */
+function layoutRefusal(cp: Obj, key: unknown): string {
+  return `a BERTEmbedder over tokens made by the data pipeline (use_tokenizer: false, cond_stage_key ${show(key ?? 'caption')}, vocab_size ${num(cp, 'vocab_size', BERT_VOCAB_SIZE)}, `
+    + `max_seq_len ${num(cp, 'max_seq_len', 77)}) is not implemented: layout2img's tokens are Open Images bounding boxes `
+    + "(class and two quantised corners per object, from taming-transformers' ObjectsBoundingBoxConditionalBuilder via ldm.data.openimages), "
+    + 'and that pipeline with its class list and quantisation settings is not in the reference repository, so ldm cannot make them from a layout';
+}
+
+const RESCALE_METHODS: readonly string[] = ['nearest', 'bilinear', 'area'];
+
+/**
+ * A SpatialRescaler with a learned channel_mapper (semantic_synthesis256/512): its in_channels are the classes of a
+ * one-hot segmentation map (at image size), resized n_stages times and mapped to out_channels by a 1x1 conv.
+ */
+function spatialRescalerFrom(cp: Obj, channels: number, ctx: Context): Conditioning {
+  const at = 'model.params.cond_stage_config.params';
+  const method = cp.method ?? 'bilinear';
+  if (typeof method !== 'string' || !RESCALE_METHODS.includes(method)) {
+    ctx.problems.add(`${at}.method`, `${show(method)} is not implemented for the SpatialRescaler; ldm implements ${RESCALE_METHODS.join(', ')}`);
+    return { conditioning: {} };
+  }
+  const out = cp.out_channels;
+  if (out !== channels) ctx.problems.add(`${at}.out_channels`, `${show(out)} differs from the UNet's condition channels ${channels} (in_channels less out_channels)`);
+  const classes = num(cp, 'in_channels', 3);
+  const key = (ctx.root.model as Obj & { params?: Obj }).params?.cond_stage_key;
+  ctx.notes.push(`SpatialRescaler over a one-hot map of ${classes} classes (cond_stage_key ${show(key ?? 'segmentation')}): ldm sample --map takes it as a segmentation PNG at the image size`);
+  const rescaler = { n_stages: num(cp, 'n_stages', 1), method, multiplier: num(cp, 'multiplier', 0.5), out_channels: out, bias: cp.bias === true };
+  return { conditioning: { type: 'semantic', num_classes: classes, rescaler, dropout: 0 } };
+}
+
+/**
+ * `cond_stage_config: __is_first_stage__` (inpainting_big): the condition is the masked image through the first stage,
+ * with the mask resized to the latent and appended, as the reference's scripts/inpaint.py makes it.
+ */
+function firstStageCondition(params: Obj, unet: Obj, ctx: Context): Conditioning {
+  const channels = (num(unet, 'in_channels') ?? 0) - (num(unet, 'out_channels') ?? 0);
+  const embed = num(paramsOf(params.first_stage_config), 'embed_dim');
+  if (embed !== undefined && channels !== embed + 1) {
+    ctx.problems.add('model.params.unet_config.params.in_channels', `the UNet takes ${channels} condition channels, but a first-stage condition with its mask has ${embed + 1} `
+      + '(the masked image\'s latent and the mask, as scripts/inpaint.py makes them)');
+    return { conditioning: {} };
+  }
+  ctx.notes.push('__is_first_stage__: the condition is the masked --init-image through the first stage, with the --mask appended at the latent size (scripts/inpaint.py)');
+  return { conditioning: { type: 'concat', channels, source: 'masked_image', dropout: 0 } };
 }
 
 /**
@@ -482,8 +568,20 @@ function ldmFrom(params: Obj, target: string, ctx: Context): { config: Obj; firs
     schedule: { schedule, timesteps: num(params, 'timesteps', 1000), linear_start: num(params, 'linear_start', 1e-4), linear_end: num(params, 'linear_end', 2e-2) },
     train: { ...train, ...(warmup !== undefined ? { warmup } : {}) },
     data: { size: (latent ?? 1) * factor, ...(channels !== undefined ? { channels } : {}) },
+    ...(ldsrSample(params, cond.conditioning, notes) ?? {}),
   };
   return { config, ...(firstStage ? { firstStage } : {}), ...(scaleFactor !== undefined ? { scaleFactor } : {}) };
+}
+
+/**
+ * LDSR (bsr_sr: the low-resolution image concatenated, `cond_stage_key: LR_image`) samples as the reference's
+ * notebook_helpers.py `run` does: DDIM with eta 1, 100 steps (the step count its notebook and the common LDSR scripts
+ * pass), in tiles of 128 latent cells (its split_input_params `ks`, 512 output pixels).
+ */
+function ldsrSample(params: Obj, conditioning: Obj, notes: string[]): { sample: Obj } | undefined {
+  if (params.cond_stage_key !== 'LR_image' || conditioning.type !== 'concat') return undefined;
+  notes.push('LDSR (cond_stage_key LR_image): sample.steps 100, sample.eta 1 and sample.tile 512 as the reference notebook samples it (DDIM, split_input_params ks 128)');
+  return { sample: { sampler: 'ddim', steps: 100, eta: 1, tile: 512 } };
 }
 
 /**
@@ -766,10 +864,7 @@ function stableDiffusionText(cond: Params, notes: string[]): { conditioning: Obj
  */
 export function inferConditioning(cond: Params, unet: Pick<UNetConfig, 'in_channels' | 'out_channels'>, notes: string[]): { conditioning: Obj; contextDim?: number } {
   const emb = cond.get('embedding.weight');
-  if (emb) {
-    notes.push(`ClassEmbedder row ${emb.shape[0]! - 1} (the last) is taken as the unconditional class, as in cin256-v2`);
-    return { conditioning: { type: 'class', num_classes: emb.shape[0]! - 1 }, contextDim: emb.shape[1]! };
-  }
+  if (emb) return { conditioning: classRows(emb.shape[0]!, notes), contextDim: emb.shape[1]! };
   const clip = stableDiffusionText(cond, notes);
   if (clip && unet.out_channels > 0 && unet.in_channels === 2 * unet.out_channels + 1) {
     notes.push(`Stable Diffusion inpainting: the UNet takes ${unet.in_channels} channels (the latent, the mask and the masked image's latent); sample it with --init-image and --mask`);
@@ -782,8 +877,13 @@ export function inferConditioning(cond: Params, unet: Pick<UNetConfig, 'in_chann
     const depth = indices(cond, 'transformer.attn_layers.layers.').length / 2;
     const q = shapeOf(cond, 'transformer.attn_layers.layers.0.1.to_q.weight');
     if (q[0] !== 512) throw new Error(`the text encoder's attention is ${q[0]} wide, not x-transformers' default 8 x 64; ${passConfigHint()}`);
+    const maxLen = shapeOf(cond, 'transformer.pos_emb.emb.weight')[0]!;
+    if (tok.shape[0] === BERT_VOCAB_SIZE) {
+      notes.push(`the text encoder's ${BERT_VOCAB_SIZE}-token embedding is bert-base-uncased's: read as the reference's BERTEmbedder; give its vocab.txt with --tokenizer`);
+      return { conditioning: { type: 'text', text: { encoder: 'bert', vocab_size: BERT_VOCAB_SIZE, dim, depth, heads: 8, dim_head: 64, max_len: maxLen } }, contextDim: dim };
+    }
     notes.push('the text encoder was read from the weights; ldm records no tokenizer for it, so prompts cannot be encoded until one is attached');
-    return { conditioning: { type: 'text', text: { dim, depth, heads: 8, dim_head: 64, max_len: shapeOf(cond, 'transformer.pos_emb.emb.weight')[0] } }, contextDim: dim };
+    return { conditioning: { type: 'text', text: { dim, depth, heads: 8, dim_head: 64, max_len: maxLen } }, contextDim: dim };
   }
   if (cond.size > 0) throw new Error(`cond stage weights ${[...cond.keys()].slice(0, 3).join(', ')} are of no encoder ldm implements (ClassEmbedder, TransformerEmbedder)`);
   const extra = unet.in_channels - unet.out_channels;

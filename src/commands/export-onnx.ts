@@ -1,6 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
+import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
+import { definedOnly } from '../util/defined.js';
 import { EXPORT_PARTS, exportOnnx, type ExportResult } from '../pipelines/export-onnx.js';
 
 export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
@@ -18,6 +20,7 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
   };
   static override flags = {
     ...unsafePickleFlags,
+    ...loraFlags,
     output: Flags.string({ char: 'o', required: true, summary: 'The .onnx file to write.' }),
     part: Flags.option({ options: EXPORT_PARTS, summary: 'encoder or decoder (autoencoders; default decoder), unet (diffusion models).' })(),
     batch: integerFlag({ min: 1, max: LIMITS.batch, default: 1, summary: 'Batch size baked into the graph.' }),
@@ -35,6 +38,7 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
       batch: f.batch, contextTokens: f['context-tokens'], force: f.force, onWarning: (w) => this.warning(w),
       ...(f.part ? { part: f.part } : {}), ...(f.height ? { height: f.height } : {}), ...(f.width ? { width: f.width } : {}),
       ...(f.config ? { config: f.config } : {}),
+      ...definedOnly({ adapters: adaptersFromFlags(f) }),
     });
     this.result(r, (v: ExportResult) => [
       `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB`,

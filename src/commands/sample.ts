@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { adapterFlags, adaptersFromFlags } from '../cli/adapter-flags.js';
 import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -22,10 +23,12 @@ export default class Sample extends LdmCommand<typeof Sample> {
     '<%= config.bin %> sample --ckpt txt.safetensors --prompt "a blue square" --init-image in.png --mask mask.png -o out/',
     '<%= config.bin %> sample --ckpt sem.safetensors --map labels.png --height 64 --width 64 -o out/',
     '<%= config.bin %> sample --ckpt sd15.safetensors --tokenizer clip-vit-large-patch14/tokenizer --prompt "an astronaut riding a horse" --steps 20 --guidance 7.5 --height 512 --width 512 -o out/',
+    '<%= config.bin %> sample --ckpt sd15.safetensors --tokenizer clip-vit-large-patch14/tokenizer --lora style.safetensors:0.8 --embedding my-style.pt --prompt "a castle, my-style" -o out/',
   ];
   static override flags = {
     ...keepProfileFlags,
     ...unsafePickleFlags,
+    ...adapterFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm), a reference .ckpt or a Stable Diffusion 1.x / 2.x single file.' }),
     tokenizer: Flags.string({ summary: 'Stable Diffusion single files: the CLIP tokenizer, a folder with vocab.json and merges.txt (a diffusers tokenizer/ folder) or bpe_simple_vocab_16e6.txt.gz.' }),
     config: Flags.string({ summary: 'The checkpoint\'s reference YAML (v1-inference.yaml, v2-inference.yaml, v2-inference-v.yaml) or an ldm config, for a .ckpt or single file that carries none; its parameterization and schedule are used.' }),
@@ -73,7 +76,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: f.ema === false, ema: f.ema === true, prefix: f.prefix,
         memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'],
         ...definedOnly({
-          tokenizer: f.tokenizer, prediction: f.prediction, config: f.config,
+          tokenizer: f.tokenizer, prediction: f.prediction, config: f.config, adapters: adaptersFromFlags(f),
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,
           classes: f.class, map: f.map, condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
         }),

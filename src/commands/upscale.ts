@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
+import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { outputKindFor } from '../io/output-path.js';
 import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
@@ -15,7 +16,8 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
   static override summary = 'Upscale images (files or whole folders) with a super-resolution LDM, or bicubic/Lanczos; optionally score them against originals.';
   static override description =
     'Outputs are PNGs under --out mirroring the input tree. A checkpoint upscales by the factor it was trained for (x4 for the '
-    + 'sr-x4-* configs; a smaller --scale resamples its output down, a larger one is refused); bicubic and lanczos take any scale. '
+    + 'sr-x4-* configs and LDSR; a smaller --scale resamples its output down, a larger one up to its square takes two passes, as the LDSR scripts reach x8); bicubic and lanczos take any scale. '
+    + 'LDSR (the paper\'s bsr_sr model.ckpt with its project.yaml via --config) samples as the reference notebook: DDIM, 100 steps, eta 1. '
     + 'Any image size: the model runs on overlapping latent tiles blended at every denoising step, so memory stays bounded and '
     + 'no seam shows. Alpha is resized separately (bicubic), grey stays grey, EXIF orientation is applied. A file that fails is '
     + 'reported and skipped, the batch goes on, and the exit code is 1. --downscale makes evaluation inputs instead: each image '
@@ -23,6 +25,8 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     + 'same relative path: PSNR, SSIM and the high-frequency energy ratio, per image and averaged.';
   static override examples = [
     '<%= config.bin %> upscale --ckpt runs/sr/model.safetensors photos/ -o big/',
+    '<%= config.bin %> upscale --ckpt ldsr/model.ckpt --config ldsr/project.yaml photos/ -o big/',
+    '<%= config.bin %> upscale --ckpt ldsr/model.ckpt --config ldsr/project.yaml --scale 8 photos/ -o huge/',
     '<%= config.bin %> upscale --method bicubic --scale 4 --downscale photos/eval -o eval-lr/',
     '<%= config.bin %> upscale --ckpt runs/sr/model.safetensors eval-lr/ -o eval-sr/ --reference photos/eval --json',
     '<%= config.bin %> upscale --method lanczos eval-lr/ -o eval-lanczos/ --reference photos/eval',
@@ -31,10 +35,14 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
   static override flags = {
     ...keepProfileFlags,
     ...unsafePickleFlags,
-    ckpt: Flags.string({ summary: 'Super-resolution LDM checkpoint (ldm train-ldm --config sr-x4-... writes one).' }),
+    ...loraFlags,
+    ckpt: Flags.string({ summary: 'Super-resolution LDM checkpoint (ldm train-ldm --config sr-x4-... writes one), or LDSR\'s model.ckpt with --config.' }),
+    config: Flags.string({ summary: 'The checkpoint\'s reference YAML (LDSR: project.yaml, the bsr_sr config.yaml), for a .ckpt that carries none.' }),
+    ema: Flags.boolean({ summary: 'Take a reference checkpoint\'s EMA weights (model_ema.*), as the reference samples with them.' }),
+    passes: integerFlag({ min: 1, max: 2, summary: 'Model passes: 2 upscales the first pass\'s output again (x8 with a x4 model: x4, Lanczos down by 2, x4). Default 2 when --scale is above the model\'s factor.' }),
     out: Flags.string({ char: 'o', required: true, summary: 'Output folder (or a .png file for a single input image).' }),
     method: Flags.option({ options: UPSCALE_METHODS, summary: 'model (the default; needs --ckpt), or a classical baseline (bicubic is the default of --downscale).' })(),
-    scale: numberFlag({ min: 0, above: true, max: 32, summary: 'Output over input side (default: the model\'s factor, or 4).' }),
+    scale: numberFlag({ min: 0, above: true, max: 32, summary: 'Output over input side (default: the model\'s factor, twice it with --passes 2, or 4).' }),
     downscale: Flags.boolean({ summary: 'Shrink by --scale instead (bicubic or lanczos): low-resolution inputs from HR originals.' }),
     steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the checkpoint\'s sample.steps).' }),
     sampler: Flags.option({ options: SAMPLER_NAMES, summary: 'Sampler (default: the checkpoint\'s, ddim).' })(),
@@ -58,6 +66,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     await this.checkOutput(f.out, await outputKindFor(f.out, inputs, '.png'));
     const method = f.method ?? (f.downscale ? 'bicubic' : 'model');
     if (method !== 'model' && f.ckpt !== undefined) throw new Error(`--ckpt is for --method model; --method ${method} uses no checkpoint`);
+    if (f.ckpt === undefined && (f.config !== undefined || f.passes !== undefined || f.ema)) throw new Error('--config, --ema and --passes are for a model upscale; pass --ckpt too');
     let executor: Executor | undefined;
     if (method === 'model' && !f.downscale) {
       if (f.ckpt === undefined) throw new Error('pass --ckpt <super-resolution checkpoint>, or --method bicubic|lanczos for a classical baseline');
@@ -72,7 +81,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
         inputs, outDir: f.out, method, seed: f.seed ?? 0, downscale: f.downscale,
         skipExisting: f['skip-existing'], force: f.force,
         memoryLimit: memoryLimit(f['max-memory']),
-        ...definedOnly({ ckpt: f.ckpt, executor, scale: f.scale, reference: f.reference }),
+        ...definedOnly({ ckpt: f.ckpt, config: f.config, ema: f.ema || undefined, adapters: adaptersFromFlags(f), passes: f.passes, executor, scale: f.scale, reference: f.reference }),
         // Unset flags stay absent: the checkpoint's sample section and the model decide them (resolveUpscaleSettings).
         settings: definedOnly({
           steps: f.steps, sampler: f.sampler, eta: f.eta, strength: f.strength, colorFix: f['color-fix'],
@@ -112,7 +121,7 @@ function fmt(x: number, digits: number): string {
 
 function human(r: UpscaleFilesResult): string {
   const what = r.downscale ? `downscaled x${r.scale} (${r.method})`
-    : r.method === 'model' ? `upscaled x${r.scale} with ${r.ckpt} (x${r.modelScale} model, ${r.sampler} ${r.steps} steps${r.strength !== undefined && r.strength < 1 ? ` from bicubic at strength ${r.strength}` : ''}${r.tile !== undefined ? `, tile ${r.tile}` : ''}${r.colorFix === 'wavelet' ? ', wavelet colour fix' : ', no colour fix'}, seed ${r.seed})`
+    : r.method === 'model' ? `upscaled x${r.scale} with ${r.ckpt} (x${r.modelScale} model${r.passes === 2 ? ' in 2 passes' : ''}, ${r.sampler} ${r.steps} steps${r.eta ? ` eta ${r.eta}` : ''}${r.strength !== undefined && r.strength < 1 ? ` from bicubic at strength ${r.strength}` : ''}${r.tile !== undefined ? `, tile ${r.tile}` : ''}${r.colorFix === 'wavelet' ? ', wavelet colour fix' : ', no colour fix'}, seed ${r.seed})`
       : `upscaled x${r.scale} (${r.method})`;
   const unscored = r.unscored ? `, ${r.unscored} not scored` : '';
   const lines = [`${what}: ${r.written} written, ${r.skipped} skipped, ${r.failed} failed${unscored} in ${r.seconds.toFixed(1)} s`];

@@ -159,6 +159,11 @@ export class ClipTokenizer {
   private readonly ranks = new Map<string, number>();
   private readonly cache = new Map<string, number[]>();
   private readonly pattern: RegExp;
+  /** Words standing for added ids (textual inversion), and a pattern finding them as whole words. */
+  private readonly added = new Map<string, number[]>();
+  private addedCount = 0;
+  private addedPattern: RegExp | undefined;
+
 
   private constructor(private readonly encoder: ReadonlyMap<string, number>, merges: readonly (readonly [string, string])[], source: string) {
     const bos = encoder.get(BOS_TOKEN);
@@ -172,8 +177,25 @@ export class ClipTokenizer {
   }
 
   get vocabSize(): number {
-    return this.encoder.size;
+    return this.encoder.size + this.addedCount;
   }
+
+  /**
+   * Make `word` stand for `count` new ids past the vocabulary (a textual-inversion embedding's vectors, appended to
+   * the text encoder's token embedding by the caller): a prompt's `word`, as a whole word, becomes those ids.
+   */
+  addWord(word: string, count: number): number[] {
+    const key = cleanClipText(word);
+    if (!/^[^\s]+$/u.test(key) || !Number.isInteger(count) || count < 1) throw new Error(`embedding token ${JSON.stringify(word)} must be one word standing for at least one vector`);
+    if (this.added.has(key)) throw new Error(`embedding token "${key}" is given twice; give each embedding its own token (--embedding <file>:<token>)`);
+    const ids = Array.from({ length: count }, (_, i) => this.encoder.size + this.addedCount + i);
+    this.addedCount += count;
+    this.added.set(key, ids);
+    const words = [...this.added.keys()].sort((a, b) => b.length - a.length).map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+    this.addedPattern = new RegExp(`(?<![\\p{L}\\p{N}])(?:${words.join('|')})(?![\\p{L}\\p{N}])`, 'gu');
+    return ids;
+  }
+
 
   /** From a diffusers/HF tokenizer's vocab.json and merges.txt contents. */
   static fromVocabAndMerges(vocabJson: string, mergesTxt: string, source = 'vocab.json'): ClipTokenizer {
@@ -234,9 +256,21 @@ export class ClipTokenizer {
 
   /** BPE ids of `text` after cleaning, without bos/eos (the reference's SimpleTokenizer.encode). */
   encode(text: string): number[] {
+    const clean = cleanClipText(text);
+    if (!this.addedPattern) return this.encodeClean(clean);
+    const ids: number[] = [];
+    let at = 0;
+    for (const m of clean.matchAll(this.addedPattern)) {
+      ids.push(...this.encodeClean(clean.slice(at, m.index)), ...this.added.get(m[0])!);
+      at = m.index + m[0].length;
+    }
+    return [...ids, ...this.encodeClean(clean.slice(at))];
+  }
+
+  private encodeClean(clean: string): number[] {
     const ids: number[] = [];
     const utf8 = new TextEncoder();
-    for (const m of cleanClipText(text).matchAll(this.pattern)) {
+    for (const m of clean.matchAll(this.pattern)) {
       const word = m[0];
       if (word === BOS_TOKEN || word === EOS_TOKEN) {
         ids.push(word === BOS_TOKEN ? this.bos : this.eos);

@@ -9,6 +9,8 @@ import { splitPrefix } from '../io/checkpoint.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { lowerToOnnx } from '../engine/onnx/lower.js';
 import { loadAnyCheckpoint } from '../checkpoint/load-any.js';
+import { mergeLoras, readLora } from '../checkpoint/lora.js';
+import type { ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
 import { buildAutoencoder } from '../models/autoencoder/index.js';
 import { UNetModel } from '../models/unet/unet.js';
 import type { UNetConfig } from '../config/unet-config.js';
@@ -32,6 +34,8 @@ export interface ExportOptions {
   force?: boolean;
   /** Told what the checkpoint's reader warns about (e.g. a run's model older than its newest checkpoint). */
   onWarning?: (message: string) => void;
+  /** LoRAs merged into a diffusion model's weights before export (`--lora`, `--lora-partial`). */
+  adapters?: Pick<ModelAdapters, 'loras' | 'loraPartial'>;
 }
 
 export interface ExportedInput {
@@ -58,6 +62,11 @@ function bound(graph: Graph, module: Module, params: ReadonlyMap<string, HostTen
 export async function traceForExport(ckptPath: string, opts: ExportOptions = {}): Promise<{ graph: Graph; outputs: Record<string, Tensor>; kind: string; part: ExportPart }> {
   const ckpt = await loadAnyCheckpoint(ckptPath, opts.config ? { config: opts.config } : {});
   for (const w of ckpt.source.warnings) opts.onWarning?.(w);
+  const loras = await Promise.all((opts.adapters?.loras ?? []).map(async (s) => ({ lora: await readLora(s.file), scale: s.scale })));
+  if (loras.length > 0) {
+    if (ckpt.kind !== 'ldm') throw new Error(`--lora applies to latent diffusion models; ${ckptPath} is a "${ckpt.kind}" checkpoint`);
+    mergeLoras(ckpt.params, ckpt.config, loras, { partial: opts.adapters?.loraPartial === true, ...(opts.onWarning ? { onWarning: opts.onWarning } : {}) });
+  }
   const n = opts.batch ?? 1;
   const graph = new Graph();
   if (ckpt.kind === 'autoencoder') {

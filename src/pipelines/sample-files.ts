@@ -8,7 +8,7 @@ import { promises as fsp } from 'node:fs';
 import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import type { SamplerName } from '../diffusion/samplers.js';
-import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
+import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm, type ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
 import { assertWritable } from '../io/atomic.js';
 import { readImage, saveGrid, writePng } from '../io/image.js';
 import type { MemoryLimit } from '../util/memory-budget.js';
@@ -74,6 +74,8 @@ export interface SampleFilesOptions {
    * weights) before the UNet runs, and the UNet is freed before the first stage decodes.
    */
   lowMemory?: boolean;
+  /** LoRAs merged into the weights and textual-inversion embeddings, before the model is built. */
+  adapters?: ModelAdapters;
 }
 
 export interface SampleFilesResult {
@@ -163,7 +165,9 @@ async function readLabelMap(file: string, classes: number): Promise<HostTensor> 
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
-  let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({ tokenizer: opts.tokenizer, prediction: opts.prediction, config: opts.config, ema: opts.ema }));
+  let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({
+    tokenizer: opts.tokenizer, prediction: opts.prediction, config: opts.config, ema: opts.ema, adapters: opts.adapters, onWarning: opts.onWarning,
+  }));
   opts.onLoaded?.(ldm);
   let denoiser: Denoiser | undefined;
   let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;

@@ -17,7 +17,7 @@ import type { Executor } from '../../engine/executor.js';
 import { Rng } from '../../util/random.js';
 import { checkStrength, createSampler, type SamplerName } from '../../diffusion/samplers.js';
 import { sampleLatents } from '../../diffusion/sampling-loop.js';
-import { readLdmCheckpoint, type LoadedLdm } from '../../checkpoint/ldm-checkpoint.js';
+import { readLdmCheckpoint, type LoadedLdm, type ReadLdmOptions } from '../../checkpoint/ldm-checkpoint.js';
 import type { FirstStage } from '../../models/first-stage.js';
 import { maxStrength, type LatentDiffusionConfig } from '../../config/ldm-config.js';
 import type { CondFeeds } from '../../models/conditioning.js';
@@ -50,8 +50,11 @@ export interface SrModel {
   dispose(): Promise<void>;
 }
 
-export async function loadSrModel(file: string, executor: Executor): Promise<SrModel> {
-  const ldm = await readLdmCheckpoint(file, executor);
+/** How to read an SR checkpoint: a reference `.ckpt` (LDSR's model.ckpt) takes its YAML (project.yaml) and may hold EMA weights. */
+export type SrModelOptions = Pick<ReadLdmOptions, 'config' | 'ema' | 'adapters' | 'onWarning'>;
+
+export async function loadSrModel(file: string, executor: Executor, opts: SrModelOptions = {}): Promise<SrModel> {
+  const ldm = await readLdmCheckpoint(file, executor, opts);
   const stage = ldm.firstStage;
   let scale: number;
   try {
@@ -157,6 +160,8 @@ function gcd(a: number, b: number): number {
 export interface ModelUpscaled {
   /** [C, h*scale, w*scale] in [-1, 1]. */
   image: HostTensor;
+  /** The sampled latent canvas [c, H, W] as the first stage decodes it (scale factor removed), padded as sampled. */
+  latent: HostTensor;
   /** Latent tiles a step. */
   tiles: number;
   /** seamRatio across the tile edges against other lines at multiples of f (1 = no seam); absent with one tile. */
@@ -229,13 +234,14 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
     ...(opts.onStep ? { onStep: (i: number, calls: number) => opts.onStep!(i + 1, calls) } : {}),
   });
   for (let i = 0; i < z.length; i++) z[i] = z[i]! / ldm.scaleFactor;
-  let decoded = await decodeLatentImage(stage, float32([c, H, W], z), { tile: tileOpt });
+  const latent = float32([c, H, W], z);
+  let decoded = await decodeLatentImage(stage, latent, { tile: tileOpt });
   if (colorFix === 'wavelet') decoded = waveletColorFix(decoded, bicubic!, waveletLevels(S));
   const out = crop(decoded, 0, 0, h * S, w * S);
   const d = out.data as Float32Array;
   for (let i = 0; i < d.length; i++) d[i] = d[i]! > 1 ? 1 : d[i]! >= -1 ? d[i]! : -1;
-  if (tiles.length === 1) return { image: out, tiles: 1 };
+  if (tiles.length === 1) return { image: out, latent, tiles: 1 };
   const edges = (starts: readonly number[]) => starts.flatMap((s) => [s * f, (s + T) * f]);
   const seams = seamRatios({ shape: out.shape, data: d }, edges(grid.ys), edges(grid.xs), f);
-  return { image: out, tiles: tiles.length, seam: seams.phase, seamAllLines: seams.all };
+  return { image: out, latent, tiles: tiles.length, seam: seams.phase, seamAllLines: seams.all };
 }

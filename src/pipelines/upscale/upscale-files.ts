@@ -14,11 +14,14 @@
 import { promises as fsp } from 'node:fs';
 import type { Executor } from '../../engine/executor.js';
 import type { HostTensor } from '../../engine/host-tensor.js';
-import { convertChannels, probeImage, readImage, readImageWithAlpha, resampleImage, writePngWithAlpha } from '../../io/image.js';
+import { convertChannels, probeImage, readImage, readImageWithAlpha, writePngWithAlpha } from '../../io/image.js';
 import { IMAGE_EXTENSIONS } from '../../data/image-folder.js';
 import { checkOutputs, planJobs, type FileJob } from '../autoencode.js';
 import { downscaleClassical, resizeAlpha, upscaleClassical, type ClassicalMethod } from './classical.js';
-import { loadSrModel, resolveUpscaleSettings, upscaleWithModel, type SrModel, type UpscaleOverrides, type UpscaleSettings } from './model.js';
+import { loadSrModel, resolveUpscaleSettings, type SrModel, type UpscaleOverrides, type UpscaleSettings } from './model.js';
+import type { ModelAdapters } from '../../checkpoint/ldm-checkpoint.js';
+import { planPasses, upscaleInPasses } from './passes.js';
+import { definedOnly } from '../../util/defined.js';
 import { METRIC_CONVENTION, compareToReference, findReference, meanMetrics, type SrMetrics } from './reference.js';
 import { upscaleMemoryBytes } from './memory.js';
 import { checkMemory, memoryLimit, type MemoryLimit } from '../../util/memory-budget.js';
@@ -35,6 +38,14 @@ export interface UpscaleFilesOptions {
   method: UpscaleMethod;
   /** method model: the SR checkpoint, and the executor that runs it. */
   ckpt?: string;
+  /** method model: the checkpoint's reference YAML (LDSR's project.yaml beside model.ckpt). */
+  config?: string;
+  /** method model: take a reference checkpoint's EMA weights (model_ema.*), as the reference samples. */
+  ema?: boolean;
+  /** method model: LoRAs merged into its weights before it runs. */
+  adapters?: ModelAdapters;
+  /** method model: 1, or 2 (the second upscales the first's output): default 2 when `scale` is above the model's factor. */
+  passes?: number;
   executor?: Executor;
   /** Output over input side; default the model's own factor, or 4 for the classical methods. */
   scale?: number;
@@ -88,6 +99,10 @@ export interface UpscaleFilesResult extends ModelRunSettings {
   ckpt?: string;
   /** The model's own factor (method model). */
   modelScale?: number;
+  /** Model passes (method model): 2 upscales the first pass's output again. */
+  passes?: number;
+  /** DDIM eta the model ran with. */
+  eta?: number;
   seed?: number;
   files: UpscaledFile[];
   written: number;
@@ -112,7 +127,7 @@ async function exists(file: string): Promise<boolean> {
 type Transform = (rgb: HostTensor) => Promise<{ image: HostTensor; seam?: number; seamAllLines?: number }>;
 
 /** Resolve the scale and make the image transform; loads the model for method model. */
-async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; sr?: { model: SrModel; settings: UpscaleSettings } }> {
+async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Transform; scale: number; sr?: { model: SrModel; settings: UpscaleSettings; passes: number } }> {
   const method = opts.method;
   if (opts.downscale) {
     if (method === 'model') throw new Error('--downscale makes low-resolution inputs with a classical filter; use --method bicubic (the SR training degradation) or lanczos');
@@ -126,25 +141,19 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
     return { scale, transform: async (x) => ({ image: await upscaleClassical(x, scale, method as ClassicalMethod) }) };
   }
   if (!opts.ckpt || !opts.executor) throw new Error('method model needs an SR checkpoint: pass --ckpt (or --method bicubic|lanczos for a classical baseline)');
-  const model = await loadSrModel(opts.ckpt, opts.executor);
+  const model = await loadSrModel(opts.ckpt, opts.executor, definedOnly({ config: opts.config, ema: opts.ema, adapters: opts.adapters, onWarning: opts.note }));
   try {
-    const native = model.scale;
-    const scale = opts.scale ?? native;
-    if (!(scale > 0) || scale > native) {
-      throw new Error(`${opts.ckpt} upscales x${native} (its first stage has f=${model.ldm.firstStage.factor} and it was trained on x${native} pairs); `
-        + `--scale ${scale} is beyond it: use --scale ${native} or less (smaller scales resample its output down), or --method bicubic|lanczos`);
-    }
+    const plan = planPasses(model.scale, opts.ckpt, opts.scale, opts.passes);
     const settings = resolveUpscaleSettings(model, opts.settings ?? {});
     const transform: Transform = async (rgb) => {
-      const [c, h, w] = rgb.shape as [number, number, number];
+      const [c] = rgb.shape as [number, number, number];
       const x = c === model.channels ? rgb : convertChannels(rgb, model.channels as 1 | 3);
-      const r = await upscaleWithModel(model, x, { settings, seed: opts.seed, ...(opts.onStep ? { onStep: opts.onStep } : {}) });
-      let y = r.image;
-      if (scale !== native) y = await resampleImage(y, Math.max(1, Math.round(h * scale)), Math.max(1, Math.round(w * scale)), 'lanczos3');
+      const r = await upscaleInPasses(model, x, plan, { settings, seed: opts.seed, ...(opts.onStep ? { onStep: opts.onStep } : {}) });
+      const y = r.image;
       // Grey in, grey out; a grey model gives grey whatever came in.
       return { image: c === 1 && model.channels === 3 ? convertChannels(y, 1) : y, ...(r.seam !== undefined ? { seam: r.seam, seamAllLines: r.seamAllLines! } : {}) };
     };
-    return { scale, transform, sr: { model, settings } };
+    return { scale: plan.scale, transform, sr: { model, settings, passes: plan.passes } };
   } catch (err) {
     await model.dispose();
     throw err;
@@ -231,7 +240,7 @@ export async function upscaleFiles(opts: UpscaleFilesOptions): Promise<UpscaleFi
   return {
     method: opts.method, scale, downscale: opts.downscale ?? false,
     ...(sr ? {
-      ckpt: opts.ckpt!, modelScale: sr.model.scale, steps: sr.settings.steps, sampler: sr.settings.sampler, seed: opts.seed,
+      ckpt: opts.ckpt!, modelScale: sr.model.scale, passes: sr.passes, eta: sr.settings.eta, steps: sr.settings.steps, sampler: sr.settings.sampler, seed: opts.seed,
       strength: sr.settings.strength, tile: sr.settings.tile, colorFix: sr.settings.colorFix,
     } : {}),
     files, written: count('written'), skipped: count('skipped'), failed: count('failed'), unscored: files.filter((f) => f.referenceError !== undefined).length,
