@@ -99,7 +99,7 @@ async function checkLdm(ldm: AnyCheckpoint, what: string): Promise<void> {
   const cfg = ldm.config;
   assert.equal(cfg.conditioning.type, 'class');
   const unet = new UNetModel(cfg.unet);
-  const cond = new ClassEmbedder(cfg.conditioning.num_classes!, cfg.unet.context_dim!);
+  const cond = new ClassEmbedder(cfg.conditioning.num_classes!, cfg.unet.context_dim!, cfg.conditioning.null_class ?? true);
   const x = want('ldm.x');
   const t = want('ldm.t');
   const y = want('ldm.y');

@@ -16,6 +16,7 @@ import { float32, hostTensor, toFloat32, type HostTensor } from '../src/engine/h
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
 import { readLdmCheckpoint, type LoadedLdm } from '../src/checkpoint/ldm-checkpoint.js';
+import { convertCheckpoint } from '../src/checkpoint/convert.js';
 import { loraTargets, mergeLoras, parseLora, parseLoraSpec, readLora } from '../src/checkpoint/lora.js';
 import type { LatentDiffusionConfig } from '../src/config/ldm-config.js';
 import { relErr } from './helpers/tensors.js';
@@ -233,4 +234,26 @@ test('ldm sample --lora: scale 0 draws the base model\'s image, scale 1 another;
   assert.match(bad!.stderr, /stray\.safetensors: 1 of its 1 modules match no layer of this model \(lora_unet_down_blocks_3_resnets_0_conv1\)/);
   assert.equal(bad!.stderr.trim().split('\n').length, 1, bad!.stderr);
   assert.deepEqual(bad!.files, {});
+});
+
+test('ldm convert --merge-lora: the written model samples as the base with the LoRA loaded (f32 exact to 1e-4, f16 kept to its rounding)', async (t) => {
+  const dir = tempDir(t, 'lora-convert-');
+  const e = await expected;
+  const f32 = path.join(dir, 'merged-f32.safetensors');
+  const f16 = path.join(dir, 'merged-f16.safetensors');
+  const r32 = await convertCheckpoint(SD1, f32, { mergeLoras: [parseLoraSpec(KOHYA)], dtype: 'f32' });
+  const r16 = await convertCheckpoint(SD1, f16, { mergeLoras: [parseLoraSpec(KOHYA)] });
+  assert.ok(r32.notes.some((n) => /merged into 90 layers/.test(n)), r32.notes.join('\n'));
+  assert.deepEqual(r16.dtypes.filter((d) => d.startsWith('float')), ['float16']); // merged in float32, written in the file's float16
+  for (const [file, tol] of [[f32, 1e-4], [f16, 5e-3]] as const) {
+    await withLdm([], async (ldm, executor) => {
+      const r = await run(ldm, e, executor);
+      assert.ok(relErr(r.cond, e.get('kohya.cond')!) < tol, `${file} cond ${relErr(r.cond, e.get('kohya.cond')!)}`);
+      assert.ok(relErr(r.eps, e.get('kohya.eps')!) < tol, `${file} eps ${relErr(r.eps, e.get('kohya.eps')!)}`);
+    }, { file });
+  }
+  // The merged file is the base model (no LoRA metadata needed to load it), and other kinds are refused.
+  await assert.rejects(convertCheckpoint(path.join(SD, 'sd1.safetensors'), path.join(dir, 'vae.safetensors'), { part: 'first_stage', mergeLoras: [parseLoraSpec(KOHYA)] }),
+    /--merge-lora applies to latent diffusion models/);
+  assert.ok(!fs.existsSync(path.join(dir, 'vae.safetensors')));
 });

@@ -11,6 +11,7 @@ import { fingerprintParams } from '../models/first-stage.js';
 import { loadAnyCheckpoint, type LoadAnyOptions } from './load-any.js';
 import type { CheckpointKind, ModelContent, SourceFormat } from './model-content.js';
 import { firstStageSpecOf, writeDiffusers } from './diffusers.js';
+import { mergeLoras, readLora, type LoraSpec } from './lora.js';
 
 export const TARGET_FORMATS = ['ldm', 'diffusers'] as const;
 export type TargetFormat = (typeof TARGET_FORMATS)[number];
@@ -28,6 +29,10 @@ export interface ConvertOptions extends Omit<LoadAnyOptions, 'dtype'> {
   tokenizer?: string;
   /** Told as each stage starts (0 read, 1 cast and check, 2 write), for a progress display. */
   onStage?: (index: number, stage: 'read' | 'cast' | 'write') => void;
+  /** LoRAs merged into a latent diffusion model's weights before it is written (`--merge-lora <file>[:<scale>]`). */
+  mergeLoras?: readonly LoraSpec[];
+  /** LoRA modules that match no layer are reported in the warnings instead of refused. */
+  loraPartial?: boolean;
 }
 
 /** Stages convertCheckpoint reports through onStage. */
@@ -90,11 +95,19 @@ export async function convertCheckpoint(input: string, output: string, opts: Con
   if (to === 'ldm' && fs.existsSync(output) && fs.statSync(output).isDirectory()) throw new Error(`${output} is a folder; an ldm checkpoint is one .safetensors file`);
   if (opts.tokenizer !== undefined && to !== 'diffusers') throw new Error('--tokenizer is copied into a diffusers folder\'s tokenizer/; an ldm checkpoint carries no CLIP tokenizer: leave --tokenizer out (ldm sample takes it)');
   opts.onStage?.(0, 'read');
+  // LoRA files first: a broken one is reported before a multi-gigabyte checkpoint is read.
+  const loras = await Promise.all((opts.mergeLoras ?? []).map(async (s) => ({ lora: await readLora(s.file), scale: s.scale })));
   const loaded = await loadAnyCheckpoint(input, { ...opts, dtype: 'keep' });
   opts.onStage?.(1, 'cast');
   const { source, ...content } = loaded;
   let model: ModelContent = content as ModelContent;
   if (opts.dtype) model = { ...model, params: castParams(model.params, opts.dtype) } as ModelContent;
+  // After the cast: the merged weights are rounded once, to the dtype written.
+  if (loras.length > 0) {
+    if (model.kind !== 'ldm') throw new Error(`--merge-lora applies to latent diffusion models; ${input} is a "${model.kind}" checkpoint`);
+    const reports = mergeLoras(model.params, model.config, loras, { partial: opts.loraPartial === true, onWarning: (w) => source.warnings.push(w) });
+    for (const r of reports) source.notes.push(`LoRA ${r.file} (${r.format}, scale ${r.scale}): merged into ${r.applied} layers`);
+  }
   if (model.kind === 'ldm') {
     // The first stage's fingerprint keys latent caches: it must describe the weights as written.
     const spec = firstStageSpecOf(model.metadata);

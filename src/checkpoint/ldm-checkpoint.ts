@@ -8,10 +8,11 @@ import type { HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import { addPrefix, mergeParams, saveCheckpoint, type LoadedCheckpoint } from '../io/checkpoint.js';
 import { validateConfig } from '../config/load.js';
-import { isClipText, type LatentDiffusionConfig } from '../config/ldm-config.js';
+import { isBertText, isClipText, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { Tokenizer } from '../models/tokenizer.js';
 import { ClipTokenizer } from '../models/clip-tokenizer.js';
+import { BERT_TOKENIZER_MISSING, WordPieceTokenizer } from '../models/wordpiece-tokenizer.js';
 import { CLIP_TOKENIZER_MISSING } from '../models/conditioning.js';
 import { checkSameLatentSpace, type FirstStage } from '../models/first-stage.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHTS_META } from './metadata-keys.js';
@@ -86,10 +87,10 @@ function jsonList(file: string, metadata: Record<string, string>, key: string): 
 
 /**
  * The LDM in a checkpoint already read (kind "ldm"); entries that are not the model's (optimizer state) are left out.
- * `clipTokenizer`: the tokenizer of a Stable Diffusion checkpoint, which carries none.
+ * `clipTokenizer`: the tokenizer of a Stable Diffusion or BERTEmbedder checkpoint, which carries none (CLIP's BPE or a WordPiece vocab.txt).
  */
 export function ldmFromCheckpoint(
-  ckpt: LoadedCheckpoint & { source?: Pick<SourceReport, 'notes' | 'warnings'> }, file: string, executor: Executor, clipTokenizer?: ClipTokenizer,
+  ckpt: LoadedCheckpoint & { source?: Pick<SourceReport, 'notes' | 'warnings'> }, file: string, executor: Executor, clipTokenizer?: ClipTokenizer | WordPieceTokenizer,
 ): LoadedLdm {
   if (ckpt.kind !== 'ldm') {
     throw new Error(`${file} is a "${ckpt.kind}" checkpoint, not a latent diffusion model; give a checkpoint written by ldm train-ldm`);
@@ -98,8 +99,8 @@ export function ldmFromCheckpoint(
   if (cfg.model !== 'ldm') throw new Error(`${file}: its config is a "${cfg.model}" config, not an ldm one; the checkpoint is corrupt`);
   const tokJson = ckpt.metadata[LDM_KEYS.tokenizer];
   const tokenizer = tokJson === undefined ? undefined : Tokenizer.fromJSON(tokJson);
-  const clip = isClipText(cfg.conditioning.text);
-  const model = new LatentDiffusion(cfg, { tokenizer: clip ? clipTokenizer : tokenizer });
+  const external = isClipText(cfg.conditioning.text) || isBertText(cfg.conditioning.text);
+  const model = new LatentDiffusion(cfg, { tokenizer: external ? clipTokenizer : tokenizer });
   const names = new Set(model.namedParameters().map(([n]) => n));
   const params = new Map([...ckpt.params].filter(([n]) => names.has(n)));
   try {
@@ -129,7 +130,7 @@ export function ldmFromCheckpoint(
 }
 
 export interface ReadLdmOptions {
-  /** A Stable Diffusion checkpoint's tokenizer: a folder with vocab.json and merges.txt, or CLIP's merges file. */
+  /** A Stable Diffusion checkpoint's tokenizer (a folder with vocab.json and merges.txt, or CLIP's merges file), or a BERT model's vocab.txt. */
   tokenizer?: string;
   /** The parameterization, where the file does not say (SD 2.x: eps or v). */
   prediction?: 'eps' | 'v';
@@ -156,7 +157,11 @@ export interface ModelAdapters {
 /** Read an LDM checkpoint: model, weights, first stage, tokenizer; one-line errors for anything else. */
 export async function readLdmCheckpoint(file: string, executor: Executor, opts: ReadLdmOptions = {}): Promise<LoadedLdm> {
   // Read first: a missing or broken tokenizer is reported before a multi-gigabyte checkpoint is.
-  const clipTokenizer = opts.tokenizer !== undefined ? ClipTokenizer.load(opts.tokenizer) : undefined;
+  // A diffusers Stable Diffusion folder brings its own tokenizer/.
+  const folderTokenizer = opts.tokenizer === undefined ? diffusersTokenizerDir(file) : undefined;
+  const clipTokenizer = folderTokenizer !== undefined ? ClipTokenizer.load(folderTokenizer)
+    : opts.tokenizer === undefined ? undefined
+    : WordPieceTokenizer.looksLikeVocab(opts.tokenizer) ? WordPieceTokenizer.load(opts.tokenizer) : ClipTokenizer.load(opts.tokenizer);
   const loras = await Promise.all((opts.adapters?.loras ?? []).map(async (spec) => ({ lora: await readLora(spec.file), scale: spec.scale })));
   const embeddings = await Promise.all((opts.adapters?.embeddings ?? []).map(readEmbedding));
   // Any supported file: ldm checkpoints, reference .ckpt/.pth, diffusers folders (converted on the fly).
@@ -177,15 +182,16 @@ export async function readLdmCheckpoint(file: string, executor: Executor, opts: 
     for (const e of embeddings) ckpt.source.notes.push(`embedding ${e.file}: "${e.token}" stands for ${e.vectors.shape[0]} token vector(s)`);
   }
   const ldm = ldmFromCheckpoint(ckpt, file, executor, clipTokenizer);
-  if (clipTokenizer && !isClipText(ldm.config.conditioning.text)) {
+  const bert = isBertText(ldm.config.conditioning.text);
+  if (clipTokenizer && !isClipText(ldm.config.conditioning.text) && !bert) {
     await ldm.firstStage.dispose();
     const own = ldm.config.conditioning.type === 'text' ? 'its text encoder carries its own tokenizer' : `it is ${ldm.config.conditioning.type === 'none' ? 'unconditional' : `${ldm.config.conditioning.type}-conditioned`}`;
-    throw new Error(`--tokenizer is for Stable Diffusion's CLIP text encoders, and ${file} has none: ${own}; leave --tokenizer out`);
+    throw new Error(`--tokenizer is for Stable Diffusion's CLIP text encoders and the reference's BERTEmbedder, and ${file} has neither: ${own}; leave --tokenizer out`);
   }
-  // Everything that reads an LDM this way encodes prompts, so a Stable Diffusion file without its tokenizer stops here.
-  if (isClipText(ldm.config.conditioning.text) && !clipTokenizer) {
+  // Everything that reads an LDM this way encodes prompts, so a Stable Diffusion or BERT file without its tokenizer stops here.
+  if ((isClipText(ldm.config.conditioning.text) || bert) && !clipTokenizer) {
     await ldm.firstStage.dispose();
-    throw new Error(CLIP_TOKENIZER_MISSING);
+    throw new Error(bert ? BERT_TOKENIZER_MISSING : CLIP_TOKENIZER_MISSING);
   }
   return ldm;
 }

@@ -18,7 +18,7 @@ import { fileSource, ZipReader } from '../io/zip.js';
 import { PyDict, unpickle } from '../io/pickle.js';
 import { ConfigError, loadConfig, resolveConfigRef, validateConfig } from '../config/load.js';
 import type { AutoencoderConfig } from '../config/autoencoder-config.js';
-import { isClipText, type LatentDiffusionConfig } from '../config/ldm-config.js';
+import { isBertText, isClipText, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import { parseUNetConfig, type UNetConfig } from '../config/unet-config.js';
 import { UNetModel } from '../models/unet/unet.js';
 import { CaptionLayout, LAYOUT_MODULE } from '../models/caption-layout.js';
@@ -531,9 +531,11 @@ export function toFloat32Params(params: ReadonlyMap<string, HostTensor>): Map<st
 
 function condModule(c: CondStageConfig, params: ReadonlyMap<string, HostTensor>, prefix: string): Module | undefined {
   const cond = c.conditioning;
-  if (cond.type === 'class') return new ClassEmbedder(cond.num_classes ?? 0, c.context_dim);
-  // Stable Diffusion's CLIP encoders record their vocabulary size; no tokenizer is needed to check their weights.
-  if (cond.type === 'text' && cond.text && isClipText(cond.text)) return createConditioner(cond, c.context_dim).module;
+  if (cond.type === 'class') return new ClassEmbedder(cond.num_classes ?? 0, c.context_dim, cond.null_class ?? true);
+  // Stable Diffusion's CLIP encoders and BERTEmbedders record their vocabulary size; no tokenizer is needed to check their weights.
+  if (cond.type === 'text' && cond.text && (isClipText(cond.text) || isBertText(cond.text))) return createConditioner(cond, c.context_dim).module;
+  // The reference SpatialRescaler's learned channel_mapper (semantic_synthesis256/512).
+  if (cond.type === 'semantic' && cond.rescaler?.out_channels !== undefined) return createConditioner(cond, c.context_dim).module;
   if (cond.type === 'text' && cond.text) {
     const vocab = params.get(`${prefix}transformer.token_emb.weight`)?.shape[0] ?? 1;
     const t = cond.text;

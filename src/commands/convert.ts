@@ -3,6 +3,7 @@ import { LdmCommand } from '../cli/base-command.js';
 import { ALLOW_UNSAFE_PICKLE, unsafePickleFlags } from '../cli/flags.js';
 import { hostilePickleMessage } from '../io/torch-checkpoint.js';
 import { MODEL_PARTS } from '../checkpoint/model-content.js';
+import { parseLoraSpec } from '../checkpoint/lora.js';
 import { CONVERT_STAGES, TARGET_DTYPES, TARGET_FORMATS, convertCheckpoint, summarizeNames, type ConvertResult } from '../checkpoint/convert.js';
 
 export default class Convert extends LdmCommand<typeof Convert> {
@@ -17,6 +18,7 @@ export default class Convert extends LdmCommand<typeof Convert> {
     '<%= config.bin %> convert model.safetensors model-diffusers --to diffusers --dtype f16',
     '<%= config.bin %> convert v1-5-pruned-emaonly.safetensors sd15-diffusers --tokenizer clip-vit-large-patch14/tokenizer',
     '<%= config.bin %> convert sd15-diffusers sd15.safetensors',
+    '<%= config.bin %> convert v1-5-pruned-emaonly.safetensors sd15-style.safetensors --merge-lora style.safetensors:0.8',
   ];
   static override args = {
     input: Args.string({ required: true, description: 'Checkpoint file or diffusers folder to read.' }),
@@ -31,6 +33,8 @@ export default class Convert extends LdmCommand<typeof Convert> {
     ema: Flags.boolean({ summary: 'Take the EMA weights (model_ema.*) of a reference checkpoint.' }),
     tokenizer: Flags.string({ summary: 'Stable Diffusion to diffusers: the CLIP tokenizer folder (vocab.json, merges.txt) to copy into tokenizer/.' }),
     force: Flags.boolean({ summary: 'Overwrite the output if it exists.' }),
+    'merge-lora': Flags.string({ multiple: true, summary: 'Merge a LoRA (kohya, LyCORIS LoCon, diffusers/PEFT) into the written weights: <file>[:<scale>]; repeat for several.' }),
+    'lora-partial': Flags.boolean({ dependsOn: ['merge-lora'], summary: 'Merge the LoRA modules that match a layer and warn about the rest, instead of refusing the file.' }),
   };
 
   async run(): Promise<void> {
@@ -46,6 +50,7 @@ export default class Convert extends LdmCommand<typeof Convert> {
       ...(f.tokenizer ? { tokenizer: f.tokenizer } : {}),
       ema: f.ema,
       force: f.force,
+      ...(f['merge-lora'] ? { mergeLoras: f['merge-lora'].map(parseLoraSpec), loraPartial: f['lora-partial'] } : {}),
       allowUnsafePickle: f[ALLOW_UNSAFE_PICKLE],
     }).then((res) => {
       bar.update(CONVERT_STAGES, { stage: 'done' });

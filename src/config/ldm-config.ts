@@ -15,9 +15,11 @@ export type ConditioningType = (typeof CONDITIONING_TYPES)[number];
 /**
  * The text encoder: ldm's own jointly trained `transformer` (the reference's TransformerEmbedder), or Stable
  * Diffusion's frozen ones read from a checkpoint: `clip` (SD 1.x, HF CLIPTextModel) and `open_clip` (SD 2.x, the
- * penultimate layer); those take CLIP's BPE tokenizer from the user's files, not from the checkpoint.
+ * penultimate layer); those take CLIP's BPE tokenizer from the user's files, not from the checkpoint. `bert`: the
+ * reference's BERTEmbedder (txt2img-1p4B-eval, text2img256), the same transformer as `transformer` behind
+ * bert-base-uncased's WordPiece tokenizer, read from the user's vocab.txt.
  */
-export const TEXT_ENCODERS = ['transformer', 'clip', 'open_clip'] as const;
+export const TEXT_ENCODERS = ['transformer', 'clip', 'open_clip', 'bert'] as const;
 export type TextEncoderKind = (typeof TEXT_ENCODERS)[number];
 
 /** Stable Diffusion's CLIP / OpenCLIP encoder: frozen, read from a checkpoint, tokenized by the user's CLIP BPE files. */
@@ -25,10 +27,15 @@ export function isClipText(text: { encoder?: TextEncoderKind | undefined } | und
   return text?.encoder === 'clip' || text?.encoder === 'open_clip';
 }
 
+/** The reference's BERTEmbedder: tokenized by the user's bert-base-uncased vocab.txt. */
+export function isBertText(text: { encoder?: TextEncoderKind | undefined } | undefined): boolean {
+  return text?.encoder === 'bert';
+}
+
 const TextSchema = strict({
   /** Absent: `transformer` (so configs of ldm's own text models stay as they were). */
   encoder: oneOf(TEXT_ENCODERS).optional(),
-  /** clip / open_clip: rows of the token embedding (49408 for the released models), which the tokenizer must match. */
+  /** clip / open_clip / bert: rows of the token embedding (49408 CLIP, 30522 BERT), which the tokenizer must match. */
   vocab_size: posInt().optional(),
   /** Token width, = unet.context_dim. */
   dim: posInt(),
@@ -57,8 +64,32 @@ const ConditioningSchema = strict({
   type: oneOf(CONDITIONING_TYPES).default('none'),
   /** class: number of labels; semantic: number of label-map classes (one-hot channels). */
   num_classes: posInt().optional(),
+  /**
+   * class: whether the embedding has one more row, index num_classes, meaning "no label": the unconditional branch of
+   * guidance and what label dropout trains (unset: true, as ldm's own models and the reference's cin256-v2, whose
+   * n_classes 1001 is 1000 classes and row 1000). The reference's cin256 and cin-ldm-vq-f8 have none: 1000 rows, all classes.
+   */
+  null_class: bool().optional(),
   /** concat: channels of the condition image appended to z_t. */
   channels: posInt().optional(),
+  /**
+   * concat: where the condition comes from. `image` (absent): --cond-image, resized to the latent size.
+   * `masked_image`: --init-image and --mask, the reference inpainting_big's (`__is_first_stage__`): the masked image
+   * through the first stage, then the mask at latent size; channels = latent channels + 1.
+   */
+  source: oneOf(['image', 'masked_image']).optional(),
+  /**
+   * semantic: the reference's SpatialRescaler over the one-hot map at image size: n_stages resizes by `multiplier`
+   * (`method`), then, with out_channels, a learned 1x1 conv (`channel_mapper`). Absent: ldm's own (the one-hot map
+   * nearest-resized to the latent size, appended as it is).
+   */
+  rescaler: strict({
+    n_stages: nonNegInt().default(1),
+    method: oneOf(['nearest', 'bilinear', 'area']).default('bilinear'),
+    multiplier: posNum().default(0.5),
+    out_channels: posInt().optional(),
+    bias: bool().default(false),
+  }).optional(),
   text: TextSchema.optional(),
   /**
    * text: Stable Diffusion's inpainting models (LatentInpaintDiffusion, conditioning_key hybrid): the UNet also takes
@@ -174,7 +205,7 @@ export type ConditioningConfig = LatentDiffusionConfig['conditioning'];
 /** Channels the condition appends to z_t (concat, semantic, a text layout's maps), 0 for cross-attention alone or none. */
 export function concatChannels(c: ConditioningConfig): number {
   if (c.type === 'concat') return c.channels ?? 0;
-  if (c.type === 'semantic') return c.num_classes ?? 0;
+  if (c.type === 'semantic') return c.rescaler?.out_channels ?? c.num_classes ?? 0;
   if (c.type === 'text') return c.text?.layout?.channels ?? 0;
   return 0;
 }
@@ -226,6 +257,12 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
   if ((c.type === 'class' || c.type === 'semantic') && c.num_classes === undefined) {
     out.push({ path: ['conditioning', 'num_classes'], message: `${c.type} conditioning needs num_classes (${c.type === 'class' ? 'labels' : 'label-map classes'})` });
   }
+  if (c.null_class !== undefined && c.type !== 'class') out.push({ path: ['conditioning', 'null_class'], message: `only class conditioning has a null class; remove null_class for ${c.type}` });
+  if (c.type === 'class' && c.null_class === false && c.dropout > 0) {
+    out.push({ path: ['conditioning', 'dropout'], message: 'label dropout trains the null class, and null_class is false: set dropout 0' });
+  }
+  if (c.rescaler && c.type !== 'semantic') out.push({ path: ['conditioning', 'rescaler'], message: `only semantic conditioning rescales a label map; remove rescaler for ${c.type}` });
+  if (c.source && c.type !== 'concat') out.push({ path: ['conditioning', 'source'], message: `only concat conditioning takes a source; remove source for ${c.type}` });
   if (c.type === 'concat' && c.channels === undefined) {
     out.push({ path: ['conditioning', 'channels'], message: 'concat conditioning needs channels (of the condition image, e.g. 3)' });
   }

@@ -6,23 +6,30 @@
  * - none: nothing.
  * - class: ClassEmbedder -> one context token (the reference cin models, crossattn); null = the extra "no label" row.
  * - text: Tokenizer (built from the training captions, saved in the checkpoint) + TextEncoder trained jointly;
- *   null = the empty prompt (a negative prompt may take its place when sampling).
+ *   null = the empty prompt (a negative prompt may take its place when sampling). Read from checkpoints: Stable
+ *   Diffusion's CLIP encoders and the reference's BERTEmbedder, tokenized by the user's files.
+ * - class with null_class false (the reference's cin256): no null row, so no guidance and no unconditional samples.
  * - concat: an image-shaped condition resized to the latent size and appended to z_t; null = zeros.
  * - semantic: a label map, nearest-resized to the latent size, one-hot, appended to z_t; null = zeros (no class).
+ *   With the reference's SpatialRescaler (conditioning.rescaler): the one-hot map at image size, resized as it does,
+ *   then (out_channels) its learned 1x1 `channel_mapper` in the graph.
  */
 import * as o from '../engine/ops.js';
 import { Module } from '../engine/module.js';
 import type { Tensor } from '../engine/graph.js';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { resize } from '../data/transforms.js';
-import { isClipText, type ConditioningConfig, type ConditioningType } from '../config/ldm-config.js';
+import { isBertText, isClipText, type ConditioningConfig, type ConditioningType } from '../config/ldm-config.js';
 import { ClassEmbedder } from './class-embedder.js';
 import { TextEncoder } from './text-encoder.js';
 import { CaptionLayout } from './caption-layout.js';
 import { Tokenizer } from './tokenizer.js';
 import { ClipTokenizer } from './clip-tokenizer.js';
+import { BERT_TOKENIZER_MISSING, WordPieceTokenizer } from './wordpiece-tokenizer.js';
 import { ClipTextModel, OpenClipTextModel } from './clip-text-encoder.js';
 import { Slots } from './unet/layers.js';
+import { Conv2d } from '../engine/nn.js';
+import { rescaleOneHot, rescaledSize, type RescaleSpec } from '../data/segmentation-map.js';
 
 /** A batch's conditions on the host: one entry per sample in whichever field the conditioning reads. */
 export interface Conditions {
@@ -110,12 +117,15 @@ class ClassConditioning implements Conditioner {
   readonly concatChannels = 0;
   readonly module: ClassEmbedder;
 
-  constructor(readonly numClasses: number, contextDim: number) {
-    this.module = new ClassEmbedder(numClasses, contextDim);
+  constructor(readonly numClasses: number, contextDim: number, nullRow = true) {
+    this.module = new ClassEmbedder(numClasses, contextDim, nullRow);
   }
 
   feeds(c: Conditions | undefined, n: number, _h: number, _w: number, drop?: ArrayLike<boolean>): CondFeeds {
-    if (!c) return this.nullFeeds(n);
+    if (!c) {
+      if (!this.module.nullRow) throw new Error(`this class model has ${this.numClasses} classes and no "no label" row, so it cannot sample without a class: give --class`);
+      return this.nullFeeds(n);
+    }
     const labels = need(c.labels, 'class labels');
     checkCount('class labels', labels.length, n);
     const y = new Int32Array(n);
@@ -272,6 +282,61 @@ class ClipTextConditioning implements Conditioner {
   }
 }
 
+/**
+ * The reference's BERTEmbedder (txt2img-1p4B-eval.yaml, text2img256): its TransformerEmbedder (ldm's TextEncoder,
+ * the same x-transformers encoder under `transformer.`) behind bert-base-uncased's WordPiece ids. The tokenizer is the
+ * user's vocab.txt, given separately; without one the model still loads and encoding a prompt throws. The
+ * unconditional branch is the empty prompt, as the reference's txt2img script samples it.
+ */
+class BertTextConditioning implements Conditioner {
+  readonly type = 'text' as const;
+  readonly concatChannels = 0;
+  readonly module: TextEncoder;
+  private readonly maxLen: number;
+
+  constructor(readonly tokenizer: WordPieceTokenizer | undefined, text: NonNullable<ConditioningConfig['text']>) {
+    const vocabSize = text.vocab_size ?? tokenizer?.vocabSize;
+    if (vocabSize === undefined) throw new Error(BERT_TOKENIZER_MISSING);
+    if (tokenizer && tokenizer.vocabSize !== vocabSize) {
+      throw new Error(`the tokenizer ${tokenizer.source} has ${tokenizer.vocabSize} tokens but the text encoder's embedding has ${vocabSize} rows; give the vocab.txt of this model (bert-base-uncased's has 30,522)`);
+    }
+    this.maxLen = text.max_len;
+    this.module = new TextEncoder({ vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head });
+  }
+
+  private tokens(texts: readonly string[]): CondFeeds {
+    if (!this.tokenizer) throw new Error(BERT_TOKENIZER_MISSING);
+    return { [COND_TOKENS]: this.tokenizer.encodeBatch(texts, this.maxLen) };
+  }
+
+  feeds(c: Conditions | undefined, n: number, _h: number, _w: number, drop?: ArrayLike<boolean>): CondFeeds {
+    if (!c) return this.nullFeeds(n);
+    const captions = need(c.captions, 'prompts');
+    checkCount('prompts', captions.length, n);
+    return this.tokens(captions.map((t, i) => (drop?.[i] ? '' : t)));
+  }
+
+  nullFeeds(n: number, _h = 0, _w = 0, negative = ''): CondFeeds {
+    return this.tokens(new Array<string>(n).fill(negative));
+  }
+
+  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
+    return { context: this.module.forward(inputs[COND_TOKENS]!) };
+  }
+
+  inputs(n: number): Record<string, Tensor> {
+    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.maxLen], 'int32') };
+  }
+
+  promptWarnings(prompts: readonly string[], negative?: string): string[] {
+    if (!this.tokenizer) return [];
+    const keep = this.maxLen - 2;
+    const counted = promptTexts(prompts, negative).map((t) => ({ ...t, tokens: this.tokenizer!.encode(t.text).length }));
+    const cut = truncationWarning(counted.filter((t) => t.tokens > keep).map((t) => ({ ...t, dropped: t.tokens - keep })), this.maxLen);
+    return cut === undefined ? [] : [cut];
+  }
+}
+
 /** The distinct prompts of a batch, then the negative prompt, each with what it is called in a warning. */
 function promptTexts(prompts: readonly string[], negative?: string): { text: string; what: string }[] {
   const texts = [...new Set(prompts)].map((text) => ({ text, what: 'prompt' }));
@@ -347,8 +412,24 @@ class ConcatConditioning extends MapConditioning {
   }
 }
 
+type RescalerConfig = NonNullable<ConditioningConfig['rescaler']>;
+
 class SemanticConditioning extends MapConditioning {
   readonly type = 'semantic' as const;
+  /** The SpatialRescaler's learned channel_mapper (under `cond_stage_model.`), when it has one. */
+  readonly module?: Slots;
+  private readonly mapper?: Conv2d;
+  private readonly spec?: RescaleSpec;
+
+  constructor(classes: number, rescaler?: RescalerConfig) {
+    super(classes);
+    if (!rescaler) return;
+    this.spec = { stages: rescaler.n_stages, method: rescaler.method, multiplier: rescaler.multiplier };
+    if (rescaler.out_channels !== undefined) {
+      this.module = new Slots();
+      this.mapper = this.module.put('channel_mapper', new Conv2d(classes, rescaler.out_channels, 1, { bias: rescaler.bias }));
+    }
+  }
 
   protected mapOf(c: Conditions, i: number, n: number, h: number, w: number): Float32Array {
     const maps = need(c.labelMaps, 'label maps');
@@ -363,31 +444,55 @@ class SemanticConditioning extends MapConditioning {
       if (!Number.isInteger(v) || v < 0 || v >= k) throw new Error(`label map value ${v} is outside 0..${k - 1}, the label classes this model knows`);
       one[j] = v;
     }
+    if (this.spec) return this.rescaled(one, mh, mw, h, w);
     const small = resize(hostTensor('int32', [mh, mw], one), h, w, 'nearest').data as Int32Array;
     const out = new Float32Array(k * h * w);
     for (let j = 0; j < h * w; j++) out[small[j]! * h * w + j] = 1;
     return out;
   }
+
+  /** The SpatialRescaler's resizing of the one-hot map (at image size), which must land on the latent size. */
+  private rescaled(labels: Int32Array, mh: number, mw: number, h: number, w: number): Float32Array {
+    const spec = this.spec!;
+    const [oh, ow] = rescaledSize(mh, mw, spec);
+    if (oh !== h || ow !== w) {
+      throw new Error(`the SpatialRescaler (${spec.stages} x ${spec.method} by ${spec.multiplier}) makes a ${mw}x${mh} map ${ow}x${oh}, `
+        + `not the latent's ${w}x${h}; give the map at the image size`);
+    }
+    return rescaleOneHot(labels, mh, mw, this.concatChannels, spec).data;
+  }
+
+  override apply(inputs: Readonly<Record<string, Tensor>>): Applied {
+    const map = inputs[COND_CONCAT]!;
+    return { concat: this.mapper ? this.mapper.forward(map) : map };
+  }
 }
 
 /** The conditioner a config describes; text needs the tokenizer (built from captions or read from a checkpoint). */
-export function createConditioner(cfg: ConditioningConfig, contextDim: number | undefined, tokenizer?: Tokenizer | ClipTokenizer): Conditioner {
+export function createConditioner(cfg: ConditioningConfig, contextDim: number | undefined, tokenizer?: Tokenizer | ClipTokenizer | WordPieceTokenizer): Conditioner {
   switch (cfg.type) {
     case 'none':
       return new NoConditioning();
     case 'class':
-      return new ClassConditioning(cfg.num_classes!, contextDim!);
+      return new ClassConditioning(cfg.num_classes!, contextDim!, cfg.null_class ?? true);
     case 'text':
       if (cfg.text && isClipText(cfg.text)) {
         if (tokenizer instanceof Tokenizer) throw new Error(`a ${cfg.text.encoder} text encoder reads CLIP's BPE tokens, not ldm's own tokenizer`);
+        if (tokenizer instanceof WordPieceTokenizer) throw new Error(`a ${cfg.text.encoder} text encoder reads CLIP's BPE tokens, and --tokenizer gave a BERT vocab.txt; ${CLIP_TOKENIZER_MISSING.replace(/^.*?: /, '')}`);
         return new ClipTextConditioning(tokenizer, cfg.text);
+      }
+      if (cfg.text && isBertText(cfg.text)) {
+        if (tokenizer !== undefined && !(tokenizer instanceof WordPieceTokenizer)) {
+          throw new Error(`this model's text encoder is the reference BERTEmbedder, which reads WordPiece ids, not ${tokenizer instanceof ClipTokenizer ? "CLIP's BPE" : "ldm's own tokenizer"}; give --tokenizer <vocab.txt> (bert-base-uncased's)`);
+        }
+        return new BertTextConditioning(tokenizer, cfg.text);
       }
       if (!(tokenizer instanceof Tokenizer)) throw new Error('a text-conditioned model needs its tokenizer: build it from the captions or load it from the checkpoint');
       return new TextConditioning(tokenizer, cfg.text!);
     case 'concat':
       return new ConcatConditioning(cfg.channels!);
     case 'semantic':
-      return new SemanticConditioning(cfg.num_classes!);
+      return new SemanticConditioning(cfg.num_classes!, cfg.rescaler);
   }
 }
 

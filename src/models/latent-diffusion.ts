@@ -16,8 +16,6 @@ import { UNetModel, sizeMultiple } from './unet/index.js';
 import { Slots } from './unet/layers.js';
 import { createConditioner, type Conditioner } from './conditioning.js';
 import { LAYOUT_MODULE } from './caption-layout.js';
-import type { Tokenizer } from './tokenizer.js';
-import type { ClipTokenizer } from './clip-tokenizer.js';
 import type { FirstStage } from './first-stage.js';
 
 /** Feed names of a denoising call / training step. */
@@ -33,9 +31,9 @@ export class LatentDiffusion extends Module {
   readonly schedule: NoiseSchedule;
   readonly parameterization: Parameterization;
 
-  /** `tokenizer`: ldm's own for its text models; CLIP's BPE for Stable Diffusion's (conditioning.text.encoder clip / open_clip). */
+  /** `tokenizer`: ldm's own for its text models; CLIP's BPE for Stable Diffusion's (conditioning.text.encoder clip / open_clip); WordPiece for bert. */
   /** `conditioner`: one made elsewhere (text contexts computed beforehand: models/text-context-cache.ts) instead of the config's. */
-  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Tokenizer | ClipTokenizer; conditioner?: Conditioner } = {}) {
+  constructor(readonly config: LatentDiffusionConfig, opts: { tokenizer?: Parameters<typeof createConditioner>[2]; conditioner?: Conditioner } = {}) {
     super();
     this.unet = this.add('model', new Slots()).put('diffusion_model', new UNetModel(config.unet));
     this.conditioner = opts.conditioner ?? createConditioner(config.conditioning, config.unet.context_dim, opts.tokenizer);
