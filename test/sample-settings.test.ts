@@ -19,9 +19,15 @@ const unconditional: SampleInputs = { ...conditioned, conditions: 0, total: 3 };
 
 test('the config fills what is not given; what is given wins', () => {
   assert.deepEqual(resolveSampleSettings(sample, {}, conditioned),
-    { steps: 30, sampler: 'plms', eta: 0.5, guidance: 4, strength: 0.75, height: 16, width: 24, batchSize: 6 });
+    {
+      steps: 30, sampler: 'plms', eta: 0.5, spacing: 'uniform', stepsOffset: 0, schedule: 'default', zeroSnr: false, guidanceRescale: 0,
+      guidance: 4, strength: 0.75, height: 16, width: 24, batchSize: 6,
+    });
   assert.deepEqual(resolveSampleSettings(sample, { steps: 5, sampler: 'ddim', eta: 0, guidance: 1.5, strength: 0.3, height: 8, batchSize: 2 }, conditioned),
-    { steps: 5, sampler: 'ddim', eta: 0, guidance: 1.5, strength: 0.3, height: 8, width: 24, batchSize: 2 });
+    {
+      steps: 5, sampler: 'ddim', eta: 0, spacing: 'uniform', stepsOffset: 0, schedule: 'default', zeroSnr: false, guidanceRescale: 0,
+      guidance: 1.5, strength: 0.3, height: 8, width: 24, batchSize: 2,
+    });
 });
 
 test('guidance only with conditions: an unconditional request samples with 1 whatever the config says, unless asked', () => {

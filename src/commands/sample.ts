@@ -33,7 +33,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     ...unsafePickleFlags,
     ...adapterFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm), a reference .ckpt or a Stable Diffusion 1.x / 2.x single file.' }),
-    tokenizer: Flags.string({ summary: 'Stable Diffusion single files: the CLIP tokenizer, a folder with vocab.json and merges.txt (a diffusers tokenizer/ folder) or bpe_simple_vocab_16e6.txt.gz; the reference\'s BERT text models (txt2img-1p4B-eval, text2img256): bert-base-uncased\'s vocab.txt.' }),
+    tokenizer: Flags.string({ summary: 'Stable Diffusion single files: the CLIP tokenizer, a folder with vocab.json and merges.txt (a diffusers tokenizer/ folder) or bpe_simple_vocab_16e6.txt.gz.' }),
     config: Flags.string({ summary: 'The checkpoint\'s reference YAML (v1-inference.yaml, v2-inference.yaml, v2-inference-v.yaml) or an ldm config, for a .ckpt or single file that carries none; its parameterization and schedule are used.' }),
     prediction: Flags.option({ options: ['eps', 'v'] as const, summary: 'What the model predicts, where the file does not say: SD 2.x 768-v models are v.' })(),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
@@ -44,9 +44,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     prompts: Flags.string({ summary: 'File of prompts, one a line.' }),
     negative: Flags.string({ summary: 'Negative prompt: the unconditional branch of guidance (text models).' }),
     class: Flags.string({ multiple: true, summary: 'Class index or name (class models); repeat for several.' }),
-    labels: Flags.string({ summary: 'Label file naming the classes, for --class names: the reference\'s data/imagenet_clsidx_to_label.txt format ({0: \'tench, Tinca tinca\', ...}); any comma-separated alias matches.' }),
-    map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index, or colours with --map-palette.' }),
-    'map-palette': Flags.string({ summary: 'Palette of a colour --map: a text file, line i = class i\'s colour ("R G B [name]" or "#rrggbb [name]").', dependsOn: ['map'] }),
+    map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index.' }),
     'cond-image': Flags.string({ summary: 'Condition image (concat models), e.g. the low-resolution input.' }),
     n: integerFlag({ min: 1, max: LIMITS.images, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
     steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the config\'s sample.steps).' }),
@@ -72,10 +70,6 @@ export default class Sample extends LdmCommand<typeof Sample> {
       summary: 'EMA weights: a run checkpoint\'s EMA file beside it (used unless --no-ema); a single file holding both sets (model_ema.*): only with --ema.',
     }),
     force: Flags.boolean({ summary: 'Overwrite existing images.' }),
-    'vae-tiling': Flags.boolean({
-      summary: 'Decode (and encode --init-image) in overlapping 512-pixel tiles blended at the seams; --no-vae-tiling never. Default: tiles when a whole decode would need more than 2.5 GB.',
-      allowNo: true,
-    }),
     'low-memory': Flags.boolean({ summary: 'One network held at a time: the UNet is freed before the VAE decodes (Stable Diffusion\'s text encoder is always freed before the UNet runs).' }),
     'max-memory': maxMemoryFlag(),
   };
@@ -90,11 +84,11 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: f.ema === false, ema: f.ema === true, prefix: f.prefix,
-        memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'], vaeTiling: f['vae-tiling'] === undefined ? 'auto' : f['vae-tiling'] ? 'on' : 'off',
+        memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'],
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config, adapters: adaptersFromFlags(f),
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,
-          classes: f.class, labels: f.labels, map: f.map, mapPalette: f['map-palette'], condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
+          classes: f.class, map: f.map, condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
         }),
         // Unset flags stay absent: the checkpoint's sample section and the request decide them (resolveSampleSettings).
         settings: definedOnly({

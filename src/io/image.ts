@@ -10,6 +10,7 @@
  * (the CLI's --keep-profile, through io/colour-profile) does the same.
  */
 import sharp from 'sharp';
+import { addPngText } from './png-text.js';
 import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import { assertWritable, writeFileAtomic, type WriteOptions } from './atomic.js';
 import { keepProfileByDefault } from './colour-profile.js';
@@ -164,6 +165,8 @@ function interleave<T extends Uint8Array | Uint16Array>(planar: T, c: number, hw
 
 export interface PngOptions {
   bitDepth?: 8 | 16;
+  /** Text chunks to add (png-text.ts), e.g. A1111's `parameters`. */
+  text?: Readonly<Record<string, string>>;
 }
 
 function rawSharp(t: HostTensor, bitDepth: 8 | 16): sharp.Sharp {
@@ -183,7 +186,8 @@ function rawSharp(t: HostTensor, bitDepth: 8 | 16): sharp.Sharp {
 export async function encodePng(t: HostTensor, opts: PngOptions = {}): Promise<Uint8Array> {
   const bitDepth = opts.bitDepth ?? 8;
   if (bitDepth !== 8 && bitDepth !== 16) throw new Error(`PNG bit depth must be 8 or 16, got ${String(bitDepth)}`);
-  return new Uint8Array(await rawSharp(t, bitDepth).png().toBuffer());
+  const png = new Uint8Array(await rawSharp(t, bitDepth).png().toBuffer());
+  return opts.text ? addPngText(png, opts.text) : png;
 }
 
 export async function writePng(file: string, t: HostTensor, opts: PngOptions & WriteOptions = {}): Promise<void> {

@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { promises as fsp } from 'node:fs';
-import { float32 } from '../engine/host-tensor.js';
+import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import type { SamplerName } from '../diffusion/samplers.js';
 import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm, type ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
@@ -19,12 +19,8 @@ import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-
 import { a1111Parameters } from '../sampling/sample-metadata.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 import { isClipText } from '../config/ldm-config.js';
-import { classByName, readClassLabels, type ClassLabels } from '../data/class-labels.js';
-import { noNullClassMessage } from '../models/class-embedder.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { precomputeTextContexts } from '../models/text-context-cache.js';
-import type { VaeTiling } from '../models/first-stage-tiles.js';
-import { readPalette, readSegmentationMap } from '../data/segmentation-map.js';
 
 const COND_STAGE_PREFIX = 'cond_stage_model.';
 
@@ -51,12 +47,8 @@ export interface SampleFilesOptions {
   promptsFile?: string;
   /** Class indices or names (class models). */
   classes?: readonly string[];
-  /** A label file naming the classes (the reference's data/imagenet_clsidx_to_label.txt format), for --class names. */
-  labels?: string;
   /** PNG of label indices (semantic models): the grey value of each pixel is its class. */
   map?: string;
-  /** A colour --map's palette file (data/segmentation-map.ts). */
-  mapPalette?: string;
   /** Condition image (concat models). */
   condImage?: string;
   initImage?: string;
@@ -83,8 +75,6 @@ export interface SampleFilesOptions {
    * weights) before the UNet runs, and the UNet is freed before the first stage decodes.
    */
   lowMemory?: boolean;
-  /** The VAE in tiles (sampling/generate.ts vaeTiling): auto (absent), on or off. */
-  vaeTiling?: VaeTiling;
   /** LoRAs merged into the weights and textual-inversion embeddings, before the model is built. */
   adapters?: ModelAdapters;
 }
@@ -136,17 +126,12 @@ export async function openRefiner(
   }
 }
 
-/** A class given as an index or a name: one of the checkpoint's class names, or an alias in a label file (`--labels`). */
-export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'config'>, labels?: { file: string; labels: ClassLabels }): number {
+/** A class given as an index or a name. */
+export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'config'>): number {
   const k = ldm.config.conditioning.num_classes ?? 0;
   const names = ldm.classNames ?? [];
   const byName = names.findIndex((n) => n.toLowerCase() === value.trim().toLowerCase());
   if (byName >= 0) return byName;
-  if (labels && !/^\d+$/.test(value.trim())) {
-    const i = classByName(value, labels.labels, labels.file);
-    if (i >= k) throw new Error(`class "${value}" is ${i} in ${labels.file}, outside 0..${k - 1}, the classes this model was trained on`);
-    return i;
-  }
   if (!/^\d+$/.test(value.trim())) {
     throw new Error(`class "${value}" is neither an index in 0..${k - 1} nor a class name${names.length ? ` (${names.join(', ')})` : ''}`);
   }
@@ -164,11 +149,23 @@ export async function readLines(file: string): Promise<string[]> {
   return lines;
 }
 
+async function readLabelMap(file: string, classes: number): Promise<HostTensor> {
+  const img = await readImage(file, { channels: 1 });
+  const [, h, w] = img.shape as [number, number, number];
+  const src = img.data as Float32Array;
+  const out = new Int32Array(h * w);
+  for (let i = 0; i < out.length; i++) {
+    const v = Math.round((src[i]! + 1) * 127.5);
+    if (v >= classes) throw new Error(`${file}: pixel value ${v} is not a class; a label map holds class indices 0..${classes - 1} as grey values`);
+    out[i] = v;
+  }
+  return hostTensor('int32', [h, w], out);
+}
+
 /** `ldm sample`: load, check every output path, generate, write PNGs and a labelled grid. */
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
-  const labels = opts.labels !== undefined ? { file: opts.labels, labels: await readClassLabels(opts.labels) } : undefined;
   let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({
     tokenizer: opts.tokenizer, prediction: opts.prediction, config: opts.config, ema: opts.ema, adapters: opts.adapters, onWarning: opts.onWarning,
   }));
@@ -183,13 +180,12 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     for (const p of prompts) conditions.push({ prompt: p, name: p });
     for (const c of opts.classes ?? []) {
       if (ldm.model.conditioner.type !== 'class') throw new Error(`this model is ${ldm.model.conditioner.type === 'none' ? 'unconditional' : `${ldm.model.conditioner.type}-conditioned`}; --class needs a class-conditional model`);
-      const label = parseClass(c, ldm, labels);
-      conditions.push({ label, name: ldm.classNames?.[label] ?? labels?.labels.get(label)?.[0] ?? String(label) });
+      const label = parseClass(c, ldm);
+      conditions.push({ label, name: ldm.classNames?.[label] ?? String(label) });
     }
     if (opts.map) {
       const k = ldm.config.conditioning.num_classes ?? 256;
-      const palette = opts.mapPalette !== undefined ? await readPalette(opts.mapPalette) : undefined;
-      conditions.push({ map: await readSegmentationMap(opts.map, k, palette), name: path.basename(opts.map) });
+      conditions.push({ map: await readLabelMap(opts.map, k), name: path.basename(opts.map) });
     }
     if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
     const init = opts.initImage ? await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }) : undefined;
@@ -205,10 +201,8 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     for (const w of warnings) opts.onWarning?.(w);
     const request = definedOnly({ n: opts.n, conditions, init, mask });
     const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request));
-    const cond = ldm.config.conditioning;
-    if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
     // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
-    checkSampleMemory(ldm, settings, total, opts.memoryLimit, opts.vaeTiling);
+    checkSampleMemory(ldm, settings, total, opts.memoryLimit);
     let model = ldm.model;
     if (!refined && isClipText(ldm.config.conditioning.text)) {
       // SD's frozen text encoder runs once per text, not inside every UNet call, and its weights go before the UNet
@@ -231,7 +225,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       : undefined;
     const gen = await generate(parts, unet, {
       ...request, settings, seed: opts.seed,
-      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit, beforeDecode, vaeTiling: opts.vaeTiling }),
+      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit, beforeDecode }),
     });
     const [, ch, H, W] = gen.images.shape as [number, number, number, number];
     await fsp.mkdir(opts.outDir, { recursive: true });

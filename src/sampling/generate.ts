@@ -9,6 +9,7 @@
 import { float32, hostTensor, numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { Rng } from '../util/random.js';
 import { createSampler } from '../diffusion/samplers.js';
+import { rescaleZeroTerminalSnr } from '../diffusion/sigma-schedule.js';
 import { sampleLatents } from '../diffusion/sampling-loop.js';
 import type { CondFeeds, Conditions } from '../models/conditioning.js';
 import { INPUT_INPAINT, type LatentDiffusion } from '../models/latent-diffusion.js';
@@ -293,6 +294,8 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
   // Stable Diffusion's img2img with DDIM follows the reference's scripts/img2img.py (see sampleLatents' init).
   const referenceInit = isClipText(model.config.conditioning.text) && opts.settings.sampler === 'ddim';
 
+  // --zero-snr samples on the rescaled schedule (the model's own is left as trained).
+  const sched = opts.settings.zeroSnr ? rescaleZeroTerminalSnr(model.schedule) : model.schedule;
   const rng = new Rng(opts.seed);
   const latents = new Float32Array(total * per);
   for (let start = 0; start < total; start += bs) {
@@ -307,7 +310,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
       const cf = { ...m.conditioner.feeds(given, n, h, w), ...extra };
       return [cf, guidance !== 1 ? { ...m.conditioner.nullFeeds(n, h, w, opts.negativePrompt), ...extra } : cf];
     };
-    const sampler = createSampler(opts.settings.sampler, model.schedule, { steps: opts.settings.steps, eta: opts.settings.eta, spacing: opts.settings.spacing, stepsOffset: opts.settings.stepsOffset });
+    const sampler = createSampler(opts.settings.sampler, sched, opts.settings);
     const repeat = (x: Float32Array) => {
       const out = new Float32Array(n * per);
       for (let i = 0; i < n; i++) out.set(x, i * per);
@@ -323,8 +326,8 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
       fn = (x, t, guided) => (t[0]! < ref.below ? refineFn : baseFn)(x, t, guided);
     }
     const z = await sampleLatents({
-      shape, model: fn, schedule: model.schedule, sampler, parameterization: model.parameterization,
-      guidance, rng,
+      shape, model: fn, schedule: sched, sampler, parameterization: model.parameterization,
+      guidance, guidanceRescale: opts.settings.guidanceRescale, rng,
       ...(useInit ? { init: { x0: x0!, strength, reference: referenceInit } } : {}),
       ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
       onStep: (call, calls) => opts.onStep?.({ done: start, batch: n, total, call, calls }),

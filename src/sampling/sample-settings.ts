@@ -4,6 +4,8 @@
  * complete object and apply no defaults of their own.
  */
 import type { SamplerName, Spacing } from '../diffusion/samplers.js';
+import { isSigmaSampler, parseSamplerName, scheduleError } from '../diffusion/sampler-names.js';
+import type { SigmaSchedule } from '../diffusion/sigma-schedule.js';
 import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 
 export interface SampleSettings {
@@ -15,6 +17,12 @@ export interface SampleSettings {
   spacing: Spacing;
   /** diffusers' steps_offset, for `leading` spacing. */
   stepsOffset: number;
+  /** Sigma samplers: how the sigmas are spread (`default`: by the spacing; Karras et al.'s; exponential). */
+  schedule: SigmaSchedule;
+  /** Rescale the noise schedule to zero terminal SNR (Lin et al. 2023) before sampling. */
+  zeroSnr: boolean;
+  /** Guidance rescale phi in [0, 1] (Lin et al. 2023); 0 = plain guidance. */
+  guidanceRescale: number;
   /** Classifier-free guidance scale; 1 = the conditional model alone. */
   guidance: number;
   /** img2img: how far the init image is noised, in (0, 1]. */
@@ -49,22 +57,47 @@ const DEFAULT_STRENGTH = 0.75;
 /**
  * The complete settings: each override, else the config's value, with the rules: guidance only with conditions
  * (an unconditional request samples with 1 whatever sample.guidance says), strength 1 with a mask (the masked area
- * from noise) and 0.75 without, the inputs' size, batches of up to 8.
+ * from noise) and 0.75 without, the inputs' size, batches of up to 8. The sigma samplers space their steps by
+ * k-diffusion's `linspace` unless told; a Karras or exponential schedule needs a sigma sampler and sets the spacing.
  */
 export function resolveSampleSettings(
   sample: LatentDiffusionConfig['sample'], overrides: SampleOverrides, inputs: SampleInputs,
 ): SampleSettings {
   const [height, width] = inputs.size;
+  const sampler = overrides.sampler ?? sample.sampler;
+  const schedule = overrides.schedule ?? 'default';
+  if (schedule !== 'default' && !isSigmaSampler(sampler)) throw new Error(scheduleError(sampler, schedule));
+  if (schedule !== 'default' && overrides.spacing !== undefined) {
+    throw new Error(`--spacing spreads the default schedule's timesteps; the ${schedule} schedule spreads its own sigmas: give one of them`);
+  }
+  const guidanceRescale = overrides.guidanceRescale ?? 0;
+  if (!(guidanceRescale >= 0 && guidanceRescale <= 1)) throw new Error(`guidance rescale must be in [0, 1], got ${guidanceRescale}`);
   return {
     steps: overrides.steps ?? sample.steps,
-    sampler: overrides.sampler ?? sample.sampler,
+    sampler,
     eta: overrides.eta ?? sample.eta,
-    spacing: overrides.spacing ?? sample.spacing ?? 'uniform',
+    spacing: overrides.spacing ?? sample.spacing ?? (isSigmaSampler(sampler) ? 'linspace' : 'uniform'),
     stepsOffset: overrides.stepsOffset ?? sample.steps_offset ?? 0,
+    schedule,
+    zeroSnr: overrides.zeroSnr ?? false,
+    guidanceRescale,
     guidance: overrides.guidance ?? (inputs.conditions > 0 ? sample.guidance : 1),
     strength: overrides.strength ?? (inputs.mask ? 1 : DEFAULT_STRENGTH),
     height: overrides.height ?? height,
     width: overrides.width ?? width,
     batchSize: Math.max(1, Math.min(overrides.batchSize ?? DEFAULT_BATCH, inputs.total)),
   };
+}
+
+/**
+ * The sampler and schedule a user names: ldm's name or a display name ("DPM++ 2M Karras", "Euler a"), whose schedule
+ * suffix sets the schedule unless `schedule` says otherwise (then the two must agree).
+ */
+export function samplerChoice(sampler: string | undefined, schedule: SigmaSchedule | undefined): Pick<SampleOverrides, 'sampler' | 'schedule'> {
+  const parsed = sampler !== undefined ? parseSamplerName(sampler) : undefined;
+  if (parsed?.schedule && schedule && parsed.schedule !== schedule) {
+    throw new Error(`'${sampler}' names the ${parsed.schedule} schedule but --schedule says ${schedule}: give one of them`);
+  }
+  const sch = schedule ?? parsed?.schedule;
+  return { ...(parsed ? { sampler: parsed.sampler } : {}), ...(sch ? { schedule: sch } : {}) };
 }
