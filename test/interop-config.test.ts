@@ -267,8 +267,8 @@ test('diffusers UNet configs map both ways: UNet2DConditionModel heads, UNet2DMo
     image_size: 64, in_channels: 4, out_channels: 4, model_channels: 320, attention_resolutions: [1, 2, 4], num_res_blocks: 2, channel_mult: [1, 2, 4, 4],
     num_heads: 8, use_spatial_transformer: true, transformer_depth: 1, context_dim: 768,
   }));
-  assert.throws(() => unetFromDiffusers('UNet2DConditionModel', { ...sd, use_linear_projection: true }, 'sd2/unet/config.json'),
-    /sd2\/unet\/config\.json: use_linear_projection: true is not implemented; ldm's model is use_linear_projection: false$/);
+  // SD 2.x's linear proj_in / proj_out.
+  assert.equal(unetFromDiffusers('UNet2DConditionModel', { ...sd, use_linear_projection: true }, 'sd2/unet/config.json').use_linear_in_transformer, true);
   assert.throws(() => unetFromDiffusers('UNet2DConditionModel', { ...sd, down_block_types: ['SimpleCrossAttnDownBlock2D', 'DownBlock2D', 'DownBlock2D', 'DownBlock2D'] }, 'u.json'),
     /down block SimpleCrossAttnDownBlock2D is not implemented/);
   assert.throws(() => unetFromDiffusers('UNet3DConditionModel', sd, 'u.json'), /UNet3DConditionModel is not a UNet ldm implements/);
@@ -297,7 +297,7 @@ test('diffusers autoencoder and scheduler configs map both ways', () => {
     const s = schedulerToDiffusers({ schedule: ours, timesteps: 1000, linear_start: 0.00085, linear_end: 0.012 }, 'v');
     assert.equal(s.beta_schedule, theirs);
     assert.equal(s.prediction_type, 'v_prediction');
-    assert.deepEqual(schedulerFromDiffusers(s, 's'), { schedule: { schedule: ours, timesteps: 1000, linear_start: 0.00085, linear_end: 0.012 }, parameterization: 'v' });
+    assert.deepEqual(schedulerFromDiffusers(s, 's'), { schedule: { schedule: ours, timesteps: 1000, linear_start: 0.00085, linear_end: 0.012 }, parameterization: 'v', sampling: { spacing: 'leading', steps_offset: 1 } });
   }
   assert.equal(schedulerFromDiffusers({ prediction_type: 'sample' }, 's').parameterization, 'x0');
   assert.equal(schedulerToDiffusers({ schedule: 'scaled_linear', timesteps: 10, linear_start: 0.1, linear_end: 0.2 }, 'eps').prediction_type, 'epsilon');

@@ -314,10 +314,10 @@ test('a diffusers pipeline with a text encoder ldm lacks is refused by name, whi
   fs.cpSync(path.join(DIF, 'ldm'), dir, { recursive: true });
   const index = json(path.join(dir, 'model_index.json'));
   delete index.cond_stage;
-  index.text_encoder = ['transformers', 'CLIPTextModel'];
+  index.text_encoder = ['transformers', 'CLIPTextModelWithProjection'];
   index.tokenizer = ['transformers', 'CLIPTokenizer'];
   fs.writeFileSync(path.join(dir, 'model_index.json'), JSON.stringify(index));
-  await assert.rejects(loadAnyCheckpoint(dir), /model_index\.json: text encoder CLIPTextModel \(text_encoder\/\) is not implemented; ldm's own TransformerEmbedder is$/);
+  await assert.rejects(loadAnyCheckpoint(dir), /model_index\.json: text encoder CLIPTextModelWithProjection \(text_encoder\/\) is not implemented; ldm's own TransformerEmbedder and transformers' CLIPTextModel \(Stable Diffusion 1\.x \/ 2\.x\) are$/);
   assert.equal((await loadAnyCheckpoint(dir, { part: 'unet' })).kind, 'unet');
   assert.equal((await loadAnyCheckpoint(dir, { part: 'first_stage' })).kind, 'autoencoder');
 });

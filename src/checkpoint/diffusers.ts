@@ -492,6 +492,12 @@ async function writeModel(dir: string, className: string, config: Json, params: 
   await writeSafetensors(path.join(dir, WEIGHTS_FILE), new Map(params), { format: 'pt' });
 }
 
+/** A diffusers pipeline folder's tokenizer/ (model_index.json names one), or undefined. */
+export function diffusersTokenizerDir(dir: string): string | undefined {
+  const tok = path.join(dir, 'tokenizer');
+  return fs.existsSync(path.join(dir, MODEL_INDEX)) && fs.existsSync(tok) ? tok : undefined;
+}
+
 /** What a diffusers folder holds: a pipeline (model_index.json) or one model. */
 export function isDiffusersFolder(dir: string): 'pipeline' | 'model' | undefined {
   if (fs.existsSync(path.join(dir, MODEL_INDEX))) return 'pipeline';
@@ -602,7 +608,8 @@ async function writePipeline(
     const name = arch.regularizer === 'vq' ? 'vqvae' : 'vae';
     const { className, config } = autoencoderToDiffusers(arch, scale);
     const { params: p } = toDiffusers(splitPrefix(params, FIRST_STAGE_PREFIX), autoencoderKeyMap(arch as AutoencoderConfig));
-    await writeModel(path.join(dir, name), className, config, p);
+    // diffusers' SD VAEs name the image size they were made for (its tiling reads it), not the nominal resolution.
+    await writeModel(path.join(dir, name), className, sdTextKind(cfg) ? { ...config, sample_size: cfg.data.size } : config, p);
     components[name] = ['diffusers', className];
     written.push(`${name}/config.json`, `${name}/${WEIGHTS_FILE}`);
   }
@@ -763,7 +770,7 @@ function foreignTextEncoder(index: Json): string | undefined {
     if (name.startsWith('_') || !Array.isArray(v)) continue;
     const cls = String(v[1]);
     if (SD_TEXT_CLASSES.includes(cls)) continue;
-    if (/Text|Bert|CLIP|T5/i.test(cls) && !/Tokenizer/i.test(cls)) return `text encoder ${cls} (${name}/) is not implemented; ldm's own TransformerEmbedder is`;
+    if (/Text|Bert|CLIP|T5/i.test(cls) && !/Tokenizer/i.test(cls)) return `text encoder ${cls} (${name}/) is not implemented; ldm's own TransformerEmbedder and transformers' CLIPTextModel (Stable Diffusion 1.x / 2.x) are`;
   }
   return undefined;
 }

@@ -22,6 +22,7 @@ import { referenceConfigReader } from './reference-config.js';
 import { mergeLoras, readLora, type LoraSpec } from './lora.js';
 import { addEmbeddings, readEmbedding, type EmbeddingSpec } from './embeddings.js';
 import { definedOnly } from '../util/defined.js';
+import { diffusersTokenizerDir } from './diffusers.js';
 
 /** Everything that makes an LDM file sample on its own. */
 export interface LdmCheckpointContent {
