@@ -33,7 +33,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     ...unsafePickleFlags,
     ...adapterFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (written by ldm train-ldm), a reference .ckpt or a Stable Diffusion 1.x / 2.x single file.' }),
-    tokenizer: Flags.string({ summary: 'Stable Diffusion single files: the CLIP tokenizer, a folder with vocab.json and merges.txt (a diffusers tokenizer/ folder) or bpe_simple_vocab_16e6.txt.gz.' }),
+    tokenizer: Flags.string({ summary: 'Stable Diffusion single files: the CLIP tokenizer, a folder with vocab.json and merges.txt (a diffusers tokenizer/ folder) or bpe_simple_vocab_16e6.txt.gz; the reference\'s BERT text models (txt2img-1p4B-eval, text2img256): bert-base-uncased\'s vocab.txt.' }),
     config: Flags.string({ summary: 'The checkpoint\'s reference YAML (v1-inference.yaml, v2-inference.yaml, v2-inference-v.yaml) or an ldm config, for a .ckpt or single file that carries none; its parameterization and schedule are used.' }),
     prediction: Flags.option({ options: ['eps', 'v'] as const, summary: 'What the model predicts, where the file does not say: SD 2.x 768-v models are v.' })(),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
@@ -44,6 +44,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     prompts: Flags.string({ summary: 'File of prompts, one a line.' }),
     negative: Flags.string({ summary: 'Negative prompt: the unconditional branch of guidance (text models).' }),
     class: Flags.string({ multiple: true, summary: 'Class index or name (class models); repeat for several.' }),
+    labels: Flags.string({ summary: 'Label file naming the classes, for --class names: the reference\'s data/imagenet_clsidx_to_label.txt format ({0: \'tench, Tinca tinca\', ...}); any comma-separated alias matches.' }),
     map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index.' }),
     'cond-image': Flags.string({ summary: 'Condition image (concat models), e.g. the low-resolution input.' }),
     n: integerFlag({ min: 1, max: LIMITS.images, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
@@ -88,7 +89,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config, adapters: adaptersFromFlags(f),
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,
-          classes: f.class, map: f.map, condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
+          classes: f.class, labels: f.labels, map: f.map, condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
         }),
         // Unset flags stay absent: the checkpoint's sample section and the request decide them (resolveSampleSettings).
         settings: definedOnly({

@@ -19,6 +19,8 @@ import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-
 import { a1111Parameters } from '../sampling/sample-metadata.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 import { isClipText } from '../config/ldm-config.js';
+import { classByName, readClassLabels, type ClassLabels } from '../data/class-labels.js';
+import { noNullClassMessage } from '../models/class-embedder.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { precomputeTextContexts } from '../models/text-context-cache.js';
 
@@ -47,6 +49,8 @@ export interface SampleFilesOptions {
   promptsFile?: string;
   /** Class indices or names (class models). */
   classes?: readonly string[];
+  /** A label file naming the classes (the reference's data/imagenet_clsidx_to_label.txt format), for --class names. */
+  labels?: string;
   /** PNG of label indices (semantic models): the grey value of each pixel is its class. */
   map?: string;
   /** Condition image (concat models). */
@@ -126,12 +130,17 @@ export async function openRefiner(
   }
 }
 
-/** A class given as an index or a name. */
-export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'config'>): number {
+/** A class given as an index or a name: one of the checkpoint's class names, or an alias in a label file (`--labels`). */
+export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'config'>, labels?: { file: string; labels: ClassLabels }): number {
   const k = ldm.config.conditioning.num_classes ?? 0;
   const names = ldm.classNames ?? [];
   const byName = names.findIndex((n) => n.toLowerCase() === value.trim().toLowerCase());
   if (byName >= 0) return byName;
+  if (labels && !/^\d+$/.test(value.trim())) {
+    const i = classByName(value, labels.labels, labels.file);
+    if (i >= k) throw new Error(`class "${value}" is ${i} in ${labels.file}, outside 0..${k - 1}, the classes this model was trained on`);
+    return i;
+  }
   if (!/^\d+$/.test(value.trim())) {
     throw new Error(`class "${value}" is neither an index in 0..${k - 1} nor a class name${names.length ? ` (${names.join(', ')})` : ''}`);
   }
@@ -166,6 +175,7 @@ async function readLabelMap(file: string, classes: number): Promise<HostTensor> 
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
   const file = await weightsFile(opts.ckpt, opts.noEma ?? false);
+  const labels = opts.labels !== undefined ? { file: opts.labels, labels: await readClassLabels(opts.labels) } : undefined;
   let ldm = await readLdmCheckpoint(file, opts.executor, definedOnly({
     tokenizer: opts.tokenizer, prediction: opts.prediction, config: opts.config, ema: opts.ema, adapters: opts.adapters, onWarning: opts.onWarning,
   }));
@@ -180,8 +190,8 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     for (const p of prompts) conditions.push({ prompt: p, name: p });
     for (const c of opts.classes ?? []) {
       if (ldm.model.conditioner.type !== 'class') throw new Error(`this model is ${ldm.model.conditioner.type === 'none' ? 'unconditional' : `${ldm.model.conditioner.type}-conditioned`}; --class needs a class-conditional model`);
-      const label = parseClass(c, ldm);
-      conditions.push({ label, name: ldm.classNames?.[label] ?? String(label) });
+      const label = parseClass(c, ldm, labels);
+      conditions.push({ label, name: ldm.classNames?.[label] ?? labels?.labels.get(label)?.[0] ?? String(label) });
     }
     if (opts.map) {
       const k = ldm.config.conditioning.num_classes ?? 256;
@@ -201,6 +211,8 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     for (const w of warnings) opts.onWarning?.(w);
     const request = definedOnly({ n: opts.n, conditions, init, mask });
     const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request));
+    const cond = ldm.config.conditioning;
+    if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
     // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
     checkSampleMemory(ldm, settings, total, opts.memoryLimit);
     let model = ldm.model;
