@@ -45,7 +45,8 @@ export default class Sample extends LdmCommand<typeof Sample> {
     negative: Flags.string({ summary: 'Negative prompt: the unconditional branch of guidance (text models).' }),
     class: Flags.string({ multiple: true, summary: 'Class index or name (class models); repeat for several.' }),
     labels: Flags.string({ summary: 'Label file naming the classes, for --class names: the reference\'s data/imagenet_clsidx_to_label.txt format ({0: \'tench, Tinca tinca\', ...}); any comma-separated alias matches.' }),
-    map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index.' }),
+    map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index, or colours with --map-palette.' }),
+    'map-palette': Flags.string({ summary: 'Palette of a colour --map: a text file, line i = class i\'s colour ("R G B [name]" or "#rrggbb [name]").', dependsOn: ['map'] }),
     'cond-image': Flags.string({ summary: 'Condition image (concat models), e.g. the low-resolution input.' }),
     n: integerFlag({ min: 1, max: LIMITS.images, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
     steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the config\'s sample.steps).' }),
@@ -89,7 +90,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config, adapters: adaptersFromFlags(f),
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,
-          classes: f.class, labels: f.labels, map: f.map, condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
+          classes: f.class, labels: f.labels, map: f.map, mapPalette: f['map-palette'], condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
         }),
         // Unset flags stay absent: the checkpoint's sample section and the request decide them (resolveSampleSettings).
         settings: definedOnly({

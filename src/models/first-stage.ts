@@ -14,6 +14,7 @@ import { hostBytes, hostTensor, type HostTensor } from '../engine/host-tensor.js
 import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
 import { VQModel, isEncodingParam, type Autoencoder, type DDConfig } from './autoencoder/index.js';
+import { ATTENTION_SCORE_BYTES } from './unet/attention.js';
 
 export type FirstStageSpec =
   | { kind: 'pixel'; channels: number }
@@ -223,8 +224,10 @@ export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: n
     const ch = dd.ch * Math.max(dd.ch_mult[i]!, dd.ch_mult[i - 1] ?? 0, dd.ch_mult[i + 1] ?? 0);
     widest = Math.max(widest, n * ch * px);
     const vanilla = (dd.attn_type ?? 'vanilla') === 'vanilla';
-    if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, n * px * px);
-    if (vanilla && i === levels - 1) attention = Math.max(attention, n * px * px); // the mid-block
+    // Scores [n, px, px], computed in chunks of query rows within ATTENTION_SCORE_BYTES (AttnBlock), at least one row.
+    const scores = Math.min(n * px * px, Math.max(ATTENTION_SCORE_BYTES / 4, n * px));
+    if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, scores);
+    if (vanilla && i === levels - 1) attention = Math.max(attention, scores); // the mid-block
   }
   return heldWeightBytes(stage.params()) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
 }

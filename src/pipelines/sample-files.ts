@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { promises as fsp } from 'node:fs';
-import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
+import { float32 } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
 import type { SamplerName } from '../diffusion/samplers.js';
 import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm, type ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
@@ -23,6 +23,7 @@ import { classByName, readClassLabels, type ClassLabels } from '../data/class-la
 import { noNullClassMessage } from '../models/class-embedder.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { precomputeTextContexts } from '../models/text-context-cache.js';
+import { readPalette, readSegmentationMap } from '../data/segmentation-map.js';
 
 const COND_STAGE_PREFIX = 'cond_stage_model.';
 
@@ -53,6 +54,8 @@ export interface SampleFilesOptions {
   labels?: string;
   /** PNG of label indices (semantic models): the grey value of each pixel is its class. */
   map?: string;
+  /** A colour --map's palette file (data/segmentation-map.ts). */
+  mapPalette?: string;
   /** Condition image (concat models). */
   condImage?: string;
   initImage?: string;
@@ -158,19 +161,6 @@ export async function readLines(file: string): Promise<string[]> {
   return lines;
 }
 
-async function readLabelMap(file: string, classes: number): Promise<HostTensor> {
-  const img = await readImage(file, { channels: 1 });
-  const [, h, w] = img.shape as [number, number, number];
-  const src = img.data as Float32Array;
-  const out = new Int32Array(h * w);
-  for (let i = 0; i < out.length; i++) {
-    const v = Math.round((src[i]! + 1) * 127.5);
-    if (v >= classes) throw new Error(`${file}: pixel value ${v} is not a class; a label map holds class indices 0..${classes - 1} as grey values`);
-    out[i] = v;
-  }
-  return hostTensor('int32', [h, w], out);
-}
-
 /** `ldm sample`: load, check every output path, generate, write PNGs and a labelled grid. */
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
@@ -195,7 +185,8 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     }
     if (opts.map) {
       const k = ldm.config.conditioning.num_classes ?? 256;
-      conditions.push({ map: await readLabelMap(opts.map, k), name: path.basename(opts.map) });
+      const palette = opts.mapPalette !== undefined ? await readPalette(opts.mapPalette) : undefined;
+      conditions.push({ map: await readSegmentationMap(opts.map, k, palette), name: path.basename(opts.map) });
     }
     if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
     const init = opts.initImage ? await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }) : undefined;

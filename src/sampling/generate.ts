@@ -23,6 +23,7 @@ import { PROCESS_BASE_BYTES, checkMemory, memoryLimit, type MemoryLimit } from '
 import { pngWriteBytes } from '../io/image.js';
 import type { Denoiser } from './denoiser.js';
 import type { SampleInputs, SampleSettings } from './sample-settings.js';
+import { isMaskedImageModel, maskedImageCondition, pasteInpainted } from './first-stage-inpaint.js';
 
 /** One condition: each gets `n` images. */
 export interface SampleCondition {
@@ -258,10 +259,12 @@ export function sampleInputs(
 
 /** Draw images. Reproducible from the seed on one executor: noise comes from one Rng, batch after batch. */
 export async function generate(parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions): Promise<Generated> {
-  const conds = opts.conditions ?? [];
-  checkRequest(parts, opts, conds);
   const { model, firstStage: fs, scaleFactor } = parts;
   const { height: H, width: W, batchSize: bs, guidance, strength } = opts.settings;
+  // inpainting_big: its condition is made from the init image and mask, and it samples from noise (first-stage-inpaint.ts).
+  const firstStageInpaint = isMaskedImageModel(model) ? await firstStageInpaintInputs(parts, opts, H, W) : undefined;
+  const conds = firstStageInpaint ? [firstStageInpaint.condition] : opts.conditions ?? [];
+  checkRequest(parts, opts, conds);
   model.checkFirstStage(fs, H, W);
   const f = fs.factor;
   const c = model.latentChannels;
@@ -275,7 +278,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
 
   let initLatent: Float32Array | undefined;
   let keep: Float32Array | undefined;
-  if (opts.init) {
+  if (opts.init && !firstStageInpaint) {
     const img = opts.init;
     if (img.shape.length !== 3 || img.shape[0] !== fs.imageChannels) {
       throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${img.shape.join(', ')}]`);
@@ -344,10 +347,26 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     const d = img.data as Float32Array;
     for (let j = 0; j < d.length; j++) images[start * fs.imageChannels * H * W + j] = Math.max(-1, Math.min(1, d[j]!));
   }
+  if (firstStageInpaint) pasteInpainted(images, firstStageInpaint.image, firstStageInpaint.mask);
   return {
     images: float32([total, fs.imageChannels, H, W], images),
     latents: float32([total, c, h, w], latents),
     labels: list.map((x) => x.name),
     ...(keep ? { keepMask: keep } : {}),
   };
+}
+/** inpainting_big's inputs at H x W: the init image and mask, and the condition made of them (first-stage-inpaint.ts). */
+async function firstStageInpaintInputs(parts: LdmParts, opts: GenerateOptions, H: number, W: number): Promise<{ condition: SampleCondition; image: HostTensor; mask: HostTensor }> {
+  if (!opts.init || !opts.mask) throw new Error('this inpainting model (conditioned on the masked image) needs the image and the mask: give --init-image and --mask');
+  if (opts.conditions?.length) throw new Error('this inpainting model is conditioned on the masked image alone; give --init-image and --mask, no other condition');
+  const fs = parts.firstStage;
+  if (opts.init.shape.length !== 3 || opts.init.shape[0] !== fs.imageChannels) {
+    throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${opts.init.shape.join(', ')}]`);
+  }
+  parts.model.checkFirstStage(fs, H, W);
+  const image = resize(opts.init, H, W, 'bicubic');
+  const [mh, mw] = sizeOf(opts.mask);
+  const mask = mh === H && mw === W ? opts.mask : resize(float32([1, mh, mw], toFloat32(opts.mask)), H, W, 'nearest');
+  const condition = { image: await maskedImageCondition(fs, image, mask), name: '' };
+  return { condition, image, mask };
 }

@@ -7,6 +7,7 @@ import * as o from '../../engine/ops.js';
 import { Conv2d, GroupNorm, silu } from '../../engine/nn.js';
 import { Module } from '../../engine/module.js';
 import type { Tensor } from '../../engine/graph.js';
+import { attend } from '../unet/attention.js';
 
 /** The reference's Normalize: GroupNorm(32 groups, eps 1e-6, affine); `groups` is ddconfig.norm_groups. */
 export function normalize(channels: number, groups = 32): GroupNorm {
@@ -89,12 +90,12 @@ export class AttnBlock extends Module {
       const h = this.norm.forward(x);
       const [b, c, hh, ww] = x.shape as [number, number, number, number];
       const n = hh * ww;
-      const q = o.transpose(o.reshape(this.q.forward(h), [b, c, n]), [0, 2, 1]); // [b, hw, c]
-      const k = o.reshape(this.k.forward(h), [b, c, n]); // [b, c, hw]
-      const w = o.softmax(o.mul(o.matmul(q, k), c ** -0.5), 2); // [b, hw_q, hw_k]
-      const v = o.reshape(this.v.forward(h), [b, c, n]);
-      const a = o.reshape(o.matmul(v, o.transpose(w, [0, 2, 1])), [b, c, hh, ww]);
-      return o.add(x, this.projOut.forward(a));
+      const tokens = (t: Tensor) => o.transpose(o.reshape(t, [b, c, n]), [0, 2, 1]); // [b, hw, c]
+      // One head over all channels; large maps (a 1024-pixel f4 latent has 65,536 positions) take the queries in
+      // chunks, as the UNet's attention does, so the [hw, hw] scores never exist whole.
+      const q = o.mul(tokens(this.q.forward(h)), c ** -0.5);
+      const a = attend(q, tokens(this.k.forward(h)), tokens(this.v.forward(h)), 1); // [b, hw, c]
+      return o.add(x, this.projOut.forward(o.reshape(o.transpose(a, [0, 2, 1]), [b, c, hh, ww])));
     });
   }
 }
