@@ -296,7 +296,7 @@ for (const kind of ['sd1', 'sd2'] as const) {
   });
 }
 
-test('a diffusers folder missing a file: one line naming it and where it comes from; .fp16 weights are read', async (t) => {
+test('a diffusers folder missing a file: one line naming it and where it comes from; .fp16 and .bin (torch.save) weights are read', async (t) => {
   const root = tempDir(t, 'sd-missing-');
   const base = await folderOf('sd1');
   const copy = (name: string, edit: (d: string) => void) => {
@@ -309,19 +309,25 @@ test('a diffusers folder missing a file: one line naming it and where it comes f
   const noMerges = copy('no-merges', (d) => fs.rmSync(path.join(d, 'tokenizer', 'merges.txt')));
   const noVaeConfig = copy('no-vae-config', (d) => fs.rmSync(path.join(d, 'vae', 'config.json')));
   const fp16 = copy('fp16', (d) => fs.renameSync(path.join(d, 'text_encoder', 'model.safetensors'), path.join(d, 'text_encoder', 'model.fp16.safetensors')));
-  const fp16Read = await loadAnyCheckpoint(fp16);
-  assert.equal(fp16Read.kind, 'ldm');
-  assert.ok([...fp16Read.params.keys()].some((k) => k.startsWith(COND)));
+  const bin = copy('bin', (d) => {
+    fs.rmSync(path.join(d, 'text_encoder', 'model.safetensors'));
+    fs.copyFileSync(path.join(FIXTURES, 'sd-diffusers', 'sd1-text_encoder.bin'), path.join(d, 'text_encoder', 'pytorch_model.bin'));
+  });
+  const text = splitPrefix((await loadAnyCheckpoint(base, { dtype: 'keep' })).params, COND);
+  for (const d of [fp16, bin]) {
+    const cond = splitPrefix((await loadAnyCheckpoint(d, { dtype: 'keep' })).params, COND);
+    assert.deepEqual([...cond.keys()].sort(), [...text.keys()].sort(), d);
+    for (const [k, t] of cond) assert.deepEqual([t.dtype, t.shape, [...t.data]], [text.get(k)!.dtype, text.get(k)!.shape, [...text.get(k)!.data]], `${d}: ${k}`);
+  }
 
   const out = path.join(root, 'out');
   const e = (await readSafetensors(path.join(SD_FIXTURES, 'sd1-expected.safetensors'))).metadata;
   const args = ['--prompt', e.prompt!, '--negative', e.negative_prompt!, '--steps', '10', '--guidance', '7.5', '--sampler', 'ddim', '--eta', '0',
     '--seed', e.seed!, '--height', '64', '--width', '64', '--n', '1'];
-  const runs = runCommands(root, [
+  const [ok, noWeights] = runCommands(root, [
     { command: 'sample', args: ['--ckpt', base, ...args, '-o', out], watch: out },
-    ...[noUnet, noMerges, noVaeConfig].map((d) => ({ command: 'sample', args: ['--ckpt', d, ...args, '-o', path.join(d, 'out')], watch: path.join(d, 'out') })),
+    { command: 'sample', args: ['--ckpt', noUnet, ...args, '-o', path.join(noUnet, 'out')], watch: path.join(noUnet, 'out') },
   ]);
-  const [ok, ...bad] = runs;
   assert.equal(ok!.code, 0, ok!.stderr);
   // ldm sample on the folder, no --tokenizer: the reference's image.
   const { tensors } = await readSafetensors(path.join(SD_FIXTURES, 'sd1-expected.safetensors'));
@@ -330,18 +336,20 @@ test('a diffusers folder missing a file: one line naming it and where it comes f
   let worst = 0;
   for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
   assert.ok(worst <= 1.01 / 127.5, `PNG differs from the reference image by ${worst * 127.5} levels`);
-  const patterns = [
-    /no-unet\/unet\/diffusion_pytorch_model\.safetensors not found .*the unet weights are missing; diffusers folders are downloaded whole/,
-    /tokenizer file not found: .*no-merges\/tokenizer\/merges\.txt/,
-    /no-vae-config\/vae\/config\.json not found; a diffusers folder needs it/,
-  ];
-  bad.forEach((r, i) => {
-    assert.notEqual(r.code, 0);
-    const lines = r.stderr.trim().split('\n').filter((l) => l.trim() !== '');
-    assert.equal(lines.length, 1, r.stderr);
-    assert.match(lines[0]!, patterns[i]!);
-    assert.deepEqual(r.files, {});
-  });
+
+  assert.notEqual(noWeights!.code, 0);
+  const lines = noWeights!.stderr.trim().split('\n').filter((l) => l.trim() !== '');
+  assert.equal(lines.length, 1, noWeights!.stderr);
+  assert.match(lines[0]!, /no-unet\/unet\/diffusion_pytorch_model\.safetensors not found .*the unet weights are missing; diffusers folders are downloaded whole/);
+  assert.deepEqual(noWeights!.files, {});
+  const executor = new OnnxExecutor({ threads: 1 });
+  for (const [d, pattern] of [
+    [noMerges, /^tokenizer file not found: .*no-merges\/tokenizer\/merges\.txt; a diffusers model's tokenizer\/ folder holds vocab\.json and merges\.txt/],
+    [noVaeConfig, /^.*no-vae-config\/vae\/config\.json not found; a diffusers folder needs it: diffusers folders are downloaded whole[^\n]*$/],
+  ] as const) {
+    await assert.rejects(readLdmCheckpoint(d, executor), (err: Error) => pattern.test(err.message) && !err.message.includes('\n'));
+  }
+  await executor.dispose();
 });
 
 test('ldm convert --tokenizer is refused for a single-file output; a folder without --tokenizer says so', async (t) => {

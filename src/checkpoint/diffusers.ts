@@ -450,11 +450,13 @@ export interface DiffusersModel {
  * ldm's restricted unpickler, nothing run); a sharded `<base>.safetensors.index.json` lists its shards.
  */
 export function weightsFileOf(dir: string, base: string): string | undefined {
-  for (const suffix of ['.safetensors', '.safetensors.index.json', '.fp16.safetensors', '.fp16.safetensors.index.json', '.bin', '.fp16.bin']) {
-    const f = path.join(dir, base + suffix);
-    if (fs.existsSync(f)) return f;
-  }
-  return undefined;
+  // transformers' pickles are pytorch_model.bin beside model.safetensors; diffusers' keep the one base name.
+  const bin = base === 'model' ? 'pytorch_model' : base;
+  const names = [
+    ...['.safetensors', '.safetensors.index.json', '.fp16.safetensors', '.fp16.safetensors.index.json'].map((s) => base + s),
+    ...['.bin', '.bin.index.json', '.fp16.bin', '.fp16.bin.index.json'].map((s) => bin + s),
+  ];
+  return names.map((n) => path.join(dir, n)).find((f) => fs.existsSync(f));
 }
 
 async function readWeights(file: string): Promise<Map<string, HostTensor>> {
@@ -466,7 +468,7 @@ async function readWeights(file: string): Promise<Map<string, HostTensor>> {
   for (const shard of [...new Set(Object.values(map).map(String))]) {
     const f = path.join(path.dirname(file), shard);
     if (!fs.existsSync(f)) throw new Error(`${f} not found: ${path.basename(file)} lists it as a shard; ${FOLDER_HINT}`);
-    for (const [k, t] of (await readSafetensors(f)).tensors) out.set(k, t);
+    for (const [k, t] of f.endsWith('.bin') ? (await readTorchCheckpoint(f)).tensors : (await readSafetensors(f)).tensors) out.set(k, t);
   }
   return out;
 }
@@ -478,7 +480,7 @@ export async function readDiffusersModel(dir: string, base = 'diffusion_pytorch_
   const className = typeof config._class_name === 'string' ? config._class_name
     : Array.isArray(config.architectures) && typeof config.architectures[0] === 'string' ? config.architectures[0] : '';
   const file = weightsFileOf(dir, base);
-  if (!file) throw new Error(`${path.join(dir, `${base}.safetensors`)} not found (nor its .fp16.safetensors or .bin variants): the ${path.basename(dir)} weights are missing; ${FOLDER_HINT}`);
+  if (!file) throw new Error(`${path.join(dir, `${base}.safetensors`)} not found (nor its .fp16.safetensors or ${base === 'model' ? 'pytorch_model' : base}.bin variants): the ${path.basename(dir)} weights are missing; ${FOLDER_HINT}`);
   return { className, config, params: await readWeights(file) };
 }
 

@@ -72,6 +72,10 @@ export default class Sample extends LdmCommand<typeof Sample> {
       summary: 'EMA weights: a run checkpoint\'s EMA file beside it (used unless --no-ema); a single file holding both sets (model_ema.*): only with --ema.',
     }),
     force: Flags.boolean({ summary: 'Overwrite existing images.' }),
+    'vae-tiling': Flags.boolean({
+      summary: 'Decode (and encode --init-image) in overlapping 512-pixel tiles blended at the seams; --no-vae-tiling never. Default: tiles when a whole decode would need more than 6 GiB (SD at 1024x1024 and up).',
+      allowNo: true,
+    }),
     'low-memory': Flags.boolean({ summary: 'One network held at a time: the UNet is freed before the VAE decodes (Stable Diffusion\'s text encoder is always freed before the UNet runs).' }),
     'max-memory': maxMemoryFlag(),
   };
@@ -86,7 +90,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: f.ema === false, ema: f.ema === true, prefix: f.prefix,
-        memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'],
+        memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'], vaeTiling: f['vae-tiling'] === undefined ? 'auto' : f['vae-tiling'] ? 'on' : 'off',
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config, adapters: adaptersFromFlags(f),
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,

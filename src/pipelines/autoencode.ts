@@ -18,6 +18,7 @@ import { encodeNpy } from '../metrics/npz.js';
 import { MetricMeans, psnr, ssim, toPixels } from '../metrics/reconstruction.js';
 import { codebookUsage, type CodebookUsage } from '../models/autoencoder/index.js';
 import { firstStageRunBytes, type FirstStage } from '../models/first-stage.js';
+import { checkTile, defaultOverlap, tiled, type TileOptions } from '../models/first-stage-tiles.js';
 import type { Dataset, Sample } from '../data/dataset.js';
 import { centredPadding, crop, pad } from '../data/transforms.js';
 import { IMAGE_EXTENSIONS } from '../data/image-folder.js';
@@ -38,13 +39,6 @@ export const LATENT_KEYS = {
 } as const;
 
 export type PadMode = 'replicate' | 'reflect';
-
-export interface TileOptions {
-  /** Tile side in pixels (a multiple of f). */
-  size: number;
-  /** Pixels shared by neighbouring tiles (a multiple of f, below size), blended linearly. */
-  overlap: number;
-}
 
 // ---------------------------------------------------------------- padding
 
@@ -82,86 +76,8 @@ export function padToMultiple(t: HostTensor, f: number, mode: PadMode): HostTens
 
 // ---------------------------------------------------------------- tiles
 
-/** Tile starts along one axis: every size - overlap, the last one flush with the end. */
-export function tileStarts(length: number, size: number, overlap: number): number[] {
-  if (length <= size) return [0];
-  const stride = size - overlap;
-  const starts: number[] = [];
-  for (let s = 0; s + size < length; s += stride) starts.push(s);
-  starts.push(length - size);
-  return starts;
-}
-
-/** Blend weight along a tile side: a linear ramp over `ramp` cells at each edge that meets another tile, 1 elsewhere. */
-function edgeWeights(len: number, ramp: number, rampStart: boolean, rampEnd: boolean): Float32Array {
-  const w = new Float32Array(len).fill(1);
-  for (let i = 0; i < Math.min(ramp, len); i++) {
-    const v = (i + 0.5) / ramp;
-    if (rampStart) w[i] = Math.min(w[i]!, v);
-    if (rampEnd) w[len - 1 - i] = Math.min(w[len - 1 - i]!, v);
-  }
-  return w;
-}
-
-/**
- * Blend the outputs of `fn` on overlapping windows of an h x w grid: `fn(y0, x0, th, tw)` returns [C', th*scale,
- * tw*scale] for the window at (y0, x0), and the result is [C', h*scale, w*scale]. One window is computed at a time.
- */
-async function tiled(
-  h: number, w: number, size: number, overlap: number, scale: number,
-  fn: (y0: number, x0: number, th: number, tw: number) => Promise<HostTensor>,
-): Promise<HostTensor> {
-  const ys = tileStarts(h, size, overlap);
-  const xs = tileStarts(w, size, overlap);
-  const th = Math.min(size, h);
-  const tw = Math.min(size, w);
-  const H = h * scale;
-  const W = w * scale;
-  const weight = new Float32Array(H * W);
-  const ramp = Math.max(1, overlap * scale);
-  let acc: Float32Array | undefined;
-  let channels = 0;
-  for (const [iy, y0] of ys.entries()) {
-    for (const [ix, x0] of xs.entries()) {
-      const out = await fn(y0, x0, th, tw);
-      const [oc, oh, ow] = chw(out, 'tile output');
-      if (oh !== th * scale || ow !== tw * scale) throw new Error(`a ${th}x${tw} tile gave ${oh}x${ow}, expected ${th * scale}x${tw * scale}`);
-      if (!acc) {
-        channels = oc;
-        acc = new Float32Array(oc * H * W);
-      }
-      const wy = edgeWeights(oh, ramp, iy > 0, iy < ys.length - 1);
-      const wx = edgeWeights(ow, ramp, ix > 0, ix < xs.length - 1);
-      const od = out.data as Float32Array;
-      for (let y = 0; y < oh; y++) {
-        const Y = y0 * scale + y;
-        for (let x = 0; x < ow; x++) {
-          const X = x0 * scale + x;
-          const wt = wy[y]! * wx[x]!;
-          weight[Y * W + X] = weight[Y * W + X]! + wt;
-          for (let c = 0; c < oc; c++) acc[(c * H + Y) * W + X] = acc[(c * H + Y) * W + X]! + wt * od[(c * oh + y) * ow + x]!;
-        }
-      }
-    }
-  }
-  const plane = H * W;
-  for (let c = 0; c < channels; c++) for (let i = 0; i < plane; i++) acc![c * plane + i] = acc![c * plane + i]! / weight[i]!;
-  return float32([channels, H, W], acc!);
-}
-
-export function checkTile(tile: TileOptions, f: number): void {
-  if (!Number.isInteger(tile.size) || tile.size < 2 * f || tile.size % f !== 0) {
-    throw new Error(`--tile ${tile.size} must be a multiple of the autoencoder's f=${f} and at least ${2 * f}`);
-  }
-  if (!Number.isInteger(tile.overlap) || tile.overlap < 0 || tile.overlap % f !== 0 || tile.overlap >= tile.size) {
-    throw new Error(`--tile-overlap ${tile.overlap} must be a multiple of f=${f} from 0 to below the tile size ${tile.size}`);
-  }
-}
-
-/** Default overlap: a quarter of the tile, rounded down to a multiple of f. */
-export function defaultOverlap(size: number, f: number): number {
-  return Math.floor(size / 4 / f) * f;
-}
+// The tiling and its blend live with the first stage (models/first-stage-tiles.ts), which sampling also tiles.
+export { checkTile, defaultOverlap, tileStarts, type TileOptions } from '../models/first-stage-tiles.js';
 
 const batch1 = (t: HostTensor): HostTensor => hostTensor(t.dtype, [1, ...t.shape], t.data);
 const unbatch = (t: HostTensor): HostTensor => hostTensor(t.dtype, t.shape.slice(1), t.data);

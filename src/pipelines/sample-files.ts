@@ -23,6 +23,7 @@ import { classByName, readClassLabels, type ClassLabels } from '../data/class-la
 import { noNullClassMessage } from '../models/class-embedder.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { precomputeTextContexts } from '../models/text-context-cache.js';
+import type { VaeTiling } from '../models/first-stage-tiles.js';
 import { readPalette, readSegmentationMap } from '../data/segmentation-map.js';
 
 const COND_STAGE_PREFIX = 'cond_stage_model.';
@@ -82,6 +83,8 @@ export interface SampleFilesOptions {
    * weights) before the UNet runs, and the UNet is freed before the first stage decodes.
    */
   lowMemory?: boolean;
+  /** The VAE in tiles (sampling/generate.ts vaeTiling): auto (absent), on or off. */
+  vaeTiling?: VaeTiling;
   /** LoRAs merged into the weights and textual-inversion embeddings, before the model is built. */
   adapters?: ModelAdapters;
 }
@@ -205,7 +208,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     const cond = ldm.config.conditioning;
     if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
     // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
-    checkSampleMemory(ldm, settings, total, opts.memoryLimit);
+    checkSampleMemory(ldm, settings, total, opts.memoryLimit, opts.vaeTiling);
     let model = ldm.model;
     if (!refined && isClipText(ldm.config.conditioning.text)) {
       // SD's frozen text encoder runs once per text, not inside every UNet call, and its weights go before the UNet
@@ -228,7 +231,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       : undefined;
     const gen = await generate(parts, unet, {
       ...request, settings, seed: opts.seed,
-      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit, beforeDecode }),
+      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit, beforeDecode, vaeTiling: opts.vaeTiling }),
     });
     const [, ch, H, W] = gen.images.shape as [number, number, number, number];
     await fsp.mkdir(opts.outDir, { recursive: true });

@@ -16,6 +16,7 @@ import { INPUT_INPAINT, type LatentDiffusion } from '../models/latent-diffusion.
 import { isClipText } from '../config/ldm-config.js';
 import { sdInpaintCondition } from './sd-inpaint.js';
 import { firstStageRunBytes, type FirstStage } from '../models/first-stage.js';
+import { decodeMaybeTiled, encodeMaybeTiled, tiledRunBytes, vaeTilesFor, type TileOptions, type VaeTiling } from '../models/first-stage-tiles.js';
 import { resize } from '../data/transforms.js';
 import { attentionHeads, type UNetConfig } from '../config/unet-config.js';
 import { ATTENTION_SCORE_BYTES } from '../models/unet/attention.js';
@@ -70,6 +71,10 @@ export interface GenerateOptions {
   beforeDecode?: () => Promise<void>;
   /** Peak memory allowed (default: util/memory-budget.ts's share of the machine); a larger request is refused before allocating. */
   memoryLimit?: MemoryLimit;
+  /** Decode (and encode the init image) in tiles: `auto` (default) when a whole decode would pass AUTO_TILE_BYTES. */
+  vaeTiling?: VaeTiling;
+  /** Tile side in pixels (default DEFAULT_VAE_TILE, 512), a multiple of f. */
+  vaeTileSize?: number;
 }
 
 /** The refiner of a sampling run: its model, its denoiser and the timestep below which it takes over. */
@@ -216,7 +221,7 @@ export function unetRunBytes(u: UNetConfig, n: number, h: number, w: number): nu
  * the batch with guidance) and through the first stage's decoder (its weights included).
  */
 export function sampleMemoryBytes(
-  parts: Pick<LdmParts, 'model' | 'firstStage'>, x: { total: number; batch: number; guided: boolean; height: number; width: number },
+  parts: Pick<LdmParts, 'model' | 'firstStage'>, x: { total: number; batch: number; guided: boolean; height: number; width: number; tile?: TileOptions },
 ): number {
   const fs = parts.firstStage;
   const C = fs.imageChannels;
@@ -227,7 +232,7 @@ export function sampleMemoryBytes(
   const images = x.total * C * x.height * x.width * 4;
   return PROCESS_BASE_BYTES + WEIGHT_COPIES * modelWeightBytes(parts.model) + 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1)
     + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w)
-    + firstStageRunBytes(fs, x.batch, x.height, x.width) + x.batch * C * x.height * x.width * 4;
+    + (x.tile ? tiledRunBytes(fs, x.tile, x.height, x.width) : firstStageRunBytes(fs, x.batch, x.height, x.width)) + x.batch * C * x.height * x.width * 4;
 }
 
 /**
@@ -236,10 +241,12 @@ export function sampleMemoryBytes(
  */
 export function checkSampleMemory(
   parts: Pick<LdmParts, 'model' | 'firstStage'>, settings: Pick<SampleSettings, 'height' | 'width' | 'batchSize' | 'guidance'>, total: number, limit?: MemoryLimit,
+  vaeTiling: VaeTiling = 'auto',
 ): void {
   const { height: H, width: W, batchSize: bs } = settings;
-  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: settings.guidance !== 1, height: H, width: W }), limit ?? memoryLimit(),
-    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, or raise --max-memory');
+  const tile = vaeTilesFor(parts.firstStage, vaeTiling, bs, H, W);
+  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: settings.guidance !== 1, height: H, width: W, ...(tile ? { tile } : {}) }), limit ?? memoryLimit(),
+    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, --vae-tiling, or raise --max-memory');
 }
 
 /** What a request gives resolveSampleSettings to default from: its conditions, images in all, mask, and its inputs' size. */
@@ -274,7 +281,8 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
 
   const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
   const total = list.length;
-  checkSampleMemory(parts, opts.settings, total, opts.memoryLimit);
+  checkSampleMemory(parts, opts.settings, total, opts.memoryLimit, opts.vaeTiling);
+  const vaeTile = vaeTilesFor(fs, opts.vaeTiling ?? 'auto', bs, H, W, opts.vaeTileSize);
 
   let initLatent: Float32Array | undefined;
   let keep: Float32Array | undefined;
@@ -284,7 +292,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
       throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${img.shape.join(', ')}]`);
     }
     const sized = resize(img, H, W, 'bicubic');
-    const z = await fs.encode(float32([1, ...sized.shape], toFloat32(sized)));
+    const z = await encodeMaybeTiled(fs, float32([1, ...sized.shape], toFloat32(sized)), vaeTile);
     initLatent = (z.data as Float32Array).map((v) => v * scaleFactor);
     if (opts.mask && !model.inpaintChannels) {
       const [mh, mw] = sizeOf(opts.mask);
@@ -293,7 +301,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     }
   }
   // Stable Diffusion inpainting models regenerate the masked area from their concatenated condition (sd-inpaint.ts).
-  const sdInpaint = model.inpaintChannels ? await sdInpaintCondition(parts, opts.init, opts.mask, H, W) : undefined;
+  const sdInpaint = model.inpaintChannels ? await sdInpaintCondition(parts, opts.init, opts.mask, H, W, vaeTile) : undefined;
   // Stable Diffusion's img2img with DDIM follows the reference's scripts/img2img.py (see sampleLatents' init).
   const referenceInit = isClipText(model.config.conditioning.text) && opts.settings.sampler === 'ddim';
 
@@ -343,7 +351,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
   for (let start = 0; start < total; start += bs) {
     const n = Math.min(bs, total - start);
     const z = latents.subarray(start * per, (start + n) * per).map((v) => v / scaleFactor);
-    const img = await fs.decode(float32([n, c, h, w], z));
+    const img = await decodeMaybeTiled(fs, float32([n, c, h, w], z), vaeTile);
     const d = img.data as Float32Array;
     for (let j = 0; j < d.length; j++) images[start * fs.imageChannels * H * W + j] = Math.max(-1, Math.min(1, d[j]!));
   }

@@ -7,15 +7,17 @@
 import { float32, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { resize } from '../data/transforms.js';
 import type { FirstStage } from '../models/first-stage.js';
+import { encodeMaybeTiled, type TileOptions } from '../models/first-stage-tiles.js';
 
 /**
  * The condition [1 + c, h, w] for an image [C, H0, W0] in [-1, 1] and a mask ([1, H, W] or [H, W], white = regenerate)
  * at H x W: the mask binarised at 0.5 (no mask: the whole image is regenerated), sampled to the latent size as torch's
  * nearest interpolate does (the pixel at the top-left of each f x f block); then the scaled latent of the image with
- * the masked area zeroed, image * (mask < 0.5) (no image: zeros).
+ * the masked area zeroed, image * (mask < 0.5) (no image: zeros), encoded whole or in `tile`s.
  */
 export async function sdInpaintCondition(
   parts: { firstStage: FirstStage; scaleFactor: number }, image: HostTensor | undefined, mask: HostTensor | undefined, H: number, W: number,
+  tile?: TileOptions,
 ): Promise<Float32Array> {
   const fs = parts.firstStage;
   const C = fs.imageChannels;
@@ -28,7 +30,7 @@ export async function sdInpaintCondition(
     const px = toFloat32(sized(image, H, W, 'bicubic'));
     for (let ch = 0; ch < C; ch++) for (let j = 0; j < H * W; j++) masked[ch * H * W + j] = m[j]! >= 0.5 ? 0 : px[ch * H * W + j]!;
   }
-  const z = toFloat32(await fs.encode(float32([1, C, H, W], masked)));
+  const z = toFloat32(await encodeMaybeTiled(fs, float32([1, C, H, W], masked), tile));
   const h = H / fs.factor;
   const w = W / fs.factor;
   const out = new Float32Array(h * w + z.length);
