@@ -24,6 +24,12 @@ import { sampleLatents } from '../src/diffusion/sampling-loop.js';
 import { createSampler } from '../src/diffusion/samplers.js';
 import { Rng } from '../src/util/random.js';
 import { parsePalette, readSegmentationMap, rescaleOneHot } from '../src/data/segmentation-map.js';
+import { parse } from 'yaml';
+import { readReferenceConfig } from '../src/checkpoint/reference-config.js';
+import { LatentDiffusion } from '../src/models/latent-diffusion.js';
+import { firstStageRunBytes, type FirstStage } from '../src/models/first-stage.js';
+import { sampleMemoryBytes } from '../src/sampling/generate.js';
+import type { LatentDiffusionConfig } from '../src/config/ldm-config.js';
 import { relErr } from './helpers/tensors.js';
 import { runCommands } from './helpers/commands.js';
 import { tempDir } from './helpers/temp-dir.js';
@@ -93,17 +99,22 @@ test('the map reads as the data code reads it, and the condition and a DDIM samp
   }
 });
 
-test('ldm sample --map: the reference\'s image; a map value past the classes is one error line and writes nothing', async (t) => {
+test('ldm sample --map: the reference\'s image, and twice its size; a map value past the classes is one error line and writes nothing', async (t) => {
   const dir = tempDir(t, 'semantic-sample-');
   const e = await expected();
   const bad = path.join(dir, 'bad.png');
   await sharp(Buffer.alloc(48 * 40, 200), { raw: { width: 48, height: 40, channels: 1 } }).png().toFile(bad);
   const args = ['--ckpt', CKPT, '--config', YAML, '--steps', e.meta.steps!, '--sampler', 'ddim', '--eta', '0', '--seed', e.meta.seed!, '--n', '1'];
   const out = path.join(dir, 'out');
-  const [ok, badRun] = runCommands(dir, [
+  const big = path.join(dir, 'big');
+  const [ok, badRun, bigRun] = runCommands(dir, [
     { command: 'sample', args: [...args, '--map', MAP, '-o', out], watch: out },
     { command: 'sample', args: [...args, '--map', bad, '-o', path.join(dir, 'bad')], watch: path.join(dir, 'bad') },
+    // Beyond the map's (and the training) size: the map is stretched to the image, then rescaled to the latent.
+    { command: 'sample', args: [...args, '--map', MAP, '--height', '80', '--width', '96', '-o', big], watch: big },
   ]);
+  assert.equal(bigRun!.code, 0, bigRun!.stderr);
+  assert.deepEqual((await readImage(path.join(big, 'sample-00000.png'))).shape, [3, 80, 96]);
   assert.equal(ok!.code, 0, ok!.stderr);
   const png = await readImage(path.join(out, 'sample-00000.png'));
   assert.deepEqual(png.shape, [3, 40, 48], 'the output takes the map\'s size');
@@ -155,4 +166,18 @@ test('the rescaler\'s resizing equals torch\'s interpolate on the one-hot map: b
   // Two 2x2 poolings of 4 x 6: 2 x 3, then 1 x 1 pooling only the first 2 x 2 of those (floor sizes).
   const sum = area.data.reduce((a, b) => a + b, 0);
   assert.ok(Math.abs(sum - 1) < 1e-6);
+});
+
+test('semantic_synthesis512 sampled at 1024x1024 (as the paper does) fits the memory budget: the first stage\'s attention is chunked', () => {
+  const file = path.join(import.meta.dirname, 'fixtures', 'reference-configs', 'models', 'ldm', 'semantic_synthesis512', 'config.yaml');
+  const ref = readReferenceConfig(parse(fs.readFileSync(file, 'utf8')), file);
+  const model = new LatentDiffusion(ref.config as LatentDiffusionConfig);
+  // The estimate reads the first stage's architecture only; its weights (211 MB) are not part of this check.
+  const stage = { imageChannels: 3, factor: 4, spec: { kind: 'autoencoder', ddconfig: ref.firstStage!.ddconfig }, params: () => new Map() } as unknown as FirstStage;
+  const GiB = 2 ** 30;
+  // The VQ-f4 decoder's mid-block attends over all 256 x 256 latent positions: whole scores would be 4 x 65,536^2 B = 16 GiB.
+  const decode = firstStageRunBytes(stage, 1, 1024, 1024);
+  assert.ok(decode < 8 * GiB, `first stage at 1024: ${(decode / GiB).toFixed(2)} GiB`);
+  const peak = sampleMemoryBytes({ model, firstStage: stage }, { total: 1, batch: 1, guided: false, height: 1024, width: 1024 });
+  assert.ok(peak > 4 * GiB && peak < 12 * GiB, `sampling at 1024: ${(peak / GiB).toFixed(2)} GiB estimated`);
 });
