@@ -158,8 +158,15 @@ function foreignCopy(dir: string, to: string): string {
     const file = path.join(to, f);
     const json = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
     for (const k of Object.keys(json)) if (k.startsWith('_ldm')) delete json[k];
+    // As runwayml/stable-diffusion-v1-5's model_index.json: a safety checker and feature extractor ldm does not use.
+    if (f === 'model_index.json') Object.assign(json, { safety_checker: ['stable_diffusion', 'StableDiffusionSafetyChecker'], feature_extractor: ['transformers', 'CLIPImageProcessor'] });
     fs.writeFileSync(file, JSON.stringify(json));
   }
+  // ... and its PNDM scheduler config (ldm samples with its own samplers on the schedule it describes).
+  const sched = path.join(to, 'scheduler', 'scheduler_config.json');
+  const s = JSON.parse(fs.readFileSync(sched, 'utf8')) as Record<string, unknown>;
+  delete s.timestep_spacing; // older configs leave it out: diffusers' default is leading
+  fs.writeFileSync(sched, JSON.stringify({ ...s, _class_name: 'PNDMScheduler', skip_prk_steps: true }));
   return to;
 }
 
