@@ -108,7 +108,7 @@ test('ldm sample refuses --tokenizer, --config, a different --prediction and --e
   const q = ['--n', '1', '--steps', '1', '-o', out, '--quiet'];
   const vocab = path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer');
   const cases: [string[], RegExp][] = [
-    [['--ckpt', await text, '--prompt', 'a red circle', '--tokenizer', vocab], /^Error: --tokenizer is for Stable Diffusion's CLIP text encoders, and \S*text\.safetensors has none: its text encoder carries its own tokenizer; leave --tokenizer out$/],
+    [['--ckpt', await text, '--prompt', 'a red circle', '--tokenizer', vocab], /^Error: --tokenizer is for Stable Diffusion's CLIP text encoders and the reference's BERTEmbedder, and \S*text\.safetensors has neither: its text encoder carries its own tokenizer; leave --tokenizer out$/],
     [['--ckpt', await uncond, '--tokenizer', vocab], /^Error: --tokenizer .* it is unconditional; leave --tokenizer out$/],
     [['--ckpt', await uncond, '--config', 'v1-inference.yaml'], /^Error: --config is not used with \S*uncond\.safetensors: an ldm checkpoint records its own config; leave --config out$/],
     [['--ckpt', await uncond, '--prediction', 'v'], /^Error: --prediction v does not apply to \S*uncond\.safetensors: an ldm checkpoint records its parameterization \(eps\); leave --prediction out$/],
