@@ -6,6 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import { float32, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
@@ -88,4 +89,26 @@ test('ldm sample --init-image --strength on an SD file: the reference\'s img2img
   let worst = 0;
   for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(png[i]! - want[i]!));
   assert.ok(worst <= 1.01 / 127.5, `PNG differs from the reference image by ${worst * 127.5} levels`);
+});
+
+test('ldm sample --init-image with a --prompts file, --n and --seed on an SD file: every prompt x n, a grid, reproducible from the seed', async (t) => {
+  const dir = tempDir(t, 'sd-img2img-prompts-');
+  const e = await expected();
+  const initPng = path.join(dir, 'photo.png');
+  await writePng(initPng, chw(e.t.get('init')!));
+  const prompts = path.join(dir, 'prompts.txt');
+  fs.writeFileSync(prompts, 'a horse\n\na photograph of an astronaut\n');
+  const args = (seed: string, out: string) => ['--ckpt', SD1, '--tokenizer', VOCAB, '--prompts', prompts, '--negative', 'blurry', '--init-image', initPng,
+    '--strength', '0.5', '--steps', '4', '--guidance', '5', '--n', '2', '--seed', seed, '-o', out, '--json'];
+  const [a, b, c] = runCommands(dir, ['a', 'b', 'c'].map((o, i) => ({ command: 'sample', args: args(i < 2 ? '5' : '6', path.join(dir, o)), watch: path.join(dir, o) })));
+  for (const r of [a, b, c]) assert.equal(r!.code, 0, r!.stderr);
+  const names = ['sample-00000.png', 'sample-00001.png', 'sample-00002.png', 'sample-00003.png', 'sample-grid.png'];
+  assert.deepEqual(Object.keys(a!.files).sort(), names);
+  assert.deepEqual(b!.files, a!.files, 'the same seed gives the same files');
+  assert.notEqual(c!.files['sample-00000.png'], a!.files['sample-00000.png']);
+  assert.notEqual(a!.files['sample-00000.png'], a!.files['sample-00002.png'], 'the two prompts differ');
+  const json = JSON.parse(a!.stdout) as { n: number; seed: number; guidance: number; steps: number };
+  assert.deepEqual([json.n, json.seed, json.guidance, json.steps], [4, 5, 5, 4]);
+  const grid = await readImage(path.join(dir, 'a', 'sample-grid.png'));
+  assert.ok(grid.shape[2]! >= 2 * 64 && grid.shape[1]! >= 2 * 64, `grid ${grid.shape.join('x')}`);
 });
