@@ -12,7 +12,10 @@ import { float32, toFloat32, type HostTensor } from '../src/engine/host-tensor.j
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { readImage, writePng } from '../src/io/image.js';
+import { parse as parseYaml } from 'yaml';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
+import { readReferenceConfig } from '../src/checkpoint/reference-config.js';
+import type { LatentDiffusionConfig } from '../src/config/ldm-config.js';
 import { ldmFromCheckpoint } from '../src/checkpoint/ldm-checkpoint.js';
 import { ClipTokenizer } from '../src/models/clip-tokenizer.js';
 import { Denoiser } from '../src/sampling/denoiser.js';
@@ -111,4 +114,22 @@ test('ldm sample --init-image --mask on an SD inpainting file: the reference\'s 
   assert.ok(worst <= 1.01 / 127.5, `PNG differs from the reference image by ${worst * 127.5} levels`);
   assert.equal(noImage!.code, 0, noImage!.stderr);
   assert.ok(fs.existsSync(path.join(plain, 'sample-00000.png')));
+});
+
+test('v2-inpainting-inference.yaml (Stability-AI, MIT): LatentInpaintDiffusion read as a 9-channel OpenCLIP model; other concat keys refused', () => {
+  const file = path.join(import.meta.dirname, 'fixtures', 'sd-configs', 'v2-inpainting-inference.yaml');
+  const yaml = parseYaml(fs.readFileSync(file, 'utf8')) as { model: { params: Record<string, unknown> } };
+  const ref = readReferenceConfig(yaml, file);
+  const cfg = ref.config as LatentDiffusionConfig;
+  assert.equal(cfg.conditioning.inpaint, true);
+  assert.equal(cfg.conditioning.text?.encoder, 'open_clip');
+  assert.deepEqual([cfg.unet.in_channels, cfg.unet.out_channels, cfg.unet.context_dim], [9, 4, 1024]);
+  assert.equal(cfg.parameterization, 'eps');
+  assert.equal(ref.scaleFactor, 0.18215);
+  const other = structuredClone(yaml);
+  other.model.params.concat_keys = ['masked_image', 'mask'];
+  assert.throws(() => readReferenceConfig(other, file), /concat_keys: .*not implemented; ldm implements LatentInpaintDiffusion's default \[mask, masked_image\]/);
+  const cross = structuredClone(yaml);
+  cross.model.params.conditioning_key = 'crossattn';
+  assert.throws(() => readReferenceConfig(cross, file), /conditioning_key: .*crossattn.* with LatentInpaintDiffusion is not implemented/);
 });
