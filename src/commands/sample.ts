@@ -26,6 +26,8 @@ export default class Sample extends LdmCommand<typeof Sample> {
     '<%= config.bin %> sample --ckpt txt.safetensors --prompt "a blue square" --init-image in.png --mask mask.png -o out/',
     '<%= config.bin %> sample --ckpt sem.safetensors --map labels.png --height 64 --width 64 -o out/',
     '<%= config.bin %> sample --ckpt sd15.safetensors --tokenizer clip-vit-large-patch14/tokenizer --prompt "an astronaut riding a horse" --steps 20 --guidance 7.5 --height 512 --width 512 -o out/',
+    '<%= config.bin %> sample --ckpt txt2img-f8-large.ckpt --config txt2img-1p4B-eval.yaml --tokenizer bert-base-uncased/vocab.txt --prompt "a virus monster is playing guitar, oil on canvas" --guidance 5 -o out/',
+    '<%= config.bin %> sample --ckpt cin256-v2.ckpt --config cin256-v2.yaml --labels imagenet_clsidx_to_label.txt --class "tiger shark" --guidance 3 -o out/',
     '<%= config.bin %> sample --ckpt sd15.safetensors --tokenizer clip-vit-large-patch14/tokenizer --lora style.safetensors:0.8 --embedding my-style.pt --prompt "a castle, my-style" -o out/',
   ];
   static override flags = {
