@@ -369,3 +369,15 @@ test('ldm convert --tokenizer is refused for a single-file output; a folder with
   const single = splitPrefix((await loadAnyCheckpoint(path.join(dir, 'pipe'))).params, UNET);
   assert.ok(single.size > 0);
 });
+
+test('an SD text encoder alone (--part cond_stage) is a transformers CLIPTextModel folder, and comes back byte for byte', async (t) => {
+  const dir = tempDir(t, 'sd-text-');
+  const p = (n: string) => path.join(dir, n);
+  await convertCheckpoint(await sd2File(dir), p('text.safetensors'), { part: 'cond_stage', heads: SD2_HEADS });
+  await convertCheckpoint(p('text.safetensors'), p('text'), {});
+  const config = JSON.parse(fs.readFileSync(p('text/config.json'), 'utf8')) as Record<string, unknown>;
+  assert.deepEqual([config.architectures, config.hidden_act, config.num_hidden_layers], [['CLIPTextModel'], 'gelu', 1]);
+  assert.deepEqual(fs.readdirSync(p('text')).sort(), ['config.json', 'ldm_last_block.safetensors', 'model.safetensors']);
+  await convertCheckpoint(p('text'), p('back.safetensors'), {});
+  assert.ok(fs.readFileSync(p('text.safetensors')).equals(fs.readFileSync(p('back.safetensors'))));
+});

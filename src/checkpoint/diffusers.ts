@@ -588,6 +588,12 @@ async function writeContent(dir: string, m: ModelContent, written: string[], opt
       return;
     }
     case 'cond_stage': {
+      const text = m.config.conditioning.text;
+      // Stable Diffusion's text encoder alone: a transformers CLIPTextModel folder, as a pipeline's text_encoder/.
+      if (text && isClipText(text)) {
+        await writeTextEncoder(dir, '', text.encoder === 'clip' ? 'sd1' : 'sd2', text, m.params, written, { [LDM_CONFIG_KEY]: m.config, ...stepped });
+        return;
+      }
       const { className, config } = condStageToDiffusers(m.config, textVocab(m.params, ''));
       await writeModel(dir, className, { ...config, [LDM_CONFIG_KEY]: m.config, ...stepped }, m.params);
       written.push('config.json', WEIGHTS_FILE);
@@ -628,7 +634,7 @@ async function writePipeline(
   const cond = splitPrefix(params, COND_PREFIX);
   const sd = sdTextKind(cfg);
   if (sd) {
-    await writeTextEncoder(dir, sd, cfg, cond, written);
+    await writeTextEncoder(path.join(dir, 'text_encoder'), 'text_encoder/', sd, cfg.conditioning.text!, cond, written);
     components.text_encoder = ['transformers', 'CLIPTextModel'];
     if (opts.tokenizer !== undefined) {
       await copyTokenizer(opts.tokenizer, path.join(dir, 'tokenizer'), sd, written);
@@ -668,18 +674,19 @@ function torchDtype(params: ReadonlyMap<string, HostTensor>): string {
 }
 
 /** text_encoder/: transformers' CLIPTextModel (config.json, model.safetensors), plus SD 2.x's last block for ldm. */
-async function writeTextEncoder(dir: string, kind: SdTextKind, cfg: LatentDiffusionConfig, cond: ReadonlyMap<string, HostTensor>, written: string[]): Promise<void> {
-  const text = cfg.conditioning.text!;
+async function writeTextEncoder(
+  out: string, sub: string, kind: SdTextKind, text: NonNullable<LatentDiffusionConfig['conditioning']['text']>, cond: ReadonlyMap<string, HostTensor>,
+  written: string[], ours: Json = {},
+): Promise<void> {
   const { params, extra } = textEncoderToDiffusers(kind, cond);
   const fc1 = params.get('text_model.encoder.layers.0.mlp.fc1.weight') ?? extra.get(`transformer.resblocks.0.mlp.c_fc.weight`);
-  const out = path.join(dir, 'text_encoder');
   await fsp.mkdir(out, { recursive: true });
-  await writeJson(path.join(out, 'config.json'), textEncoderConfig(kind, text, fc1?.shape[0] ?? 4 * text.dim, torchDtype(params)));
+  await writeJson(path.join(out, 'config.json'), { ...textEncoderConfig(kind, text, fc1?.shape[0] ?? 4 * text.dim, torchDtype(params)), ...ours });
   await writeSafetensors(path.join(out, TEXT_WEIGHTS_FILE), params, { format: 'pt' });
-  written.push('text_encoder/config.json', `text_encoder/${TEXT_WEIGHTS_FILE}`);
+  written.push(`${sub}config.json`, `${sub}${TEXT_WEIGHTS_FILE}`);
   if (extra.size > 0) {
     await writeSafetensors(path.join(out, SD2_LAST_BLOCK_FILE), extra, { format: 'pt' });
-    written.push(`text_encoder/${SD2_LAST_BLOCK_FILE}`);
+    written.push(`${sub}${SD2_LAST_BLOCK_FILE}`);
   }
 }
 
@@ -725,6 +732,13 @@ function stepOf(v: unknown): number {
 
 /** One model folder -> an autoencoder, UNet or cond stage with our names. */
 async function readModelFolder(dir: string, notes: string[]): Promise<DiffusersRead> {
+  const peek = await readJson(path.join(dir, 'config.json'));
+  if (Array.isArray(peek.architectures) && SD_TEXT_CLASSES.includes(String(peek.architectures[0]))) {
+    const t = await readSdTextEncoder(dir, '', notes);
+    const stored = t.config[LDM_CONFIG_KEY];
+    const config = (stored ?? { conditioning: t.conditioning, context_dim: t.contextDim }) as CondStageConfig;
+    return { model: { kind: 'cond_stage', config, params: t.params, step: stepOf(t.config._ldm_step), metadata: metadataOf(t.config[LDM_METADATA_KEY]) }, unused: t.unused };
+  }
   const m = await readDiffusersModel(dir);
   const where = path.join(dir, 'config.json');
   const step = stepOf(m.config._ldm_step);
@@ -796,7 +810,9 @@ async function editedScheduler(cfg: LatentDiffusionConfig, file: string, notes: 
  * A pipeline's CLIPTextModel as Stable Diffusion's text encoder: weights under our names (after `cond_stage_model.`),
  * the conditioning they make (heads from config.json) and what was left unused.
  */
-async function readSdTextEncoder(dir: string, name: string, notes: string[]): Promise<{ params: Map<string, HostTensor>; conditioning: Json; contextDim: number; unused: string[] }> {
+async function readSdTextEncoder(
+  dir: string, name: string, notes: string[],
+): Promise<{ params: Map<string, HostTensor>; conditioning: Json; contextDim: number; unused: string[]; config: Json }> {
   const folder = path.join(dir, name);
   const m = await readDiffusersModel(folder, 'model');
   const { kind, heads } = textEncoderKind(m.config, path.join(folder, 'config.json'));
@@ -810,7 +826,10 @@ async function readSdTextEncoder(dir: string, name: string, notes: string[]): Pr
   const text = (inferred.conditioning.text ?? {}) as Json;
   const dim = int(text, 'dim', folder);
   if (dim % heads !== 0) fail(path.join(folder, 'config.json'), `num_attention_heads ${heads} does not divide hidden_size ${dim}`);
-  return { params: r.params, conditioning: { ...inferred.conditioning, text: { ...text, heads, dim_head: dim / heads } }, contextDim: dim, unused: r.unused.map((u) => `${name}/${u}`) };
+  return {
+    params: r.params, conditioning: { ...inferred.conditioning, text: { ...text, heads, dim_head: dim / heads } }, contextDim: dim,
+    unused: r.unused.map((u) => (name ? `${name}/${u}` : u)), config: m.config,
+  };
 }
 
 /**
