@@ -72,6 +72,10 @@ test('WordPiece: a missing or wrong vocabulary is one line saying where vocab.tx
   fs.writeFileSync(bad, '[PAD]\n[UNK]\nhello\n');
   assert.throws(() => WordPieceTokenizer.load(bad), /is not a BERT vocab\.txt: it lacks \[CLS\], \[SEP\]/);
   assert.equal(WordPieceTokenizer.looksLikeVocab(VOCAB), true);
+  const renamed = path.join(dir, 'bert-words.txt');
+  fs.copyFileSync(VOCAB, renamed);
+  assert.equal(WordPieceTokenizer.looksLikeVocab(renamed), true, 'told by its content, not its name');
+  assert.equal(WordPieceTokenizer.looksLikeVocab(path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer', 'merges.txt')), false);
   assert.equal(WordPieceTokenizer.looksLikeVocab(path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer')), false, 'a CLIP folder');
 });
 

@@ -120,12 +120,22 @@ export class WordPieceTokenizer {
     return WordPieceTokenizer.fromVocabText(fs.readFileSync(vocabFile, 'utf8'), vocabFile);
   }
 
-  /** True when `file` names a WordPiece vocabulary (vocab.txt, or a folder with vocab.txt and no CLIP vocab.json). */
+  /**
+   * True when `file` is a WordPiece vocabulary: a folder with vocab.txt and no CLIP vocab.json, or a text file whose
+   * first lines hold BERT's special tokens (a CLIP merges file starts `#version`, a gzip file with its magic bytes).
+   */
   static looksLikeVocab(file: string): boolean {
     try {
       const stat = fs.statSync(file);
       if (stat.isDirectory()) return fs.existsSync(path.join(file, 'vocab.txt')) && !fs.existsSync(path.join(file, 'vocab.json'));
-      return path.basename(file).toLowerCase().endsWith('vocab.txt') && !file.endsWith('.gz');
+      const fd = fs.openSync(file, 'r');
+      try {
+        const head = Buffer.alloc(4096);
+        const n = fs.readSync(fd, head, 0, head.length, 0);
+        return /^\[(PAD|UNK|CLS|SEP)\]\r?$/m.test(head.subarray(0, n).toString('utf8'));
+      } finally {
+        fs.closeSync(fd);
+      }
     } catch {
       return false;
     }
