@@ -4,7 +4,9 @@
  * our autoencoder configs, UNet2DConditionModel (spatial transformers) / UNet2DModel (legacy attention) <-> our UNet
  * configs, a scheduler config <-> our schedule and parameterization. Weights go through the key maps of diffusers-key-maps.ts.
  * What diffusers has no place for (our training settings, the reference's class and text encoders) travels in
- * `_ldm*` entries and ldm's own `cond_stage` component, so ldm -> diffusers -> ldm is exact.
+ * `_ldm*` entries and ldm's own `cond_stage` component, so ldm -> diffusers -> ldm is exact. Stable Diffusion models
+ * are StableDiffusionPipeline folders: text_encoder/ is transformers' CLIPTextModel (clip-text-keys.ts), tokenizer/
+ * the user's CLIP BPE files, and scheduler_config.json's timestep spacing rides in the config's sample section.
  */
 import { promises as fsp } from 'node:fs';
 import * as fs from 'node:fs';
