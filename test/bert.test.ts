@@ -62,6 +62,7 @@ test('WordPiece: tokens and the 77 input ids of 20 strings are the reference tok
   const crlf = WordPieceTokenizer.fromVocabText(fs.readFileSync(VOCAB, 'utf8').replace(/\n/g, '\r\n'));
   assert.deepEqual(crlf.sequence(fixture.cases[3]!.text), fixture.cases[3]!.input_ids);
   assert.deepEqual(WordPieceTokenizer.load(DIR).sequence('a cat'), tok.sequence('a cat'));
+  assert.deepEqual(tok.unknownWords('a snow\u2603man [UNK] and 中国人, 100'), ['snow\u2603man', '人', '100']);
 });
 
 test('WordPiece: a missing or wrong vocabulary is one line saying where vocab.txt comes from', (t) => {
@@ -120,6 +121,9 @@ test('txt2img with BERT: the reference\'s guided DDIM (the empty prompt as the u
     const c = ldm.model.conditioner;
     const cond = c.feeds({ captions: [e.meta.prompt!] }, 1, 8, 8);
     const uncond = c.nullFeeds(1, 8, 8);
+    assert.deepEqual(c.promptWarnings!([e.meta.prompt!, 'a snow\u2603man'], 'x'.repeat(101)), [
+      `words the BERT vocabulary cannot spell, which the text encoder reads as [UNK]: "snow\u2603man", "${'x'.repeat(101)}"`,
+    ]);
     assert.deepEqual([...cond[COND_TOKENS]!.data], [...toFloat32(e.t.get('bert.tokens')!).subarray(0, 77)]);
     assert.deepEqual([...uncond[COND_TOKENS]!.data], [...toFloat32(e.t.get('bert.tokens')!).subarray(154)], 'the empty prompt');
     const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');

@@ -333,7 +333,11 @@ class BertTextConditioning implements Conditioner {
     const keep = this.maxLen - 2;
     const counted = promptTexts(prompts, negative).map((t) => ({ ...t, tokens: this.tokenizer!.encode(t.text).length }));
     const cut = truncationWarning(counted.filter((t) => t.tokens > keep).map((t) => ({ ...t, dropped: t.tokens - keep })), this.maxLen);
-    return cut === undefined ? [] : [cut];
+    const unknown = [...new Set(counted.flatMap((t) => this.tokenizer!.unknownWords(t.text)))];
+    return [
+      ...(cut === undefined ? [] : [cut]),
+      ...(unknown.length > 0 ? [`words the BERT vocabulary cannot spell, which the text encoder reads as [UNK]: ${listWords(unknown)}`] : []),
+    ];
   }
 }
 

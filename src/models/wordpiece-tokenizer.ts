@@ -158,6 +158,15 @@ export class WordPieceTokenizer {
     return out;
   }
 
+  /** The words of `text` (as normalised) that become [UNK]: a character the vocabulary lacks, or over 100 characters. */
+  unknownWords(text: string): string[] {
+    const out = new Set<string>();
+    for (const [i, part] of text.split(this.specialPattern).entries()) {
+      if (i % 2 === 0) for (const word of bertWords(normalizeBertText(part))) if (this.wordPieces(word)[0] === '[UNK]') out.add(word);
+    }
+    return [...out];
+  }
+
   /** Ids of `text` without [CLS] / [SEP], uncut. */
   encode(text: string): number[] {
     return this.tokenize(text).map((t) => this.ids.get(t) ?? this.unk);
