@@ -18,6 +18,7 @@ import { relErr } from './helpers/tensors.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { readImage } from '../src/io/image.js';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
+import { inferConditioning } from '../src/checkpoint/reference-config.js';
 import { ldmFromCheckpoint, type LoadedLdm } from '../src/checkpoint/ldm-checkpoint.js';
 import { WordPieceTokenizer } from '../src/models/wordpiece-tokenizer.js';
 import { TextEncoder } from '../src/models/text-encoder.js';
@@ -78,6 +79,20 @@ test('WordPiece: a missing or wrong vocabulary is one line saying where vocab.tx
   assert.equal(WordPieceTokenizer.looksLikeVocab(renamed), true, 'told by its content, not its name');
   assert.equal(WordPieceTokenizer.looksLikeVocab(path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer', 'merges.txt')), false);
   assert.equal(WordPieceTokenizer.looksLikeVocab(path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer')), false, 'a CLIP folder');
+});
+
+test('a reference .ckpt without its YAML: a 30522-token TransformerWrapper is read as a BERTEmbedder, any other as ldm\'s own', () => {
+  const shapes = (vocab: number): Map<string, HostTensor> => new Map([
+    ['transformer.token_emb.weight', [vocab, 16]], ['transformer.pos_emb.emb.weight', [77, 16]],
+    ['transformer.attn_layers.layers.0.1.to_q.weight', [512, 16]], ['transformer.attn_layers.layers.1.1.net.2.weight', [16, 64]],
+  ].map(([k, shape]) => [k as string, float32(shape as number[], new Float32Array((shape as number[]).reduce((a, b) => a * b)))]));
+  const notes: string[] = [];
+  const bert = inferConditioning(shapes(30522), { in_channels: 4, out_channels: 4 }, notes);
+  assert.deepEqual(bert.conditioning, { type: 'text', text: { encoder: 'bert', vocab_size: 30522, dim: 16, depth: 1, heads: 8, dim_head: 64, max_len: 77 } });
+  assert.match(notes[0]!, /bert-base-uncased's: read as the reference's BERTEmbedder; give its vocab\.txt with --tokenizer/);
+  const own = inferConditioning(shapes(8192), { in_channels: 4, out_channels: 4 }, []).conditioning as { text: Record<string, unknown> };
+  assert.equal(own.text.encoder, undefined);
+  assert.equal(own.text.max_len, 77);
 });
 
 async function open(executor: OnnxExecutor): Promise<LoadedLdm> {
