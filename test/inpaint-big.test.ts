@@ -46,7 +46,7 @@ test('inpainting_big\'s config reads as concat conditioning on the masked image 
   assert.ok(ckpt.source.notes.some((n) => /__is_first_stage__: the condition is the masked --init-image/.test(n)), ckpt.source.notes.join('\n'));
 });
 
-test('the condition, the DDIM sample and the pasted result match the reference\'s scripts/inpaint.py', async () => {
+test('the condition, the DDIM sample and the pasted result match the reference\'s scripts/inpaint.py', async (t) => {
   const e = await expected();
   const executor = new OnnxExecutor({ threads: 1 });
   const ldm = await ldmFromCheckpoint(await loadAnyCheckpoint(CKPT, { config: YAML }), CKPT, executor);
@@ -70,6 +70,7 @@ test('the condition, the DDIM sample and the pasted result match the reference\'
     const got = toFloat32(out.images).map((v) => (v + 1) / 2);
     const imgErr = relErr(got, e.t.get('inpainted')!);
     assert.ok(imgErr < 1e-4, `inpainted image relative error ${imgErr}`);
+    t.diagnostic(`relative errors: condition ${condErr.toExponential(2)}, latent ${latentErr.toExponential(2)}, inpainted ${imgErr.toExponential(2)}`);
     // Kept pixels are the photo's own.
     const m = toFloat32(mask);
     const p = toFloat32(photo);

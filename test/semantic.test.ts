@@ -57,7 +57,7 @@ test('the released semantic config reads as a semantic model with the SpatialRes
   assert.equal(ckpt.config.conditioning.num_classes, 182);
 });
 
-test('the map reads as the data code reads it, and the condition and a DDIM sample match the reference', async () => {
+test('the map reads as the data code reads it, and the condition and a DDIM sample match the reference', async (t) => {
   const e = await expected();
   const map = await readSegmentationMap(MAP, 182);
   assert.deepEqual([...map.data as Int32Array], [...toFloat32(e.t.get('map')!)].map(Math.round));
@@ -92,6 +92,7 @@ test('the map reads as the data code reads it, and the condition and a DDIM samp
     assert.ok(err < 1e-4, `DDIM latent relative error ${err}`);
     const img = relErr(toFloat32(await ldm.firstStage.decode(e.t.get('latent')!)), e.t.get('image')!);
     assert.ok(img < 1e-4, `decoded image relative error ${img}`);
+    t.diagnostic(`relative errors: condition ${condErr.toExponential(2)}, latent ${err.toExponential(2)}, image ${img.toExponential(2)}`);
   } finally {
     await denoiser.dispose();
     await ldm.firstStage.dispose();
