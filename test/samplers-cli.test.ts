@@ -61,7 +61,7 @@ test('bad sampler names and combinations get one clear line', () => {
   assert.equal(resolveSampleSettings(sample, {}, inputs).spacing, 'uniform');
 
   const sched = new NoiseSchedule({ schedule: 'linear', timesteps: 100, linearStart: 0.0015, linearEnd: 0.0195 });
-  for (const name of ['ddim', 'euler', 'unipc'] as const) assert.throws(() => createSampler(name, sched, { steps: 200 }), /steps must be an integer in 1\.\.100, got 200/);
+  for (const name of ['ddpm', 'ddim', 'plms', 'euler', 'unipc'] as const) assert.throws(() => createSampler(name, sched, { steps: 200 }), /^Error: steps must be an integer in 1\.\.100 \(the model's schedule has 100 timesteps\), got 200$/);
   assert.throws(() => createSampler('plms', sched, { steps: 10, schedule: 'karras' }), /karras schedule is for the sigma samplers/);
 });
 

@@ -170,3 +170,22 @@ test('img2img in sigma space starts at the step that keeps strength x steps, noi
     assert.ok(Math.abs(ds.tToSigma(seen[0]!.t) / s - 1) < 1e-9, `${name}: starts at sigma ${s}`);
   }
 });
+
+test('inpainting with two-call and SDE samplers keeps the known region and samples the rest from the mixture', async () => {
+  for (const name of ['heun', 'dpmpp-sde', 'dpmpp-2m-sde'] as const) {
+    const n = 2000;
+    const sampler = createSampler(name, sched, { steps: 30, schedule: 'karras' });
+    const known = Float32Array.from({ length: n * 2 }, (_, j) => (j % 2 === 0 ? 0.25 : 0));
+    const mask = new Float32Array([1, 0]);
+    const seen: { t: number; x: Float32Array }[] = [];
+    const x = await sampleLatents({ shape: [n, 2, 1, 1], model: recordingModel('eps', seen), schedule: sched, sampler, guidance: 1, rng: new Rng(4), inpaint: { x0: known, mask } });
+    assert.equal(seen.length, sampler.timesteps.length);
+    let inA = 0;
+    for (let i = 0; i < n; i++) {
+      assert.equal(x[2 * i], known[2 * i], `${name}: known value kept`);
+      if (x[2 * i + 1]! < -0.25) inA++;
+    }
+    // The free half follows the mixture: 30% in the component at -2.
+    assert.ok(Math.abs(inA / n - 0.3) < 0.05, `${name}: ${inA / n} of the free values near -2`);
+  }
+});

@@ -8,7 +8,7 @@ import type { Prediction } from './prediction.js';
 import type { Rng } from '../util/random.js';
 import { checkStrength, type Sampler } from './sampler.js';
 import { SAMPLER_NAMES, isSigmaSampler, scheduleError, type SamplerName, type SigmaSamplerName } from './sampler-names.js';
-import { spacedTimesteps, type Spacing } from './spacing.js';
+import { checkSteps, spacedTimesteps, type Spacing } from './spacing.js';
 import { DiscreteSigmas, samplerSigmas, type SigmaSchedule } from './sigma-schedule.js';
 import {
   Dpm2AncestralSampler, Dpm2Sampler, DpmPP2MSampler, DpmPP2MSdeSampler, DpmPP2SAncestralSampler, DpmPPSdeSampler,
@@ -215,6 +215,7 @@ export function createSigmaSampler(name: SigmaSamplerName, sched: NoiseSchedule,
 
 export function createSampler(name: SamplerName, sched: NoiseSchedule, opts: SamplerOptions): Sampler {
   const schedule = opts.schedule ?? 'default';
+  checkSteps(sched.T, opts.steps);
   if (isSigmaSampler(name)) {
     const ds = new DiscreteSigmas(sched);
     const sigmas = samplerSigmas(ds, opts.steps, { schedule, spacing: opts.spacing ?? 'linspace', stepsOffset: opts.stepsOffset ?? 0 });

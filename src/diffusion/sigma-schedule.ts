@@ -5,7 +5,7 @@
  * exponential. Also Lin et al. (2023)'s rescale to zero terminal SNR.
  */
 import { NoiseSchedule } from './schedule.js';
-import { spacedTimesteps, type Spacing } from './spacing.js';
+import { checkSteps, spacedTimesteps, type Spacing } from './spacing.js';
 
 export const SIGMA_SCHEDULES = ['default', 'karras', 'exponential'] as const;
 export type SigmaSchedule = (typeof SIGMA_SCHEDULES)[number];
@@ -65,7 +65,7 @@ export interface SigmaScheduleOptions {
 /** Descending sigmas of `steps` model calls with a final 0 appended (k-diffusion's append_zero). */
 export function samplerSigmas(ds: DiscreteSigmas, steps: number, o: SigmaScheduleOptions): number[] {
   const T = ds.sigmas.length;
-  if (!Number.isInteger(steps) || steps < 1 || steps > T) throw new Error(`steps must be an integer in 1..${T}, got ${steps}`);
+  checkSteps(T, steps);
   const ramp = (i: number) => (steps > 1 ? i / (steps - 1) : 0);
   let sigmas: number[];
   switch (o.schedule) {

@@ -11,9 +11,14 @@ export type Spacing = (typeof SPACINGS)[number];
  * (round(arange(T, 0, -T / S)) - 1) and linspace (round(linspace(0, T - 1, S))).
  */
 export function spacedTimesteps(T: number, steps: number, spacing: Spacing = 'uniform', stepsOffset = 0): number[] {
-  if (!Number.isInteger(steps) || steps < 1 || steps > T) throw new Error(`steps must be an integer in 1..${T}, got ${steps}`);
+  checkSteps(T, steps);
   const ts = rawTimesteps(T, steps, spacing, stepsOffset);
   return [...new Set(ts.map((t) => Math.max(0, Math.min(t, T - 1))))].sort((a, b) => a - b);
+}
+
+/** A sampler takes at most one step per timestep of the model's schedule. */
+export function checkSteps(T: number, steps: number): void {
+  if (!Number.isInteger(steps) || steps < 1 || steps > T) throw new Error(`steps must be an integer in 1..${T} (the model's schedule has ${T} timesteps), got ${steps}`);
 }
 
 function rawTimesteps(T: number, steps: number, spacing: Spacing, stepsOffset: number): number[] {
