@@ -2,6 +2,7 @@
  * LDM benchmark (issue 14): DDIM sampling of the reference latent UNet (src/models/unet/bench-config.ts) through our
  * sampling loop beside the PyTorch peer (../shared/peers/torch_unet_step.py ... sample) in the same run, and the
  * training and sampling images/s of each LDM config in the zoo, on random latents and conditions.
+ * Then the sampling images/s of a zoo text model with and without a merged LoRA (`--lora` costs nothing after loading).
  * Writes bench/results/ldm.json (with --quick: ldm-quick.json) and prints tables.  Usage: npm run bench:ldm [-- --quick]
  */
 import os from 'node:os';
@@ -29,6 +30,7 @@ import { Tokenizer } from '../src/models/tokenizer.js';
 import { COLOURS, POSITIONS, SHAPE_KINDS, SIZES, makeCaption } from '../src/data/shapes.js';
 import { Denoiser } from '../src/sampling/denoiser.js';
 import { runPeer, table, timeIt, writeResults, type PeerResult } from './util.js';
+import { benchLoraSampling } from './lora-speed.js';
 
 const quick = process.argv.slice(2).includes('--quick');
 const threads = os.availableParallelism();
@@ -283,6 +285,28 @@ console.log(table(configs.map((r) => ('skipped' in r
     config: r.name, conditioning: r.conditioning, latent: r.latent.join('x'), 'train batch': String(r.train.batch), 'train img/s': r.train.images_per_s,
     guidance: String(r.sample.guidance), 'sample img/s': r.sample.images_per_s,
   }))));
+
+// ---------------------------------------------------------------- 3. --lora after loading: the same speed
+
+{
+  const entry = listZoo().find((e) => e.kind === 'ldm' && e.name === 'quickstart')!;
+  const cfg = loadConfig(entry.path, 'ldm').config;
+  const rng = new Rng(0);
+  const text = cfg.conditioning.text!;
+  const model = new LatentDiffusion(cfg, { tokenizer: Tokenizer.fromCorpus(randomCaptions(rng, 512), { maxLen: text.max_len, ...(text.max_words !== undefined ? { maxWords: text.max_words } : {}) }) });
+  const h = cfg.data.size / firstStageFactor(entry.name, cfg);
+  const r = await benchLoraSampling(executor, {
+    model, config: cfg, params: model.initialize(rng), latent: [cfg.unet.out_channels, h, h], conditions: (n) => randomConditions(cfg, n, rng),
+    batch: SAMPLE_BATCH, steps: cfgSampleSteps, guidance: GUIDANCE, rounds: Math.max(2, cfgSampleRuns),
+  });
+  results.lora = { config: entry.name, ...r, note: `a random rank-${r.rank} LoRA merged into ${r.layers} layers (attention, feed-forward, text encoder) as ldm sample --lora does; DDIM ${cfgSampleSteps} steps, batch ${SAMPLE_BATCH}, guidance ${GUIDANCE}, the two sides interleaved, best of each` };
+  console.log(`\n--lora after loading (${entry.name}, rank ${r.rank} on ${r.layers} layers, merged in ${r.merge_ms.toFixed(0)} ms)\n`);
+  console.log(table([
+    { weights: 'base', 'sample img/s': r.without.images_per_s },
+    { weights: 'base + LoRA (merged)', 'sample img/s': r.with.images_per_s },
+  ]));
+  console.log(`with / without: ${r.ratio.toFixed(3)}`);
+}
 
 (results.machine as Record<string, unknown>).load_average_end = os.loadavg()[0];
 const file = await writeResults(quick ? 'ldm-quick' : 'ldm', results);

@@ -53,7 +53,7 @@ async function run(ldm: LoadedLdm, e: Map<string, HostTensor>, executor: OnnxExe
 
 async function withLdm<T>(loras: string[], fn: (ldm: LoadedLdm, executor: OnnxExecutor) => Promise<T>, opts: { partial?: boolean; file?: string } = {}): Promise<T> {
   const executor = new OnnxExecutor({ threads: 1 });
-  const ldm = await readLdmCheckpoint(opts.file ?? SD1, executor, { tokenizer: VOCAB, loras: loras.map(parseLoraSpec), ...(opts.partial ? { loraPartial: true } : {}) });
+  const ldm = await readLdmCheckpoint(opts.file ?? SD1, executor, { tokenizer: VOCAB, adapters: { loras: loras.map(parseLoraSpec), ...(opts.partial ? { loraPartial: true } : {}) } });
   try {
     return await fn(ldm, executor);
   } finally {

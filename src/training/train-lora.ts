@@ -26,6 +26,7 @@ import { TimestepSampler } from '../diffusion/timestep-sampling.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import type { RunDir } from '../io/run-dir.js';
 import { INPUT_T, INPUT_TARGET, INPUT_X } from '../models/latent-diffusion.js';
+import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 import { Slots } from '../models/unet/layers.js';
 import type { Conditions } from '../models/conditioning.js';
 import { readLdmCheckpoint, type LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
@@ -142,7 +143,7 @@ class LoraAdapters extends Slots {
 }
 
 /** Which of the base's layers get adapters, by kohya name: one name per weight (diffusers names before ldm's). */
-export function loraTrainingTargets(ldm: Pick<LoadedLdm, 'config' | 'params'>, textEncoder: boolean): Map<string, string> {
+export function loraTrainingTargets(ldm: { config: LatentDiffusionConfig; params: ReadonlyMap<string, HostTensor> }, textEncoder: boolean): Map<string, string> {
   const out = new Map<string, string>();
   const taken = new Set<string>();
   for (const [key, t] of loraTargets(ldm.config, ldm.params)) {
