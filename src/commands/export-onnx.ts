@@ -10,10 +10,16 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
   static override description =
     'The file runs in any ONNX Runtime (Python, C++, the browser). Shapes are fixed at export: choose the batch and size. '
     + 'Autoencoders export their encoder (image -> latent, the posterior mean for KL) or decoder (latent -> image, VQ quantising inside); '
-    + 'diffusion models export their UNet (x, t, and context and/or y where the model is conditioned).';
+    + 'diffusion models export their UNet (x, t, and context and/or y where the model is conditioned). '
+    + 'A Stable Diffusion file (single file, .ckpt with --config, diffusers folder) exports each network: --part unet, decoder (the VAE\'s), '
+    + 'encoder or text-encoder (input_ids int32 [batch, 77] -> context [batch, 77, width]). '
+    + 'Weights over 1.5 GiB (SD\'s UNet), or any with --external-data, are written as ONNX external data: OUTPUT holds the graph and '
+    + 'OUTPUT.data beside it the float32 weights (each at a 4096-byte-aligned offset); keep the two together and load the .onnx by its path.';
   static override examples = [
     '<%= config.bin %> export-onnx runs/ae/model.safetensors -o decoder.onnx --part decoder --height 256',
     '<%= config.bin %> export-onnx runs/ldm/model.safetensors -o unet.onnx --batch 2',
+    '<%= config.bin %> export-onnx sd15.safetensors -o sd-unet.onnx --part unet --batch 2 --height 64   # writes sd-unet.onnx and sd-unet.onnx.data',
+    '<%= config.bin %> export-onnx sd15.safetensors -o sd-text.onnx --part text-encoder',
   ];
   static override args = {
     ckpt: Args.string({ required: true, description: 'Checkpoint (ldm .safetensors, reference .ckpt, diffusers folder).' }),
@@ -22,26 +28,27 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
     ...unsafePickleFlags,
     ...loraFlags,
     output: Flags.string({ char: 'o', required: true, summary: 'The .onnx file to write.' }),
-    part: Flags.option({ options: EXPORT_PARTS, summary: 'encoder or decoder (autoencoders; default decoder), unet (diffusion models).' })(),
+    part: Flags.option({ options: EXPORT_PARTS, summary: 'encoder or decoder (autoencoders; default decoder), unet (diffusion models); SD files also encoder, decoder, text-encoder.' })(),
     batch: integerFlag({ min: 1, max: LIMITS.batch, default: 1, summary: 'Batch size baked into the graph.' }),
     height: integerFlag({ min: 1, max: LIMITS.side, summary: 'Image height (autoencoders) or latent height (UNet); default: the training size.' }),
     width: integerFlag({ min: 1, max: LIMITS.side, summary: 'Width; default: the height.' }),
     'context-tokens': integerFlag({ min: 1, max: 4096, default: 77, summary: 'Context length for a cross-attention UNet.' }),
     config: Flags.string({ summary: 'Config for checkpoints whose weights do not say everything (reference .ckpt).' }),
     force: Flags.boolean({ summary: 'Overwrite the output if it exists.' }),
+    'external-data': Flags.boolean({ summary: 'Write the weights to OUTPUT.data (ONNX external data) even when they would fit in the .onnx.' }),
   };
 
   async run(): Promise<void> {
     const f = this.flags;
     await this.checkOutput(f.output, 'file', '--output');
     const r = await exportOnnx(this.args.ckpt, f.output, {
-      batch: f.batch, contextTokens: f['context-tokens'], force: f.force, onWarning: (w) => this.warning(w),
+      batch: f.batch, contextTokens: f['context-tokens'], force: f.force, externalData: f['external-data'], onWarning: (w) => this.warning(w),
       ...(f.part ? { part: f.part } : {}), ...(f.height ? { height: f.height } : {}), ...(f.width ? { width: f.width } : {}),
       ...(f.config ? { config: f.config } : {}),
       ...definedOnly({ adapters: adaptersFromFlags(f) }),
     });
     this.result(r, (v: ExportResult) => [
-      `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB`,
+      `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB${v.data ? `, weights in ${v.data} (${((v.dataBytes ?? 0) / 1e6).toFixed(2)} MB)` : ''}`,
       ...v.inputs.map((i) => `  input  ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
       ...v.outputs.map((i) => `  output ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
     ].join('\n'));
