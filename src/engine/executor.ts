@@ -29,11 +29,20 @@ export interface StepSpec {
   readonly update: (grads: readonly Tensor[]) => Readonly<Record<string, Tensor>>;
 }
 
+/** How a program is compiled (hints an executor may ignore). */
+export interface CompileOptions {
+  /**
+   * Give the activations back after each run instead of keeping them for the next (no memory arena, no planned
+   * memory pattern): for full-size models, whose activations are gigabytes and whose runs take seconds.
+   */
+  releaseActivations?: boolean;
+}
+
 export interface Executor {
   readonly name: BackendName;
   /** One line: what runs and on how many threads / which device. */
   readonly description: string;
-  compile(graph: Graph, outputs: Readonly<Record<string, Tensor>>): Promise<Program>;
+  compile(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts?: CompileOptions): Promise<Program>;
   compileStep(graph: Graph, spec: StepSpec): Promise<Program>;
   dispose(): Promise<void>;
 }

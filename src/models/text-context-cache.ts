@@ -69,7 +69,8 @@ export async function precomputeTextContexts(
   bindParams(g, module, splitPrefix(params, COND_PREFIX), 'const');
   const out = trace(g, () => conditioner.apply(conditioner.inputs(unique.length, 0, 0), 0, 0).context!);
   const [, length, width] = out.shape as [number, number, number];
-  const program = await executor.compile(g, { out });
+  // One run: nothing is gained by keeping its activations in an arena.
+  const program = await executor.compile(g, { out }, { releaseActivations: true });
   let ctx: Float32Array;
   try {
     ctx = toFloat32((await program.run({ [COND_TOKENS]: tokens })).out!);

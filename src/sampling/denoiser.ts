@@ -28,6 +28,8 @@ export class Denoiser {
   private readonly programs = new ProgramCache();
   /** How the weights reach the program: `const` asked for, and small enough to bake. */
   readonly mode: 'const' | 'input';
+  /** Weights past maxBakedBytes: a full-size model (SD's UNet). */
+  private readonly large: boolean;
 
   constructor(
     readonly model: LatentDiffusion,
@@ -37,7 +39,8 @@ export class Denoiser {
     maxBakedBytes = MAX_BAKED_WEIGHT_BYTES,
   ) {
     model.eval();
-    this.mode = mode === 'const' && hostBytes(params().values()) > maxBakedBytes ? 'input' : mode;
+    this.large = hostBytes(params().values()) > maxBakedBytes;
+    this.mode = mode === 'const' && this.large ? 'input' : mode;
   }
 
   private program(shape: readonly number[]): Promise<Program> {
@@ -50,7 +53,8 @@ export class Denoiser {
         const t = o.input(INPUT_T, [n]);
         return this.model.forward(x, t, this.model.conditioner.inputs(n, h, w));
       });
-      return this.executor.compile(g, { out });
+      // Weights too large to bake mean a full-size model: its activations (gigabytes) go back after each call.
+      return this.executor.compile(g, { out }, { releaseActivations: this.large });
     });
   }
 

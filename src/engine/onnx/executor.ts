@@ -4,7 +4,7 @@ import ort from 'onnxruntime-node';
 import { grad } from '../autodiff.js';
 import { reachable, trace, type Graph, type Tensor } from '../graph.js';
 import { hostTensor, type HostTensor, type DType } from '../host-tensor.js';
-import { checkFeeds, type Executor, type Feeds, type Fetches, type Program, type StepSpec } from '../executor.js';
+import { checkFeeds, type CompileOptions, type Executor, type Feeds, type Fetches, type Program, type StepSpec } from '../executor.js';
 import { lowerToOnnx } from './lower.js';
 
 export interface OnnxExecutorOptions {
@@ -68,9 +68,11 @@ export class OnnxExecutor implements Executor {
     return `onnxruntime-node ${ort.env.versions.common} (${this.providers.join(', ')}), ${this.threads} threads`;
   }
 
-  async compile(graph: Graph, outputs: Readonly<Record<string, Tensor>>): Promise<Program> {
+  async compile(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts: CompileOptions = {}): Promise<Program> {
     const model = lowerToOnnx(graph, outputs);
     const session = await ort.InferenceSession.create(model.bytes, {
+      // The arena keeps a run's peak activations for the next run (gigabytes for SD's UNet, beside the VAE decoder's).
+      ...(opts.releaseActivations ? { enableCpuMemArena: false, enableMemPattern: false } : {}),
       executionProviders: this.providers,
       intraOpNumThreads: this.threads,
       interOpNumThreads: 1,
