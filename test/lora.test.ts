@@ -17,6 +17,7 @@ import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import { loadAnyCheckpoint } from '../src/checkpoint/load-any.js';
 import { readLdmCheckpoint, type LoadedLdm } from '../src/checkpoint/ldm-checkpoint.js';
 import { convertCheckpoint } from '../src/checkpoint/convert.js';
+import { exportOnnx } from '../src/pipelines/export-onnx.js';
 import { loraTargets, mergeLoras, parseLora, parseLoraSpec, readLora } from '../src/checkpoint/lora.js';
 import type { LatentDiffusionConfig } from '../src/config/ldm-config.js';
 import { relErr } from './helpers/tensors.js';
@@ -256,4 +257,20 @@ test('ldm convert --merge-lora: the written model samples as the base with the L
   await assert.rejects(convertCheckpoint(path.join(SD, 'sd1.safetensors'), path.join(dir, 'vae.safetensors'), { part: 'first_stage', mergeLoras: [parseLoraSpec(KOHYA)] }),
     /--merge-lora applies to latent diffusion models/);
   assert.ok(!fs.existsSync(path.join(dir, 'vae.safetensors')));
+});
+
+test('export-onnx --lora: the UNet is exported with the LoRA merged (scale 0: the base\'s bytes); a non-LDM checkpoint is refused', async (t) => {
+  const dir = tempDir(t, 'lora-onnx-');
+  const out = (name: string) => path.join(dir, `${name}.onnx`);
+  const opts = { part: 'unet' as const, height: 8 };
+  await exportOnnx(SD1, out('base'), opts);
+  await exportOnnx(SD1, out('zero'), { ...opts, adapters: { loras: [parseLoraSpec(`${KOHYA}:0`)] } });
+  await exportOnnx(SD1, out('one'), { ...opts, adapters: { loras: [parseLoraSpec(KOHYA)] } });
+  const bytes = (name: string) => fs.readFileSync(out(name));
+  assert.ok(bytes('zero').equals(bytes('base')));
+  assert.ok(!bytes('one').equals(bytes('base')));
+  assert.equal(bytes('one').length, bytes('base').length);
+  const ae = path.join(dir, 'ae.safetensors');
+  await convertCheckpoint(SD1, ae, { part: 'first_stage' });
+  await assert.rejects(exportOnnx(ae, out('ae'), { adapters: { loras: [parseLoraSpec(KOHYA)] } }), /--lora applies to latent diffusion models/);
 });
