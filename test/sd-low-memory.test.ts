@@ -13,6 +13,10 @@ import type { Executor, Program } from '../src/engine/executor.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { sampleToFiles } from '../src/pipelines/sample-files.js';
 import { tempDir } from './helpers/temp-dir.js';
+import { readLdmCheckpoint } from '../src/checkpoint/ldm-checkpoint.js';
+import { hostBytes } from '../src/engine/host-tensor.js';
+import { firstStageRunBytes } from '../src/models/first-stage.js';
+import { modelWeightBytes, sampleMemoryBytes } from '../src/sampling/generate.js';
 
 const DIR = path.join(import.meta.dirname, 'fixtures', 'sd-pipeline');
 const VOCAB = path.join(import.meta.dirname, 'fixtures', 'clip-text', 'mini-tokenizer');
@@ -97,6 +101,24 @@ test('SD sampling over the memory limit is refused before the text encoder is co
     assert.deepEqual(compiled, [], 'a program was compiled before the memory check');
     assert.equal(fs.existsSync(path.join(dir, 'out')), false);
   } finally {
+    await inner.dispose();
+  }
+});
+
+test('the SD memory estimate counts the weights actually loaded: UNet and text encoder as held, the VAE inside its decode', async () => {
+  const inner = new OnnxExecutor({ threads: 1 });
+  const ldm = await readLdmCheckpoint(path.join(DIR, 'sd1.safetensors'), inner, { tokenizer: VOCAB });
+  try {
+    // Every float32 weight the loader holds for the LatentDiffusion module (UNet and CLIP), none twice or left out.
+    assert.equal(modelWeightBytes(ldm.model), hostBytes(ldm.params.values()));
+    const vae = hostBytes(ldm.firstStage.params().values());
+    assert.ok(vae > 0 && firstStageRunBytes(ldm.firstStage, 1, 64, 64) > vae);
+    // The estimate grows with the image: more pixels, more activations, never fewer bytes than the weights it holds.
+    const at = (side: number) => sampleMemoryBytes(ldm, { total: 1, batch: 1, guided: true, height: side, width: side });
+    assert.ok(at(64) > 2 * hostBytes(ldm.params.values()) + vae);
+    assert.ok(at(128) > at(64));
+  } finally {
+    await ldm.firstStage.dispose();
     await inner.dispose();
   }
 });
