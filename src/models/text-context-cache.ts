@@ -66,14 +66,19 @@ export async function precomputeTextContexts(
   const tokens = conditioner.feeds({ captions: unique }, unique.length, 0, 0)[COND_TOKENS];
   if (!tokens) throw new Error('the text encoder takes no tokens');
   const g = new Graph();
-  bindParams(g, module, splitPrefix(params, COND_PREFIX), 'const');
+  // The weights are fed, not baked in: baking copies them three times over on the way into onnxruntime (the graph's
+  // constants, the serialized model, the session's initializers), 1.5 GB for SD 1.x's CLIP beside the UNet's weights.
+  const weights = splitPrefix(params, COND_PREFIX);
+  bindParams(g, module, weights, 'input');
   const out = trace(g, () => conditioner.apply(conditioner.inputs(unique.length, 0, 0), 0, 0).context!);
   const [, length, width] = out.shape as [number, number, number];
   // One run: nothing is gained by keeping its activations in an arena.
   const program = await executor.compile(g, { out }, { releaseActivations: true });
   let ctx: Float32Array;
   try {
-    ctx = toFloat32((await program.run({ [COND_TOKENS]: tokens })).out!);
+    const feeds: Record<string, HostTensor> = { [COND_TOKENS]: tokens };
+    for (const name of program.inputNames) if (name !== COND_TOKENS) feeds[name] = weights.get(name)!;
+    ctx = toFloat32((await program.run(feeds)).out!);
   } finally {
     await program.dispose();
   }
