@@ -3,11 +3,18 @@
  * bicubic-downsampled versions, in one run: PSNR, SSIM and the high-frequency energy ratio of each, and the issue's
  * targets judged against this run's bicubic. With --large, a 1024x768 photo upscaled to 4096x3072 by the CLI in its own
  * process under /usr/bin/time: peak RSS, wall time and the tile-seam ratio.
+ * With --ldsr-config (and --ldsr-ckpt), the LDSR row (issue 41): the released bsr_sr model (or the full-size random one
+ * scripts/fixtures/make_ldsr_fixture.py --full writes) upscaling one random LR image x4 as the reference notebook does
+ * (DDIM eta 1, no colour fix, one 128-cell tile for the default 128x128 input), images/s beside the reference's sampling
+ * loop in PyTorch in the same run (bench/peers/torch_ldsr.py at 1 and 2 threads, best taken; needs python3-torch and a
+ * CompVis/latent-diffusion checkout: --ldsr-ref DIR or LDM_LDSR_REF).
  * Writes bench/results/sr-x4-photos.json (or --out NAME.json) and prints a table.
  * Usage: npm run bench:sr -- --ckpt runs/sr-x4-photos/model.safetensors --photos photos/eval [--steps 25] [--sampler ddim] [--strength S (default: the checkpoint's)] [--eta 0]
  *        [--color-fix wavelet] [--large photo.jpg] [--large-steps 10] [--tile 128] [--tile-batch 4] [--threads 2]
+ *        npm run bench:sr -- --ldsr-config ldsr/project.yaml --ldsr-ckpt ldsr/model.ckpt [--ldsr-side 128] [--ldsr-steps 10] [--ldsr-ref DIR] --out ldsr
  */
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,7 +22,9 @@ import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { selectBackend } from '../src/engine/backend.js';
 import { upscaleFiles, type ColorFix, type UpscaleFilesResult, type UpscaleMethod } from '../src/pipelines/upscale/upscale-files.js';
-import type { UpscaleOverrides } from '../src/pipelines/upscale/model.js';
+import { loadSrModel, resolveUpscaleSettings, upscaleWithModel, type UpscaleOverrides } from '../src/pipelines/upscale/model.js';
+import { float32 } from '../src/engine/host-tensor.js';
+import { Rng } from '../src/util/random.js';
 import { definedOnly } from '../src/util/defined.js';
 import type { SamplerName } from '../src/diffusion/samplers.js';
 import { table, writeResults } from './util.js';
@@ -36,10 +45,16 @@ const { values: a } = parseArgs({
     'tile-batch': { type: 'string' },
     threads: { type: 'string', default: String(os.availableParallelism()) },
     seed: { type: 'string', default: '0' },
+    'ldsr-config': { type: 'string' },
+    'ldsr-ckpt': { type: 'string' },
+    'ldsr-side': { type: 'string', default: '128' },
+    'ldsr-steps': { type: 'string', default: '10' },
+    'ldsr-ref': { type: 'string', default: process.env.LDM_LDSR_REF },
   },
 });
-if (a.ckpt === undefined || (a.photos === undefined && a.large === undefined)) {
-  console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> [--photos <folder of HR photos>] [--steps N] [--sampler S] [--strength S] [--tile N] [--large <photo>] [--large-steps N]');
+if ((a.ckpt === undefined || (a.photos === undefined && a.large === undefined)) && a['ldsr-config'] === undefined) {
+  console.error('usage: npm run bench:sr -- --ckpt <sr checkpoint> [--photos <folder of HR photos>] [--steps N] [--sampler S] [--strength S] [--tile N] [--large <photo>] [--large-steps N]\n'
+    + '       npm run bench:sr -- --ldsr-config <project.yaml> [--ldsr-ckpt <model.ckpt>] [--ldsr-side 128] [--ldsr-steps 10] [--ldsr-ref <latent-diffusion checkout>]');
   process.exit(2);
 }
 /** Flags the --large run passes on to `ldm upscale` as given: the CLI spells them as this script does. */
@@ -55,8 +70,9 @@ const results: Record<string, unknown> = {
 };
 
 try {
-  if (a.photos !== undefined) await photoTable(a.photos);
-  if (a.large !== undefined) results.large = await largeImage(a.large, Number(a['large-steps']));
+  if (a.photos !== undefined && a.ckpt !== undefined) await photoTable(a.photos);
+  if (a.large !== undefined && a.ckpt !== undefined) results.large = await largeImage(a.large, Number(a['large-steps']));
+  if (a['ldsr-config'] !== undefined) results.ldsr = await ldsrRow(a['ldsr-config'], a['ldsr-ckpt'], Number(a['ldsr-side']), Number(a['ldsr-steps']));
 } finally {
   await rm(work, { recursive: true, force: true });
 }
@@ -132,4 +148,71 @@ async function largeImage(photo: string, steps: number): Promise<Record<string, 
   const large = { input: '1024x768', output: `${meta.width}x${meta.height}`, steps, sampler: res.sampler, strength: res.strength ?? 1, tile: res.tile, peak_rss_mb: rssKb / 1024, wall_s: wall, seam_ratio: file.seam, seam_ratio_all_lines: file.seamAllLines, rss_under_3gb: rssKb / 1024 < 3072, seam_within_10pct: file.seam !== undefined && Math.abs(file.seam - 1) <= 0.1 };
   console.log(table([{ output: large.output, steps, 'peak RSS MB': large.peak_rss_mb, 'wall s': wall, seam: file.seam ?? NaN, 'seam (all lines)': file.seamAllLines ?? NaN }]));
   return large;
+}
+
+/** One random LR image x4 with LDSR, ours (best of two runs after a warm-up) against the reference loop in PyTorch. */
+async function ldsrRow(config: string, ckpt: string | undefined, side: number, steps: number): Promise<Record<string, unknown>> {
+  if (ckpt === undefined) throw new Error('--ldsr-config needs --ldsr-ckpt: make a full-size random one with scripts/fixtures/make_ldsr_fixture.py --full');
+  const { executor } = await selectBackend(undefined, { threads });
+  let ours: { seconds: number; output: string };
+  try {
+    const m = await loadSrModel(ckpt, executor, { config });
+    try {
+      // One tile the output's size up to the default (512: the reference's 128-cell tiles), so both sides run the same canvas.
+      const f = m.ldm.firstStage.factor;
+      const tile = Math.min(m.defaultTile, Math.ceil((side * m.scale) / (f * m.ldm.model.sizeMultiple)) * f * m.ldm.model.sizeMultiple);
+      const settings = resolveUpscaleSettings(m, { steps, colorFix: 'none', tile });
+      const rng = new Rng(seed);
+      const lr = float32([3, side, side], rng.uniformArray(3 * side * side, -1, 1));
+      const times: number[] = [];
+      let shape: readonly number[] = [];
+      for (let i = 0; i < 3; i++) {
+        console.error(`ldsr: ours, run ${i + 1} of 3 (the first warms up)...`);
+        const t0 = performance.now();
+        shape = (await upscaleWithModel(m, lr, { settings, seed })).image.shape;
+        if (i > 0) times.push((performance.now() - t0) / 1000);
+      }
+      ours = { seconds: Math.min(...times), output: `${shape[2]}x${shape[1]}` };
+    } finally {
+      await m.dispose();
+    }
+  } finally {
+    await executor.dispose();
+  }
+  const peers = ldsrPeers(config, ckpt, side, steps);
+  const best = peers.runs.reduce<LdsrPeer | undefined>((b, r) => (b === undefined || r.sampling_s < b.sampling_s ? r : b), undefined);
+  const ratio = best ? best.sampling_s / ours.seconds : undefined;
+  const row = {
+    method: `LDSR x4 ${side}x${side} -> ${ours.output}, DDIM ${steps} steps eta 1`, 'ours img/s': 1 / ours.seconds,
+    'peer img/s': best ? 1 / best.sampling_s : NaN, 'peer threads': best?.threads ?? NaN, ratio: ratio ?? NaN,
+  };
+  console.log(table([row]));
+  return {
+    input: `${side}x${side}`, output: ours.output, steps, eta: 1, ours_seconds: ours.seconds, ours_images_per_s: 1 / ours.seconds,
+    peer: peers, peer_best_images_per_s: best ? 1 / best.sampling_s : null, ratio: ratio ?? null, ratio_at_least_1_5: ratio !== undefined && ratio >= 1.5,
+  };
+}
+
+interface LdsrPeer {
+  threads: number;
+  sampling_s: number;
+  seconds_per_image: number;
+}
+
+/** bench/peers/torch_ldsr.py at 1 and 2 threads (each in its own process). */
+function ldsrPeers(config: string, ckpt: string, side: number, steps: number): { runs: LdsrPeer[]; skipped?: string } {
+  const py = '/usr/bin/python3';
+  if (!existsSync(py) || spawnSync(py, ['-c', 'import torch'], { encoding: 'utf8' }).status !== 0) return { runs: [], skipped: 'python3-torch is not installed' };
+  const ref = a['ldsr-ref'];
+  if (ref === undefined) return { runs: [], skipped: 'no CompVis/latent-diffusion checkout: pass --ldsr-ref DIR or set LDM_LDSR_REF' };
+  const runs: LdsrPeer[] = [];
+  for (const t of [1, 2]) {
+    console.error(`ldsr: the reference in PyTorch, ${t} thread(s)...`);
+    const script = path.join(import.meta.dirname, 'peers', 'torch_ldsr.py');
+    const r = spawnSync(py, [script, '--ref', ref, '--config', config, '--ckpt', ckpt, '--side', String(side), '--steps', String(steps), '--threads', String(t), '--reps', '2'],
+      { encoding: 'utf8', timeout: 3_600_000, maxBuffer: 64 << 20 });
+    if (r.status !== 0) throw new Error(`torch_ldsr.py failed (exit ${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    runs.push(JSON.parse(r.stdout.trim().split('\n').pop()!) as LdsrPeer);
+  }
+  return { runs };
 }
