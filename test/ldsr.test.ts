@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
+import sharp from 'sharp';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
 import { readSafetensors } from '../src/io/safetensors.js';
@@ -89,14 +90,24 @@ test('ldm upscale --ckpt model.ckpt --config project.yaml: the reference\'s LDSR
   const e = await expected();
   const dir = tempDir(t, 'ldm-ldsr-');
   const common = ['--ckpt', CKPT, '--config', YAML, '--steps', e.meta.steps!, '--tile', '64', '--color-fix', 'none', '--seed', e.meta.seed!, '--json'];
-  const [one, two, bad] = runCommands(dir, [
+  // A folder: a grey image, an RGB one stored rotated (EXIF orientation 6: shown 8 wide, 12 high) and an RGBA one.
+  const folder = path.join(dir, 'in', 'sub');
+  fs.mkdirSync(folder, { recursive: true });
+  const grey = Buffer.from(Array.from({ length: 12 * 8 }, (_, i) => 40 + (i % 12) * 15));
+  await sharp(grey, { raw: { width: 12, height: 8, channels: 1 } }).toColourspace('b-w').png().toFile(path.join(folder, 'grey.png'));
+  const rgb = Buffer.from(Array.from({ length: 12 * 8 * 3 }, (_, i) => (i * 11) % 256));
+  await sharp(rgb, { raw: { width: 12, height: 8, channels: 3 } }).withMetadata({ orientation: 6 }).png().toFile(path.join(folder, 'rotated.png'));
+  const rgba = Buffer.from(Array.from({ length: 8 * 8 * 4 }, (_, i) => (i % 4 === 3 ? (i < 128 ? 0 : 255) : (i * 7) % 256)));
+  await sharp(rgba, { raw: { width: 8, height: 8, channels: 4 } }).png().toFile(path.join(dir, 'in', 'clear.png'));
+  const [one, two, bad, batch] = runCommands(dir, [
     { command: 'upscale', args: [...common, LR, '-o', path.join(dir, 'x4.png')] },
     { command: 'upscale', args: [...common, '--scale', '8', LR, '-o', path.join(dir, 'x8.png')] },
     { command: 'upscale', args: [...common, '--passes', '2', '--scale', '32', LR, '-o', path.join(dir, 'x32.png')] },
+    { command: 'upscale', args: [...common.map((v) => (v === e.meta.steps ? '2' : v)), path.join(dir, 'in'), '-o', path.join(dir, 'out')] },
   ], { timeoutMs: 120_000 });
   assert.equal(one!.code, 0, one!.stderr);
-  const r = JSON.parse(one!.stdout) as UpscaleFilesResult;
-  assert.deepEqual([r.written, r.scale, r.passes, r.eta, r.steps], [1, 4, 1, 1, 10]);
+  const res = JSON.parse(one!.stdout) as UpscaleFilesResult;
+  assert.deepEqual([res.written, res.scale, res.passes, res.eta, res.steps], [1, 4, 1, 1, 10]);
   // The PNG is the reference's sample in 8 bits: within one level of it everywhere.
   const png = await readImage(path.join(dir, 'x4.png'), { channels: 3 });
   assert.deepEqual(png.shape, [3, 64, 64]);
@@ -113,6 +124,15 @@ test('ldm upscale --ckpt model.ckpt --config project.yaml: the reference\'s LDSR
   assert.deepEqual((await readImage(path.join(dir, 'x8.png'), { channels: 3 })).shape, [3, 128, 128]);
   assert.notEqual(bad!.code, 0);
   assert.match(bad!.stderr, /--scale 32 is beyond two passes \(x16\)/);
+
+  assert.equal(batch!.code, 0, batch!.stderr);
+  const g = await sharp(path.join(dir, 'out', 'sub', 'grey.png')).metadata();
+  assert.deepEqual([g.width, g.height, g.channels], [48, 32, 1], 'grey kept grey');
+  const r = await sharp(path.join(dir, 'out', 'sub', 'rotated.png')).metadata();
+  assert.deepEqual([r.width, r.height, r.orientation ?? 1], [32, 48, 1], 'EXIF orientation applied');
+  const clear = await sharp(path.join(dir, 'out', 'clear.png')).raw().toBuffer({ resolveWithObject: true });
+  assert.deepEqual([clear.info.width, clear.info.channels], [32, 4]);
+  assert.deepEqual([clear.data[3], clear.data[(31 * 32 + 31) * 4 + 3]], [0, 255], 'alpha kept: transparent at the top, opaque at the bottom');
 });
 
 test('two passes: x4, Lanczos to twice the input, x4; planPasses refuses what it cannot reach', async () => {
