@@ -36,8 +36,8 @@ export interface SampleOptions {
   init?: { x0: Float32Array; strength: number; reference?: boolean };
   /** Inpainting: where mask = 1 the sample is the (noised) known latent at every step; mask broadcast per sample. */
   inpaint?: { x0: Float32Array; mask: Float32Array };
-  /** Called after each model call (i counts from 0 to calls - 1). */
-  onStep?: (i: number, calls: number, t: number) => void;
+  /** Called after each model call (i counts from 0 to calls - 1), with the model's current guess of the clean sample (previews). */
+  onStep?: (i: number, calls: number, t: number, x0: Float32Array) => void;
 }
 
 /**
@@ -133,7 +133,7 @@ export async function sampleLatents(o: SampleOptions): Promise<Float32Array> {
     const out = guide(await o.model(x, ts, guidance !== 1), guidance, o.guidanceRescale ?? 0, n);
     const pred = toPrediction(out, x, new Array<number>(n).fill(abar), param);
     x = sampler.step(pred, i, x, rng);
-    o.onStep?.(i - start, calls - start, t);
+    o.onStep?.(i - start, calls - start, t, pred.x0);
   }
   if (o.inpaint) replaceKnown(x, o.inpaint.x0, o.inpaint.mask);
   return x;

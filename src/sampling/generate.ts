@@ -92,6 +92,8 @@ export interface SampleProgress {
   /** Denoising call just made (0-based) and calls per batch. */
   call: number;
   calls: number;
+  /** The model's guess of this batch's clean latents [batch, c, h, w] after this call (scaled; previews decode it cheaply). */
+  x0?: Float32Array;
 }
 
 export interface Generated {
@@ -341,7 +343,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
       guidance, guidanceRescale: opts.settings.guidanceRescale, rng,
       ...(useInit ? { init: { x0: x0!, strength, reference: referenceInit } } : {}),
       ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
-      onStep: (call, calls) => opts.onStep?.({ done: start, batch: n, total, call, calls }),
+      onStep: (call, calls, _t, x0) => opts.onStep?.({ done: start, batch: n, total, call, calls, x0 }),
     });
     latents.set(z, start * per);
   }
