@@ -20,6 +20,8 @@ const LAYERS: readonly (readonly string[])[] = [
   ['pipelines'],
   ['training'],
   ['study'],
+  // ldm serve: HTTP, the A1111 routes, the job queue, over the pipelines.
+  ['server'],
   // The commands' own helpers: nothing of the library may import them.
   ['cli'],
   ['commands'],
