@@ -1,0 +1,208 @@
+/**
+ * `ldm serve` under bad input and load: every malformed request gets a 4xx with a message and the server goes on;
+ * the queue refuses with 429 when full; interrupt stops a run within one step; progress and the event stream carry
+ * previews that change; the API key is enforced; save_images writes only into the output folder; the page is served.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { OnnxExecutor } from '../src/engine/onnx/executor.js';
+import { float32 } from '../src/engine/host-tensor.js';
+import { encodePng, readImage } from '../src/io/image.js';
+import { PixelFirstStage } from '../src/models/first-stage.js';
+import { ServedModels } from '../src/server/served-models.js';
+import { createServer, type ServerOptions } from '../src/server/http-server.js';
+import { fitLatentPreview, previewImage } from '../src/server/latent-preview.js';
+import { sharedTempDir } from './helpers/temp-dir.js';
+import { trainTinyZooModel } from './helpers/serve-fixture.js';
+
+const dir = sharedTempDir('ldm-serve-');
+const out = path.join(dir, 'out');
+const executor = new OnnxExecutor({ threads: 1 });
+let models: ServedModels;
+const servers: FastifyInstance[] = [];
+
+before(async () => {
+  models = await ServedModels.load({ ckpts: [await trainTinyZooModel(dir, { steps: 1 })], executor });
+});
+after(async () => {
+  for (const s of servers) await s.close();
+  await models?.dispose();
+  await executor.dispose();
+});
+
+async function serve(over: Partial<ServerOptions> = {}): Promise<string> {
+  const app = await createServer({ models, outDir: out, ...over });
+  servers.push(app);
+  return app.listen({ port: 0, host: '127.0.0.1' });
+}
+
+interface Answer { status: number; json: Record<string, unknown> }
+async function call(base: string, method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<Answer> {
+  const raw = typeof body === 'string' ? body : body === undefined ? undefined : JSON.stringify(body);
+  const res = await fetch(base + url, { method, headers: { ...(raw !== undefined ? { 'content-type': 'application/json' } : {}), ...headers }, ...(raw !== undefined ? { body: raw } : {}) });
+  return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+}
+
+const small = { prompt: 'a red circle', width: 16, height: 16, steps: 3, seed: 1 };
+const png16 = async () => Buffer.from(await encodePng(float32([3, 16, 16], new Float32Array(768).fill(0.2)))).toString('base64');
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, ms = 20_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+test('bad input: each gets a 4xx with a message, and the server keeps serving', async () => {
+  const base = await serve();
+  const image = await png16();
+  const cases: [string, string, unknown, number, RegExp][] = [
+    ['malformed JSON', '/sdapi/v1/txt2img', '{"prompt": "a red', 400, /malformed JSON/],
+    ['a JSON list', '/sdapi/v1/txt2img', [1, 2], 400, /JSON object/],
+    ['base64 that is not an image', '/sdapi/v1/img2img', { ...small, init_images: ['aGVsbG8gd29ybGQ='] }, 400, /init_images\[0\] is not an image/],
+    ['a mask that is not an image', '/sdapi/v1/img2img', { ...small, init_images: [image], mask: '!!!' }, 400, /mask is not an image/],
+    ['20000x20000', '/sdapi/v1/txt2img', { ...small, width: 20000, height: 20000 }, 422, /width: .*2048.*height/],
+    ['steps 1e9', '/sdapi/v1/txt2img', { ...small, steps: 1e9 }, 422, /steps: .*1000/],
+    ['a size the UNet cannot take', '/sdapi/v1/txt2img', { ...small, width: 17 }, 422, /multiple of 2/],
+    ['too many images', '/sdapi/v1/txt2img', { ...small, batch_size: 8, n_iter: 8 }, 422, /at most 16 images/],
+    ['an unknown sampler', '/sdapi/v1/txt2img', { ...small, sampler_name: 'Euler b' }, 422, /sampler_name: unknown sampler 'Euler b'/],
+    ['hires fix', '/sdapi/v1/txt2img', { ...small, enable_hr: true, restore_faces: true }, 422, /cannot honour: restore_faces, enable_hr/],
+    ['an extension', '/sdapi/v1/txt2img', { ...small, alwayson_scripts: { ControlNet: { args: [{ enabled: true }] } } }, 422, /alwayson_scripts\.ControlNet/],
+    ['../ in the model', '/sdapi/v1/options', { sd_model_checkpoint: '../../etc/passwd' }, 422, /sd_model_checkpoint: a name, not a path/],
+    ['../ in override_settings', '/sdapi/v1/txt2img', { ...small, override_settings: { sd_model_checkpoint: '../model' } }, 404, /no model/],
+    ['../ in the sampler', '/sdapi/v1/txt2img', { ...small, sampler_name: '../euler' }, 422, /sampler_name: a name, not a path/],
+    ['../ in the scheduler', '/sdapi/v1/txt2img', { ...small, scheduler: '..\\karras' }, 422, /scheduler: a name, not a path/],
+    ['../ in the refiner', '/sdapi/v1/txt2img', { ...small, refiner_checkpoint: '../../refiner.safetensors' }, 422, /refiner_checkpoint: a name, not a path/],
+    ['../ in the script', '/sdapi/v1/txt2img', { ...small, script_name: '../x' }, 422, /script_name: a name, not a path/],
+    ['../ in the upscaler', '/sdapi/v1/extra-single-image', { image, upscaler_1: '../../sr.safetensors' }, 422, /upscaler_1: a name, not a path/],
+    ['an unknown model', '/sdapi/v1/options', { sd_model_checkpoint: 'other' }, 404, /no model "other"/],
+    ['an unknown upscaler', '/sdapi/v1/extra-single-image', { image, upscaler_1: 'ESRGAN' }, 422, /not one of None, Lanczos, Bicubic/],
+    ['a huge upscale', '/sdapi/v1/extra-single-image', { image, upscaler_1: 'Lanczos', upscaling_resize: 1000 }, 422, /upscaling_resize/],
+  ];
+  for (const [what, url, body, status, message] of cases) {
+    const r = await call(base, 'POST', url, typeof body === 'string' ? body : body);
+    assert.equal(r.status, status, `${what}: ${JSON.stringify(r.json)}`);
+    assert.match(String(r.json.detail), message, what);
+    assert.equal((await call(base, 'GET', '/sdapi/v1/sd-models')).status, 200, `still serving after ${what}`);
+  }
+  const ok = await call(base, 'POST', '/sdapi/v1/txt2img', small);
+  assert.equal(ok.status, 200, 'a good request after all of them');
+  assert.equal((ok.json.images as string[]).length, 1);
+  const notFound = await call(base, 'GET', '/../../etc/passwd');
+  assert.equal(notFound.status, 404);
+});
+
+test('bodies over the limit get 413', async () => {
+  const base = await serve({ bodyLimit: 4096 });
+  const r = await call(base, 'POST', '/sdapi/v1/txt2img', { ...small, prompt: 'x'.repeat(5000) });
+  assert.equal(r.status, 413);
+  assert.match(String(r.json.detail), /too large/i);
+});
+
+test('the queue: one run at a time, a full queue answers 429 at once', async () => {
+  const base = await serve({ queueSize: 1 });
+  const long = call(base, 'POST', '/sdapi/v1/txt2img', { ...small, steps: 60 });
+  await waitFor('the first run', async () => ((await call(base, 'GET', '/sdapi/v1/progress')).json.progress as number) > 0 || undefined);
+  const waiting = call(base, 'POST', '/sdapi/v1/txt2img', small);
+  await waitFor('one waiting', async () => ((await call(base, 'GET', '/ldm/status')).json.queued === 1) || undefined);
+  const refused = await call(base, 'POST', '/sdapi/v1/txt2img', small);
+  assert.equal(refused.status, 429);
+  assert.match(String(refused.json.detail), /queue is full/);
+  assert.equal((await long).status, 200);
+  assert.equal((await waiting).status, 200, 'the waiting one runs after');
+});
+
+test('interrupt stops a run within one step; progress shows a preview of the x0 guess that changes', async () => {
+  const base = await serve();
+  const run = call(base, 'POST', '/sdapi/v1/txt2img', { ...small, steps: 500 });
+  const previews = new Set<string>();
+  await waitFor('two previews', async () => {
+    const p = await call(base, 'GET', '/sdapi/v1/progress');
+    if (typeof p.json.current_image === 'string') previews.add(p.json.current_image);
+    return previews.size >= 2 || undefined;
+  });
+  const img = await readImage(new Uint8Array(Buffer.from([...previews][0]!, 'base64')));
+  assert.deepEqual(img.shape, [3, 16, 16], 'the preview is the image size for a pixel-space model');
+  const before = (await call(base, 'GET', '/sdapi/v1/progress')).json.state as { sampling_step: number };
+  assert.equal((await call(base, 'POST', '/sdapi/v1/interrupt')).status, 200);
+  const r = await run;
+  assert.equal(r.status, 200);
+  assert.deepEqual(r.json.images, [], 'an interrupted run returns no image');
+  assert.equal(JSON.parse(r.json.info as string).interrupted, true);
+  const status = (await call(base, 'GET', '/ldm/status')).json as { last_interrupt: { stepsAfter: number } };
+  assert.ok(status.last_interrupt.stepsAfter <= 1, `steps after the interrupt: ${status.last_interrupt.stepsAfter}`);
+  assert.ok(before.sampling_step < 500, 'stopped long before the end');
+});
+
+test('the event stream carries progress and previews; the gallery lists what was made', async () => {
+  const base = await serve();
+  const controller = new AbortController();
+  const res = await fetch(`${base}/ldm/events`, { signal: controller.signal });
+  assert.equal(res.headers.get('content-type'), 'text/event-stream');
+  const events: Record<string, unknown>[] = [];
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    let buf = '';
+    for await (const chunk of res.body!) {
+      buf += decoder.decode(chunk as Uint8Array, { stream: true });
+      for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+        events.push(JSON.parse(buf.slice(0, i).replace(/^data: /, '')) as Record<string, unknown>);
+        buf = buf.slice(i + 2);
+      }
+    }
+  })().catch(() => undefined);
+  const made = await call(base, 'POST', '/sdapi/v1/txt2img', { ...small, steps: 8 });
+  assert.equal(made.status, 200);
+  await waitFor('the end event', async () => events.some((e, i) => i > 0 && e.running === false) || undefined);
+  controller.abort();
+  await reading;
+  const previews = new Set(events.map((e) => e.current_image).filter((x) => typeof x === 'string'));
+  assert.ok(previews.size >= 2, `previews seen: ${previews.size}`);
+  const fractions = events.filter((e) => e.running).map((e) => e.progress as number);
+  assert.deepEqual(fractions, [...fractions].sort((a, b) => a - b), 'progress only grows');
+  assert.equal(fractions.at(-1), 1);
+  const gallery = (await fetch(`${base}/ldm/gallery`).then((r) => r.json())) as { id: number; parameters: string }[];
+  const id = (JSON.parse(made.json.info as string) as { gallery_ids: number[] }).gallery_ids[0]!;
+  const entry = gallery.find((g) => g.id === id);
+  assert.match(entry!.parameters, /^a red circle\nSteps: 8/);
+  const png = await fetch(`${base}/ldm/images/${id}.png`);
+  assert.equal(png.headers.get('content-type'), 'image/png');
+  assert.deepEqual((await readImage(new Uint8Array(await png.arrayBuffer()))).shape, [3, 16, 16]);
+  const page = await fetch(`${base}/`);
+  assert.match(await page.text(), /<title>ldm serve<\/title>/);
+  assert.match(await (await fetch(`${base}/page.js`)).text(), /EventSource/);
+});
+
+test('--api-key: the API needs the bearer token; the page itself does not', async () => {
+  const base = await serve({ apiKey: 'sesame' });
+  const no = await call(base, 'GET', '/sdapi/v1/sd-models');
+  assert.equal(no.status, 401);
+  assert.match(String(no.json.detail), /Bearer/);
+  assert.equal((await call(base, 'GET', '/sdapi/v1/sd-models', undefined, { authorization: 'Bearer wrong' })).status, 401);
+  assert.equal((await call(base, 'GET', '/sdapi/v1/sd-models', undefined, { authorization: 'Bearer sesame' })).status, 200);
+  assert.equal((await fetch(`${base}/`)).status, 200);
+  assert.equal((await fetch(`${base}/ldm/events`)).status, 401);
+});
+
+test('save_images writes into the output folder only, under names the server makes', async () => {
+  const base = await serve();
+  const before = fs.existsSync(out) ? fs.readdirSync(out) : [];
+  const r = await call(base, 'POST', '/sdapi/v1/txt2img', { ...small, save_images: true, batch_size: 2 });
+  assert.equal(r.status, 200);
+  const added = fs.readdirSync(out).filter((f) => !before.includes(f));
+  assert.equal(added.length, 2);
+  for (const f of added) assert.match(f, /^txt2img-\d{8}T\d{6}-\d{5}\.png$/);
+});
+
+test('the preview map of a pixel-space model is the identity', async () => {
+  const map = await fitLatentPreview(new PixelFirstStage(3), 1);
+  const latent = Float32Array.from({ length: 3 * 4 }, (_, i) => Math.sin(i) * 0.9);
+  const img = previewImage(map, latent, 2, 2);
+  for (let i = 0; i < latent.length; i++) assert.ok(Math.abs((img.data as Float32Array)[i]! - latent[i]!) < 1e-3, `value ${i}`);
+});
