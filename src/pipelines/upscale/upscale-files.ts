@@ -142,6 +142,8 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
   }
   if (!opts.ckpt || !opts.executor) throw new Error('method model needs an SR checkpoint: pass --ckpt (or --method bicubic|lanczos for a classical baseline)');
   const model = await loadSrModel(opts.ckpt, opts.executor, definedOnly({ config: opts.config, ema: opts.ema, adapters: opts.adapters, onWarning: opts.note }));
+  // How a reference checkpoint was read (LDSR: the attention rate it never reaches, its notebook's sampling settings).
+  for (const n of model.ldm.notes) opts.note?.(`note: ${n}`);
   try {
     const plan = planPasses(model.scale, opts.ckpt, opts.scale, opts.passes);
     const settings = resolveUpscaleSettings(model, opts.settings ?? {});
