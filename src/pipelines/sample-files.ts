@@ -11,7 +11,7 @@ import type { SamplerName } from '../diffusion/samplers.js';
 import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm, type ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
 import { assertWritable } from '../io/atomic.js';
 import { readImage, saveGrid, writePng } from '../io/image.js';
-import type { MemoryLimit } from '../util/memory-budget.js';
+import { collectGarbage, type MemoryLimit } from '../util/memory-budget.js';
 import { definedOnly } from '../util/defined.js';
 import { Denoiser } from '../sampling/denoiser.js';
 import { checkSampleMemory, generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
@@ -215,6 +215,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       // runs. Every text the run encodes: the prompts, and the negative (or empty) one of guidance and unconditional samples.
       const pre = await precomputeTextContexts(ldm.model.conditioner, ldm.params, [...prompts, opts.negativePrompt ?? '', ''], opts.executor);
       for (const k of [...ldm.params.keys()]) if (k.startsWith(COND_STAGE_PREFIX)) ldm.params.delete(k);
+      collectGarbage(); // the encoder's weights, gone now rather than beside the UNet's
       model = new LatentDiffusion(ldm.config, { conditioner: pre });
     }
     const unet = new Denoiser(model, opts.executor, () => ldm.params, 'const');
@@ -227,6 +228,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
         await refined?.refiner.denoiser.dispose();
         ldm.params.clear();
         refined?.ldm.params.clear();
+        collectGarbage(); // the UNet's weights, gone now rather than beside the decoder's
       }
       : undefined;
     const gen = await generate(parts, unet, {
