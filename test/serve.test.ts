@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
 import type { FastifyInstance } from 'fastify';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32 } from '../src/engine/host-tensor.js';
@@ -17,6 +18,7 @@ import { createServer, type ServerOptions } from '../src/server/http-server.js';
 import { fitLatentPreview, previewImage } from '../src/server/latent-preview.js';
 import { sharedTempDir } from './helpers/temp-dir.js';
 import { trainTinyZooModel } from './helpers/serve-fixture.js';
+import { ROOT } from './helpers/commands.js';
 
 const dir = sharedTempDir('ldm-serve-');
 const out = path.join(dir, 'out');
@@ -205,4 +207,24 @@ test('the preview map of a pixel-space model is the identity', async () => {
   const latent = Float32Array.from({ length: 3 * 4 }, (_, i) => Math.sin(i) * 0.9);
   const img = previewImage(map, latent, 2, 2);
   for (let i = 0; i < latent.length; i++) assert.ok(Math.abs((img.data as Float32Array)[i]! - latent[i]!) < 1e-3, `value ${i}`);
+});
+
+test('in a real browser: the page types a prompt, generates, shows changing previews, ends with the image in the gallery', async (t) => {
+  if (!fs.existsSync('/usr/bin/chromium')) {
+    t.diagnostic('skipping the browser check: /usr/bin/chromium is absent (apt-get install chromium)');
+    return;
+  }
+  const base = await serve();
+  // Spawned, not spawnSync: the server answering the browser runs in this process.
+  const child = spawn(process.execPath, [path.join(ROOT, 'scripts', 'check-serve-page.mjs'), '--url', base, '--steps', '30', '--size', '16', '--json']);
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise((r) => child.on('exit', r));
+  assert.equal(code, 0, stderr + stdout);
+  const v = JSON.parse(stdout) as { typed: string; previews: number; gallery: number; caption: string };
+  assert.equal(v.typed, 'a red circle');
+  assert.ok(v.previews >= 2, `previews: ${v.previews}`);
+  assert.match(v.caption, /a red circle\nSteps: 30, Sampler: Euler a/);
 });
