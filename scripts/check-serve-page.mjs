@@ -14,6 +14,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Buffer } from 'node:buffer';
 
 const { values: opt } = parseArgs({
   options: {
@@ -28,7 +30,6 @@ class CheckError extends Error {}
 const fail = (m) => {
   throw new CheckError(m);
 };
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A DevTools session over the pipe: fd 3 to the browser, fd 4 from it, messages separated by NUL. */
 function devtools(proc) {
