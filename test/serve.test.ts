@@ -13,6 +13,10 @@ import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32 } from '../src/engine/host-tensor.js';
 import { encodePng, readImage } from '../src/io/image.js';
 import { PixelFirstStage } from '../src/models/first-stage.js';
+import { LatentDiffusion } from '../src/models/latent-diffusion.js';
+import { LatentDiffusionConfigSchema } from '../src/config/ldm-config.js';
+import { writeLdmCheckpoint } from '../src/checkpoint/ldm-checkpoint.js';
+import { Rng } from '../src/util/random.js';
 import { ServedModels } from '../src/server/served-models.js';
 import { createServer, type ServerOptions } from '../src/server/http-server.js';
 import { fitLatentPreview, previewImage } from '../src/server/latent-preview.js';
@@ -227,4 +231,35 @@ test('in a real browser: the page types a prompt, generates, shows changing prev
   assert.equal(v.typed, 'a red circle');
   assert.ok(v.previews >= 2, `previews: ${v.previews}`);
   assert.match(v.caption, /a red circle\nSteps: 30, Sampler: Euler a/);
+});
+
+test('extra-single-image with a served super-resolution model: its x4, then resized to the factor asked', async () => {
+  // A random-weight x4 SR model in pixel space (concat conditioning): the path is what is checked, not the picture.
+  const cfg = LatentDiffusionConfigSchema.parse({
+    model: 'ldm', name: 'sr', first_stage: 'pixel', parameterization: 'v',
+    unet: { in_channels: 6, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1, 2], attention_resolutions: [], num_head_channels: 32 },
+    conditioning: { type: 'concat', channels: 3, dropout: 0 }, train: { batch_size: 1, lr: 1, steps: 1 },
+    data: { size: 16, sr: { scale: 4 } }, sample: { steps: 2, sampler: 'ddim' },
+  });
+  const file = path.join(dir, 'sr4.safetensors');
+  await writeLdmCheckpoint(file, { config: cfg, params: new LatentDiffusion(cfg).initialize(new Rng(2)), firstStage: new PixelFirstStage(3), scaleFactor: 1, step: 1, weights: 'raw' });
+  const withSr = await ServedModels.load({ ckpts: [models.models[0]!.file], upscalers: [file], executor });
+  const app = await createServer({ models: withSr, outDir: out });
+  try {
+    const base = await app.listen({ port: 0, host: '127.0.0.1' });
+    const names = (await fetch(`${base}/sdapi/v1/upscalers`).then((r) => r.json())) as { name: string; scale: number | null }[];
+    assert.deepEqual(names.map((n) => [n.name, n.scale]), [['None', null], ['Lanczos', null], ['Bicubic', null], ['sr4', 4]]);
+    const image = await png16();
+    for (const [factor, side] of [[4, 64], [2, 32]] as const) {
+      const r = await call(base, 'POST', '/sdapi/v1/extra-single-image', { image, upscaler_1: 'sr4', upscaling_resize: factor });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      const img = await readImage(new Uint8Array(Buffer.from(r.json.image as string, 'base64')));
+      assert.deepEqual(img.shape, [3, side, side]);
+    }
+    const none = await call(base, 'POST', '/sdapi/v1/extra-single-image', { image, upscaler_1: 'None' });
+    assert.deepEqual((await readImage(new Uint8Array(Buffer.from(none.json.image as string, 'base64')))).shape, [3, 16, 16], 'None leaves the image as it is');
+  } finally {
+    await app.close();
+    await withSr.dispose();
+  }
 });
