@@ -12,7 +12,8 @@ import type { FastifyInstance } from 'fastify';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32 } from '../src/engine/host-tensor.js';
 import { encodePng, readImage } from '../src/io/image.js';
-import { PixelFirstStage } from '../src/models/first-stage.js';
+import { PixelFirstStage, type FirstStage } from '../src/models/first-stage.js';
+import type { HostTensor } from '../src/engine/host-tensor.js';
 import { LatentDiffusion } from '../src/models/latent-diffusion.js';
 import { LatentDiffusionConfigSchema } from '../src/config/ldm-config.js';
 import { writeLdmCheckpoint } from '../src/checkpoint/ldm-checkpoint.js';
@@ -204,6 +205,33 @@ test('save_images writes into the output folder only, under names the server mak
   const added = fs.readdirSync(out).filter((f) => !before.includes(f));
   assert.equal(added.length, 2);
   for (const f of added) assert.match(f, /^txt2img-\d{8}T\d{6}-\d{5}\.png$/);
+});
+
+test('the preview map of a latent first stage (f=2, 4 channels) recovers each block\'s colour from its latent', async () => {
+  // A first stage whose encoder is known: each 2x2 block's mean colour m -> M m + b (4 channels), so the best linear
+  // preview is exact. The fit sees only encode(), as with a real VAE.
+  const M = [[0.5, -0.2, 0.1], [0.3, 0.4, -0.6], [-0.1, 0.2, 0.7], [0.9, 0.1, 0.05]];
+  const b = [0.1, -0.3, 0.2, 0.05];
+  const encode = async (t: HostTensor): Promise<HostTensor> => {
+    const [, C, H, W] = t.shape as [number, number, number, number];
+    const d = t.data as Float32Array;
+    const [h, w] = [H / 2, W / 2];
+    const z = new Float32Array(4 * h * w);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const m = [0, 1, 2].map((c) => (d[(c * H + 2 * y) * W + 2 * x]! + d[(c * H + 2 * y) * W + 2 * x + 1]! + d[(c * H + 2 * y + 1) * W + 2 * x]! + d[(c * H + 2 * y + 1) * W + 2 * x + 1]!) / 4);
+        for (let k = 0; k < 4; k++) z[(k * h + y) * w + x] = M[k]![0]! * m[0]! + M[k]![1]! * m[1]! + M[k]![2]! * m[2]! + b[k]!;
+      }
+    }
+    return float32([1, 4, h, w], z);
+  };
+  const stage = { kind: 'autoencoder', factor: 2, latentChannels: 4, imageChannels: 3, scaleFactor: 0.5, encode } as unknown as FirstStage;
+  const map = await fitLatentPreview(stage, 0.5);
+  const colour = [0.6, -0.4, 0.2];
+  const img = float32([1, 3, 4, 4], Float32Array.from({ length: 48 }, (_, i) => colour[Math.floor(i / 16)]!));
+  const z = (await encode(img)).data as Float32Array;
+  const preview = previewImage(map, z.map((v) => v * 0.5), 2, 2).data as Float32Array;
+  for (let i = 0; i < 12; i++) assert.ok(Math.abs(preview[i]! - colour[Math.floor(i / 4)]!) < 1e-3, `channel ${Math.floor(i / 4)}: ${preview[i]}`);
 });
 
 test('the preview map of a pixel-space model is the identity', async () => {
