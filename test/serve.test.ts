@@ -213,7 +213,7 @@ test('the preview map of a latent first stage (f=2, 4 channels) recovers each bl
   const M = [[0.5, -0.2, 0.1], [0.3, 0.4, -0.6], [-0.1, 0.2, 0.7], [0.9, 0.1, 0.05]];
   const b = [0.1, -0.3, 0.2, 0.05];
   const encode = async (t: HostTensor): Promise<HostTensor> => {
-    const [, C, H, W] = t.shape as [number, number, number, number];
+    const [, , H, W] = t.shape as [number, number, number, number];
     const d = t.data as Float32Array;
     const [h, w] = [H / 2, W / 2];
     const z = new Float32Array(4 * h * w);
