@@ -169,6 +169,7 @@ test('the event stream carries progress and previews; the gallery lists what was
   await waitFor('the end event', async () => events.some((e, i) => i > 0 && e.running === false) || undefined);
   controller.abort();
   await reading;
+  assert.equal(events.at(-1)!.running, false, 'the end comes last, after the last step\'s preview');
   const previews = new Set(events.map((e) => e.current_image).filter((x) => typeof x === 'string'));
   assert.ok(previews.size >= 2, `previews seen: ${previews.size}`);
   const fractions = events.filter((e) => e.running).map((e) => e.progress as number);

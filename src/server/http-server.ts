@@ -257,15 +257,21 @@ export async function createServer(opts: ServerOptions): Promise<FastifyInstance
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
     let last = -1;
+    // A client gone mid-write must not bring the server down.
+    res.on('error', () => undefined);
     const send = async (s: JobSnapshot): Promise<void> => {
       const body = progressBody(s);
       const version = s.running?.version ?? -1;
-      const preview = version !== last ? await st.preview(s) : undefined;
+      const preview = version !== last ? await st.preview(s).catch(() => undefined) : undefined;
       last = version;
+      if (res.destroyed || res.writableEnded) return;
       res.write(`data: ${JSON.stringify({ ...body, running: s.running !== undefined, ...(preview ? { current_image: preview } : {}), gallery_size: st.gallery.length })}\n\n`);
     };
-    const off = st.queue.subscribe((s) => void send(s));
-    void send(st.queue.snapshot());
+    // One after another: a step's preview is encoded asynchronously, and the end must not overtake it.
+    let chain = send(st.queue.snapshot());
+    const off = st.queue.subscribe((s) => {
+      chain = chain.then(() => send(s));
+    });
     req.raw.on('close', () => off());
   });
   return app;
