@@ -91,3 +91,7 @@ export { loadAnyCheckpoint } from './checkpoint/load-any.js';
 export { convertCheckpoint } from './checkpoint/convert.js';
 export { referenceConfigReader } from './checkpoint/reference-config.js';
 export { readTorchCheckpoint } from './io/torch-checkpoint.js';
+
+// ldm serve: the HTTP server and the models it keeps loaded.
+export { createServer, type ServerOptions, type GalleryEntry } from './server/http-server.js';
+export { ServedModels, type LoadModelsOptions, type ServedModel } from './server/served-models.js';
