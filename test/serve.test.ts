@@ -140,8 +140,13 @@ test('interrupt stops a run within one step; progress shows a preview of the x0 
   assert.equal((await call(base, 'POST', '/sdapi/v1/interrupt')).status, 200);
   const r = await run;
   assert.equal(r.status, 200);
-  assert.deepEqual(r.json.images, [], 'an interrupted run returns no image');
-  assert.equal(JSON.parse(r.json.info as string).interrupted, true);
+  const info = JSON.parse(r.json.info as string) as { interrupted: boolean; infotexts: string[] };
+  assert.equal(info.interrupted, true);
+  // As A1111: the image so far, here the model's x0 guess at the step where it stopped.
+  const sofar = r.json.images as string[];
+  assert.equal(sofar.length, 1);
+  assert.deepEqual((await readImage(new Uint8Array(Buffer.from(sofar[0]!, 'base64')))).shape, [3, 16, 16]);
+  assert.match(info.infotexts[0]!, /^a red circle\nSteps: 500/);
   const status = (await call(base, 'GET', '/ldm/status')).json as { last_interrupt: { stepsAfter: number } };
   assert.ok(status.last_interrupt.stepsAfter <= 1, `steps after the interrupt: ${status.last_interrupt.stepsAfter}`);
   assert.ok(before.sampling_step < 500, 'stopped long before the end');

@@ -197,12 +197,15 @@ export async function runGeneration(p: PreparedGeneration, ctx: JobContext): Pro
   let interrupted = false;
   let images: HostTensor | undefined;
   let labels: string[] = [];
+  // The current batch's latest x0 guess: what an interrupted request answers with, as A1111 answers with its image so far.
+  let last: { x0: Float32Array; batch: number; done: number } | undefined;
   try {
     const gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, model.denoiser, {
       n, conditions: p.conditions, settings, seed: p.seed,
       ...definedOnly({ negativePrompt: negative, init: p.init, mask: p.mask, refiner: p.refiner?.refiner }),
       onStep: (s) => {
         const x0 = s.x0;
+        if (x0) last = { x0, batch: s.batch, done: s.done };
         ctx.step((s.done + (s.batch * (s.call + 1)) / s.calls) / total, s.call + 1, s.calls, x0 ? () => previewImage(model.preview, x0.subarray(0, per), h, w) : undefined);
       },
     });
@@ -211,11 +214,16 @@ export async function runGeneration(p: PreparedGeneration, ctx: JobContext): Pro
   } catch (err) {
     if (!(err instanceof InterruptedError)) throw err;
     interrupted = true;
+    if (last) {
+      const decoded = await ldm.firstStage.decode(float32([last.batch, ldm.model.latentChannels, h, w], last.x0.map((v) => v / ldm.scaleFactor)));
+      images = float32(decoded.shape, (decoded.data as Float32Array).map((v) => Math.max(-1, Math.min(1, v))));
+      labels = p.conditions.length ? Array.from({ length: last.batch }, (_, i) => p.conditions[Math.floor((last!.done + i) / n)]?.name ?? '') : [];
+    }
   }
   const made: MadeImage[] = [];
   if (images) {
-    const [, C, H, W] = images.shape as [number, number, number, number];
-    for (let i = 0; i < total; i++) {
+    const [count, C, H, W] = images.shape as [number, number, number, number];
+    for (let i = 0; i < count; i++) {
       const one = float32([C, H, W], (images.data as Float32Array).slice(i * C * H * W, (i + 1) * C * H * W));
       const parameters = a1111Parameters({
         prompt: labels[i] ?? '', settings, seed: p.seed, model: model.title,
