@@ -18,6 +18,7 @@ import { LatentDiffusion } from '../src/models/latent-diffusion.js';
 import { LatentDiffusionConfigSchema } from '../src/config/ldm-config.js';
 import { writeLdmCheckpoint } from '../src/checkpoint/ldm-checkpoint.js';
 import { Rng } from '../src/util/random.js';
+import { Tokenizer } from '../src/models/tokenizer.js';
 import { ServedModels } from '../src/server/served-models.js';
 import { createServer, type ServerOptions } from '../src/server/http-server.js';
 import { fitLatentPreview, previewImage } from '../src/server/latent-preview.js';
@@ -295,5 +296,45 @@ test('extra-single-image with a served super-resolution model: its x4, then resi
   } finally {
     await app.close();
     await withSr.dispose();
+  }
+});
+
+test('refiner_checkpoint: the --refiner takes the low-noise steps when a request names it', async () => {
+  // Random-weight base and refiner of one design (as test/sample-cmd.test.ts): what is checked is that the refiner runs.
+  const tokenizer = Tokenizer.fromCorpus(['a red circle', 'a blue square'], { maxLen: 8 });
+  const write = async (name: string, width: number, maxTimestep?: number): Promise<string> => {
+    const cfg = LatentDiffusionConfigSchema.parse({
+      model: 'ldm', name, first_stage: 'pixel',
+      unet: { in_channels: 3, out_channels: 3, model_channels: width, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true, context_dim: 16 },
+      conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 8 } },
+      train: { batch_size: 1, lr: 1, steps: 1, ...(maxTimestep ? { max_timestep: maxTimestep } : {}) }, data: { size: 8 },
+      sample: { steps: 3, ...(maxTimestep ? { strength: 0.3 } : {}) },
+    });
+    const model = new LatentDiffusion(cfg, { tokenizer });
+    const rng = new Rng(width);
+    const params = model.initialize(rng);
+    for (const [n, w] of params) if ((w.data as Float32Array).every((v) => v === 0)) params.set(n, float32(w.shape, rng.normalArray(w.data.length, 0.05)));
+    const file = path.join(dir, `${name}.safetensors`);
+    await writeLdmCheckpoint(file, { config: cfg, params, firstStage: new PixelFirstStage(3), scaleFactor: 1, step: 1, weights: 'raw', tokenizer });
+    return file;
+  };
+  const served = await ServedModels.load({ ckpts: [await write('base', 32)], refiner: await write('refiner', 64, 300), executor });
+  const app = await createServer({ models: served, outDir: out });
+  try {
+    const base = await app.listen({ port: 0, host: '127.0.0.1' });
+    const req = { prompt: 'a red circle', width: 8, height: 8, steps: 6, seed: 2, sampler_name: 'DDIM' };
+    const image = async (r: Answer) => (await readImage(new Uint8Array(Buffer.from((r.json.images as string[])[0]!, 'base64')))).data;
+    const plain = await call(base, 'POST', '/sdapi/v1/txt2img', req);
+    const again = await call(base, 'POST', '/sdapi/v1/txt2img', req);
+    const refined = await call(base, 'POST', '/sdapi/v1/txt2img', { ...req, refiner_checkpoint: 'refiner' });
+    assert.equal(refined.status, 200, JSON.stringify(refined.json));
+    assert.deepEqual(await image(again), await image(plain));
+    assert.notDeepEqual(await image(refined), await image(plain), 'the refiner ran the steps below t=300');
+    const unknown = await call(base, 'POST', '/sdapi/v1/txt2img', { ...req, refiner_checkpoint: 'other' });
+    assert.equal(unknown.status, 404);
+    assert.match(String(unknown.json.detail), /no refiner "other" is loaded/);
+  } finally {
+    await app.close();
+    await served.dispose();
   }
 });
