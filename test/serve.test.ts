@@ -330,6 +330,9 @@ test('refiner_checkpoint: the --refiner takes the low-noise steps when a request
     assert.equal(refined.status, 200, JSON.stringify(refined.json));
     assert.deepEqual(await image(again), await image(plain));
     assert.notDeepEqual(await image(refined), await image(plain), 'the refiner ran the steps below t=300');
+    const switchAt = await call(base, 'POST', '/sdapi/v1/txt2img', { ...req, refiner_checkpoint: 'refiner', refiner_switch_at: 0.8 });
+    assert.equal(switchAt.status, 422);
+    assert.match(String(switchAt.json.detail), /cannot honour: refiner_switch_at/);
     const unknown = await call(base, 'POST', '/sdapi/v1/txt2img', { ...req, refiner_checkpoint: 'other' });
     assert.equal(unknown.status, 404);
     assert.match(String(unknown.json.detail), /no refiner "other" is loaded/);

@@ -128,6 +128,8 @@ export function unsupportedFields(r: GenerationRequest, img2img?: Img2ImgRequest
   if (r.script_name) bad.push('script_name');
   for (const [k, v] of Object.entries(r.alwayson_scripts ?? {})) if (!inertScript(v)) bad.push(`alwayson_scripts.${k}`);
   for (const k of Object.keys(r.override_settings ?? {})) if (k !== 'sd_model_checkpoint') bad.push(`override_settings.${k}`);
+  // The refiner takes over below a timestep set at start (ldm serve --refiner-below), not at a fraction of the steps.
+  if (r.refiner_checkpoint && r.refiner_switch_at !== null && r.refiner_switch_at !== undefined) bad.push('refiner_switch_at (the switch is ldm serve --refiner-below)');
   if (img2img) {
     if (img2img.init_images.length > 1) bad.push('init_images (one image per request)');
     if ((img2img.resize_mode ?? 0) !== 0) bad.push('resize_mode (only 0, "just resize")');
