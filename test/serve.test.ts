@@ -22,6 +22,7 @@ import { Tokenizer } from '../src/models/tokenizer.js';
 import { ServedModels } from '../src/server/served-models.js';
 import { createServer, type ServerOptions } from '../src/server/http-server.js';
 import { fitLatentPreview, previewImage } from '../src/server/latent-preview.js';
+import { InterruptedError, JobQueue, QueueFullError, ShuttingDownError, type JobContext } from '../src/server/job-queue.js';
 import { sharedTempDir } from './helpers/temp-dir.js';
 import { trainTinyZooModel } from './helpers/serve-fixture.js';
 import { ROOT } from './helpers/commands.js';
@@ -340,4 +341,37 @@ test('refiner_checkpoint: the --refiner takes the low-noise steps when a request
     await app.close();
     await served.dispose();
   }
+});
+
+test('the job queue: in order, one at a time, bounded; close turns the waiting away and interrupts the running one', async () => {
+  const q = new JobQueue(2);
+  const order: string[] = [];
+  let active = 0;
+  const job = (name: string, steps: number) => async (ctx: JobContext) => {
+    active++;
+    assert.equal(active, 1, 'one at a time');
+    try {
+      for (let i = 1; i <= steps; i++) {
+        await new Promise((r) => setTimeout(r, 2));
+        ctx.step(i / steps, i, steps);
+      }
+      order.push(name);
+      return name;
+    } finally {
+      active--;
+    }
+  };
+  const runs = ['a', 'b', 'c'].map((n) => q.submit(n, job(n, 3)));
+  await assert.rejects(q.submit('d', job('d', 1)), QueueFullError);
+  assert.deepEqual(await Promise.all(runs), ['a', 'b', 'c']);
+  assert.deepEqual(order, ['a', 'b', 'c']);
+
+  const long = q.submit('long', job('long', 1000));
+  const waiting = q.submit('w', job('w', 1));
+  const outcomes = Promise.all([assert.rejects(long, InterruptedError), assert.rejects(waiting, ShuttingDownError)]);
+  await new Promise((r) => setTimeout(r, 20));
+  q.close();
+  await outcomes;
+  await assert.rejects(q.submit('late', job('late', 1)), ShuttingDownError);
+  assert.ok(q.lastInterrupt!.stepsAfter <= 1);
 });

@@ -5,6 +5,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
 import path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ZodError, type z } from 'zod';
@@ -19,7 +20,7 @@ import {
 import {
   prepareGeneration, prepareUpscale, RequestError, runGeneration, runUpscale, upscalerNames, type MadeImage,
 } from './a1111-generate.js';
-import { JobQueue, QueueFullError, type JobSnapshot } from './job-queue.js';
+import { JobQueue, QueueFullError, ShuttingDownError, type JobSnapshot } from './job-queue.js';
 import type { ServedModel, ServedModels } from './served-models.js';
 
 export interface ServerOptions {
@@ -156,6 +157,7 @@ export async function createServer(opts: ServerOptions): Promise<FastifyInstance
   app.setErrorHandler(async (err: unknown, _req: FastifyRequest, reply: FastifyReply) => {
     if (err instanceof RequestError) return reply.code(err.status).send({ error: statusName(err.status), detail: err.message });
     if (err instanceof QueueFullError) return reply.code(429).send({ error: 'Too Many Requests', detail: err.message });
+    if (err instanceof ShuttingDownError) return reply.code(503).send({ error: 'Service Unavailable', detail: err.message });
     if (err instanceof ZodError) return reply.code(422).send({ error: 'Unprocessable Entity', detail: zodMessage(err) });
     const e = err as { statusCode?: number; code?: string; message?: string };
     if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
@@ -252,9 +254,16 @@ export async function createServer(opts: ServerOptions): Promise<FastifyInstance
     if (!entry) throw new RequestError(404, `no image ${req.params.id} in the gallery (it keeps the last ${opts.gallerySize ?? DEFAULT_GALLERY})`);
     return reply.type('image/png').send(Buffer.from(entry.png));
   });
+  // Event streams never end on their own: closing the server ends them, or close() would wait for every open page.
+  const streams = new Set<ServerResponse>();
+  app.addHook('preClose', async () => {
+    st.queue.close();
+    for (const r of streams) r.end();
+  });
   app.get('/ldm/events', (req, reply) => {
     reply.hijack();
     const res = reply.raw;
+    streams.add(res);
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
     let last = -1;
     // A client gone mid-write must not bring the server down.
@@ -272,7 +281,10 @@ export async function createServer(opts: ServerOptions): Promise<FastifyInstance
     const off = st.queue.subscribe((s) => {
       chain = chain.then(() => send(s));
     });
-    req.raw.on('close', () => off());
+    req.raw.on('close', () => {
+      off();
+      streams.delete(res);
+    });
   });
   return app;
 }

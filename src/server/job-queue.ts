@@ -5,6 +5,13 @@
  */
 import type { HostTensor } from '../engine/host-tensor.js';
 
+/** The server is shutting down: requests still waiting are answered with this (a 503). */
+export class ShuttingDownError extends Error {
+  constructor() {
+    super('the server is shutting down');
+  }
+}
+
 export class QueueFullError extends Error {
   constructor(capacity: number) {
     super(`the queue is full (${capacity} waiting); retry later`);
@@ -59,6 +66,7 @@ export class JobQueue {
   private running: Running | undefined;
   /** A job runs or has been handed the turn (between one job's end and the next one's start, running is unset). */
   private busy = false;
+  private closed = false;
   private jobs = 0;
   private listeners = new Set<Listener>();
   /** Steps run after an interrupt was asked for, per interrupted job (the last one): the bench's "stops within one step". */
@@ -68,9 +76,14 @@ export class JobQueue {
 
   /** Run `work` when its turn comes; rejects with QueueFullError when `capacity` jobs are already waiting. */
   async submit<T>(label: string, work: (ctx: JobContext) => Promise<T>): Promise<T> {
+    if (this.closed) throw new ShuttingDownError();
     if (this.busy) {
       if (this.waiting.length >= this.capacity) throw new QueueFullError(this.capacity);
       await new Promise<void>((resolve) => this.waiting.push(resolve));
+      if (this.closed) {
+        this.handOn();
+        throw new ShuttingDownError();
+      }
     }
     this.busy = true;
     const job: Running = { label, startedAt: Date.now(), fraction: 0, step: 0, steps: 0, version: 0, interrupted: false };
@@ -94,11 +107,23 @@ export class JobQueue {
     } finally {
       if (job.interrupted && after === 0) this.lastInterrupt = { stepsAfter: 0 };
       this.running = undefined;
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.busy = false;
+      this.handOn();
       this.emit();
     }
+  }
+
+  /** The turn goes to the next waiting job, or nobody. */
+  private handOn(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.busy = false;
+  }
+
+  /** Refuse new jobs, turn the waiting ones away (ShuttingDownError) and interrupt the running one. */
+  close(): void {
+    this.closed = true;
+    this.interrupt();
+    this.handOn();
   }
 
   /** Ask the running job to stop at its next step; false when nothing runs. */
