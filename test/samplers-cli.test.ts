@@ -15,7 +15,7 @@ import { resolveSampleSettings, samplerChoice, type SampleInputs } from '../src/
 import { a1111Parameters, parseA1111Parameters } from '../src/sampling/sample-metadata.js';
 import { addPngText, readPngText } from '../src/io/png-text.js';
 import { encodePng, readImage } from '../src/io/image.js';
-import { float32 } from '../src/engine/host-tensor.js';
+import { float32, toFloat32 } from '../src/engine/host-tensor.js';
 import { LatentDiffusion } from '../src/models/latent-diffusion.js';
 import { PixelFirstStage } from '../src/models/first-stage.js';
 import { writeLdmCheckpoint } from '../src/checkpoint/ldm-checkpoint.js';
@@ -83,7 +83,7 @@ test('PNG text chunks: written after IHDR, read back (tEXt and UTF-8 iTXt), and 
   assert.equal(Buffer.from(png.subarray(37, 41)).toString('latin1'), 'tEXt', 'the first text chunk follows IHDR');
   assert.ok(Buffer.from(png).includes(Buffer.from('iTXt')), 'non-Latin-1 text goes in iTXt');
   // sharp still decodes it, to the same pixels.
-  assert.deepEqual(Array.from((await readImage(png)).data), Array.from((await readImage(plain)).data));
+  assert.deepEqual(Array.from(toFloat32(await readImage(png))), Array.from(toFloat32(await readImage(plain))));
   // The chunk's CRC-32 covers its type and data, as readers check it.
   const len = new DataView(png.buffer, png.byteOffset).getUint32(33);
   const crc = new DataView(png.buffer, png.byteOffset).getUint32(33 + 8 + len);

@@ -64,7 +64,7 @@ test('tiled VAE decode: near the whole decode, exact where one tile covers, no s
     // The blend leaves no step at the tiles' edges (about 1 when seamless, as ldm upscale checks its tiles).
     const starts = tileStarts(L, 24, 8).map((s) => s * 8);
     const edges = [...starts.slice(1), ...starts.map((s) => s + 192).filter((e) => e < 256)];
-    const seam = seamRatio(float32([3, 256, 256], t), edges, edges, 8);
+    const seam = seamRatio({ shape: [3, 256, 256], data: t }, edges, edges, 8);
     assert.ok(seam < 1.5, `seam ratio ${seam}`);
 
     const img = float32([1, 3, 256, 256], whole.map((v) => Math.max(-1, Math.min(1, v))));
