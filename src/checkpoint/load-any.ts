@@ -27,7 +27,7 @@ import { ClassEmbedder } from '../models/class-embedder.js';
 import { TextEncoder } from '../models/text-encoder.js';
 import { createConditioner } from '../models/conditioning.js';
 import { FIRST_STAGE_KEY, FIRST_STAGE_PREFIX, LDM_KEYS, SCALE_FACTOR_KEY, WEIGHTS_META } from './metadata-keys.js';
-import { fingerprintParams, type FirstStageSpec } from '../models/first-stage.js';
+import { fingerprintParams, type FirstStageSpec, type FirstStageWeightReader } from '../models/first-stage.js';
 import { autoencoderKeyMap, fromDiffusers, unetKeyMap } from './diffusers-key-maps.js';
 import {
   autoencoderConfigFrom, inferAutoencoderConfig, inferConditioning, inferSchedule, inferUNetConfig, isReferenceConfig, ldmConfigFrom,
@@ -147,6 +147,26 @@ export async function loadAnyCheckpoint(file: string, opts: LoadAnyOptions = {})
   const checked = checkModel(model, file);
   unused.push(...checked.unused);
   return { ...checked.model, source: { path: file, format, skipped, unsafe, unused, notes, warnings } };
+}
+
+/**
+ * Reads `file`'s first stage weights again (first_stage_model.*, float32 as loadAnyCheckpoint gives them), only those
+ * `select` names, for AutoencoderFirstStage.releaseWeights (ldm sample --low-memory). Undefined where a part cannot be
+ * read alone: a .ckpt, a diffusers folder, a file read as one (config.json beside it, `config` not given), a file
+ * without a first stage.
+ */
+export async function firstStageReader(file: string, opts: Pick<LoadAnyOptions, 'config'> = {}): Promise<FirstStageWeightReader | undefined> {
+  if (statOf(file).isDirectory() || sniffTorchFormat(readHead(file)) !== 'safetensors') return undefined;
+  const header = await readSafetensorsHeader(file);
+  const ldmFormat = Object.hasOwn(header.metadata, 'ldm.format');
+  if (!ldmFormat && opts.config === undefined && fs.existsSync(path.join(path.dirname(file), 'config.json'))) return undefined;
+  if (!header.entries.some((e) => e.name.startsWith(FIRST_STAGE_PREFIX))) return undefined;
+  return async (select) => {
+    const { tensors } = await readSafetensors(file, { select: (n) => n.startsWith(FIRST_STAGE_PREFIX) && select(n.slice(FIRST_STAGE_PREFIX.length)) });
+    const params = splitPrefix(tensors, FIRST_STAGE_PREFIX);
+    widenInPlace(params);
+    return params;
+  };
 }
 
 function statOf(file: string): fs.Stats {

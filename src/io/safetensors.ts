@@ -220,8 +220,11 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
   }
 }
 
-/** Read a safetensors file tensor by tensor, so files above 2 GiB load without one giant buffer. */
-export async function readSafetensors(file: string): Promise<Safetensors> {
+/**
+ * Read a safetensors file tensor by tensor, so files above 2 GiB load without one giant buffer; `select` keeps the
+ * tensors it names and skips the others' bytes.
+ */
+export async function readSafetensors(file: string, opts: { select?: (name: string) => boolean } = {}): Promise<Safetensors> {
   assertHostLE();
   const fh = await fsp.open(file, 'r');
   try {
@@ -229,6 +232,7 @@ export async function readSafetensors(file: string): Promise<Safetensors> {
     const base = 8 + header.headerBytes;
     const tensors = new Map<string, HostTensor>();
     for (const e of header.entries) {
+      if (opts.select && !opts.select(e.name)) continue;
       const data = allocate(e.dtype, numel(e.shape));
       await readExactly(fh, bytesOf(data), base + e.dataOffsets[0], file);
       tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data });

@@ -106,6 +106,17 @@ export function fingerprintParams(params: ReadonlyMap<string, HostTensor>): stri
   return h.digest('hex');
 }
 
+/**
+ * Reads a first stage's weights again, float32 under its own names, those `select` keeps: how ldm sample --low-memory
+ * gets the decoder back after the UNet is freed, instead of holding it through sampling.
+ */
+export type FirstStageWeightReader = (select: (name: string) => boolean) => Promise<Map<string, HostTensor>>;
+
+/** Weights a decode needs: all but the encoder's (quantize stays: a VQ model quantises inside decode). */
+export function isDecodingParam(name: string): boolean {
+  return !/^(encoder|quant_conv)\./.test(name);
+}
+
 /** An AutoencoderKL or VQModel, its weights baked into one compiled program per batch shape and direction. */
 export class AutoencoderFirstStage implements FirstStage {
   readonly kind = 'autoencoder' as const;
@@ -114,17 +125,28 @@ export class AutoencoderFirstStage implements FirstStage {
   readonly imageChannels: number;
   readonly fingerprint: string;
   readonly spec: FirstStageSpec;
+  /** float32 bytes of all its weights, held or not (memory estimates). */
+  readonly weightBytes: number;
   private readonly programs = new ProgramCache();
+  private weights: ReadonlyMap<string, HostTensor>;
+  /** Set by releaseWeights: the weights are read again per direction, only the part that direction needs. */
+  private reread?: FirstStageWeightReader;
+  /** The direction whose part of the weights is held (reread mode). */
+  private held?: 'encode' | 'decode';
+  /** Each direction's part of the weights, fingerprinted when first released: what is read again must match. */
+  private readonly partFingerprints = new Map<'encode' | 'decode', string>();
 
   constructor(
     readonly model: Autoencoder,
-    private readonly weights: ReadonlyMap<string, HostTensor>,
+    weights: ReadonlyMap<string, HostTensor>,
     private readonly executor: Executor,
     readonly scaleFactor: number | undefined,
     source?: string,
   ) {
     checkWeights(model, weights);
     model.eval();
+    this.weights = weights;
+    this.weightBytes = hostBytes(weights.values());
     this.factor = model.factor;
     this.latentChannels = model.embedDim;
     this.imageChannels = model.config.ddconfig.in_channels;
@@ -140,10 +162,47 @@ export class AutoencoderFirstStage implements FirstStage {
     };
   }
 
+  /**
+   * Drop the weights and compiled programs now (their memory goes at the next garbage collection); from then on an
+   * encode or decode reads back the part of the weights its direction needs with `reread` (the first time: later
+   * calls may omit it), holding one direction's part at a time.
+   */
+  async releaseWeights(reread?: FirstStageWeightReader): Promise<void> {
+    if (!this.reread) {
+      if (!reread) throw new Error('the first stage\'s weights cannot be released: nothing can read them again');
+      for (const [dir, select] of [['encode', isEncodingParam], ['decode', isDecodingParam]] as const) {
+        this.partFingerprints.set(dir, fingerprintParams(new Map([...this.weights].filter(([n]) => select(n)))));
+      }
+    }
+    this.reread = reread ?? this.reread;
+    await this.programs.dispose();
+    this.weights = new Map();
+    this.held = undefined;
+  }
+
+  /** In reread mode, the weights `dir` needs, read once it needs them (another direction's are dropped first). */
+  private async holdFor(dir: 'encode' | 'decode'): Promise<void> {
+    if (!this.reread || this.held === dir) return;
+    await this.releaseWeights();
+    const select = dir === 'encode' ? isEncodingParam : isDecodingParam;
+    const weights = await this.reread(select);
+    for (const [n] of this.model.namedParameters()) {
+      if (select(n) && !weights.has(n)) throw new Error(`reading the first stage's weights again: ${n} is missing; the checkpoint changed while sampling`);
+    }
+    const part = new Map([...weights].filter(([n]) => select(n)));
+    if (fingerprintParams(part) !== this.partFingerprints.get(dir)) {
+      throw new Error('reading the first stage\'s weights again gave other weights: the checkpoint changed while sampling');
+    }
+    this.weights = part;
+    this.held = dir;
+  }
+
   private program(dir: 'encode' | 'decode', shape: readonly number[]): Promise<Program> {
     return this.programs.get(`${dir}:${shape.join(',')}`, () => {
       const g = new Graph();
-      bindParams(g, this.model, this.weights, 'const');
+      // A part of the weights held (reread mode): the rest are left unbound inputs, which the program does not reach.
+      const weights = this.weights;
+      bindParams(g, this.model, weights, this.reread ? (n) => (weights.has(n) ? 'const' : 'input') : 'const');
       const out: Tensor = trace(g, () => {
         const x = o.input('x', shape);
         return dir === 'encode' ? this.model.encodeLatent(x) : this.model.decodeLatent(x);
@@ -157,14 +216,17 @@ export class AutoencoderFirstStage implements FirstStage {
     if (h % this.factor || w % this.factor) {
       throw new Error(`images of ${h}x${w} do not divide by the autoencoder's f=${this.factor}; use a size that is a multiple of ${this.factor}`);
     }
+    await this.holdFor('encode');
     return (await (await this.program('encode', images.shape)).run({ x: images })).out!;
   }
 
   async decode(latents: HostTensor): Promise<HostTensor> {
     checkBatch('autoencoder decode', latents, this.latentChannels);
+    await this.holdFor('decode');
     return (await (await this.program('decode', latents.shape)).run({ x: latents })).out!;
   }
 
+  /** The weights held now (all of them unless releaseWeights was called). */
   params(): ReadonlyMap<string, HostTensor> {
     return this.weights;
   }
@@ -201,9 +263,11 @@ const LIVE_MAPS = 6;
 /** [n, n] attention matrices alive at once (scores and softmax); about 1.2 measured for kl-f4-small at 512x512. */
 const LIVE_ATTENTION = 2;
 
+const HELD_WEIGHT_COPIES = 3.5;
+
 /** Estimated bytes of a model's weights as a run holds them: the host copy, the executor's and the file read (3.1x measured for kl-f8). */
 export function heldWeightBytes(params: ReadonlyMap<string, HostTensor>): number {
-  return 3.5 * hostBytes(params.values());
+  return HELD_WEIGHT_COPIES * hostBytes(params.values());
 }
 
 /**
@@ -229,5 +293,7 @@ export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: n
     if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, scores);
     if (vanilla && i === levels - 1) attention = Math.max(attention, scores); // the mid-block
   }
-  return heldWeightBytes(stage.params()) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
+  // All its weights, also while released (ldm sample --low-memory reads them back to decode).
+  const weights = stage instanceof AutoencoderFirstStage ? HELD_WEIGHT_COPIES * stage.weightBytes : heldWeightBytes(stage.params());
+  return weights + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
 }

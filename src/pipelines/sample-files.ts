@@ -11,10 +11,10 @@ import type { SamplerName } from '../diffusion/samplers.js';
 import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm, type ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
 import { assertWritable } from '../io/atomic.js';
 import { readImage, saveGrid, writePng } from '../io/image.js';
-import { collectGarbage, type MemoryLimit } from '../util/memory-budget.js';
+import { collectGarbage, formatBytes, memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
 import { definedOnly } from '../util/defined.js';
 import { Denoiser } from '../sampling/denoiser.js';
-import { checkSampleMemory, generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
+import { checkSampleMemory, fitSampleBatch, generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
 import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 import { a1111Parameters } from '../sampling/sample-metadata.js';
 import { enlargeForGrid } from '../sampling/grid.js';
@@ -24,6 +24,8 @@ import { noNullClassMessage } from '../models/class-embedder.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { precomputeTextContexts } from '../models/text-context-cache.js';
 import type { VaeTiling } from '../models/first-stage-tiles.js';
+import { AutoencoderFirstStage } from '../models/first-stage.js';
+import { firstStageReader } from '../checkpoint/load-any.js';
 import { readPalette, readSegmentationMap } from '../data/segmentation-map.js';
 
 const COND_STAGE_PREFIX = 'cond_stage_model.';
@@ -164,6 +166,18 @@ export async function readLines(file: string): Promise<string[]> {
   return lines;
 }
 
+/**
+ * Drop an LDM's autoencoder weights until they are needed, to be read back from its file a direction at a time
+ * (--low-memory); false where they cannot be (a .ckpt, a diffusers folder, pixel space): then they stay held.
+ */
+async function releaseFirstStage(ldm: LoadedLdm, config?: string): Promise<boolean> {
+  if (!(ldm.firstStage instanceof AutoencoderFirstStage)) return false;
+  const reader = await firstStageReader(ldm.file, definedOnly({ config }));
+  if (!reader) return false;
+  await ldm.firstStage.releaseWeights(reader);
+  return true;
+}
+
 /** `ldm sample`: load, check every output path, generate, write PNGs and a labelled grid. */
 export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFilesResult> {
   const started = Date.now();
@@ -178,6 +192,9 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
   try {
     if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor, opts.onWarning);
     if (opts.refiner !== undefined) refined = await openRefiner(opts.refiner, ldm, opts.executor, opts.refinerBelow);
+    // --low-memory: no autoencoder weights held while the text encoder and UNet run; the decoder's are read back after.
+    const released = opts.lowMemory && opts.ae === undefined && await releaseFirstStage(ldm, opts.config);
+    if (opts.lowMemory && refined) await releaseFirstStage(refined.ldm); // checked against the base's; never run
     const conditions: SampleCondition[] = [];
     const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];
     for (const p of prompts) conditions.push({ prompt: p, name: p });
@@ -207,8 +224,19 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request));
     const cond = ldm.config.conditioning;
     if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
+    const limit = opts.memoryLimit ?? memoryLimit();
+    const lowMemory = opts.lowMemory ?? false;
+    if (opts.settings.batchSize === undefined) {
+      // A default batch (up to 8 images a call) shrinks to what the memory limit allows; one given is kept, or refused.
+      const fitted = fitSampleBatch(ldm, settings, total, limit, opts.vaeTiling, lowMemory);
+      if (fitted < settings.batchSize) {
+        warnings.push(`batches of ${fitted} image${fitted === 1 ? '' : 's'}, not ${settings.batchSize}, to stay within the memory limit of ${formatBytes(limit.bytes)} (${limit.source}); --batch-size sets it`);
+        opts.onWarning?.(warnings.at(-1)!);
+        settings.batchSize = fitted;
+      }
+    }
     // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
-    checkSampleMemory(ldm, settings, total, opts.memoryLimit, opts.vaeTiling);
+    checkSampleMemory(ldm, settings, total, limit, opts.vaeTiling, lowMemory);
     let model = ldm.model;
     if (!refined && isClipText(ldm.config.conditioning.text)) {
       // SD's frozen text encoder runs once per text, not inside every UNet call, and its weights go before the UNet
@@ -222,6 +250,14 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     denoiser = unet;
     const parts = { ...ldm, model, imageSize: ldm.config.data.size };
     // --low-memory: the UNet's programs and weights go before the decoder's are made.
+    // --low-memory: the encoder's weights (an init image's) go before sampling; the decoder's are read when decoding.
+    const beforeSampling = released
+      ? async () => {
+        if (ldm.firstStage.params().size === 0) return;
+        await (ldm.firstStage as AutoencoderFirstStage).releaseWeights();
+        collectGarbage();
+      }
+      : undefined;
     const beforeDecode = opts.lowMemory
       ? async () => {
         await unet.dispose();
@@ -233,7 +269,9 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       : undefined;
     const gen = await generate(parts, unet, {
       ...request, settings, seed: opts.seed,
-      ...definedOnly({ negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: opts.memoryLimit, beforeDecode, vaeTiling: opts.vaeTiling }),
+      ...definedOnly({
+        negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: limit, beforeSampling, beforeDecode, lowMemory, vaeTiling: opts.vaeTiling,
+      }),
     });
     const [, ch, H, W] = gen.images.shape as [number, number, number, number];
     await fsp.mkdir(opts.outDir, { recursive: true });

@@ -6,7 +6,7 @@
  * Inpainting masks: white (>= 0.5) marks what to regenerate, black what to keep. A latent position is kept only
  * when every pixel of its f x f block is kept, so the regenerated area never shrinks.
  */
-import { float32, hostTensor, numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { float32, hostBytes, hostTensor, numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { Rng } from '../util/random.js';
 import { createSampler } from '../diffusion/samplers.js';
 import { rescaleZeroTerminalSnr } from '../diffusion/sigma-schedule.js';
@@ -67,8 +67,12 @@ export interface GenerateOptions {
   onStep?: (p: SampleProgress) => void;
   /** A second model for the low-noise end (timesteps below `below`), as SDXL's refiner and eDiff-I's expert denoisers. */
   refiner?: Refiner;
+  /** Called once the init image (and mask) are encoded, before the first denoising call (ldm sample --low-memory drops the encoder there). */
+  beforeSampling?: () => Promise<void>;
   /** Called once every latent is sampled, before the first stage decodes (ldm sample --low-memory frees the UNet there). */
   beforeDecode?: () => Promise<void>;
+  /** beforeDecode frees the model's weights and the first stage holds no weights while sampling: the memory estimate counts the two phases apart. */
+  lowMemory?: boolean;
   /** Peak memory allowed (default: util/memory-budget.ts's share of the machine); a larger request is refused before allocating. */
   memoryLimit?: MemoryLimit;
   /** Decode (and encode the init image) in tiles: `auto` (default) when a whole decode would pass AUTO_TILE_BYTES. */
@@ -223,10 +227,13 @@ export function unetRunBytes(u: UNetConfig, n: number, h: number, w: number): nu
 /**
  * Estimated peak bytes of `generate` and writing its images: the model's weights (UNet and text encoder, host and
  * executor copies), the latents and images of all samples (with the grid's copies), one batch through the UNet (twice
- * the batch with guidance) and through the first stage's decoder (its weights included).
+ * the batch with guidance) and through the first stage's decoder (its weights included). `lowMemory` (ldm sample
+ * --low-memory): the model's weights and run are gone before the decoder's weights are read, so the larger of the
+ * two phases counts, not their sum.
  */
 export function sampleMemoryBytes(
-  parts: Pick<LdmParts, 'model' | 'firstStage'>, x: { total: number; batch: number; guided: boolean; height: number; width: number; tile?: TileOptions },
+  parts: Pick<LdmParts, 'model' | 'firstStage'>,
+  x: { total: number; batch: number; guided: boolean; height: number; width: number; tile?: TileOptions; lowMemory?: boolean },
 ): number {
   const fs = parts.firstStage;
   const C = fs.imageChannels;
@@ -237,9 +244,12 @@ export function sampleMemoryBytes(
   const images = x.total * C * x.height * x.width * 4;
   const weights = modelWeightBytes(parts.model);
   const copies = weights > MAX_BAKED_WEIGHT_BYTES ? FED_WEIGHT_COPIES : WEIGHT_COPIES;
-  return PROCESS_BASE_BYTES + copies * weights + 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1)
-    + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w)
-    + (x.tile ? tiledRunBytes(fs, x.tile, x.height, x.width) : firstStageRunBytes(fs, x.batch, x.height, x.width)) + x.batch * C * x.height * x.width * 4;
+  const outputs = 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1);
+  // Under lowMemory the first stage is counted while sampling only where it holds its weights (it could not release them).
+  const stageHeld = x.lowMemory ? hostBytes(fs.params().values()) : 0;
+  const sampling = copies * weights + stageHeld + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w);
+  const decoding = (x.tile ? tiledRunBytes(fs, x.tile, x.height, x.width) : firstStageRunBytes(fs, x.batch, x.height, x.width)) + x.batch * C * x.height * x.width * 4;
+  return PROCESS_BASE_BYTES + outputs + (x.lowMemory ? Math.max(sampling, decoding) : sampling + decoding);
 }
 
 /**
@@ -248,12 +258,36 @@ export function sampleMemoryBytes(
  */
 export function checkSampleMemory(
   parts: Pick<LdmParts, 'model' | 'firstStage'>, settings: Pick<SampleSettings, 'height' | 'width' | 'batchSize' | 'guidance'>, total: number, limit?: MemoryLimit,
-  vaeTiling: VaeTiling = 'auto',
+  vaeTiling: VaeTiling = 'auto', lowMemory = false,
 ): void {
   const { height: H, width: W, batchSize: bs } = settings;
+  checkMemory(sampleEstimate(parts, settings, total, vaeTiling, lowMemory), limit ?? memoryLimit(),
+    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`,
+    `pass a smaller --height/--width, --n or --batch-size, --vae-tiling${lowMemory ? '' : ', --low-memory'}, or raise --max-memory`);
+}
+
+function sampleEstimate(
+  parts: Pick<LdmParts, 'model' | 'firstStage'>, settings: Pick<SampleSettings, 'height' | 'width' | 'batchSize' | 'guidance'>, total: number,
+  vaeTiling: VaeTiling, lowMemory: boolean,
+): number {
+  const { height: H, width: W, batchSize: bs } = settings;
   const tile = vaeTilesFor(parts.firstStage, vaeTiling, bs, H, W);
-  checkMemory(sampleMemoryBytes(parts, { total, batch: bs, guided: settings.guidance !== 1, height: H, width: W, ...(tile ? { tile } : {}) }), limit ?? memoryLimit(),
-    `sampling ${total} image${total === 1 ? '' : 's'} of ${W}x${H} in batches of ${bs}`, 'pass a smaller --height/--width, --n or --batch-size, --vae-tiling, or raise --max-memory');
+  return sampleMemoryBytes(parts, { total, batch: bs, guided: settings.guidance !== 1, height: H, width: W, lowMemory, ...(tile ? { tile } : {}) });
+}
+
+/**
+ * The largest batch size up to settings.batchSize whose estimated peak fits the limit: ldm sample lowers a default
+ * batch this way (SD's default of 4 images in one batch needs several times one image's memory). Where not even one
+ * image fits, settings.batchSize, for checkSampleMemory to refuse.
+ */
+export function fitSampleBatch(
+  parts: Pick<LdmParts, 'model' | 'firstStage'>, settings: Pick<SampleSettings, 'height' | 'width' | 'batchSize' | 'guidance'>, total: number, limit: MemoryLimit,
+  vaeTiling: VaeTiling = 'auto', lowMemory = false,
+): number {
+  for (let bs = settings.batchSize; bs >= 1; bs--) {
+    if (sampleEstimate(parts, { ...settings, batchSize: bs }, total, vaeTiling, lowMemory) <= limit.bytes) return bs;
+  }
+  return settings.batchSize;
 }
 
 /** What a request gives resolveSampleSettings to default from: its conditions, images in all, mask, and its inputs' size. */
@@ -288,7 +322,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
 
   const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
   const total = list.length;
-  checkSampleMemory(parts, opts.settings, total, opts.memoryLimit, opts.vaeTiling);
+  checkSampleMemory(parts, opts.settings, total, opts.memoryLimit, opts.vaeTiling, opts.lowMemory);
   const vaeTile = vaeTilesFor(fs, opts.vaeTiling ?? 'auto', bs, H, W, opts.vaeTileSize);
 
   let initLatent: Float32Array | undefined;
@@ -314,6 +348,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
 
   // --zero-snr samples on the rescaled schedule (the model's own is left as trained).
   const sched = opts.settings.zeroSnr ? rescaleZeroTerminalSnr(model.schedule) : model.schedule;
+  await opts.beforeSampling?.();
   const rng = new Rng(opts.seed);
   const latents = new Float32Array(total * per);
   for (let start = 0; start < total; start += bs) {
@@ -370,6 +405,7 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
     ...(keep ? { keepMask: keep } : {}),
   };
 }
+
 /** inpainting_big's inputs at H x W: the init image and mask, and the condition made of them (first-stage-inpaint.ts). */
 async function firstStageInpaintInputs(parts: LdmParts, opts: GenerateOptions, H: number, W: number): Promise<{ condition: SampleCondition; image: HostTensor; mask: HostTensor }> {
   if (!opts.init || !opts.mask) throw new Error('this inpainting model (conditioned on the masked image) needs the image and the mask: give --init-image and --mask');
