@@ -222,6 +222,15 @@ test('a default batch is lowered to what the memory limit allows (same images as
     assert.equal(fs.existsSync(path.join(dir, 'given')), false);
     await run('one', 1);
     for (const f of ['sample-00000.png', 'sample-00001.png']) assert.deepEqual(fs.readFileSync(path.join(dir, 'fitted', f)), fs.readFileSync(path.join(dir, 'one', f)));
+    // --low-memory samples one image a call by default: within a limit that only one image's batch fits, and quietly.
+    warnings.length = 0;
+    await sampleToFiles({
+      ckpt: file, tokenizer: VOCAB, outDir: path.join(dir, 'low'), executor: inner, n: 2, seed: 5, prompts: ['a cat'], lowMemory: true,
+      memoryLimit: { bytes: Math.round(at(1, true) + 1), source: 'test' }, onWarning: (w) => warnings.push(w),
+      settings: { steps: 2, sampler: 'ddim', eta: 0, guidance: 7.5, height: 64, width: 64 },
+    });
+    assert.deepEqual(warnings.filter((w) => /batches of/.test(w)), []);
+    for (const f of ['sample-00000.png', 'sample-00001.png']) assert.deepEqual(fs.readFileSync(path.join(dir, 'low', f)), fs.readFileSync(path.join(dir, 'one', f)));
   } finally {
     await inner.dispose();
   }

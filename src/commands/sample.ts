@@ -78,7 +78,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
       summary: 'Decode (and encode --init-image) in overlapping 512-pixel tiles blended at the seams; --no-vae-tiling never. Default: tiles when a whole decode would need more than 6 GiB (SD at 1024x1024 and up).',
       allowNo: true,
     }),
-    'low-memory': Flags.boolean({ summary: 'One network held at a time: the UNet is freed before the VAE decodes (Stable Diffusion\'s text encoder is always freed before the UNet runs).' }),
+    'low-memory': Flags.boolean({ summary: 'One network held at a time: the UNet is freed before the VAE decodes, whose weights are read back from the checkpoint (Stable Diffusion\'s text encoder is always freed before the UNet runs); batches of one image unless --batch-size.' }),
     'max-memory': maxMemoryFlag(),
   };
 

@@ -270,6 +270,11 @@ export function heldWeightBytes(params: ReadonlyMap<string, HostTensor>): number
   return HELD_WEIGHT_COPIES * hostBytes(params.values());
 }
 
+/** float32 bytes of a first stage's weights, also while released (ldm sample --low-memory reads them back to decode). */
+export function firstStageWeightBytes(stage: FirstStage): number {
+  return stage instanceof AutoencoderFirstStage ? stage.weightBytes : hostBytes(stage.params().values());
+}
+
 /**
  * Peak bytes the first stage takes to encode or decode a batch of n images of h x w pixels in one call: weights,
  * the feature maps of its widest level, and the vanilla attention matrices ((h w / 4^level)^2 floats, which is
@@ -293,7 +298,5 @@ export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: n
     if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, scores);
     if (vanilla && i === levels - 1) attention = Math.max(attention, scores); // the mid-block
   }
-  // All its weights, also while released (ldm sample --low-memory reads them back to decode).
-  const weights = stage instanceof AutoencoderFirstStage ? HELD_WEIGHT_COPIES * stage.weightBytes : heldWeightBytes(stage.params());
-  return weights + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
+  return HELD_WEIGHT_COPIES * firstStageWeightBytes(stage) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
 }

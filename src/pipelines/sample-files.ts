@@ -82,7 +82,8 @@ export interface SampleFilesOptions {
   memoryLimit?: MemoryLimit;
   /**
    * Hold one network at a time: a CLIP / OpenCLIP text encoder encodes the prompts first and is freed (program and
-   * weights) before the UNet runs, and the UNet is freed before the first stage decodes.
+   * weights) before the UNet runs, the UNet is freed before the first stage decodes, and the first stage's weights
+   * are read from the checkpoint when it encodes or decodes, not held while sampling. A default batch is one image.
    */
   lowMemory?: boolean;
   /** The VAE in tiles (sampling/generate.ts vaeTiling): auto (absent), on or off. */
@@ -227,13 +228,14 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     const limit = opts.memoryLimit ?? memoryLimit();
     const lowMemory = opts.lowMemory ?? false;
     if (opts.settings.batchSize === undefined) {
-      // A default batch (up to 8 images a call) shrinks to what the memory limit allows; one given is kept, or refused.
-      const fitted = fitSampleBatch(ldm, settings, total, limit, opts.vaeTiling, lowMemory);
-      if (fitted < settings.batchSize) {
+      // A default batch (up to 8 images a call) shrinks to what the memory limit allows, and to one image under
+      // --low-memory (SD 1.5's decode of 4 at 512x512 needs more than its UNet); one given is kept, or refused.
+      const fitted = lowMemory ? 1 : fitSampleBatch(ldm, settings, total, limit, opts.vaeTiling, lowMemory);
+      if (fitted < settings.batchSize && !lowMemory) {
         warnings.push(`batches of ${fitted} image${fitted === 1 ? '' : 's'}, not ${settings.batchSize}, to stay within the memory limit of ${formatBytes(limit.bytes)} (${limit.source}); --batch-size sets it`);
         opts.onWarning?.(warnings.at(-1)!);
-        settings.batchSize = fitted;
       }
+      settings.batchSize = Math.min(fitted, settings.batchSize);
     }
     // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
     checkSampleMemory(ldm, settings, total, limit, opts.vaeTiling, lowMemory);

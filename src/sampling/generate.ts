@@ -6,7 +6,7 @@
  * Inpainting masks: white (>= 0.5) marks what to regenerate, black what to keep. A latent position is kept only
  * when every pixel of its f x f block is kept, so the regenerated area never shrinks.
  */
-import { float32, hostBytes, hostTensor, numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
+import { float32, hostTensor, numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { Rng } from '../util/random.js';
 import { createSampler } from '../diffusion/samplers.js';
 import { rescaleZeroTerminalSnr } from '../diffusion/sigma-schedule.js';
@@ -15,7 +15,7 @@ import type { CondFeeds, Conditions } from '../models/conditioning.js';
 import { INPUT_INPAINT, type LatentDiffusion } from '../models/latent-diffusion.js';
 import { isClipText } from '../config/ldm-config.js';
 import { sdInpaintCondition } from './sd-inpaint.js';
-import { firstStageRunBytes, type FirstStage } from '../models/first-stage.js';
+import { firstStageRunBytes, firstStageWeightBytes, type FirstStage } from '../models/first-stage.js';
 import { decodeMaybeTiled, encodeMaybeTiled, tiledRunBytes, vaeTilesFor, type TileOptions, type VaeTiling } from '../models/first-stage-tiles.js';
 import { resize } from '../data/transforms.js';
 import { attentionHeads, type UNetConfig } from '../config/unet-config.js';
@@ -245,9 +245,10 @@ export function sampleMemoryBytes(
   const weights = modelWeightBytes(parts.model);
   const copies = weights > MAX_BAKED_WEIGHT_BYTES ? FED_WEIGHT_COPIES : WEIGHT_COPIES;
   const outputs = 3 * latents + 3 * images + pngWriteBytes(C, x.height, x.width) * (x.total + 1);
-  // Under lowMemory the first stage is counted while sampling only where it holds its weights (it could not release them).
-  const stageHeld = x.lowMemory ? hostBytes(fs.params().values()) : 0;
-  const sampling = copies * weights + stageHeld + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w);
+  // Under lowMemory the first stage's weights still count while sampling: released, their memory mostly stays
+  // resident, kept by the allocator (SD 1.5 --low-memory: 0.6 GB above the UNet's weights before its first call).
+  const stageResident = x.lowMemory ? firstStageWeightBytes(fs) : 0;
+  const sampling = copies * weights + stageResident + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w);
   const decoding = (x.tile ? tiledRunBytes(fs, x.tile, x.height, x.width) : firstStageRunBytes(fs, x.batch, x.height, x.width)) + x.batch * C * x.height * x.width * 4;
   return PROCESS_BASE_BYTES + outputs + (x.lowMemory ? Math.max(sampling, decoding) : sampling + decoding);
 }
