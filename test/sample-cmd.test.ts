@@ -186,7 +186,7 @@ test('ldm sample refuses sizes past the memory limit in one line before allocati
   }
   // --height has its own range check (cli/flags.ts LIMITS.side); past it, or within it, the answer is one line.
   assert.match(huge!.stderr, /^Error: (sampling 4 images of 100000x100000 in batches of 4 needs about [\d.]+ TiB of memory \(estimated peak\)|--height must be between 1 and \d+, got 100000)/m);
-  assert.match(limited!.stderr, /^Error: sampling 4 images of 1024x1024 in batches of 4 needs about [\d.]+ GiB of memory \(estimated peak\), above the limit of 1\.0 GiB \(--max-memory 1\.0 GiB\); pass a smaller --height\/--width, --n or --batch-size, or raise --max-memory$/m);
+  assert.match(limited!.stderr, /^Error: sampling 4 images of 1024x1024 in batches of 4 needs about [\d.]+ GiB of memory \(estimated peak\), above the limit of 1\.0 GiB \(--max-memory 1\.0 GiB\); pass a smaller --height\/--width, --n or --batch-size, (--vae-tiling, )?--low-memory, or raise --max-memory$/m);
   assert.equal(fs.existsSync(out), false);
 });
 
@@ -237,7 +237,7 @@ test('ldm sample reads prompts from a file, label maps from a PNG, and inpaints 
   assert.equal(fromMap.code, 0, fromMap.stderr);
   const m = JSON.parse(fromMap.stdout) as { n: number; width: number };
   assert.deepEqual([m.n, m.width], [2, 16], 'a label map is resized to the asked size');
-  assert.equal(badMap.stderr, `Error: ${path.join(dir, 'bad-map.png')}: pixel value 6 is not a class; a label map holds class indices 0..2 as grey values\n`);
+  assert.equal(badMap.stderr, `Error: ${path.join(dir, 'bad-map.png')}: grey value 6 is not a class; a label map holds class indices 0..2 as grey values (or give a palette for a colour map)\n`);
   assert.equal(inpaint.code, 0, inpaint.stderr);
   const out = await readImage((JSON.parse(inpaint.stdout) as { images: string[] }).images[0]!);
   const o = out.data as Float32Array;

@@ -155,7 +155,7 @@ test('--config v2-inference-v.yaml / v2-inference.yaml (widths edited): OpenCLIP
   await assert.rejects(loadAnyCheckpoint(file, { config: last }), /cond_stage_config\.params\.layer: "last" is not implemented/);
 });
 
-test('the sampling estimate for SD 1.5 at 512x512 with guidance covers the measured peak RSS (8.65 GB), weights included', async () => {
+test('the sampling estimate for SD 1.5 at 512x512 with guidance covers the measured peak RSS (6.50 GB), weights included', async () => {
   const ref = readReferenceConfig(V1_INFERENCE, 'v1-inference.yaml');
   const model = new LatentDiffusion(ref.config as LatentDiffusionConfig, { tokenizer: ClipTokenizer.load(path.join(import.meta.dirname, 'fixtures', 'clip-text', 'bpe_simple_vocab_16e6.txt.gz')) });
   const ae = buildAutoencoder(ref.firstStage!);
@@ -165,9 +165,10 @@ test('the sampling estimate for SD 1.5 at 512x512 with guidance covers the measu
   try {
     const firstStage = new AutoencoderFirstStage(ae, weights, executor, ref.scaleFactor);
     const bytes = sampleMemoryBytes({ model, firstStage }, { total: 1, batch: 1, guided: true, height: 512, width: 512 });
-    // Measured: ldm sample on the SD-1.5 fp16 file, 512x512, 20 steps, guidance 7.5 peaked at 8.65 GB RSS.
-    assert.ok(bytes >= 8.65e9, `estimate ${(bytes / 1e9).toFixed(2)} GB is below the measured 8.65 GB`);
-    assert.ok(bytes < 16e9, `estimate ${(bytes / 1e9).toFixed(2)} GB is far above the measured 8.65 GB`);
+    // Measured: ldm sample on a random SD-1.5-shaped fp16 file, 512x512, guidance 7.5, --n 1 peaked at 6.50 GB RSS
+    // (weights fed to the UNet as inputs, the text encoder's dropped before it runs).
+    assert.ok(bytes >= 6.5e9, `estimate ${(bytes / 1e9).toFixed(2)} GB is below the measured 6.50 GB`);
+    assert.ok(bytes < 13e9, `estimate ${(bytes / 1e9).toFixed(2)} GB is far above the measured 6.50 GB`);
   } finally {
     await executor.dispose();
   }

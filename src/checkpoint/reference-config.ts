@@ -568,7 +568,7 @@ function ldmFrom(params: Obj, target: string, ctx: Context): { config: Obj; firs
     schedule: { schedule, timesteps: num(params, 'timesteps', 1000), linear_start: num(params, 'linear_start', 1e-4), linear_end: num(params, 'linear_end', 2e-2) },
     train: { ...train, ...(warmup !== undefined ? { warmup } : {}) },
     data: { size: (latent ?? 1) * factor, ...(channels !== undefined ? { channels } : {}) },
-    ...(ldsrSample(params, cond.conditioning, notes) ?? {}),
+    ...(ldsrSample(params, cond.conditioning, notes) ?? clipTextSample(cond.conditioning, notes) ?? {}),
   };
   return { config, ...(firstStage ? { firstStage } : {}), ...(scaleFactor !== undefined ? { scaleFactor } : {}) };
 }
@@ -582,6 +582,17 @@ function ldsrSample(params: Obj, conditioning: Obj, notes: string[]): { sample: 
   if (params.cond_stage_key !== 'LR_image' || conditioning.type !== 'concat') return undefined;
   notes.push('LDSR (cond_stage_key LR_image): sample.steps 100, sample.eta 1 and sample.tile 512 as the reference notebook samples it (DDIM, split_input_params ks 128)');
   return { sample: { sampler: 'ddim', steps: 100, eta: 1, tile: 512 } };
+}
+
+/**
+ * Stable Diffusion (a CLIP or OpenCLIP text encoder) samples as the reference's scripts/txt2img.py does by default:
+ * DDIM, 50 steps, guidance 7.5. Without this a checkpoint that records no sample section would sample unguided.
+ */
+function clipTextSample(conditioning: Obj, notes: string[]): { sample: Obj } | undefined {
+  const text = conditioning.type === 'text' && typeof conditioning.text === 'object' && conditioning.text !== null ? (conditioning.text as Obj) : undefined;
+  if (text?.encoder !== 'clip' && text?.encoder !== 'open_clip') return undefined;
+  notes.push('Stable Diffusion: sample.steps 50 and sample.guidance 7.5 as the reference txt2img script (DDIM)');
+  return { sample: { sampler: 'ddim', steps: 50, guidance: 7.5 } };
 }
 
 /**
@@ -827,6 +838,7 @@ export function ldmConfigFrom(p: LdmParts, notes: string[]): LatentDiffusionConf
     schedule: p.schedule,
     train: { batch_size: 8, lr: 1e-6, steps: 500000 },
     data: { size: (latent ?? 32) * factor, channels },
+    ...(clipTextSample(p.conditioning, notes) ?? {}),
   };
   const r = LatentDiffusionConfigSchema.safeParse(cfg);
   if (!r.success) throw new Error(`the model's parts give an invalid ldm config: ${formatIssues(r.error.issues, 'ldm').join('; ')}`);
