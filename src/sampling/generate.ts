@@ -188,7 +188,7 @@ const UNET_LIVE_ATTENTION = 2;
  * Copies of the model's weights a sampling run holds: the host copy (float32, however the file stored them) and the
  * executor's baked constants. Weights too large to bake (SD's UNet, past MAX_BAKED_WEIGHT_BYTES) are fed every call
  * from the host copy, and SD's text encoder is fed too and dropped before the UNet runs: one copy (SD 1.5 at 512x512
- * --n 1: 6.5 GB measured plain, 5.1 GB with --low-memory).
+ * --n 1: 6.5 GB measured plain, 4.8 GB with --low-memory, whose first stage holds no weights while sampling).
  */
 const WEIGHT_COPIES = 2;
 const FED_WEIGHT_COPIES = 1;

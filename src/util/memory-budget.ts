@@ -17,7 +17,7 @@ export const GiB = 2 ** 30;
 
 /**
  * Share of the machine's memory one command may plan to use without --max-memory. Three quarters, not less, because
- * the estimates are upper bounds (SD 1.5 at 512x512, one image: 6.5 GB measured, 5.1 GB with --low-memory), so a 16 GB machine still runs it.
+ * the estimates are upper bounds (SD 1.5 at 512x512, one image: 6.5 GB measured, 4.8 GB with --low-memory), so a 16 GB machine still runs it.
  */
 export const DEFAULT_MEMORY_SHARE = 0.75;
 
