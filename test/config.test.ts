@@ -14,7 +14,7 @@ import {
   validateConfig,
 } from '../src/config/load.js';
 import { downsamplingFactor, effectiveLearningRate, latentShape, type AutoencoderConfig } from '../src/config/schema.js';
-import { closest, didYouMean } from '../src/config/suggest.js';
+import { closest, didYouMean } from '../src/util/suggest.js';
 import { tempDir } from './helpers/temp-dir.js';
 import { runCommands } from './helpers/commands.js';
 

@@ -3,7 +3,7 @@
  * becomes one self-explaining line. Objects are strict: an unknown key is an error with a suggestion.
  */
 import * as z from 'zod';
-import { didYouMean } from './suggest.js';
+import { didYouMean } from '../util/suggest.js';
 
 /** A short rendering of a user's value for an error message. */
 export function show(value: unknown): string {

@@ -10,7 +10,7 @@ import { Document, LineCounter, isSeq, parseDocument, visit, isScalar } from 'ya
 import { show } from './fields.js';
 import { ConfigError, formatIssues, locate, type SourceMap } from './issues.js';
 import { configSchemas, isModelKind, modelKinds, summarizeConfig, type LdmConfig, type ModelKind } from './schema.js';
-import { didYouMean } from './suggest.js';
+import { didYouMean } from '../util/suggest.js';
 
 export { ConfigError } from './issues.js';
 

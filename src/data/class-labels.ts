@@ -5,6 +5,7 @@
  * comma-separated aliases, case-insensitively.
  */
 import { promises as fsp } from 'node:fs';
+import { editDistance } from '../util/suggest.js';
 
 /** Aliases of each class, by index. */
 export type ClassLabels = ReadonlyMap<number, readonly string[]>;
@@ -33,17 +34,6 @@ export async function readClassLabels(file: string): Promise<ClassLabels> {
   return parseClassLabels(text, file);
 }
 
-/** Edit distance, for suggestions. */
-function distance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) cur.push(Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1)));
-    prev = cur;
-  }
-  return prev[b.length]!;
-}
-
 /**
  * The class index whose aliases include `name` (case-insensitive). An unknown name throws with the closest aliases;
  * a name that is an alias of several classes (ImageNet has two "crane"s) throws naming them.
@@ -55,7 +45,7 @@ export function classByName(name: string, labels: ClassLabels, source = 'the lab
   if (hits.length > 1) {
     throw new Error(`class name "${name}" is ambiguous: ${hits.map((i) => `${i} (${labels.get(i)!.join(', ')})`).join('; ')}; give the index`);
   }
-  const scored = [...labels].flatMap(([i, aliases]) => aliases.map((a) => ({ i, a, d: distance(want, a.toLowerCase()) })));
+  const scored = [...labels].flatMap(([i, aliases]) => aliases.map((a) => ({ i, a, d: editDistance(want, a.toLowerCase()) })));
   scored.sort((x, y) => x.d - y.d || x.i - y.i);
   const near = scored.filter((s, k) => scored.findIndex((t) => t.i === s.i) === k).slice(0, 3);
   throw new Error(`class name "${name}" is not in ${source}; closest: ${near.map((s) => `"${s.a}" (${s.i})`).join(', ')}`);

@@ -4,6 +4,7 @@
  * into a sample's metadata.
  */
 import { SIGMA_SCHEDULES, type SigmaSchedule } from './sigma-schedule.js';
+import { editDistance } from '../util/suggest.js';
 
 /** Samplers on the model's discrete timesteps: the reference's three. Sigma schedules do not apply to them. */
 export const TIMESTEP_SAMPLERS = ['ddpm', 'ddim', 'plms'] as const;
@@ -87,14 +88,4 @@ export function suggestions(text: string): string[] {
     .sort((a, b) => a.d - b.d)
     .slice(0, 3)
     .map((x) => x.n);
-}
-
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = cur;
-  }
-  return prev[b.length]!;
 }
