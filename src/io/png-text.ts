@@ -3,7 +3,8 @@
  * our own choosing, and the chunk format is short (PNG spec 11.3.4). A chunk is length, type, data, CRC-32 of type
  * and data; text chunks go right after IHDR, before the image data, where readers look first.
  */
-import { crc32 } from 'node:zlib';
+// zip.ts's crc32 falls back to its own table where node:zlib has none (Node < 20.15, which package.json allows).
+import { crc32 } from './zip.js';
 
 const SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
 
