@@ -15,12 +15,11 @@ import { collectGarbage, formatBytes, memoryLimit, type MemoryLimit } from '../u
 import { definedOnly } from '../util/defined.js';
 import { Denoiser } from '../sampling/denoiser.js';
 import { checkSampleMemory, fitSampleBatch, generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
-import { resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
+import { checkSettingsForModel, resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 import { a1111Parameters } from '../sampling/sample-metadata.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 import { isClipText } from '../config/ldm-config.js';
 import { classByName, readClassLabels, type ClassLabels } from '../data/class-labels.js';
-import { noNullClassMessage } from '../models/class-embedder.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { precomputeTextContexts } from '../models/text-context-cache.js';
 import type { VaeTiling } from '../models/first-stage-tiles.js';
@@ -223,8 +222,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     for (const w of warnings) opts.onWarning?.(w);
     const request = definedOnly({ n: opts.n, conditions, init, mask });
     const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request));
-    const cond = ldm.config.conditioning;
-    if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
+    checkSettingsForModel(ldm.config, settings);
     const limit = opts.memoryLimit ?? memoryLimit();
     const lowMemory = opts.lowMemory ?? false;
     if (opts.settings.batchSize === undefined) {

@@ -311,7 +311,10 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
   const { model, firstStage: fs, scaleFactor } = parts;
   const { height: H, width: W, batchSize: bs, guidance, strength } = opts.settings;
   // inpainting_big: its condition is made from the init image and mask, and it samples from noise (first-stage-inpaint.ts).
-  const firstStageInpaint = isMaskedImageModel(model) ? await firstStageInpaintInputs(parts, opts, H, W) : undefined;
+  const maskedImage = isMaskedImageModel(model);
+  // The memory check comes before any network runs, the masked image's encode included.
+  checkSampleMemory(parts, opts.settings, (maskedImage ? 1 : opts.conditions?.length || 1) * opts.n, opts.memoryLimit, opts.vaeTiling, opts.lowMemory);
+  const firstStageInpaint = maskedImage ? await firstStageInpaintInputs(parts, opts, H, W) : undefined;
   const conds = firstStageInpaint ? [firstStageInpaint.condition] : opts.conditions ?? [];
   checkRequest(parts, opts, conds);
   model.checkFirstStage(fs, H, W);
@@ -323,7 +326,6 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
 
   const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
   const total = list.length;
-  checkSampleMemory(parts, opts.settings, total, opts.memoryLimit, opts.vaeTiling, opts.lowMemory);
   const vaeTile = vaeTilesFor(fs, opts.vaeTiling ?? 'auto', bs, H, W, opts.vaeTileSize);
 
   let initLatent: Float32Array | undefined;

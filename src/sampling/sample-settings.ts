@@ -7,6 +7,7 @@ import type { SamplerName, Spacing } from '../diffusion/samplers.js';
 import { isSigmaSampler, parseSamplerName, scheduleError } from '../diffusion/sampler-names.js';
 import type { SigmaSchedule } from '../diffusion/sigma-schedule.js';
 import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { noNullClassMessage } from '../models/class-embedder.js';
 
 export interface SampleSettings {
   steps: number;
@@ -100,4 +101,10 @@ export function samplerChoice(sampler: string | undefined, schedule: SigmaSchedu
   }
   const sch = schedule ?? parsed?.schedule;
   return { ...(parsed ? { sampler: parsed.sampler } : {}), ...(sch ? { schedule: sch } : {}) };
+}
+
+/** The rules that depend on the model, not the request: a class model without a null row (cin256) cannot guide. */
+export function checkSettingsForModel(config: LatentDiffusionConfig, settings: SampleSettings): void {
+  const cond = config.conditioning;
+  if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
 }

@@ -8,7 +8,7 @@ import { readImage, probeImage, encodePng } from '../io/image.js';
 import { definedOnly } from '../util/defined.js';
 import { memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
 import { checkSampleMemory, generate, sampleInputs, type SampleCondition } from '../sampling/generate.js';
-import { resolveSampleSettings, samplerChoice, type SampleOverrides, type SampleSettings } from '../sampling/sample-settings.js';
+import { checkSettingsForModel, resolveSampleSettings, samplerChoice, type SampleOverrides, type SampleSettings } from '../sampling/sample-settings.js';
 import { a1111Parameters } from '../sampling/sample-metadata.js';
 import { parseClass } from '../pipelines/sample-files.js';
 import { resizeClassical } from '../pipelines/upscale/classical.js';
@@ -133,6 +133,8 @@ export interface PreparedGeneration {
   init?: HostTensor;
   mask?: HostTensor;
   refiner?: ServedModel['refiner'];
+  /** The server's --max-memory, which generate checks again per batch. */
+  memoryLimit: MemoryLimit;
 }
 
 /** Validate a generation request against the model: 422 for what it cannot honour, 400 for broken images. */
@@ -151,7 +153,7 @@ export async function prepareGeneration(
   if (img2img?.mask) {
     const m = toFloat32(await decodeImage('mask', img2img.mask, o.limits, 1));
     const invert = img2img.inpainting_mask_invert === 1;
-    mask = float32([1, ...(await probeMaskShape(m, init!))], m.map((v) => (invert ? (1 - v) / 2 : (v + 1) / 2)));
+    mask = float32([1, ...maskShape(m, init!)], m.map((v) => (invert ? (1 - v) / 2 : (v + 1) / 2)));
   }
   const conditions = conditionsOf(r, model);
   let refiner: ServedModel['refiner'];
@@ -166,12 +168,14 @@ export async function prepareGeneration(
     const overrides = overridesOf(r, model, img2img?.denoising_strength);
     const req = definedOnly({ n, conditions, init, mask });
     const settings = resolveSampleSettings(ldm.config.sample, overrides, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, req));
+    checkSettingsForModel(ldm.config, settings);
     if (settings.steps > ldm.model.schedule.T) {
       throw new Error(`steps ${settings.steps} is more than the model's schedule of ${ldm.model.schedule.T} timesteps`);
     }
     ldm.model.checkFirstStage(ldm.firstStage, settings.height, settings.width);
-    checkSampleMemory(ldm, settings, n, o.memoryLimit ?? memoryLimit());
-    return { model, request: r, conditions, n, seed, settings, ...definedOnly({ init, mask, refiner }) };
+    const limit = o.memoryLimit ?? memoryLimit();
+    checkSampleMemory(ldm, settings, n, limit);
+    return { model, request: r, conditions, n, seed, settings, memoryLimit: limit, ...definedOnly({ init, mask, refiner }) };
   } catch (err) {
     if (err instanceof RequestError) throw err;
     throw new RequestError(422, (err as Error).message);
@@ -179,7 +183,7 @@ export async function prepareGeneration(
 }
 
 /** The mask's [H, W]: generate resizes it to the output size; it only has to be one plane. */
-async function probeMaskShape(m: Float32Array, init: HostTensor): Promise<[number, number]> {
+function maskShape(m: Float32Array, init: HostTensor): [number, number] {
   const [, h, w] = init.shape as [number, number, number];
   if (m.length !== h * w) throw new RequestError(422, `mask is ${m.length} pixels, the init image ${w}x${h}: give them the same size`);
   return [h, w];
@@ -201,7 +205,7 @@ export async function runGeneration(p: PreparedGeneration, ctx: JobContext): Pro
   let last: { x0: Float32Array; batch: number; done: number } | undefined;
   try {
     const gen = await generate({ ...ldm, imageSize: ldm.config.data.size }, model.denoiser, {
-      n, conditions: p.conditions, settings, seed: p.seed,
+      n, conditions: p.conditions, settings, seed: p.seed, memoryLimit: p.memoryLimit,
       ...definedOnly({ negativePrompt: negative, init: p.init, mask: p.mask, refiner: p.refiner?.refiner }),
       onStep: (s) => {
         const x0 = s.x0;
