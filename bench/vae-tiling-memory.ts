@@ -2,8 +2,8 @@
  * Peak memory of one VAE decode at a large size, whole or in 512-pixel tiles (the --vae-tiling path), beside the
  * estimates ldm sample's memory check uses. One side per process, so the OS's peak RSS is that side's:
  *
- *   flock /tmp/heavy.lock /usr/bin/time -f '%M KB' node --import tsx bench/vae-tiling-memory.ts CKPT 1536 whole
- *   flock /tmp/heavy.lock /usr/bin/time -f '%M KB' node --import tsx bench/vae-tiling-memory.ts CKPT 1536 tiled
+ *   /usr/bin/time -f '%M KB' node --import tsx bench/vae-tiling-memory.ts CKPT 1536 whole
+ *   /usr/bin/time -f '%M KB' node --import tsx bench/vae-tiling-memory.ts CKPT 1536 tiled
  *
  * CKPT: an SD single file (test/fixtures/sd-pipeline/sd1.safetensors for the reduced VAE, or a full-size one).
  */
