@@ -164,7 +164,6 @@ export class ClipTokenizer {
   private addedCount = 0;
   private addedPattern: RegExp | undefined;
 
-
   private constructor(private readonly encoder: ReadonlyMap<string, number>, merges: readonly (readonly [string, string])[], source: string) {
     const bos = encoder.get(BOS_TOKEN);
     const eos = encoder.get(EOS_TOKEN);
@@ -195,7 +194,6 @@ export class ClipTokenizer {
     this.addedPattern = new RegExp(`(?<![\\p{L}\\p{N}])(?:${words.join('|')})(?![\\p{L}\\p{N}])`, 'gu');
     return ids;
   }
-
 
   /** From a diffusers/HF tokenizer's vocab.json and merges.txt contents. */
   static fromVocabAndMerges(vocabJson: string, mergesTxt: string, source = 'vocab.json'): ClipTokenizer {
