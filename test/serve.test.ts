@@ -344,7 +344,8 @@ test('refiner_checkpoint: the --refiner takes the low-noise steps when a request
 });
 
 test('the job queue: in order, one at a time, bounded; close turns the waiting away and interrupts the running one', async () => {
-  const q = new JobQueue(2);
+  let idle = 0;
+  const q = new JobQueue(2, () => idle++);
   const order: string[] = [];
   let active = 0;
   const job = (name: string, steps: number) => async (ctx: JobContext) => {
@@ -365,6 +366,8 @@ test('the job queue: in order, one at a time, bounded; close turns the waiting a
   await assert.rejects(q.submit('d', job('d', 1)), QueueFullError);
   assert.deepEqual(await Promise.all(runs), ['a', 'b', 'c']);
   assert.deepEqual(order, ['a', 'b', 'c']);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(idle, 1, 'idle once, after the last of the three, not between them');
 
   const long = q.submit('long', job('long', 1000));
   const waiting = q.submit('w', job('w', 1));

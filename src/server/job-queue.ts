@@ -4,6 +4,7 @@
  * its progress and a lazily drawn preview here, where /progress, the SSE stream and interrupt find them.
  */
 import type { HostTensor } from '../engine/host-tensor.js';
+import { collectGarbage } from '../util/memory-budget.js';
 
 /** The server is shutting down: requests still waiting are answered with this (a 503). */
 export class ShuttingDownError extends Error {
@@ -72,7 +73,8 @@ export class JobQueue {
   /** Steps run after an interrupt was asked for, per interrupted job (the last one): the bench's "stops within one step". */
   lastInterrupt: { stepsAfter: number } | undefined;
 
-  constructor(readonly capacity: number) {}
+  /** `onIdle` runs once the last job is done and none waits (default: a full garbage collection). */
+  constructor(readonly capacity: number, private readonly onIdle: () => void = collectGarbage) {}
 
   /** Run `work` when its turn comes; rejects with QueueFullError when `capacity` jobs are already waiting. */
   async submit<T>(label: string, work: (ctx: JobContext) => Promise<T>): Promise<T> {
@@ -116,7 +118,11 @@ export class JobQueue {
   private handOn(): void {
     const next = this.waiting.shift();
     if (next) next();
-    else this.busy = false;
+    else {
+      this.busy = false;
+      // Idle: give back what the finished jobs left for the collector, as web UIs free memory after a generation.
+      setImmediate(() => { if (!this.busy) this.onIdle(); });
+    }
   }
 
   /** Refuse new jobs, turn the waiting ones away (ShuttingDownError) and interrupt the running one. */
