@@ -139,6 +139,7 @@ try {
   if (!(err instanceof CheckError)) throw err;
   process.stderr.write(`check-serve-page: ${err.message}\n`);
 } finally {
-  fs.rmSync(work, { recursive: true, force: true });
+  // Chromium's helper processes can still be writing the profile after the browser exits: retry the removal.
+  fs.rmSync(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
 }
 process.exitCode = code;
