@@ -154,6 +154,9 @@ export async function createServer(opts: ServerOptions): Promise<FastifyInstance
     }
   });
 
+  // After the answer is on its way, an emptied queue gives its garbage back (a full GC delays no response here).
+  app.addHook('onResponse', async () => st.queue.collectIfIdle());
+
   app.setErrorHandler(async (err: unknown, _req: FastifyRequest, reply: FastifyReply) => {
     if (err instanceof RequestError) return reply.code(err.status).send({ error: statusName(err.status), detail: err.message });
     if (err instanceof QueueFullError) return reply.code(429).send({ error: 'Too Many Requests', detail: err.message });

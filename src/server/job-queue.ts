@@ -67,13 +67,15 @@ export class JobQueue {
   private running: Running | undefined;
   /** A job runs or has been handed the turn (between one job's end and the next one's start, running is unset). */
   private busy = false;
+  /** The last job ended and none waited: collectIfIdle has work. */
+  private emptied = false;
   private closed = false;
   private jobs = 0;
   private listeners = new Set<Listener>();
   /** Steps run after an interrupt was asked for, per interrupted job (the last one): the bench's "stops within one step". */
   lastInterrupt: { stepsAfter: number } | undefined;
 
-  /** `onIdle` runs once the last job is done and none waits (default: a full garbage collection). */
+  /** `onIdle` is what collectIfIdle runs (default: a full garbage collection). */
   constructor(readonly capacity: number, private readonly onIdle: () => void = collectGarbage) {}
 
   /** Run `work` when its turn comes; rejects with QueueFullError when `capacity` jobs are already waiting. */
@@ -88,6 +90,7 @@ export class JobQueue {
       }
     }
     this.busy = true;
+    this.emptied = false;
     const job: Running = { label, startedAt: Date.now(), fraction: 0, step: 0, steps: 0, version: 0, interrupted: false };
     this.running = job;
     this.jobs++;
@@ -120,9 +123,18 @@ export class JobQueue {
     if (next) next();
     else {
       this.busy = false;
-      // Idle: give back what the finished jobs left for the collector, as web UIs free memory after a generation.
-      setImmediate(() => { if (!this.busy) this.onIdle(); });
+      this.emptied = true;
     }
+  }
+
+  /**
+   * Once the queue has emptied, run `onIdle` (once): give back what the finished jobs left for the collector, as web
+   * UIs free memory after a generation. The server calls it after a response is sent, so no answer waits for it.
+   */
+  collectIfIdle(): void {
+    if (!this.emptied || this.busy) return;
+    this.emptied = false;
+    this.onIdle();
   }
 
   /** Refuse new jobs, turn the waiting ones away (ShuttingDownError) and interrupt the running one. */
