@@ -18,6 +18,20 @@ import { ALLOW_UNSAFE_PICKLE } from './flags.js';
 export type LdmFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof LdmCommand)['baseFlags'] & T['flags']>;
 export type LdmArgs<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
 
+/** trainingProgress()'s callbacks, in the shape the trainers take them. */
+export interface TrainingProgress {
+  note: (message: string) => void;
+  onEncode: (done: number, total: number) => void;
+  onStep: (r: { step: number; loss: number; lr: number }, total: number) => void;
+  stop: () => void;
+}
+
+/** The first line of a training command's summary: where the run got to, how fast, and why it stopped. */
+export function trainedLine(r: { run: string; step: number; startStep: number; loss?: number; stepsPerSecond?: number; stopped?: string }): string {
+  return `trained ${r.run} to step ${r.step} (from ${r.startStep})${r.loss !== undefined ? `: loss ${r.loss.toFixed(4)}` : ''}`
+    + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : '') + (r.stopped === 'time' ? ' (time limit)' : '');
+}
+
 export abstract class LdmCommand<T extends typeof Command = typeof Command> extends Command {
   // Lets oclif's jsonEnabled() see --json even when parsing failed, and keeps this.log() off stdout then.
   static override enableJsonFlag = true;
@@ -98,6 +112,35 @@ export abstract class LdmCommand<T extends typeof Command = typeof Command> exte
   /** A progress display that honours --quiet and --json. */
   protected progress(opts: Omit<ProgressOptions, 'json' | 'quiet'>): Progress {
     return createProgress({ ...opts, json: this.jsonEnabled(), quiet: this.flags?.quiet ?? false });
+  }
+
+  /**
+   * A training run's display: a bar while the data set is encoded, then one over the steps, with notes printed above
+   * whichever is showing. Spread its callbacks into the trainer's options; stop() once the run returns.
+   */
+  protected trainingProgress(): TrainingProgress {
+    let encode: Progress | undefined;
+    let steps: Progress | undefined;
+    return {
+      note: (m) => {
+        const bar = steps ?? encode;
+        if (bar) bar.log(m);
+        else this.note(m);
+      },
+      onEncode: (done, total) => {
+        encode ??= this.progress({ total, label: 'image' });
+        encode.update(done);
+        if (done === total) encode.stop();
+      },
+      onStep: (r, total) => {
+        steps ??= this.progress({ total, label: 'step' });
+        steps.update(r.step, { loss: r.loss, lr: r.lr });
+      },
+      stop: () => {
+        steps?.stop();
+        encode?.stop();
+      },
+    };
   }
 
   protected override async finally(err: Error | undefined): Promise<unknown> {

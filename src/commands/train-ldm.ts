@@ -1,8 +1,7 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { integerFlag, keepProfileFlags, LIMITS, lrScheduleFlag, timeLimitFlag, unsafePickleFlags } from '../cli/flags.js';
-import { LdmCommand } from '../cli/base-command.js';
-import type { Progress } from '../cli/progress.js';
+import { LdmCommand, trainedLine } from '../cli/base-command.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { RunDir } from '../io/run-dir.js';
 import { openFirstStage } from '../checkpoint/first-stage-checkpoint.js';
@@ -50,8 +49,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
     this.note(`backend: ${sel.executor.description}`);
     const firstStage = await openFirstStage(cfg.first_stage, { executor: sel.executor, onWarning: (w) => this.warning(w), ...(cfg.data.channels !== undefined ? { channels: cfg.data.channels } : {}) });
     const run = await RunDir.create(f['runs-dir'], runName, { resume: f.resume, force: f.force });
-    let encode: Progress | undefined;
-    let steps: Progress | undefined;
+    const display = this.trainingProgress();
     try {
       const res = await trainLdm({
         config: cfg, run, executor: sel.executor, firstStage,
@@ -60,25 +58,11 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
         ...(f.init !== undefined ? { init: f.init } : {}),
         ...(f['time-limit'] !== undefined ? { timeLimit: f['time-limit'] * 60 } : {}),
         lrSchedule: f['lr-schedule'],
-        note: (m) => {
-          const bar = steps ?? encode;
-          if (bar) bar.log(m);
-          else this.note(m);
-        },
-        onEncode: (done, total) => {
-          encode ??= this.progress({ total, label: 'image' });
-          encode.update(done);
-          if (done === total) encode.stop();
-        },
-        onStep: (r, total) => {
-          steps ??= this.progress({ total, label: 'step' });
-          steps.update(r.step, { loss: r.loss, lr: r.lr });
-        },
+        ...display,
       });
-      steps?.stop();
+      display.stop();
       this.result(res, (r) => [
-        `trained ${r.run} to step ${r.step} (from ${r.startStep})${r.loss !== undefined ? `: loss ${r.loss.toFixed(4)}` : ''}`
-          + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : '') + (r.stopped === 'time' ? ' (time limit)' : ''),
+        trainedLine(r),
         `model: ${r.model} (samples on its own: ldm sample --ckpt ${r.model})`,
         ...(r.checkpoint ? [`checkpoint: ${r.checkpoint}${r.ema ? ` (+ ${path.basename(r.ema)})` : ''}`] : []),
         `scale factor: ${r.scaleFactor.toPrecision(5)}, lr ${r.lr}`,
@@ -86,8 +70,7 @@ export default class TrainLdm extends LdmCommand<typeof TrainLdm> {
         ...(r.samples.length ? [`samples: ${r.samples[r.samples.length - 1]}`] : []),
       ].join('\n'));
     } finally {
-      encode?.stop();
-      steps?.stop();
+      display.stop();
       await firstStage.dispose();
       await sel.executor.dispose();
     }

@@ -1,8 +1,7 @@
 import path from 'node:path';
 import { Flags } from '@oclif/core';
 import { integerFlag, keepProfileFlags, LIMITS, lrScheduleFlag, numberFlag, timeLimitFlag, unsafePickleFlags } from '../cli/flags.js';
-import { LdmCommand } from '../cli/base-command.js';
-import type { Progress } from '../cli/progress.js';
+import { LdmCommand, trainedLine } from '../cli/base-command.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { RunDir } from '../io/run-dir.js';
 import { trainLora } from '../training/train-lora.js';
@@ -46,8 +45,7 @@ export default class TrainLora extends LdmCommand<typeof TrainLora> {
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     this.note(`backend: ${sel.executor.description}`);
     const run = await RunDir.create(f['runs-dir'], f.run, { resume: f.resume, force: f.force });
-    let encode: Progress | undefined;
-    let steps: Progress | undefined;
+    const display = this.trainingProgress();
     try {
       const res = await trainLora({
         ckpt: f.ckpt, data: f.data, run, executor: sel.executor, cacheDir: f['cache-dir'] ?? path.join(f['runs-dir'], '.cache'),
@@ -56,32 +54,17 @@ export default class TrainLora extends LdmCommand<typeof TrainLora> {
           alpha: f.alpha, tokenizer: f.tokenizer, lr: f.lr, batchSize: f['batch-size'], emaDecay: f['ema-decay'], seed: f.seed,
           timeLimit: f['time-limit'] !== undefined ? f['time-limit'] * 60 : undefined,
         }),
-        note: (m) => {
-          const bar = steps ?? encode;
-          if (bar) bar.log(m);
-          else this.note(m);
-        },
-        onEncode: (done, total) => {
-          encode ??= this.progress({ total, label: 'image' });
-          encode.update(done);
-          if (done === total) encode.stop();
-        },
-        onStep: (r, total) => {
-          steps ??= this.progress({ total, label: 'step' });
-          steps.update(r.step, { loss: r.loss, lr: r.lr });
-        },
+        ...display,
       });
-      steps?.stop();
+      display.stop();
       this.result(res, (r) => [
-        `trained ${r.run} to step ${r.step} (from ${r.startStep})${r.loss !== undefined ? `: loss ${r.loss.toFixed(4)}` : ''}`
-          + (r.stepsPerSecond !== undefined ? `, ${r.stepsPerSecond.toFixed(2)} steps/s` : '') + (r.stopped === 'time' ? ' (time limit)' : ''),
+        trainedLine(r),
         `LoRA: ${r.lora} (${r.modules} layers, ${r.params} values, ${(r.bytes / 1e6).toFixed(2)} MB`
           + `${r.baseBytes ? `, ${((100 * r.bytes) / r.baseBytes).toFixed(1)}% of the base` : ''}): ldm sample --ckpt ${f.ckpt} --lora ${r.lora}`,
         ...(r.checkpoint ? [`checkpoint: ${r.checkpoint}`] : []),
       ].join('\n'));
     } finally {
-      encode?.stop();
-      steps?.stop();
+      display.stop();
       await sel.executor.dispose();
     }
   }
