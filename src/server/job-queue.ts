@@ -49,16 +49,8 @@ export interface JobSnapshot {
   };
 }
 
-interface Running {
-  label: string;
-  startedAt: number;
-  fraction: number;
-  step: number;
-  steps: number;
-  version: number;
-  interrupted: boolean;
-  preview?: () => HostTensor;
-}
+/** The running job as the queue holds it: what a snapshot shows, and its preview. */
+type Running = NonNullable<JobSnapshot['running']> & { preview?: () => HostTensor };
 
 type Listener = (s: JobSnapshot) => void;
 
