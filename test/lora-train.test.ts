@@ -99,3 +99,22 @@ test('train-lora: only the adapters train; the kohya-named file with the base ha
   for (const [k, v] of straight) assert.ok(toFloat32(again.get(k)!).every((x, i) => Math.abs(x - toFloat32(v)[i]!) < 1e-5), k);
   await assert.rejects(trainLora({ ...common, rank: 8, run: await RunDir.create(root, 'cut', { resume: true }), steps: 6 }), /resume with the same --ckpt, --rank/);
 });
+
+test('train-lora: --grad-accum k at batch b takes the steps of batch k * b, as train-ldm does, and records it for kohya', async (t) => {
+  const root = tempDir(t, 'lora-accum-');
+  const base = await baseModel(root);
+  const common = { ckpt: base, executor, cacheDir: path.join(root, 'cache'), dataset: toyData(8), rank: 4, lr: 1e-2, seed: 3, steps: 2, emaDecay: 0 };
+  const lossesOf = async (name: string, o: { batchSize: number; gradAccum?: number }) => {
+    const losses: number[] = [];
+    const r = await trainLora({ ...common, ...o, run: await RunDir.create(root, name), onStep: (s) => losses.push(s.loss) });
+    return { losses, r };
+  };
+  const wide = await lossesOf('wide', { batchSize: 4 });
+  const accum = await lossesOf('accum', { batchSize: 2, gradAccum: 2 });
+  const narrow = await lossesOf('narrow', { batchSize: 2 });
+  for (let i = 0; i < 2; i++) assert.ok(Math.abs(accum.losses[i]! - wide.losses[i]!) < 1e-5, `step ${i + 1}: ${accum.losses[i]} vs ${wide.losses[i]}`);
+  assert.notDeepEqual(narrow.losses, accum.losses, 'without accumulation a step sees half the batch');
+  const { metadata } = await readSafetensors(accum.r.lora);
+  assert.equal(metadata.ss_gradient_accumulation_steps, '2');
+  assert.equal(metadata.ss_batch_size_per_device, '2');
+});

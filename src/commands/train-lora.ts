@@ -30,6 +30,7 @@ export default class TrainLora extends LdmCommand<typeof TrainLora> {
     steps: integerFlag({ min: 1, max: LIMITS.trainSteps, default: 1000, summary: 'Total optimizer steps.' }),
     lr: numberFlag({ min: 0, above: true, max: 1, summary: 'Learning rate (default 1e-4, kohya\'s).' }),
     'batch-size': integerFlag({ min: 1, max: LIMITS.batch, summary: 'Images a step (default: the base config\'s train.batch_size).' }),
+    'grad-accum': integerFlag({ min: 1, max: LIMITS.batch, summary: 'Batches a step, averaged into one update (default: the base config\'s train.grad_accum).' }),
     'ema-decay': numberFlag({ min: 0, max: 1, summary: 'EMA decay of the adapters; 0 for none (default: the base config\'s train.ema_decay).' }),
     'ckpt-every': integerFlag({ min: 1, max: LIMITS.trainSteps, default: 500, summary: 'Checkpoint every this many steps (and at the end).' }),
     'runs-dir': Flags.string({ env: 'LDM_RUNS_DIR', default: 'runs', summary: 'Folder of run folders.' }),
@@ -51,7 +52,7 @@ export default class TrainLora extends LdmCommand<typeof TrainLora> {
         ckpt: f.ckpt, data: f.data, run, executor: sel.executor, cacheDir: f['cache-dir'] ?? path.join(f['runs-dir'], '.cache'),
         rank: f.rank, steps: f.steps, textEncoder: f['text-encoder'], ckptEvery: f['ckpt-every'], lrSchedule: f['lr-schedule'],
         ...definedOnly({
-          alpha: f.alpha, tokenizer: f.tokenizer, lr: f.lr, batchSize: f['batch-size'], emaDecay: f['ema-decay'], seed: f.seed,
+          alpha: f.alpha, tokenizer: f.tokenizer, lr: f.lr, batchSize: f['batch-size'], gradAccum: f['grad-accum'], emaDecay: f['ema-decay'], seed: f.seed,
           timeLimit: f['time-limit'] !== undefined ? f['time-limit'] * 60 : undefined,
         }),
         ...display,

@@ -1,7 +1,8 @@
 /**
  * Pieces every training loop shares, independent of the model: checkpoints that hold weights plus the optimizer state
  * of any number of Trainers (so a resumed run continues exactly), the EMA file beside them, the exported final model,
- * weights for `--init`, learning-rate schedules, a time budget and a steps-per-second meter.
+ * weights for `--init`, learning-rate schedules, a time budget, a steps-per-second meter, and the step loop that
+ * train-ldm and train-lora run (schedule, time limit, log and checkpoint cadence) around their own feeds.
  *
  * Checkpoint layout (RunDir's step-N.safetensors): the weights under their own names, then each trainer's Adam
  * moments as `optim.<trainer>.m.<param>` / `optim.<trainer>.v.<param>`, and metadata `ldm.optim` = JSON
@@ -11,7 +12,7 @@
 import type { HostTensor } from '../engine/host-tensor.js';
 import type { Module } from '../engine/module.js';
 import { checkShape } from '../engine/module.js';
-import type { Trainer, TrainerState } from '../engine/trainer.js';
+import type { StepResult, Trainer, TrainerState } from '../engine/trainer.js';
 import { loadCheckpoint, saveCheckpoint } from '../io/checkpoint.js';
 import { WEIGHTS_META } from '../checkpoint/metadata-keys.js';
 import type { CheckpointRef, RunDir } from '../io/run-dir.js';
@@ -213,4 +214,72 @@ export class StepRate {
     const dt = (this.now() - this.first) / 1000;
     return dt > 0 ? this.count / dt : undefined;
   }
+}
+
+/** An action of the step loop, due every `every` steps and at the last (a checkpoint, a sample grid). */
+export interface PeriodicAction {
+  every: number | undefined;
+  run: (step: number) => Promise<void>;
+}
+
+export interface StepLoopOptions {
+  trainer: Trainer;
+  /** The trainer reads optimizer.lr at every step: the loop sets it from `lr` and the schedule. */
+  optimizer: { lr: number };
+  lr: number;
+  lrSchedule?: LrSchedule;
+  /** Train until the trainer is at this step. */
+  steps: number;
+  /** Seconds for this invocation; past them the loop stops, running the periodic actions not due at that step. */
+  timeLimit?: number;
+  run: RunDir;
+  /** When training began (Date.now()): log.jsonl's times count from it. */
+  started: number;
+  /** Append the mean loss of the steps since the last entry to log.jsonl every this many steps (and at the last). */
+  logEvery: number | undefined;
+  /** Step `step`'s inputs; `progress` in [0, 1] is how far training is, by steps or by the time limit. */
+  feeds: (step: number, progress: number) => Promise<Record<string, HostTensor>>;
+  /** In this order after each step, when due. */
+  periodic: readonly PeriodicAction[];
+  onStep?: (r: StepResult, total: number) => void;
+  note: (message: string) => void;
+}
+
+export interface StepLoopResult {
+  /** The last step's result; undefined when no step was taken. */
+  last: StepResult | undefined;
+  stopped: 'steps' | 'time';
+  rate: StepRate;
+}
+
+/** Steps to `steps` (or the time limit), logging and running the periodic actions as due. */
+export async function runTrainingSteps(o: StepLoopOptions): Promise<StepLoopResult> {
+  const { trainer, steps: total } = o;
+  const budget = new TimeBudget(o.timeLimit);
+  const rate = new StepRate();
+  const schedule = o.lrSchedule ?? 'constant';
+  let last: StepResult | undefined;
+  let window: number[] = [];
+  while (trainer.step < total) {
+    const step = trainer.step;
+    if (budget.exceeded()) {
+      o.note(`time limit reached at step ${step}; resume with --resume to go on`);
+      // What a step of this invocation changed is kept even off the actions' cadence.
+      if (last) for (const a of o.periodic) if (!isDue(step, a.every, total)) await a.run(step);
+      return { last, stopped: 'time', rate };
+    }
+    const progress = Math.max(step / total, budget.fraction());
+    o.optimizer.lr = scheduledLr(o.lr, schedule, progress);
+    last = await trainer.stepOn(await o.feeds(step, progress));
+    rate.tick();
+    window.push(last.loss);
+    o.onStep?.(last, total);
+    if (isDue(last.step, o.logEvery, total)) {
+      const mean = window.reduce((a, b) => a + b, 0) / window.length;
+      await o.run.appendLog({ step: last.step, losses: { loss: mean }, lr: last.lr, grad_norm: last.gradNorm, time: (Date.now() - o.started) / 1000 });
+      window = [];
+    }
+    for (const a of o.periodic) if (isDue(last.step, a.every, total)) await a.run(last.step);
+  }
+  return { last, stopped: 'steps', rate };
 }

@@ -35,7 +35,7 @@ import { degradeBatch } from '../data/degrade.js';
 import type { SrDataConfig } from '../config/sr-data-config.js';
 import { upscaleClassical } from '../pipelines/upscale/classical.js';
 import {
-  StepRate, TimeBudget, exportModel, initFrom, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, type LrSchedule,
+  StepRate, exportModel, initFrom, loadTrainingCheckpoint, optimizerState, runTrainingSteps, saveTrainingCheckpoint, type LrSchedule,
 } from './common.js';
 import { loadAnyCheckpoint, type AnyCheckpoint } from '../checkpoint/load-any.js';
 import { referenceConfigReader } from '../checkpoint/reference-config.js';
@@ -351,63 +351,64 @@ interface LdmLoop {
 
 /** Steps to train.steps (or the time limit), logging, checkpointing and writing sample grids as due. */
 async function trainLdmSteps(s: LdmSession, startStep: number, started: number): Promise<LdmLoop> {
-  const { cfg, model, trainer, run, note, opts } = s;
+  const { cfg, model, cache, seed, sr, opts } = s;
   const tc = cfg.train;
-  const total = tc.steps;
-  const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, {
+  let saved: { path: string; emaPath?: string } | undefined;
+  const draws: StepDraws = {
+    model, cache, seed, batch: tc.batch_size * tc.grad_accum, scaleFactor: s.scaleFactor, timesteps: trainingTimesteps(model, tc),
+    // SR: the degradation draws from its own stream, so the other draws of a step stay as without it.
+    ...(sr ? { conditions: (idx: Int32Array, step: number) => srConditions(cache, sr, idx, new Rng(mixSeed(seed, 0x5e6, step))) } : {}),
+  };
+  const loop = await runTrainingSteps({
+    trainer: s.trainer, optimizer: s.optimizer, lr: s.lr, ...(opts.lrSchedule ? { lrSchedule: opts.lrSchedule } : {}), steps: tc.steps,
+    ...(opts.timeLimit !== undefined ? { timeLimit: opts.timeLimit } : {}), run: s.run, started, logEvery: tc.log_every,
+    feeds: (step, progress) => diffusionStepFeeds(draws, step, progress),
+    periodic: [
+      { every: tc.ckpt_every, run: async (step) => { saved = await saveLdmCheckpoint(s, step); } },
+      ...(tc.sample_every !== undefined ? [{ every: tc.sample_every, run: (step: number) => writeSamples(s, step) }] : []),
+    ],
+    ...(opts.onStep ? { onStep: opts.onStep } : {}), note: s.note,
+  });
+  return { startStep, last: loop.last, saved, stopped: loop.stopped, rate: loop.rate };
+}
+
+/** The timestep sampler train.* asks for (min-SNR weighting, a highest timestep) over `model`'s schedule. */
+export function trainingTimesteps(model: LatentDiffusion, tc: LatentDiffusionConfig['train']): TimestepSampler {
+  return new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, {
     gamma: tc.min_snr_gamma, uniform: tc.min_snr_uniform, start: tc.min_snr_start,
     ...(tc.max_timestep !== undefined ? { limit: tc.max_timestep } : {}),
   });
-  const rate = new StepRate();
-  let last: StepResult | undefined;
-  let window: number[] = [];
-  let saved: { path: string; emaPath?: string } | undefined;
-  const budget = new TimeBudget(opts.timeLimit);
-  const schedule = opts.lrSchedule ?? 'constant';
-  let stopped: TrainLdmResult['stopped'] = 'steps';
-  while (trainer.step < total) {
-    const step = trainer.step;
-    if (budget.exceeded()) {
-      stopped = 'time';
-      note(`time limit reached at step ${step}; resume with --resume to go on`);
-      if (last && !isDue(step, tc.ckpt_every, total)) saved = await saveLdmCheckpoint(s, step);
-      if (last && tc.sample_every !== undefined && !isDue(step, tc.sample_every, total)) await writeSamples(s, step);
-      break;
-    }
-    const progress = Math.max(step / total, budget.fraction());
-    s.optimizer.lr = scheduledLr(s.lr, schedule, progress);
-    last = await trainer.stepOn(await stepFeeds(s, step, progress, timesteps));
-    rate.tick();
-    window.push(last.loss);
-    opts.onStep?.(last, total);
-    if (isDue(last.step, tc.log_every, total)) {
-      const mean = window.reduce((a, b) => a + b, 0) / window.length;
-      await run.appendLog({ step: last.step, losses: { loss: mean }, lr: last.lr, grad_norm: last.gradNorm, time: (Date.now() - started) / 1000 });
-      window = [];
-    }
-    if (isDue(last.step, tc.ckpt_every, total)) saved = await saveLdmCheckpoint(s, last.step);
-    if (tc.sample_every !== undefined && isDue(last.step, tc.sample_every, total)) await writeSamples(s, last.step);
-  }
-  return { startStep, last, saved, stopped, rate };
+}
+
+/** What a step's feeds are drawn from, besides the step. */
+export interface StepDraws {
+  readonly model: LatentDiffusion;
+  readonly cache: LatentCache;
+  readonly seed: number;
+  /** Samples a step: batch_size * grad_accum (one traced batch, the same averaged gradient). */
+  readonly batch: number;
+  readonly scaleFactor: number;
+  readonly timesteps: TimestepSampler;
+  /** The conditions of data set rows `idx` at `step`, from no draw of the step's Rng; default: the cache's own (gatherConditions). */
+  readonly conditions?: (idx: Int32Array, step: number) => Promise<Conditions>;
 }
 
 /** Step `step`'s batch, timesteps, noise and condition dropout, all drawn from Rng(seed, step): the model's feeds. */
-async function stepFeeds(s: LdmSession, step: number, progress: number, timesteps: TimestepSampler): Promise<Record<string, HostTensor>> {
-  const { cfg, cache, model, seed, sr, scaleFactor } = s;
-  const B = cfg.train.batch_size * cfg.train.grad_accum;
+export async function diffusionStepFeeds(d: StepDraws, step: number, progress: number): Promise<Record<string, HostTensor>> {
+  const { cache, model, seed, batch: B, scaleFactor } = d;
   const per = cache.latents.data.length / cache.count;
   const [, , lh, lw] = cache.latents.shape as [number, number, number, number];
   const rng = new Rng(mixSeed(seed, 0x57e9, step));
   const idx = batchIndices(step, B, cache.count, seed);
   const z0 = (takeRows(cache.latents, idx).data as Float32Array).map((v) => v * scaleFactor);
-  const t = Array.from({ length: B }, () => timesteps.draw(rng, progress));
+  const t = Array.from({ length: B }, () => d.timesteps.draw(rng, progress));
   const eps = rng.normalArray(B * per);
   const abar = t.map((x) => model.schedule.abar(x));
-  const drop = Array.from({ length: B }, () => rng.uniform() < cfg.conditioning.dropout);
+  const drop = Array.from({ length: B }, () => rng.uniform() < model.config.conditioning.dropout);
   const shape = [B, ...cache.latents.shape.slice(1)];
+  const conds = d.conditions ? await d.conditions(idx, step) : gatherConditions(cache, idx);
   return {
-    // SR: the degradation draws from its own stream, so the other draws of a step stay as without it.
-    ...model.conditioner.feeds(sr ? await srConditions(cache, sr, idx, new Rng(mixSeed(seed, 0x5e6, step))) : gatherConditions(cache, idx), B, lh, lw, drop),
+    ...model.conditioner.feeds(conds, B, lh, lw, drop),
     [INPUT_X]: float32(shape, model.schedule.qSample(z0, eps, t)),
     [INPUT_T]: float32([B], t),
     [INPUT_TARGET]: float32(shape, trainingTarget(model.parameterization, z0, eps, abar)),

@@ -14,26 +14,22 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Executor } from '../engine/executor.js';
 import { Trainer, type StepResult } from '../engine/trainer.js';
-import { float32, hostTensor, type HostTensor } from '../engine/host-tensor.js';
+import { hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import { Module, bindTensors, kaimingUniform, zeros, type Param } from '../engine/module.js';
 import { currentGraph, type Tensor } from '../engine/graph.js';
 import * as o from '../engine/ops.js';
 import { Rng } from '../util/random.js';
 import { mixSeed } from '../data/loader.js';
 import type { Dataset } from '../data/dataset.js';
-import { trainingTarget } from '../diffusion/prediction.js';
-import { TimestepSampler } from '../diffusion/timestep-sampling.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import type { RunDir } from '../io/run-dir.js';
-import { INPUT_T, INPUT_TARGET, INPUT_X } from '../models/latent-diffusion.js';
 import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 import { Slots } from '../models/unet/layers.js';
-import type { Conditions } from '../models/conditioning.js';
 import { readLdmCheckpoint, type LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
 import { loraTargets } from '../checkpoint/lora.js';
 import { openLatentCache, type LatentCache } from './latent-cache.js';
-import { batchIndices } from './train-ldm.js';
-import { StepRate, TimeBudget, isDue, loadTrainingCheckpoint, optimizerState, saveTrainingCheckpoint, scheduledLr, type LrSchedule } from './common.js';
+import { diffusionStepFeeds, trainingTimesteps, type StepDraws } from './train-ldm.js';
+import { loadTrainingCheckpoint, optimizerState, runTrainingSteps, saveTrainingCheckpoint, type LrSchedule, type StepLoopResult } from './common.js';
 
 const TRAINER = 'lora';
 const KIND = 'lora';
@@ -61,6 +57,8 @@ export interface TrainLoraOptions {
   lr?: number;
   /** Default: the base config's train.batch_size. */
   batchSize?: number;
+  /** Batches a step (default: the base config's train.grad_accum): traced as one batch that many times larger, as train-ldm does. */
+  gradAccum?: number;
   /** Default: the base config's train.ema_decay (none when 0). */
   emaDecay?: number;
   ckptEvery?: number;
@@ -101,8 +99,12 @@ interface LoraRunConfig {
   text_encoder: boolean;
   seed: number;
   batch_size: number;
+  grad_accum: number;
   steps: number;
 }
+
+/** What a checkpoint records: runs from before grad_accum was recorded lack it. */
+type RecordedRunConfig = Omit<LoraRunConfig, 'grad_accum'> & { grad_accum?: number };
 
 // ---------------------------------------------------------------- the adapters
 
@@ -180,7 +182,7 @@ async function trainOn(base: LoadedLdm, opts: TrainLoraOptions, note: (m: string
   if (targets.size === 0) throw new Error(`${opts.ckpt}: no attention or feed-forward projections to adapt (train-lora needs a UNet with spatial transformers)`);
   const latest = opts.run.resumed ? await opts.run.latestCheckpoint() : undefined;
   const resumed = latest ? await loadTrainingCheckpoint(latest) : undefined;
-  const runCfg = runConfig(base, opts, resumed?.config as LoraRunConfig | undefined);
+  const runCfg = runConfig(base, opts, resumed?.config as RecordedRunConfig | undefined);
   const adapters = new LoraAdapters();
   for (const [name, param] of targets) adapters.adapt(name, new LoraPair(param, base.params.get(param)!.shape, runCfg.rank));
   const cache = await openCache(base, opts, note);
@@ -213,18 +215,20 @@ async function trainOn(base: LoadedLdm, opts: TrainLoraOptions, note: (m: string
   return finish(base, opts, runCfg, trainer, loop, startStep, started, targets.size);
 }
 
-function runConfig(base: LoadedLdm, opts: TrainLoraOptions, resumed: LoraRunConfig | undefined): LoraRunConfig {
+function runConfig(base: LoadedLdm, opts: TrainLoraOptions, resumed: RecordedRunConfig | undefined): LoraRunConfig {
   const fresh: LoraRunConfig = {
     base: path.resolve(opts.ckpt),
     ...(fs.statSync(opts.ckpt).isFile() ? { base_sha256: sha256File(opts.ckpt) } : {}),
     rank: opts.rank, alpha: opts.alpha ?? opts.rank, text_encoder: opts.textEncoder === true,
-    seed: opts.seed ?? 0, batch_size: opts.batchSize ?? base.config.train.batch_size, steps: opts.steps,
+    seed: opts.seed ?? 0, batch_size: opts.batchSize ?? base.config.train.batch_size, grad_accum: opts.gradAccum ?? base.config.train.grad_accum, steps: opts.steps,
   };
+  if (!Number.isInteger(fresh.grad_accum) || fresh.grad_accum < 1) throw new Error(`--grad-accum must be a positive integer, got ${fresh.grad_accum}`);
   if (!resumed) return fresh;
   if (resumed.base_sha256 !== fresh.base_sha256 || resumed.rank !== fresh.rank || resumed.alpha !== fresh.alpha || resumed.text_encoder !== fresh.text_encoder) {
     throw new Error(`the run adapts ${resumed.base} at rank ${resumed.rank}, alpha ${resumed.alpha}${resumed.text_encoder ? ' with the text encoder' : ''}; resume with the same --ckpt, --rank, --alpha and --text-encoder, or start over with --force`);
   }
-  return { ...resumed, steps: opts.steps };
+  // Runs from before grad_accum was recorded took one batch a step.
+  return { ...resumed, grad_accum: resumed.grad_accum ?? 1, steps: opts.steps };
 }
 
 async function openCache(base: LoadedLdm, opts: TrainLoraOptions, note: (m: string) => void): Promise<LatentCache> {
@@ -243,11 +247,8 @@ async function openCache(base: LoadedLdm, opts: TrainLoraOptions, note: (m: stri
   return cache;
 }
 
-interface Loop {
-  last?: StepResult;
+interface Loop extends StepLoopResult {
   saved?: string;
-  stopped: 'steps' | 'time';
-  rate: StepRate;
 }
 
 interface LoopParts {
@@ -262,69 +263,23 @@ interface LoopParts {
   started: number;
 }
 
+/** train-ldm's loop and draws (Rng(seed, step), batch_size * grad_accum a step) over the cached latents, with the adapters' checkpoints. */
 async function trainSteps(p: LoopParts): Promise<Loop> {
-  const { base, opts, runCfg, trainer, note } = p;
-  const tc = base.config.train;
+  const { base, opts, runCfg } = p;
   const model = base.model;
-  const timesteps = new TimestepSampler(model.schedule.T, (t) => model.schedule.abar(t), model.parameterization, {
-    gamma: tc.min_snr_gamma, uniform: tc.min_snr_uniform, start: tc.min_snr_start, ...(tc.max_timestep !== undefined ? { limit: tc.max_timestep } : {}),
+  const draws: StepDraws = {
+    model, cache: p.cache, seed: runCfg.seed, batch: runCfg.batch_size * runCfg.grad_accum, scaleFactor: base.scaleFactor,
+    timesteps: trainingTimesteps(model, base.config.train),
+  };
+  let saved: string | undefined;
+  const loop = await runTrainingSteps({
+    trainer: p.trainer, optimizer: p.optimizer, lr: opts.lr ?? 1e-4, ...(opts.lrSchedule ? { lrSchedule: opts.lrSchedule } : {}), steps: runCfg.steps,
+    ...(opts.timeLimit !== undefined ? { timeLimit: opts.timeLimit } : {}), run: opts.run, started: p.started, logEvery: opts.logEvery ?? 50,
+    feeds: (step, progress) => diffusionStepFeeds(draws, step, progress),
+    periodic: [{ every: opts.ckptEvery, run: async (step) => { saved = await saveLoraCheckpoint(p, step); } }],
+    ...(opts.onStep ? { onStep: opts.onStep } : {}), note: p.note,
   });
-  const budget = new TimeBudget(opts.timeLimit);
-  const rate = new StepRate();
-  const total = runCfg.steps;
-  const lr = opts.lr ?? 1e-4;
-  const logEvery = opts.logEvery ?? 50;
-  const loop: Loop = { stopped: 'steps', rate };
-  let window: number[] = [];
-  while (trainer.step < total) {
-    if (budget.exceeded()) {
-      loop.stopped = 'time';
-      note(`time limit reached at step ${trainer.step}; resume with --resume to go on`);
-      if (loop.last && !isDue(trainer.step, opts.ckptEvery, total)) loop.saved = await saveLoraCheckpoint(p, trainer.step);
-      break;
-    }
-    const progress = Math.max(trainer.step / total, budget.fraction());
-    p.optimizer.lr = scheduledLr(lr, opts.lrSchedule ?? 'constant', progress);
-    loop.last = await trainer.stepOn(stepFeeds(p, trainer.step, progress, timesteps));
-    rate.tick();
-    window.push(loop.last.loss);
-    opts.onStep?.(loop.last, total);
-    if (isDue(loop.last.step, logEvery, total)) {
-      await opts.run.appendLog({ step: loop.last.step, losses: { loss: window.reduce((a, b) => a + b, 0) / window.length }, lr: loop.last.lr, grad_norm: loop.last.gradNorm, time: (Date.now() - p.started) / 1000 });
-      window = [];
-    }
-    if (isDue(loop.last.step, opts.ckptEvery, total)) loop.saved = await saveLoraCheckpoint(p, loop.last.step);
-  }
-  return loop;
-}
-
-/** Step `step`'s batch, timesteps, noise and condition dropout, from Rng(seed, step), as train-ldm draws them. */
-function stepFeeds(p: LoopParts, step: number, progress: number, timesteps: TimestepSampler): Record<string, HostTensor> {
-  const { base, cache, runCfg } = p;
-  const model = base.model;
-  const B = runCfg.batch_size;
-  const per = cache.latents.data.length / cache.count;
-  const [, , lh, lw] = cache.latents.shape as [number, number, number, number];
-  const rng = new Rng(mixSeed(runCfg.seed, 0x57e9, step));
-  const idx = batchIndices(step, B, cache.count, runCfg.seed);
-  const src = cache.latents.data as Float32Array;
-  const z0 = new Float32Array(B * per);
-  idx.forEach((i, k) => z0.set(src.subarray(i * per, (i + 1) * per).map((v) => v * base.scaleFactor), k * per));
-  const t = Array.from({ length: B }, () => timesteps.draw(rng, progress));
-  const eps = rng.normalArray(B * per);
-  const abar = t.map((x) => model.schedule.abar(x));
-  const drop = Array.from({ length: B }, () => rng.uniform() < base.config.conditioning.dropout);
-  const conds: Conditions = {
-    ...(cache.captions ? { captions: Array.from(idx, (i) => cache.captions![i]!) } : {}),
-    ...(cache.labels ? { labels: Int32Array.from(idx, (i) => cache.labels![i]!) } : {}),
-  };
-  const shape = [B, ...cache.latents.shape.slice(1)];
-  return {
-    ...model.conditioner.feeds(base.config.conditioning.type === 'none' ? undefined : conds, B, lh, lw, drop),
-    [INPUT_X]: float32(shape, model.schedule.qSample(z0, eps, t)),
-    [INPUT_T]: float32([B], t),
-    [INPUT_TARGET]: float32(shape, trainingTarget(model.parameterization, z0, eps, abar)),
-  };
+  return { ...loop, ...(saved !== undefined ? { saved } : {}) };
 }
 
 async function saveLoraCheckpoint(p: LoopParts, step: number): Promise<string> {
@@ -370,6 +325,7 @@ function loraMetadata(base: LoadedLdm, opts: TrainLoraOptions, runCfg: LoraRunCo
     ss_steps: String(step),
     ss_learning_rate: String(opts.lr ?? 1e-4),
     ss_batch_size_per_device: String(runCfg.batch_size),
+    ss_gradient_accumulation_steps: String(runCfg.grad_accum),
     ss_resolution: `(${base.config.data.size}, ${base.config.data.size})`,
     ss_seed: String(runCfg.seed),
     ss_text_encoder_lr: runCfg.text_encoder ? String(opts.lr ?? 1e-4) : '0',
