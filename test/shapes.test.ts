@@ -30,7 +30,9 @@ test('captions round-trip through parseCaption, and other text is refused', () =
     }
   }
   assert.deepEqual(parseCaption('A Large RED triangle at the bottom right on a blue background.'), A);
-  assert.equal(parseCaption('a large purple triangle at the bottom right on a blue background'), undefined);
+  assert.equal(parseCaption('a large orange triangle at the bottom right on a blue background'), undefined);
+  // Purple, the extra colour, is a shape colour only (shapes-extra-colour.test.ts), never a background.
+  assert.equal(parseCaption('a large red triangle at the bottom right on a purple background'), undefined);
   assert.equal(parseCaption('a large red triangle at the middle on a blue background'), undefined);
 });
 
@@ -163,7 +165,7 @@ test('checker accepts >= 99% of the data set at 32x32 (500) and 64x64 (200)', ()
 test('checker rejects captions with a swapped colour, kind, position, size or background', () => {
   const ds = new ShapesDataset({ seed: 12, count: 120, split: 'all' });
   const rng = new Rng(3);
-  const other = <T>(xs: readonly T[], x: T, not?: T): T => {
+  const other = <T>(xs: readonly T[], x: T, not?: unknown): T => {
     const pool = xs.filter((y) => y !== x && y !== not);
     return pool[rng.int(pool.length)]!;
   };

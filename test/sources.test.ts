@@ -30,7 +30,7 @@ test('parseDatasetSpec rejects bad splits, options and idx lists with one-line m
     ['shapes:test', /shapes splits are train, heldout, all, got "test"/],
     ['fashion-mnist:val', /Fashion-MNIST splits are train, test/],
     ['shapes?size=64&colour=red', /unknown option "colour"; this source accepts size, count, seed, only/],
-    ['shapes?only=purple', /shapes filter: "purple" is not a colour, kind, position or size; use red, .*top-left/],
+    ['shapes?only=violet', /shapes filter: "violet" is not a colour, kind, position or size; use red, .*purple, .*top-left/],
     ['shapes?only=', /only needs a value/],
     ['shapes?size=big', /size must be a non-negative integer, got "big"/],
     ['fashion-mnist?count=5', /unknown option "count"/],

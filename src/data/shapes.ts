@@ -14,13 +14,24 @@ export type ShapeKind = (typeof SHAPE_KINDS)[number];
 /** Corners-of-the-RGB-cube style palette: every pair is at least ~0.6 apart (RGB in [0, 1]). */
 export const COLOURS = ['red', 'green', 'blue', 'yellow', 'white', 'black'] as const;
 export type ColourName = (typeof COLOURS)[number];
-export const PALETTE: Readonly<Record<ColourName, readonly [number, number, number]>> = {
+/**
+ * Shape colours outside the base grammar, drawn only when a filter names them (`shapes:train?only=purple`): new words to
+ * teach a trained model (a LoRA, see docs/experiments.md#purple-lora). The default splits, their captions and the
+ * held-out combos never hold them, and backgrounds stay among COLOURS.
+ */
+export const EXTRA_COLOURS = ['purple'] as const;
+export type ExtraColour = (typeof EXTRA_COLOURS)[number];
+export type ShapeColour = ColourName | ExtraColour;
+export const SHAPE_COLOURS: readonly ShapeColour[] = [...COLOURS, ...EXTRA_COLOURS];
+export const PALETTE: Readonly<Record<ShapeColour, readonly [number, number, number]>> = {
   red: [220 / 255, 40 / 255, 40 / 255],
   green: [40 / 255, 170 / 255, 60 / 255],
   blue: [40 / 255, 70 / 255, 220 / 255],
   yellow: [240 / 255, 210 / 255, 40 / 255],
   white: [240 / 255, 240 / 255, 240 / 255],
   black: [20 / 255, 20 / 255, 20 / 255],
+  // Between red and blue, 0.65 and 0.64 from them: farther from every colour than green is from black (0.61).
+  purple: [200 / 255, 40 / 255, 205 / 255],
 };
 
 export const SIZES = ['small', 'large'] as const;
@@ -55,16 +66,21 @@ export const GEOMETRY = {
 
 export interface ShapeAttributes {
   readonly kind: ShapeKind;
-  readonly colour: ColourName;
+  readonly colour: ShapeColour;
   readonly background: ColourName;
   readonly size: ShapeSize;
   readonly position: Position;
 }
 
 export interface ShapeCombo {
-  readonly colour: ColourName;
+  readonly colour: ShapeColour;
   readonly kind: ShapeKind;
   readonly position: Position;
+}
+
+/** A combo of the base grammar's colours: every held-out combo is one. */
+export interface BaseShapeCombo extends ShapeCombo {
+  readonly colour: ColourName;
 }
 
 /** Small per-image variation that captions do not describe. */
@@ -86,7 +102,7 @@ export const NO_JITTER: ShapeJitter = { dx: 0, dy: 0, scale: 1 };
  * position per (colour, kind), so every colour, kind, position and colour-kind pair still occurs in "train".
  * Backgrounds and sizes are free in both splits.
  */
-export const HELDOUT_COMBOS: readonly ShapeCombo[] = [
+export const HELDOUT_COMBOS: readonly BaseShapeCombo[] = [
   { colour: 'red', kind: 'circle', position: 'top left' },
   { colour: 'red', kind: 'square', position: 'bottom left' },
   { colour: 'red', kind: 'triangle', position: 'top right' },
@@ -123,6 +139,9 @@ export function isHeldout(combo: ShapeCombo): boolean {
 const ALL_COMBOS: readonly ShapeCombo[] = COLOURS.flatMap((colour) =>
   SHAPE_KINDS.flatMap((kind) => POSITIONS.map((position) => ({ colour, kind, position }))));
 const TRAIN_COMBOS = ALL_COMBOS.filter((c) => !isHeldout(c));
+/** Every combo of the extra colours: none is held out (the base never saw the colour at all). */
+const EXTRA_COMBOS: readonly ShapeCombo[] = EXTRA_COLOURS.flatMap((colour) =>
+  SHAPE_KINDS.flatMap((kind) => POSITIONS.map((position) => ({ colour, kind, position }))));
 
 export type ShapesSplit = 'train' | 'heldout' | 'all';
 export const SHAPES_SPLITS: readonly ShapesSplit[] = ['train', 'heldout', 'all'];
@@ -135,7 +154,7 @@ export function makeCaption(a: ShapeAttributes): string {
 }
 
 const CAPTION_RE = new RegExp(
-  `^\\s*an? (${SIZES.join('|')}) (${COLOURS.join('|')}) (${SHAPE_KINDS.join('|')}) ` +
+  `^\\s*an? (${SIZES.join('|')}) (${SHAPE_COLOURS.join('|')}) (${SHAPE_KINDS.join('|')}) ` +
     `(${Object.values(POSITION_PHRASES).join('|')}) on an? (${COLOURS.join('|')}) background\\s*\\.?\\s*$`,
   'i',
 );
@@ -149,7 +168,8 @@ export function requireShapesCaptions(prompts: readonly string[]): void {
   const bad = prompts.find((p) => parseCaption(p) === undefined);
   if (bad === undefined) return;
   throw new Error(`prompt "${bad}" is not in the shapes captions' grammar; write "a <${SIZES.join('|')}> <colour> <${SHAPE_KINDS.join('|')}> `
-    + `<place> on a <colour> background", e.g. "a large red circle in the center on a black background" (colours: ${COLOURS.join(', ')}; `
+    + `<place> on a <colour> background", e.g. "a large red circle in the center on a black background" (colours: ${COLOURS.join(', ')}, `
+    + `and ${EXTRA_COLOURS.join(', ')} for a shape; `
     + `places: ${Object.values(POSITION_PHRASES).join(', ')})`);
 }
 
@@ -160,7 +180,7 @@ export function parseCaption(caption: string): ShapeAttributes | undefined {
   const [, size, colour, kind, phrase, background] = m.map((s) => s?.toLowerCase()) as string[];
   return {
     size: size as ShapeSize,
-    colour: colour as ColourName,
+    colour: colour as ShapeColour,
     kind: kind as ShapeKind,
     position: PHRASE_TO_POSITION.get(phrase!)!,
     background: background as ColourName,
@@ -256,7 +276,8 @@ export function sampleSeed(seed: number, index: number, salt = 0): number {
  * attribute any listed value passes; across attributes all must. `colours` filters the shape's colour.
  */
 export interface ShapesFilter {
-  readonly colours?: readonly ColourName[];
+  /** An extra colour (EXTRA_COLOURS) here adds its combos to the split's (train and all; heldout has none). */
+  readonly colours?: readonly ShapeColour[];
   readonly kinds?: readonly ShapeKind[];
   readonly positions?: readonly Position[];
   readonly sizes?: readonly ShapeSize[];
@@ -269,19 +290,19 @@ const SPLIT_COMBOS: Readonly<Record<ShapesSplit, readonly ShapeCombo[]>> = { tra
  * words may be joined by a hyphen ("top-left"). One-line error naming the unknown value and the accepted ones.
  */
 export function parseShapesFilter(text: string): ShapesFilter {
-  const groups: { values: readonly string[]; picked: string[] }[] = [COLOURS, SHAPE_KINDS, POSITIONS, SIZES].map((values) => ({ values, picked: [] }));
+  const groups: { values: readonly string[]; picked: string[] }[] = [SHAPE_COLOURS, SHAPE_KINDS, POSITIONS, SIZES].map((values) => ({ values, picked: [] }));
   for (const raw of text.split(',')) {
     const v = raw.trim().toLowerCase().replace(/-/g, ' ');
     const group = groups.find((g) => g.values.includes(v));
     if (!group) {
-      const known = [...COLOURS, ...SHAPE_KINDS, ...POSITIONS.map((p) => p.replace(' ', '-')), ...SIZES];
+      const known = [...SHAPE_COLOURS, ...SHAPE_KINDS, ...POSITIONS.map((p) => p.replace(' ', '-')), ...SIZES];
       throw new Error(`shapes filter: "${raw.trim()}" is not a colour, kind, position or size; use ${known.join(', ')}`);
     }
     if (!group.picked.includes(v)) group.picked.push(v);
   }
   const [colours, kinds, positions, sizes] = groups.map((g) => (g.picked.length ? g.picked : undefined));
   const out: { -readonly [K in keyof ShapesFilter]: ShapesFilter[K] } = {};
-  if (colours) out.colours = colours as ColourName[];
+  if (colours) out.colours = colours as ShapeColour[];
   if (kinds) out.kinds = kinds as ShapeKind[];
   if (positions) out.positions = positions as Position[];
   if (sizes) out.sizes = sizes as ShapeSize[];
@@ -295,8 +316,9 @@ export function formatShapesFilter(f: ShapesFilter): string {
 
 /** The split's combos that pass the filter; a one-line error when none does. */
 function comboPool(split: ShapesSplit, f: ShapesFilter | undefined): readonly ShapeCombo[] {
-  const all = SPLIT_COMBOS[split];
-  if (!f) return all;
+  if (!f) return SPLIT_COMBOS[split];
+  const extra = split !== 'heldout' && f.colours?.some((c) => (EXTRA_COLOURS as readonly string[]).includes(c));
+  const all = extra ? [...SPLIT_COMBOS[split], ...EXTRA_COMBOS] : SPLIT_COMBOS[split];
   const pool = all.filter((c) => (!f.colours || f.colours.includes(c.colour)) && (!f.kinds || f.kinds.includes(c.kind))
     && (!f.positions || f.positions.includes(c.position)));
   if (pool.length === 0) {

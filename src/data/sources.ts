@@ -14,7 +14,7 @@ export const DATASET_SPEC_FORMS: readonly string[] = [
   '<folder>                                   a folder of images (subfolders are classes; metadata.jsonl or <stem>.txt captions)',
   'fashion-mnist[:train|:test][?size=32&channels=3]   Fashion-MNIST (apt-get install dataset-fashion-mnist, or LDM_FASHION_MNIST_DIR)',
   'idx:<images>[,<labels>][?size=32&channels=3]       MNIST-style IDX files, plain or .gz; size pads with black',
-  'shapes[:train|:heldout|:all][?size=32&count=10000&seed=0&only=center,large]   built-in captioned shapes (heldout: unseen colour-shape-position combos; only: a slice by colour, kind, position, size)',
+  'shapes[:train|:heldout|:all][?size=32&count=10000&seed=0&only=center,large]   built-in captioned shapes (heldout: unseen colour-shape-position combos; only: a slice by colour, kind, position, size; only=purple: the extra colour, never drawn otherwise)',
 ];
 
 export type DatasetSpec =
