@@ -152,27 +152,17 @@ class ClassConditioning implements Conditioner {
   }
 }
 
-class TextConditioning implements Conditioner {
+/**
+ * What the prompt-reading conditioners share: a batch's captions become token ids [N, maxLen] under COND_TOKENS, a
+ * dropped caption and the unconditional branch the empty prompt (or the negative one).
+ */
+abstract class PromptConditioning {
   readonly type = 'text' as const;
   readonly concatChannels = 0;
-  readonly module: TextEncoder;
 
-  readonly layout: CaptionLayout | undefined;
+  constructor(protected readonly maxLen: number) {}
 
-  constructor(readonly tokenizer: Tokenizer, text: NonNullable<ConditioningConfig['text']>) {
-    if (tokenizer.maxLen !== text.max_len) {
-      throw new Error(`the tokenizer makes ${tokenizer.maxLen} tokens per caption but conditioning.text.max_len is ${text.max_len}; they must agree`);
-    }
-    this.module = new TextEncoder({
-      vocabSize: tokenizer.vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head,
-      ...(text.token_init_std !== undefined ? { tokenInitStd: text.token_init_std } : {}),
-    });
-    this.layout = CaptionLayout.of(text);
-  }
-
-  private tokens(texts: readonly string[]): CondFeeds {
-    return { [COND_TOKENS]: this.tokenizer.encodeBatch(texts) };
-  }
+  protected abstract tokens(texts: readonly string[]): CondFeeds;
 
   feeds(c: Conditions | undefined, n: number, _h: number, _w: number, drop?: ArrayLike<boolean>): CondFeeds {
     if (!c) return this.nullFeeds(n);
@@ -185,15 +175,47 @@ class TextConditioning implements Conditioner {
     return this.tokens(new Array<string>(n).fill(negative));
   }
 
+  inputs(n: number): Record<string, Tensor> {
+    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.maxLen], 'int32') };
+  }
+}
+
+/** A pretrained encoder's vocabulary: the config's record of it, else the tokenizer's; the two must agree. */
+function encoderVocabSize<T extends { vocabSize: number }>(
+  recorded: number | undefined, tokenizer: T | undefined, missing: string, mismatch: (tokenizer: T, rows: number) => string,
+): number {
+  const vocabSize = recorded ?? tokenizer?.vocabSize;
+  if (vocabSize === undefined) throw new Error(missing);
+  if (tokenizer && tokenizer.vocabSize !== vocabSize) throw new Error(mismatch(tokenizer, vocabSize));
+  return vocabSize;
+}
+
+class TextConditioning extends PromptConditioning implements Conditioner {
+  readonly module: TextEncoder;
+
+  readonly layout: CaptionLayout | undefined;
+
+  constructor(readonly tokenizer: Tokenizer, text: NonNullable<ConditioningConfig['text']>) {
+    if (tokenizer.maxLen !== text.max_len) {
+      throw new Error(`the tokenizer makes ${tokenizer.maxLen} tokens per caption but conditioning.text.max_len is ${text.max_len}; they must agree`);
+    }
+    super(text.max_len);
+    this.module = new TextEncoder({
+      vocabSize: tokenizer.vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head,
+      ...(text.token_init_std !== undefined ? { tokenInitStd: text.token_init_std } : {}),
+    });
+    this.layout = CaptionLayout.of(text);
+  }
+
+  protected tokens(texts: readonly string[]): CondFeeds {
+    return { [COND_TOKENS]: this.tokenizer.encodeBatch(texts) };
+  }
+
   apply(inputs: Readonly<Record<string, Tensor>>, h: number, w: number): Applied {
     const context = this.module.forward(inputs[COND_TOKENS]!);
     // Padding is not masked (as in the reference encoder), so the mean over all positions is a function of the caption.
     const pooled = o.mean(context, [1]);
     return { context, pooled, ...(this.layout ? { concat: this.layout.forward(pooled, h, w) } : {}) };
-  }
-
-  inputs(n: number): Record<string, Tensor> {
-    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.tokenizer.maxLen], 'int32') };
   }
 
   promptWarnings(prompts: readonly string[], negative?: string): string[] {
@@ -226,21 +248,15 @@ export const CLIP_TOKENIZER_MISSING = 'this Stable Diffusion checkpoint carries 
  * token (HF CLIPTokenizer), SD 2.x with 0 (open_clip.tokenize). The tokenizer is the user's, given separately; without
  * one the model still loads (its weights can be checked or converted), and encoding a prompt throws.
  */
-class ClipTextConditioning implements Conditioner {
-  readonly type = 'text' as const;
-  readonly concatChannels = 0;
+class ClipTextConditioning extends PromptConditioning implements Conditioner {
   /** The cond_stage_model: the encoder under the checkpoint's name for it (`transformer.` SD 1.x, `model.` SD 2.x). */
   readonly module: Slots;
   readonly encoder: ClipTextModel | OpenClipTextModel;
-  private readonly maxLen: number;
 
   constructor(readonly tokenizer: ClipTokenizer | undefined, text: NonNullable<ConditioningConfig['text']>) {
-    const vocabSize = text.vocab_size ?? tokenizer?.vocabSize;
-    if (vocabSize === undefined) throw new Error(CLIP_TOKENIZER_MISSING);
-    if (tokenizer && tokenizer.vocabSize !== vocabSize) {
-      throw new Error(`the tokenizer has ${tokenizer.vocabSize} tokens but the text encoder's embedding has ${vocabSize} rows; give the tokenizer of this model`);
-    }
-    this.maxLen = text.max_len;
+    super(text.max_len);
+    const vocabSize = encoderVocabSize(text.vocab_size, tokenizer, CLIP_TOKENIZER_MISSING,
+      (t, rows) => `the tokenizer has ${t.vocabSize} tokens but the text encoder's embedding has ${rows} rows; give the tokenizer of this model`);
     const cfg = { vocabSize, maxLen: text.max_len, width: text.dim, layers: text.depth, heads: text.heads };
     this.module = new Slots();
     this.encoder = text.encoder === 'open_clip'
@@ -248,36 +264,24 @@ class ClipTextConditioning implements Conditioner {
       : this.module.put('transformer', new ClipTextModel(cfg));
   }
 
-  private tokens(texts: readonly string[]): CondFeeds {
+  protected tokens(texts: readonly string[]): CondFeeds {
     if (!this.tokenizer) throw new Error(CLIP_TOKENIZER_MISSING);
     const padding = this.encoder instanceof OpenClipTextModel ? 'zero' : 'eos';
     return { [COND_TOKENS]: this.tokenizer.encodeBatch(texts, padding, this.maxLen) };
   }
 
-  feeds(c: Conditions | undefined, n: number): CondFeeds {
-    if (!c) return this.nullFeeds(n);
-    const captions = need(c.captions, 'prompts');
-    checkCount('prompts', captions.length, n);
-    return this.tokens(captions);
-  }
-
-  nullFeeds(n: number, _h = 0, _w = 0, negative = ''): CondFeeds {
-    return this.tokens(new Array<string>(n).fill(negative));
+  /** Every caption as given: training's condition dropout does not reach SD's frozen encoder (kohya's caption_dropout_rate is 0 unless asked). */
+  override feeds(c: Conditions | undefined, n: number, h: number, w: number): CondFeeds {
+    return super.feeds(c, n, h, w);
   }
 
   apply(inputs: Readonly<Record<string, Tensor>>): Applied {
     return { context: this.encoder.forward(inputs[COND_TOKENS]!) };
   }
 
-  inputs(n: number): Record<string, Tensor> {
-    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.maxLen], 'int32') };
-  }
-
   promptWarnings(prompts: readonly string[], negative?: string): string[] {
     if (!this.tokenizer) return [];
-    const keep = this.maxLen - 2;
-    const counted = promptTexts(prompts, negative).map((t) => ({ ...t, tokens: this.tokenizer!.encode(t.text).length }));
-    const cut = truncationWarning(counted.filter((t) => t.tokens > keep).map((t) => ({ ...t, dropped: t.tokens - keep })), this.maxLen);
+    const cut = countedTruncation(promptTexts(prompts, negative), this.maxLen, (text) => this.tokenizer!.encode(text).length);
     return cut === undefined ? [] : [cut];
   }
 }
@@ -288,52 +292,30 @@ class ClipTextConditioning implements Conditioner {
  * user's vocab.txt, given separately; without one the model still loads and encoding a prompt throws. The
  * unconditional branch is the empty prompt, as the reference's txt2img script samples it.
  */
-class BertTextConditioning implements Conditioner {
-  readonly type = 'text' as const;
-  readonly concatChannels = 0;
+class BertTextConditioning extends PromptConditioning implements Conditioner {
   readonly module: TextEncoder;
-  private readonly maxLen: number;
 
   constructor(readonly tokenizer: WordPieceTokenizer | undefined, text: NonNullable<ConditioningConfig['text']>) {
-    const vocabSize = text.vocab_size ?? tokenizer?.vocabSize;
-    if (vocabSize === undefined) throw new Error(BERT_TOKENIZER_MISSING);
-    if (tokenizer && tokenizer.vocabSize !== vocabSize) {
-      throw new Error(`the tokenizer ${tokenizer.source} has ${tokenizer.vocabSize} tokens but the text encoder's embedding has ${vocabSize} rows; give the vocab.txt of this model (bert-base-uncased's has 30,522)`);
-    }
-    this.maxLen = text.max_len;
+    super(text.max_len);
+    const vocabSize = encoderVocabSize(text.vocab_size, tokenizer, BERT_TOKENIZER_MISSING, (t, rows) =>
+      `the tokenizer ${t.source} has ${t.vocabSize} tokens but the text encoder's embedding has ${rows} rows; give the vocab.txt of this model (bert-base-uncased's has 30,522)`);
     this.module = new TextEncoder({ vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head });
   }
 
-  private tokens(texts: readonly string[]): CondFeeds {
+  protected tokens(texts: readonly string[]): CondFeeds {
     if (!this.tokenizer) throw new Error(BERT_TOKENIZER_MISSING);
     return { [COND_TOKENS]: this.tokenizer.encodeBatch(texts, this.maxLen) };
-  }
-
-  feeds(c: Conditions | undefined, n: number, _h: number, _w: number, drop?: ArrayLike<boolean>): CondFeeds {
-    if (!c) return this.nullFeeds(n);
-    const captions = need(c.captions, 'prompts');
-    checkCount('prompts', captions.length, n);
-    return this.tokens(captions.map((t, i) => (drop?.[i] ? '' : t)));
-  }
-
-  nullFeeds(n: number, _h = 0, _w = 0, negative = ''): CondFeeds {
-    return this.tokens(new Array<string>(n).fill(negative));
   }
 
   apply(inputs: Readonly<Record<string, Tensor>>): Applied {
     return { context: this.module.forward(inputs[COND_TOKENS]!) };
   }
 
-  inputs(n: number): Record<string, Tensor> {
-    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.maxLen], 'int32') };
-  }
-
   promptWarnings(prompts: readonly string[], negative?: string): string[] {
     if (!this.tokenizer) return [];
-    const keep = this.maxLen - 2;
-    const counted = promptTexts(prompts, negative).map((t) => ({ ...t, tokens: this.tokenizer!.encode(t.text).length }));
-    const cut = truncationWarning(counted.filter((t) => t.tokens > keep).map((t) => ({ ...t, dropped: t.tokens - keep })), this.maxLen);
-    const unknown = [...new Set(counted.flatMap((t) => this.tokenizer!.unknownWords(t.text)))];
+    const texts = promptTexts(prompts, negative);
+    const cut = countedTruncation(texts, this.maxLen, (text) => this.tokenizer!.encode(text).length);
+    const unknown = [...new Set(texts.flatMap((t) => this.tokenizer!.unknownWords(t.text)))];
     return [
       ...(cut === undefined ? [] : [cut]),
       ...(unknown.length > 0 ? [`words the BERT vocabulary cannot spell, which the text encoder reads as [UNK]: ${listWords(unknown)}`] : []),
@@ -358,6 +340,13 @@ function truncationWarning(cut: readonly { text: string; what: string; tokens: n
     + `${r.droppedText !== undefined ? ` ("${clip(r.droppedText)}")` : ''} ${r.dropped === 1 ? 'is' : 'are'} dropped`);
   if (cut.length > 3) each.push(`and ${cut.length - 3} more prompts lose tokens`);
   return `the text encoder reads ${maxLen - 2} tokens of a prompt (max_len ${maxLen} less the start and end tokens); ${each.join('; ')}`;
+}
+
+/** truncationWarning for a tokenizer that counts a prompt's tokens (`count`, without the start and end tokens). */
+function countedTruncation(texts: readonly { text: string; what: string }[], maxLen: number, count: (text: string) => number): string | undefined {
+  const keep = maxLen - 2;
+  const counted = texts.map((t) => ({ ...t, tokens: count(t.text) }));
+  return truncationWarning(counted.filter((t) => t.tokens > keep).map((t) => ({ ...t, dropped: t.tokens - keep })), maxLen);
 }
 
 /** A prompt short enough for a one-line message. */
