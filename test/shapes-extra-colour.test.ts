@@ -6,10 +6,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { toFloat32 } from '../src/engine/host-tensor.js';
+import { hostTensor, toFloat32, type HostTensor } from '../src/engine/host-tensor.js';
+import { OnnxExecutor } from '../src/engine/onnx/executor.js';
+import { Rng } from '../src/util/random.js';
+import { LatentDiffusionConfigSchema } from '../src/config/ldm-config.js';
+import { LatentDiffusion } from '../src/models/latent-diffusion.js';
+import { PixelFirstStage } from '../src/models/first-stage.js';
+import { evaluateShapesPrompts, type JudgedModel } from '../src/pipelines/conditional-eval.js';
 import { openDataset } from '../src/data/sources.js';
 import {
-  COLOURS, EXTRA_COLOURS, PALETTE, POSITIONS, SHAPE_KINDS, SIZES, ShapesDataset, makeCaption, parseCaption, parseShapesFilter,
+  COLOURS, EXTRA_COLOURS, PALETTE, POSITIONS, SHAPE_KINDS, SIZES, ShapesDataset, makeCaption, parseCaption, parseShapesFilter, renderShape,
   type ShapeAttributes, type ShapesFilter, type ShapesSplit,
 } from '../src/data/shapes.js';
 import { analyzeShape, checkSample } from '../src/data/shapes-checker.js';
@@ -107,4 +113,37 @@ test('a purple caption fits 16 tokens up to its place: the word is spelt in 6 ch
   // Kept: "a small purple triangle at the bottom right on", every word the checker reads but the background.
   assert.equal(r.droppedText, 'a yellow background');
   assert.equal(tok.report(makeCaption({ ...longest, colour: 'red' })).dropped, 0);
+});
+
+/** A text model whose decoder shows `shown` whatever the sampler made: eval-ldm's bookkeeping with a known image. */
+function showing(shown: ShapeAttributes, prompts: readonly string[]): JudgedModel {
+  const config = LatentDiffusionConfigSchema.parse({
+    model: 'ldm', name: 't', first_stage: 'pixel', train: { batch_size: 1, lr: 1, steps: 1 }, data: { size: 32 },
+    unet: { in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true, context_dim: 16 },
+    conditioning: { type: 'text', text: { dim: 16, depth: 1, heads: 2, dim_head: 8, max_len: 16 } },
+  });
+  const m = new LatentDiffusion(config, { tokenizer: Tokenizer.fromCorpus(prompts, { maxLen: 16 }) });
+  const image = toFloat32(renderShape(shown, 32).image);
+  const firstStage = new PixelFirstStage(3);
+  firstStage.decode = async (z: HostTensor) => {
+    const n = z.shape[0]!;
+    const out = new Float32Array(n * image.length);
+    for (let i = 0; i < n; i++) out.set(image, i * image.length);
+    return hostTensor('float32', [n, 3, 32, 32], out);
+  };
+  return { model: m, params: m.initialize(new Rng(3)), firstStage, scaleFactor: 1, config, classNames: [] };
+}
+
+test('eval-ldm judges purple prompts for purple and counts old-colour samples that come out purple', async () => {
+  const executor = new OnnxExecutor({ threads: 1 });
+  const purple: ShapeAttributes = { size: 'large', colour: 'purple', kind: 'circle', position: 'center', background: 'black' };
+  const prompts = [makeCaption(purple), makeCaption({ ...purple, colour: 'red' })];
+  const opts = { n: 2, settings: { steps: 1, sampler: 'ddim' as const, guidance: 1 }, seed: 0 };
+  const drawn = await evaluateShapesPrompts(showing(purple, prompts), executor, prompts, opts);
+  assert.deepEqual(drawn.perCondition.map((c) => c.passed), [2, 0]);
+  assert.equal(drawn.details.colour_correct, 0.5);
+  assert.equal(drawn.details.read_as_purple, 0.5, 'both red-prompt samples of 4 read purple among all colours');
+  const red = await evaluateShapesPrompts(showing({ ...purple, colour: 'red' }, prompts), executor, prompts, opts);
+  assert.deepEqual(red.perCondition.map((c) => c.passed), [0, 2]);
+  assert.equal(red.details.read_as_purple, undefined, 'no sample read purple: no such detail');
 });

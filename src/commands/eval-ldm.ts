@@ -1,4 +1,5 @@
 import { Flags } from '@oclif/core';
+import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import { LIMITS, integerFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
@@ -27,9 +28,11 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
     '<%= config.bin %> eval-ldm --ckpt runs/fmnist-cin/model.safetensors --classifier fmnist-classifier.safetensors --n 100',
     '<%= config.bin %> eval-ldm --ckpt runs/shapes-txt2img/model.safetensors --data shapes:heldout --conditions 50 --n 4',
     '<%= config.bin %> eval-ldm --ckpt runs/shapes-semantic/model.safetensors --data "shapes:heldout?size=64" --conditions 50',
+    '<%= config.bin %> eval-ldm --ckpt runs/shapes-txt2img/model.safetensors --lora runs/purple/lora.safetensors --data "shapes:train?only=purple,large&seed=1" --conditions 100 --n 2',
   ];
   static override flags = {
     ...unsafePickleFlags,
+    ...loraFlags,
     ckpt: Flags.string({ required: true, summary: 'LDM checkpoint (runs/<name>/model.safetensors).' }),
     refiner: Flags.string({ summary: 'A refiner LDM for the low-noise steps (trained with train.max_timestep on the same first stage).' }),
     'refiner-below': integerFlag({ min: 1, max: 100_000, dependsOn: ['refiner'], summary: 'Timestep below which the refiner takes over (default: its train.max_timestep).' }),
@@ -53,11 +56,13 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     let bar: Progress | undefined;
     try {
-      let ldm = await readLdmCheckpoint(f.ckpt, sel.executor);
+      const adapters = adaptersFromFlags(f);
+      let ldm = await readLdmCheckpoint(f.ckpt, sel.executor, adapters ? { adapters, onWarning: (m) => this.warning(m) } : {});
       if (f.ae !== undefined) ldm = await withFirstStage(ldm, f.ae, sel.executor);
       const refined = f.refiner !== undefined ? await openRefiner(f.refiner, ldm, sel.executor, f['refiner-below']) : undefined;
       if (refined) this.note(`refiner ${refined.ldm.file}: step ${refined.ldm.step}, below timestep ${refined.refiner.below}`);
       this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights, ${ldm.model.conditioner.type}-conditioned; backend ${sel.executor.description}; seed ${seed}`);
+      if (adapters) for (const n of ldm.notes) this.note(`note: ${n}`);
       const opts: ConditionalEvalOptions = {
         n: f.n, seed,
         settings: definedOnly({ steps: f.steps, sampler: f.sampler, guidance: f.guidance, batchSize: f['batch-size'] }),
@@ -79,6 +84,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
       } else if (type === 'text') {
         const given = [...(f.prompt ?? []), ...(f.prompts !== undefined ? await readLines(f.prompts) : [])];
         const prompts = given.length ? given : await captionsOf(f.data, f.conditions);
+        for (const w of ldm.model.conditioner.promptWarnings?.(prompts) ?? []) this.warning(w);
         res = await evaluateShapesPrompts(ldm, sel.executor, prompts, opts);
       } else if (type === 'semantic') {
         res = await evaluateSemanticMaps(ldm, sel.executor, await mapsOf(f.data, f.conditions), opts);

@@ -6,8 +6,8 @@
  */
 import { float32, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor } from '../engine/executor.js';
-import { checkLabelMap, checkSample } from '../data/shapes-checker.js';
-import { requireShapesCaptions } from '../data/shapes.js';
+import { analyzeShape, checkLabelMap, checkSample } from '../data/shapes-checker.js';
+import { COLOURS, SHAPE_COLOURS, parseCaption, requireShapesCaptions } from '../data/shapes.js';
 import { FeatureRunner } from '../metrics/features.js';
 import type { FeatureNetwork } from '../models/feature-network.js';
 import type { LoadedLdm } from '../checkpoint/ldm-checkpoint.js';
@@ -164,6 +164,8 @@ export async function evaluateShapesPrompts(ldm: JudgedModel, executor: Executor
   const wrong: Record<string, number> = Object.fromEntries(attrs.map((a) => [a, 0]));
   let missing = 0;
   let total = 0;
+  const baseColour = prompts.map((p) => (COLOURS as readonly string[]).includes(parseCaption(p)!.colour));
+  const readAsExtra = new Map<string, number>();
   const scores = await sampleAndJudge(ldm, executor, prompts.map((p) => ({ prompt: p, name: p })), opts, (image, c) => {
     const r = checkSample(image, prompts[c]!);
     total++;
@@ -171,9 +173,14 @@ export async function evaluateShapesPrompts(ldm: JudgedModel, executor: Executor
       if (what in wrong) wrong[what]!++;
       else missing++;
     }
+    // A six-colour prompt's shape read among every shape colour too: where a LoRA's new colour (purple) leaks into the old words.
+    const any = baseColour[c] && r.found.colour !== undefined ? analyzeShape(image, SHAPE_COLOURS).colour : undefined;
+    if (any !== undefined && !(COLOURS as readonly string[]).includes(any)) readAsExtra.set(any, (readAsExtra.get(any) ?? 0) + 1);
     return r.ok;
   });
   const details: Record<string, number> = {};
+  // Only where it happened: a base model's runs read the same as before.
+  for (const [colour, count] of readAsExtra) details[`read_as_${colour}`] = count / total;
   // A sample with no shape has every shape attribute wrong.
   for (const a of attrs) details[`${a}_correct`] = total ? 1 - (wrong[a]! + (a === 'background' ? 0 : missing)) / total : 0;
   details.no_shape = total ? missing / total : 0;
