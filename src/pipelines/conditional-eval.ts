@@ -179,11 +179,11 @@ export async function evaluateShapesPrompts(ldm: JudgedModel, executor: Executor
     return r.ok;
   });
   const details: Record<string, number> = {};
-  // Only where it happened: a base model's runs read the same as before.
-  for (const [colour, count] of readAsExtra) details[`read_as_${colour}`] = count / total;
   // A sample with no shape has every shape attribute wrong.
   for (const a of attrs) details[`${a}_correct`] = total ? 1 - (wrong[a]! + (a === 'background' ? 0 : missing)) / total : 0;
   details.no_shape = total ? missing / total : 0;
+  // Only where it happened: a base model's runs read the same as before.
+  for (const [colour, count] of readAsExtra) details[`read_as_${colour}`] = count / total;
   return summary('text', 'shapes checker (colour, kind, size, position, background)', scores, details, started);
 }
 
