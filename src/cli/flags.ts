@@ -1,6 +1,7 @@
 /** Flag types shared by commands. */
 import { Errors, Flags } from '@oclif/core';
 import { DEFAULT_MEMORY_SHARE, parseByteSize } from '../util/memory-budget.js';
+import { SAMPLER_NAMES, samplerAliases } from '../diffusion/sampler-names.js';
 
 /**
  * The values a numeric flag takes: min..max, without min itself when `above` (a strength in (0, 1]). Every numeric
@@ -61,6 +62,18 @@ export const integerFlag = Flags.custom<number, FlagRange>({
 /** --time-limit in minutes (a real number), for the training commands; at most 30 days. */
 export function timeLimitFlag(extra = '') {
   return numberFlag({ min: 0, above: true, max: 30 * 24 * 60, summary: `Stop after this many minutes (checkpointing there), e.g. 19 or 0.5.${extra ? ` ${extra}` : ''}` });
+}
+
+/**
+ * --sampler: ldm's name or AUTOMATIC1111's display name ("DPM++ 2M Karras", "Euler a"), resolved by the command with
+ * samplerChoice (sampling/sample-settings.ts), which suggests the nearest names for an unknown one.
+ */
+export function samplerFlag(o: { defaultText: string; default?: string; scheduleNote: string }) {
+  return Flags.string({
+    summary: `Sampler: ${SAMPLER_NAMES.join(', ')} (default: ${o.defaultText}); or AUTOMATIC1111's name, e.g. "DPM++ 2M Karras", "Euler a".`,
+    description: `Every name accepted (case, spaces and underscores aside; ${o.scheduleNote}): ${samplerAliases().map((a) => `"${a}"`).join(', ')}.`,
+    ...(o.default !== undefined ? { default: o.default } : {}),
+  });
 }
 
 /** --lr-schedule, for the training commands. */

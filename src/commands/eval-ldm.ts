@@ -1,10 +1,9 @@
 import { Flags } from '@oclif/core';
 import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { LdmCommand } from '../cli/base-command.js';
-import { LIMITS, integerFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, numberFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { openDataset } from '../data/sources.js';
-import { SAMPLER_NAMES } from '../diffusion/samplers.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { HostTensor } from '../engine/host-tensor.js';
 import { classifierNetworkFromFile } from '../models/classifier.js';
@@ -14,6 +13,7 @@ import {
 } from '../pipelines/conditional-eval.js';
 import { openRefiner, readLines } from '../pipelines/sample-files.js';
 import { definedOnly } from '../util/defined.js';
+import { samplerChoice } from '../sampling/sample-settings.js';
 
 export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   static override summary = 'Score how well a conditional LDM follows its condition: class accuracy, prompt accuracy on shapes, label-map fidelity.';
@@ -44,7 +44,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
     conditions: integerFlag({ min: 1, max: LIMITS.images, default: 20, summary: 'Text and semantic models: conditions taken from --data.' }),
     n: integerFlag({ min: 1, max: LIMITS.images, default: 10, summary: 'Samples per condition.' }),
     steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, default: 50, summary: 'Denoising steps.' }),
-    sampler: Flags.option({ options: SAMPLER_NAMES, default: 'ddim' as const, summary: 'Sampler.' })(),
+    sampler: samplerFlag({ defaultText: 'ddim', default: 'ddim', scheduleNote: '"Karras" or "Exponential" at the end sets the sigma schedule' }),
     guidance: numberFlag({ min: 0, max: LIMITS.guidance, default: 3, summary: 'Classifier-free guidance scale; 1 = none.' }),
     crop: integerFlag({ min: 1, max: LIMITS.side, summary: 'Class models: centre-crop samples to this side before classifying (default: 28 for models trained on padded Fashion-MNIST/IDX).' }),
     'batch-size': integerFlag({ min: 1, max: LIMITS.batch, summary: 'Images per model call.' }),
@@ -53,6 +53,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
   async run(): Promise<void> {
     const f = this.flags;
     const seed = f.seed ?? 0;
+    const sampler = samplerChoice(f.sampler, undefined);
     const sel = await selectBackend(parseBackend(f.backend), { threads: f.threads });
     let bar: Progress | undefined;
     try {
@@ -65,7 +66,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
       if (adapters) for (const n of ldm.notes) this.note(`note: ${n}`);
       const opts: ConditionalEvalOptions = {
         n: f.n, seed,
-        settings: definedOnly({ steps: f.steps, sampler: f.sampler, guidance: f.guidance, batchSize: f['batch-size'] }),
+        settings: definedOnly({ steps: f.steps, ...sampler, guidance: f.guidance, batchSize: f['batch-size'] }),
         ...(refined ? { refiner: refined.refiner } : {}),
         onProgress: (done, total) => {
           bar ??= this.progress({ total, label: 'condition' });

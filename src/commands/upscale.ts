@@ -3,11 +3,11 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { outputKindFor } from '../io/output-path.js';
-import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { Executor } from '../engine/executor.js';
-import { SAMPLER_NAMES } from '../diffusion/samplers.js';
+import { defaultScheduleSampler } from '../sampling/sample-settings.js';
 import { memoryLimit } from '../util/memory-budget.js';
 import { definedOnly } from '../util/defined.js';
 import { COLOR_FIXES, UPSCALE_METHODS, upscaleFiles, type UpscaleFilesResult } from '../pipelines/upscale/upscale-files.js';
@@ -45,7 +45,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     scale: numberFlag({ min: 0, above: true, max: 32, summary: 'Output over input side (default: the model\'s factor, twice it with --passes 2, or 4).' }),
     downscale: Flags.boolean({ summary: 'Shrink by --scale instead (bicubic or lanczos): low-resolution inputs from HR originals.' }),
     steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the checkpoint\'s sample.steps).' }),
-    sampler: Flags.option({ options: SAMPLER_NAMES, summary: 'Sampler (default: the checkpoint\'s, ddim).' })(),
+    sampler: samplerFlag({ defaultText: 'the checkpoint\'s, ddim', scheduleNote: 'on the default sigma schedule only, so without "Karras" or "Exponential"' }),
     eta: numberFlag({ min: 0, max: 1, summary: 'DDIM eta: 0 (default) is deterministic and seamless across tiles.' }),
     'color-fix': Flags.option({ options: COLOR_FIXES, summary: 'wavelet (default): low frequencies (colour, brightness) from the bicubic upscale, detail from the model (StableSR); none: the model\'s output as decoded.' })(),
     strength: numberFlag({ min: 0, above: true, max: 1, summary: 'Start from the bicubic upscale noised this far, in (0, 1] (SDEdit): fewer steps run. Default: the checkpoint\'s sample.strength (1: from noise).' }),
@@ -65,6 +65,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     if (inputs.length === 0) throw new Error('no inputs given; pass image files or folders, e.g. ldm upscale --ckpt sr.safetensors photos/ -o big/');
     await this.checkOutput(f.out, await outputKindFor(f.out, inputs, '.png'));
     const method = f.method ?? (f.downscale ? 'bicubic' : 'model');
+    const sampler = f.sampler !== undefined ? defaultScheduleSampler(f.sampler, 'ldm upscale') : undefined;
     if (method !== 'model' && f.ckpt !== undefined) throw new Error(`--ckpt is for --method model; --method ${method} uses no checkpoint`);
     if (f.ckpt === undefined && (f.config !== undefined || f.passes !== undefined || f.ema)) throw new Error('--config, --ema and --passes are for a model upscale; pass --ckpt too');
     let executor: Executor | undefined;
@@ -84,7 +85,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
         ...definedOnly({ ckpt: f.ckpt, config: f.config, ema: f.ema || undefined, adapters: adaptersFromFlags(f), passes: f.passes, executor, scale: f.scale, reference: f.reference }),
         // Unset flags stay absent: the checkpoint's sample section and the model decide them (resolveUpscaleSettings).
         settings: definedOnly({
-          steps: f.steps, sampler: f.sampler, eta: f.eta, strength: f.strength, colorFix: f['color-fix'],
+          steps: f.steps, sampler, eta: f.eta, strength: f.strength, colorFix: f['color-fix'],
           tile: f.tile, overlap: f['tile-overlap'], tileBatch: f['tile-batch'],
         }),
         onImageStart: (_i, total) => {
