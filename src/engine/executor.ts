@@ -14,6 +14,8 @@ export interface Program {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
   run(feeds: Feeds): Promise<Fetches>;
+  /** Stop profiling (compiled with `profile`) and return the trace file written. */
+  endProfiling?(): Promise<string>;
   dispose(): Promise<void>;
 }
 
@@ -29,13 +31,24 @@ export interface StepSpec {
   readonly update: (grads: readonly Tensor[]) => Readonly<Record<string, Tensor>>;
 }
 
-/** How a program is compiled (hints an executor may ignore). */
+/** The quantizations a program can be compiled with: `none` is float32 throughout. */
+export const QUANTIZATIONS = ['none', 'int8'] as const;
+export type Quantization = (typeof QUANTIZATIONS)[number];
+
+/** How a program is compiled (hints an executor may ignore, except `quantize`, which it must honour or refuse). */
 export interface CompileOptions {
   /**
    * Give the activations back after each run instead of keeping them for the next (no memory arena, no planned
    * memory pattern): for full-size models, whose activations are gigabytes and whose runs take seconds.
    */
   releaseActivations?: boolean;
+  /**
+   * `int8`: MatMuls on constant weights run on integer kernels with int8 weights and activations quantized
+   * at run time (engine/onnx/quantize.ts); weights fed as inputs stay float32. Executors without it refuse.
+   */
+  quantize?: Quantization;
+  /** Record a per-node profile of every run into a trace file starting with this path (ONNX Runtime's JSON). */
+  profile?: string;
 }
 
 export interface Executor {

@@ -2,6 +2,8 @@
 import onnxProto from 'onnx-proto';
 import { reachable, type Graph, type Tensor, type Dtype } from '../graph.js';
 import type { HostTensor } from '../host-tensor.js';
+import type { Quantization } from '../executor.js';
+import { quantizeDynamicInt8, type QuantizeReport } from './quantize.js';
 
 const { onnx } = onnxProto;
 type NodeProto = InstanceType<typeof onnx.NodeProto>;
@@ -74,13 +76,15 @@ export interface LoweredModel {
   bytes: Uint8Array;
   inputNames: string[];
   outputNames: string[];
+  /** What `quantize: 'int8'` rewrote (absent for float32 models). */
+  quantized?: QuantizeReport;
 }
 
 /**
  * Build an ONNX model computing `outputs` from the graph's inputs that they reach.
  * Graph inputs keep their names; outputs get the given names.
  */
-export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts: { name?: string } = {}): LoweredModel {
+export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts: { name?: string; quantize?: Quantization } = {}): LoweredModel {
   const outs = Object.entries(outputs);
   const nodes = reachable(outs.map(([, t]) => t));
   const onnxNodes: NodeProto[] = [];
@@ -227,6 +231,8 @@ export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tenso
     return valueInfo(name, t);
   });
 
+  // Weights are initializers by now: MatMuls on constant weights become integer kernels (onnx/quantize.ts).
+  const quantized = opts.quantize === 'int8' ? quantizeDynamicInt8(onnxNodes, inits, outs.map(([n]) => n)) : undefined;
   const model = onnx.ModelProto.create({
     irVersion: 8,
     producerName: 'ldm',
@@ -243,5 +249,6 @@ export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tenso
     bytes: onnx.ModelProto.encode(model).finish(),
     inputNames: inputs.map((i) => i.name),
     outputNames: outs.map(([n]) => n),
+    ...(quantized ? { quantized } : {}),
   };
 }

@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { reachable, trace, type Graph, type Tensor } from '../graph.js';
 import type { HostTensor } from '../host-tensor.js';
-import { checkFeeds, type BackendName, type Executor, type Feeds, type Fetches, type Program, type StepSpec } from '../executor.js';
+import { checkFeeds, type BackendName, type CompileOptions, type Executor, type Feeds, type Fetches, type Program, type StepSpec } from '../executor.js';
 import { evaluate, toHost, toTf } from './interpret.js';
 import { startBackend, type BackendInfo, type TfjsBackend } from './backends.js';
 
@@ -230,7 +230,8 @@ export class TfjsExecutor implements Executor {
     this.programs.delete(p);
   }
 
-  async compile(graph: Graph, outputs: Readonly<Record<string, Tensor>>): Promise<Program> {
+  async compile(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts: CompileOptions = {}): Promise<Program> {
+    if (opts.quantize && opts.quantize !== 'none') throw new Error(`--quantize ${opts.quantize} runs on the onnx backend only; this is ${this.name}: use --backend onnx`);
     await this.activate();
     const p = new ForwardProgram(this, graph, Object.entries(outputs));
     this.programs.add(p);
