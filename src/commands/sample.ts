@@ -1,11 +1,10 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { adapterFlags, adaptersFromFlags } from '../cli/adapter-flags.js';
-import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
-import { SAMPLER_NAMES, SPACINGS } from '../diffusion/samplers.js';
-import { samplerAliases } from '../diffusion/sampler-names.js';
+import { SPACINGS } from '../diffusion/samplers.js';
 import { SIGMA_SCHEDULES } from '../diffusion/sigma-schedule.js';
 import { samplerChoice } from '../sampling/sample-settings.js';
 import { sampleToFiles } from '../pipelines/sample-files.js';
@@ -52,10 +51,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     'cond-image': Flags.string({ summary: 'Condition image (concat models), e.g. the low-resolution input.' }),
     n: integerFlag({ min: 1, max: LIMITS.images, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
     steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the config\'s sample.steps).' }),
-    sampler: Flags.string({
-      summary: `Sampler: ${SAMPLER_NAMES.join(', ')} (default: the config's sample.sampler); or AUTOMATIC1111's name, e.g. "DPM++ 2M Karras", "Euler a".`,
-      description: `Every name accepted (case, spaces and underscores aside; "Karras" or "Exponential" at the end sets --schedule): ${samplerAliases().map((a) => `"${a}"`).join(', ')}.`,
-    }),
+    sampler: samplerFlag({ defaultText: 'the config\'s sample.sampler', scheduleNote: '"Karras" or "Exponential" at the end sets --schedule' }),
     schedule: Flags.option({ options: SIGMA_SCHEDULES, summary: 'Sigma schedule of the sigma samplers (all but ddpm, ddim, plms): the spacing\'s timesteps (default), Karras et al.\'s (rho 7) or exponential, between the model\'s own sigma min and max.' })(),
     spacing: Flags.option({ options: SPACINGS, summary: 'How the default schedule spreads its timesteps (default: uniform for ddim/plms, k-diffusion\'s linspace for the sigma samplers); trailing is diffusers\' (DDIM trailing).' })(),
     'zero-snr': Flags.boolean({ summary: 'Rescale the noise schedule to zero terminal SNR (Lin et al. 2023) for sampling; meant for v-prediction models trained on it.' }),

@@ -4,7 +4,7 @@
  * complete object and apply no defaults of their own.
  */
 import type { SamplerName, Spacing } from '../diffusion/samplers.js';
-import { isSigmaSampler, parseSamplerName, scheduleError } from '../diffusion/sampler-names.js';
+import { displayName, isSigmaSampler, parseSamplerName, scheduleError } from '../diffusion/sampler-names.js';
 import type { SigmaSchedule } from '../diffusion/sigma-schedule.js';
 import type { LatentDiffusionConfig } from '../config/ldm-config.js';
 import { noNullClassMessage } from '../models/class-embedder.js';
@@ -101,6 +101,16 @@ export function samplerChoice(sampler: string | undefined, schedule: SigmaSchedu
   }
   const sch = schedule ?? parsed?.schedule;
   return { ...(parsed ? { sampler: parsed.sampler } : {}), ...(sch ? { schedule: sch } : {}) };
+}
+
+/**
+ * A sampler for a command that samples on the default sigma schedule only (ldm upscale): samplerChoice's name, a
+ * display name that names another schedule ("DPM++ 2M Karras") refused with the one that does not.
+ */
+export function defaultScheduleSampler(sampler: string, command: string): SamplerName {
+  const choice = samplerChoice(sampler, undefined);
+  if (choice.schedule) throw new Error(`'${sampler}' names the ${choice.schedule} schedule, and ${command} samples on the default one: give '${displayName(choice.sampler!)}'`);
+  return choice.sampler!;
 }
 
 /** The rules that depend on the model, not the request: a class model without a null row (cin256) cannot guide. */
