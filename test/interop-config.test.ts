@@ -144,11 +144,15 @@ test('reference LatentDiffusion configs map by conditioning: class (cin256-v2), 
   assert.equal(uncond.model === 'ldm' && uncond.conditioning.type, 'none');
   assert.equal(uncond.model === 'ldm' && uncond.scale_factor, 1, 'the reference default scale_factor');
 
-  // layout2img-openimages256: its BERTEmbedder reads bounding-box tokens from a data pipeline the reference does not ship.
-  assert.match(errorOf(() => readReferenceConfig(ldmYaml({
-    extra: '    conditioning_key: crossattn\n    cond_stage_key: coordinates_bbox', unet: CLASS_UNET,
+  // layout2img-openimages256: its BERTEmbedder reads bounding-box tokens (data/layout-tokens.ts); another data key's are refused.
+  const layoutYaml = (key: string) => ldmYaml({
+    extra: `    conditioning_key: crossattn\n    cond_stage_key: ${key}`, unet: CLASS_UNET,
     cond: '\n      target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 512, n_layer: 4, vocab_size: 8192, max_seq_len: 92, use_tokenizer: false}',
-  }), 'layout2img.yaml')), /^layout2img\.yaml: model\.params\.cond_stage_config\.params\.use_tokenizer: a BERTEmbedder over tokens made by the data pipeline \(use_tokenizer: false, cond_stage_key "coordinates_bbox", vocab_size 8192, max_seq_len 92\) is not implemented: .*ObjectsBoundingBoxConditionalBuilder.* not in the reference repository/);
+  });
+  const layout = readReferenceConfig(layoutYaml('coordinates_bbox'), 'layout2img.yaml').config;
+  assert.equal(layout.model === 'ldm' && layout.conditioning.text?.encoder, 'layout');
+  assert.match(errorOf(() => readReferenceConfig(layoutYaml('caption'), 'layout2img.yaml')),
+    /^layout2img\.yaml: model\.params\.cond_stage_config\.params\.use_tokenizer: a BERTEmbedder over tokens made by the data pipeline \(use_tokenizer: false, cond_stage_key "caption"\) is not implemented/);
 
   // SD 2.x's UNet settings: linear projections kept, use_fp16 (a run-time cast) dropped with a note, legacy accepted.
   const sd2 = readReferenceConfig(ldmYaml({

@@ -36,13 +36,8 @@ const RELEASED: Readonly<Record<string, LatentDiffusionConfig['conditioning']['t
   'configs/latent-diffusion/txt2img-1p4B-eval.yaml': 'text',
 };
 
-/**
- * Configs ldm still refuses, with what the refusal must name. layout2img: its tokens come from an Open Images layout
- * pipeline that is not in the reference repository.
- */
-const REFUSED: Readonly<Record<string, RegExp>> = {
-  'models/ldm/layout2img-openimages256/config.yaml': /cond_stage_config\.params\.use_tokenizer: a BERTEmbedder over tokens made by the data pipeline .* is not implemented/,
-};
+/** Configs ldm still refuses, with what the refusal must name: none now. */
+const REFUSED: Readonly<Record<string, RegExp>> = {};
 
 function read(rel: string) {
   return readReferenceConfig(parse(fs.readFileSync(path.join(DIR, rel), 'utf8')), rel);
@@ -99,4 +94,20 @@ test('a SpatialRescaler or first-stage condition ldm cannot build is refused by 
   inpaint.model.params.unet_config.params.in_channels = 6;
   assert.throws(() => readReferenceConfig(inpaint, 'inpaint.yaml'),
     /^ConfigError: inpaint\.yaml: model\.params\.unet_config\.params\.in_channels: the UNet takes 3 condition channels, but a first-stage condition with its mask has 4/);
+});
+
+test('layout2img-openimages256: its BERTEmbedder over bounding-box tokens; a data-pipeline key other than coordinates_bbox is refused by name', () => {
+  const rel = 'models/ldm/layout2img-openimages256/config.yaml';
+  const r = read(rel);
+  const cfg = r.config as LatentDiffusionConfig;
+  assert.deepEqual(cfg.conditioning.text, { encoder: 'layout', vocab_size: 8192, dim: 512, depth: 16, heads: 8, dim_head: 64, max_len: 92 });
+  assert.equal(cfg.conditioning.dropout, 0);
+  assert.ok(r.notes.some((n) => /up to 30 objects, each a class and two box corners on a 90-section grid/.test(n)), r.notes.join('\n'));
+  const yaml = parse(fs.readFileSync(path.join(DIR, rel), 'utf8')) as Yaml & { model: { params: { cond_stage_key: string } } };
+  yaml.model.params.cond_stage_key = 'caption';
+  assert.throws(() => readReferenceConfig(yaml, 'l.yaml'),
+    /^ConfigError: l\.yaml: model\.params\.cond_stage_config\.params\.use_tokenizer: a BERTEmbedder over tokens made by the data pipeline \(use_tokenizer: false, cond_stage_key "caption"\) is not implemented: ldm makes such tokens only for layout2img's bounding boxes/);
+  yaml.model.params.cond_stage_key = 'coordinates_bbox';
+  yaml.model.params.cond_stage_config.params.max_seq_len = 90;
+  assert.throws(() => readReferenceConfig(yaml, 'l.yaml'), /max_seq_len: a layout of 90 tokens is not whole objects of 3 tokens and the crop's 2/);
 });

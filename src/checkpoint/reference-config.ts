@@ -17,6 +17,7 @@ import { show } from '../config/fields.js';
 import type { DDConfig } from '../models/autoencoder/encoder.js';
 import { clipTextConfigFromWeights } from '../models/clip-text-encoder.js';
 import { BERT_VOCAB_SIZE } from '../models/wordpiece-tokenizer.js';
+import { layoutBuilder } from '../data/layout-tokens.js';
 
 export const TARGETS = {
   autoencoderKL: 'ldm.models.autoencoder.AutoencoderKL',
@@ -360,10 +361,7 @@ function conditioningFrom(params: Obj, unet: Obj, ctx: Context): Conditioning {
     }
     if (target === TARGETS.transformerEmbedder) return text();
     if (target === TARGETS.bertEmbedder) {
-      if (cp.use_tokenizer === false) {
-        problems.add(`${at}.params.use_tokenizer`, layoutRefusal(cp, params.cond_stage_key));
-        return { conditioning: {} };
-      }
+      if (cp.use_tokenizer === false) return layoutFrom(cp, params.cond_stage_key, ctx);
       return bertFrom(cp, ctx);
     }
     if (target === TARGETS.frozenClip || target === TARGETS.frozenOpenClip) return frozenClipFrom(target, cp, num(unet, 'context_dim'), ctx);
@@ -414,12 +412,34 @@ function bertFrom(cp: Obj, ctx: Context): Conditioning {
   };
 }
 
-/** Why a BERTEmbedder fed tokens from the data pipeline (layout2img-openimages256) is refused. */
-function layoutRefusal(cp: Obj, key: unknown): string {
-  return `a BERTEmbedder over tokens made by the data pipeline (use_tokenizer: false, cond_stage_key ${show(key ?? 'caption')}, vocab_size ${num(cp, 'vocab_size', BERT_VOCAB_SIZE)}, `
-    + `max_seq_len ${num(cp, 'max_seq_len', 77)}) is not implemented: layout2img's tokens are Open Images bounding boxes `
-    + "(class and two quantised corners per object, from taming-transformers' ObjectsBoundingBoxConditionalBuilder via ldm.data.openimages), "
-    + 'and that pipeline with its class list and quantisation settings is not in the reference repository, so ldm cannot make them from a layout';
+/**
+ * A BERTEmbedder fed tokens by the data pipeline (use_tokenizer false). layout2img-openimages256's come from
+ * `coordinates_bbox`, the bounding-box tokens data/layout-tokens.ts makes from a layout file; any other key's tokens
+ * come from a pipeline ldm does not have, and are refused naming it.
+ */
+function layoutFrom(cp: Obj, key: unknown, ctx: Context): Conditioning {
+  const at = 'model.params.cond_stage_config.params.use_tokenizer';
+  const vocab = num(cp, 'vocab_size', BERT_VOCAB_SIZE);
+  const maxLen = num(cp, 'max_seq_len', 77);
+  if (key !== 'coordinates_bbox') {
+    ctx.problems.add(at, `a BERTEmbedder over tokens made by the data pipeline (use_tokenizer: false, cond_stage_key ${show(key ?? 'caption')}) is not implemented: `
+      + "ldm makes such tokens only for layout2img's bounding boxes (cond_stage_key coordinates_bbox)");
+    return { conditioning: {} };
+  }
+  let objects: number;
+  try {
+    objects = layoutBuilder(vocab, maxLen).maxObjects;
+  } catch (err) {
+    ctx.problems.add('model.params.cond_stage_config.params.max_seq_len', (err as Error).message);
+    return { conditioning: {} };
+  }
+  if (typeof cp.embedding_dropout === 'number' && cp.embedding_dropout !== 0) ctx.notes.push(`BERTEmbedder embedding_dropout ${cp.embedding_dropout} only acts in training; dropped`);
+  ctx.notes.push(`BERTEmbedder over layout tokens (coordinates_bbox, ${cp.n_layer} layers of ${cp.n_embed}): up to ${objects} objects, each a class and two box corners `
+    + `on a ${Math.floor(Math.sqrt(vocab))}-section grid, and the crop; give the layout with --layout (no guidance: the model has no unconditional layout)`);
+  return {
+    conditioning: { type: 'text', text: { encoder: 'layout', vocab_size: vocab, dim: cp.n_embed, depth: cp.n_layer, heads: 8, dim_head: 64, max_len: maxLen }, dropout: 0 },
+    ...(typeof cp.n_embed === 'number' ? { contextDim: cp.n_embed } : {}),
+  };
 }
 
 const RESCALE_METHODS: readonly string[] = ['nearest', 'bilinear', 'area'];

@@ -27,6 +27,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     '<%= config.bin %> sample --ckpt sd15.safetensors --tokenizer clip-vit-large-patch14/tokenizer --prompt "an astronaut riding a horse" --steps 20 --guidance 7.5 --height 512 --width 512 -o out/',
     '<%= config.bin %> sample --ckpt txt2img-f8-large.ckpt --config txt2img-1p4B-eval.yaml --tokenizer bert-base-uncased/vocab.txt --prompt "a virus monster is playing guitar, oil on canvas" --guidance 5 -o out/',
     '<%= config.bin %> sample --ckpt cin256-v2.ckpt --config cin256-v2.yaml --labels imagenet_clsidx_to_label.txt --class "tiger shark" --guidance 3 -o out/',
+    '<%= config.bin %> sample --ckpt layout2img.ckpt --config layout2img-openimages256.yaml --layout layout.json -o out/',
     '<%= config.bin %> sample --ckpt sd15.safetensors --tokenizer clip-vit-large-patch14/tokenizer --lora style.safetensors:0.8 --embedding my-style.pt --prompt "a castle, my-style" -o out/',
   ];
   static override flags = {
@@ -49,6 +50,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     map: Flags.string({ summary: 'Label-map PNG (semantic models): grey value = class index, or colours with --map-palette.' }),
     'map-palette': Flags.string({ summary: 'Palette of a colour --map: a text file, line i = class i\'s colour ("R G B [name]" or "#rrggbb [name]").', dependsOn: ['map'] }),
     'cond-image': Flags.string({ summary: 'Condition image (concat models), e.g. the low-resolution input.' }),
+    layout: Flags.string({ multiple: true, summary: 'Layout JSON (layout2img): [{"class": 12, "bbox": [x0, y0, w, h]}, ...], boxes in [0, 1] of the image, up to 30 objects; class names need --labels. Repeat for several.' }),
     n: integerFlag({ min: 1, max: LIMITS.images, default: 4, summary: 'Images per prompt / class / map (or in all when unconditional).' }),
     steps: integerFlag({ min: 1, max: LIMITS.sampleSteps, summary: 'Denoising steps (default: the config\'s sample.steps).' }),
     sampler: samplerFlag({ defaultText: 'the config\'s sample.sampler', scheduleNote: '"Karras" or "Exponential" at the end sets --schedule' }),
@@ -92,7 +94,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config, adapters: adaptersFromFlags(f),
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,
-          classes: f.class, labels: f.labels, map: f.map, mapPalette: f['map-palette'], condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
+          classes: f.class, labels: f.labels, layouts: f.layout, map: f.map, mapPalette: f['map-palette'], condImage: f['cond-image'], initImage: f['init-image'], mask: f.mask,
         }),
         // Unset flags stay absent: the checkpoint's sample section and the request decide them (resolveSampleSettings).
         settings: definedOnly({

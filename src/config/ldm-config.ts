@@ -17,9 +17,10 @@ export type ConditioningType = (typeof CONDITIONING_TYPES)[number];
  * Diffusion's frozen ones read from a checkpoint: `clip` (SD 1.x, HF CLIPTextModel) and `open_clip` (SD 2.x, the
  * penultimate layer); those take CLIP's BPE tokenizer from the user's files, not from the checkpoint. `bert`: the
  * reference's BERTEmbedder (txt2img-1p4B-eval, text2img256), the same transformer as `transformer` behind
- * bert-base-uncased's WordPiece tokenizer, read from the user's vocab.txt.
+ * bert-base-uncased's WordPiece tokenizer, read from the user's vocab.txt. `layout`: the reference's BERTEmbedder with
+ * use_tokenizer false over layout2img's bounding-box tokens (data/layout-tokens.ts), read from a layout file, not a prompt.
  */
-export const TEXT_ENCODERS = ['transformer', 'clip', 'open_clip', 'bert'] as const;
+export const TEXT_ENCODERS = ['transformer', 'clip', 'open_clip', 'bert', 'layout'] as const;
 export type TextEncoderKind = (typeof TEXT_ENCODERS)[number];
 
 /** Stable Diffusion's CLIP / OpenCLIP encoder: frozen, read from a checkpoint, tokenized by the user's CLIP BPE files. */
@@ -32,10 +33,15 @@ export function isBertText(text: { encoder?: TextEncoderKind | undefined } | und
   return text?.encoder === 'bert';
 }
 
+/** The reference's layout2img encoder: layouts, not prompts, made into tokens by data/layout-tokens.ts. */
+export function isLayoutText(text: { encoder?: TextEncoderKind | undefined } | undefined): boolean {
+  return text?.encoder === 'layout';
+}
+
 const TextSchema = strict({
   /** Absent: `transformer` (so configs of ldm's own text models stay as they were). */
   encoder: oneOf(TEXT_ENCODERS).optional(),
-  /** clip / open_clip / bert: rows of the token embedding (49408 CLIP, 30522 BERT), which the tokenizer must match. */
+  /** clip / open_clip / bert / layout: rows of the token embedding (49408 CLIP, 30522 BERT, 8192 layout2img), which the tokens must fit. */
   vocab_size: posInt().optional(),
   /** Token width, = unet.context_dim. */
   dim: posInt(),
@@ -275,6 +281,9 @@ function ldmProblems(cfg: LatentDiffusionConfig): Problem[] {
     if (!c.text) out.push({ path: ['conditioning', 'text'], message: 'text conditioning needs a text encoder: text: {dim, depth}' });
     else if (u.context_dim !== undefined && c.text.dim !== u.context_dim) {
       out.push({ path: ['conditioning', 'text', 'dim'], message: `${c.text.dim} differs from unet.context_dim ${u.context_dim}; the text tokens are the UNet's context` });
+    }
+    if (c.text && c.text.encoder === 'layout' && c.text.vocab_size === undefined) {
+      out.push({ path: ['conditioning', 'text', 'vocab_size'], message: 'a layout encoder needs vocab_size: its tokens code the boxes\' corners on a grid of that many' });
     }
   } else if (c.text) {
     out.push({ path: ['conditioning', 'text'], message: `only text conditioning has a text encoder; remove text or set type: text` });

@@ -13,13 +13,15 @@
  * - semantic: a label map, nearest-resized to the latent size, one-hot, appended to z_t; null = zeros (no class).
  *   With the reference's SpatialRescaler (conditioning.rescaler): the one-hot map at image size, resized as it does,
  *   then (out_channels) its learned 1x1 `channel_mapper` in the graph.
+ * - text with the layout encoder (the reference's layout2img): a layout's objects made into bounding-box tokens
+ *   (data/layout-tokens.ts) for the same x-transformers encoder; no null condition, so no guidance.
  */
 import * as o from '../engine/ops.js';
 import { Module } from '../engine/module.js';
 import type { Tensor } from '../engine/graph.js';
 import { float32, hostTensor, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { resize } from '../data/transforms.js';
-import { isBertText, isClipText, type ConditioningConfig, type ConditioningType } from '../config/ldm-config.js';
+import { isBertText, isClipText, isLayoutText, type ConditioningConfig, type ConditioningType } from '../config/ldm-config.js';
 import { ClassEmbedder } from './class-embedder.js';
 import { TextEncoder } from './text-encoder.js';
 import { CaptionLayout } from './caption-layout.js';
@@ -30,6 +32,7 @@ import { ClipTextModel, OpenClipTextModel } from './clip-text-encoder.js';
 import { Slots } from './unet/layers.js';
 import { Conv2d } from '../engine/nn.js';
 import { rescaleOneHot, rescaledSize, type RescaleSpec } from '../data/segmentation-map.js';
+import { layoutBuilder, layoutTokens, type LayoutBuilder, type LayoutObject } from '../data/layout-tokens.js';
 
 /** A batch's conditions on the host: one entry per sample in whichever field the conditioning reads. */
 export interface Conditions {
@@ -41,6 +44,8 @@ export interface Conditions {
   readonly labelMaps?: HostTensor;
   /** concat: condition images [N, C, H, W] in [-1, 1] at any size. */
   readonly images?: HostTensor;
+  /** text with the layout encoder: each sample's objects. */
+  readonly layouts?: readonly (readonly LayoutObject[])[];
 }
 
 /** Feed names of the condition inputs. */
@@ -323,6 +328,49 @@ class BertTextConditioning extends PromptConditioning implements Conditioner {
   }
 }
 
+/** Why a layout model has no unconditional branch (guidance, samples without a layout, condition dropout). */
+export const NO_NULL_LAYOUT = "layout2img has no unconditional layout: the reference trained it on every image's boxes, without condition dropout, "
+  + 'so it cannot sample without a layout or guide (use --guidance 1)';
+
+/**
+ * The reference's layout2img encoder: its BERTEmbedder with use_tokenizer false (ldm's TextEncoder, the same
+ * x-transformers encoder under `transformer.`) over the tokens of each sample's layout.
+ */
+class LayoutConditioning implements Conditioner {
+  readonly type = 'text' as const;
+  readonly concatChannels = 0;
+  readonly module: TextEncoder;
+  readonly builder: LayoutBuilder;
+
+  constructor(text: NonNullable<ConditioningConfig['text']>) {
+    const vocabSize = text.vocab_size!;
+    this.builder = layoutBuilder(vocabSize, text.max_len);
+    this.module = new TextEncoder({ vocabSize, maxLen: text.max_len, dim: text.dim, depth: text.depth, heads: text.heads, dimHead: text.dim_head });
+  }
+
+  feeds(c: Conditions | undefined, n: number, _h: number, _w: number, drop?: ArrayLike<boolean>): CondFeeds {
+    if (!c || Array.from({ length: n }, (_, i) => drop?.[i]).some(Boolean)) throw new Error(NO_NULL_LAYOUT);
+    const layouts = need(c.layouts, 'layouts (--layout)');
+    checkCount('layouts', layouts.length, n);
+    const len = this.module.config.maxLen;
+    const data = new Int32Array(n * len);
+    layouts.forEach((l, i) => data.set(layoutTokens(l, this.builder), i * len));
+    return { [COND_TOKENS]: hostTensor('int32', [n, len], data) };
+  }
+
+  nullFeeds(): CondFeeds {
+    throw new Error(NO_NULL_LAYOUT);
+  }
+
+  apply(inputs: Readonly<Record<string, Tensor>>): Applied {
+    return { context: this.module.forward(inputs[COND_TOKENS]!) };
+  }
+
+  inputs(n: number): Record<string, Tensor> {
+    return { [COND_TOKENS]: o.input(COND_TOKENS, [n, this.module.config.maxLen], 'int32') };
+  }
+}
+
 /** The distinct prompts of a batch, then the negative prompt, each with what it is called in a warning. */
 function promptTexts(prompts: readonly string[], negative?: string): { text: string; what: string }[] {
   const texts = [...new Set(prompts)].map((text) => ({ text, what: 'prompt' }));
@@ -479,6 +527,10 @@ export function createConditioner(cfg: ConditioningConfig, contextDim: number | 
           throw new Error(`this model's text encoder is the reference BERTEmbedder, which reads WordPiece ids, not ${tokenizer instanceof ClipTokenizer ? "CLIP's BPE" : "ldm's own tokenizer"}; give --tokenizer <vocab.txt> (bert-base-uncased's)`);
         }
         return new BertTextConditioning(tokenizer, cfg.text);
+      }
+      if (cfg.text && isLayoutText(cfg.text)) {
+        if (tokenizer !== undefined) throw new Error("this model's encoder reads layouts (--layout), not text: it takes no tokenizer");
+        return new LayoutConditioning(cfg.text);
       }
       if (!(tokenizer instanceof Tokenizer)) throw new Error('a text-conditioned model needs its tokenizer: build it from the captions or load it from the checkpoint');
       return new TextConditioning(tokenizer, cfg.text!);

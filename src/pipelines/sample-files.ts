@@ -18,7 +18,7 @@ import { checkSampleMemory, fitSampleBatch, generate, sampleInputs, type Generat
 import { checkSettingsForModel, resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
 import { a1111Parameters } from '../sampling/sample-metadata.js';
 import { enlargeForGrid } from '../sampling/grid.js';
-import { isClipText } from '../config/ldm-config.js';
+import { isClipText, isLayoutText } from '../config/ldm-config.js';
 import { classByName, readClassLabels, type ClassLabels } from '../data/class-labels.js';
 import { LatentDiffusion } from '../models/latent-diffusion.js';
 import { precomputeTextContexts } from '../models/text-context-cache.js';
@@ -26,6 +26,7 @@ import type { VaeTiling } from '../models/first-stage-tiles.js';
 import { AutoencoderFirstStage } from '../models/first-stage.js';
 import { firstStageReader } from '../checkpoint/load-any.js';
 import { readPalette, readSegmentationMap } from '../data/segmentation-map.js';
+import { layoutBuilder, readLayout, type LayoutObject } from '../data/layout-tokens.js';
 
 const COND_STAGE_PREFIX = 'cond_stage_model.';
 
@@ -60,6 +61,8 @@ export interface SampleFilesOptions {
   mapPalette?: string;
   /** Condition image (concat models). */
   condImage?: string;
+  /** Layout JSON files (layout2img), one condition each: objects with a class (number, or a name in --labels) and a box. */
+  layouts?: readonly string[];
   initImage?: string;
   mask?: string;
   negativePrompt?: string;
@@ -157,6 +160,14 @@ export function parseClass(value: string, ldm: Pick<LoadedLdm, 'classNames' | 'c
   return i;
 }
 
+/** A layout file for a layout2img model, class names looked up in --labels. */
+async function readLayoutFor(file: string, ldm: Pick<LoadedLdm, 'config' | 'model'>, labels?: { file: string; labels: ClassLabels }): Promise<LayoutObject[]> {
+  const text = ldm.config.conditioning.text;
+  if (!isLayoutText(text)) throw new Error(`--layout needs a layout-to-image model (the reference's layout2img-openimages256); this one is ${ldm.model.conditioner.type === 'none' ? 'unconditional' : `${ldm.model.conditioner.type}-conditioned`}`);
+  const builder = layoutBuilder(text!.vocab_size!, text!.max_len);
+  return readLayout(file, builder, labels && ((name) => classByName(name, labels.labels, labels.file)));
+}
+
 export async function readLines(file: string): Promise<string[]> {
   const text = await fsp.readFile(file, 'utf8').catch(() => {
     throw new Error(`prompts file ${file} not found; give a text file with one prompt a line`);
@@ -208,6 +219,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
       const palette = opts.mapPalette !== undefined ? await readPalette(opts.mapPalette) : undefined;
       conditions.push({ map: await readSegmentationMap(opts.map, k, palette), name: path.basename(opts.map) });
     }
+    for (const file of opts.layouts ?? []) conditions.push({ layout: await readLayoutFor(file, ldm, labels), name: path.basename(file) });
     if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
     const init = opts.initImage ? await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }) : undefined;
     const mask = opts.mask ? await readImage(opts.mask, { channels: 1 }).then((m) => float32(m.shape, (m.data as Float32Array).map((v) => (v + 1) / 2))) : undefined;

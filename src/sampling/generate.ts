@@ -13,7 +13,8 @@ import { rescaleZeroTerminalSnr } from '../diffusion/sigma-schedule.js';
 import { sampleLatents } from '../diffusion/sampling-loop.js';
 import type { CondFeeds, Conditions } from '../models/conditioning.js';
 import { INPUT_INPAINT, type LatentDiffusion } from '../models/latent-diffusion.js';
-import { isClipText } from '../config/ldm-config.js';
+import { isClipText, isLayoutText } from '../config/ldm-config.js';
+import type { LayoutObject } from '../data/layout-tokens.js';
 import { sdInpaintCondition } from './sd-inpaint.js';
 import { firstStageRunBytes, firstStageWeightBytes, type FirstStage } from '../models/first-stage.js';
 import { decodeMaybeTiled, encodeMaybeTiled, tiledRunBytes, vaeTilesFor, type TileOptions, type VaeTiling } from '../models/first-stage-tiles.js';
@@ -36,6 +37,8 @@ export interface SampleCondition {
   map?: HostTensor;
   /** Concat models: the condition image [C, H, W] in [-1, 1]. */
   image?: HostTensor;
+  /** Layout models (layout2img): the objects and their boxes. */
+  layout?: readonly LayoutObject[];
   /** Caption under its images in the grid. */
   name: string;
 }
@@ -143,6 +146,7 @@ function repeatEach(x: Float32Array, n: number): Float32Array {
 function conditionsOf(list: readonly SampleCondition[], imageH: number, imageW: number): Conditions {
   const first = list[0]!;
   if (first.prompt !== undefined) return { captions: list.map((c) => c.prompt ?? '') };
+  if (first.layout !== undefined) return { layouts: list.map((c) => c.layout ?? []) };
   if (first.label !== undefined) return { labels: Int32Array.from(list, (c) => c.label ?? -1) };
   if (first.map !== undefined) {
     const per = imageH * imageW;
@@ -163,16 +167,17 @@ function conditionsOf(list: readonly SampleCondition[], imageH: number, imageW: 
 function checkRequest(parts: LdmParts, opts: GenerateOptions, conds: readonly SampleCondition[]): void {
   const type = parts.model.conditioner.type;
   const need: Record<string, keyof SampleCondition | undefined> = { none: undefined, class: 'label', text: 'prompt', semantic: 'map', concat: 'image' };
-  const field = need[type];
-  const given = conds.flatMap((c) => (['prompt', 'label', 'map', 'image'] as const).filter((k) => c[k] !== undefined));
+  const field = isLayoutText(parts.model.config.conditioning.text) ? 'layout' : need[type];
+  const given = conds.flatMap((c) => (['prompt', 'label', 'map', 'image', 'layout'] as const).filter((k) => c[k] !== undefined));
   if (field === undefined && given.length) {
     throw new Error(`this model is unconditional: it takes no ${given[0] === 'label' ? 'class' : given[0]}; sample it without one`);
   }
   if (field !== undefined) {
-    const what = { label: 'a class (--class)', prompt: 'a prompt (--prompt or --prompts)', map: 'a label map (--map)', image: 'a condition image (--cond-image)' }[field as 'label'];
-    if (conds.length === 0) throw new Error(`this ${type}-conditioned model needs ${what}`);
+    const what = { label: 'a class (--class)', prompt: 'a prompt (--prompt or --prompts)', map: 'a label map (--map)', image: 'a condition image (--cond-image)', layout: 'a layout (--layout)' }[field as 'label'];
+    const kind = field === 'layout' ? 'layout' : type;
+    if (conds.length === 0) throw new Error(`this ${kind}-conditioned model needs ${what}`);
     const wrong = given.find((k) => k !== field);
-    if (wrong) throw new Error(`this ${type}-conditioned model takes ${what}, not ${wrong === 'label' ? 'a class' : `a ${wrong}`}`);
+    if (wrong) throw new Error(`this ${kind}-conditioned model takes ${what}, not ${wrong === 'label' ? 'a class' : `a ${wrong}`}`);
   }
   if (opts.settings.guidance !== 1 && type === 'none') throw new Error('guidance needs a conditional model; this one is unconditional, use --guidance 1');
   if (opts.negativePrompt !== undefined && type !== 'text') throw new Error('a negative prompt needs a text-conditioned model');

@@ -6,8 +6,9 @@
 import type { SamplerName, Spacing } from '../diffusion/samplers.js';
 import { displayName, isSigmaSampler, parseSamplerName, scheduleError } from '../diffusion/sampler-names.js';
 import type { SigmaSchedule } from '../diffusion/sigma-schedule.js';
-import type { LatentDiffusionConfig } from '../config/ldm-config.js';
+import { isLayoutText, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import { noNullClassMessage } from '../models/class-embedder.js';
+import { NO_NULL_LAYOUT } from '../models/conditioning.js';
 
 export interface SampleSettings {
   steps: number;
@@ -113,8 +114,12 @@ export function defaultScheduleSampler(sampler: string, command: string): Sample
   return choice.sampler!;
 }
 
-/** The rules that depend on the model, not the request: a class model without a null row (cin256) cannot guide. */
+/**
+ * The rules that depend on the model, not the request: a class model without a null row (cin256) cannot guide, nor
+ * can layout2img, which has no unconditional layout.
+ */
 export function checkSettingsForModel(config: LatentDiffusionConfig, settings: SampleSettings): void {
   const cond = config.conditioning;
   if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
+  if (isLayoutText(cond.text) && settings.guidance !== 1) throw new Error(NO_NULL_LAYOUT);
 }
