@@ -115,3 +115,11 @@ export const keepProfileFlags = {
     summary: 'Read images that carry an ICC profile (Adobe RGB, Display P3...) as their stored values, as the reference implementation does, instead of converting them to sRGB.',
   }),
 };
+
+/** --quantize for the inference commands: int8 runs MatMuls with constant weights on integer kernels (engine/onnx/quantize.ts). */
+export function quantizeFlag(what = 'the UNet') {
+  return Flags.option({
+    options: ['none', 'int8'] as const,
+    summary: `Quantize ${what}: int8 runs its MatMuls (linear layers, attention projections) on int8 weights with activations quantized at run time; Convs, norms and softmax stay float32. ONNX backend, weights baked in.`,
+  })();
+}

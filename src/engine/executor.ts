@@ -56,7 +56,7 @@ export interface Executor {
   /** One line: what runs and on how many threads / which device. */
   readonly description: string;
   compile(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts?: CompileOptions): Promise<Program>;
-  compileStep(graph: Graph, spec: StepSpec): Promise<Program>;
+  compileStep(graph: Graph, spec: StepSpec, opts?: Pick<CompileOptions, 'profile'>): Promise<Program>;
   dispose(): Promise<void>;
 }
 

@@ -12,7 +12,7 @@ import * as o from './ops.js';
 import { bindParams, bindTensors, getStateUpdates, type Module } from './module.js';
 import { adamw, clipByGlobalNorm, emaDecayAt, emaUpdate, globalNorm, learningRateAt, ADAMW_DEFAULTS, type AdamWConfig } from './optim.js';
 import { float32, type HostTensor } from './host-tensor.js';
-import type { Executor, Feeds, Program } from './executor.js';
+import type { CompileOptions, Executor, Feeds, Program } from './executor.js';
 
 export interface LossOutput {
   loss: Tensor;
@@ -37,6 +37,8 @@ export interface TrainerOptions {
   trainable?: (name: string) => boolean;
   /** Traced once per batch shape: data inputs by name -> loss. */
   loss: (inputs: Readonly<Record<string, Tensor>>) => LossOutput;
+  /** How the step is compiled: `profile` records ONNX Runtime's per-node times (ldm profile). */
+  compile?: Pick<CompileOptions, 'profile'>;
 }
 
 export interface StepResult {
@@ -190,7 +192,7 @@ export class Trainer {
         if (withEma) res[`new.${FLAT_EMA}`] = emaUpdate(o.input(FLAT_EMA, [this.total]), up.p, s.emaDecay);
         return res;
       },
-    });
+    }, this.opts.compile);
     return { program, buffers, metrics, extra };
   }
 

@@ -7,7 +7,7 @@ import { Graph, trace } from '../engine/graph.js';
 import * as o from '../engine/ops.js';
 import { bindParams } from '../engine/module.js';
 import { float32, hostBytes, type HostTensor } from '../engine/host-tensor.js';
-import type { Executor, Program } from '../engine/executor.js';
+import type { CompileOptions, Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
 import type { ModelFn } from '../diffusion/sampling-loop.js';
 import { concatFeeds, type CondFeeds } from '../models/conditioning.js';
@@ -37,10 +37,17 @@ export class Denoiser {
     private readonly params: () => ReadonlyMap<string, HostTensor>,
     mode: 'const' | 'input' = 'const',
     maxBakedBytes = MAX_BAKED_WEIGHT_BYTES,
+    /** `quantize: 'int8'` (baked weights only) and `profile`, for every program compiled (engine/executor.ts). */
+    private readonly compileOptions: Pick<CompileOptions, 'quantize' | 'profile'> = {},
   ) {
     model.eval();
     this.large = hostBytes(params().values()) > maxBakedBytes;
     this.mode = mode === 'const' && this.large ? 'input' : mode;
+    if (compileOptions.quantize === 'int8' && this.mode !== 'const') {
+      throw new Error(this.large
+        ? `--quantize int8 needs the weights baked into the program, and this model's (${(hostBytes(params().values()) / 2 ** 30).toFixed(1)} GiB) are too large for one ONNX model: sample it without --quantize`
+        : '--quantize int8 needs the weights baked into the program; these are fed as inputs');
+    }
   }
 
   private program(shape: readonly number[]): Promise<Program> {
@@ -54,7 +61,7 @@ export class Denoiser {
         return this.model.forward(x, t, this.model.conditioner.inputs(n, h, w));
       });
       // Weights too large to bake mean a full-size model: its activations (gigabytes) go back after each call.
-      return this.executor.compile(g, { out }, { releaseActivations: this.large });
+      return this.executor.compile(g, { out }, { releaseActivations: this.large, ...this.compileOptions });
     });
   }
 

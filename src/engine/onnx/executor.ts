@@ -42,6 +42,7 @@ function fromOrt(t: ort.Tensor): HostTensor {
 }
 
 class OnnxProgram implements Program {
+  private profileEnded = false;
   constructor(
     private readonly graph: Graph,
     private readonly session: ort.InferenceSession,
@@ -63,7 +64,8 @@ class OnnxProgram implements Program {
   /** ORT names its trace `<prefix>_<date>.json`: the newest such file once profiling has ended. */
   async endProfiling(): Promise<string> {
     if (!this.profilePrefix) throw new Error('this program was not compiled with a profile prefix');
-    this.session.endProfiling();
+    if (!this.profileEnded) this.session.endProfiling();
+    this.profileEnded = true;
     const dir = path.dirname(this.profilePrefix);
     const base = path.basename(this.profilePrefix);
     const found = await Promise.all((await fsp.readdir(dir)).filter((f) => f.startsWith(base) && f.endsWith('.json'))
@@ -74,7 +76,8 @@ class OnnxProgram implements Program {
   }
 
   async dispose(): Promise<void> {
-    if (process.env.LDM_ORT_PROFILE && !this.profilePrefix) this.session.endProfiling();
+    // A profiled session writes its trace when profiling ends; ending it twice would write a second, empty one.
+    if ((process.env.LDM_ORT_PROFILE || this.profilePrefix) && !this.profileEnded) this.session.endProfiling();
     await this.session.release();
   }
 }
