@@ -233,8 +233,12 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
     for (const w of warnings) opts.onWarning?.(w);
     const request = definedOnly({ n: opts.n, conditions, init, mask });
-    const settings = resolveSampleSettings(ldm.config.sample, opts.settings, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request));
-    checkSettingsForModel(ldm.config, settings);
+    const inputs = sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request);
+    const settings = resolveSampleSettings(ldm.config.sample, opts.settings, inputs);
+    for (const w of checkSettingsForModel(ldm.config, settings, inputs)) {
+      warnings.push(w);
+      opts.onWarning?.(w);
+    }
     const limit = opts.memoryLimit ?? memoryLimit();
     const lowMemory = opts.lowMemory ?? false;
     if (opts.settings.batchSize === undefined) {

@@ -9,6 +9,7 @@ import type { SigmaSchedule } from '../diffusion/sigma-schedule.js';
 import { isLayoutText, type LatentDiffusionConfig } from '../config/ldm-config.js';
 import { noNullClassMessage } from '../models/class-embedder.js';
 import { NO_NULL_LAYOUT } from '../models/conditioning.js';
+import { isMaskedImageModel } from './first-stage-inpaint.js';
 
 export interface SampleSettings {
   steps: number;
@@ -116,10 +117,25 @@ export function defaultScheduleSampler(sampler: string, command: string): Sample
 
 /**
  * The rules that depend on the model, not the request: a class model without a null row (cin256) cannot guide, nor
- * can layout2img, which has no unconditional layout.
+ * can layout2img, which has no unconditional layout. Returned, one line each: settings the model gives no meaning
+ * to, which it samples with all the same. The reference's semantic synthesis (a SpatialRescaler) and inpainting_big
+ * (the masked image through the first stage) were trained on no empty condition and are sampled unguided there
+ * (scripts/inpaint.py takes no scale); inpainting_big samples the masked area from noise, so a strength does nothing.
  */
-export function checkSettingsForModel(config: LatentDiffusionConfig, settings: SampleSettings): void {
+export function checkSettingsForModel(config: LatentDiffusionConfig, settings: SampleSettings, inputs: Pick<SampleInputs, 'mask'>): string[] {
   const cond = config.conditioning;
   if (cond.type === 'class' && cond.null_class === false && settings.guidance !== 1) throw new Error(noNullClassMessage(cond.num_classes ?? 0));
   if (isLayoutText(cond.text) && settings.guidance !== 1) throw new Error(NO_NULL_LAYOUT);
+  const maskedImage = isMaskedImageModel({ config });
+  const unguided = cond.type === 'semantic' && cond.rescaler ? 'semantic synthesis model (a SpatialRescaler map)'
+    : maskedImage ? 'inpainting model conditioned on the masked image' : undefined;
+  const warnings: string[] = [];
+  if (unguided && settings.guidance !== 1) {
+    warnings.push(`guidance ${settings.guidance} means nothing to this ${unguided}: the reference trained it on no empty condition and samples it unguided, so guidance only pushes away from an input it never saw; use --guidance 1`);
+  }
+  // Without a mask the model refuses the request (generate); with one the strength is 1 unless one was given.
+  if (maskedImage && inputs.mask && settings.strength !== 1) {
+    warnings.push(`strength ${settings.strength} is ignored: this inpainting model samples the masked area from noise, as the reference's scripts/inpaint.py does`);
+  }
+  return warnings;
 }

@@ -167,8 +167,10 @@ export async function prepareGeneration(
   try {
     const overrides = overridesOf(r, model, img2img?.denoising_strength);
     const req = definedOnly({ n, conditions, init, mask });
-    const settings = resolveSampleSettings(ldm.config.sample, overrides, sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, req));
-    checkSettingsForModel(ldm.config, settings);
+    const inputs = sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, req);
+    const settings = resolveSampleSettings(ldm.config.sample, overrides, inputs);
+    // Its warnings (settings the model gives no meaning to) have no place in A1111's response; the errors do.
+    checkSettingsForModel(ldm.config, settings, inputs);
     if (settings.steps > ldm.model.schedule.T) {
       throw new Error(`steps ${settings.steps} is more than the model's schedule of ${ldm.model.schedule.T} timesteps`);
     }
