@@ -1,5 +1,5 @@
 import { Args, Flags } from '@oclif/core';
-import { LIMITS, integerFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, quantizeFlag, unsafePickleFlags } from '../cli/flags.js';
 import { LdmCommand } from '../cli/base-command.js';
 import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { definedOnly } from '../util/defined.js';
@@ -36,6 +36,7 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
     config: Flags.string({ summary: 'Config for checkpoints whose weights do not say everything (reference .ckpt).' }),
     force: Flags.boolean({ summary: 'Overwrite the output if it exists.' }),
     'external-data': Flags.boolean({ summary: 'Write the weights to OUTPUT.data (ONNX external data) even when they would fit in the .onnx.' }),
+    quantize: quantizeFlag('the exported network'),
   };
 
   async run(): Promise<void> {
@@ -45,10 +46,10 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
       batch: f.batch, contextTokens: f['context-tokens'], force: f.force, externalData: f['external-data'], onWarning: (w) => this.warning(w),
       ...(f.part ? { part: f.part } : {}), ...(f.height ? { height: f.height } : {}), ...(f.width ? { width: f.width } : {}),
       ...(f.config ? { config: f.config } : {}),
-      ...definedOnly({ adapters: adaptersFromFlags(f) }),
+      ...definedOnly({ adapters: adaptersFromFlags(f), quantize: f.quantize }),
     });
     this.result(r, (v: ExportResult) => [
-      `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB${v.data ? `, weights in ${v.data} (${((v.dataBytes ?? 0) / 1e6).toFixed(2)} MB)` : ''}`,
+      `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB${v.data ? `, weights in ${v.data} (${((v.dataBytes ?? 0) / 1e6).toFixed(2)} MB)` : ''}${v.quantized ? `, int8 (${v.quantized.matmuls} MatMuls; ${v.quantized.floatConvs} Convs float32)` : ''}`,
       ...v.inputs.map((i) => `  input  ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
       ...v.outputs.map((i) => `  output ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
     ].join('\n'));

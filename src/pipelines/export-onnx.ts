@@ -15,6 +15,7 @@ import { splitPrefix } from '../io/checkpoint.js';
 import path from 'node:path';
 import { assertWritable, writeFileAtomic } from '../io/atomic.js';
 import { lowerToOnnx, onnxDtype } from '../engine/onnx/lower.js';
+import type { Quantization } from '../engine/executor.js';
 import { loadAnyCheckpoint } from '../checkpoint/load-any.js';
 import { mergeLoras, readLora } from '../checkpoint/lora.js';
 import type { ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
@@ -55,6 +56,8 @@ export interface ExportOptions {
   onWarning?: (message: string) => void;
   /** LoRAs merged into a diffusion model's weights before export (`--lora`, `--lora-partial`). */
   adapters?: Pick<ModelAdapters, 'loras' | 'loraPartial'>;
+  /** `int8`: MatMuls with constant weights stored as int8 with ONNX's integer ops (engine/onnx/quantize.ts). */
+  quantize?: Quantization;
 }
 
 export interface ExportedInput {
@@ -73,6 +76,8 @@ export interface ExportResult {
   /** The external weights file beside the .onnx, when the weights went there, and its size. */
   data?: string;
   dataBytes?: number;
+  /** With --quantize int8: the MatMuls stored as int8, and the Convs left float32. */
+  quantized?: { matmuls: number; floatConvs: number };
 }
 
 /** A traced part: its graph and outputs; `external`: the weights bound as graph inputs, to be written as external data. */
@@ -226,7 +231,10 @@ function externalize(bytes: Uint8Array, weights: ReadonlyMap<string, HostTensor>
  */
 export async function exportOnnx(ckptPath: string, outFile: string, opts: ExportOptions = {}): Promise<ExportResult> {
   const { graph, outputs, kind, part, external } = await traceForExport(ckptPath, opts);
-  const lowered = lowerToOnnx(graph, outputs, { name: `ldm-${kind}-${part}` });
+  const int8 = opts.quantize === 'int8';
+  if (int8 && external) throw new Error(`--quantize int8 quantizes weights held in the .onnx; these go to external data (${opts.externalData ? '--external-data' : 'over 1.5 GiB'}): export without one of the two`);
+  const lowered = lowerToOnnx(graph, outputs, { name: `ldm-${kind}-${part}`, ...(int8 ? { quantize: 'int8' as const } : {}) });
+  if (int8 && !lowered.quantized?.matmuls) throw new Error(`--quantize int8: the ${part} has no MatMul with constant weights to quantize; export it without --quantize`);
   const dataFile = `${outFile}.data`;
   let bytes = lowered.bytes;
   let dataBytes: number | undefined;
@@ -241,5 +249,8 @@ export async function exportOnnx(ckptPath: string, outFile: string, opts: Export
   const inputs = graph.inputs.filter((i) => lowered.inputNames.includes(i.name) && !external?.has(i.name))
     .map((i) => ({ name: i.name, shape: [...i.tensor.shape], dtype: i.tensor.dtype }));
   const outs = Object.entries(outputs).map(([name, t]) => ({ name, shape: [...t.shape], dtype: t.dtype }));
-  return { file: outFile, kind, part, inputs, outputs: outs, bytes: bytes.length, ...(dataBytes !== undefined ? { data: dataFile, dataBytes } : {}) };
+  return {
+    file: outFile, kind, part, inputs, outputs: outs, bytes: bytes.length, ...(dataBytes !== undefined ? { data: dataFile, dataBytes } : {}),
+    ...(lowered.quantized ? { quantized: { matmuls: lowered.quantized.matmuls, floatConvs: lowered.quantized.floatConvs } } : {}),
+  };
 }
