@@ -10,6 +10,7 @@ import { float32, hostTensor, numel, toFloat32, type HostTensor } from '../engin
 import { Rng } from '../util/random.js';
 import { createSampler } from '../diffusion/samplers.js';
 import { rescaleZeroTerminalSnr } from '../diffusion/sigma-schedule.js';
+import type { NoiseSchedule } from '../diffusion/schedule.js';
 import { sampleLatents } from '../diffusion/sampling-loop.js';
 import type { CondFeeds, Conditions } from '../models/conditioning.js';
 import { INPUT_INPAINT, type LatentDiffusion } from '../models/latent-diffusion.js';
@@ -313,8 +314,8 @@ export function sampleInputs(
 
 /** Draw images. Reproducible from the seed on one executor: noise comes from one Rng, batch after batch. */
 export async function generate(parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions): Promise<Generated> {
-  const { model, firstStage: fs, scaleFactor } = parts;
-  const { height: H, width: W, batchSize: bs, guidance, strength } = opts.settings;
+  const { model, firstStage: fs } = parts;
+  const { height: H, width: W, batchSize: bs } = opts.settings;
   // inpainting_big: its condition is made from the init image and mask, and it samples from noise (first-stage-inpaint.ts).
   const maskedImage = isMaskedImageModel(model);
   // The memory check comes before any network runs, the masked image's encode included.
@@ -323,95 +324,135 @@ export async function generate(parts: LdmParts, denoiser: Denoiser, opts: Genera
   const conds = firstStageInpaint ? [firstStageInpaint.condition] : opts.conditions ?? [];
   checkRequest(parts, opts, conds);
   model.checkFirstStage(fs, H, W);
-  const f = fs.factor;
-  const c = model.latentChannels;
-  const h = H / f;
-  const w = W / f;
-  const per = c * h * w;
 
   const list: SampleCondition[] = conds.length ? conds.flatMap((x) => new Array<SampleCondition>(opts.n).fill(x)) : new Array<SampleCondition>(opts.n).fill({ name: '' });
-  const total = list.length;
   const vaeTile = vaeTilesFor(fs, opts.vaeTiling ?? 'auto', bs, H, W, opts.vaeTileSize);
-
-  let initLatent: Float32Array | undefined;
-  let keep: Float32Array | undefined;
-  if (opts.init && !firstStageInpaint) {
-    const img = opts.init;
-    if (img.shape.length !== 3 || img.shape[0] !== fs.imageChannels) {
-      throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${img.shape.join(', ')}]`);
-    }
-    const sized = resize(img, H, W, 'bicubic');
-    const z = await encodeMaybeTiled(fs, float32([1, ...sized.shape], toFloat32(sized)), vaeTile);
-    initLatent = (z.data as Float32Array).map((v) => v * scaleFactor);
-    if (opts.mask && !model.inpaintChannels) {
-      const [mh, mw] = sizeOf(opts.mask);
-      const m = mh === H && mw === W ? opts.mask : resize(float32([1, mh, mw], toFloat32(opts.mask)), H, W, 'nearest');
-      keep = latentKeepMask(m, f, c);
-    }
-  }
+  const start = firstStageInpaint ? {} : await initLatents(parts, opts, vaeTile);
   // Stable Diffusion inpainting models regenerate the masked area from their concatenated condition (sd-inpaint.ts).
   const sdInpaint = model.inpaintChannels ? await sdInpaintCondition(parts, opts.init, opts.mask, H, W, vaeTile) : undefined;
-  // Stable Diffusion's img2img with DDIM follows the reference's scripts/img2img.py (see sampleLatents' init).
-  const referenceInit = isClipText(model.config.conditioning.text) && opts.settings.sampler === 'ddim';
-
-  // --zero-snr samples on the rescaled schedule (the model's own is left as trained).
-  const sched = opts.settings.zeroSnr ? rescaleZeroTerminalSnr(model.schedule) : model.schedule;
-  await opts.beforeSampling?.();
-  const rng = new Rng(opts.seed);
-  const latents = new Float32Array(total * per);
-  for (let start = 0; start < total; start += bs) {
-    const chunk = list.slice(start, start + bs);
-    const n = chunk.length;
-    const shape = [n, c, h, w];
-    // Each model (base, refiner) encodes the chunk's conditions with its own encoder.
-    const given = conds.length ? conditionsOf(chunk, H, W) : undefined;
-    const feedsFor = (m: LatentDiffusion): [CondFeeds, CondFeeds] => {
-      // An inpainting model's unconditional branch keeps the mask and masked image (the reference's uc_full).
-      const extra: CondFeeds = m.inpaintChannels && sdInpaint ? { [INPUT_INPAINT]: float32([n, m.inpaintChannels, h, w], repeatEach(sdInpaint, n)) } : {};
-      const cf = { ...m.conditioner.feeds(given, n, h, w), ...extra };
-      return [cf, guidance !== 1 ? { ...m.conditioner.nullFeeds(n, h, w, opts.negativePrompt), ...extra } : cf];
-    };
-    const sampler = createSampler(opts.settings.sampler, sched, opts.settings);
-    const repeat = (x: Float32Array) => {
-      const out = new Float32Array(n * per);
-      for (let i = 0; i < n; i++) out.set(x, i * per);
-      return out;
-    };
-    const x0 = initLatent ? repeat(initLatent) : undefined;
-    const useInit = x0 && (!(keep || sdInpaint) || strength < 1);
-    let fn = denoiser.modelFn(shape, ...feedsFor(model));
-    const ref = opts.refiner;
-    if (ref) {
-      // Every sample of a call shares its timestep.
-      const [baseFn, refineFn] = [fn, ref.denoiser.modelFn(shape, ...feedsFor(ref.model))];
-      fn = (x, t, guided) => (t[0]! < ref.below ? refineFn : baseFn)(x, t, guided);
-    }
-    const z = await sampleLatents({
-      shape, model: fn, schedule: sched, sampler, parameterization: model.parameterization,
-      guidance, guidanceRescale: opts.settings.guidanceRescale, rng,
-      ...(useInit ? { init: { x0: x0!, strength, reference: referenceInit } } : {}),
-      ...(keep && x0 ? { inpaint: { x0, mask: keep } } : {}),
-      onStep: (call, calls, _t, x0) => opts.onStep?.({ done: start, batch: n, total, call, calls, x0 }),
-    });
-    latents.set(z, start * per);
-  }
+  const latents = await sampleAll(parts, denoiser, opts, { conds, list, ...start, ...(sdInpaint ? { sdInpaint } : {}) });
 
   await opts.beforeDecode?.();
-  const images = new Float32Array(total * fs.imageChannels * H * W);
+  const images = await decodeAll(parts, latents, list.length, opts.settings, vaeTile);
+  if (firstStageInpaint) pasteInpainted(images, firstStageInpaint.image, firstStageInpaint.mask);
+  return {
+    images: float32([list.length, fs.imageChannels, H, W], images),
+    latents: float32([list.length, ...latentShape(parts, opts.settings)], latents),
+    labels: list.map((x) => x.name),
+    ...(start.keep ? { keepMask: start.keep } : {}),
+  };
+}
+
+/** The latent [c, h, w] of an H x W image. */
+function latentShape(parts: Pick<LdmParts, 'model' | 'firstStage'>, settings: Pick<SampleSettings, 'height' | 'width'>): [number, number, number] {
+  const f = parts.firstStage.factor;
+  return [parts.model.latentChannels, settings.height / f, settings.width / f];
+}
+
+/** img2img's start: the init image's scaled latent; with a mask (and no inpainting channels), the latent positions kept. */
+async function initLatents(parts: LdmParts, opts: GenerateOptions, vaeTile: TileOptions | undefined): Promise<{ initLatent?: Float32Array; keep?: Float32Array }> {
+  const { model, firstStage: fs, scaleFactor } = parts;
+  const { height: H, width: W } = opts.settings;
+  const img = opts.init;
+  if (!img) return {};
+  if (img.shape.length !== 3 || img.shape[0] !== fs.imageChannels) {
+    throw new Error(`the init image must have ${fs.imageChannels} channels [C, H, W], got [${img.shape.join(', ')}]`);
+  }
+  const sized = resize(img, H, W, 'bicubic');
+  const z = await encodeMaybeTiled(fs, float32([1, ...sized.shape], toFloat32(sized)), vaeTile);
+  const initLatent = (z.data as Float32Array).map((v) => v * scaleFactor);
+  if (!opts.mask || model.inpaintChannels) return { initLatent };
+  const [mh, mw] = sizeOf(opts.mask);
+  const m = mh === H && mw === W ? opts.mask : resize(float32([1, mh, mw], toFloat32(opts.mask)), H, W, 'nearest');
+  return { initLatent, keep: latentKeepMask(m, fs.factor, model.latentChannels) };
+}
+
+/** What every batch's sampling shares. */
+interface SamplingPlan {
+  readonly conds: readonly SampleCondition[];
+  /** Each image's condition, in order. */
+  readonly list: readonly SampleCondition[];
+  readonly initLatent?: Float32Array;
+  readonly keep?: Float32Array;
+  /** Stable Diffusion inpainting's concatenated mask and masked image, for one sample. */
+  readonly sdInpaint?: Float32Array;
+}
+
+/** Every image's latent, batch after batch, the noise from one Rng(seed). */
+async function sampleAll(parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions, plan: SamplingPlan): Promise<Float32Array> {
+  const bs = opts.settings.batchSize;
+  const per = numel(latentShape(parts, opts.settings));
+  // --zero-snr samples on the rescaled schedule (the model's own is left as trained).
+  const schedule = opts.settings.zeroSnr ? rescaleZeroTerminalSnr(parts.model.schedule) : parts.model.schedule;
+  await opts.beforeSampling?.();
+  const rng = new Rng(opts.seed);
+  const total = plan.list.length;
+  const latents = new Float32Array(total * per);
+  for (let start = 0; start < total; start += bs) {
+    latents.set(await sampleBatch(parts, denoiser, opts, plan, { start, schedule, rng }), start * per);
+  }
+  return latents;
+}
+
+/** The latents of the batch of images from `start`: its conditions (and null ones for guidance), init and mask, through the sampling loop. */
+async function sampleBatch(
+  parts: LdmParts, denoiser: Denoiser, opts: GenerateOptions, plan: SamplingPlan, b: { start: number; schedule: NoiseSchedule; rng: Rng },
+): Promise<Float32Array> {
+  const { model } = parts;
+  const { guidance, strength } = opts.settings;
+  const { start, schedule, rng } = b;
+  const chunk = plan.list.slice(start, start + opts.settings.batchSize);
+  const n = chunk.length;
+  const [c, h, w] = latentShape(parts, opts.settings);
+  const shape = [n, c, h, w];
+  // Each model (base, refiner) encodes the chunk's conditions with its own encoder.
+  const given = plan.conds.length ? conditionsOf(chunk, opts.settings.height, opts.settings.width) : undefined;
+  const feedsFor = (m: LatentDiffusion): [CondFeeds, CondFeeds] => {
+    // An inpainting model's unconditional branch keeps the mask and masked image (the reference's uc_full).
+    const extra: CondFeeds = m.inpaintChannels && plan.sdInpaint ? { [INPUT_INPAINT]: float32([n, m.inpaintChannels, h, w], repeatEach(plan.sdInpaint, n)) } : {};
+    const cf = { ...m.conditioner.feeds(given, n, h, w), ...extra };
+    return [cf, guidance !== 1 ? { ...m.conditioner.nullFeeds(n, h, w, opts.negativePrompt), ...extra } : cf];
+  };
+  const sampler = createSampler(opts.settings.sampler, schedule, opts.settings);
+  const x0 = plan.initLatent ? repeatEach(plan.initLatent, n) : undefined;
+  const useInit = x0 && (!(plan.keep || plan.sdInpaint) || strength < 1);
+  // Stable Diffusion's img2img with DDIM follows the reference's scripts/img2img.py (see sampleLatents' init).
+  const referenceInit = isClipText(model.config.conditioning.text) && opts.settings.sampler === 'ddim';
+  let fn = denoiser.modelFn(shape, ...feedsFor(model));
+  const ref = opts.refiner;
+  if (ref) {
+    // Every sample of a call shares its timestep.
+    const [baseFn, refineFn] = [fn, ref.denoiser.modelFn(shape, ...feedsFor(ref.model))];
+    fn = (x, t, guided) => (t[0]! < ref.below ? refineFn : baseFn)(x, t, guided);
+  }
+  const total = plan.list.length;
+  return sampleLatents({
+    shape, model: fn, schedule, sampler, parameterization: model.parameterization,
+    guidance, guidanceRescale: opts.settings.guidanceRescale, rng,
+    ...(useInit ? { init: { x0: x0!, strength, reference: referenceInit } } : {}),
+    ...(plan.keep && x0 ? { inpaint: { x0, mask: plan.keep } } : {}),
+    onStep: (call, calls, _t, x0) => opts.onStep?.({ done: start, batch: n, total, call, calls, x0 }),
+  });
+}
+
+/** The first stage's images [N * C * H * W] of every latent, batch after batch, clamped to [-1, 1]. */
+async function decodeAll(
+  parts: LdmParts, latents: Float32Array, total: number, settings: Pick<SampleSettings, 'height' | 'width' | 'batchSize'>, vaeTile: TileOptions | undefined,
+): Promise<Float32Array> {
+  const { firstStage: fs, scaleFactor } = parts;
+  const { height: H, width: W, batchSize: bs } = settings;
+  const [c, h, w] = latentShape(parts, settings);
+  const per = c * h * w;
+  const out = fs.imageChannels * H * W;
+  const images = new Float32Array(total * out);
   for (let start = 0; start < total; start += bs) {
     const n = Math.min(bs, total - start);
     const z = latents.subarray(start * per, (start + n) * per).map((v) => v / scaleFactor);
     const img = await decodeMaybeTiled(fs, float32([n, c, h, w], z), vaeTile);
     const d = img.data as Float32Array;
-    for (let j = 0; j < d.length; j++) images[start * fs.imageChannels * H * W + j] = Math.max(-1, Math.min(1, d[j]!));
+    for (let j = 0; j < d.length; j++) images[start * out + j] = Math.max(-1, Math.min(1, d[j]!));
   }
-  if (firstStageInpaint) pasteInpainted(images, firstStageInpaint.image, firstStageInpaint.mask);
-  return {
-    images: float32([total, fs.imageChannels, H, W], images),
-    latents: float32([total, c, h, w], latents),
-    labels: list.map((x) => x.name),
-    ...(keep ? { keepMask: keep } : {}),
-  };
+  return images;
 }
 
 /** inpainting_big's inputs at H x W: the init image and mask, and the condition made of them (first-stage-inpaint.ts). */
