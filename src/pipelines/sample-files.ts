@@ -14,8 +14,10 @@ import { readImage, saveGrid, writePng } from '../io/image.js';
 import { collectGarbage, formatBytes, memoryLimit, type MemoryLimit } from '../util/memory-budget.js';
 import { definedOnly } from '../util/defined.js';
 import { Denoiser } from '../sampling/denoiser.js';
-import { checkSampleMemory, fitSampleBatch, generate, sampleInputs, type GenerateOptions, type Refiner, type SampleCondition } from '../sampling/generate.js';
-import { checkSettingsForModel, resolveSampleSettings, type SampleOverrides } from '../sampling/sample-settings.js';
+import {
+  checkSampleMemory, fitSampleBatch, generate, sampleInputs, type Generated, type GenerateOptions, type LdmParts, type Refiner, type SampleCondition,
+} from '../sampling/generate.js';
+import { checkSettingsForModel, resolveSampleSettings, type SampleOverrides, type SampleSettings } from '../sampling/sample-settings.js';
 import { a1111Parameters } from '../sampling/sample-metadata.js';
 import { enlargeForGrid } from '../sampling/grid.js';
 import { isClipText, isLayoutText } from '../config/ldm-config.js';
@@ -199,114 +201,32 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
   }));
   opts.onLoaded?.(ldm);
   let denoiser: Denoiser | undefined;
-  let refined: Awaited<ReturnType<typeof openRefiner>> | undefined;
+  let refined: OpenedRefiner | undefined;
   try {
     if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor, opts.onWarning);
     if (opts.refiner !== undefined) refined = await openRefiner(opts.refiner, ldm, opts.executor, opts.refinerBelow);
     // --low-memory: no autoencoder weights held while the text encoder and UNet run; the decoder's are read back after.
     const released = opts.lowMemory && opts.ae === undefined && await releaseFirstStage(ldm, opts.config);
     if (opts.lowMemory && refined) await releaseFirstStage(refined.ldm); // checked against the base's; never run
-    const conditions: SampleCondition[] = [];
-    const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];
-    for (const p of prompts) conditions.push({ prompt: p, name: p });
-    for (const c of opts.classes ?? []) {
-      if (ldm.model.conditioner.type !== 'class') throw new Error(`this model is ${ldm.model.conditioner.type === 'none' ? 'unconditional' : `${ldm.model.conditioner.type}-conditioned`}; --class needs a class-conditional model`);
-      const label = parseClass(c, ldm, labels);
-      conditions.push({ label, name: ldm.classNames?.[label] ?? labels?.labels.get(label)?.[0] ?? String(label) });
-    }
-    if (opts.map) {
-      const k = ldm.config.conditioning.num_classes ?? 256;
-      const palette = opts.mapPalette !== undefined ? await readPalette(opts.mapPalette) : undefined;
-      conditions.push({ map: await readSegmentationMap(opts.map, k, palette), name: path.basename(opts.map) });
-    }
-    for (const file of opts.layouts ?? []) conditions.push({ layout: await readLayoutFor(file, ldm, labels), name: path.basename(file) });
-    if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
-    const init = opts.initImage ? await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }) : undefined;
-    const mask = opts.mask ? await readImage(opts.mask, { channels: 1 }).then((m) => float32(m.shape, (m.data as Float32Array).map((v) => (v + 1) / 2))) : undefined;
-
-    const total = (conditions.length || 1) * opts.n;
-    const prefix = opts.prefix ?? 'sample';
-    const files = Array.from({ length: total }, (_, i) => path.join(opts.outDir, `${prefix}-${String(i).padStart(5, '0')}.png`));
-    const grid = path.join(opts.outDir, `${prefix}-grid.png`);
-    for (const f of [...files, grid]) await assertWritable(f, { force: opts.force });
-
-    const warnings = ldm.model.conditioner.promptWarnings?.(prompts, opts.negativePrompt) ?? [];
-    for (const w of warnings) opts.onWarning?.(w);
-    const request = definedOnly({ n: opts.n, conditions, init, mask });
-    const inputs = sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request);
-    const settings = resolveSampleSettings(ldm.config.sample, opts.settings, inputs);
-    for (const w of checkSettingsForModel(ldm.config, settings, inputs)) {
-      warnings.push(w);
-      opts.onWarning?.(w);
-    }
-    const limit = opts.memoryLimit ?? memoryLimit();
-    const lowMemory = opts.lowMemory ?? false;
-    if (opts.settings.batchSize === undefined) {
-      // A default batch (up to 8 images a call) shrinks to what the memory limit allows, and to one image under
-      // --low-memory (SD 1.5's decode of 4 at 512x512 needs more than its UNet); one given is kept, or refused.
-      const fitted = lowMemory ? 1 : fitSampleBatch(ldm, settings, total, limit, opts.vaeTiling, lowMemory);
-      if (fitted < settings.batchSize && !lowMemory) {
-        warnings.push(`batches of ${fitted} image${fitted === 1 ? '' : 's'}, not ${settings.batchSize}, to stay within the memory limit of ${formatBytes(limit.bytes)} (${limit.source}); --batch-size sets it`);
-        opts.onWarning?.(warnings.at(-1)!);
-      }
-      settings.batchSize = Math.min(fitted, settings.batchSize);
-    }
-    // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
-    checkSampleMemory(ldm, settings, total, limit, opts.vaeTiling, lowMemory);
-    let model = ldm.model;
-    if (!refined && isClipText(ldm.config.conditioning.text)) {
-      // SD's frozen text encoder runs once per text, not inside every UNet call, and its weights go before the UNet
-      // runs. Every text the run encodes: the prompts, and the negative (or empty) one of guidance and unconditional samples.
-      const pre = await precomputeTextContexts(ldm.model.conditioner, ldm.params, [...prompts, opts.negativePrompt ?? '', ''], opts.executor);
-      for (const k of [...ldm.params.keys()]) if (k.startsWith(COND_STAGE_PREFIX)) ldm.params.delete(k);
-      collectGarbage(); // the encoder's weights, gone now rather than beside the UNet's
-      model = new LatentDiffusion(ldm.config, { conditioner: pre });
-    }
-    const unet = new Denoiser(model, opts.executor, () => ldm.params, 'const');
-    denoiser = unet;
-    const parts = { ...ldm, model, imageSize: ldm.config.data.size };
-    // --low-memory: the UNet's programs and weights go before the decoder's are made.
-    // --low-memory: the encoder's weights (an init image's) go before sampling; the decoder's are read when decoding.
-    const beforeSampling = released
-      ? async () => {
-        if (ldm.firstStage.params().size === 0) return;
-        await (ldm.firstStage as AutoencoderFirstStage).releaseWeights();
-        collectGarbage();
-      }
-      : undefined;
-    const beforeDecode = opts.lowMemory
-      ? async () => {
-        await unet.dispose();
-        await refined?.refiner.denoiser.dispose();
-        ldm.params.clear();
-        refined?.ldm.params.clear();
-        collectGarbage(); // the UNet's weights, gone now rather than beside the decoder's
-      }
-      : undefined;
-    const gen = await generate(parts, unet, {
-      ...request, settings, seed: opts.seed,
+    const request = await readRequest(opts, ldm, labels);
+    const outputs = await checkOutputs(opts, request.total);
+    const run = resolveRun(opts, ldm, request);
+    const sampling = await samplingModel(opts, ldm, request.prompts);
+    denoiser = sampling.unet;
+    const gen = await generate(sampling.parts, sampling.unet, {
+      ...request.generate, settings: run.settings, seed: opts.seed,
       ...definedOnly({
-        negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: limit, beforeSampling, beforeDecode, lowMemory, vaeTiling: opts.vaeTiling,
+        negativePrompt: opts.negativePrompt, onStep: opts.onStep, refiner: refined?.refiner, memoryLimit: run.limit, lowMemory: run.lowMemory, vaeTiling: opts.vaeTiling,
+        ...lowMemoryHooks(opts, ldm, sampling.unet, refined, released),
       }),
     });
-    const [, ch, H, W] = gen.images.shape as [number, number, number, number];
-    await fsp.mkdir(opts.outDir, { recursive: true });
-    const per = ch * H * W;
-    for (let i = 0; i < total; i++) {
-      const one = float32([ch, H, W], (gen.images.data as Float32Array).subarray(i * per, (i + 1) * per));
-      const parameters = a1111Parameters({
-        prompt: gen.labels[i] ?? '', settings, seed: opts.seed, model: path.basename(opts.ckpt).replace(/\.[^.]+$/, ''),
-        ...definedOnly({ negativePrompt: opts.negativePrompt, strength: init && !mask ? settings.strength : undefined }),
-      });
-      await writePng(files[i]!, one, { force: opts.force, text: { parameters } });
-    }
-    const labelled = gen.labels.some((l) => l !== '');
-    await saveGrid(grid, enlargeForGrid(gen.images), { nrow: Math.min(8, Math.max(opts.n, Math.ceil(Math.sqrt(total)))), force: opts.force, ...(labelled ? { labels: gen.labels } : {}) });
+    await writeOutputs(opts, gen, outputs, run.settings, request);
     return {
-      ckpt: file, weights: ldm.weights, images: files, grid, n: total, height: H, width: W, seed: opts.seed,
-      steps: settings.steps, sampler: settings.sampler, guidance: settings.guidance,
+      ckpt: file, weights: ldm.weights, images: outputs.files, grid: outputs.grid, n: request.total,
+      height: gen.images.shape[2]!, width: gen.images.shape[3]!, seed: opts.seed,
+      steps: run.settings.steps, sampler: run.settings.sampler, guidance: run.settings.guidance,
       ...(refined ? { refiner: { ckpt: refined.ldm.file, below: refined.refiner.below } } : {}),
-      warnings,
+      warnings: run.warnings,
       seconds: (Date.now() - started) / 1000,
     };
   } finally {
@@ -315,4 +235,136 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
     await refined?.refiner.denoiser.dispose();
     await refined?.ldm.firstStage.dispose();
   }
+}
+
+type OpenedRefiner = Awaited<ReturnType<typeof openRefiner>>;
+
+/** What `ldm sample` is asked for, read from its files: the conditions, the init image and mask. */
+interface SampleRequest {
+  readonly prompts: readonly string[];
+  /** generate's request. */
+  readonly generate: Pick<GenerateOptions, 'n' | 'conditions' | 'init' | 'mask'>;
+  /** Images in all: n per condition, or n. */
+  readonly total: number;
+}
+
+/** The prompts (given and from --prompts), classes, label map, layouts, condition image, init image and mask. */
+async function readRequest(opts: SampleFilesOptions, ldm: LoadedLdm, labels: { file: string; labels: ClassLabels } | undefined): Promise<SampleRequest> {
+  const conditions: SampleCondition[] = [];
+  const prompts = [...(opts.prompts ?? []), ...(opts.promptsFile ? await readLines(opts.promptsFile) : [])];
+  for (const p of prompts) conditions.push({ prompt: p, name: p });
+  for (const c of opts.classes ?? []) {
+    if (ldm.model.conditioner.type !== 'class') throw new Error(`this model is ${ldm.model.conditioner.type === 'none' ? 'unconditional' : `${ldm.model.conditioner.type}-conditioned`}; --class needs a class-conditional model`);
+    const label = parseClass(c, ldm, labels);
+    conditions.push({ label, name: ldm.classNames?.[label] ?? labels?.labels.get(label)?.[0] ?? String(label) });
+  }
+  if (opts.map) {
+    const k = ldm.config.conditioning.num_classes ?? 256;
+    const palette = opts.mapPalette !== undefined ? await readPalette(opts.mapPalette) : undefined;
+    conditions.push({ map: await readSegmentationMap(opts.map, k, palette), name: path.basename(opts.map) });
+  }
+  for (const file of opts.layouts ?? []) conditions.push({ layout: await readLayoutFor(file, ldm, labels), name: path.basename(file) });
+  if (opts.condImage) conditions.push({ image: await readImage(opts.condImage, { channels: ldm.config.conditioning.channels === 1 ? 1 : 3 }), name: path.basename(opts.condImage) });
+  const init = opts.initImage ? await readImage(opts.initImage, { channels: ldm.firstStage.imageChannels === 1 ? 1 : 3 }) : undefined;
+  const mask = opts.mask ? await readImage(opts.mask, { channels: 1 }).then((m) => float32(m.shape, (m.data as Float32Array).map((v) => (v + 1) / 2))) : undefined;
+  return { prompts, generate: definedOnly({ n: opts.n, conditions, init, mask }), total: (conditions.length || 1) * opts.n };
+}
+
+/** Every output path (the samples and the grid), refused before any work where it exists without --force. */
+async function checkOutputs(opts: SampleFilesOptions, total: number): Promise<{ files: string[]; grid: string }> {
+  const prefix = opts.prefix ?? 'sample';
+  const files = Array.from({ length: total }, (_, i) => path.join(opts.outDir, `${prefix}-${String(i).padStart(5, '0')}.png`));
+  const grid = path.join(opts.outDir, `${prefix}-grid.png`);
+  for (const f of [...files, grid]) await assertWritable(f, { force: opts.force });
+  return { files, grid };
+}
+
+/** The run's settings (batch fitted to the memory limit, memory checked) and what the user is warned of, as it is told. */
+function resolveRun(opts: SampleFilesOptions, ldm: LoadedLdm, request: SampleRequest): { settings: SampleSettings; limit: MemoryLimit; lowMemory: boolean; warnings: string[] } {
+  const warnings: string[] = [];
+  const warn = (w: string) => {
+    warnings.push(w);
+    opts.onWarning?.(w);
+  };
+  for (const w of ldm.model.conditioner.promptWarnings?.(request.prompts, opts.negativePrompt) ?? []) warn(w);
+  const inputs = sampleInputs({ ...ldm, imageSize: ldm.config.data.size }, request.generate);
+  const settings = resolveSampleSettings(ldm.config.sample, opts.settings, inputs);
+  for (const w of checkSettingsForModel(ldm.config, settings, inputs)) warn(w);
+  const limit = opts.memoryLimit ?? memoryLimit();
+  const lowMemory = opts.lowMemory ?? false;
+  if (opts.settings.batchSize === undefined) {
+    // A default batch (up to 8 images a call) shrinks to what the memory limit allows, and to one image under
+    // --low-memory (SD 1.5's decode of 4 at 512x512 needs more than its UNet); one given is kept, or refused.
+    const fitted = lowMemory ? 1 : fitSampleBatch(ldm, settings, request.total, limit, opts.vaeTiling, lowMemory);
+    if (fitted < settings.batchSize && !lowMemory) {
+      warn(`batches of ${fitted} image${fitted === 1 ? '' : 's'}, not ${settings.batchSize}, to stay within the memory limit of ${formatBytes(limit.bytes)} (${limit.source}); --batch-size sets it`);
+    }
+    settings.batchSize = Math.min(fitted, settings.batchSize);
+  }
+  // Before any model work: the text encoder below is compiled and run with the UNet's weights held.
+  checkSampleMemory(ldm, settings, request.total, limit, opts.vaeTiling, lowMemory);
+  return { settings, limit, lowMemory, warnings };
+}
+
+/** The UNet's denoiser, SD's frozen text encoder run once per text beforehand (its weights then dropped). */
+async function samplingModel(opts: SampleFilesOptions, ldm: LoadedLdm, prompts: readonly string[]): Promise<{ parts: LdmParts; unet: Denoiser }> {
+  let model = ldm.model;
+  if (opts.refiner === undefined && isClipText(ldm.config.conditioning.text)) {
+    // SD's frozen text encoder runs once per text, not inside every UNet call, and its weights go before the UNet
+    // runs. Every text the run encodes: the prompts, and the negative (or empty) one of guidance and unconditional samples.
+    const pre = await precomputeTextContexts(ldm.model.conditioner, ldm.params, [...prompts, opts.negativePrompt ?? '', ''], opts.executor);
+    for (const k of [...ldm.params.keys()]) if (k.startsWith(COND_STAGE_PREFIX)) ldm.params.delete(k);
+    collectGarbage(); // the encoder's weights, gone now rather than beside the UNet's
+    model = new LatentDiffusion(ldm.config, { conditioner: pre });
+  }
+  const unet = new Denoiser(model, opts.executor, () => ldm.params, 'const');
+  return { parts: { ...ldm, model, imageSize: ldm.config.data.size }, unet };
+}
+
+/**
+ * --low-memory: the encoder's weights (an init image's) go before sampling, and the UNet's programs and weights before
+ * the decoder's are made (read back from the file when decoding).
+ */
+function lowMemoryHooks(
+  opts: SampleFilesOptions, ldm: LoadedLdm, unet: Denoiser, refined: OpenedRefiner | undefined, released: boolean | undefined,
+): Pick<GenerateOptions, 'beforeSampling' | 'beforeDecode'> {
+  const beforeSampling = released
+    ? async () => {
+      if (ldm.firstStage.params().size === 0) return;
+      await (ldm.firstStage as AutoencoderFirstStage).releaseWeights();
+      collectGarbage();
+    }
+    : undefined;
+  const beforeDecode = opts.lowMemory
+    ? async () => {
+      await unet.dispose();
+      await refined?.refiner.denoiser.dispose();
+      ldm.params.clear();
+      refined?.ldm.params.clear();
+      collectGarbage(); // the UNet's weights, gone now rather than beside the decoder's
+    }
+    : undefined;
+  return definedOnly({ beforeSampling, beforeDecode });
+}
+
+/** Each sample as a PNG with A1111's parameters, and the labelled grid. */
+async function writeOutputs(
+  opts: SampleFilesOptions, gen: Generated, outputs: { files: string[]; grid: string }, settings: SampleSettings, request: SampleRequest,
+): Promise<void> {
+  const [total, ch, H, W] = gen.images.shape as [number, number, number, number];
+  await fsp.mkdir(opts.outDir, { recursive: true });
+  const per = ch * H * W;
+  const { init, mask } = request.generate;
+  for (let i = 0; i < total; i++) {
+    const one = float32([ch, H, W], (gen.images.data as Float32Array).subarray(i * per, (i + 1) * per));
+    const parameters = a1111Parameters({
+      prompt: gen.labels[i] ?? '', settings, seed: opts.seed, model: path.basename(opts.ckpt).replace(/\.[^.]+$/, ''),
+      ...definedOnly({ negativePrompt: opts.negativePrompt, strength: init && !mask ? settings.strength : undefined }),
+    });
+    await writePng(outputs.files[i]!, one, { force: opts.force, text: { parameters } });
+  }
+  const labelled = gen.labels.some((l) => l !== '');
+  await saveGrid(outputs.grid, enlargeForGrid(gen.images), {
+    nrow: Math.min(8, Math.max(opts.n, Math.ceil(Math.sqrt(total)))), force: opts.force, ...(labelled ? { labels: gen.labels } : {}),
+  });
 }
