@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { LdmCommand } from '../cli/base-command.js';
-import { LIMITS, integerFlag, numberFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, numberFlag, quantizeFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { openDataset } from '../data/sources.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
@@ -48,6 +48,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
     guidance: numberFlag({ min: 0, max: LIMITS.guidance, default: 3, summary: 'Classifier-free guidance scale; 1 = none.' }),
     crop: integerFlag({ min: 1, max: LIMITS.side, summary: 'Class models: centre-crop samples to this side before classifying (default: 28 for models trained on padded Fashion-MNIST/IDX).' }),
     'batch-size': integerFlag({ min: 1, max: LIMITS.batch, summary: 'Images per model call.' }),
+    quantize: quantizeFlag(),
   };
 
   async run(): Promise<void> {
@@ -60,7 +61,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
       const adapters = adaptersFromFlags(f);
       let ldm = await readLdmCheckpoint(f.ckpt, sel.executor, adapters ? { adapters, onWarning: (m) => this.warning(m) } : {});
       if (f.ae !== undefined) ldm = await withFirstStage(ldm, f.ae, sel.executor);
-      const refined = f.refiner !== undefined ? await openRefiner(f.refiner, ldm, sel.executor, f['refiner-below']) : undefined;
+      const refined = f.refiner !== undefined ? await openRefiner(f.refiner, ldm, sel.executor, f['refiner-below'], f.quantize ?? 'none') : undefined;
       if (refined) this.note(`refiner ${refined.ldm.file}: step ${refined.ldm.step}, below timestep ${refined.refiner.below}`);
       this.note(`${ldm.file}: step ${ldm.step}, ${ldm.weights} weights, ${ldm.model.conditioner.type}-conditioned; backend ${sel.executor.description}; seed ${seed}`);
       if (adapters) for (const n of ldm.notes) this.note(`note: ${n}`);
@@ -68,6 +69,7 @@ export default class EvalLdm extends LdmCommand<typeof EvalLdm> {
         n: f.n, seed,
         settings: definedOnly({ steps: f.steps, ...sampler, guidance: f.guidance, batchSize: f['batch-size'] }),
         ...(refined ? { refiner: refined.refiner } : {}),
+        quantize: f.quantize ?? 'none',
         onProgress: (done, total) => {
           bar ??= this.progress({ total, label: 'condition' });
           bar.update(done);

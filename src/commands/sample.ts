@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { adapterFlags, adaptersFromFlags } from '../cli/adapter-flags.js';
-import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, quantizeFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import { SPACINGS } from '../diffusion/samplers.js';
@@ -78,6 +78,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     }),
     'low-memory': Flags.boolean({ summary: 'One network held at a time: the UNet is freed before the VAE decodes, whose weights are read back from the checkpoint (Stable Diffusion\'s text encoder is always freed before the UNet runs); batches of one image unless --batch-size.' }),
     'max-memory': maxMemoryFlag(),
+    quantize: quantizeFlag(),
   };
 
   async run(): Promise<void> {
@@ -90,7 +91,7 @@ export default class Sample extends LdmCommand<typeof Sample> {
     try {
       const res = await sampleToFiles({
         ckpt: f.ckpt, outDir: f.out, executor: sel.executor, n: f.n, seed, force: f.force, noEma: f.ema === false, ema: f.ema === true, prefix: f.prefix,
-        memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'], vaeTiling: f['vae-tiling'] === undefined ? 'auto' : f['vae-tiling'] ? 'on' : 'off',
+        memoryLimit: memoryLimit(f['max-memory']), lowMemory: f['low-memory'], quantize: f.quantize ?? 'none', vaeTiling: f['vae-tiling'] === undefined ? 'auto' : f['vae-tiling'] ? 'on' : 'off',
         ...definedOnly({
           tokenizer: f.tokenizer, prediction: f.prediction, config: f.config, adapters: adaptersFromFlags(f),
           ae: f.ae, refiner: f.refiner, refinerBelow: f['refiner-below'], prompts: f.prompt, promptsFile: f.prompts, negativePrompt: f.negative,

@@ -3,7 +3,7 @@ import { Flags } from '@oclif/core';
 import { LdmCommand } from '../cli/base-command.js';
 import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { outputKindFor } from '../io/output-path.js';
-import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
+import { LIMITS, integerFlag, keepProfileFlags, maxMemoryFlag, numberFlag, quantizeFlag, samplerFlag, unsafePickleFlags } from '../cli/flags.js';
 import type { Progress } from '../cli/progress.js';
 import { parseBackend, selectBackend } from '../engine/backend.js';
 import type { Executor } from '../engine/executor.js';
@@ -56,6 +56,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     'skip-existing': Flags.boolean({ summary: 'Leave images whose output exists alone (still scored with --reference).', exclusive: ['force'] }),
     force: Flags.boolean({ summary: 'Overwrite existing outputs.' }),
     'max-memory': maxMemoryFlag(),
+    quantize: quantizeFlag('the super-resolution UNet (--method model)'),
   };
 
   async run(): Promise<void> {
@@ -68,6 +69,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
     const sampler = f.sampler !== undefined ? defaultScheduleSampler(f.sampler, 'ldm upscale') : undefined;
     if (method !== 'model' && f.ckpt !== undefined) throw new Error(`--ckpt is for --method model; --method ${method} uses no checkpoint`);
     if (f.ckpt === undefined && (f.config !== undefined || f.passes !== undefined || f.ema)) throw new Error('--config, --ema and --passes are for a model upscale; pass --ckpt too');
+    if (f.quantize === 'int8' && (method !== 'model' || f.downscale)) throw new Error(`--quantize int8 is for a model upscale (--ckpt); --${f.downscale ? 'downscale' : `method ${method}`} runs no network`);
     let executor: Executor | undefined;
     if (method === 'model' && !f.downscale) {
       if (f.ckpt === undefined) throw new Error('pass --ckpt <super-resolution checkpoint>, or --method bicubic|lanczos for a classical baseline');
@@ -82,7 +84,7 @@ export default class Upscale extends LdmCommand<typeof Upscale> {
         inputs, outDir: f.out, method, seed: f.seed ?? 0, downscale: f.downscale,
         skipExisting: f['skip-existing'], force: f.force,
         memoryLimit: memoryLimit(f['max-memory']),
-        ...definedOnly({ ckpt: f.ckpt, config: f.config, ema: f.ema || undefined, adapters: adaptersFromFlags(f), passes: f.passes, executor, scale: f.scale, reference: f.reference }),
+        ...definedOnly({ ckpt: f.ckpt, config: f.config, ema: f.ema || undefined, adapters: adaptersFromFlags(f), passes: f.passes, executor, scale: f.scale, reference: f.reference, quantize: f.quantize }),
         // Unset flags stay absent: the checkpoint's sample section and the model decide them (resolveUpscaleSettings).
         settings: definedOnly({
           steps: f.steps, sampler, eta: f.eta, strength: f.strength, colorFix: f['color-fix'],

@@ -5,7 +5,7 @@
  * prompt says), semantic models by the label-map check (the right shape kind on the map's shape pixels).
  */
 import { float32, type HostTensor } from '../engine/host-tensor.js';
-import type { Executor } from '../engine/executor.js';
+import type { Executor, Quantization } from '../engine/executor.js';
 import { analyzeShape, checkLabelMap, checkSample } from '../data/shapes-checker.js';
 import { COLOURS, SHAPE_COLOURS, parseCaption, requireShapesCaptions } from '../data/shapes.js';
 import { FeatureRunner } from '../metrics/features.js';
@@ -25,6 +25,8 @@ export interface ConditionalEvalOptions {
   onProgress?: (done: number, total: number) => void;
   /** A refiner for the low-noise steps (openRefiner). */
   refiner?: Refiner;
+  /** `int8`: the UNet's MatMuls on int8 kernels (engine/onnx/quantize.ts). */
+  quantize?: Quantization;
 }
 
 /** What the evaluations read of a loaded LDM (a LoadedLdm has it all). */
@@ -54,7 +56,7 @@ async function sampleAndJudge(
   ldm: JudgedModel, executor: Executor, conditions: readonly SampleCondition[], opts: ConditionalEvalOptions,
   judge: (image: HostTensor, condition: number) => boolean,
 ): Promise<ConditionScore[]> {
-  const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');
+  const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const', undefined, { quantize: opts.quantize ?? 'none' });
   const scores: ConditionScore[] = [];
   try {
     for (let c = 0; c < conditions.length; c++) {

@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { promises as fsp } from 'node:fs';
 import { float32 } from '../engine/host-tensor.js';
-import type { Executor } from '../engine/executor.js';
+import type { Executor, Quantization } from '../engine/executor.js';
 import type { SamplerName } from '../diffusion/samplers.js';
 import { checkRefiner, readLdmCheckpoint, withFirstStage, type LoadedLdm, type ModelAdapters } from '../checkpoint/ldm-checkpoint.js';
 import { assertWritable } from '../io/atomic.js';
@@ -94,6 +94,8 @@ export interface SampleFilesOptions {
   vaeTiling?: VaeTiling;
   /** LoRAs merged into the weights and textual-inversion embeddings, before the model is built. */
   adapters?: ModelAdapters;
+  /** `int8`: the UNet's (and a refiner's) MatMuls on int8 kernels (engine/onnx/quantize.ts). */
+  quantize?: Quantization;
 }
 
 export interface SampleFilesResult {
@@ -127,7 +129,7 @@ async function weightsFile(ckpt: string, noEma: boolean): Promise<string> {
  * refiner's train.max_timestep, the range it was trained on). Dispose the result's denoiser and first stage.
  */
 export async function openRefiner(
-  file: string, base: LoadedLdm, executor: Executor, below?: number,
+  file: string, base: LoadedLdm, executor: Executor, below?: number, quantize: Quantization = 'none',
 ): Promise<{ ldm: LoadedLdm; refiner: Refiner }> {
   const ldm = await readLdmCheckpoint(await weightsFile(file, false), executor);
   try {
@@ -136,7 +138,7 @@ export async function openRefiner(
     const at = below ?? ldm.config.train.max_timestep;
     if (at === undefined) throw new Error(`${file} was trained on every timestep, so where it takes over is not known; give --refiner-below (e.g. 250)`);
     if (!Number.isInteger(at) || at < 1 || at > T) throw new Error(`the refiner's switch must be a timestep in 1..${T}, got ${at}`);
-    return { ldm, refiner: { model: ldm.model, denoiser: new Denoiser(ldm.model, executor, () => ldm.params, 'const'), below: at } };
+    return { ldm, refiner: { model: ldm.model, denoiser: new Denoiser(ldm.model, executor, () => ldm.params, 'const', undefined, { quantize }), below: at } };
   } catch (err) {
     await ldm.firstStage.dispose();
     throw err;
@@ -204,7 +206,7 @@ export async function sampleToFiles(opts: SampleFilesOptions): Promise<SampleFil
   let refined: OpenedRefiner | undefined;
   try {
     if (opts.ae !== undefined) ldm = await withFirstStage(ldm, opts.ae, opts.executor, opts.onWarning);
-    if (opts.refiner !== undefined) refined = await openRefiner(opts.refiner, ldm, opts.executor, opts.refinerBelow);
+    if (opts.refiner !== undefined) refined = await openRefiner(opts.refiner, ldm, opts.executor, opts.refinerBelow, opts.quantize);
     // --low-memory: no autoencoder weights held while the text encoder and UNet run; the decoder's are read back after.
     const released = opts.lowMemory && opts.ae === undefined && await releaseFirstStage(ldm, opts.config);
     if (opts.lowMemory && refined) await releaseFirstStage(refined.ldm); // checked against the base's; never run
@@ -317,7 +319,7 @@ async function samplingModel(opts: SampleFilesOptions, ldm: LoadedLdm, prompts: 
     collectGarbage(); // the encoder's weights, gone now rather than beside the UNet's
     model = new LatentDiffusion(ldm.config, { conditioner: pre });
   }
-  const unet = new Denoiser(model, opts.executor, () => ldm.params, 'const');
+  const unet = new Denoiser(model, opts.executor, () => ldm.params, 'const', undefined, { quantize: opts.quantize ?? 'none' });
   return { parts: { ...ldm, model, imageSize: ldm.config.data.size }, unet };
 }
 

@@ -43,6 +43,7 @@ export class Denoiser {
     model.eval();
     this.large = hostBytes(params().values()) > maxBakedBytes;
     this.mode = mode === 'const' && this.large ? 'input' : mode;
+    if (compileOptions.quantize === 'int8' && executor.name !== 'onnx') throw new Error(`--quantize int8 runs on the onnx backend only, not ${executor.name}: use --backend onnx`);
     if (compileOptions.quantize === 'int8' && this.mode !== 'const') {
       throw new Error(this.large
         ? `--quantize int8 needs the weights baked into the program, and this model's (${(hostBytes(params().values()) / 2 ** 30).toFixed(1)} GiB) are too large for one ONNX model: sample it without --quantize`

@@ -13,7 +13,7 @@
  * colour fix's bicubic canvas and low bands a few times that: 1.5 GB peak RSS measured for 4096x3072 (bench:sr --large).
  */
 import { float32, type HostTensor } from '../../engine/host-tensor.js';
-import type { Executor } from '../../engine/executor.js';
+import type { Executor, Quantization } from '../../engine/executor.js';
 import { Rng } from '../../util/random.js';
 import { checkStrength, createSampler, type SamplerName } from '../../diffusion/samplers.js';
 import { sampleLatents } from '../../diffusion/sampling-loop.js';
@@ -51,7 +51,10 @@ export interface SrModel {
 }
 
 /** How to read an SR checkpoint: a reference `.ckpt` (LDSR's model.ckpt) takes its YAML (project.yaml) and may hold EMA weights. */
-export type SrModelOptions = Pick<ReadLdmOptions, 'config' | 'ema' | 'adapters' | 'onWarning'>;
+export type SrModelOptions = Pick<ReadLdmOptions, 'config' | 'ema' | 'adapters' | 'onWarning'> & {
+  /** `int8`: the UNet's MatMuls on int8 kernels (engine/onnx/quantize.ts). */
+  quantize?: Quantization;
+};
 
 export async function loadSrModel(file: string, executor: Executor, opts: SrModelOptions = {}): Promise<SrModel> {
   const ldm = await readLdmCheckpoint(file, executor, opts);
@@ -63,7 +66,13 @@ export async function loadSrModel(file: string, executor: Executor, opts: SrMode
     await stage.dispose();
     throw err;
   }
-  const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');
+  let denoiser: Denoiser;
+  try {
+    denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const', undefined, { quantize: opts.quantize ?? 'none' });
+  } catch (err) {
+    await stage.dispose();
+    throw err;
+  }
   return {
     ldm, denoiser, scale,
     channels: ldm.config.conditioning.channels!,

@@ -12,7 +12,7 @@
  * evaluation inputs from HR photos.
  */
 import { promises as fsp } from 'node:fs';
-import type { Executor } from '../../engine/executor.js';
+import type { Executor, Quantization } from '../../engine/executor.js';
 import type { HostTensor } from '../../engine/host-tensor.js';
 import { convertChannels, probeImage, readImage, readImageWithAlpha, writePngWithAlpha } from '../../io/image.js';
 import { IMAGE_EXTENSIONS } from '../../data/image-folder.js';
@@ -44,6 +44,8 @@ export interface UpscaleFilesOptions {
   ema?: boolean;
   /** method model: LoRAs merged into its weights before it runs. */
   adapters?: ModelAdapters;
+  /** method model: `int8` runs its UNet's MatMuls on int8 kernels (engine/onnx/quantize.ts). */
+  quantize?: Quantization;
   /** method model: 1, or 2 (the second upscales the first's output): default 2 when `scale` is above the model's factor. */
   passes?: number;
   executor?: Executor;
@@ -141,7 +143,7 @@ async function makeTransform(opts: UpscaleFilesOptions): Promise<{ transform: Tr
     return { scale, transform: async (x) => ({ image: await upscaleClassical(x, scale, method as ClassicalMethod) }) };
   }
   if (!opts.ckpt || !opts.executor) throw new Error('method model needs an SR checkpoint: pass --ckpt (or --method bicubic|lanczos for a classical baseline)');
-  const model = await loadSrModel(opts.ckpt, opts.executor, definedOnly({ config: opts.config, ema: opts.ema, adapters: opts.adapters, onWarning: opts.note }));
+  const model = await loadSrModel(opts.ckpt, opts.executor, definedOnly({ config: opts.config, ema: opts.ema, adapters: opts.adapters, onWarning: opts.note, quantize: opts.quantize }));
   // How a reference checkpoint was read (LDSR: the attention rate it never reaches, its notebook's sampling settings).
   for (const n of model.ldm.notes) opts.note?.(`note: ${n}`);
   try {
