@@ -1,13 +1,14 @@
 /**
  * Engine benchmark: per-op forward and forward+backward GFLOP/s on each executor, and the reference latent UNet's
  * training step and forward pass beside the PyTorch peer (../shared/peers/torch_unet_step.py), all in one run.
- * Writes bench/results/engine.json (with --quick: engine-quick.json) and prints tables.  Usage: npm run bench:engine [-- --quick] [-- --backends onnx,tfjs-wasm]
+ * Writes bench/results/engine.json (with --quick: engine-quick.json) and prints tables.  Usage: npm run bench:engine [-- --quick] [-- --backends onnx,tfjs-wasm] [-- --no-variants]
  */
 import os from 'node:os';
 import { Graph, trace, type Tensor } from '../src/engine/graph.js';
 import * as o from '../src/engine/ops.js';
 import { groupNorm } from '../src/engine/nn.js';
 import { createExecutor } from '../src/engine/backend.js';
+import { OnnxExecutor, type OnnxExecutorOptions } from '../src/engine/onnx/executor.js';
 import type { BackendName, Executor } from '../src/engine/executor.js';
 import { float32, type HostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
@@ -19,6 +20,8 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const backendsArg = args[args.indexOf('--backends') + 1];
 const backends = (args.includes('--backends') && backendsArg ? backendsArg.split(',') : ['onnx', 'tfjs-wasm']) as BackendName[];
+/** --no-variants: only the default ONNX session, not the parallel and no-arena ones beside it. */
+const noVariants = args.includes('--no-variants');
 const threads = os.availableParallelism();
 const rng = new Rng(0);
 
@@ -98,6 +101,17 @@ console.log(table(opRows));
 // rounds (ours, then the peer at 1 and 2 threads), best of each taken: the machines are noisy and load comes and goes.
 const runners = [];
 for (const ex of executors) runners.push(await prepareUnet(ex));
+// ONNX Runtime's session settings side by side (issue 45): parallel execution (inter-op threads beside the
+// intra-op ones) and no memory pattern / arena, each against the default sequential session in the same rounds.
+const variants: { label: string; opts: OnnxExecutorOptions }[] = noVariants || !backends.includes('onnx') ? [] : [
+  { label: `onnx parallel (${threads} inter-op)`, opts: { executionMode: 'parallel', interOpThreads: threads } },
+  { label: 'onnx no mem pattern, no arena', opts: { memPattern: false, arena: false } },
+];
+for (const v of variants) {
+  const ex = new OnnxExecutor({ threads, ...v.opts });
+  executors.push(ex);
+  runners.push(await prepareUnet(ex, v.label));
+}
 const rounds = quick ? 1 : 3;
 const best = new Map<string, { train: number; forward: number }>();
 const peerTrain: PeerResult[] = [];

@@ -30,7 +30,8 @@ export interface UnetRunner {
   dispose(): Promise<void>;
 }
 
-export async function prepareUnet(ex: Executor): Promise<UnetRunner> {
+/** `label`: the row's name where one executor runs in several session settings (default: the executor's name). */
+export async function prepareUnet(ex: Executor, label: string = ex.name): Promise<UnetRunner> {
   const { batch: n, latentChannels: c, latentSize: s, contextTokens: l, contextDim: d } = BENCH_BATCH;
   const rng = new Rng(0);
   const net = new UNetModel(BENCH_UNET_CONFIG);
@@ -53,7 +54,7 @@ export async function prepareUnet(ex: Executor): Promise<UnetRunner> {
   const program = await ex.compile(g, { eps: y });
   await program.run(batch);
   return {
-    backend: ex.name,
+    backend: label,
     params: count,
     train: (reps) => timeIt(() => trainer.stepOn(batch), reps, 0, 120000),
     forward: (reps) => timeIt(() => program.run(batch), reps, 1, 60000),
