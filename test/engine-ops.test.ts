@@ -74,6 +74,7 @@ const BUILD: Record<string, (x: Inputs, g: Graph, feeds: Record<string, HostTens
   matmul_broadcast: (x) => ({ y: o.matmul(x.a!, x.b!) }),
   pixel_unshuffle_r2: unary((t) => o.pixelUnshuffle(t, 2)),
   pixel_shuffle_r2: unary((t) => o.pixelShuffle(t, 2)),
+  upsample_conv3x3: (x) => ({ y: nn.upsampleConv3x3(x.x!, x.w!, x.b!) }),
 };
 
 /**
