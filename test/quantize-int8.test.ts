@@ -97,16 +97,17 @@ test('the int8 program holds integer MatMuls and int8 weights, no float32 copy o
   const { g, eps } = trace_(c);
   const fp = lowerToOnnx(g, { eps });
   const q = lowerToOnnx(g, { eps }, { quantize: 'int8' });
-  const model = onnxProto.onnx.ModelProto.decode(q.bytes);
-  const ops = new Set(model.graph!.node.map((n) => n.opType));
+  const graph = onnxProto.onnx.ModelProto.decode(q.bytes).graph!;
+  const nodes = graph.node ?? [];
+  const ops = new Set(nodes.map((n) => n.opType));
   for (const op of ['DynamicQuantizeLinear', 'MatMulInteger', 'Conv', 'Softmax']) assert.ok(ops.has(op), `no ${op} in the int8 program`);
   // Linear layers (W^T), proj_in/proj_out and the attention projections: every MatMul left reads two activations.
   assert.ok(q.quantized!.matmuls >= 10, `only ${q.quantized!.matmuls} MatMuls quantized`);
-  const int8Bytes = model.graph!.initializer.filter((t) => t.dataType === onnxProto.onnx.TensorProto.DataType.INT8 || t.dataType === onnxProto.onnx.TensorProto.DataType.UINT8)
+  const int8Bytes = (graph.initializer ?? []).filter((t) => t.dataType === onnxProto.onnx.TensorProto.DataType.INT8 || t.dataType === onnxProto.onnx.TensorProto.DataType.UINT8)
     .reduce((s, t) => s + (t.rawData?.length ?? 0), 0);
   assert.ok(int8Bytes * 4 >= q.quantized!.bytesBefore * 0.99, 'the quantized weights are not all stored as 8-bit');
   assert.ok(q.bytes.length < fp.bytes.length - 2 * int8Bytes, `the int8 model (${q.bytes.length} bytes) still carries the float32 weights (${fp.bytes.length})`);
-  assert.equal(q.quantized!.floatConvs, model.graph!.node.filter((n) => n.opType === 'Conv').length);
+  assert.equal(q.quantized!.floatConvs, nodes.filter((n) => n.opType === 'Conv').length);
 });
 
 test('symmetric per-channel quantization: scale max|w|/127 per row or column, zero rows kept at zero', () => {
