@@ -12,7 +12,7 @@ import * as o from '../src/engine/ops.js';
 import { bindParams } from '../src/engine/module.js';
 import { Trainer } from '../src/engine/trainer.js';
 import { createExecutor } from '../src/engine/backend.js';
-import type { Executor } from '../src/engine/executor.js';
+import type { Executor, Quantization } from '../src/engine/executor.js';
 import { float32, hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
 import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
@@ -54,8 +54,8 @@ console.error(`executor: ${executor.description}; load average ${os.loadavg()[0]
 
 // ---------------------------------------------------------------- 1. the reference UNet, ours beside the peer
 
-/** The reference UNet compiled once (weights as constants), sampled by the DDIM sampler through sampleLatents. */
-async function prepareReference(ex: Executor): Promise<{ sample: (steps: number) => Promise<number>; dispose: () => Promise<void> }> {
+/** The reference UNet compiled once (weights as constants; `int8`: its MatMuls quantized), sampled by the DDIM sampler through sampleLatents. */
+async function prepareReference(ex: Executor, quantize: Quantization = 'none'): Promise<{ sample: (steps: number) => Promise<number>; dispose: () => Promise<void> }> {
   const { batch: n, latentChannels: c, latentSize: s, contextTokens: l, contextDim: d } = BENCH_BATCH;
   const rng = new Rng(0);
   const net = new UNetModel(BENCH_UNET_CONFIG);
@@ -64,7 +64,7 @@ async function prepareReference(ex: Executor): Promise<{ sample: (steps: number)
   bindParams(g, net, params, 'const');
   const shape = [n, c, s, s];
   const y = trace(g, () => net.eval().forward(o.input('x', shape), o.input('t', [n]), o.input('context', [n, l, d])));
-  const program = await ex.compile(g, { eps: y });
+  const program = await ex.compile(g, { eps: y }, { quantize });
   const context = float32([n, l, d], rng.normalArray(n * l * d));
   const model: ModelFn = async (x, t) => ({ cond: (await program.run({ x: float32(shape, x), t: float32([n], t), context })).eps!.data as Float32Array });
   // The peer's schedule: 'linear' (linear in sqrt(beta)) from 0.0015 to 0.0195 over 1000 steps, eps-prediction.
@@ -81,6 +81,10 @@ async function prepareReference(ex: Executor): Promise<{ sample: (steps: number)
 
 const ref = await prepareReference(executor);
 await ref.sample(1);
+// --quantize int8 (issue 45): the same UNet with int8 MatMuls, in the same rounds.
+const refInt8 = await prepareReference(executor, 'int8');
+await refInt8.sample(1);
+const int8Runs: number[] = [];
 const oursRuns: number[] = [];
 const peerRuns: PeerResult[] = [];
 const peerSkipped = new Set<string>();
@@ -88,6 +92,9 @@ for (let r = 0; r < rounds; r++) {
   const s = await ref.sample(refSteps);
   oursRuns.push(s);
   console.error(`round ${r + 1}: ours ${(SAMPLE_BATCH / s).toFixed(2)} img/s (${s.toFixed(1)} s a batch)`);
+  const s8 = await refInt8.sample(refSteps);
+  int8Runs.push(s8);
+  console.error(`round ${r + 1}: ours int8 ${(SAMPLE_BATCH / s8).toFixed(2)} img/s (${s8.toFixed(1)} s a batch)`);
   for (const t of [1, 2]) {
     const p = runPeer([String(t), String(refSteps), 'sample']);
     if ('skipped' in p) {
@@ -99,8 +106,11 @@ for (let r = 0; r < rounds; r++) {
   }
 }
 await ref.dispose();
+await refInt8.dispose();
 const oursBest = Math.min(...oursRuns);
 const oursIps = SAMPLE_BATCH / oursBest;
+const int8Best = Math.min(...int8Runs);
+const int8Ips = SAMPLE_BATCH / int8Best;
 const peerBest = (t?: number) => {
   const xs = peerRuns.filter((p) => t === undefined || p.threads === t).map((p) => p.images_per_s);
   return xs.length ? Math.max(...xs) : undefined;
@@ -117,12 +127,16 @@ results.reference = {
   note: 'ours: the DDIM sampler through sampleLatents (src/diffusion/sampling-loop.ts), the UNet compiled once with constant weights; '
     + 'timesteps are the reference\'s range(0, T, T/S) + 1, the peer\'s without the +1 (same number of model calls). Best of the rounds.',
   ours: { backend: executor.name, threads, seconds_per_batch: oursRuns, best_seconds: oursBest, images_per_s: oursIps },
+  ours_int8: { quantize: 'int8', seconds_per_batch: int8Runs, best_seconds: int8Best, images_per_s: int8Ips },
   peer: { runs: peerRuns, best_1_thread: peerBest(1), best_2_threads: peerBest(2), best_images_per_s: bestPeer, skipped: [...peerSkipped] },
   ratio: bestPeer ? oursIps / bestPeer : null,
   target_ratio: 1.5,
+  ratio_int8: bestPeer ? int8Ips / bestPeer : null,
+  target_ratio_int8: 3,
 };
 const refRows: Record<string, string | number>[] = [
   { run: `ours (${executor.name}, ${threads} threads)`, 'img/s': oursIps, 's / batch': oursBest },
+  { run: `ours --quantize int8 (${executor.name}, ${threads} threads)`, 'img/s': int8Ips, 's / batch': int8Best },
   ...[1, 2].map((t) => {
     const b = peerBest(t);
     return { run: `PyTorch peer, ${t} thread${t > 1 ? 's' : ''}`, 'img/s': b ?? 'n/a', 's / batch': b ? SAMPLE_BATCH / b : 'n/a' };
@@ -130,7 +144,9 @@ const refRows: Record<string, string | number>[] = [
 ];
 console.log(`\nDDIM sampling of the reference latent UNet (batch ${SAMPLE_BATCH}, ${refSteps} steps, eta 0, no guidance), best of ${rounds} round${rounds > 1 ? 's' : ''}\n`);
 console.log(table(refRows));
-console.log(bestPeer ? `\nours / best peer: ${(oursIps / bestPeer).toFixed(2)}x (target >= 1.5x)` : `\nPyTorch peer not run: ${[...peerSkipped][0] ?? 'no result'}`);
+console.log(bestPeer
+  ? `\nours / best peer: ${(oursIps / bestPeer).toFixed(2)}x (target >= 1.5x); int8 / best peer (float32): ${(int8Ips / bestPeer).toFixed(2)}x (target >= 3x)`
+  : `\nPyTorch peer not run: ${[...peerSkipped][0] ?? 'no result'}`);
 
 // ---------------------------------------------------------------- 2. the zoo's LDM configs
 
