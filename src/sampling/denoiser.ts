@@ -52,7 +52,8 @@ export class Denoiser {
   }
 
   private program(shape: readonly number[]): Promise<Program> {
-    return this.programs.get(shape.join(','), () => {
+    // Keyed by shape and quantization: an int8 program never stands in for a float32 one.
+    return this.programs.get(`${shape.join(',')}|${this.compileOptions.quantize ?? 'none'}`, () => {
       const [n, , h, w] = shape as [number, number, number, number];
       const g = new Graph();
       bindParams(g, this.model, this.mode === 'const' ? this.params() : undefined, this.mode);
