@@ -136,7 +136,7 @@ export class OnnxExecutor implements Executor {
 
 /**
  * Lower `outputs` to a standalone ONNX file's bytes (weights inlined where the graph holds them as constants);
- * `quantize: 'int8'` stores MatMul and Conv weights as int8 with the integer ops that use them.
+ * `quantize: 'int8'` stores the weights of MatMuls as int8 with the integer ops that use them (Convs stay float32).
  */
 export function exportOnnx(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts: { quantize?: Quantization } = {}): Uint8Array {
   reachable(Object.values(outputs));
