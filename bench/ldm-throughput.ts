@@ -3,7 +3,7 @@
  * sampling loop beside the PyTorch peer (../shared/peers/torch_unet_step.py ... sample) in the same run, and the
  * training and sampling images/s of each LDM config in the zoo, on random latents and conditions.
  * Then the sampling images/s of a zoo text model with and without a merged LoRA (`--lora` costs nothing after loading).
- * Writes bench/results/ldm.json (with --quick: ldm-quick.json) and prints tables.  Usage: npm run bench:ldm [-- --quick]
+ * Writes bench/results/ldm.json (with --quick: ldm-quick.json) and prints tables.  Usage: npm run bench:ldm [-- --quick] [-- --skip-zoo]
  */
 import os from 'node:os';
 import path from 'node:path';
@@ -33,6 +33,8 @@ import { runPeer, table, timeIt, writeResults, type PeerResult } from './util.js
 import { benchLoraSampling } from './lora-speed.js';
 
 const quick = process.argv.slice(2).includes('--quick');
+/** --skip-zoo: only the reference UNet (float32, int8, peer) and the LoRA row, written to ldm-sampling.json. */
+const skipZoo = process.argv.slice(2).includes('--skip-zoo');
 const threads = os.availableParallelism();
 const rounds = quick ? 1 : 3;
 const refSteps = quick ? 5 : 50;
@@ -284,7 +286,7 @@ async function benchConfig(entry: ZooEntry, ex: Executor): Promise<ConfigBench |
 const configs: (ConfigBench | { name: string; skipped: string })[] = [];
 const ZOO_LDM_DIR = path.resolve(import.meta.dirname, '..', 'configs', 'ldm');
 // The zoo's own LDM configs (configs/ldm); study configs and LDM_CONFIG_DIR folders are not the issue's list.
-for (const entry of listZoo().filter((e) => e.kind === 'ldm' && path.dirname(e.path) === ZOO_LDM_DIR)) {
+for (const entry of listZoo().filter((e) => !skipZoo && e.kind === 'ldm' && path.dirname(e.path) === ZOO_LDM_DIR)) {
   const r = await benchConfig(entry, executor);
   configs.push(r);
   console.error('skipped' in r ? `${r.name}: skipped (${r.skipped})` : `${r.name}: train ${r.train.images_per_s.toFixed(1)} img/s, sample ${r.sample.images_per_s.toFixed(2)} img/s`);
@@ -325,6 +327,6 @@ console.log(table(configs.map((r) => ('skipped' in r
 }
 
 (results.machine as Record<string, unknown>).load_average_end = os.loadavg()[0];
-const file = await writeResults(quick ? 'ldm-quick' : 'ldm', results);
+const file = await writeResults(quick ? 'ldm-quick' : skipZoo ? 'ldm-sampling' : 'ldm', results);
 console.log(`\nwrote ${file}`);
 await executor.dispose();
