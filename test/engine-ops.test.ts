@@ -10,7 +10,8 @@ import * as nn from '../src/engine/nn.js';
 import { grad } from '../src/engine/autodiff.js';
 import { bindParams, getStateUpdates } from '../src/engine/module.js';
 import type { HostTensor } from '../src/engine/host-tensor.js';
-import { assertClose, fixtureTensor, loadFixture, runGraph } from './helpers/engine.js';
+import { assertClose, fixtureTensor, loadFixture, randn, runGraph } from './helpers/engine.js';
+import { Rng } from '../src/util/random.js';
 
 interface OpCase {
   op: string;
@@ -135,3 +136,35 @@ for (const [name, c] of Object.entries(cases)) {
     }
   });
 }
+
+// Winograd F(4x4, 3x3) is an inference rewrite of conv2d (stride 1, pad 1): the fixture's conv case has odd sides,
+// so it is held to our own direct conv on random data (batch 2, uneven channels, non-square sides).
+test('winogradConv3x3 equals the direct 3x3 conv within 1e-5 of max |y|', async () => {
+  const rng = new Rng(41);
+  const feeds = { x: randn(rng, [2, 24, 16, 12]), w: randn(rng, [40, 24, 3, 3], 0.1), b: randn(rng, [40]) };
+  const g = new Graph();
+  const out = trace(g, () => {
+    const [x, w, b] = [g.input('x', [2, 24, 16, 12]), g.input('w', [40, 24, 3, 3]), g.input('b', [40])];
+    return { direct: o.conv2d(x, w, b, { padding: 1 }), wino: nn.winogradConv3x3(x, w, b), noBias: nn.winogradConv3x3(x, w) };
+  });
+  const res = await runGraph(g, out, feeds);
+  const rel = assertClose(res.wino, res.direct!, 'winograd vs direct', { rtol: 1e-5 });
+  assert.ok(rel > 0, 'a different summation order, not the same kernel');
+  const g2 = new Graph();
+  const direct = trace(g2, () => o.conv2d(g2.input('x', [2, 24, 16, 12]), g2.input('w', [40, 24, 3, 3]), undefined, { padding: 1 }));
+  assertClose(res.noBias, (await runGraph(g2, { direct }, feeds)).direct!, 'winograd without bias', { rtol: 1e-5 });
+});
+
+test('Conv2d takes the Winograd form at inference only, where winogradPays', () => {
+  const ops = (training: boolean, c: number, side: number) => {
+    const conv = new nn.Conv2d(c, c, 3, { padding: 1 }).train(training);
+    const g = new Graph();
+    bindParams(g, conv, undefined, 'input');
+    trace(g, () => conv.forward(g.input('x', [1, c, side, side])));
+    return new Set(g.nodes.map((n) => n.op));
+  };
+  assert.ok(nn.winogradPays(512, 512, 128, 128) && !nn.winogradPays(160, 160, 128, 128) && !nn.winogradPays(512, 512, 30, 30));
+  assert.ok(ops(false, 512, 32).has('matmul') && !ops(false, 512, 32).has('conv2d'), 'inference, big channels: Winograd');
+  assert.ok(ops(true, 512, 32).has('conv2d'), 'training: direct');
+  assert.ok(ops(false, 64, 32).has('conv2d'), 'inference, few channels: direct');
+});
