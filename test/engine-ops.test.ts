@@ -12,6 +12,7 @@ import { bindParams, getStateUpdates } from '../src/engine/module.js';
 import type { HostTensor } from '../src/engine/host-tensor.js';
 import { assertClose, fixtureTensor, loadFixture, randn, runGraph } from './helpers/engine.js';
 import { Rng } from '../src/util/random.js';
+import { lowerToOnnx } from '../src/engine/onnx/lower.js';
 
 interface OpCase {
   op: string;
@@ -167,4 +168,13 @@ test('Conv2d takes the Winograd form at inference only, where winogradPays', () 
   assert.ok(ops(false, 512, 32).has('matmul') && !ops(false, 512, 32).has('conv2d'), 'inference, big channels: Winograd');
   assert.ok(ops(true, 512, 32).has('conv2d'), 'training: direct');
   assert.ok(ops(false, 64, 32).has('conv2d'), 'inference, few channels: direct');
+});
+
+test('--quantize int8 leaves the Winograd products in float32, as it leaves Convs', () => {
+  const conv = new nn.Conv2d(512, 512, 3, { padding: 1 }).eval();
+  const g = new Graph();
+  bindParams(g, conv, conv.initialize(new Rng(3)), 'const');
+  const y = trace(g, () => conv.forward(g.input('x', [1, 512, 32, 32])));
+  const lowered = lowerToOnnx(g, { y }, { quantize: 'int8' });
+  assert.equal(lowered.quantized?.matmuls, 0, 'no MatMul of the Winograd transforms was quantized');
 });

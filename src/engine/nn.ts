@@ -182,9 +182,11 @@ export function winogradConv3x3(x: Tensor, weight: Tensor, bias?: Tensor): Tenso
   const g = x.graph;
   const [ph, pw] = [h / 4, w / 4];
   const t = ph * pw;
+  // The transform matrices are 3-D constants so that --quantize int8 (which takes MatMuls with a 2-D constant
+  // operand, see onnx/quantize.ts) leaves these products, like every Conv, in float32.
   // Weights: G g G^T as [36, 1, outC, inC] (ORT folds it once: the weights are initializers at inference).
-  const gm = o.constant(float32([6, 3], Float32Array.from(WINO_G.flat())), g);
-  const gt = o.constant(float32([3, 6], Float32Array.from([0, 1, 2].flatMap((r) => WINO_G.map((row) => row[r]!)))), g);
+  const gm = o.constant(float32([1, 6, 3], Float32Array.from(WINO_G.flat())), g);
+  const gt = o.constant(float32([1, 3, 6], Float32Array.from([0, 1, 2].flatMap((r) => WINO_G.map((row) => row[r]!)))), g);
   const u = o.reshape(o.transpose(o.reshape(o.matmul(o.matmul(gm, weight), gt), [co, c, 36]), [2, 0, 1]), [36, 1, co, c]);
   // Input tiles: element (i, j) of every tile is one strided slice of the padded input; 36 of them, then B^T d B.
   const xp = o.pad(x, [0, 0, 1, 1, 0, 0, 1, 1]);
@@ -192,9 +194,9 @@ export function winogradConv3x3(x: Tensor, weight: Tensor, bias?: Tensor): Tenso
   for (let i = 0; i < 6; i++) {
     for (let j = 0; j < 6; j++) d.push(o.reshape(o.slice(xp, [i, j], [i + h - 3, j + w - 3], [2, 3], [4, 4]), [1, n * c * t]));
   }
-  const v = o.reshape(o.matmul(o.constant(float32([36, 36], kron2(WINO_BT)), g), o.concat(d, 0)), [36, n, c, t]);
+  const v = o.reshape(o.matmul(o.constant(float32([1, 36, 36], kron2(WINO_BT)), g), o.concat(d, 0)), [36, n, c, t]);
   const m = o.matmul(u, v); // [36, N, outC, tiles]
-  const y = o.matmul(o.constant(float32([16, 36], kron2(WINO_AT)), g), o.reshape(m, [36, n * co * t]));
+  const y = o.matmul(o.constant(float32([1, 16, 36], kron2(WINO_AT)), g), o.reshape(m, [36, n * co * t]));
   // [4 (row in tile), 4 (column), N, outC, tile row, tile column] -> [N, outC, H, W].
   const out = o.reshape(o.transpose(o.reshape(y, [4, 4, n, co, ph, pw]), [2, 3, 4, 0, 5, 1]), [n, co, h, w]);
   return bias ? o.add(out, o.reshape(bias, [1, co, 1, 1])) : out;
