@@ -153,22 +153,21 @@ function kron2(m: readonly (readonly number[])[]): Float32Array {
 
 /**
  * Whether a stride-1, pad-1 3x3 convolution of [N, inC, h, w] runs faster as winogradConv3x3 than as ORT's Conv.
- * Measured at 1 thread (median cpu ms, direct vs Winograd, ORT 1-thread, busy 2-core host): it pays when the
- * 36 GEMMs are big enough to hide the transforms, i.e. when inC*outC/(inC+outC) is large: 512->512@128 472 vs 351,
- * 640->320@64 96 vs 77, 480->320@64 75 vs 67, 960->320@32 36 vs 32, 640->320@32 25 vs 22, 1280->640@16 25 vs 21,
- * 960->640@16 19 vs 15; it ties or loses below (and at 16x16, where 36 GEMMs of 16 tiles are too thin): 320->320@64 45 vs 48, 320->320@32 13 vs 12, 640->640@16 13 vs 14,
- * 256->256@256 534 vs 622, 480->160@128 152 vs 202, 160->160@128 60 vs 87. Rounding caps inC: against a float64
- * conv the error is 5e-6 (inC 512), 7e-6 (640), 1.1e-5 (768), 1.8e-5 (1280) of max |y| (direct: 3e-7), so the
- * wins at 960->320@32, 960->640@16 and 1280->640@16 are left for 1e-5.
+ * Measured at 1 thread (median cpu ms per conv, direct vs Winograd, busy 2-core host): it pays when the 36 GEMMs are
+ * big enough to hide the transforms, i.e. when inC*outC/(inC+outC) is large enough and the map is not tiny:
+ * 512->512@128 470 vs 271, 256->256@256 474 vs 394, 640->320@64 90 vs 54, 320->320@64 51 vs 34, 480->160@128 145 vs
+ * 121, 640->320@32 23 vs 17, 320->320@32 12 vs 9; it ties or loses at 160->160@128 55 vs 57, 640->640@16 12 vs 12,
+ * 128->128@512 544 vs 658. Rounding caps inC: against a float64 conv the error is 5e-6 (inC 512), 7e-6 (640),
+ * 1.1e-5 (768), 1.8e-5 (1280) of max |y| (direct: 3e-7), so wider inputs stay direct for 1e-5.
  */
 export function winogradPays(inC: number, outC: number, h: number, w: number): boolean {
   if (h % 4 !== 0 || w % 4 !== 0 || inC > 640 || h * w < 32 * 32) return false;
-  return (inC * outC) / (inC + outC) >= 190;
+  return (inC * outC) / (inC + outC) >= 100;
 }
 
 /**
  * A stride-1, pad-1 3x3 convolution (inference) as Winograd F(4x4, 3x3): the input cut into overlapping 6x6 tiles
- * (stride 4), each tile transformed B^T d B, 36 batched GEMMs [outC, inC] x [inC, tiles] against the transformed
+ * (stride 4) and transformed B^T d B, 36 batched GEMMs [outC, inC] x [inC, tiles] against the transformed
  * weights G g G^T, and A^T m A back to 4x4 outputs: 2.25 instead of 9 multiply-adds per output pixel and channel,
  * plus the transforms. The 2-D transforms are each one small MatMul by the Kronecker square of the 1-D matrix.
  * Sides must be multiples of 4. Rounding grows with inC (points +-2; +-1/2 measured no better): see winogradPays.
@@ -188,13 +187,14 @@ export function winogradConv3x3(x: Tensor, weight: Tensor, bias?: Tensor): Tenso
   const gm = o.constant(float32([1, 6, 3], Float32Array.from(WINO_G.flat())), g);
   const gt = o.constant(float32([1, 3, 6], Float32Array.from([0, 1, 2].flatMap((r) => WINO_G.map((row) => row[r]!)))), g);
   const u = o.reshape(o.transpose(o.reshape(o.matmul(o.matmul(gm, weight), gt), [co, c, 36]), [2, 0, 1]), [36, 1, co, c]);
-  // Input tiles: element (i, j) of every tile is one strided slice of the padded input; 36 of them, then B^T d B.
+  // Input tiles and B^T d B in one grouped Conv (a 6x6 kernel per input channel and transform row, stride 4), then
+  // transform-major for the GEMMs: 356 -> 278 ms at 512@128 against 36 strided Slices, a Concat and one MatMul.
+  const bt = kron2(WINO_BT);
+  const kernel = new Float32Array(c * 36 * 36);
+  for (let ch = 0; ch < c; ch++) kernel.set(bt, ch * 36 * 36);
   const xp = o.pad(x, [0, 0, 1, 1, 0, 0, 1, 1]);
-  const d: Tensor[] = [];
-  for (let i = 0; i < 6; i++) {
-    for (let j = 0; j < 6; j++) d.push(o.reshape(o.slice(xp, [i, j], [i + h - 3, j + w - 3], [2, 3], [4, 4]), [1, n * c * t]));
-  }
-  const v = o.reshape(o.matmul(o.constant(float32([1, 36, 36], kron2(WINO_BT)), g), o.concat(d, 0)), [36, n, c, t]);
+  const tiles = o.conv2d(xp, o.constant(float32([c * 36, 1, 6, 6], kernel), g), undefined, { stride: 4, groups: c });
+  const v = o.transpose(o.reshape(tiles, [n, c, 36, t]), [2, 0, 1, 3]); // [36, N, inC, tiles]
   const m = o.matmul(u, v); // [36, N, outC, tiles]
   const y = o.matmul(o.constant(float32([1, 16, 36], kron2(WINO_AT)), g), o.reshape(m, [36, n * co * t]));
   // [4 (row in tile), 4 (column), N, outC, tile row, tile column] -> [N, outC, H, W].
