@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Graph, trace, type Tensor } from '../src/engine/graph.js';
+import { Graph, reachable, trace, type Tensor } from '../src/engine/graph.js';
 import * as o from '../src/engine/ops.js';
 import * as nn from '../src/engine/nn.js';
 import { grad } from '../src/engine/autodiff.js';
@@ -154,6 +154,26 @@ test('winogradConv3x3 equals the direct 3x3 conv within 1e-5 of max |y|', async 
   const g2 = new Graph();
   const direct = trace(g2, () => o.conv2d(g2.input('x', [2, 24, 16, 12]), g2.input('w', [40, 24, 3, 3]), undefined, { padding: 1 }));
   assertClose(res.noBias, (await runGraph(g2, { direct }, feeds)).direct!, 'winograd without bias', { rtol: 1e-5 });
+});
+
+// Baked weights are transformed on the host (no second copy for ONNX Runtime to fold): the same result, and the
+// program carries no MatMul on the raw weight.
+test('winogradConv3x3 on baked weights equals the direct conv, with the weight transform done before lowering', async () => {
+  const rng = new Rng(42);
+  const feeds = { x: randn(rng, [2, 24, 16, 12]) };
+  const w = randn(rng, [40, 24, 3, 3], 0.1);
+  const b = randn(rng, [40]);
+  const g = new Graph();
+  const out = trace(g, () => {
+    const x = g.input('x', [2, 24, 16, 12]);
+    const [wc, bc] = [o.constant(w, g), o.constant(b, g)];
+    return { direct: o.conv2d(x, wc, bc, { padding: 1 }), wino: nn.winogradConv3x3(x, wc, bc) };
+  });
+  const res = await runGraph(g, out, feeds);
+  assertClose(res.wino, res.direct!, 'winograd (baked weights) vs direct', { rtol: 1e-5 });
+  const matmuls = reachable([out.wino]).filter((t) => t.op === 'matmul');
+  assert.equal(matmuls.length, 2, 'the GEMMs and the output transform only');
+  assert.ok(matmuls.every((t) => t.inputs.every((i) => i.id !== out.direct.inputs[1]!.id)), 'no MatMul reads the raw weight');
 });
 
 test('Conv2d takes the Winograd form at inference only, where winogradPays', () => {

@@ -5,7 +5,7 @@
 import * as o from './ops.js';
 import type { Tensor } from './graph.js';
 import { biasUniform, kaimingUniform, Module, ones, recordStateUpdate, zeros, normal, type Init, type Param } from './module.js';
-import { float32 } from './host-tensor.js';
+import { float32, type HostTensor } from './host-tensor.js';
 
 // ---------------------------------------------------------------- activations and losses
 
@@ -183,10 +183,7 @@ export function winogradConv3x3(x: Tensor, weight: Tensor, bias?: Tensor): Tenso
   const t = ph * pw;
   // The transform matrices are 3-D constants so that --quantize int8 (which takes MatMuls with a 2-D constant
   // operand, see onnx/quantize.ts) leaves these products, like every Conv, in float32.
-  // Weights: G g G^T as [36, 1, outC, inC] (ORT folds it once: the weights are initializers at inference).
-  const gm = o.constant(float32([1, 6, 3], Float32Array.from(WINO_G.flat())), g);
-  const gt = o.constant(float32([1, 3, 6], Float32Array.from([0, 1, 2].flatMap((r) => WINO_G.map((row) => row[r]!)))), g);
-  const u = o.reshape(o.transpose(o.reshape(o.matmul(o.matmul(gm, weight), gt), [co, c, 36]), [2, 0, 1]), [36, 1, co, c]);
+  const u = winogradWeights(weight, co, c);
   // Input tiles and B^T d B in one grouped Conv (a 6x6 kernel per input channel and transform row, stride 4), then
   // transform-major for the GEMMs: 356 -> 278 ms at 512@128 against 36 strided Slices, a Concat and one MatMul.
   const bt = kron2(WINO_BT);
@@ -200,6 +197,33 @@ export function winogradConv3x3(x: Tensor, weight: Tensor, bias?: Tensor): Tenso
   // [4 (row in tile), 4 (column), N, outC, tile row, tile column] -> [N, outC, H, W].
   const out = o.reshape(o.transpose(o.reshape(y, [4, 4, n, co, ph, pw]), [2, 3, 4, 0, 5, 1]), [n, co, h, w]);
   return bias ? o.add(out, o.reshape(bias, [1, co, 1, 1])) : out;
+}
+
+/**
+ * The weights as G g G^T, [36, 1, outC, inC]. Baked weights are transformed here on the host, so the program holds
+ * only the transformed copy: left to ONNX Runtime's constant folding, session start held both and an LDSR upscale
+ * peaked 1.5 GB higher. Weights fed as inputs are transformed in the graph, every call.
+ */
+function winogradWeights(weight: Tensor, co: number, c: number): Tensor {
+  const g = weight.graph;
+  const baked = weight.op === 'const' ? (weight.attrs.value as HostTensor) : undefined;
+  if (baked?.dtype === 'float32') {
+    const w = baked.data as Float32Array;
+    const u = new Float32Array(36 * co * c);
+    const gw = new Float64Array(18);
+    for (let k = 0; k < co * c; k++) {
+      for (let i = 0; i < 6; i++) {
+        for (let j = 0; j < 3; j++) gw[i * 3 + j] = WINO_G[i]![0]! * w[k * 9 + j]! + WINO_G[i]![1]! * w[k * 9 + 3 + j]! + WINO_G[i]![2]! * w[k * 9 + 6 + j]!;
+      }
+      for (let i = 0; i < 6; i++) {
+        for (let j = 0; j < 6; j++) u[(i * 6 + j) * co * c + k] = gw[i * 3]! * WINO_G[j]![0]! + gw[i * 3 + 1]! * WINO_G[j]![1]! + gw[i * 3 + 2]! * WINO_G[j]![2]!;
+      }
+    }
+    return o.constant(float32([36, 1, co, c], u), g);
+  }
+  const gm = o.constant(float32([1, 6, 3], Float32Array.from(WINO_G.flat())), g);
+  const gt = o.constant(float32([1, 3, 6], Float32Array.from([0, 1, 2].flatMap((r) => WINO_G.map((row) => row[r]!)))), g);
+  return o.reshape(o.transpose(o.reshape(o.matmul(o.matmul(gm, weight), gt), [co, c, 36]), [2, 0, 1]), [36, 1, co, c]);
 }
 
 function transposeMatrix(m: Float32Array, rows: number, cols: number): Float32Array {

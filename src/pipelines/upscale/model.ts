@@ -12,7 +12,7 @@
  * (3 x 1024 x 768 floats, 9 MB, for a 1024x768 input at f = 4) and the decoded output (151 MB at 4096x3072), with the
  * colour fix's bicubic canvas and low bands a few times that: 1.5 GB peak RSS measured for 4096x3072 (bench:sr --large).
  */
-import { float32, type HostTensor } from '../../engine/host-tensor.js';
+import { float32, hostBytes, type HostTensor } from '../../engine/host-tensor.js';
 import type { Executor, Quantization } from '../../engine/executor.js';
 import { Rng } from '../../util/random.js';
 import { checkStrength, createSampler, type SamplerName } from '../../diffusion/samplers.js';
@@ -47,8 +47,16 @@ export interface SrModel {
   readonly channels: number;
   /** Default tile side in output pixels: the training crop. */
   readonly defaultTile: number;
+  /**
+   * A full-size model (LDSR): the UNet's programs go back before the decode and the decoder's before the next image,
+   * so the two never hold their compiled weights at once (recompiling is seconds against minutes of sampling).
+   */
+  readonly releaseBetweenPhases: boolean;
   dispose(): Promise<void>;
 }
+
+/** UNet weights from which upscale keeps only one phase's programs alive at a time (LDSR's are 454 MB). */
+const RELEASE_BETWEEN_PHASES_BYTES = 256 * 2 ** 20;
 
 /** How to read an SR checkpoint: a reference `.ckpt` (LDSR's model.ckpt) takes its YAML (project.yaml) and may hold EMA weights. */
 export type SrModelOptions = Pick<ReadLdmOptions, 'config' | 'ema' | 'adapters' | 'onWarning'> & {
@@ -77,6 +85,7 @@ export async function loadSrModel(file: string, executor: Executor, opts: SrMode
     ldm, denoiser, scale,
     channels: ldm.config.conditioning.channels!,
     defaultTile: ldm.config.sample.tile ?? ldm.config.data.size,
+    releaseBetweenPhases: hostBytes(ldm.params.values()) > RELEASE_BETWEEN_PHASES_BYTES,
     async dispose() {
       await denoiser.dispose();
       await stage.dispose();
@@ -244,7 +253,9 @@ export async function upscaleWithModel(m: SrModel, image: HostTensor, opts: Mode
   });
   for (let i = 0; i < z.length; i++) z[i] = z[i]! / ldm.scaleFactor;
   const latent = float32([c, H, W], z);
+  if (m.releaseBetweenPhases) await m.denoiser.dispose();
   let decoded = await decodeLatentImage(stage, latent, { tile: tileOpt });
+  if (m.releaseBetweenPhases) await stage.dispose();
   if (colorFix === 'wavelet') decoded = waveletColorFix(decoded, bicubic!, waveletLevels(S));
   const out = crop(decoded, 0, 0, h * S, w * S);
   const d = out.data as Float32Array;
