@@ -169,7 +169,8 @@ export function winogradPays(inC: number, outC: number, h: number, w: number): b
  * A stride-1, pad-1 3x3 convolution (inference) as Winograd F(4x4, 3x3): the input cut into overlapping 6x6 tiles
  * (stride 4) and transformed B^T d B, 36 batched GEMMs [outC, inC] x [inC, tiles] against the transformed
  * weights G g G^T, and A^T m A back to 4x4 outputs: 2.25 instead of 9 multiply-adds per output pixel and channel,
- * plus the transforms. The 2-D transforms are each one small MatMul by the Kronecker square of the 1-D matrix.
+ * plus the transforms. The 2-D input and output transforms use the Kronecker square of the 1-D matrix (the input's
+ * as a grouped Conv, the output's as a MatMul); G g G^T is computed on the host for baked weights (winogradWeights).
  * Sides must be multiples of 4. Rounding grows with inC (points +-2; +-1/2 measured no better): see winogradPays.
  */
 export function winogradConv3x3(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
