@@ -189,6 +189,12 @@ test('Conv2d takes the Winograd form at inference only, where winogradPays', () 
   assert.ok(ops(false, 512, 32).has('matmul'), 'inference, big channels: Winograd');
   assert.ok(!ops(true, 512, 32).has('matmul'), 'training: direct');
   assert.ok(!ops(false, 64, 32).has('matmul'), 'inference, few channels: direct');
+  // export-onnx's portable() form keeps the plain Conv and the weight in its own [outC, inC, 3, 3] layout.
+  const conv = new nn.Conv2d(512, 512, 3, { padding: 1 }).portable();
+  const g = new Graph();
+  bindParams(g, conv, undefined, 'input');
+  trace(g, () => conv.forward(g.input('x', [1, 512, 32, 32])));
+  assert.deepEqual(g.nodes.filter((n) => n.op === 'matmul' || n.op === 'conv2d').map((n) => n.op), ['conv2d'], 'portable: one direct Conv');
 });
 
 test('--quantize int8 leaves the Winograd products in float32, as it leaves Convs', () => {

@@ -50,6 +50,8 @@ export abstract class Module {
   path = '';
   /** Training mode: BatchNorm uses batch statistics, dropout is active. */
   training = true;
+  /** Inference may take this CPU's faster forms (Winograd convs, upsampling as 2x2 convs); off for portable exports. */
+  cpuRewrites = true;
 
   protected param(name: string, shape: readonly number[], init: Init, trainable = true): Param {
     const p = new Param(shape, init, trainable);
@@ -85,6 +87,15 @@ export abstract class Module {
 
   eval(): this {
     return this.train(false);
+  }
+
+  /** Inference in the reference's plain form (no CPU rewrites; weights in their own layout): what export-onnx writes. */
+  portable(): this {
+    for (const m of this.modules()) {
+      m.training = false;
+      m.cpuRewrites = false;
+    }
+    return this;
   }
 
   /** Fresh values for every parameter, from PyTorch's default initialisers, seeded. */

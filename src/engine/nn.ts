@@ -161,7 +161,7 @@ function kron2(m: readonly (readonly number[])[]): Float32Array {
  * 1.1e-5 (768), 1.8e-5 (1280) of max |y| (direct: 3e-7), so wider inputs stay direct for 1e-5.
  */
 export function winogradPays(inC: number, outC: number, h: number, w: number): boolean {
-  if (h % 4 !== 0 || w % 4 !== 0 || inC > 640 || h * w < 32 * 32) return false;
+  if (h % 4 !== 0 || w % 4 !== 0 || inC > 640 || h < 32 || w < 32) return false;
   return (inC * outC) / (inC + outC) >= 100;
 }
 
@@ -257,7 +257,7 @@ export class Conv2d extends Module {
   forward(x: Tensor): Tensor {
     const [, , h, w] = x.shape as [number, number, number, number];
     // Inference only (training keeps the direct form and its gradient); see winogradPays for the measured rule.
-    if (!this.training && this.kernel === 3 && (this.cfg.stride ?? 1) === 1 && this.cfg.padding === 1 && winogradPays(this.inChannels, this.outChannels, h, w)) {
+    if (!this.training && this.cpuRewrites && this.kernel === 3 && (this.cfg.stride ?? 1) === 1 && this.cfg.padding === 1 && winogradPays(this.inChannels, this.outChannels, h, w)) {
       return this.scoped(() => winogradConv3x3(x, this.weight.t, this.bias?.t));
     }
     return this.scoped(() => o.conv2d(x, this.weight.t, this.bias?.t, { stride: this.cfg.stride ?? 1, padding: this.cfg.padding ?? 0 }));

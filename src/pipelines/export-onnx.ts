@@ -105,7 +105,7 @@ type Traced = Pick<TracedExport, 'outputs' | 'external'>;
 function traceAutoencoder(
   graph: Graph, model: ReturnType<typeof buildAutoencoder>, weights: ReadonlyMap<string, HostTensor>, part: 'encoder' | 'decoder', defaultSize: number, opts: ExportOptions,
 ): Traced {
-  model.eval();
+  model.portable();
   const external = bound(graph, model, weights, opts);
   const dd = model.config.ddconfig;
   const n = opts.batch ?? 1;
@@ -128,7 +128,7 @@ function traceLdmPart(graph: Graph, ckpt: Extract<Awaited<ReturnType<typeof load
     if (!text || (text.encoder !== 'clip' && text.encoder !== 'open_clip')) throw new Error(`${ckptPath} has no CLIP or OpenCLIP text encoder (Stable Diffusion's) to export`);
     const conditioner = new LatentDiffusion(ckpt.config).conditioner;
     const module = conditioner.module!;
-    module.eval();
+    module.portable();
     const external = bound(graph, module, splitPrefix(ckpt.params, 'cond_stage_model.'), opts);
     const outputs = trace(graph, () => {
       // Token ids as CLIP's BPE gives them, padded to max_len (SD 1.x with the end token, SD 2.x with 0).
@@ -172,7 +172,7 @@ export async function traceForExport(ckptPath: string, opts: ExportOptions = {})
     if (part !== 'unet') throw new Error(`${ckptPath} is a bare UNet checkpoint: export --part unet (export its first stage from the autoencoder checkpoint)`);
     const cfg: UNetConfig = ckpt.kind === 'ldm' ? ckpt.config.unet : ckpt.config;
     const params = ckpt.kind === 'ldm' ? splitPrefix(ckpt.params, 'model.diffusion_model.') : ckpt.params;
-    const unet = new UNetModel(cfg).eval();
+    const unet = new UNetModel(cfg).portable();
     const external = bound(graph, unet, params, opts);
     const h = opts.height ?? cfg.image_size ?? 32;
     const w = opts.width ?? h;

@@ -131,6 +131,6 @@ export class Upsample extends Module {
 
   forward(x: Tensor): Tensor {
     // Inference skips the upsampled map (2.25x fewer multiply-adds, see upsampleConv3x3); training keeps the direct form.
-    return this.scoped(() => (this.training ? this.conv.forward(o.upsampleNearest(x, 2)) : upsampleConv3x3(x, this.conv.weight.t, this.conv.bias?.t)));
+    return this.scoped(() => (this.training || !this.cpuRewrites ? this.conv.forward(o.upsampleNearest(x, 2)) : upsampleConv3x3(x, this.conv.weight.t, this.conv.bias?.t)));
   }
 }

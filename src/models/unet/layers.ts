@@ -81,7 +81,7 @@ export class Upsample extends Module implements UNetLayer {
 
   forward(h: Tensor): Tensor {
     // Inference skips the upsampled map (2.25x fewer multiply-adds, see upsampleConv3x3); training keeps the direct form.
-    return this.scoped(() => (this.training ? this.conv.forward(o.upsampleNearest(h, 2)) : upsampleConv3x3(h, this.conv.weight.t, this.conv.bias?.t)));
+    return this.scoped(() => (this.training || !this.cpuRewrites ? this.conv.forward(o.upsampleNearest(h, 2)) : upsampleConv3x3(h, this.conv.weight.t, this.conv.bias?.t)));
   }
 }
 
