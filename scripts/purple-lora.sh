@@ -10,13 +10,16 @@ set -euo pipefail
 BASE=$1 RUNS=$2 RUN=$3
 shift 3
 LDM=(node "$(dirname "$0")/../bin/run.js")
-# Smaller settings only to check the script runs: TIME_LIMIT (minutes), CONDITIONS, EVAL_STEPS.
+# Smaller settings only to check the script runs: TIME_LIMIT (minutes), CONDITIONS, EVAL_STEPS. DATA: the training set
+# (with the six colours named too, e.g. shapes:train?only=purple,red,green,blue,yellow,white,black&count=1280, about 200
+# purple images among the base's own: kohya's regularisation images, DreamBooth's prior preservation).
 THREADS=${THREADS:-2} TIME_LIMIT=${TIME_LIMIT:-20} CONDITIONS=${CONDITIONS:-100} EVAL_STEPS=${EVAL_STEPS:-50}
+DATA=${DATA:-shapes:train?only=purple&count=200}
 # Every purple caption is cut after its place at max_len 16 ("purple" is spelt in 6 characters): the background is dropped.
 PURPLE="shapes:train?only=purple,large&seed=1"
 EVAL=(--conditions "$CONDITIONS" --n 2 --steps "$EVAL_STEPS" --sampler ddim --seed 0 --threads "$THREADS" --json)
 
-"${LDM[@]}" train-lora --ckpt "$BASE" --data "shapes:train?only=purple&count=200" --rank 8 --run "$RUN" --runs-dir "$RUNS" \
+"${LDM[@]}" train-lora --ckpt "$BASE" --data "$DATA" --rank 8 --run "$RUN" --runs-dir "$RUNS" \
   --time-limit "$TIME_LIMIT" --steps 100000 --threads "$THREADS" --seed 0 --json "$@" > "$RUNS/$RUN-train.json"
 LORA=$RUNS/$RUN/lora.safetensors
 
