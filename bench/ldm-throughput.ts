@@ -13,7 +13,8 @@ import { bindParams } from '../src/engine/module.js';
 import { Trainer } from '../src/engine/trainer.js';
 import { createExecutor } from '../src/engine/backend.js';
 import type { Executor, Quantization } from '../src/engine/executor.js';
-import { float32, hostTensor, type HostTensor } from '../src/engine/host-tensor.js';
+import { float32, type HostTensor } from '../src/engine/host-tensor.js';
+import { randomConditions as randomModelConditions } from '../src/pipelines/profile-step.js';
 import { Rng } from '../src/util/random.js';
 import { UNetModel } from '../src/models/unet/unet.js';
 import { BENCH_UNET_CONFIG, BENCH_BATCH } from '../src/models/unet/bench-config.js';
@@ -158,22 +159,9 @@ function randomCaptions(rng: Rng, n: number): string[] {
   return Array.from({ length: n }, () => makeCaption({ kind: pick(SHAPE_KINDS), colour: pick(COLOURS), background: pick(COLOURS), size: pick(SIZES), position: pick(POSITIONS) }));
 }
 
-/** Random conditions of the config's kind for n samples (label maps and images at the image size). */
+/** Random conditions of the config's kind for n samples, with shapes captions for text models. */
 function randomConditions(cfg: LatentDiffusionConfig, n: number, rng: Rng): Conditions | undefined {
-  const c = cfg.conditioning;
-  const size = cfg.data.size;
-  switch (c.type) {
-    case 'none':
-      return undefined;
-    case 'class':
-      return { labels: Int32Array.from({ length: n }, () => rng.int(c.num_classes!)) };
-    case 'text':
-      return { captions: randomCaptions(rng, n) };
-    case 'semantic':
-      return { labelMaps: hostTensor('int32', [n, size, size], Int32Array.from({ length: n * size * size }, () => rng.int(c.num_classes!))) };
-    case 'concat':
-      return { images: float32([n, c.channels!, size, size], rng.uniformArray(n * c.channels! * size * size, -1, 1)) };
-  }
+  return randomModelConditions(cfg, n, rng, randomCaptions);
 }
 
 interface ConfigBench {

@@ -96,8 +96,10 @@ function randomCaptions(rng: Rng, n: number): string[] {
   return Array.from({ length: n }, () => Array.from({ length: 6 }, () => WORDS[rng.int(WORDS.length)]).join(' '));
 }
 
-/** Random conditions of the config's kind for n samples at the image size. */
-function randomConditions(cfg: LatentDiffusionConfig, n: number, rng: Rng): Conditions | undefined {
+/** Random conditions of the config's kind for n samples at the image size (also bench:ldm's); `captions` for text models. */
+export function randomConditions(
+  cfg: LatentDiffusionConfig, n: number, rng: Rng, captions: (rng: Rng, n: number) => string[] = randomCaptions,
+): Conditions | undefined {
   const c = cfg.conditioning;
   const size = cfg.data.size;
   switch (c.type) {
@@ -106,7 +108,7 @@ function randomConditions(cfg: LatentDiffusionConfig, n: number, rng: Rng): Cond
     case 'class':
       return { labels: Int32Array.from({ length: n }, () => rng.int(c.num_classes!)) };
     case 'text':
-      return { captions: randomCaptions(rng, n) };
+      return { captions: captions(rng, n) };
     case 'semantic':
       return { labelMaps: hostTensor('int32', [n, size, size], Int32Array.from({ length: n * size * size }, () => rng.int(c.num_classes!))) };
     case 'concat':
