@@ -279,13 +279,13 @@ for (const entry of listZoo().filter((e) => !skipZoo && e.kind === 'ldm' && path
   configs.push(r);
   console.error('skipped' in r ? `${r.name}: skipped (${r.skipped})` : `${r.name}: train ${r.train.images_per_s.toFixed(1)} img/s, sample ${r.sample.images_per_s.toFixed(2)} img/s`);
 }
-results.configs = configs;
-results.configs_note = 'Random latents and conditions (no data, no first stage): latent channels = unet.out_channels, latent size = data.size / f '
+if (!skipZoo) results.configs = configs;
+if (!skipZoo) results.configs_note = 'Random latents and conditions (no data, no first stage): latent channels = unet.out_channels, latent size = data.size / f '
   + 'with f = 1 for first_stage: pixel and otherwise the factor of the zoo autoencoder the config trains on (FIRST_STAGES). Training: the config\'s batch_size x grad_accum, '
   + `median of ${trainSteps} Trainer steps after one compiling step (AdamW, EMA, the training loss). Sampling: batch ${SAMPLE_BATCH}, DDIM ${cfgSampleSteps} steps, `
   + `guidance ${GUIDANCE} where conditional (the Denoiser's conditional and unconditional halves as one batch), latents only (no first-stage decode), best of ${cfgSampleRuns}.`;
-console.log(`\nZoo LDM configs (random latents and conditions; sampling: batch ${SAMPLE_BATCH}, DDIM ${cfgSampleSteps} steps, no decode)\n`);
-console.log(table(configs.map((r) => ('skipped' in r
+if (!skipZoo) console.log(`\nZoo LDM configs (random latents and conditions; sampling: batch ${SAMPLE_BATCH}, DDIM ${cfgSampleSteps} steps, no decode)\n`);
+if (!skipZoo) console.log(table(configs.map((r) => ('skipped' in r
   ? { config: r.name, conditioning: '', latent: '', 'train batch': '', 'train img/s': 'skipped', guidance: '', 'sample img/s': r.skipped }
   : {
     config: r.name, conditioning: r.conditioning, latent: r.latent.join('x'), 'train batch': String(r.train.batch), 'train img/s': r.train.images_per_s,
