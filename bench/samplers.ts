@@ -27,7 +27,7 @@ import { Denoiser } from '../src/sampling/denoiser.js';
 import { generate, sampleInputs } from '../src/sampling/generate.js';
 import { resolveSampleSettings } from '../src/sampling/sample-settings.js';
 import { centreCrop } from '../src/pipelines/conditional-eval.js';
-import { createSampler } from '../src/diffusion/samplers.js';
+import { createSampler, SPACINGS, type Spacing } from '../src/diffusion/samplers.js';
 import { displayName, parseSamplerName, type ParsedSampler } from '../src/diffusion/sampler-names.js';
 import { writeChart } from '../src/study/charts.js';
 import { writeResults, table } from './util.js';
@@ -49,12 +49,21 @@ if (!Number.isInteger(shard) || !Number.isInteger(shards) || shard < 0 || shard 
 const mergeParts = arg('--merge') === undefined ? undefined : Number(arg('--merge'));
 if (mergeParts !== undefined && !(Number.isInteger(mergeParts) && mergeParts >= 2)) throw new Error(`--merge takes the number of parts (>= 2), got ${arg('--merge')}`);
 const partName = (k: number, n: number) => (n === 1 ? name : `${name}-${k}of${n}`);
-/** Every sampler, the multistep ones also on Karras sigmas (as A1111's users run them). */
+/** Every sampler, the multistep ones also on Karras sigmas (as A1111's users run them); "name:spacing" sets --spacing. */
 const DEFAULT_SAMPLERS = [
-  'ddim', 'plms', 'euler', 'euler-a', 'heun', 'dpm2', 'dpm2-a', 'lms', 'dpmpp-2m', 'DPM++ 2M Karras', 'dpmpp-2s-a',
+  'ddim', 'ddim:trailing', 'plms', 'euler', 'euler-a', 'heun', 'dpm2', 'dpm2-a', 'lms', 'dpmpp-2m', 'DPM++ 2M Karras', 'dpmpp-2s-a',
   'DPM++ SDE Karras', 'DPM++ 2M SDE Karras', 'unipc',
 ];
-const samplers: ParsedSampler[] = (arg('--samplers')?.split(',') ?? DEFAULT_SAMPLERS).map((s) => parseSamplerName(s));
+/** A grid row: a sampler name (A1111's accepted), optionally with a spacing after a colon ("ddim:trailing"). */
+interface GridSampler extends ParsedSampler {
+  spacing?: Spacing;
+}
+function parseGridSampler(spec: string): GridSampler {
+  const [samplerName, spacing] = spec.split(':');
+  if (spacing !== undefined && !(SPACINGS as readonly string[]).includes(spacing)) throw new Error(`unknown spacing '${spacing}' in '${spec}' (${SPACINGS.join(', ')})`);
+  return { ...parseSamplerName(samplerName!), ...(spacing ? { spacing: spacing as Spacing } : {}) };
+}
+const samplers: GridSampler[] = (arg('--samplers')?.split(',') ?? DEFAULT_SAMPLERS).map(parseGridSampler);
 const BASELINE = { sampler: 'ddim', steps: 50 } as const;
 if (!Number.isInteger(samples) || samples < 2) throw new Error(`--samples must be an integer >= 2, got ${arg('--samples')}`);
 if (stepList.some((s) => !Number.isInteger(s) || s < 1)) throw new Error(`--steps must be positive integers, got ${arg('--steps')}`);
@@ -63,6 +72,8 @@ interface Cell {
   sampler: string;
   display: string;
   schedule: string;
+  /** The timestep spacing asked for; 'default' is the sampler's own. */
+  spacing?: string;
   steps: number;
   /** Model calls per image (two-call samplers make two a step). */
   calls: number;
@@ -83,14 +94,14 @@ interface Results {
 }
 
 /** The grid: DDIM 50 first (the baseline), then every sampler at every step count. */
-function gridPlan(): [ParsedSampler, number][] {
-  const plan: [ParsedSampler, number][] = [[{ sampler: BASELINE.sampler }, BASELINE.steps]];
-  for (const s of samplers) for (const st of stepList) if (!(s.sampler === BASELINE.sampler && !s.schedule && st === BASELINE.steps)) plan.push([s, st]);
+function gridPlan(): [GridSampler, number][] {
+  const plan: [GridSampler, number][] = [[{ sampler: BASELINE.sampler }, BASELINE.steps]];
+  for (const s of samplers) for (const st of stepList) if (!(s.sampler === BASELINE.sampler && !s.schedule && !s.spacing && st === BASELINE.steps)) plan.push([s, st]);
   return plan;
 }
 
 /** Plan indices of part k of n: longest cells first, each to the part with the fewest model calls so far. */
-function partOfPlan(plan: [ParsedSampler, number][], calls: (s: ParsedSampler, steps: number) => number, k: number, n: number): number[] {
+function partOfPlan(plan: [GridSampler, number][], calls: (s: GridSampler, steps: number) => number, k: number, n: number): number[] {
   const load = new Array<number>(n).fill(0);
   const parts: number[][] = Array.from({ length: n }, () => []);
   const order = plan.map((p, i) => ({ i, cost: calls(...p) })).sort((a, b) => b.cost - a.cost || a.i - b.i);
@@ -103,7 +114,7 @@ function partOfPlan(plan: [ParsedSampler, number][], calls: (s: ParsedSampler, s
 }
 
 function summary(cells: Cell[]) {
-  const baseline = cells.find((c) => c.sampler === BASELINE.sampler && c.schedule === 'default' && c.steps === BASELINE.steps);
+  const baseline = cells.find((c) => c.sampler === BASELINE.sampler && c.schedule === 'default' && !c.spacing && c.steps === BASELINE.steps);
   const at10 = cells.filter((c) => c.steps === 10).sort((a, b) => a.fid - b.fid);
   return {
     baseline: baseline ? { sampler: 'DDIM', steps: BASELINE.steps, fid: baseline.fid, accuracy: baseline.accuracy } : null,
@@ -144,10 +155,11 @@ async function measure(): Promise<void> {
   const runner = new FeatureRunner(classifier, executor);
   const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');
   const parts = { ...ldm, imageSize: ldm.config.data.size };
-  const callsOf = (s: ParsedSampler, steps: number) => createSampler(s.sampler, ldm.model.schedule, { steps, ...(s.schedule ? { schedule: s.schedule } : {}) }).timesteps.length;
+  const options = (s: GridSampler) => ({ ...(s.schedule ? { schedule: s.schedule } : {}), ...(s.spacing ? { spacing: s.spacing } : {}) });
+  const callsOf = (s: GridSampler, steps: number) => createSampler(s.sampler, ldm.model.schedule, { steps, ...options(s) }).timesteps.length;
 
   /** Samples of one cell, spread over the classes (seed + class, as eval-ldm), scored by FID and class accuracy. */
-  async function runCell(s: ParsedSampler, steps: number): Promise<Cell> {
+  async function runCell(s: GridSampler, steps: number): Promise<Cell> {
     const started = performance.now();
     const feats: Float32Array[] = [];
     let correct = 0;
@@ -155,7 +167,7 @@ async function measure(): Promise<void> {
       const n = Math.floor(samples / classes) + (c < samples % classes ? 1 : 0);
       if (n === 0) continue;
       const request = { n, conditions: [{ label: c, name: String(c) }] };
-      const settings = resolveSampleSettings(ldm.config.sample, { sampler: s.sampler, ...(s.schedule ? { schedule: s.schedule } : {}), steps, guidance, batchSize }, sampleInputs(parts, request));
+      const settings = resolveSampleSettings(ldm.config.sample, { sampler: s.sampler, ...options(s), steps, guidance, batchSize }, sampleInputs(parts, request));
       const gen = await generate(parts, denoiser, { ...request, settings, seed: seed + c });
       const images = crop !== undefined ? cropAll(gen.images, crop) : gen.images;
       const r = await runner.run(images);
@@ -171,7 +183,8 @@ async function measure(): Promise<void> {
     const dim = all.length / samples;
     const fid = frechetDistance(statistics(float32([samples, dim], all), classifier.name), refStats, ['samples', dataSpec]).fid;
     return {
-      sampler: s.sampler, display: displayName(s.sampler, s.schedule), schedule: s.schedule ?? 'default', steps, calls: callsOf(s, steps),
+      sampler: s.sampler, display: displayName(s.sampler, s.schedule) + (s.spacing ? ` ${s.spacing}` : ''), schedule: s.schedule ?? 'default',
+      ...(s.spacing ? { spacing: s.spacing } : {}), steps, calls: callsOf(s, steps),
       fid, accuracy: correct / samples, seconds: (performance.now() - started) / 1000,
     };
   }
@@ -215,8 +228,8 @@ async function merge(n: number): Promise<void> {
   const parts = await Promise.all(files.map(async (f) => JSON.parse(await readFile(f, 'utf8')) as Results));
   const protocols = new Set(parts.map((p) => p.protocol));
   if (protocols.size !== 1) throw new Error(`the parts were measured under different protocols: ${[...protocols].join(' | ')}`);
-  const key = (c: { sampler: string; schedule: string; steps: number }) => `${c.sampler}/${c.schedule}/${c.steps}`;
-  const order = new Map(gridPlan().map(([s, st], i) => [key({ sampler: s.sampler, schedule: s.schedule ?? 'default', steps: st }), i]));
+  const key = (c: { sampler: string; schedule?: string; spacing?: string; steps: number }) => `${c.sampler}/${c.schedule ?? 'default'}/${c.spacing ?? 'default'}/${c.steps}`;
+  const order = new Map(gridPlan().map(([s, st], i) => [key({ ...s, steps: st }), i]));
   const cells = parts.flatMap((p) => p.cells).sort((a, b) => (order.get(key(a)) ?? 1e9) - (order.get(key(b)) ?? 1e9));
   const missing = [...order.keys()].filter((k) => !cells.some((c) => key(c) === k));
   if (missing.length > 0) console.warn(`warning: ${missing.length} cells of the grid are in no part: ${missing.slice(0, 5).join(', ')}`);
