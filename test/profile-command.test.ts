@@ -14,11 +14,12 @@ interface Out { ops: Row[]; other: { types: number; share: number }; batch: numb
 test('ldm profile: the tiny config\'s training and sampling steps per op type, shares summing to 100%; the table; refusals', (t) => {
   {
     const dir = tempDir(t, 'ldm-profile-test-');
-    const [train, sample, table, int8Train] = runCommands(dir, [
+    const [train, sample, table, int8Train, unknown] = runCommands(dir, [
       { command: 'profile', args: ['tiny', '--batch', '2', '--steps', '1', '--top', '1000', '--json'] },
       { command: 'profile', args: ['tiny', '--batch', '2', '--steps', '1', '--sample', '--quantize', 'int8', '--top', '1000', '--json'] },
       { command: 'profile', args: ['tiny', '--batch', '2', '--steps', '1', '--top', '3'] },
       { command: 'profile', args: ['tiny', '--quantize', 'int8'] },
+      { command: 'profile', args: ['no-such-config'] },
     ]);
     for (const [r, what] of [[train, 'train'], [sample, 'sample']] as const) {
       assert.equal(r!.code, 0, r!.stderr);
@@ -47,6 +48,9 @@ test('ldm profile: the tiny config\'s training and sampling steps per op type, s
     assert.match(lines.at(-1)!, /^\(\d+ more\)/);
     assert.notEqual(int8Train!.code, 0);
     assert.match(int8Train!.stderr, /--quantize int8 is for inference: profile it with --sample/);
+    assert.notEqual(unknown!.code, 0);
+    assert.doesNotMatch(unknown!.stderr, /profiling/, 'announced work on a config it then could not read');
+    assert.equal(unknown!.stderr.trim().split('\n').length, 1, unknown!.stderr);
   }
 });
 

@@ -33,9 +33,9 @@ export default class Profile extends LdmCommand<typeof Profile> {
     if (f.backend !== undefined && f.backend !== 'onnx' && f.backend !== 'auto') throw new Error(`ldm profile reads ONNX Runtime's profiler: use --backend onnx, not ${f.backend}`);
     const executor = await createExecutor('onnx', definedOnly({ threads: f.threads }));
     try {
-      this.note(`profiling ${this.args.config} (${f.sample ? 'sampling' : 'training'} step, ${f.steps} step${f.steps > 1 ? 's' : ''} after one to compile) on ${executor.description}`);
+      const onStart = (name: string) => this.note(`profiling ${name} (${f.sample ? 'sampling' : 'training'} step, ${f.steps} step${f.steps > 1 ? 's' : ''} after one to compile) on ${executor.description}`);
       const r = await profileConfig({
-        config: this.args.config, executor, mode: f.sample ? 'sample' : 'train', runs: f.steps,
+        config: this.args.config, executor, mode: f.sample ? 'sample' : 'train', runs: f.steps, onStart,
         ...definedOnly({ batch: f.batch, ae: f.ae, quantize: f.quantize }),
       });
       this.result({ ...r, ops: r.ops.slice(0, f.top), other: otherOps(r, f.top) }, (v) => profileTable(r, v.ops.length));

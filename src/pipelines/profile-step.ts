@@ -38,6 +38,8 @@ export interface ProfileOptions {
   ae?: string;
   /** Sampling only: profile the int8 program. */
   quantize?: Quantization;
+  /** Called once the config has been read, before any work: what is about to be profiled. */
+  onStart?: (configName: string) => void;
 }
 
 export interface ProfileResult {
@@ -61,6 +63,7 @@ export async function profileConfig(opts: ProfileOptions): Promise<ProfileResult
   if (opts.executor.name !== 'onnx') throw new Error(`ldm profile reads ONNX Runtime's profiler: use --backend onnx, not ${opts.executor.name}`);
   if (opts.quantize === 'int8' && opts.mode !== 'sample') throw new Error('--quantize int8 is for inference: profile it with --sample');
   const { config } = loadConfig(opts.config);
+  opts.onStart?.(config.name);
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ldm-profile-'));
   const prefix = path.join(dir, 'ort');
   try {
