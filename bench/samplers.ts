@@ -10,7 +10,7 @@
  *   [--batch-size 100] [--threads N] [--seed 1] [--data fashion-mnist:test] [--name samplers]
  *   [--shard k/n]: run the k-th of n parts of the grid (parts balanced by model calls), written to <name>-<k>of<n>.json,
  *   so two 1-thread processes share the two cores (more images/s than one 2-thread process on this engine);
- *   [--merge n]: combine the n parts' files into <name>.json and the chart, without loading a model.
+ *   [--dry-run]: list this part's cells and model calls, and stop; [--merge n]: combine the n parts' files into <name>.json and the chart, without loading a model.
  */
 import os from 'node:os';
 import path from 'node:path';
@@ -100,7 +100,10 @@ function gridPlan(): [GridSampler, number][] {
   return plan;
 }
 
-/** Plan indices of part k of n: longest cells first, each to the part with the fewest model calls so far. */
+/**
+ * Plan indices of part k of n: longest cells first, each to the part with the fewest model calls so far. A part runs
+ * the baseline first, then its cheapest cells first, so that a run stopped early has the most cells.
+ */
 function partOfPlan(plan: [GridSampler, number][], calls: (s: GridSampler, steps: number) => number, k: number, n: number): number[] {
   const load = new Array<number>(n).fill(0);
   const parts: number[][] = Array.from({ length: n }, () => []);
@@ -110,7 +113,8 @@ function partOfPlan(plan: [GridSampler, number][], calls: (s: GridSampler, steps
     load[j]! += cost;
     parts[j]!.push(i);
   }
-  return parts[k]!.sort((a, b) => a - b);
+  const cost = new Map(order.map((c) => [c.i, c.cost]));
+  return parts[k]!.sort((a, b) => (a === 0 ? -1 : b === 0 ? 1 : cost.get(a)! - cost.get(b)! || a - b));
 }
 
 function summary(cells: Cell[]) {
@@ -144,6 +148,15 @@ async function measure(): Promise<void> {
   const t0 = performance.now();
   const ldm = await readLdmCheckpoint(ckpt, executor);
   if (ldm.model.conditioner.type !== 'class') throw new Error(`${ckpt} is ${ldm.model.conditioner.type}-conditioned; this benchmark samples a class model (fmnist-cin)`);
+  const options = (s: GridSampler) => ({ ...(s.schedule ? { schedule: s.schedule } : {}), ...(s.spacing ? { spacing: s.spacing } : {}) });
+  const callsOf = (s: GridSampler, steps: number) => createSampler(s.sampler, ldm.model.schedule, { steps, ...options(s) }).timesteps.length;
+  const plan = gridPlan();
+  const mine = partOfPlan(plan, callsOf, shard, shards);
+  if (args.includes('--dry-run')) {
+    for (const i of mine) console.log(`${displayName(plan[i]![0].sampler, plan[i]![0].schedule)}${plan[i]![0].spacing ? ` ${plan[i]![0].spacing}` : ''} ${plan[i]![1]} steps: ${callsOf(...plan[i]!)} calls`);
+    console.log(`part ${shard}/${shards}: ${mine.length} cells, ${mine.reduce((a, i) => a + callsOf(...plan[i]!), 0)} model calls per image`);
+    return;
+  }
   const classifier = await classifierNetworkFromFile(classifierFile);
   const classes = ldm.config.conditioning.num_classes!;
   const padded = /^(fashion-mnist|idx:)/.test(ldm.config.data.source ?? '') && ldm.config.data.size > 28;
@@ -155,8 +168,6 @@ async function measure(): Promise<void> {
   const runner = new FeatureRunner(classifier, executor);
   const denoiser = new Denoiser(ldm.model, executor, () => ldm.params, 'const');
   const parts = { ...ldm, imageSize: ldm.config.data.size };
-  const options = (s: GridSampler) => ({ ...(s.schedule ? { schedule: s.schedule } : {}), ...(s.spacing ? { spacing: s.spacing } : {}) });
-  const callsOf = (s: GridSampler, steps: number) => createSampler(s.sampler, ldm.model.schedule, { steps, ...options(s) }).timesteps.length;
 
   /** Samples of one cell, spread over the classes (seed + class, as eval-ldm), scored by FID and class accuracy. */
   async function runCell(s: GridSampler, steps: number): Promise<Cell> {
@@ -189,8 +200,6 @@ async function measure(): Promise<void> {
     };
   }
 
-  const plan = gridPlan();
-  const mine = partOfPlan(plan, callsOf, shard, shards);
   const protocol = `ldm ${ckpt} (step ${ldm.step}, ${ldm.weights} weights), ${samples} samples a cell over ${classes} classes (seed ${seed} + class), `
     + `guidance ${guidance}; FID in ${classifier.name} features against ${dataSpec} (${reference.count} images)${crop ? `, samples centre-cropped to ${crop}` : ''}; class accuracy by the same classifier`;
   const cells: Cell[] = [];
