@@ -197,6 +197,23 @@ test('Conv2d takes the Winograd form at inference only, where winogradPays', () 
   assert.deepEqual(g.nodes.filter((n) => n.op === 'matmul' || n.op === 'conv2d').map((n) => n.op), ['conv2d'], 'portable: one direct Conv');
 });
 
+test('winogradExtraWeightBytes: what a baked inference program holds beyond the weights (the memory estimates count it)', () => {
+  const constBytes = (conv: nn.Conv2d, side: number) => {
+    const g = new Graph();
+    bindParams(g, conv, conv.initialize(new Rng(1)), 'const');
+    const y = trace(g, () => conv.forward(g.input('x', [1, conv.inChannels, side, side])));
+    return reachable([y]).filter((t) => t.op === 'const').reduce((a, t) => a + 4 * (t.attrs.value as HostTensor).data.length, 0);
+  };
+  for (const [c, stride, side] of [[256, 1, 32], [160, 1, 32], [512, 2, 32], [1280, 1, 32]] as const) {
+    const conv = new nn.Conv2d(c, c, 3, { padding: 1, stride }).eval();
+    const direct = 4 * (c * c * 9 + c);
+    const extra = nn.winogradExtraWeightBytes(conv);
+    assert.equal(constBytes(conv, side), direct + extra, `${c} channels, stride ${stride}`);
+    assert.equal(extra > 0, c === 256, `${c} channels, stride ${stride}: only the wide stride-1 conv runs as Winograd`);
+  }
+  assert.equal(nn.winogradExtraWeightBytes(new nn.Conv2d(256, 256, 3, { padding: 1 }).portable()), 0, 'portable: plain convs');
+});
+
 test('--quantize int8 leaves the Winograd products in float32, as it leaves Convs', () => {
   const conv = new nn.Conv2d(512, 512, 3, { padding: 1 }).eval();
   const g = new Graph();

@@ -161,8 +161,12 @@ function kron2(m: readonly (readonly number[])[]): Float32Array {
  * 1.1e-5 (768), 1.8e-5 (1280) of max |y| (direct: 3e-7), so wider inputs stay direct for 1e-5.
  */
 export function winogradPays(inC: number, outC: number, h: number, w: number): boolean {
-  if (h % 4 !== 0 || w % 4 !== 0 || inC > 640 || h < 32 || w < 32) return false;
-  return (inC * outC) / (inC + outC) >= 100;
+  return h % 4 === 0 && w % 4 === 0 && h >= 32 && w >= 32 && winogradChannelsPay(inC, outC);
+}
+
+/** winogradPays' condition on the channels alone. */
+function winogradChannelsPay(inC: number, outC: number): boolean {
+  return inC <= 640 && (inC * outC) / (inC + outC) >= 100;
 }
 
 /**
@@ -262,6 +266,22 @@ export class Conv2d extends Module {
     }
     return this.scoped(() => o.conv2d(x, this.weight.t, this.bias?.t, { stride: this.cfg.stride ?? 1, padding: this.cfg.padding ?? 0 }));
   }
+}
+
+/**
+ * Bytes an inference program holds beyond one copy of `module`'s baked weights, for memory estimates: a conv that
+ * runs as Winograd keeps G g G^T (36 floats for each 9 of its kernel: three more copies of its weights) and its
+ * input transform kernel (36 x 36 per input channel). Counted on the channels alone (the map size is known only
+ * when traced), so an upper bound.
+ */
+export function winogradExtraWeightBytes(module: Module): number {
+  let bytes = 0;
+  for (const m of module.modules()) {
+    if (m instanceof Conv2d && m.cpuRewrites && m.kernel === 3 && (m.cfg.stride ?? 1) === 1 && m.cfg.padding === 1 && winogradChannelsPay(m.inChannels, m.outChannels)) {
+      bytes += 4 * (3 * 9 * m.outChannels * m.inChannels + 36 * 36 * m.inChannels + 16 * 36);
+    }
+  }
+  return bytes;
 }
 
 export class Linear extends Module {

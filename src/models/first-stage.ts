@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { Graph, trace, type Tensor } from '../engine/graph.js';
 import * as o from '../engine/ops.js';
 import { bindParams, checkWeights } from '../engine/module.js';
+import { winogradExtraWeightBytes } from '../engine/nn.js';
 import { hostBytes, hostTensor, type HostTensor } from '../engine/host-tensor.js';
 import type { Executor, Program } from '../engine/executor.js';
 import { ProgramCache } from '../engine/program-cache.js';
@@ -276,8 +277,8 @@ export function firstStageWeightBytes(stage: FirstStage): number {
 }
 
 /**
- * Peak bytes the first stage takes to encode or decode a batch of n images of h x w pixels in one call: weights,
- * the feature maps of its widest level, and the vanilla attention matrices ((h w / 4^level)^2 floats, which is
+ * Peak bytes the first stage takes to encode or decode a batch of n images of h x w pixels in one call: weights
+ * (with the Winograd convs' transformed copies), the feature maps of its widest level, and the vanilla attention matrices ((h w / 4^level)^2 floats, which is
  * what grows fastest: 17 GB for one 1024x1024 image through kl-f4-small's mid-block).
  */
 export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: number): number {
@@ -298,5 +299,6 @@ export function firstStageRunBytes(stage: FirstStage, n: number, h: number, w: n
     if (vanilla && dd.attn_resolutions.includes(Math.floor(dd.resolution / 2 ** i))) attention = Math.max(attention, scores);
     if (vanilla && i === levels - 1) attention = Math.max(attention, scores); // the mid-block
   }
-  return HELD_WEIGHT_COPIES * firstStageWeightBytes(stage) + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
+  const winograd = stage instanceof AutoencoderFirstStage ? winogradExtraWeightBytes(stage.model) : 0;
+  return HELD_WEIGHT_COPIES * firstStageWeightBytes(stage) + winograd + 4 * (LIVE_MAPS * widest + LIVE_ATTENTION * attention);
 }

@@ -8,6 +8,7 @@
  */
 import { float32, hostTensor, numel, toFloat32, type HostTensor } from '../engine/host-tensor.js';
 import { Rng } from '../util/random.js';
+import { winogradExtraWeightBytes } from '../engine/nn.js';
 import { createSampler } from '../diffusion/samplers.js';
 import { rescaleZeroTerminalSnr } from '../diffusion/sigma-schedule.js';
 import type { NoiseSchedule } from '../diffusion/schedule.js';
@@ -254,7 +255,9 @@ export function sampleMemoryBytes(
   // Under lowMemory the first stage's weights still count while sampling: released, their memory mostly stays
   // resident, kept by the allocator (SD 1.5 --low-memory: 0.6 GB above the UNet's weights before its first call).
   const stageResident = x.lowMemory ? firstStageWeightBytes(fs) : 0;
-  const sampling = copies * weights + stageResident + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w);
+  // Baked weights: the Winograd convs' program copies are 4x (fed weights are transformed per call, inside the run).
+  const winograd = copies === WEIGHT_COPIES ? winogradExtraWeightBytes(parts.model) : 0;
+  const sampling = copies * weights + winograd + stageResident + unetRunBytes(parts.model.config.unet, x.batch * (x.guided ? 2 : 1), h, w);
   const decoding = (x.tile ? tiledRunBytes(fs, x.tile, x.height, x.width) : firstStageRunBytes(fs, x.batch, x.height, x.width)) + x.batch * C * x.height * x.width * 4;
   return PROCESS_BASE_BYTES + outputs + (x.lowMemory ? Math.max(sampling, decoding) : sampling + decoding);
 }

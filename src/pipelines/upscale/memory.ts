@@ -7,6 +7,7 @@ import { imageReadBytes, pngWriteBytes, type ImageInfo } from '../../io/image.js
 import { PROCESS_BASE_BYTES } from '../../util/memory-budget.js';
 import { firstStageRunBytes, heldWeightBytes } from '../../models/first-stage.js';
 import { unetRunBytes } from '../../sampling/generate.js';
+import { winogradExtraWeightBytes } from '../../engine/nn.js';
 import type { ClassicalMethod } from './classical.js';
 import { tilePlan, type SrModel, type UpscaleSettings } from './model.js';
 
@@ -52,5 +53,6 @@ export function upscaleMemoryBytes(info: Pick<ImageInfo, 'width' | 'height' | 'c
   const batch = Math.min(t.tileBatch, Math.ceil(CH / T) * Math.ceil(CW / T) * 4);
   const unet = unetRunBytes(m.ldm.config.unet, batch, t.tile, t.tile) + 3 * batch * m.ldm.config.unet.in_channels * t.tile * t.tile * 4;
   const stage = firstStageRunBytes(m.ldm.firstStage, 1, T, T) * (settings.strength < 1 ? 2 : 1);
-  return PROCESS_BASE_BYTES + heldWeightBytes(m.ldm.params) + read + input + MODEL_OUTPUT_COPIES * C * CH * CW * 4 + latents + unet + stage + write;
+  const weights = heldWeightBytes(m.ldm.params) + winogradExtraWeightBytes(m.ldm.model);
+  return PROCESS_BASE_BYTES + weights + read + input + MODEL_OUTPUT_COPIES * C * CH * CW * 4 + latents + unet + stage + write;
 }
