@@ -4,18 +4,21 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import ort from 'onnxruntime-node';
-import { saveCheckpoint } from '../src/io/checkpoint.js';
+import { loadCheckpoint, saveCheckpoint } from '../src/io/checkpoint.js';
 import { loadConfig } from '../src/config/load.js';
 import { buildAutoencoder } from '../src/models/autoencoder/index.js';
 import { UNetModel } from '../src/models/unet/unet.js';
 import { parseUNetConfig } from '../src/config/unet-config.js';
 import { exportOnnx, traceForExport } from '../src/pipelines/export-onnx.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
-import { float32, hostTensor } from '../src/engine/host-tensor.js';
+import { float32, hostTensor, toFloat32, toHalf } from '../src/engine/host-tensor.js';
+import { HALF_MIN_ELEMENTS } from '../src/engine/onnx/half-weights.js';
+import onnxProto from 'onnx-proto';
 import { Rng } from '../src/util/random.js';
 import { sharedTempDir } from './helpers/temp-dir.js';
 
 const tmp = sharedTempDir('ldm-export-');
+const { onnx } = onnxProto;
 const root = path.resolve(import.meta.dirname, '..');
 
 async function runFile(file: string, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
@@ -60,11 +63,13 @@ test('an autoencoder decoder and encoder export to ONNX files that onnxruntime r
   await assert.rejects(exportOnnx(ckpt, path.join(tmp, 'x.onnx'), { part: 'unet' }), /is an autoencoder: export --part encoder or --part decoder/);
 });
 
+const UNET_CFG = parseUNetConfig({
+  image_size: 8, in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, attention_resolutions: [2],
+  channel_mult: [1, 2], num_head_channels: 16, use_spatial_transformer: true, transformer_depth: 1, context_dim: 16, num_classes: 4,
+});
+
 test('a class-conditional UNet exports with its x, t and y inputs', async () => {
-  const cfg = parseUNetConfig({
-    image_size: 8, in_channels: 3, out_channels: 3, model_channels: 32, num_res_blocks: 1, attention_resolutions: [2],
-    channel_mult: [1, 2], num_head_channels: 16, use_spatial_transformer: true, transformer_depth: 1, context_dim: 16, num_classes: 4,
-  });
+  const cfg = UNET_CFG;
   const unet = new UNetModel(cfg);
   const ckpt = path.join(tmp, 'unet.safetensors');
   // Random values everywhere: the zero-initialised output conv would make every output 0.
@@ -86,6 +91,54 @@ test('a class-conditional UNet exports with its x, t and y inputs', async () => 
     x: float32([1, 3, 8, 8], x), t: float32([1], [500]), context: float32([1, 5, 16], c), y: hostTensor('int64', [1], BigInt64Array.from([2n])),
   });
   assert.ok(maxRel(out, ours.out!.data as Float32Array) < 1e-5);
+});
+
+test('--dtype f16: weights of 1024 elements or more as float16 behind Casts, in the .onnx or its external data; the outputs of the rounded weights', async () => {
+  const ckpt = path.join(tmp, 'unet.safetensors');
+  const rng = new Rng(3);
+  const feeds = () => ({
+    x: new ort.Tensor('float32', rng.normalArray(3 * 64), [1, 3, 8, 8]), t: new ort.Tensor('float32', Float32Array.from([500]), [1]),
+    context: new ort.Tensor('float32', rng.normalArray(5 * 16), [1, 5, 16]), y: new ort.Tensor('int64', BigInt64Array.from([2n]), [1]),
+  });
+  const f = feeds();
+  const full = path.join(tmp, 'unet-f32.onnx');
+  const half = path.join(tmp, 'unet-f16.onnx');
+  await exportOnnx(ckpt, full, { contextTokens: 5 });
+  const r = await exportOnnx(ckpt, half, { contextTokens: 5, dtype: 'f16' });
+  const inits = onnx.ModelProto.decode(fs.readFileSync(half)).graph!.initializer!;
+  const halves = inits.filter((t) => t.dataType === onnx.TensorProto.DataType.FLOAT16);
+  const bigFloats = inits.filter((t) => t.dataType === onnx.TensorProto.DataType.FLOAT && (t.dims as number[]).reduce((a, d) => a * Number(d), 1) >= HALF_MIN_ELEMENTS);
+  assert.ok(halves.length > 0 && halves.length === r.half?.tensors, `${halves.length} float16 initializers, ${r.half?.tensors} reported`);
+  assert.deepEqual(bigFloats.map((t) => t.name), [], 'large weights left float32');
+  assert.ok(fs.statSync(half).size < 0.6 * fs.statSync(full).size, `${fs.statSync(half).size} vs ${fs.statSync(full).size} bytes`);
+
+  // The same network with its large weights rounded to float16 and back, run by ldm: what the f16 file must compute.
+  const { params } = await loadCheckpoint(ckpt);
+  const rounded = new Map([...params].map(([n, t]) => [n, t.data.length >= HALF_MIN_ELEMENTS
+    ? float32(t.shape, toFloat32({ dtype: 'float16', shape: t.shape, data: toHalf(t.data as Float32Array) })) : t]));
+  const roundedCkpt = path.join(tmp, 'unet-rounded.safetensors');
+  await saveCheckpoint(roundedCkpt, { kind: 'unet', config: UNET_CFG, params: rounded });
+  const expected = await runFile((await exportOnnx(roundedCkpt, path.join(tmp, 'unet-rounded.onnx'), { contextTokens: 5 })).file, f);
+  const got = await runFile(half, f);
+  const plain = await runFile(full, f);
+  assert.ok(maxRel(got, expected) < 1e-5, `f16 file vs rounded weights: ${maxRel(got, expected)}`);
+  assert.ok(maxRel(got, plain) > 0, 'the f16 file computes exactly the float32 result: its weights were not rounded');
+
+  const ext = path.join(tmp, 'unet-f16-ext.onnx');
+  const re = await exportOnnx(ckpt, ext, { contextTokens: 5, dtype: 'f16', externalData: true });
+  const extFull = await exportOnnx(ckpt, path.join(tmp, 'unet-f32-ext.onnx'), { contextTokens: 5, externalData: true });
+  assert.ok(re.dataBytes! < 0.6 * extFull.dataBytes!, `external data ${re.dataBytes} vs ${extFull.dataBytes} bytes`);
+  const s = await ort.InferenceSession.create(ext);
+  const out = (await s.run(f))[s.outputNames[0]!]!.data as Float32Array;
+  await s.release();
+  assert.ok(maxRel(out, expected) < 1e-5, `f16 external data vs rounded weights: ${maxRel(out, expected)}`);
+
+  // With --quantize int8 the MatMuls are int8 and the rest (the Convs) float16 on disk.
+  const q32 = await exportOnnx(ckpt, path.join(tmp, 'unet-int8.onnx'), { contextTokens: 5, quantize: 'int8' });
+  const q16 = await exportOnnx(ckpt, path.join(tmp, 'unet-int8-f16.onnx'), { contextTokens: 5, quantize: 'int8', dtype: 'f16' });
+  assert.ok(q16.half!.tensors > 0 && q16.bytes < q32.bytes, `${q16.bytes} vs ${q32.bytes} bytes`);
+  const [a32, a16] = [await runFile(q32.file, f), await runFile(q16.file, f)];
+  assert.ok(maxRel(a16, a32) < 1e-2, `int8 with float16 convs vs int8: ${maxRel(a16, a32)}`);
 });
 
 test('ldm export-onnx from the command line', () => {

@@ -3,7 +3,7 @@ import { LIMITS, integerFlag, quantizeFlag, unsafePickleFlags } from '../cli/fla
 import { LdmCommand } from '../cli/base-command.js';
 import { adaptersFromFlags, loraFlags } from '../cli/adapter-flags.js';
 import { definedOnly } from '../util/defined.js';
-import { EXPORT_PARTS, exportOnnx, type ExportResult } from '../pipelines/export-onnx.js';
+import { EXPORT_DTYPES, EXPORT_PARTS, exportOnnx, type ExportResult } from '../pipelines/export-onnx.js';
 
 export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
   static override summary = "Write a trained model's inference graph, weights included, as a standalone ONNX file.";
@@ -14,12 +14,13 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
     + 'A Stable Diffusion file (single file, .ckpt with --config, diffusers folder) exports each network: --part unet, decoder (the VAE\'s), '
     + 'encoder or text-encoder (input_ids int32 [batch, 77] -> context [batch, 77, width]). '
     + 'Weights over 1.5 GiB (SD\'s UNet), or any with --external-data, are written as ONNX external data: OUTPUT holds the graph and '
-    + 'OUTPUT.data beside it the float32 weights (each at a 4096-byte-aligned offset); keep the two together and load the .onnx by its path.';
+    + 'OUTPUT.data beside it the weights (float32, or float16 with --dtype f16; each at a 4096-byte-aligned offset); keep the two together and load the .onnx by its path.';
   static override examples = [
     '<%= config.bin %> export-onnx runs/ae/model.safetensors -o decoder.onnx --part decoder --height 256',
     '<%= config.bin %> export-onnx runs/ldm/model.safetensors -o unet.onnx --batch 2',
     '<%= config.bin %> export-onnx sd15.safetensors -o sd-unet.onnx --part unet --batch 2 --height 64   # writes sd-unet.onnx and sd-unet.onnx.data',
     '<%= config.bin %> export-onnx sd15.safetensors -o sd-text.onnx --part text-encoder',
+    '<%= config.bin %> export-onnx sd15.safetensors -o sd-unet-f16.onnx --part unet --dtype f16   # 1.7 GB of weights instead of 3.4',
   ];
   static override args = {
     ckpt: Args.string({ required: true, description: 'Checkpoint (ldm .safetensors, reference .ckpt, diffusers folder).' }),
@@ -37,6 +38,10 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
     force: Flags.boolean({ summary: 'Overwrite the output if it exists.' }),
     'external-data': Flags.boolean({ summary: 'Write the weights to OUTPUT.data (ONNX external data) even when they would fit in the .onnx.' }),
     quantize: quantizeFlag('the exported network'),
+    dtype: Flags.option({
+      options: EXPORT_DTYPES, default: 'f32',
+      summary: 'f16: store the weights as float16 (half the file; tensors under 1024 elements stay float32), cast to float32 inside the graph, which computes in float32 as before.',
+    })(),
   };
 
   async run(): Promise<void> {
@@ -46,10 +51,10 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
       batch: f.batch, contextTokens: f['context-tokens'], force: f.force, externalData: f['external-data'], onWarning: (w) => this.warning(w),
       ...(f.part ? { part: f.part } : {}), ...(f.height ? { height: f.height } : {}), ...(f.width ? { width: f.width } : {}),
       ...(f.config ? { config: f.config } : {}),
-      ...definedOnly({ adapters: adaptersFromFlags(f), quantize: f.quantize }),
+      ...definedOnly({ adapters: adaptersFromFlags(f), quantize: f.quantize }), dtype: f.dtype,
     });
     this.result(r, (v: ExportResult) => [
-      `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB${v.data ? `, weights in ${v.data} (${((v.dataBytes ?? 0) / 1e6).toFixed(2)} MB)` : ''}${v.quantized ? `, int8 (${v.quantized.matmuls} MatMuls; ${v.quantized.floatConvs} Convs float32)` : ''}`,
+      `${v.file}: ${v.kind} ${v.part}, ${(v.bytes / 1e6).toFixed(2)} MB${v.data ? `, weights in ${v.data} (${((v.dataBytes ?? 0) / 1e6).toFixed(2)} MB)` : ''}${v.quantized ? `, int8 (${v.quantized.matmuls} MatMuls; ${v.quantized.floatConvs} Convs float32)` : ''}${v.half ? `, ${v.half.tensors} weights as float16` : ''}`,
       ...v.inputs.map((i) => `  input  ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
       ...v.outputs.map((i) => `  output ${i.name} ${i.dtype} [${i.shape.join(', ')}]`),
     ].join('\n'));

@@ -23,7 +23,8 @@ import { buildAutoencoder } from '../models/autoencoder/index.js';
 import { UNetModel } from '../models/unet/unet.js';
 import type { UNetConfig } from '../config/unet-config.js';
 import { sizeMultiple } from '../config/unet-config.js';
-import { hostBytes, type HostTensor } from '../engine/host-tensor.js';
+import { hostBytes, toHalf, type HostTensor } from '../engine/host-tensor.js';
+import { castToFloat, halvable, HALF_SUFFIX } from '../engine/onnx/half-weights.js';
 import { OnnxExecutor } from '../engine/onnx/executor.js';
 import onnxProto from 'onnx-proto';
 import { firstStageFromLdm } from '../checkpoint/first-stage-checkpoint.js';
@@ -58,7 +59,12 @@ export interface ExportOptions {
   adapters?: Pick<ModelAdapters, 'loras' | 'loraPartial'>;
   /** `int8`: MatMuls with constant weights stored as int8 with ONNX's integer ops (engine/onnx/quantize.ts). */
   quantize?: Quantization;
+  /** `f16`: weights stored as float16 (in the .onnx or its external data), cast to float32 in the graph (engine/onnx/half-weights.ts). */
+  dtype?: ExportDtype;
 }
+
+export const EXPORT_DTYPES = ['f32', 'f16'] as const;
+export type ExportDtype = (typeof EXPORT_DTYPES)[number];
 
 export interface ExportedInput {
   name: string;
@@ -78,6 +84,8 @@ export interface ExportResult {
   dataBytes?: number;
   /** With --quantize int8: the MatMuls stored as int8, and the Convs left float32. */
   quantized?: { matmuls: number; floatConvs: number };
+  /** With --dtype f16: the weights stored as float16. */
+  half?: { tensors: number };
 }
 
 /** A traced part: its graph and outputs; `external`: the weights bound as graph inputs, to be written as external data. */
@@ -196,33 +204,42 @@ const { onnx } = onnxProto;
 
 /**
  * Move the weight inputs of a lowered model into initializers stored in `location` (relative to the .onnx): returns
- * the model's new bytes and the weights file's chunks (padding and views of the tensors, no copies).
+ * the model's new bytes and the weights file's chunks (padding and views of the tensors, no copies). `half`: those
+ * large enough are written as float16 behind a Cast, as half-weights.ts does for weights inside the .onnx.
  */
-function externalize(bytes: Uint8Array, weights: ReadonlyMap<string, HostTensor>, location: string): { model: Uint8Array; chunks: Uint8Array[]; dataBytes: number } {
+function externalize(
+  bytes: Uint8Array, weights: ReadonlyMap<string, HostTensor>, location: string, half: boolean,
+): { model: Uint8Array; chunks: Uint8Array[]; dataBytes: number; halved: number } {
   const model = onnx.ModelProto.decode(bytes);
   const graph = model.graph!;
   const chunks: Uint8Array[] = [];
   let offset = 0;
   const kept = [];
+  const casts = [];
   for (const input of graph.input ?? []) {
-    const t = weights.get(input.name!);
-    if (!t) {
+    const w = weights.get(input.name!);
+    if (!w) {
       kept.push(input);
       continue;
     }
+    const halved = half && w.dtype === 'float32' && halvable(w.shape);
+    const t: HostTensor = halved ? { dtype: 'float16', shape: w.shape, data: toHalf(w.data as Float32Array) } : w;
+    const name = halved ? input.name + HALF_SUFFIX : input.name;
+    if (halved) casts.push(castToFloat(input.name!));
     const padding = (EXTERNAL_ALIGN - (offset % EXTERNAL_ALIGN)) % EXTERNAL_ALIGN;
     if (padding) chunks.push(new Uint8Array(padding));
     offset += padding;
     const data = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
     chunks.push(data);
     (graph.initializer ??= []).push(onnx.TensorProto.create({
-      name: input.name, dataType: onnxDtype(t.dtype), dims: [...t.shape], dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+      name, dataType: onnxDtype(t.dtype), dims: [...t.shape], dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
       externalData: [{ key: 'location', value: location }, { key: 'offset', value: String(offset) }, { key: 'length', value: String(data.byteLength) }],
     }));
     offset += data.byteLength;
   }
   graph.input = kept;
-  return { model: onnx.ModelProto.encode(model).finish(), chunks, dataBytes: offset };
+  graph.node = [...casts, ...(graph.node ?? [])];
+  return { model: onnx.ModelProto.encode(model).finish(), chunks, dataBytes: offset, halved: casts.length };
 }
 
 /**
@@ -233,14 +250,17 @@ export async function exportOnnx(ckptPath: string, outFile: string, opts: Export
   const { graph, outputs, kind, part, external } = await traceForExport(ckptPath, opts);
   const int8 = opts.quantize === 'int8';
   if (int8 && external) throw new Error(`--quantize int8 quantizes weights held in the .onnx; these go to external data (${opts.externalData ? '--external-data' : 'over 1.5 GiB'}): export without one of the two`);
-  const lowered = lowerToOnnx(graph, outputs, { name: `ldm-${kind}-${part}`, ...(int8 ? { quantize: 'int8' as const } : {}) });
+  const half = opts.dtype === 'f16';
+  const lowered = lowerToOnnx(graph, outputs, { name: `ldm-${kind}-${part}`, ...(int8 ? { quantize: 'int8' as const } : {}), ...(half ? { weights: 'float16' as const } : {}) });
   if (int8 && !lowered.quantized?.matmuls) throw new Error(`--quantize int8: the ${part} has no MatMul with constant weights to quantize; export it without --quantize`);
   const dataFile = `${outFile}.data`;
   let bytes = lowered.bytes;
   let dataBytes: number | undefined;
+  let halved = lowered.half?.tensors ?? 0;
   if (external) {
     await assertWritable(outFile, { force: opts.force });
-    const ext = externalize(lowered.bytes, external, path.basename(dataFile));
+    const ext = externalize(lowered.bytes, external, path.basename(dataFile), half);
+    halved += ext.halved;
     await writeFileAtomic(dataFile, ext.chunks, { force: opts.force });
     bytes = ext.model;
     dataBytes = ext.dataBytes;
@@ -252,5 +272,6 @@ export async function exportOnnx(ckptPath: string, outFile: string, opts: Export
   return {
     file: outFile, kind, part, inputs, outputs: outs, bytes: bytes.length, ...(dataBytes !== undefined ? { data: dataFile, dataBytes } : {}),
     ...(lowered.quantized ? { quantized: { matmuls: lowered.quantized.matmuls, floatConvs: lowered.quantized.floatConvs } } : {}),
+    ...(half ? { half: { tensors: halved } } : {}),
   };
 }

@@ -4,6 +4,7 @@ import { reachable, type Graph, type Tensor, type Dtype } from '../graph.js';
 import type { HostTensor } from '../host-tensor.js';
 import type { Quantization } from '../executor.js';
 import { quantizeDynamicInt8, type QuantizeReport } from './quantize.js';
+import { halveWeights, type HalfReport } from './half-weights.js';
 
 const { onnx } = onnxProto;
 type NodeProto = InstanceType<typeof onnx.NodeProto>;
@@ -78,13 +79,17 @@ export interface LoweredModel {
   outputNames: string[];
   /** What `quantize: 'int8'` rewrote (absent for float32 models). */
   quantized?: QuantizeReport;
+  /** What `weights: 'float16'` stored as float16 (absent otherwise). */
+  half?: HalfReport;
 }
 
 /**
  * Build an ONNX model computing `outputs` from the graph's inputs that they reach.
  * Graph inputs keep their names; outputs get the given names.
  */
-export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts: { name?: string; quantize?: Quantization } = {}): LoweredModel {
+export function lowerToOnnx(
+  graph: Graph, outputs: Readonly<Record<string, Tensor>>, opts: { name?: string; quantize?: Quantization; weights?: 'float32' | 'float16' } = {},
+): LoweredModel {
   const outs = Object.entries(outputs);
   const nodes = reachable(outs.map(([, t]) => t));
   const onnxNodes: NodeProto[] = [];
@@ -233,6 +238,8 @@ export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tenso
 
   // Weights are initializers by now: MatMuls on constant weights become integer kernels (onnx/quantize.ts).
   const quantized = opts.quantize === 'int8' ? quantizeDynamicInt8(onnxNodes, inits, outs.map(([n]) => n)) : undefined;
+  // Then what stays float32 may be stored as float16 (engine/onnx/half-weights.ts): int8 weights are already smaller.
+  const half = opts.weights === 'float16' ? halveWeights(onnxNodes, inits) : undefined;
   const model = onnx.ModelProto.create({
     irVersion: 8,
     producerName: 'ldm',
@@ -250,5 +257,6 @@ export function lowerToOnnx(graph: Graph, outputs: Readonly<Record<string, Tenso
     inputNames: inputs.map((i) => i.name),
     outputNames: outs.map(([n]) => n),
     ...(quantized ? { quantized } : {}),
+    ...(half ? { half } : {}),
   };
 }
