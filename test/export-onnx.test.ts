@@ -12,7 +12,7 @@ import { parseUNetConfig } from '../src/config/unet-config.js';
 import { exportOnnx, traceForExport } from '../src/pipelines/export-onnx.js';
 import { OnnxExecutor } from '../src/engine/onnx/executor.js';
 import { float32, hostTensor, toFloat32, toHalf } from '../src/engine/host-tensor.js';
-import { HALF_MIN_ELEMENTS } from '../src/engine/onnx/half-weights.js';
+import { halvable } from '../src/engine/onnx/half-weights.js';
 import onnxProto from 'onnx-proto';
 import { Rng } from '../src/util/random.js';
 import { sharedTempDir } from './helpers/temp-dir.js';
@@ -93,7 +93,7 @@ test('a class-conditional UNet exports with its x, t and y inputs', async () => 
   assert.ok(maxRel(out, ours.out!.data as Float32Array) < 1e-5);
 });
 
-test('--dtype f16: weights of 1024 elements or more as float16 behind Casts, in the .onnx or its external data; the outputs of the rounded weights', async () => {
+test('--dtype f16: weights of 2+ dimensions and 1024+ elements as float16 behind Casts, in the .onnx or its external data; the outputs of the rounded weights', async () => {
   const ckpt = path.join(tmp, 'unet.safetensors');
   const rng = new Rng(3);
   const feeds = () => ({
@@ -107,14 +107,14 @@ test('--dtype f16: weights of 1024 elements or more as float16 behind Casts, in 
   const r = await exportOnnx(ckpt, half, { contextTokens: 5, dtype: 'f16' });
   const inits = onnx.ModelProto.decode(fs.readFileSync(half)).graph!.initializer!;
   const halves = inits.filter((t) => t.dataType === onnx.TensorProto.DataType.FLOAT16);
-  const bigFloats = inits.filter((t) => t.dataType === onnx.TensorProto.DataType.FLOAT && (t.dims as number[]).reduce((a, d) => a * Number(d), 1) >= HALF_MIN_ELEMENTS);
+  const bigFloats = inits.filter((t) => t.dataType === onnx.TensorProto.DataType.FLOAT && halvable((t.dims as number[]).map(Number)));
   assert.ok(halves.length > 0 && halves.length === r.half?.tensors, `${halves.length} float16 initializers, ${r.half?.tensors} reported`);
   assert.deepEqual(bigFloats.map((t) => t.name), [], 'large weights left float32');
   assert.ok(fs.statSync(half).size < 0.6 * fs.statSync(full).size, `${fs.statSync(half).size} vs ${fs.statSync(full).size} bytes`);
 
   // The same network with its large weights rounded to float16 and back, run by ldm: what the f16 file must compute.
   const { params } = await loadCheckpoint(ckpt);
-  const rounded = new Map([...params].map(([n, t]) => [n, t.data.length >= HALF_MIN_ELEMENTS
+  const rounded = new Map([...params].map(([n, t]) => [n, halvable(t.shape)
     ? float32(t.shape, toFloat32({ dtype: 'float16', shape: t.shape, data: toHalf(t.data as Float32Array) })) : t]));
   const roundedCkpt = path.join(tmp, 'unet-rounded.safetensors');
   await saveCheckpoint(roundedCkpt, { kind: 'unet', config: UNET_CFG, params: rounded });

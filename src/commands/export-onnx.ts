@@ -40,7 +40,7 @@ export default class ExportOnnx extends LdmCommand<typeof ExportOnnx> {
     quantize: quantizeFlag('the exported network'),
     dtype: Flags.option({
       options: EXPORT_DTYPES, default: 'f32',
-      summary: 'f16: store the weights as float16 (half the file; tensors under 1024 elements stay float32), cast to float32 inside the graph, which computes in float32 as before.',
+      summary: 'f16: store the weights as float16 (about half the file; vectors and tensors under 1024 elements stay float32), cast to float32 inside the graph, which computes in float32 as before.',
     })(),
   };
 

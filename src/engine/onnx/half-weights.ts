@@ -1,9 +1,10 @@
 /**
- * float16 weights in a lowered ONNX graph (export-onnx --dtype f16): each float32 initializer of at least
- * HALF_MIN_ELEMENTS elements is stored as float16, and a Cast back to float32 feeds its consumers, so the file (or its
- * external data) is half the size while the graph computes in float32 as before. ONNX Runtime folds the Casts when it
- * loads the session: the weights widen in memory, never on disk. Scalars and small tables (norm epsilons, attention
- * scales, biases of narrow layers) stay float32, where rounding them would cost accuracy for no size.
+ * float16 weights in a lowered ONNX graph (export-onnx --dtype f16): each float32 initializer of two or more dimensions
+ * and at least HALF_MIN_ELEMENTS elements (the weight matrices, conv kernels and embedding tables) is stored as float16,
+ * and a Cast back to float32 feeds its consumers, so the file (or its external data) is about half the size while the
+ * graph computes in float32 as before. ONNX Runtime folds the Casts when it loads the session: the weights widen in
+ * memory, never on disk. Vectors (biases, norm scales, int8 weight scales) and small tables stay float32: rounding them
+ * would cost accuracy for almost no size.
  */
 import onnxProto from 'onnx-proto';
 import { toHalf } from '../host-tensor.js';
@@ -13,7 +14,7 @@ type NodeProto = InstanceType<typeof onnx.NodeProto>;
 type TensorProto = InstanceType<typeof onnx.TensorProto>;
 const DT = onnx.TensorProto.DataType;
 
-/** Smaller float32 initializers stay float32. */
+/** Smaller float32 initializers stay float32, as do vectors of any length. */
 export const HALF_MIN_ELEMENTS = 1024;
 
 /** Suffix of the float16 initializer whose Cast produces the original name. */
@@ -28,7 +29,7 @@ export interface HalfReport {
 
 /** Whether a float32 initializer of these dims is stored as float16. */
 export function halvable(dims: readonly number[]): boolean {
-  return dims.reduce((a, d) => a * Number(d), 1) >= HALF_MIN_ELEMENTS;
+  return dims.length >= 2 && dims.reduce((a, d) => a * Number(d), 1) >= HALF_MIN_ELEMENTS;
 }
 
 /** A Cast of the float16 initializer `name + HALF_SUFFIX` back to float32 under `name`. */
