@@ -261,10 +261,15 @@ export class Conv2d extends Module {
   forward(x: Tensor): Tensor {
     const [, , h, w] = x.shape as [number, number, number, number];
     // Inference only (training keeps the direct form and its gradient); see winogradPays for the measured rule.
-    if (!this.training && this.cpuRewrites && this.kernel === 3 && (this.cfg.stride ?? 1) === 1 && this.cfg.padding === 1 && winogradPays(this.inChannels, this.outChannels, h, w)) {
+    if (!this.training && this.winogradShaped() && winogradPays(this.inChannels, this.outChannels, h, w)) {
       return this.scoped(() => winogradConv3x3(x, this.weight.t, this.bias?.t));
     }
     return this.scoped(() => o.conv2d(x, this.weight.t, this.bias?.t, { stride: this.cfg.stride ?? 1, padding: this.cfg.padding ?? 0 }));
+  }
+
+  /** A stride-1, pad-1 3x3 conv allowed CPU rewrites: the form winogradConv3x3 takes (where winogradPays). */
+  winogradShaped(): boolean {
+    return this.cpuRewrites && this.kernel === 3 && (this.cfg.stride ?? 1) === 1 && this.cfg.padding === 1;
   }
 }
 
@@ -277,7 +282,7 @@ export class Conv2d extends Module {
 export function winogradExtraWeightBytes(module: Module): number {
   let bytes = 0;
   for (const m of module.modules()) {
-    if (m instanceof Conv2d && m.cpuRewrites && m.kernel === 3 && (m.cfg.stride ?? 1) === 1 && m.cfg.padding === 1 && winogradChannelsPay(m.inChannels, m.outChannels)) {
+    if (m instanceof Conv2d && m.winogradShaped() && winogradChannelsPay(m.inChannels, m.outChannels)) {
       bytes += 4 * (3 * 9 * m.outChannels * m.inChannels + 36 * 36 * m.inChannels + 16 * 36);
     }
   }
